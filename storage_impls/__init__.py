@@ -1,0 +1,30 @@
+"""Store and read many uint8 images with labels, one interchangeable class per storage method.
+
+>>> from storage_impls import open_store
+>>> with open_store("hdf5", "/tmp/images") as store:
+...     store.store_many(images, labels)
+...     images, labels = store.read_many(len(images))
+"""
+from storage_impls.base import (
+    CorruptStoreError,
+    DiskUsage,
+    ImageNotFoundError,
+    ImageStore,
+    MissingStoreError,
+    StoreError,
+)
+from storage_impls.registry import METHODS, get_store_class, open_store
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "METHODS",
+    "CorruptStoreError",
+    "DiskUsage",
+    "ImageNotFoundError",
+    "ImageStore",
+    "MissingStoreError",
+    "StoreError",
+    "get_store_class",
+    "open_store",
+]

@@ -1,0 +1,274 @@
+"""The interface every storage method implements, and the checks they all share.
+
+A store is bound to one directory and holds a dense sequence of uint8 images with ids
+0..N-1, all of one shape, each with an int64 label. Public methods validate their input
+here, once, and then call the backend's primitives (the ``_``-prefixed abstract methods),
+which may assume valid input.
+"""
+from __future__ import annotations
+
+import abc
+import os
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+import numpy as np
+
+ALLOWED_CHANNELS = (1, 3, 4)
+MAX_SIDE = 65535  # image sides are recorded as uint16 by some backends
+INT64 = np.iinfo(np.int64)
+
+
+class StoreError(Exception):
+    """Base class of the errors this package raises about a store's contents."""
+
+
+class CorruptStoreError(StoreError, ValueError):
+    """The store exists but its files are not what this method wrote."""
+
+
+class MissingStoreError(StoreError, FileNotFoundError):
+    """The store, or one of its files, does not exist."""
+
+
+class ImageNotFoundError(StoreError, KeyError):
+    """An id that was never stored."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class DiskUsage(NamedTuple):
+    """Bytes a store takes: ``allocated`` as ``du`` counts (blocks), ``apparent`` as file sizes add up."""
+
+    allocated: int
+    apparent: int
+
+
+Mode = Literal["r", "a"]
+
+
+def check_image(image: object) -> np.ndarray:
+    """Return ``image`` as a C-contiguous uint8 array of shape (H, W) or (H, W, C), or raise."""
+    _check_uint8_array(image, "image")
+    check_image_shape(image.shape, "image")
+    return np.ascontiguousarray(image)
+
+
+def check_images(images: object) -> np.ndarray:
+    """Return a batch (N, H, W[, C]) as a C-contiguous uint8 array, or raise."""
+    _check_uint8_array(images, "images")
+    if images.ndim not in (3, 4):
+        raise ValueError(f"images must have shape (N, H, W) or (N, H, W, C), got {images.shape}")
+    if images.shape[0] == 0:
+        raise ValueError("images is an empty batch: store at least one image")
+    check_image_shape(images.shape[1:], "each image")
+    return np.ascontiguousarray(images)
+
+
+def check_image_shape(shape: tuple[int, ...], what: str) -> None:
+    """Raise ValueError unless ``shape`` is (H, W) or (H, W, C) with C in 1, 3, 4."""
+    if len(shape) not in (2, 3):
+        raise ValueError(f"{what} must have shape (H, W) or (H, W, C), got {shape}")
+    if len(shape) == 3 and shape[2] not in ALLOWED_CHANNELS:
+        raise ValueError(f"{what} must have 1, 3 or 4 channels, got shape {shape}")
+    if not all(1 <= side <= MAX_SIDE for side in shape[:2]):
+        raise ValueError(f"{what} height and width must be 1..{MAX_SIDE}, got shape {shape}")
+
+
+def _check_uint8_array(value: object, name: str) -> None:
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(value).__name__}")
+    if value.dtype != np.uint8:
+        raise TypeError(f"{name} must have dtype uint8, got {value.dtype}")
+
+
+def check_label(label: object) -> int:
+    """Return ``label`` as a Python int if it is an integer that fits int64, else raise."""
+    if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, np.integer)):
+        raise TypeError(f"label must be an integer, got {type(label).__name__} {label!r}")
+    if not INT64.min <= int(label) <= INT64.max:
+        raise ValueError(f"label {label} does not fit in int64")
+    return int(label)
+
+
+def check_labels(labels: object, count: int) -> np.ndarray:
+    """Return ``labels`` as an int64 array of length ``count``, or raise."""
+    array = np.asarray(labels)
+    if array.dtype.kind not in "iu" or array.dtype == np.bool_:
+        raise TypeError(f"labels must be integers, got dtype {array.dtype}")
+    if array.ndim != 1 or len(array) != count:
+        raise ValueError(f"labels must be a 1-D sequence of {count} integers (one per image), got shape {array.shape}")
+    if array.dtype == np.uint64 and count and array.max() > INT64.max:
+        raise ValueError(f"label {array.max()} does not fit in int64")
+    return array.astype(np.int64, copy=False)
+
+
+def check_id(image_id: object) -> int:
+    """Return ``image_id`` as a Python int if it is a non-negative integer, else raise."""
+    if isinstance(image_id, (bool, np.bool_)) or not isinstance(image_id, (int, np.integer)):
+        raise TypeError(f"image_id must be a non-negative integer, got {type(image_id).__name__} {image_id!r}")
+    if image_id < 0:
+        raise ValueError(f"image_id must be non-negative, got {image_id}")
+    return int(image_id)
+
+
+def directory_usage(directory: Path) -> DiskUsage:
+    """Allocated and apparent bytes of every file below ``directory`` (as ``du`` and ``du -b`` count)."""
+    allocated = apparent = 0
+    for root, _dirs, files in os.walk(directory):
+        for name in files:
+            info = os.lstat(os.path.join(root, name))
+            allocated += info.st_blocks * 512
+            apparent += info.st_size
+    return DiskUsage(allocated, apparent)
+
+
+def fsync_path(path: Path) -> None:
+    """fsync a file or directory so that its contents (or entries) survive a power cut."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class ImageStore(abc.ABC):
+    """One storage method bound to one directory.
+
+    ``mode="a"`` (default) reads and writes, creating the directory on first use; ``mode="r"``
+    only reads and requires the store to exist. ``durable=True`` makes writes fsync files and
+    directories before returning, for every method alike; the default never fsyncs.
+
+    ``store_many`` replaces the whole contents with ids 0..N-1 and is all-or-nothing: a store
+    whose ``store_many`` failed or was killed reads back as it was before. ``store_single``
+    replaces an existing id or appends id N. A store is a handle: close it (or use ``with``)
+    to release files, and open it anew in each process (handles must not cross a fork).
+    """
+
+    method: str
+
+    def __init__(self, directory: str | os.PathLike, mode: Mode = "a", *, durable: bool = False) -> None:
+        if mode not in ("r", "a"):
+            raise ValueError(f"mode must be 'r' (read) or 'a' (read/write), got {mode!r}")
+        self.directory = Path(directory)
+        self.mode = mode
+        self.durable = durable
+        if mode == "r" and not self.directory.is_dir():
+            raise MissingStoreError(f"no {self.method} store at {self.directory}: directory does not exist")
+        if mode == "a":
+            self.directory.mkdir(parents=True, exist_ok=True)
+        self._closed = False
+        self._open()
+
+    # -- primitives each backend implements -------------------------------------------------
+    @abc.abstractmethod
+    def _open(self) -> None:
+        """Open and validate an existing store in ``self.directory`` (or note that it is empty)."""
+
+    @abc.abstractmethod
+    def __len__(self) -> int:
+        """Number of images stored (ids 0..len-1)."""
+
+    @property
+    @abc.abstractmethod
+    def image_shape(self) -> tuple[int, ...] | None:
+        """Shape of every stored image, None while the store is empty."""
+
+    @abc.abstractmethod
+    def _replace_all(self, images: np.ndarray, labels: np.ndarray) -> None:
+        """Atomically replace the contents with ``images``/``labels`` (validated, C-contiguous)."""
+
+    @abc.abstractmethod
+    def _put(self, image: np.ndarray, image_id: int, label: int) -> None:
+        """Store one validated image at ``image_id`` <= len (replace or append)."""
+
+    @abc.abstractmethod
+    def _get(self, image_id: int) -> tuple[np.ndarray, int]:
+        """Read one image and its label; ``image_id`` < len."""
+
+    @abc.abstractmethod
+    def _read_into(self, out: np.ndarray, labels: np.ndarray) -> None:
+        """Fill ``out`` (n, *image_shape) and ``labels`` (n,) with images 0..n-1; n <= len."""
+
+    @abc.abstractmethod
+    def _close(self) -> None:
+        """Release the backend's open handles."""
+
+    # -- the public operations, validated once here -----------------------------------------
+    def close(self) -> None:
+        """Release open handles; later operations raise ValueError. Safe to call twice."""
+        if not self._closed:
+            self._closed = True
+            self._close()
+
+    def store_single(self, image: np.ndarray, image_id: int, label: int) -> None:
+        """Store one image with its label at ``image_id`` (an existing id, or the next one, len(store))."""
+        self._require_writable()
+        image = check_image(image)
+        image_id = check_id(image_id)
+        label = check_label(label)
+        count = len(self)
+        if image_id > count:
+            raise ValueError(f"image_id {image_id} would leave a gap: this store holds ids 0..{count - 1}, next is {count}")
+        if count and image.shape != self.image_shape:
+            raise ValueError(f"image shape {image.shape} differs from the store's {self.image_shape}")
+        self._put(image, image_id, label)
+
+    def store_many(self, images: np.ndarray, labels: object) -> None:
+        """Replace the store's contents with ``images`` (N, H, W[, C]) and ``labels`` as ids 0..N-1."""
+        self._require_writable()
+        images = check_images(images)
+        labels = check_labels(labels, len(images))
+        self._replace_all(images, labels)
+
+    def read_single(self, image_id: int) -> tuple[np.ndarray, int]:
+        """Return (image, label) stored at ``image_id``."""
+        self._require_open()
+        image_id = check_id(image_id)
+        if image_id >= len(self):
+            raise ImageNotFoundError(f"image_id {image_id} was never stored in {self.directory} (holds {len(self)} images)")
+        return self._get(image_id)
+
+    def read_many(self, num_images: int, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Return (images, labels) for ids 0..num_images-1, as one (N, ...) uint8 array and an int64 array.
+
+        Pass ``out`` (a preallocated, writable, C-contiguous uint8 array of the right shape) to
+        read without allocating; large fresh arrays are slow to touch the first time.
+        """
+        self._require_open()
+        if isinstance(num_images, (bool, np.bool_)) or not isinstance(num_images, (int, np.integer)):
+            raise TypeError(f"num_images must be an integer, got {type(num_images).__name__}")
+        if not 1 <= num_images <= len(self):
+            raise ValueError(f"cannot read {num_images} images: {self.directory} holds {len(self)}")
+        shape = (int(num_images), *self.image_shape)
+        if out is None:
+            out = np.empty(shape, np.uint8)
+        elif not (isinstance(out, np.ndarray) and out.dtype == np.uint8 and out.shape == shape
+                  and out.flags.c_contiguous and out.flags.writeable):
+            raise ValueError(f"out must be a writable C-contiguous uint8 array of shape {shape}")
+        labels = np.empty(shape[0], np.int64)
+        self._read_into(out, labels)
+        return out, labels
+
+    def disk_usage(self) -> DiskUsage:
+        """Bytes the store takes on disk now."""
+        return directory_usage(self.directory)
+
+    def _require_open(self) -> None:
+        if self._closed:
+            raise ValueError(f"{self!r} is closed")
+
+    def _require_writable(self) -> None:
+        self._require_open()
+        if self.mode == "r":
+            raise PermissionError(f"{self.directory} was opened read-only (mode='r')")
+
+    def __enter__(self) -> ImageStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.directory)!r}, mode={self.mode!r})"

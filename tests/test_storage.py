@@ -1,0 +1,401 @@
+"""Conformance tests every storage method must pass: subclass StoreTests and set ``method``."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import storage_impls
+from storage_impls import CorruptStoreError, ImageNotFoundError, MissingStoreError, open_store
+from storage_impls.datasets import synthetic
+
+SHAPES = [(32, 32, 3), (8, 8), (8, 8, 1), (8, 8, 4), (256, 256, 3)]
+ROUND_TRIP = [(shape, count) for shape in SHAPES for count in (1, 10, 1000) if not (shape == (256, 256, 3) and count == 1000)]
+
+
+def make_batch(count: int, shape=(32, 32, 3), seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Images plus labels spanning all of int64, so a narrowing label type cannot pass."""
+    images, _ = synthetic(count, shape, seed=seed)
+    labels = np.random.default_rng(seed).integers(np.iinfo(np.int64).min, np.iinfo(np.int64).max, count, dtype=np.int64)
+    labels[0] = np.iinfo(np.int64).max
+    return images, labels
+
+
+def listing(directory: Path) -> dict[str, int]:
+    """Every file below ``directory`` with its size, to show that a refused call wrote nothing."""
+    return {str(path.relative_to(directory)): path.stat().st_size for path in directory.rglob("*") if path.is_file()}
+
+
+class StoreTests:
+    """The behaviour shared by all methods; backends add ``corrupt`` and ``fail_store_many`` hooks."""
+
+    method: str
+
+    @pytest.fixture
+    def directory(self, tmp_path: Path) -> Path:
+        return tmp_path / "store"
+
+    @pytest.fixture
+    def store(self, directory: Path):
+        with open_store(self.method, directory) as store:
+            yield store
+
+    @pytest.fixture
+    def filled(self, store):
+        images, labels = make_batch(10)
+        store.store_many(images, labels)
+        return store, images, labels
+
+    def corrupt(self, directory: Path) -> type[Exception]:
+        """Damage a filled store so that opening or reading it fails; return the expected error."""
+        raise NotImplementedError
+
+    # -- round trips ------------------------------------------------------------------------
+    @pytest.mark.parametrize(("shape", "count"), ROUND_TRIP, ids=lambda value: "x".join(map(str, value)) if isinstance(value, tuple) else str(value))
+    def test_store_many_read_many_round_trip(self, store, shape, count):
+        images, labels = make_batch(count, shape)
+        store.store_many(images, labels)
+        read_images, read_labels = store.read_many(count)
+        assert read_images.dtype == np.uint8 and read_images.shape == images.shape
+        np.testing.assert_array_equal(read_images, images)
+        assert read_labels.dtype == np.int64
+        np.testing.assert_array_equal(read_labels, labels)
+
+    @pytest.mark.parametrize("shape", SHAPES, ids=lambda shape: "x".join(map(str, shape)))
+    def test_store_single_read_single_round_trip(self, store, shape):
+        images, labels = make_batch(2, shape)
+        store.store_single(images[0], 0, int(labels[0]))
+        store.store_single(images[1], 1, np.int64(labels[1]))
+        for image_id in (0, 1):
+            image, label = store.read_single(image_id)
+            assert image.shape == shape and image.dtype == np.uint8
+            np.testing.assert_array_equal(image, images[image_id])
+            assert label == labels[image_id] and type(label) is int
+
+    def test_read_single_from_many_and_read_many_prefix(self, filled):
+        store, images, labels = filled
+        image, label = store.read_single(7)
+        np.testing.assert_array_equal(image, images[7])
+        assert label == labels[7]
+        read_images, read_labels = store.read_many(4)
+        np.testing.assert_array_equal(read_images, images[:4])
+        np.testing.assert_array_equal(read_labels, labels[:4])
+
+    def test_read_many_fills_a_preallocated_array(self, filled):
+        store, images, labels = filled
+        out = np.zeros_like(images)
+        read_images, read_labels = store.read_many(10, out=out)
+        assert read_images is out
+        np.testing.assert_array_equal(out, images)
+        np.testing.assert_array_equal(read_labels, labels)
+
+    def test_non_contiguous_input_round_trips(self, store):
+        images, labels = make_batch(6)
+        store.store_many(images[::2], labels[::2])
+        np.testing.assert_array_equal(store.read_many(3)[0], images[::2])
+
+    def test_persists_across_close_and_reopen(self, directory, filled):
+        store, images, labels = filled
+        store.store_single(images[0], 10, 42)
+        store.close()
+        with open_store(self.method, directory, "r") as reopened:
+            assert len(reopened) == 11 and reopened.image_shape == images.shape[1:]
+            read_images, read_labels = reopened.read_many(11)
+        np.testing.assert_array_equal(read_images[:10], images)
+        np.testing.assert_array_equal(read_images[10], images[0])
+        np.testing.assert_array_equal(read_labels, [*labels, 42])
+
+    def test_store_many_replaces_the_contents(self, filled):
+        store, _, _ = filled
+        images, labels = make_batch(3, (16, 16), seed=5)
+        store.store_many(images, labels)
+        assert len(store) == 3 and store.image_shape == (16, 16)
+        np.testing.assert_array_equal(store.read_many(3)[0], images)
+
+    def test_store_single_replaces_an_existing_id(self, filled):
+        store, images, labels = filled
+        store.store_single(images[9], 2, -1)
+        image, label = store.read_single(2)
+        np.testing.assert_array_equal(image, images[9])
+        assert label == -1 and len(store) == 10
+        np.testing.assert_array_equal(store.read_many(10)[1], [*labels[:2], -1, *labels[3:]])
+
+    def test_durable_writes_round_trip(self, directory):
+        images, labels = make_batch(5)
+        with open_store(self.method, directory, durable=True) as store:
+            store.store_many(images, labels)
+            store.store_single(images[0], 5, 3)
+        with open_store(self.method, directory, "r") as store:
+            np.testing.assert_array_equal(store.read_many(6)[0], np.concatenate([images, images[:1]]))
+
+    def test_disk_usage_is_positive_and_grows_with_n(self, tmp_path):
+        usages = []
+        for count in (10, 100, 1000):
+            with open_store(self.method, tmp_path / str(count)) as store:
+                store.store_many(*make_batch(count))
+                usages.append(store.disk_usage())
+        assert all(usage.allocated > 0 and usage.apparent > 0 for usage in usages)
+        assert usages[0].allocated < usages[1].allocated < usages[2].allocated
+        assert usages[0].apparent < usages[1].apparent < usages[2].apparent
+
+    # -- bad input: a clear error and nothing written ---------------------------------------
+    @pytest.mark.parametrize(("call", "error", "message"), [
+        (lambda s, im, lb: s.store_many(im.astype(np.float32), lb), TypeError, "dtype uint8"),
+        (lambda s, im, lb: s.store_many(im.tolist(), lb), TypeError, "numpy.ndarray"),
+        (lambda s, im, lb: s.store_many(im[0, 0], lb[:32]), ValueError, "shape"),
+        (lambda s, im, lb: s.store_many(im[:, :, :, :2], lb), ValueError, "channels"),
+        (lambda s, im, lb: s.store_many(im[:0], lb[:0]), ValueError, "empty batch"),
+        (lambda s, im, lb: s.store_many(im, lb[:-1]), ValueError, "one per image"),
+        (lambda s, im, lb: s.store_many(im, lb.astype(float)), TypeError, "integers"),
+        (lambda s, im, lb: s.store_many(im, np.full(len(lb), 2**63, np.uint64)), ValueError, "int64"),
+        (lambda s, im, lb: s.store_single(im[0].astype(np.int16), 0, 1), TypeError, "dtype uint8"),
+        (lambda s, im, lb: s.store_single(im, 0, 1), ValueError, "shape"),
+        (lambda s, im, lb: s.store_single(im[0], 0, 1.5), TypeError, "label must be an integer"),
+        (lambda s, im, lb: s.store_single(im[0], 0, True), TypeError, "label must be an integer"),
+        (lambda s, im, lb: s.store_single(im[0], 0, 2**63), ValueError, "int64"),
+        (lambda s, im, lb: s.store_single(im[0], -1, 1), ValueError, "non-negative"),
+        (lambda s, im, lb: s.store_single(im[0], 1.0, 1), TypeError, "image_id"),
+        (lambda s, im, lb: s.store_single(im[0], 1, 1), ValueError, "gap"),
+    ], ids=["float-dtype", "list", "ndim", "two-channels", "empty", "length-mismatch", "float-labels",
+            "label-overflow", "single-dtype", "single-ndim", "float-label", "bool-label", "label-out-of-range",
+            "negative-id", "float-id", "gap-id"])
+    def test_bad_input_on_an_empty_store_raises_and_writes_nothing(self, store, directory, call, error, message):
+        images, labels = make_batch(4)
+        before = listing(directory)
+        with pytest.raises(error, match=message):
+            call(store, images, labels)
+        assert listing(directory) == before and len(store) == 0
+
+    def test_bad_input_on_a_filled_store_leaves_it_intact(self, filled, directory):
+        store, images, labels = filled
+        before = listing(directory)
+        with pytest.raises(ValueError, match="differs from the store"):
+            store.store_single(images[0, :16], 3, 1)
+        with pytest.raises(ValueError, match="gap"):
+            store.store_single(images[0], 11, 1)
+        with pytest.raises(TypeError, match="dtype uint8"):
+            store.store_many(images.astype(np.int64), labels)
+        assert listing(directory) == before
+        np.testing.assert_array_equal(store.read_many(10)[0], images)
+
+    @pytest.mark.parametrize(("call", "error", "message"), [
+        (lambda s: s.read_single(10), ImageNotFoundError, "never stored"),
+        (lambda s: s.read_single(-1), ValueError, "non-negative"),
+        (lambda s: s.read_single("0"), TypeError, "image_id"),
+        (lambda s: s.read_many(11), ValueError, "holds 10"),
+        (lambda s: s.read_many(0), ValueError, "cannot read 0"),
+        (lambda s: s.read_many(2.0), TypeError, "integer"),
+        (lambda s: s.read_many(2, out=np.empty((3, 32, 32, 3), np.uint8)), ValueError, "out must be"),
+        (lambda s: s.read_many(2, out=np.empty((2, 32, 32, 3), np.int8)), ValueError, "out must be"),
+    ], ids=["unknown-id", "negative-id", "str-id", "too-many", "zero", "float-count", "out-shape", "out-dtype"])
+    def test_bad_reads_raise(self, filled, call, error, message):
+        store, _, _ = filled
+        with pytest.raises(error, match=message):
+            call(store)
+
+    def test_unknown_id_is_a_key_error(self, store):
+        with pytest.raises(KeyError, match="never stored"):
+            store.read_single(0)
+
+    def test_read_only_store_refuses_writes(self, directory, filled):
+        filled[0].close()
+        with open_store(self.method, directory, "r") as store, pytest.raises(PermissionError, match="read-only"):
+            store.store_single(filled[1][0], 0, 1)
+
+    def test_closed_store_refuses_calls(self, filled):
+        store, images, _ = filled
+        store.close()
+        store.close()
+        with pytest.raises(ValueError, match="closed"):
+            store.read_many(1)
+        with pytest.raises(ValueError, match="closed"):
+            store.store_single(images[0], 0, 1)
+
+    def test_missing_store_cannot_be_opened_for_reading(self, tmp_path):
+        with pytest.raises(MissingStoreError, match="no .* store|missing|does not exist"):
+            open_store(self.method, tmp_path / "nothing-here", "r")
+        (tmp_path / "empty").mkdir()
+        with pytest.raises(FileNotFoundError):
+            open_store(self.method, tmp_path / "empty", "r")
+
+    def test_corrupt_store_raises_not_crashes(self, directory, filled):
+        store, _, _ = filled
+        store.close()
+        expected = self.corrupt(directory)
+        with pytest.raises(expected):
+            with open_store(self.method, directory, "r") as reopened:
+                reopened.read_many(len(reopened))
+
+    def test_killed_store_many_never_reads_as_complete(self, directory, filled):
+        """SIGKILL a process in the middle of store_many: the store reads back as before or after, never a mix."""
+        store, old_images, old_labels = filled
+        store.close()
+        new_images, new_labels = make_batch(3000, seed=9)
+        child = textwrap.dedent(f"""
+            import sys
+            from storage_impls import open_store
+            from tests.test_storage import make_batch
+            images, labels = make_batch(3000, seed=9)
+            store = open_store({self.method!r}, {str(directory)!r})
+            print("ready", flush=True)
+            store.store_many(images, labels)
+            print("done", flush=True)
+        """)
+        for delay in (0.0, 0.01, 0.05, 0.2):
+            process = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True,
+                                       cwd=Path(__file__).parent.parent)
+            assert process.stdout.readline() == "ready\n"
+            _sleep_then_kill(process, delay)
+            with open_store(self.method, directory, "r") as reopened:
+                images, labels = reopened.read_many(len(reopened))
+            if len(images) == len(old_images):
+                np.testing.assert_array_equal(images, old_images)
+                np.testing.assert_array_equal(labels, old_labels)
+            else:
+                np.testing.assert_array_equal(images, new_images)
+                np.testing.assert_array_equal(labels, new_labels)
+
+
+def _sleep_then_kill(process: subprocess.Popen, delay: float) -> None:
+    try:
+        process.wait(timeout=delay)
+    except subprocess.TimeoutExpired:
+        os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+class TestDisk(StoreTests):
+    method = "disk"
+
+    def corrupt(self, directory):
+        generation = directory / (directory / "CURRENT").read_text()
+        (generation / "3.png").write_bytes(b"not a png")
+        return CorruptStoreError
+
+    def test_missing_png_names_the_file(self, directory, filled):
+        generation = directory / (directory / "CURRENT").read_text()
+        (generation / "4.png").unlink()
+        with pytest.raises(MissingStoreError, match="4.png"):
+            filled[0].read_many(10)
+
+    def test_missing_labels_csv_is_a_missing_store(self, directory, filled):
+        generation = directory / (directory / "CURRENT").read_text()
+        (generation / "labels.csv").unlink()
+        with pytest.raises(MissingStoreError, match="labels.csv"):
+            open_store("disk", directory, "r")
+
+    def test_garbled_labels_csv_is_corrupt(self, directory, filled):
+        generation = directory / (directory / "CURRENT").read_text()
+        (generation / "labels.csv").write_text("image_id,label\n0,1\n2,x\n")
+        with pytest.raises(CorruptStoreError, match="labels.csv"):
+            open_store("disk", directory, "r")
+
+    def test_failed_store_many_keeps_the_old_contents(self, monkeypatch, directory, filled):
+        store, images, labels = filled
+        calls = iter(range(10**6))
+        real_encode = storage_impls.disk._encode_png
+
+        def failing_encode(plane, buffer):
+            if next(calls) == 5:
+                raise OSError("disk full")
+            return real_encode(plane, buffer)
+
+        monkeypatch.setattr(storage_impls.disk, "_encode_png", failing_encode)
+        with pytest.raises(OSError, match="disk full"):
+            store.store_many(*make_batch(20, seed=3))
+        assert sorted(path.name for path in directory.iterdir())[0].startswith("CURRENT")
+        assert len(list(directory.glob("gen-*"))) == 1
+        with open_store("disk", directory, "r") as reopened:
+            np.testing.assert_array_equal(reopened.read_many(10)[0], images)
+
+
+class TestLmdb(StoreTests):
+    method = "lmdb"
+
+    def corrupt(self, directory):
+        (directory / "data.mdb").write_bytes(os.urandom(20000))
+        return CorruptStoreError
+
+    def test_garbage_value_is_corrupt(self, directory, filled):
+        import lmdb
+
+        filled[0].close()
+        with lmdb.open(str(directory)) as env, env.begin(write=True) as txn:
+            txn.put((3).to_bytes(8, "big"), b"junk")
+        with open_store("lmdb", directory, "r") as store, pytest.raises(CorruptStoreError, match="wrong size"):
+            store.read_many(10)
+
+    def test_map_grows_instead_of_failing(self, directory):
+        images, labels = make_batch(20, (128, 128, 3))
+        with open_store("lmdb", directory) as store:
+            start = store._env.info()["map_size"]
+            for image_id in range(20):
+                store.store_single(images[image_id], image_id, int(labels[image_id]))
+            store.store_many(*make_batch(200, (128, 128, 3)))
+            assert store._env.info()["map_size"] > start and len(store) == 200
+
+    def test_values_are_raw_bytes_not_pickles(self, directory, filled):
+        import lmdb
+
+        filled[0].close()
+        with lmdb.open(str(directory), readonly=True) as env, env.begin() as txn:
+            value = txn.get((0).to_bytes(8, "big"))
+        assert value[:2] == b"IM" and value[16:] == filled[1][0].tobytes()
+
+
+class TestHdf5(StoreTests):
+    method = "hdf5"
+
+    def corrupt(self, directory):
+        path = directory / "images.h5"
+        path.write_bytes(path.read_bytes()[:3000])
+        return CorruptStoreError
+
+    def test_label_dataset_is_int64_and_images_native_uint8(self, directory, filled):
+        import h5py
+
+        filled[0].close()
+        with h5py.File(directory / "images.h5", "r") as file:
+            assert file["images"].dtype == np.uint8 and file["labels"].dtype == np.int64
+            assert file["images"].chunks is None  # contiguous: read_direct at memcpy speed
+
+    def test_appending_to_a_contiguous_store_converts_once(self, filled):
+        store, images, labels = filled
+        for image_id in range(10, 13):
+            store.store_single(images[image_id - 10], image_id, image_id)
+        read_images, read_labels = store.read_many(13)
+        np.testing.assert_array_equal(read_images, np.concatenate([images, images[:3]]))
+        np.testing.assert_array_equal(read_labels, [*labels, 10, 11, 12])
+
+    def test_file_without_our_datasets_is_corrupt(self, directory):
+        import h5py
+
+        directory.mkdir()
+        with h5py.File(directory / "images.h5", "w") as file:
+            file["something"] = np.zeros(3)
+        with pytest.raises(CorruptStoreError, match="lacks"):
+            open_store("hdf5", directory, "r")
+
+
+def test_registry_names_the_methods():
+    assert storage_impls.METHODS == ("disk", "lmdb", "hdf5")
+    with pytest.raises(ValueError, match="unknown storage method 'zarr'; known methods: disk, lmdb, hdf5"):
+        open_store("zarr", "/nonexistent")
+
+
+def test_missing_optional_package_names_what_to_install(monkeypatch, tmp_path):
+    monkeypatch.delitem(sys.modules, "storage_impls.hdf5", raising=False)
+    monkeypatch.setitem(sys.modules, "h5py", None)
+    with pytest.raises(ImportError, match="needs the package 'h5py'.*pip install h5py"):
+        open_store("hdf5", tmp_path)
+
+
+def test_bad_mode_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="mode must be"):
+        open_store("disk", tmp_path, "w")
