@@ -12,6 +12,7 @@ import numpy as np
 
 CIFAR10_BATCHES = tuple(f"data_batch_{number}" for number in range(1, 6))
 CIFAR10_SHAPE = (32, 32, 3)
+CIFAR10_IMAGES = 50_000  # in the five training batches
 SYNTHETIC_NOISE = 16  # uniform pixel noise 0..15 over smooth content: ~2.2 KB PNG per 32x32x3 image
 SYNTHETIC_CONTROL_POINTS = 6  # control grid per 32 pixels: the scale of the smooth content
 SYNTHETIC_BLOCK_BYTES = 16 << 20  # images made per step, to keep float intermediates small

@@ -36,7 +36,7 @@ class Hdf5Store(ImageStore):
         self._path = self.directory / FILE_NAME
         self._file: h5py.File | None = None
         if self._path.exists():
-            self._file = self._open_file(self._path, "r" if self.mode == "r" else "r+")
+            self._attach(self._open_file(self._path, "r" if self.mode == "r" else "r+"))
         elif self.mode == "r":
             raise MissingStoreError(f"no hdf5 store at {self.directory}: {FILE_NAME} does not exist")
 
@@ -58,12 +58,16 @@ class Hdf5Store(ImageStore):
             raise
         return file
 
+    def _attach(self, file: h5py.File) -> None:
+        """Keep the file and its two datasets open: looking a dataset up by name costs more than a small read."""
+        self._file, self._images, self._labels = file, file["images"], file["labels"]
+
     def __len__(self) -> int:
-        return 0 if self._file is None else len(self._file["labels"])
+        return 0 if self._file is None else len(self._labels)
 
     @property
     def image_shape(self) -> tuple[int, ...] | None:
-        return None if self._file is None else self._file["images"].shape[1:]
+        return None if self._file is None else self._images.shape[1:]
 
     def _replace_all(self, images: np.ndarray, labels: np.ndarray) -> None:
         temporary = self.directory / f".{FILE_NAME}.{uuid.uuid4().hex}.tmp"
@@ -85,12 +89,12 @@ class Hdf5Store(ImageStore):
                 temporary.unlink(missing_ok=True)
             return
         if image_id == len(self):
-            if self._file["images"].maxshape[0] is not None:
+            if self._images.maxshape[0] is not None:
                 self._convert_to_resizable()
-            for dataset in self._file["images"], self._file["labels"]:
+            for dataset in self._images, self._labels:
                 dataset.resize(image_id + 1, axis=0)
-        self._file["images"][image_id] = image
-        self._file["labels"][image_id] = label
+        self._images[image_id] = image
+        self._labels[image_id] = label
         self._file.flush()
         if self.durable:
             fsync_path(self._path)
@@ -121,15 +125,15 @@ class Hdf5Store(ImageStore):
         os.replace(temporary, self._path)
         if self.durable:
             fsync_path(self.directory)
-        self._file = self._open_file(self._path, "r+")
+        self._attach(self._open_file(self._path, "r+"))
 
     def _get(self, image_id: int) -> tuple[np.ndarray, int]:
-        return self._file["images"][image_id], int(self._file["labels"][image_id])
+        return self._images[image_id], int(self._labels[image_id])
 
     def _read_into(self, out: np.ndarray, labels: np.ndarray) -> None:
         selection = np.s_[0:len(out)]
-        self._file["images"].read_direct(out, selection)
-        self._file["labels"].read_direct(labels, selection)
+        self._images.read_direct(out, selection)
+        self._labels.read_direct(labels, selection)
 
     def _close(self) -> None:
         if self._file is not None:

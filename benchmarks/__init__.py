@@ -1,0 +1,1 @@
+"""The image storage benchmark suite: run it with ``pytest benchmarks``."""

@@ -1,0 +1,62 @@
+"""Facts about this machine that explain storage numbers, recorded in every run's machine_info."""
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+
+def describe_storage(path: Path) -> dict:
+    """Filesystem type, mount point, device and free bytes of the filesystem holding ``path``."""
+    given = path = Path(path).resolve()
+    while not path.exists():  # the run folder may be gone already: describe the filesystem it was on
+        path = path.parent
+    mount = {"mount_point": None, "filesystem": "unknown", "device": None}
+    try:
+        with open("/proc/self/mounts") as mounts:
+            for line in mounts:
+                device, mount_point, filesystem = line.split()[:3]
+                mount_point = mount_point.replace("\\040", " ")
+                if _is_under(path, Path(mount_point)) and len(mount_point) >= len(mount["mount_point"] or ""):
+                    mount = {"mount_point": mount_point, "filesystem": filesystem, "device": device}
+    except OSError:
+        pass  # not Linux: the filesystem stays unknown
+    return {"path": str(given), **mount, "free_bytes": shutil.disk_usage(path).free}
+
+
+def _is_under(path: Path, mount_point: Path) -> bool:
+    return path == mount_point or mount_point in path.parents
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the Python packages and of the C libraries behind them."""
+    import h5py
+    import lmdb
+    import matplotlib
+    import numpy
+    import PIL
+
+    import storage_impls
+
+    return {
+        "numpy": numpy.__version__,
+        "Pillow": PIL.__version__,
+        "h5py": h5py.__version__,
+        "hdf5": h5py.version.hdf5_version,
+        "lmdb": lmdb.__version__,
+        "lmdb_library": ".".join(map(str, lmdb.version())),
+        "matplotlib": matplotlib.__version__,
+        "storage_impls": storage_impls.__version__,
+    }
+
+
+def available_memory() -> float:
+    """Bytes of memory available for new arrays (Linux's MemAvailable), or infinity where unknown."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return math.inf
