@@ -75,11 +75,14 @@ def progress(config: pytest.Config, what: str, count: int) -> Iterator[None]:
     if reporter is None or count < PROGRESS_MIN_IMAGES:
         yield
         return
-    reporter.ensure_newline()
-    reporter.write(f"image-storage: {what} ... ", flush=True)
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled():  # setup output is captured otherwise
+        reporter.ensure_newline()
+        reporter.write(f"image-storage: {what} ... ", flush=True)
     start = time.perf_counter()
     yield
-    reporter.write_line(f"{time.perf_counter() - start:.1f} s")
+    with capture.global_and_fixture_disabled():
+        reporter.write_line(f"{time.perf_counter() - start:.1f} s")
 
 
 @pytest.fixture(scope="session")
