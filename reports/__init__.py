@@ -1,0 +1,1 @@
+"""Charts and a Markdown report from the image-storage benchmark suite's pytest-benchmark JSON."""

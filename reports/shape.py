@@ -1,0 +1,206 @@
+"""Turn loaded runs into what the charts and tables need: series, disk stacks, ratios, gaps.
+
+Nothing here reads files or draws; every function takes Runs (or shaped data) and returns plain
+values, so the shaping can be tested with numbers alone.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from itertools import accumulate
+
+from reports.load import OPERATIONS, Cell, Run
+
+SINGLE_OPERATIONS = ("store_single", "read_single")
+MANY_OPERATIONS = ("store_many", "read_many")
+SPREADS = {"iqr": ("q1", "q3"), "range": ("min", "max")}
+DISK_KINDS = ("allocated", "apparent")
+TIME_UNITS = (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6), ("ns", 1e-9))
+BYTE_UNITS = (("GB", 1e9), ("MB", 1e6), ("KB", 1e3), ("B", 1.0))
+
+CellKey = tuple[str, str, int, tuple[int, ...]]
+
+
+def _unit(values: Iterable[float], units: tuple[tuple[str, float], ...]) -> tuple[str, float]:
+    """Largest unit in which the biggest value is at least 1 (the smallest unit if all are tiny)."""
+    biggest = max((abs(value) for value in values), default=0.0)
+    return next((unit for unit in units if biggest >= unit[1]), units[-1])
+
+
+def time_unit(seconds: Iterable[float]) -> tuple[str, float]:
+    """("ms", 1e-3) and the like: a unit that keeps the biggest of these times readable."""
+    return _unit(seconds, TIME_UNITS)
+
+
+def byte_unit(sizes: Iterable[float]) -> tuple[str, float]:
+    """("MB", 1e6) and the like (decimal units, as du -B and the MB/s column use)."""
+    return _unit(sizes, BYTE_UNITS)
+
+
+def format_seconds(seconds: float) -> str:
+    name, scale = time_unit([seconds])
+    return f"{seconds / scale:.3g} {name}"
+
+
+def format_bytes(size: float) -> str:
+    name, scale = byte_unit([size])
+    return f"{size / scale:.3g} {name}"
+
+
+@dataclass(frozen=True)
+class Series:
+    """Median seconds per round of one operation by one method in one run, against image count."""
+
+    run_index: int
+    name: str  # the method, plus the image shape when runs mix shapes
+    operation: str
+    x: tuple[int, ...]
+    y: tuple[float, ...]
+    lo: tuple[float, ...]
+    hi: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class DiskStack:
+    """Store size after store_many at each cutoff, for one method in one run."""
+
+    run_index: int
+    name: str
+    cutoffs: tuple[int, ...]
+    segments: tuple[int, ...]  # bytes on disk for each cutoff's store
+
+    @property
+    def tops(self) -> tuple[int, ...]:
+        """Running total: where each segment ends when all are stacked."""
+        return tuple(accumulate(self.segments))
+
+    @property
+    def bottoms(self) -> tuple[int, ...]:
+        """Running total before each segment: where it starts."""
+        return (0, *self.tops[:-1])
+
+    @property
+    def per_image(self) -> tuple[float, ...]:
+        return tuple(size / cutoff for size, cutoff in zip(self.segments, self.cutoffs))
+
+
+@dataclass(frozen=True)
+class Shaped:
+    """Everything the charts and report.md draw, computed once from the runs."""
+
+    runs: tuple[Run, ...]
+    labels: tuple[str, ...]
+    names: tuple[str, ...]  # series names in colour order
+    spread: str
+    disk_kind: str
+    series: tuple[Series, ...]
+    disk: tuple[DiskStack, ...]
+    missing: tuple[tuple[tuple[str, str, int], ...], ...]  # per run: (operation, method, n_images)
+
+    def of(self, *operations: str) -> list[Series]:
+        return [series for series in self.series if series.operation in operations]
+
+
+def unique_labels(runs: Sequence[Run]) -> tuple[str, ...]:
+    """Run labels, with " (2)", " (3)"... appended where two runs would otherwise read the same."""
+    seen: dict[str, int] = defaultdict(int)
+    labels = []
+    for run in runs:
+        seen[run.label] += 1
+        labels.append(run.label if seen[run.label] == 1 else f"{run.label} ({seen[run.label]})")
+    return tuple(labels)
+
+
+def _series_name(cell: Cell, mixed_shapes: bool) -> str:
+    return f"{cell.method} {'x'.join(map(str, cell.image_shape))}" if mixed_shapes else cell.method
+
+
+def missing_cells(runs: Sequence[Run]) -> tuple[tuple[tuple[str, str, int], ...], ...]:
+    """Per run, the (operation, method, n_images) it lacks from the full grid.
+
+    The grid is every method seen in any run x every image count seen in any run for that kind of
+    operation (single-image or many) x both operations of that kind.
+    """
+    methods = sorted({cell.method for run in runs for cell in run.cells})
+    grid = []
+    for kind in (SINGLE_OPERATIONS, MANY_OPERATIONS):
+        counts = sorted({cell.n_images for run in runs for cell in run.cells if cell.operation in kind})
+        grid += [(operation, method, count) for operation in kind for method in methods for count in counts]
+    present = [{(cell.operation, cell.method, cell.n_images) for cell in run.cells} for run in runs]
+    return tuple(tuple(slot for slot in grid if slot not in cells) for cells in present)
+
+
+def describe_missing(missing: Sequence[tuple[str, str, int]]) -> str:
+    """One line such as "store_many lmdb at 10000, 100000 images; read_single hdf5 at 1 image"."""
+    grouped: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for operation, method, count in missing:
+        grouped[operation, method].append(count)
+    return "; ".join(
+        f"{operation} {method} at {', '.join(map(str, counts))} image{'s' if counts != [1] else ''}"
+        for (operation, method), counts in grouped.items()
+    )
+
+
+def shape(runs: Sequence[Run], spread: str = "iqr", disk_kind: str = "allocated") -> Shaped:
+    """Series of every (run, method, operation) and disk stacks of every (run, method)."""
+    low_stat, high_stat = SPREADS[spread]
+    mixed_shapes = len({cell.image_shape for run in runs for cell in run.cells}) > 1
+    groups: dict[tuple[int, str, str], list[Cell]] = defaultdict(list)
+    for run_index, run in enumerate(runs):
+        for cell in run.cells:
+            groups[run_index, _series_name(cell, mixed_shapes), cell.operation].append(cell)
+    series = []
+    disk = []
+    for (run_index, name, operation), cells in sorted(groups.items(), key=lambda item: (item[0][0], item[0][1], OPERATIONS.index(item[0][2]))):
+        cells.sort(key=lambda cell: cell.n_images)
+        series.append(Series(
+            run_index=run_index,
+            name=name,
+            operation=operation,
+            x=tuple(cell.n_images for cell in cells),
+            y=tuple(cell.stats["median"] for cell in cells),
+            lo=tuple(cell.stats[low_stat] for cell in cells),
+            hi=tuple(cell.stats[high_stat] for cell in cells),
+        ))
+        measured = [cell for cell in cells if f"{disk_kind}_bytes" in cell.extra_info.get("disk_usage", {})]
+        if operation == "store_many" and measured:
+            disk.append(DiskStack(
+                run_index=run_index,
+                name=name,
+                cutoffs=tuple(cell.n_images for cell in measured),
+                segments=tuple(int(cell.extra_info["disk_usage"][f"{disk_kind}_bytes"]) for cell in measured),
+            ))
+    return Shaped(
+        runs=tuple(runs),
+        labels=unique_labels(runs),
+        names=tuple(sorted({name for _, name, _ in groups})),
+        spread=spread,
+        disk_kind=disk_kind,
+        series=tuple(series),
+        disk=tuple(disk),
+        missing=missing_cells(runs),
+    )
+
+
+def cells_by_key(run: Run) -> dict[CellKey, Cell]:
+    return {cell.key: cell for cell in run.cells}
+
+
+def speedups(run: Run) -> dict[CellKey, float]:
+    """Per cell, how many times faster it is than the slowest method at the same operation and size."""
+    slowest: dict[tuple, float] = defaultdict(float)
+    for cell in run.cells:
+        slot = (cell.operation, cell.n_images, cell.image_shape)
+        slowest[slot] = max(slowest[slot], cell.stats["median"])
+    return {cell.key: slowest[cell.operation, cell.n_images, cell.image_shape] / cell.stats["median"] for cell in run.cells}
+
+
+def ratios(base: Run, other: Run) -> dict[CellKey, float]:
+    """Per cell the two runs share: other's median / base's median (above 1 means other is slower)."""
+    base_cells = cells_by_key(base)
+    return {
+        key: cell.stats["median"] / base_cells[key].stats["median"]
+        for key, cell in cells_by_key(other).items()
+        if key in base_cells
+    }
