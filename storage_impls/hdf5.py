@@ -23,7 +23,7 @@ from storage_impls.base import CorruptStoreError, ImageStore, MissingStoreError,
 FILE_NAME = "images.h5"
 FORMAT = "storage_impls.hdf5"
 FORMAT_VERSION = 1
-CHUNK_BYTES = 64 << 10  # chunk size of resizable datasets: cheap appends, little waste on small stores
+CHUNK_BYTES = 16 << 10  # chunk size of resizable datasets: cheap appends, little waste on small stores
 COPY_BLOCK_BYTES = 64 << 20  # images copied at a time when converting to a resizable layout
 
 
@@ -150,5 +150,5 @@ def _write_layout(file: h5py.File, *, images: np.ndarray | None = None, labels: 
     images_per_chunk = max(1, CHUNK_BYTES // int(np.prod(shape[1:])))
     options = {"chunks": (images_per_chunk, *shape[1:]), "maxshape": (None, *shape[1:])} if resizable else {}
     file.create_dataset("images", shape=shape, dtype=np.uint8, data=images, **options)
-    label_options = {"chunks": (4096,), "maxshape": (None,)} if resizable else {}
+    label_options = {"chunks": (512,), "maxshape": (None,)} if resizable else {}
     file.create_dataset("labels", shape=shape[:1], dtype=np.int64, data=labels, **label_options)
