@@ -103,9 +103,3 @@ def pytest_configure(config: pytest.Config) -> None:
     # Keep every round's time in saved runs: `python -m reports compare` tests on them.
     if hasattr(config.option, "benchmark_save_data"):
         config.option.benchmark_save_data = True
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if getattr(config.option, "numprocesses", None) and any("benchmark" in item.fixturenames for item in items):
-        raise pytest.UsageError("the image storage benchmarks must not run under pytest-xdist (-n): "
-                                "parallel workers share the disk and the cores and spoil every time; drop -n")

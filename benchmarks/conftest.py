@@ -38,6 +38,9 @@ class Dataset(NamedTuple):
 
 def pytest_configure(config: pytest.Config) -> None:
     """Refuse, before anything runs, option combinations that cannot work."""
+    if getattr(config.option, "numprocesses", None):
+        raise pytest.UsageError("the image storage benchmarks must not run under pytest-xdist (-n): "
+                                "parallel workers share the disk and the cores and spoil every time; drop -n")
     cutoffs, shape = config.getoption("cutoffs"), config.getoption("image_shape")
     dataset = config.getoption("dataset")
     if dataset.name == "cifar10":

@@ -72,6 +72,7 @@ def test_a_broken_read_fails_its_cell():
     (["--image-shape", "32x32x2"], {}, "'32x32x2' is not an image shape"),
     ([], {"IMAGE_BENCH_CUTOFFS": "0"}, "'0' is not a positive whole number"),
     (["--cutoffs", "10000000000"], {}, "lower --cutoffs"),
+    (["-n", "2"], {}, "must not run under pytest-xdist"),
 ])
 def test_bad_options_are_usage_errors(args, env, message):
     result = run_suite(*args, "--collect-only", env=env)
