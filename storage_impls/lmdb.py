@@ -10,7 +10,8 @@ doubled on ``MapFullError`` (the transaction is retried), so a growing store nev
 lack of map. On Linux the map is address space, not disk: the file grows only as it fills.
 
 Concurrency: LMDB allows one writer and any number of readers, across processes, with
-readers seeing a consistent snapshot. The environment stays open between calls; open the
+readers seeing a consistent snapshot. A handle knows the image count it saw when opened (or
+last wrote): open the store again to see what another process added since. The environment stays open between calls; open the
 store again in each process after a fork (an LMDB environment must not cross a fork).
 """
 from __future__ import annotations
@@ -123,8 +124,16 @@ class LmdbStore(ImageStore):
         if self.durable:
             self._env.sync(True)
 
+    def _read_txn(self) -> lmdb.Transaction:
+        """A read transaction, adopting the map size if another process has grown it."""
+        try:
+            return self._env.begin(buffers=True)
+        except lmdb.MapResizedError:
+            self._env.set_mapsize(0)
+            return self._env.begin(buffers=True)
+
     def _get(self, image_id: int) -> tuple[np.ndarray, int]:
-        with self._env.begin(buffers=True) as txn:
+        with self._read_txn() as txn:
             value = txn.get(KEY.pack(image_id))
             if value is None:
                 raise CorruptStoreError(f"{self.directory}: key of image {image_id} is missing")
@@ -136,7 +145,7 @@ class LmdbStore(ImageStore):
         count = len(out)
         pixels = out.reshape(count, -1)
         headers = np.empty((count, HEADER.size), np.uint8)
-        with self._env.begin(buffers=True) as txn:
+        with self._read_txn() as txn:
             values = txn.cursor().iternext(keys=False, values=True)
             try:
                 for image_id in range(count):
