@@ -1,0 +1,171 @@
+"""Statistics of the regression compare: ratio of medians with a bootstrap CI, multiplicity correction, verdicts.
+
+Pure functions on arrays, no I/O. The method (see docs/ci.md):
+
+* estimate: a ratio of medians (HEAD/BASE, or a ratio of such ratios against a reference method), on the log scale;
+* uncertainty: a percentile bootstrap of the log-ratio, each sample resampled independently. The bootstrap median
+  of a sample is drawn exactly without resampling all rounds (order statistics of uniforms are Beta), so the cost
+  does not grow with the number of rounds;
+* test of "no change": the two-sided bootstrap p-value, adjusted over all compared cells with Benjamini-Hochberg
+  (default) or Holm;
+* verdict: a cell is slower/faster when its adjusted p-value is below alpha AND its ratio is beyond the practical
+  threshold, unchanged when its CI at the corrected level lies inside [1/(1+t), 1+t], inconclusive otherwise.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+Correction = Literal["bh", "holm"]
+VERDICTS = ("slower", "faster", "unchanged", "inconclusive")
+DEFAULT_DRAWS = 10_000
+
+
+def bootstrap_medians(sample: np.ndarray, draws: int, rng: np.random.Generator) -> np.ndarray:
+    """`draws` bootstrap replicates of the median of `sample`, exact in distribution, in O(draws) time.
+
+    A resample's k-th smallest value is sorted[floor(n * U_(k))], where U_(k) ~ Beta(k, n + 1 - k) is the k-th
+    order statistic of n uniforms; for even n the next one is U_(k) + (1 - U_(k)) * Beta(1, n - k).
+    """
+    ordered = np.sort(np.asarray(sample, dtype=float))
+    n = ordered.size
+    k = (n + 1) // 2
+    lower = rng.beta(k, n + 1 - k, draws)
+    lower_values = ordered[np.minimum((n * lower).astype(int), n - 1)]
+    if n % 2:
+        return lower_values
+    upper = lower + (1.0 - lower) * rng.beta(1, n - k, draws)
+    return (lower_values + ordered[np.minimum((n * upper).astype(int), n - 1)]) / 2
+
+
+@dataclass(frozen=True)
+class RatioEstimate:
+    """A ratio of medians, its bootstrap replicates (log scale) and the two-sided p-value of "ratio == 1"."""
+
+    ratio: float
+    p_value: float
+    log_replicates: np.ndarray
+
+    def ci(self, level: float) -> tuple[float, float]:
+        """Percentile bootstrap confidence interval of the ratio at `level` (e.g. 0.95)."""
+        tail = (1.0 - level) / 2
+        low, high = np.quantile(self.log_replicates, [tail, 1.0 - tail])
+        return float(np.exp(low)), float(np.exp(high))
+
+
+def ratio_of_medians(
+    numerators: Sequence[np.ndarray],
+    denominators: Sequence[np.ndarray],
+    rng: np.random.Generator,
+    draws: int = DEFAULT_DRAWS,
+) -> RatioEstimate:
+    """prod(median(numerators)) / prod(median(denominators)) with its bootstrap distribution.
+
+    One numerator and one denominator give HEAD/BASE; [head_method, base_reference] over
+    [head_reference, base_method] gives the change of method/reference between runs. Samples are independent
+    timings (rounds of different benchmarks are not interleaved, so pairing them by index would be arbitrary).
+    """
+    point = 0.0
+    replicates = np.zeros(draws)
+    for sign, samples in ((1.0, numerators), (-1.0, denominators)):
+        for sample in samples:
+            point += sign * np.log(np.median(sample))
+            replicates += sign * np.log(bootstrap_medians(sample, draws, rng))
+    below = (1 + np.count_nonzero(replicates <= 0)) / (draws + 1)
+    above = (1 + np.count_nonzero(replicates >= 0)) / (draws + 1)
+    return RatioEstimate(ratio=float(np.exp(point)), p_value=min(1.0, 2 * min(below, above)), log_replicates=replicates)
+
+
+def holm(p_values: Sequence[float]) -> np.ndarray:
+    """Holm step-down adjusted p-values (controls the family-wise error rate)."""
+    p = np.asarray(p_values, dtype=float)
+    order = np.argsort(p)
+    stepped = np.maximum.accumulate(p[order] * (p.size - np.arange(p.size)))
+    adjusted = np.empty_like(p)
+    adjusted[order] = np.minimum(stepped, 1.0)
+    return adjusted
+
+
+def benjamini_hochberg(p_values: Sequence[float]) -> np.ndarray:
+    """Benjamini-Hochberg step-up adjusted p-values (controls the false discovery rate)."""
+    p = np.asarray(p_values, dtype=float)
+    order = np.argsort(p)
+    scaled = p[order] * p.size / np.arange(1, p.size + 1)
+    adjusted = np.empty_like(p)
+    adjusted[order] = np.minimum(np.minimum.accumulate(scaled[::-1])[::-1], 1.0)
+    return adjusted
+
+
+CORRECTIONS = {"bh": benjamini_hochberg, "holm": holm}
+
+
+def corrected_ci_level(alpha: float, n_tested: int, n_rejected: int, correction: Correction) -> float:
+    """Confidence level matching the correction: Bonferroni 1 - alpha/m for Holm; for BH the false-coverage-rate
+    level 1 - alpha*R/m of Benjamini & Yekutieli (2005), with R = max(rejections, 1)."""
+    if n_tested == 0:
+        return 1.0 - alpha
+    selected = max(n_rejected, 1) if correction == "bh" else 1
+    return 1.0 - alpha * selected / n_tested
+
+
+def classify(ratio: float, ci: tuple[float, float], p_adjusted: float, alpha: float, threshold: float) -> str:
+    """Verdict of one tested cell; `threshold` is the practical change, e.g. 0.05 for 5 %."""
+    slower_at, faster_at = 1.0 + threshold, 1.0 / (1.0 + threshold)
+    if p_adjusted < alpha and ratio > slower_at:
+        return "slower"
+    if p_adjusted < alpha and ratio < faster_at:
+        return "faster"
+    if faster_at <= ci[0] and ci[1] <= slower_at:
+        return "unchanged"
+    return "inconclusive"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Outcome for one cell of a family; estimate is None when the cell was not tested (reason says why)."""
+
+    verdict: str
+    reason: str
+    estimate: RatioEstimate | None = None
+    p_adjusted: float | None = None
+    ci: tuple[float, float] | None = None
+
+
+def judge_family(
+    estimates: Sequence[RatioEstimate | str],
+    alpha: float = 0.05,
+    threshold: float = 0.05,
+    correction: Correction = "bh",
+) -> tuple[list[Verdict], float]:
+    """Verdicts for all cells compared at once, and the CI level used.
+
+    Each entry is a RatioEstimate, or a string saying why the cell cannot be tested (verdict inconclusive).
+    The p-values of the tested cells are adjusted together; CIs are reported at the corrected level.
+    """
+    tested = [estimate for estimate in estimates if isinstance(estimate, RatioEstimate)]
+    adjusted = iter(CORRECTIONS[correction]([estimate.p_value for estimate in tested]))
+    p_adjusted = [next(adjusted) if isinstance(estimate, RatioEstimate) else None for estimate in estimates]
+    rejected = sum(1 for p in p_adjusted if p is not None and p < alpha)
+    level = corrected_ci_level(alpha, len(tested), rejected, correction)
+    verdicts = []
+    for estimate, p in zip(estimates, p_adjusted):
+        if not isinstance(estimate, RatioEstimate):
+            verdicts.append(Verdict("inconclusive", estimate))
+            continue
+        ci = estimate.ci(level)
+        verdict = classify(estimate.ratio, ci, p, alpha, threshold)
+        verdicts.append(Verdict(verdict, _reason(verdict, estimate.ratio, ci, p, alpha, threshold), estimate, float(p), ci))
+    return verdicts, level
+
+
+def _reason(verdict: str, ratio: float, ci: tuple[float, float], p_adjusted: float, alpha: float, threshold: float) -> str:
+    if verdict in ("slower", "faster"):
+        return f"adjusted p {p_adjusted:.2g} < {alpha:g} and ratio beyond ±{threshold:.0%}"
+    if verdict == "unchanged":
+        return f"CI inside ±{threshold:.0%}"
+    if p_adjusted < alpha:
+        return f"significant, but ratio {ratio:.3f} is within ±{threshold:.0%} and the CI is not"
+    return f"CI {ci[0]:.3f}..{ci[1]:.3f} too wide to tell (noisy or few rounds)"

@@ -1,0 +1,209 @@
+"""`python -m reports compare` on small runs written to tmp_path following docs/benchmark-json.md."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from reports.compare import main
+
+SHAPE = [32, 32, 3]
+MACHINE = {
+    "node": "ci-runner", "machine": "x86_64", "system": "Linux", "release": "6.5.0",
+    "python_version": "3.11.9", "python_implementation": "CPython",
+    "cpu": {"brand_raw": "AMD EPYC 7763", "count": 4},
+    "storage": {"path": "/tmp", "filesystem": "ext4", "mount_point": "/", "device": "/dev/sda1", "free_bytes": 10**10},
+    "libraries": {"numpy": "2.4.6", "h5py": "3.12.1", "lmdb": "1.5.1"},
+}
+
+
+def write_run(path: Path, seconds: dict[tuple[str, str, int], float], *, rounds: int = 10, seed: int = 0,
+              machine: dict | None = None) -> Path:
+    """A pytest-benchmark JSON file whose cell (operation, method, cutoff) has lognormal rounds around seconds[...]."""
+    rng = np.random.default_rng(seed)
+    benchmarks = []
+    for (operation, method, cutoff), median in seconds.items():
+        data = (median * rng.lognormal(0.0, 0.02, rounds)).tolist()
+        q1, q3 = np.percentile(data, [25, 75])
+        benchmarks.append({
+            "name": f"test_{operation}[{method}-{cutoff}]", "group": f"{operation} {cutoff}",
+            "params": {"method": method, "cutoff": cutoff},
+            "extra_info": {"suite": "image-storage", "operation": operation, "method": method, "n_images": cutoff,
+                           "image_shape": SHAPE, "dataset": "synthetic", "durable": False},
+            "stats": {"median": float(np.median(data)), "min": min(data), "max": max(data), "mean": float(np.mean(data)),
+                      "q1": float(q1), "q3": float(q3), "rounds": rounds, "data": data},
+        })
+    document = {
+        "machine_info": machine or MACHINE,
+        "commit_info": {"id": f"{seed:040x}", "branch": "main", "dirty": False},
+        "datetime": "2025-01-01T00:00:00+00:00", "version": "5.3.1", "benchmarks": benchmarks,
+    }
+    path.write_text(json.dumps(document), encoding="utf-8")
+    return path
+
+
+def grid(scale: float = 1.0, **slower: float) -> dict[tuple[str, str, int], float]:
+    """read_many times for three methods at two cutoffs; slower={"lmdb": 1.3} multiplies one method's times."""
+    base = {"disk": 2e-3, "lmdb": 5e-4, "hdf5": 4e-4}
+    return {("read_many", method, cutoff): scale * seconds * cutoff / 10 * slower.get(method, 1.0)
+            for method, seconds in base.items() for cutoff in (10, 100)}
+
+
+def other_machine(**changes) -> dict:
+    machine = json.loads(json.dumps(MACHINE))
+    machine["cpu"].update(changes.get("cpu", {}))
+    machine.update({key: value for key, value in changes.items() if key != "cpu"})
+    return machine
+
+
+def test_same_timings_exit_0_and_write_markdown_and_json(tmp_path, capsys):
+    base = write_run(tmp_path / "base.json", grid(), seed=1)
+    head = write_run(tmp_path / "head.json", grid(), seed=2)
+    assert main([str(base), str(head), "--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "read_many lmdb n=100 32x32x3" in printed and "\n0 slower, 0 faster" in printed
+    document = json.loads((tmp_path / "out" / "compare.json").read_text())
+    assert document["mode"] == "absolute" and len(document["cells"]) == 6
+    assert {cell["verdict"] for cell in document["cells"]} <= {"unchanged", "inconclusive"}
+    assert document["summary"]["slower"] == 0 and 0.95 <= document["ci_level"] < 1
+    markdown = (tmp_path / "out" / "compare.md").read_text()
+    assert markdown.startswith("# Benchmark comparison") and "| read_many hdf5 n=10 32x32x3 |" in markdown
+
+
+def test_slower_cell_exits_1_and_is_the_only_one_flagged(tmp_path, capsys):
+    base = write_run(tmp_path / "base.json", grid(), seed=1)
+    head = write_run(tmp_path / "head.json", grid(lmdb=1.3), seed=2)
+    assert main([str(base), str(head), "--out", str(tmp_path)]) == 1
+    cells = json.loads((tmp_path / "compare.json").read_text())["cells"]
+    assert {cell["method"] for cell in cells if cell["verdict"] == "slower"} == {"lmdb"}
+    slower = next(cell for cell in cells if cell["verdict"] == "slower")
+    assert slower["ratio"] == pytest.approx(1.3, rel=0.05) and slower["ci"][0] > 1.1 and slower["p_adjusted"] < 0.05
+    assert "slower" in capsys.readouterr().out
+
+
+def test_speedup_exits_0(tmp_path):
+    base = write_run(tmp_path / "base.json", grid(), seed=1)
+    head = write_run(tmp_path / "head.json", grid(disk=0.7), seed=2)
+    assert main([str(base), str(head), "--out", str(tmp_path)]) == 0
+    verdicts = {cell["method"]: cell["verdict"] for cell in json.loads((tmp_path / "compare.json").read_text())["cells"]}
+    assert verdicts["disk"] == "faster"
+
+
+def test_output_is_deterministic(tmp_path):
+    base = write_run(tmp_path / "base.json", grid(), seed=1)
+    head = write_run(tmp_path / "head.json", grid(hdf5=1.04), seed=2)
+    main([str(base), str(head), "--out", str(tmp_path / "a")])
+    main([str(base), str(head), "--out", str(tmp_path / "b")])
+    assert (tmp_path / "a" / "compare.json").read_text() == (tmp_path / "b" / "compare.json").read_text()
+
+
+def test_too_few_rounds_are_inconclusive_not_a_verdict(tmp_path):
+    base = write_run(tmp_path / "base.json", grid(), rounds=3, seed=1)
+    head = write_run(tmp_path / "head.json", grid(lmdb=1.5), rounds=3, seed=2)
+    assert main([str(base), str(head), "--out", str(tmp_path)]) == 0
+    cells = json.loads((tmp_path / "compare.json").read_text())["cells"]
+    assert {cell["verdict"] for cell in cells} == {"inconclusive"}
+    assert all("only 3 rounds" in cell["reason"] and cell["ratio"] is None for cell in cells)
+
+
+def test_missing_raw_data_is_inconclusive(tmp_path):
+    base = write_run(tmp_path / "base.json", grid(), seed=1)
+    document = json.loads(base.read_text())
+    for bench in document["benchmarks"]:
+        del bench["stats"]["data"]
+    base.write_text(json.dumps(document))
+    head = write_run(tmp_path / "head.json", grid(lmdb=1.5), seed=2)
+    assert main([str(base), str(head), "--out", str(tmp_path)]) == 0
+    assert all("no raw timings" in cell["reason"] for cell in json.loads((tmp_path / "compare.json").read_text())["cells"])
+
+
+@pytest.mark.parametrize("problem", ["missing", "not json", "other suite"])
+def test_bad_input_exits_2_with_one_line(tmp_path, capsys, problem):
+    base = write_run(tmp_path / "base.json", grid(), seed=1)
+    head = tmp_path / "head.json"
+    if problem == "not json":
+        head.write_text("{")
+    elif problem == "other suite":
+        head.write_text(json.dumps({"machine_info": MACHINE, "commit_info": {}, "datetime": "2025-01-01T00:00:00",
+                                    "benchmarks": []}))
+    assert main([str(base), str(head)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("python -m reports compare: error: ") and str(head) in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_run_ids_are_looked_up_in_the_benchmarks_dir(tmp_path):
+    runs = tmp_path / ".benchmarks" / "Linux-CPython-3.11-64bit"
+    runs.mkdir(parents=True)
+    write_run(runs / "0001_aaaa_20250101_000000.json", grid(), seed=1)
+    write_run(runs / "0002_bbbb_20250102_000000.json", grid(lmdb=1.3), seed=2)
+    assert main(["0001", "0002", "--benchmarks-dir", str(tmp_path / ".benchmarks")]) == 1
+    assert main(["0001", "0009", "--benchmarks-dir", str(tmp_path / ".benchmarks")]) == 2
+
+
+def test_other_machine_is_refused_naming_the_fields(tmp_path, capsys):
+    base = write_run(tmp_path / "base.json", grid(), seed=1)
+    head = write_run(tmp_path / "head.json", grid(), seed=2,
+                     machine=other_machine(cpu={"brand_raw": "Intel Xeon", "count": 8}, release="6.8.0"))
+    assert main([str(base), str(head)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--cross-machine" in err
+    assert "cpu.brand_raw" in err and "cpu.count" in err and "release" in err
+    assert "system" not in err and "storage.filesystem" not in err
+
+
+def test_cross_machine_compares_ratios_to_the_reference_method(tmp_path):
+    """HEAD's machine is 2x slower overall and its lmdb 1.3x slower still: only lmdb is flagged, hdf5 is not compared."""
+    base = write_run(tmp_path / "base.json", grid(), seed=1)
+    head = write_run(tmp_path / "head.json", grid(scale=2.0, lmdb=1.3), seed=2,
+                     machine=other_machine(cpu={"brand_raw": "Intel Xeon"}, storage={**MACHINE["storage"], "filesystem": "xfs"}))
+    assert main([str(base), str(head), "--out", str(tmp_path)]) == 2  # absolute times would be meaningless
+    assert main([str(base), str(head), "--cross-machine", "--out", str(tmp_path)]) == 1
+    document = json.loads((tmp_path / "compare.json").read_text())
+    assert document["mode"] == "reference" and document["reference_method"] == "hdf5"
+    assert any("storage.filesystem" in line for line in document["fingerprint_differences"])
+    verdicts = {(cell["method"], cell["n_images"]): cell for cell in document["cells"]}
+    assert set(verdicts) == {("disk", 10), ("disk", 100), ("lmdb", 10), ("lmdb", 100)}
+    assert {key for key, cell in verdicts.items() if cell["verdict"] == "slower"} == {("lmdb", 10), ("lmdb", 100)}
+    assert verdicts[("lmdb", 100)]["base"] == pytest.approx(5e-4 / 4e-4, rel=0.05)
+    assert verdicts[("lmdb", 100)]["ratio"] == pytest.approx(1.3, rel=0.05)
+    assert verdicts[("disk", 100)]["ratio"] == pytest.approx(1.0, abs=0.05)
+
+
+def test_cross_machine_without_reference_cells_is_bad_input(tmp_path, capsys):
+    base = write_run(tmp_path / "base.json", grid(), seed=1)
+    head = write_run(tmp_path / "head.json", grid(), seed=2)
+    assert main([str(base), str(head), "--cross-machine", "--reference-method", "zarr"]) == 2
+    assert "no zarr cell in both runs" in capsys.readouterr().err
+
+
+def test_library_version_differences_are_listed_not_refused(tmp_path, capsys):
+    base = write_run(tmp_path / "base.json", grid(), seed=1)
+    head = write_run(tmp_path / "head.json", grid(), seed=2,
+                     machine=other_machine(libraries={**MACHINE["libraries"], "h5py": "3.13.0", "zarr": "3.0.0"}))
+    assert main([str(base), str(head), "--out", str(tmp_path)]) == 0
+    expected = ["h5py: 3.12.1 -> 3.13.0", "zarr: missing -> 3.0.0"]
+    assert json.loads((tmp_path / "compare.json").read_text())["library_differences"] == expected
+    printed = capsys.readouterr().out
+    assert all(line in printed for line in expected)
+    assert "h5py: 3.12.1 -> 3.13.0" in (tmp_path / "compare.md").read_text()
+
+
+def test_cells_in_one_run_only_are_noted(tmp_path):
+    base = write_run(tmp_path / "base.json", grid(), seed=1)
+    head_cells = {key: value for key, value in grid().items() if key[2] == 10}
+    head = write_run(tmp_path / "head.json", head_cells, seed=2)
+    assert main([str(base), str(head), "--out", str(tmp_path)]) == 0
+    document = json.loads((tmp_path / "compare.json").read_text())
+    assert len(document["cells"]) == 3
+    assert document["not_compared"] == ["only in base: read_many disk n=100 32x32x3, read_many hdf5 n=100 32x32x3, "
+                                        "read_many lmdb n=100 32x32x3"]
+
+
+def test_invalid_settings_exit_2(tmp_path):
+    base = write_run(tmp_path / "base.json", grid(), seed=1)
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(base), str(base), "--alpha", "1.5"])
+    assert exit_info.value.code == 2
