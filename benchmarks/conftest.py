@@ -25,6 +25,7 @@ from storage_impls import ImageStore, get_store_class
 from storage_impls.datasets import CIFAR10_IMAGES, load_cifar10, synthetic
 
 SUITE = "image-storage"  # extra_info["suite"]: marks the cells reports/ reads
+MIN_ROUNDS = 10  # the suite's default floor: at 5 rounds a lone 10 % regression escapes `reports compare` 1 time in 5
 MAX_ROUNDS = 200  # enough for the statistics, bounded in time for microsecond cells
 PROGRESS_MIN_IMAGES = 10_000  # announce setup steps from this many images on
 STORAGE_DIR_KEY = pytest.StashKey[Path]()  # where this run writes its stores, for machine_info
@@ -38,6 +39,8 @@ class Dataset(NamedTuple):
 
 def pytest_configure(config: pytest.Config) -> None:
     """Refuse, before anything runs, option combinations that cannot work."""
+    if not any(arg.startswith("--benchmark-min-rounds") for arg in config.invocation_params.args):
+        config.option.benchmark_min_rounds = MIN_ROUNDS  # pytest-benchmark's own default is 5
     if getattr(config.option, "numprocesses", None):
         raise pytest.UsageError("the image storage benchmarks must not run under pytest-xdist (-n): "
                                 "parallel workers share the disk and the cores and spoil every time; drop -n")
@@ -192,8 +195,8 @@ def fresh_stores(store_class: type[ImageStore], storage_root: Path, request: pyt
 def measure(benchmark, pytestconfig: pytest.Config) -> Callable:
     """``measure(target, setup)``: one untimed warm-up round that also sizes the run, then the timed rounds.
 
-    Rounds: enough to fill --benchmark-max-time, at least --benchmark-min-rounds (5), at most
-    MAX_ROUNDS; ``setup`` runs before every round, outside the timing. Returns the target's result.
+    Rounds: enough to fill --benchmark-max-time, at least --benchmark-min-rounds (MIN_ROUNDS unless
+    given), at most MAX_ROUNDS; ``setup`` runs before every round, outside the timing. Returns the target's result.
     """
     def run(target: Callable, setup: Callable[[], tuple[tuple, dict]]):
         args, kwargs = setup()
