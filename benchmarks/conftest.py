@@ -211,8 +211,9 @@ def measure(benchmark, pytestconfig: pytest.Config) -> Callable:
 
 
 @pytest.fixture
-def record(benchmark, pytestconfig: pytest.Config, dataset: Dataset, operation: str, method: str) -> Callable:
-    """``record(n_images, disk_usage=None)``: what a reader of the JSON needs, set before the timed run."""
+def record(benchmark, pytestconfig: pytest.Config, dataset: Dataset, operation: str, method: str) -> Iterator[Callable]:
+    """``record(n_images, disk_usage=None)``: what a reader of the JSON needs, set before the timed run;
+    throughput is added once the rounds are done."""
     def describe(n_images: int, disk_usage=None) -> None:
         shape = dataset.images.shape[1:]
         benchmark.group = f"{operation} {n_images}"

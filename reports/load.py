@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -52,10 +53,7 @@ class Cell:
     @property
     def raw_bytes(self) -> int:
         """Pixel bytes one round moves (extra_info.raw_bytes, else computed from the shape)."""
-        size = 1
-        for dim in self.image_shape:
-            size *= dim
-        return int(self.extra_info.get("raw_bytes", self.n_images * size))
+        return int(self.extra_info.get("raw_bytes", self.n_images * math.prod(self.image_shape)))
 
 
 @dataclass(frozen=True)

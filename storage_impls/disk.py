@@ -38,7 +38,7 @@ def _png_mode(shape: tuple[int, ...]) -> str:
 
 def _as_planes(array: np.ndarray, image_ndim: int) -> np.ndarray:
     """View images of shape (..., H, W, 1) as (..., H, W): Pillow's grey images have no channel axis."""
-    if array.ndim - image_ndim >= 0 and array.shape[-1] == 1 and image_ndim == 3:
+    if image_ndim == 3 and array.shape[-1] == 1:
         return array.reshape(array.shape[:-1])
     return array
 
