@@ -1,9 +1,11 @@
 """`python -m reports compare BASE HEAD`: which cells got slower, with statistics fit for a CI gate.
 
-Every cell present in both runs is compared through its raw per-round timings (reports.stats explains the method).
-Exit status: 1 when any cell is slower, 0 otherwise, 2 on bad input (one line on stderr). Runs from different
-machines are refused unless --cross-machine, which compares each method's time relative to a reference method
-measured in the same run, because ratios survive a change of machine and absolute times do not.
+BASE and HEAD each name one run or several (a directory or a glob). Every cell present in all runs is compared:
+with one run per side through its raw per-round timings, with several through the spread between runs, which also
+covers drift from one run to the next (reports.stats explains both). Exit status: 1 when any cell is slower,
+0 otherwise, 2 on bad input (one line on stderr). Runs from different machines are refused unless --cross-machine,
+which compares each method's time relative to a reference method measured in the same run, because ratios survive
+a change of machine and absolute times do not.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from reports.load import Cell, ReportInputError, Run, load_run, resolve_inputs
-from reports.stats import VERDICTS, Correction, RatioEstimate, Verdict, judge_family, ratio_of_medians
+from reports.stats import VERDICTS, Correction, RatioEstimate, Verdict, judge_family, ratio_between_runs, ratio_of_medians
 
 PROG = "python -m reports compare"
 FINGERPRINT_FIELDS = ("cpu.brand_raw", "cpu.count", "system", "release", "storage.filesystem")
@@ -29,10 +31,12 @@ CellKey = tuple[str, str, int, tuple[int, ...]]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Compare two benchmark runs cell by cell; exit 1 when any cell is slower, 2 on bad input.",
+        description="Compare BASE and HEAD (one or several benchmark runs each) cell by cell; "
+                    "exit 1 when any cell is slower, 2 on bad input.",
     )
-    parser.add_argument("base", help="the earlier run: pytest-benchmark JSON file or run id such as 0003")
-    parser.add_argument("head", help="the run to check, same forms as BASE")
+    parser.add_argument("base", help="the earlier run(s): pytest-benchmark JSON file, run id such as 0003, "
+                                     "or a directory or glob naming several runs of the same code")
+    parser.add_argument("head", help="the run(s) to check, same forms as BASE")
     parser.add_argument("--threshold", type=float, default=0.05,
                         help="practical change that counts, as a fraction (default: %(default)s = 5%%)")
     parser.add_argument("--alpha", type=float, default=0.05,
@@ -40,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--correction", choices=("bh", "holm"), default="bh",
                         help="multiple-comparison correction: Benjamini-Hochberg or Holm (default: %(default)s)")
     parser.add_argument("--min-rounds", type=int, default=5,
-                        help="cells with fewer rounds in either run are inconclusive (default: %(default)s)")
+                        help="cells with fewer rounds in any run are inconclusive (default: %(default)s)")
     parser.add_argument("--cross-machine", action="store_true",
                         help="allow runs from different machines: compare each method relative to --reference-method")
     parser.add_argument("--reference-method", default="hdf5",
@@ -54,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 @dataclass(frozen=True)
 class Comparison:
-    """One compared cell: its key, the compared quantity in each run (seconds or ratio to the reference), verdict."""
+    """One compared cell: its key, the compared quantity on each side (seconds or ratio to the reference; the
+    geometric mean over the side's runs), and the verdict."""
 
     key: CellKey
     base_value: float
@@ -66,11 +71,8 @@ class Comparison:
         return _label(self.key)
 
 
-def _one_run(text: str, benchmarks_dir: Path) -> Run:
-    paths = resolve_inputs([text], benchmarks_dir)
-    if len(paths) != 1:
-        raise ReportInputError(text, f"names {len(paths)} runs, expected one")
-    return load_run(paths[0])
+def _load_side(text: str, benchmarks_dir: Path) -> list[Run]:
+    return [load_run(path) for path in resolve_inputs([text], benchmarks_dir)]
 
 
 def _field(info: Mapping[str, Any], dotted: str) -> Any:
@@ -79,17 +81,25 @@ def _field(info: Mapping[str, Any], dotted: str) -> Any:
     return info
 
 
-def fingerprint_differences(base: Run, head: Run) -> list[str]:
-    """Machine fingerprint fields that differ, as "field: base != head"."""
-    return [f"{field}: {_field(base.machine_info, field)!r} != {_field(head.machine_info, field)!r}"
-            for field in FINGERPRINT_FIELDS if _field(base.machine_info, field) != _field(head.machine_info, field)]
+def fingerprint_differences(runs: Sequence[Run]) -> list[str]:
+    """Machine fingerprint fields on which the runs disagree, as "field: value != other value"."""
+    differences = []
+    for field in FINGERPRINT_FIELDS:
+        values = list(dict.fromkeys(repr(_field(run.machine_info, field)) for run in runs))
+        if len(values) > 1:
+            differences.append(f"{field}: {' != '.join(values)}")
+    return differences
 
 
-def library_differences(base: Run, head: Run) -> list[str]:
-    """Library versions (machine_info.libraries) that differ, as "name: base -> head"."""
-    base_libs, head_libs = base.machine_info.get("libraries") or {}, head.machine_info.get("libraries") or {}
-    return [f"{name}: {base_libs.get(name, 'missing')} -> {head_libs.get(name, 'missing')}"
-            for name in sorted(set(base_libs) | set(head_libs)) if base_libs.get(name) != head_libs.get(name)]
+def library_differences(base: Sequence[Run], head: Sequence[Run]) -> list[str]:
+    """Library versions (machine_info.libraries) that differ between the sides, as "name: base -> head"."""
+    def versions(runs: Sequence[Run], name: str) -> str:
+        found = dict.fromkeys(str((run.machine_info.get("libraries") or {}).get(name, "missing")) for run in runs)
+        return "/".join(found)
+
+    names = sorted({name for run in [*base, *head] for name in run.machine_info.get("libraries") or {}})
+    return [f"{name}: {versions(base, name)} -> {versions(head, name)}" for name in names
+            if versions(base, name) != versions(head, name)]
 
 
 def _untestable_reason(cells: Sequence[Cell], min_rounds: int) -> str | None:
@@ -100,55 +110,66 @@ def _untestable_reason(cells: Sequence[Cell], min_rounds: int) -> str | None:
     return f"only {fewest} rounds (< --min-rounds {min_rounds})" if fewest < min_rounds else None
 
 
-def compare_runs(base: Run, head: Run, *, reference_method: str | None, min_rounds: int, alpha: float, threshold: float,
-                 correction: Correction, seed: int) -> tuple[list[Comparison], float, list[str]]:
+# per run of one side: the cell, and the reference method's cell of the same run (None for absolute times)
+RunCells = list[tuple[Cell, Cell | None]]
+
+
+def compare_runs(base: Sequence[Run], head: Sequence[Run], *, reference_method: str | None, min_rounds: int, alpha: float,
+                 threshold: float, correction: Correction, seed: int) -> tuple[list[Comparison], float, list[str]]:
     """Compared cells (sorted by key), the CI level used, and notes on cells that could not be paired.
 
-    With a reference method, each cell's quantity is its median time over the reference method's median time for
-    the same (operation, n_images, image_shape) in the same run; the reference's own cells are not compared.
+    A cell is compared when every run of both sides has it. With one run per side the rounds are bootstrapped
+    (ratio_of_medians); with more, each run counts once (ratio_between_runs). With a reference method, each cell's
+    quantity is its median time over the reference method's median time for the same (operation, n_images,
+    image_shape) in the same run; the reference's own cells are not compared.
     """
-    base_cells = {cell.key: cell for cell in base.cells}
-    head_cells = {cell.key: cell for cell in head.cells}
-    notes = [f"only in {side}: {', '.join(_label(key) for key in sorted(keys))}"
-             for side, keys in (("base", base_cells.keys() - head_cells.keys()), ("head", head_cells.keys() - base_cells.keys()))
-             if keys]
-    keys, groups = [], []
-    for key in sorted(base_cells.keys() & head_cells.keys()):
-        if reference_method is None:
-            groups.append(([head_cells[key]], [base_cells[key]]))
-            keys.append(key)
-            continue
+    sides = {"base": [{cell.key: cell for cell in run.cells} for run in base],
+             "head": [{cell.key: cell for cell in run.cells} for run in head]}
+    in_all = {side: set.intersection(*(set(cells) for cells in runs)) for side, runs in sides.items()}
+    notes = [f"not in every {side} run: {', '.join(_label(key) for key in sorted(keys))}"
+             for side, runs in sides.items() if (keys := set().union(*runs) - in_all[side])]
+    notes += [f"only in {side}: {', '.join(_label(key) for key in sorted(keys))}"
+              for side, keys in (("base", in_all["base"] - in_all["head"]), ("head", in_all["head"] - in_all["base"])) if keys]
+    common = in_all["base"] & in_all["head"]
+    keys: list[CellKey] = []
+    groups: list[tuple[RunCells, RunCells]] = []
+    for key in sorted(common):
         operation, method, n_images, shape = key
-        reference_key = (operation, reference_method, n_images, shape)
+        reference_key = None if reference_method is None else (operation, reference_method, n_images, shape)
         if method == reference_method:
             continue
-        if reference_key not in base_cells or reference_key not in head_cells:
-            notes.append(f"not compared, no {reference_method} cell in both runs: {_label(key)}")
+        if reference_key is not None and reference_key not in common:
+            notes.append(f"not compared, no {reference_method} cell in all runs: {_label(key)}")
             continue
-        groups.append(([head_cells[key], base_cells[reference_key]], [head_cells[reference_key], base_cells[key]]))
         keys.append(key)
+        groups.append(tuple([(cells[key], cells[reference_key] if reference_key else None) for cells in sides[side]]
+                            for side in ("base", "head")))
     if not keys:
-        raise ReportInputError(head.path, f"no cell to compare with {base.path}" + (f" ({'; '.join(notes)})" if notes else ""))
+        raise ReportInputError(head[0].path, f"no cell to compare with {base[0].path}" + (f" ({'; '.join(notes)})" if notes else ""))
     rng = np.random.default_rng(seed)
-    estimates: list[RatioEstimate | str] = [
-        _untestable_reason(numerators + denominators, min_rounds)
-        or ratio_of_medians([np.asarray(cell.data) for cell in numerators], [np.asarray(cell.data) for cell in denominators], rng)
-        for numerators, denominators in groups
-    ]
+    estimates = [_untestable_reason([cell for pair in base_cells + head_cells for cell in pair if cell], min_rounds)
+                 or _estimate(base_cells, head_cells, rng) for base_cells, head_cells in groups]
     verdicts, level = judge_family(estimates, alpha=alpha, threshold=threshold, correction=correction)
-    comparisons = [
-        Comparison(key, _quantity(base_cells, key, reference_method), _quantity(head_cells, key, reference_method), verdict)
-        for key, verdict in zip(keys, verdicts)
-    ]
+    comparisons = [Comparison(key, float(np.exp(np.mean(_log_quantities(base_cells)))),
+                              float(np.exp(np.mean(_log_quantities(head_cells)))), verdict)
+                   for key, (base_cells, head_cells), verdict in zip(keys, groups, verdicts)]
     return comparisons, level, notes
 
 
-def _quantity(cells: Mapping[CellKey, Cell], key: CellKey, reference_method: str | None) -> float:
-    median = cells[key].stats["median"]
-    if reference_method is None:
-        return median
-    operation, _, n_images, shape = key
-    return median / cells[(operation, reference_method, n_images, shape)].stats["median"]
+def _log_quantities(run_cells: RunCells) -> list[float]:
+    """Per run: log of the median time, or of the median time over the reference's median time."""
+    return [float(np.log(cell.stats["median"]) - (np.log(reference.stats["median"]) if reference else 0.0))
+            for cell, reference in run_cells]
+
+
+def _estimate(base: RunCells, head: RunCells, rng: np.random.Generator) -> RatioEstimate:
+    """HEAD/BASE: rounds bootstrapped with one run per side, runs as replicates with more."""
+    if len(base) > 1 or len(head) > 1:
+        return ratio_between_runs(_log_quantities(base), _log_quantities(head), rng)
+    (base_cell, base_reference), (head_cell, head_reference) = base[0], head[0]
+    numerators = [head_cell] + ([base_reference] if base_reference else [])
+    denominators = [base_cell] + ([head_reference] if head_reference else [])
+    return ratio_of_medians([np.asarray(cell.data) for cell in numerators], [np.asarray(cell.data) for cell in denominators], rng)
 
 
 def _label(key: CellKey) -> str:
@@ -199,21 +220,38 @@ def _summary(comparisons: Sequence[Comparison]) -> dict[str, int]:
     return {verdict: counts[verdict] for verdict in VERDICTS}
 
 
+def _model(base: Sequence[Run], head: Sequence[Run]) -> str:
+    """How the uncertainty was estimated, in words."""
+    if len(base) == 1 and len(head) == 1:
+        return ("one run per side: its rounds are bootstrapped as independent draws, so drift between runs is not "
+                "covered; give several runs per side where runs drift (docs/ci.md)")
+    return (f"{len(base)} base and {len(head)} head runs: each run counts once, spread between runs "
+            f"(Student t, {len(base) + len(head) - 2} degrees of freedom)")
+
+
 def _settings_line(args: argparse.Namespace, reference_method: str | None, level: float) -> str:
     mode = f"ratios to {reference_method} within each run (--cross-machine)" if reference_method else "absolute times"
     return (f"{mode}; threshold {args.threshold:.0%}, alpha {args.alpha:g} with {args.correction.upper()} correction, "
-            f"CI level {level:.2%}, min rounds {args.min_rounds}, bootstrap seed {args.seed}")
+            f"CI level {level:.2%}, min rounds {args.min_rounds}, seed {args.seed}")
 
 
-def _markdown(base: Run, head: Run, args: argparse.Namespace, reference_method: str | None, level: float,
-              comparisons: Sequence[Comparison], notes: Sequence[str], differences: Mapping[str, Sequence[str]]) -> str:
+def _run_lines(name: str, runs: Sequence[Run]) -> list[str]:
+    if len(runs) == 1:
+        return [f"- {name}: `{runs[0].path}` ({runs[0].label})"]
+    return [f"- {name}: {len(runs)} runs", *(f"  - `{run.path}` ({run.label})" for run in runs)]
+
+
+def _markdown(base: Sequence[Run], head: Sequence[Run], args: argparse.Namespace, reference_method: str | None,
+              level: float, comparisons: Sequence[Comparison], notes: Sequence[str],
+              differences: Mapping[str, Sequence[str]]) -> str:
     headers, rows = _headers(reference_method), _rows(comparisons, reference_method)
     lines = [
         "# Benchmark comparison",
         "",
-        f"- base: `{base.path}` ({base.label})",
-        f"- head: `{head.path}` ({head.label})",
+        *_run_lines("base", base),
+        *_run_lines("head", head),
         f"- {_settings_line(args, reference_method, level)}",
+        f"- {_model(base, head)}",
         f"- verdicts: {', '.join(f'{count} {verdict}' for verdict, count in _summary(comparisons).items())}",
         "",
         "| " + " | ".join(headers) + " |",
@@ -227,7 +265,7 @@ def _markdown(base: Run, head: Run, args: argparse.Namespace, reference_method: 
     return "\n".join(lines) + "\n"
 
 
-def _json(base: Run, head: Run, args: argparse.Namespace, reference_method: str | None, level: float,
+def _json(base: Sequence[Run], head: Sequence[Run], args: argparse.Namespace, reference_method: str | None, level: float,
           comparisons: Sequence[Comparison], notes: Sequence[str], differences: Mapping[str, Sequence[str]]) -> dict:
     def cell(comparison: Comparison) -> dict[str, Any]:
         operation, method, n_images, shape = comparison.key
@@ -243,10 +281,13 @@ def _json(base: Run, head: Run, args: argparse.Namespace, reference_method: str 
         }
 
     return {
-        "base": {"path": str(base.path), "label": base.label},
-        "head": {"path": str(head.path), "label": head.label},
+        "base": [{"path": str(run.path), "label": run.label} for run in base],
+        "head": [{"path": str(run.path), "label": run.label} for run in head],
         "mode": "reference" if reference_method else "absolute",
-        "quantity": f"median time / median {reference_method} time in the same run" if reference_method else "median seconds",
+        "quantity": (f"median time / median {reference_method} time in the same run" if reference_method else "median seconds")
+                    + ("" if len(base) == len(head) == 1 else ", geometric mean over the runs"),
+        "uncertainty": "rounds" if len(base) == len(head) == 1 else "runs",
+        "model": _model(base, head),
         "reference_method": reference_method,
         "threshold": args.threshold, "alpha": args.alpha, "correction": args.correction, "ci_level": level,
         "min_rounds": args.min_rounds, "seed": args.seed,
@@ -273,10 +314,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _check_settings(parser, args)
     try:
-        base, head = _one_run(args.base, args.benchmarks_dir), _one_run(args.head, args.benchmarks_dir)
-        differences = {"fingerprint": fingerprint_differences(base, head), "libraries": library_differences(base, head)}
+        base, head = _load_side(args.base, args.benchmarks_dir), _load_side(args.head, args.benchmarks_dir)
+        differences = {"fingerprint": fingerprint_differences([*base, *head]), "libraries": library_differences(base, head)}
         if differences["fingerprint"] and not args.cross_machine:
-            raise ReportInputError(head.path, f"not the machine of {base.path} ({'; '.join(differences['fingerprint'])}); "
+            raise ReportInputError(args.head, f"not all on the machine of {base[0].path} ({'; '.join(differences['fingerprint'])}); "
                                               f"pass --cross-machine to compare ratios to --reference-method instead")
         reference_method = args.reference_method if args.cross_machine else None
         comparisons, level, notes = compare_runs(base, head, reference_method=reference_method, min_rounds=args.min_rounds,
@@ -285,7 +326,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ReportInputError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
-    print(f"base {base.label}\nhead {head.label}\n{_settings_line(args, reference_method, level)}\n")
+    for name, runs in (("base", base), ("head", head)):
+        print(f"{name} {runs[0].label}" + (f" and {len(runs) - 1} more runs" if len(runs) > 1 else ""))
+    print(f"{_settings_line(args, reference_method, level)}\n{_model(base, head)}\n")
     print(_text_table(_headers(reference_method), _rows(comparisons, reference_method)))
     for title, items in (("machine fingerprint differs", differences["fingerprint"]),
                          ("library versions differ", differences["libraries"]), ("not compared", notes)):

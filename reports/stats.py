@@ -1,13 +1,17 @@
-"""Statistics of the regression compare: ratio of medians with a bootstrap CI, multiplicity correction, verdicts.
+"""Statistics of the regression compare: ratio of medians with a CI, multiplicity correction, verdicts.
 
 Pure functions on arrays, no I/O. The method (see docs/ci.md):
 
 * estimate: a ratio of medians (HEAD/BASE, or a ratio of such ratios against a reference method), on the log scale;
-* uncertainty: a percentile bootstrap of the log-ratio, each sample resampled independently. The bootstrap median
-  of a sample is drawn exactly without resampling all rounds (order statistics of uniforms are Beta), so the cost
-  does not grow with the number of rounds;
-* test of "no change": the two-sided bootstrap p-value, adjusted over all compared cells with Benjamini-Hochberg
-  (default) or Holm;
+* uncertainty, one run per side (`ratio_of_medians`): a percentile bootstrap of the log-ratio, each sample of rounds
+  resampled independently. The bootstrap median of a sample is drawn exactly without resampling all rounds (order
+  statistics of uniforms are Beta), so the cost does not grow with the number of rounds. This trusts the rounds of
+  one run to show all the noise, which is false where whole runs drift;
+* uncertainty, several runs per side (`ratio_between_runs`): the runs are the replicates. Each run is reduced to its
+  log median, and the difference of the sides' means gets a Student t distribution with the pooled spread between
+  runs, which holds whatever the drift between runs, since that drift is in the spread;
+* test of "no change": the two-sided p-value read off the same replicates, adjusted over all compared cells with
+  Benjamini-Hochberg (default) or Holm;
 * verdict: a cell is slower/faster when its adjusted p-value is below alpha AND its ratio is beyond the practical
   threshold, unchanged when its CI at the corrected level lies inside [1/(1+t), 1+t], inconclusive otherwise.
 """
@@ -43,14 +47,14 @@ def bootstrap_medians(sample: np.ndarray, draws: int, rng: np.random.Generator) 
 
 @dataclass(frozen=True)
 class RatioEstimate:
-    """A ratio of medians, its bootstrap replicates (log scale) and the two-sided p-value of "ratio == 1"."""
+    """A ratio of medians, replicates of its log (bootstrap or Student t draws) and the two-sided p-value of "ratio == 1"."""
 
     ratio: float
     p_value: float
     log_replicates: np.ndarray
 
     def ci(self, level: float) -> tuple[float, float]:
-        """Percentile bootstrap confidence interval of the ratio at `level` (e.g. 0.95)."""
+        """Percentile confidence interval of the ratio at `level` (e.g. 0.95)."""
         tail = (1.0 - level) / 2
         low, high = np.quantile(self.log_replicates, [tail, 1.0 - tail])
         return float(np.exp(low)), float(np.exp(high))
@@ -74,6 +78,35 @@ def ratio_of_medians(
         for sample in samples:
             point += sign * np.log(np.median(sample))
             replicates += sign * np.log(bootstrap_medians(sample, draws, rng))
+    return _estimate(point, replicates)
+
+
+def ratio_between_runs(
+    base: Sequence[float],
+    head: Sequence[float],
+    rng: np.random.Generator,
+    draws: int = DEFAULT_DRAWS,
+) -> RatioEstimate:
+    """HEAD/BASE ratio of the geometric means of per-run values, with runs as the unit of replication.
+
+    `base` and `head` hold one log value per run (log median time, or log of median time over the reference
+    method's median time in that run). Their mean difference is distributed as Student t with the variance
+    pooled within both sides and sum(n - 1) degrees of freedom; `draws` samples of it stand in for bootstrap
+    replicates, so CIs and p-values come out the same way as for ratio_of_medians. Needs two runs on one side.
+    """
+    sides = [np.asarray(values, dtype=float) for values in (base, head)]
+    dof = sum(side.size - 1 for side in sides)
+    if dof < 1 or min(side.size for side in sides) < 1:
+        raise ValueError(f"need at least one run per side and two on one side, got {sides[0].size} and {sides[1].size}")
+    pooled_variance = sum(float(np.sum((side - side.mean()) ** 2)) for side in sides) / dof
+    point = float(sides[1].mean() - sides[0].mean())
+    standard_error = np.sqrt(pooled_variance * sum(1.0 / side.size for side in sides))
+    return _estimate(point, point + standard_error * rng.standard_t(dof, draws))
+
+
+def _estimate(point: float, replicates: np.ndarray) -> RatioEstimate:
+    """RatioEstimate of a log-ratio and its replicates, with the two-sided p-value of "log-ratio == 0"."""
+    draws = replicates.size
     below = (1 + np.count_nonzero(replicates <= 0)) / (draws + 1)
     above = (1 + np.count_nonzero(replicates >= 0)) / (draws + 1)
     return RatioEstimate(ratio=float(np.exp(point)), p_value=min(1.0, 2 * min(below, above)), log_replicates=replicates)
@@ -168,4 +201,4 @@ def _reason(verdict: str, ratio: float, ci: tuple[float, float], p_adjusted: flo
         return f"CI inside ±{threshold:.0%}"
     if p_adjusted < alpha:
         return f"significant, but ratio {ratio:.3f} is within ±{threshold:.0%} and the CI is not"
-    return f"CI {ci[0]:.3f}..{ci[1]:.3f} too wide to tell (noisy or few rounds)"
+    return f"CI {ci[0]:.3f}..{ci[1]:.3f} too wide to tell (noisy, few rounds or few runs)"

@@ -13,6 +13,7 @@ from reports.stats import (
     corrected_ci_level,
     holm,
     judge_family,
+    ratio_between_runs,
     ratio_of_medians,
 )
 
@@ -39,6 +40,55 @@ def simulate(rounds: int, factors: list[float], *, outlier_rate: float = 0.0, tr
                      for factor in factors]
         verdicts.append([verdict.verdict for verdict in judge_family(estimates, correction=correction)[0]])
     return np.array(verdicts)
+
+
+def simulate_runs(runs: int, factors: list[float], *, drift: float, rounds: int = 10, trials: int = TRIALS,
+                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Verdicts (trials, cells) from several runs per side, and from the first run of each side alone.
+
+    Every run of a cell is off by its own lognormal factor with sigma `drift` (whole-run drift: the rounds within
+    one run do not show it), on top of the rounds' CV of 3 %.
+    """
+    rng = np.random.default_rng(seed)
+    between, single = [], []
+    for _ in range(trials):
+        samples = [[[timings(rng, rounds, factor * rng.lognormal(0.0, drift)) for _ in range(runs)]
+                    for factor in (1.0, head_factor)] for head_factor in factors]
+        log_medians = [[np.log(np.median(side, axis=1)) for side in cell] for cell in samples]
+        between.append(judge_family([ratio_between_runs(base, head, rng) for base, head in log_medians])[0])
+        single.append(judge_family([ratio_of_medians([head[0]], [base[0]], rng) for base, head in samples])[0])
+    return tuple(np.array([[verdict.verdict for verdict in trial] for trial in verdicts]) for verdicts in (between, single))
+
+
+def test_drift_between_runs_fools_one_run_per_side_but_not_several():
+    """A/A where whole runs drift by 8 %: rounds alone call many cells changed, five runs per side almost none."""
+    between, single = simulate_runs(5, [1.0] * CELLS, drift=0.08, trials=100, seed=11)
+    assert np.isin(between, FLAGGED).mean() <= 0.01
+    assert np.isin(single, FLAGGED).mean() >= 0.3
+
+
+def test_ten_percent_slowdown_of_every_cell_is_found_from_five_runs_per_side():
+    between, _ = simulate_runs(5, [1.10] * CELLS, drift=0.02, seed=12)
+    assert (between == "slower").mean() >= 0.95
+
+
+def test_two_runs_per_side_under_heavy_drift_are_inconclusive_not_a_verdict():
+    between, _ = simulate_runs(2, [1.10] * CELLS, drift=0.08, trials=50, seed=13)
+    assert (between == "inconclusive").mean() >= 0.8 and np.isin(between, ("faster", "unchanged")).mean() <= 0.01
+
+
+def test_ratio_between_runs_is_the_pooled_t_test_on_log_medians():
+    rng = np.random.default_rng(14)
+    base, head = rng.normal(0.0, 0.05, 5), rng.normal(0.08, 0.05, 4)
+    estimate = ratio_between_runs(base, head, np.random.default_rng(0), draws=200_000)
+    expected = scipy_stats.ttest_ind(head, base, equal_var=True)
+    assert estimate.ratio == pytest.approx(np.exp(head.mean() - base.mean()))
+    assert estimate.p_value == pytest.approx(expected.pvalue, rel=0.05, abs=1e-3)
+    low, high = np.log(estimate.ci(0.95))
+    expected_low, expected_high = expected.confidence_interval(0.95)
+    assert low == pytest.approx(expected_low, abs=0.003) and high == pytest.approx(expected_high, abs=0.003)
+    with pytest.raises(ValueError, match="two on one side"):
+        ratio_between_runs([0.1], [0.2], rng)
 
 
 @pytest.mark.parametrize("rounds", [5, 10])
