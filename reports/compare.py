@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="allow runs from different machines: compare each method relative to --reference-method")
     parser.add_argument("--reference-method", default="hdf5",
                         help="method the others are divided by with --cross-machine (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed; same inputs and seed, same output")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the bootstrap used with one run per side; same inputs and seed, same output")
     parser.add_argument("--out", type=Path, help="also write compare.md and compare.json into this folder")
     parser.add_argument("--benchmarks-dir", type=Path, default=Path(".benchmarks"),
                         help="where run ids are looked up (default: %(default)s)")
@@ -71,8 +72,27 @@ class Comparison:
         return _label(self.key)
 
 
-def _load_side(text: str, benchmarks_dir: Path) -> list[Run]:
-    return [load_run(path) for path in resolve_inputs([text], benchmarks_dir)]
+def load_sides(base_text: str, head_text: str, benchmarks_dir: Path, cross_machine: bool) -> tuple[list[Run], list[Run]]:
+    """The runs BASE and HEAD name, checked: no run on both sides, one run each or at least two each, and (unless
+    cross_machine) every run on the machine of the first base run."""
+    paths = [resolve_inputs([text], benchmarks_dir) for text in (base_text, head_text)]
+    shared = {path.resolve() for path in paths[0]} & {path.resolve() for path in paths[1]}
+    if shared:
+        raise ReportInputError(head_text, f"names the same run as BASE: {', '.join(sorted(map(str, shared)))}")
+    if len(paths[0]) != len(paths[1]) and min(map(len, paths)) < 2:
+        raise ReportInputError(head_text, f"BASE names {len(paths[0])} run(s) and HEAD {len(paths[1])}: give one run "
+                                          "per side, or at least two per side so that both sides show their spread")
+    base, head = ([load_run(path) for path in side] for side in paths)
+    odd = next((run for run in head + base if _fingerprint(run) != _fingerprint(base[0])), None)
+    if odd is not None and not cross_machine:
+        raise ReportInputError(odd.path, f"not the machine of {base[0].path} ({'; '.join(fingerprint_differences([base[0], odd]))}); "
+                                         f"pass --cross-machine to compare ratios to --reference-method instead")
+    return base, head
+
+
+def _runs_are_replicates(base: Sequence[Run]) -> bool:
+    """Several runs per side (load_sides ensures both sides then have two or more): runs, not rounds, are the unit."""
+    return len(base) > 1
 
 
 def _field(info: Mapping[str, Any], dotted: str) -> Any:
@@ -81,14 +101,14 @@ def _field(info: Mapping[str, Any], dotted: str) -> Any:
     return info
 
 
+def _fingerprint(run: Run) -> tuple[str, ...]:
+    return tuple(repr(_field(run.machine_info, field)) for field in FINGERPRINT_FIELDS)
+
+
 def fingerprint_differences(runs: Sequence[Run]) -> list[str]:
     """Machine fingerprint fields on which the runs disagree, as "field: value != other value"."""
-    differences = []
-    for field in FINGERPRINT_FIELDS:
-        values = list(dict.fromkeys(repr(_field(run.machine_info, field)) for run in runs))
-        if len(values) > 1:
-            differences.append(f"{field}: {' != '.join(values)}")
-    return differences
+    values = [list(dict.fromkeys(column)) for column in zip(*map(_fingerprint, runs))]
+    return [f"{field}: {' != '.join(distinct)}" for field, distinct in zip(FINGERPRINT_FIELDS, values) if len(distinct) > 1]
 
 
 def library_differences(base: Sequence[Run], head: Sequence[Run]) -> list[str]:
@@ -126,10 +146,11 @@ def compare_runs(base: Sequence[Run], head: Sequence[Run], *, reference_method: 
     sides = {"base": [{cell.key: cell for cell in run.cells} for run in base],
              "head": [{cell.key: cell for cell in run.cells} for run in head]}
     in_all = {side: set.intersection(*(set(cells) for cells in runs)) for side, runs in sides.items()}
+    in_any = {side: set().union(*runs) for side, runs in sides.items()}
     notes = [f"not in every {side} run: {', '.join(_label(key) for key in sorted(keys))}"
-             for side, runs in sides.items() if (keys := set().union(*runs) - in_all[side])]
+             for side in sides if (keys := in_any[side] - in_all[side])]
     notes += [f"only in {side}: {', '.join(_label(key) for key in sorted(keys))}"
-              for side, keys in (("base", in_all["base"] - in_all["head"]), ("head", in_all["head"] - in_all["base"])) if keys]
+              for side, other in (("base", "head"), ("head", "base")) if (keys := in_any[side] - in_any[other])]
     common = in_all["base"] & in_all["head"]
     keys: list[CellKey] = []
     groups: list[tuple[RunCells, RunCells]] = []
@@ -147,12 +168,13 @@ def compare_runs(base: Sequence[Run], head: Sequence[Run], *, reference_method: 
     if not keys:
         raise ReportInputError(head[0].path, f"no cell to compare with {base[0].path}" + (f" ({'; '.join(notes)})" if notes else ""))
     rng = np.random.default_rng(seed)
+    logs = [(_log_quantities(base_cells), _log_quantities(head_cells)) for base_cells, head_cells in groups]
     estimates = [_untestable_reason([cell for pair in base_cells + head_cells for cell in pair if cell], min_rounds)
-                 or _estimate(base_cells, head_cells, rng) for base_cells, head_cells in groups]
+                 or (ratio_between_runs(*cell_logs) if _runs_are_replicates(base) else _bootstrap(base_cells[0], head_cells[0], rng))
+                 for (base_cells, head_cells), cell_logs in zip(groups, logs)]
     verdicts, level = judge_family(estimates, alpha=alpha, threshold=threshold, correction=correction)
-    comparisons = [Comparison(key, float(np.exp(np.mean(_log_quantities(base_cells)))),
-                              float(np.exp(np.mean(_log_quantities(head_cells)))), verdict)
-                   for key, (base_cells, head_cells), verdict in zip(keys, groups, verdicts)]
+    comparisons = [Comparison(key, float(np.exp(np.mean(base_logs))), float(np.exp(np.mean(head_logs))), verdict)
+                   for key, (base_logs, head_logs), verdict in zip(keys, logs, verdicts)]
     return comparisons, level, notes
 
 
@@ -162,11 +184,9 @@ def _log_quantities(run_cells: RunCells) -> list[float]:
             for cell, reference in run_cells]
 
 
-def _estimate(base: RunCells, head: RunCells, rng: np.random.Generator) -> RatioEstimate:
-    """HEAD/BASE: rounds bootstrapped with one run per side, runs as replicates with more."""
-    if len(base) > 1 or len(head) > 1:
-        return ratio_between_runs(_log_quantities(base), _log_quantities(head), rng)
-    (base_cell, base_reference), (head_cell, head_reference) = base[0], head[0]
+def _bootstrap(base: tuple[Cell, Cell | None], head: tuple[Cell, Cell | None], rng: np.random.Generator) -> RatioEstimate:
+    """HEAD/BASE from one run per side, its rounds bootstrapped."""
+    (base_cell, base_reference), (head_cell, head_reference) = base, head
     numerators = [head_cell] + ([base_reference] if base_reference else [])
     denominators = [base_cell] + ([head_reference] if head_reference else [])
     return ratio_of_medians([np.asarray(cell.data) for cell in numerators], [np.asarray(cell.data) for cell in denominators], rng)
@@ -222,7 +242,7 @@ def _summary(comparisons: Sequence[Comparison]) -> dict[str, int]:
 
 def _model(base: Sequence[Run], head: Sequence[Run]) -> str:
     """How the uncertainty was estimated, in words."""
-    if len(base) == 1 and len(head) == 1:
+    if not _runs_are_replicates(base):
         return ("one run per side: its rounds are bootstrapped as independent draws, so drift between runs is not "
                 "covered; give several runs per side where runs drift (docs/ci.md)")
     return (f"{len(base)} base and {len(head)} head runs: each run counts once, spread between runs "
@@ -285,8 +305,8 @@ def _json(base: Sequence[Run], head: Sequence[Run], args: argparse.Namespace, re
         "head": [{"path": str(run.path), "label": run.label} for run in head],
         "mode": "reference" if reference_method else "absolute",
         "quantity": (f"median time / median {reference_method} time in the same run" if reference_method else "median seconds")
-                    + ("" if len(base) == len(head) == 1 else ", geometric mean over the runs"),
-        "uncertainty": "rounds" if len(base) == len(head) == 1 else "runs",
+                    + (", geometric mean over the runs" if _runs_are_replicates(base) else ""),
+        "uncertainty": "runs" if _runs_are_replicates(base) else "rounds",
         "model": _model(base, head),
         "reference_method": reference_method,
         "threshold": args.threshold, "alpha": args.alpha, "correction": args.correction, "ci_level": level,
@@ -314,11 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _check_settings(parser, args)
     try:
-        base, head = _load_side(args.base, args.benchmarks_dir), _load_side(args.head, args.benchmarks_dir)
+        base, head = load_sides(args.base, args.head, args.benchmarks_dir, args.cross_machine)
         differences = {"fingerprint": fingerprint_differences([*base, *head]), "libraries": library_differences(base, head)}
-        if differences["fingerprint"] and not args.cross_machine:
-            raise ReportInputError(args.head, f"not all on the machine of {base[0].path} ({'; '.join(differences['fingerprint'])}); "
-                                              f"pass --cross-machine to compare ratios to --reference-method instead")
         reference_method = args.reference_method if args.cross_machine else None
         comparisons, level, notes = compare_runs(base, head, reference_method=reference_method, min_rounds=args.min_rounds,
                                                  alpha=args.alpha, threshold=args.threshold, correction=args.correction,

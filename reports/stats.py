@@ -8,15 +8,17 @@ Pure functions on arrays, no I/O. The method (see docs/ci.md):
   statistics of uniforms are Beta), so the cost does not grow with the number of rounds. This trusts the rounds of
   one run to show all the noise, which is false where whole runs drift;
 * uncertainty, several runs per side (`ratio_between_runs`): the runs are the replicates. Each run is reduced to its
-  log median, and the difference of the sides' means gets a Student t distribution with the pooled spread between
-  runs, which holds whatever the drift between runs, since that drift is in the spread;
-* test of "no change": the two-sided p-value read off the same replicates, adjusted over all compared cells with
+  log median, and the difference of the sides' means gets the pooled two-sample Student t test and interval
+  (computed exactly, in closed form), so drift between runs is in the spread rather than mistaken for a change;
+* test of "no change": the two-sided p-value (bootstrap or t), adjusted over all compared cells with
   Benjamini-Hochberg (default) or Holm;
 * verdict: a cell is slower/faster when its adjusted p-value is below alpha AND its ratio is beyond the practical
   threshold, unchanged when its CI at the corrected level lies inside [1/(1+t), 1+t], inconclusive otherwise.
 """
 from __future__ import annotations
 
+import math
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -46,18 +48,68 @@ def bootstrap_medians(sample: np.ndarray, draws: int, rng: np.random.Generator) 
 
 
 @dataclass(frozen=True)
-class RatioEstimate:
-    """A ratio of medians, replicates of its log (bootstrap or Student t draws) and the two-sided p-value of "ratio == 1"."""
+class RatioEstimate(ABC):
+    """A ratio of medians and the two-sided p-value of "ratio == 1"; subclasses give its confidence intervals."""
 
     ratio: float
     p_value: float
+
+    @abstractmethod
+    def ci(self, level: float) -> tuple[float, float]:
+        """Confidence interval of the ratio at `level` (e.g. 0.95)."""
+
+
+@dataclass(frozen=True)
+class BootstrapRatio(RatioEstimate):
+    """A ratio with bootstrap replicates of its log: percentile intervals."""
+
     log_replicates: np.ndarray
 
     def ci(self, level: float) -> tuple[float, float]:
-        """Percentile confidence interval of the ratio at `level` (e.g. 0.95)."""
         tail = (1.0 - level) / 2
         low, high = np.quantile(self.log_replicates, [tail, 1.0 - tail])
         return float(np.exp(low)), float(np.exp(high))
+
+
+@dataclass(frozen=True)
+class StudentRatio(RatioEstimate):
+    """A ratio whose log is Student t distributed around log(ratio): exact t intervals."""
+
+    standard_error: float
+    dof: int
+
+    def ci(self, level: float) -> tuple[float, float]:
+        half_width = student_t_critical(level, self.dof) * self.standard_error
+        return float(self.ratio * np.exp(-half_width)), float(self.ratio * np.exp(half_width))
+
+
+def _central_probability(theta: float, dof: int) -> float:
+    """P(|T| <= sqrt(dof) * tan(theta)) for Student's T with an integer dof: the closed form of Abramowitz and
+    Stegun 26.7.3 (odd dof) and 26.7.4 (even dof)."""
+    cos2, term, total = math.cos(theta) ** 2, 1.0, 1.0
+    if dof % 2 == 0:
+        for k in range(1, dof // 2):
+            term *= cos2 * (2 * k - 1) / (2 * k)
+            total += term
+        return math.sin(theta) * total
+    for k in range(1, (dof - 1) // 2):
+        term *= cos2 * (2 * k) / (2 * k + 1)
+        total += term
+    return 2 / math.pi * (theta + (math.sin(theta) * math.cos(theta) * total if dof > 1 else 0.0))
+
+
+def student_t_two_sided_p(t: float, dof: int) -> float:
+    """P(|T| >= |t|) for Student's T with `dof` (a positive integer) degrees of freedom."""
+    return max(0.0, 1.0 - _central_probability(math.atan(abs(t) / math.sqrt(dof)), dof))
+
+
+def student_t_critical(level: float, dof: int) -> float:
+    """The t with P(|T| <= t) = level, the two-sided critical value (bisection on the angle, to float precision)."""
+    low, high = 0.0, math.pi / 2
+    for _ in range(60):
+        middle = (low + high) / 2
+        low, high = (middle, high) if _central_probability(middle, dof) < level else (low, middle)
+    return math.sqrt(dof) * math.tan((low + high) / 2)
 
 
 def ratio_of_medians(
@@ -65,7 +117,7 @@ def ratio_of_medians(
     denominators: Sequence[np.ndarray],
     rng: np.random.Generator,
     draws: int = DEFAULT_DRAWS,
-) -> RatioEstimate:
+) -> BootstrapRatio:
     """prod(median(numerators)) / prod(median(denominators)) with its bootstrap distribution.
 
     One numerator and one denominator give HEAD/BASE; [head_method, base_reference] over
@@ -78,38 +130,27 @@ def ratio_of_medians(
         for sample in samples:
             point += sign * np.log(np.median(sample))
             replicates += sign * np.log(bootstrap_medians(sample, draws, rng))
-    return _estimate(point, replicates)
+    below = (1 + np.count_nonzero(replicates <= 0)) / (draws + 1)
+    above = (1 + np.count_nonzero(replicates >= 0)) / (draws + 1)
+    return BootstrapRatio(ratio=float(np.exp(point)), p_value=min(1.0, 2 * min(below, above)), log_replicates=replicates)
 
 
-def ratio_between_runs(
-    base: Sequence[float],
-    head: Sequence[float],
-    rng: np.random.Generator,
-    draws: int = DEFAULT_DRAWS,
-) -> RatioEstimate:
+def ratio_between_runs(base: Sequence[float], head: Sequence[float]) -> StudentRatio:
     """HEAD/BASE ratio of the geometric means of per-run values, with runs as the unit of replication.
 
     `base` and `head` hold one log value per run (log median time, or log of median time over the reference
-    method's median time in that run). Their mean difference is distributed as Student t with the variance
-    pooled within both sides and sum(n - 1) degrees of freedom; `draws` samples of it stand in for bootstrap
-    replicates, so CIs and p-values come out the same way as for ratio_of_medians. Needs two runs on one side.
+    method's median time in that run), at least two each. Their mean difference gets the pooled two-sample
+    Student t test, with n_base + n_head - 2 degrees of freedom.
     """
     sides = [np.asarray(values, dtype=float) for values in (base, head)]
+    if min(side.size for side in sides) < 2:
+        raise ValueError(f"need at least two runs per side, got {sides[0].size} and {sides[1].size}")
     dof = sum(side.size - 1 for side in sides)
-    if dof < 1 or min(side.size for side in sides) < 1:
-        raise ValueError(f"need at least one run per side and two on one side, got {sides[0].size} and {sides[1].size}")
     pooled_variance = sum(float(np.sum((side - side.mean()) ** 2)) for side in sides) / dof
     point = float(sides[1].mean() - sides[0].mean())
-    standard_error = np.sqrt(pooled_variance * sum(1.0 / side.size for side in sides))
-    return _estimate(point, point + standard_error * rng.standard_t(dof, draws))
-
-
-def _estimate(point: float, replicates: np.ndarray) -> RatioEstimate:
-    """RatioEstimate of a log-ratio and its replicates, with the two-sided p-value of "log-ratio == 0"."""
-    draws = replicates.size
-    below = (1 + np.count_nonzero(replicates <= 0)) / (draws + 1)
-    above = (1 + np.count_nonzero(replicates >= 0)) / (draws + 1)
-    return RatioEstimate(ratio=float(np.exp(point)), p_value=min(1.0, 2 * min(below, above)), log_replicates=replicates)
+    standard_error = math.sqrt(pooled_variance * sum(1.0 / side.size for side in sides))
+    t = point / standard_error if standard_error else (math.inf if point else 0.0)
+    return StudentRatio(ratio=math.exp(point), p_value=student_t_two_sided_p(t, dof), standard_error=standard_error, dof=dof)
 
 
 def holm(p_values: Sequence[float]) -> np.ndarray:
