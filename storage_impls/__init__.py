@@ -5,13 +5,14 @@
 ...     store.store_many(images, labels)
 ...     images, labels = store.read_many(len(images))
 """
-from storage_impls.base import (
+from storage_impls.base import DiskUsage, ImageStore
+from storage_impls.errors import (
     CorruptStoreError,
-    DiskUsage,
     ImageNotFoundError,
-    ImageStore,
     MissingStoreError,
+    NoSpaceError,
     StoreError,
+    StoreLockedError,
 )
 from storage_impls.registry import METHODS, get_store_class, open_store
 
@@ -24,7 +25,9 @@ __all__ = [
     "ImageNotFoundError",
     "ImageStore",
     "MissingStoreError",
+    "NoSpaceError",
     "StoreError",
+    "StoreLockedError",
     "get_store_class",
     "open_store",
 ]

@@ -3,39 +3,27 @@
 A store is bound to one directory and holds a dense sequence of uint8 images with ids
 0..N-1, all of one shape, each with an int64 label. Public methods validate their input
 here, once, and then call the backend's primitives (the ``_``-prefixed abstract methods),
-which may assume valid input.
+which may assume valid input. Every write runs under the store's writer lock (locking.py),
+after the backend has brought its view of the store up to date (``_refresh``).
 """
 from __future__ import annotations
 
 import abc
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal, NamedTuple
 
 import numpy as np
 
+from storage_impls.errors import ImageNotFoundError, MissingStoreError
+from storage_impls.locking import LOCK_FILE, writer_lock
+
 ALLOWED_CHANNELS = (1, 3, 4)
 MAX_SIDE = 65535  # image sides are recorded as uint16 by some backends
 INT64 = np.iinfo(np.int64)
-
-
-class StoreError(Exception):
-    """Base class of the errors this package raises about a store's contents."""
-
-
-class CorruptStoreError(StoreError, ValueError):
-    """The store exists but its files are not what this method wrote."""
-
-
-class MissingStoreError(StoreError, FileNotFoundError):
-    """The store, or one of its files, does not exist."""
-
-
-class ImageNotFoundError(StoreError, KeyError):
-    """An id that was never stored."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0])
+DEFAULT_LOCK_TIMEOUT = 60.0  # seconds a writer waits for another writer before StoreLockedError
 
 
 class DiskUsage(NamedTuple):
@@ -99,7 +87,7 @@ def check_labels(labels: object, count: int) -> np.ndarray:
         raise TypeError(f"labels must be integers, got dtype {array.dtype}")
     if array.ndim != 1 or len(array) != count:
         raise ValueError(f"labels must be a 1-D sequence of {count} integers (one per image), got shape {array.shape}")
-    if array.dtype == np.uint64 and count and array.max() > INT64.max:
+    if array.dtype.kind == "u" and count and array.max() > INT64.max:  # any unsigned width, any byte order
         raise ValueError(f"label {array.max()} does not fit in int64")
     return array.astype(np.int64, copy=False)
 
@@ -111,6 +99,29 @@ def check_id(image_id: object) -> int:
     if image_id < 0:
         raise ValueError(f"image_id must be non-negative, got {image_id}")
     return int(image_id)
+
+
+def check_ids(ids: object, count: int, directory: Path) -> np.ndarray:
+    """Return ``ids`` as a 1-D int64 array of stored ids (any order, repeats allowed), or raise naming the first bad one."""
+    array = np.asarray(ids)
+    if array.dtype.kind not in "iu":
+        raise TypeError(f"ids must be integers, got dtype {array.dtype}")
+    if array.ndim != 1 or len(array) == 0:
+        raise ValueError(f"ids must be a non-empty 1-D sequence of image ids, got shape {array.shape}")
+    bad = np.flatnonzero((array < 0) | (array >= count))
+    if len(bad):
+        raise ValueError(f"ids[{bad[0]}] = {array[bad[0]]} is not a stored id: {directory} holds ids 0..{count - 1}")
+    return array.astype(np.int64, copy=False)
+
+
+def check_out(out: object, shape: tuple[int, ...]) -> np.ndarray:
+    """Return ``out``, or a new array, for a read of ``shape``; ValueError unless it is writable, C-contiguous uint8 of that shape."""
+    if out is None:
+        return np.empty(shape, np.uint8)
+    if not (isinstance(out, np.ndarray) and out.dtype == np.uint8 and out.shape == shape
+            and out.flags.c_contiguous and out.flags.writeable):
+        raise ValueError(f"out must be a writable C-contiguous uint8 array of shape {shape}")
+    return out
 
 
 def directory_usage(directory: Path) -> DiskUsage:
@@ -140,24 +151,36 @@ class ImageStore(abc.ABC):
     only reads and requires the store to exist. ``durable=True`` makes writes fsync files and
     directories before returning, for every method alike; the default never fsyncs.
 
-    ``store_many`` replaces the whole contents with ids 0..N-1 and is all-or-nothing: a store
-    whose ``store_many`` failed or was killed reads back as it was before. ``store_single``
-    replaces an existing id or appends id N. A store is a handle: close it (or use ``with``)
-    to release files, and open it anew in each process (handles must not cross a fork).
+    ``store_many`` replaces the whole contents with ids 0..N-1 and ``store_single`` replaces an
+    existing id or appends id N; both are all-or-nothing: a write that failed (a full disk
+    included) or was killed leaves the store reading back as it was before. One writer at a
+    time: a write waits up to ``lock_timeout`` seconds for another writer (any process) to
+    finish, then raises StoreLockedError. ``checksum=True`` makes ``store_many`` record a
+    checksum per image where the method supports it; later handles verify what the store
+    records, whatever they pass (None keeps the store's setting).
+
+    A store is a handle on a snapshot: it sees the store as it was when opened, plus its own
+    writes (a writer catches up with other writers' changes before it writes). Close it (or use
+    ``with``) to release files, and open it anew in each process (handles must not cross a fork).
+    The directory is made absolute once, at open, so a later ``os.chdir`` cannot redirect it.
     """
 
     method: str
 
-    def __init__(self, directory: str | os.PathLike, mode: Mode = "a", *, durable: bool = False) -> None:
+    def __init__(self, directory: str | os.PathLike, mode: Mode = "a", *, durable: bool = False,
+                 checksum: bool | None = None, lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> None:
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' (read) or 'a' (read/write), got {mode!r}")
-        self.directory = Path(directory)
+        self.directory = Path(os.path.abspath(directory))
         self.mode = mode
         self.durable = durable
+        self.checksum = checksum
+        self.lock_timeout = lock_timeout
         if mode == "r" and not self.directory.is_dir():
             raise MissingStoreError(f"no {self.method} store at {self.directory}: directory does not exist")
         if mode == "a":
             self.directory.mkdir(parents=True, exist_ok=True)
+            (self.directory / LOCK_FILE).touch()  # now, so that a refused write later creates nothing
         self._closed = False
         self._open()
 
@@ -165,6 +188,11 @@ class ImageStore(abc.ABC):
     @abc.abstractmethod
     def _open(self) -> None:
         """Open and validate an existing store in ``self.directory`` (or note that it is empty)."""
+
+    @abc.abstractmethod
+    def _refresh(self) -> None:
+        """Bring this handle's view up to date with the store on disk (called under the writer lock,
+        before every write), so that a write never acts on a store the handle did not read."""
 
     @abc.abstractmethod
     def __len__(self) -> int:
@@ -191,6 +219,12 @@ class ImageStore(abc.ABC):
     def _read_into(self, out: np.ndarray, labels: np.ndarray) -> None:
         """Fill ``out`` (n, *image_shape) and ``labels`` (n,) with images 0..n-1; n <= len."""
 
+    def _read_batch_into(self, ids: np.ndarray, out: np.ndarray, labels: np.ndarray) -> None:
+        """Fill ``out[i]``/``labels[i]`` with image ``ids[i]`` (valid ids, any order). Backends override
+        this with their fast random-access path; the default reads one image at a time."""
+        for position, image_id in enumerate(ids.tolist()):
+            out[position], labels[position] = self._get(image_id)
+
     @abc.abstractmethod
     def _close(self) -> None:
         """Release the backend's open handles."""
@@ -208,19 +242,21 @@ class ImageStore(abc.ABC):
         image = check_image(image)
         image_id = check_id(image_id)
         label = check_label(label)
-        count = len(self)
-        if image_id > count:
-            raise ValueError(f"image_id {image_id} would leave a gap: this store holds ids 0..{count - 1}, next is {count}")
-        if count and image.shape != self.image_shape:
-            raise ValueError(f"image shape {image.shape} differs from the store's {self.image_shape}")
-        self._put(image, image_id, label)
+        with self._writing():
+            count = len(self)
+            if image_id > count:
+                raise ValueError(f"image_id {image_id} would leave a gap: this store holds ids 0..{count - 1}, next is {count}")
+            if count and image.shape != self.image_shape:
+                raise ValueError(f"image shape {image.shape} differs from the store's {self.image_shape}")
+            self._put(image, image_id, label)
 
     def store_many(self, images: np.ndarray, labels: object) -> None:
         """Replace the store's contents with ``images`` (N, H, W[, C]) and ``labels`` as ids 0..N-1."""
         self._require_writable()
         images = check_images(images)
         labels = check_labels(labels, len(images))
-        self._replace_all(images, labels)
+        with self._writing():
+            self._replace_all(images, labels)
 
     def read_single(self, image_id: int) -> tuple[np.ndarray, int]:
         """Return (image, label) stored at ``image_id``."""
@@ -241,19 +277,31 @@ class ImageStore(abc.ABC):
             raise TypeError(f"num_images must be an integer, got {type(num_images).__name__}")
         if not 1 <= num_images <= len(self):
             raise ValueError(f"cannot read {num_images} images: {self.directory} holds {len(self)}")
-        shape = (int(num_images), *self.image_shape)
-        if out is None:
-            out = np.empty(shape, np.uint8)
-        elif not (isinstance(out, np.ndarray) and out.dtype == np.uint8 and out.shape == shape
-                  and out.flags.c_contiguous and out.flags.writeable):
-            raise ValueError(f"out must be a writable C-contiguous uint8 array of shape {shape}")
-        labels = np.empty(shape[0], np.int64)
+        out = check_out(out, (int(num_images), *self.image_shape))
+        labels = np.empty(len(out), np.int64)
         self._read_into(out, labels)
+        return out, labels
+
+    def read_batch(self, ids: object, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Return (images, labels) for ``ids`` in the order given (any order, repeats allowed), as a
+        training loader reads a shuffled batch; ``out`` as for ``read_many``."""
+        self._require_open()
+        ids = check_ids(ids, len(self), self.directory)
+        out = check_out(out, (len(ids), *self.image_shape))
+        labels = np.empty(len(ids), np.int64)
+        self._read_batch_into(ids, out, labels)
         return out, labels
 
     def disk_usage(self) -> DiskUsage:
         """Bytes the store takes on disk now."""
         return directory_usage(self.directory)
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Hold the writer lock, with this handle's view of the store brought up to date."""
+        with writer_lock(self.directory, self.lock_timeout):
+            self._refresh()
+            yield
 
     def _require_open(self) -> None:
         if self._closed:

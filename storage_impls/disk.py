@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from storage_impls.base import CorruptStoreError, ImageStore, MissingStoreError, fsync_path
+from storage_impls.base import ImageStore, fsync_path
+from storage_impls.errors import CorruptStoreError, MissingStoreError
 
 POINTER = "CURRENT"
 FORMAT = "storage_impls.disk"
@@ -70,6 +71,9 @@ class DiskStore(ImageStore):
         self._generation = generation
         self._shape = tuple(meta["image_shape"])
         self._labels = _parse_labels(labels_text, generation / "labels.csv")
+
+    def _refresh(self) -> None:
+        pass  # TODO(fault work): catch up with other writers
 
     def __len__(self) -> int:
         return len(self._labels)

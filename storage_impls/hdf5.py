@@ -18,7 +18,8 @@ import uuid
 import h5py
 import numpy as np
 
-from storage_impls.base import CorruptStoreError, ImageStore, MissingStoreError, fsync_path
+from storage_impls.base import ImageStore, fsync_path
+from storage_impls.errors import CorruptStoreError, MissingStoreError
 
 FILE_NAME = "images.h5"
 FORMAT = "storage_impls.hdf5"
@@ -61,6 +62,9 @@ class Hdf5Store(ImageStore):
     def _attach(self, file: h5py.File) -> None:
         """Keep the file and its two datasets open: looking a dataset up by name costs more than a small read."""
         self._file, self._images, self._labels = file, file["images"], file["labels"]
+
+    def _refresh(self) -> None:
+        pass  # TODO(fault work): catch up with other writers
 
     def __len__(self) -> int:
         return 0 if self._file is None else len(self._labels)

@@ -22,7 +22,8 @@ import struct
 import lmdb
 import numpy as np
 
-from storage_impls.base import CorruptStoreError, ImageStore, MissingStoreError
+from storage_impls.base import ImageStore
+from storage_impls.errors import CorruptStoreError, MissingStoreError
 
 HEADER = struct.Struct("<2sBBHHq")  # magic, version, channels (0 = 2-D), height, width, label
 MAGIC = b"IM"
@@ -61,6 +62,9 @@ class LmdbStore(ImageStore):
             cursor = txn.cursor()
             if cursor.first():
                 self._shape = _parse_header(cursor.value(), self.directory)[0]
+
+    def _refresh(self) -> None:
+        pass  # TODO(fault work): catch up with other writers
 
     def __len__(self) -> int:
         return self._count

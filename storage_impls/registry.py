@@ -41,6 +41,6 @@ def get_store_class(method: str) -> type[ImageStore]:
     return getattr(module, spec.class_name)
 
 
-def open_store(method: str, directory: str | os.PathLike, mode: Mode = "a", *, durable: bool = False) -> ImageStore:
-    """Open the store of ``method`` in ``directory`` (see ImageStore for ``mode`` and ``durable``)."""
-    return get_store_class(method)(directory, mode, durable=durable)
+def open_store(method: str, directory: str | os.PathLike, mode: Mode = "a", **options: object) -> ImageStore:
+    """Open the store of ``method`` in ``directory``; ``options`` (``durable``, ``checksum``, ``lock_timeout``) as for ImageStore."""
+    return get_store_class(method)(directory, mode, **options)
