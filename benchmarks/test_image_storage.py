@@ -1,13 +1,19 @@
-"""The tutorial's four experiments, per storage method and image count (cutoff).
+"""The tutorial's four experiments, per storage method and image count (cutoff), and the cost
+of one write into a store that already holds ``cutoff`` images.
 
 Each cell times only the operation on an open store, then checks, untimed, that what was
 read (or what a store wrote, read back from disk) is exactly what was stored.
 """
 from __future__ import annotations
 
+import shutil
+from collections.abc import Iterator
+
 import numpy as np
+import pytest
 
 from benchmarks.verify import verify
+from storage_impls import ImageStore
 
 
 def test_store_single(measure, record, fresh_stores, dataset, method, cutoff):
@@ -47,3 +53,42 @@ def test_read_many(measure, record, read_store, dataset, method, cutoff):
     images, labels = measure(lambda: read_store.read_many(cutoff, out=out), clear_out)
     assert images is out
     verify(f"{method} read_many", images, labels, dataset.images[:cutoff], dataset.labels[:cutoff])
+
+
+@pytest.fixture
+def store_filled_to_cutoff(store_class: type[ImageStore], storage_root, dataset, cutoff, request, pytestconfig) -> Iterator[ImageStore]:
+    """A writable store of its own holding the first ``cutoff`` images (filled untimed, removed after the cell)."""
+    directory = storage_root / "into" / request.node.name.replace("/", "_")
+    with store_class(directory, durable=pytestconfig.getoption("durable")) as store:
+        store.store_many(dataset.images[:cutoff], dataset.labels[:cutoff])
+        yield store
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_store_single_into(measure, record, store_filled_to_cutoff, dataset, method, cutoff):
+    """Each round: one append (id len(store)) and one replace (a random existing id), as a
+    dataset that grows and gets corrected does; the cost must not grow with the store."""
+    store, rng = store_filled_to_cutoff, np.random.default_rng(0)
+    images, labels = dataset.images, dataset.labels
+    expected: dict[int, int] = {}  # id -> index of the source image written there last
+
+    def next_writes():
+        appended = len(store)
+        replaced = int(rng.integers(0, appended))
+        sources = [int(index) for index in rng.integers(0, len(images), 2)]
+        return (appended, replaced, *sources), {}
+
+    def write(appended, replaced, append_source, replace_source):
+        store.store_single(images[append_source], appended, int(labels[append_source]))
+        store.store_single(images[replace_source], replaced, int(labels[replace_source]))
+        expected[appended], expected[replaced] = append_source, replace_source
+
+    record(cutoff)
+    measure(write, next_writes)
+    store.close()
+    with type(store)(store.directory, "r") as stored:
+        touched = np.array(sorted(expected))
+        sources = np.array([expected[image_id] for image_id in touched])
+        assert len(stored) == cutoff + sum(1 for image_id in expected if image_id >= cutoff)
+        verify(f"{method} store_single_into", *stored.read_batch(touched), images[sources], labels[sources])
+        record(cutoff, stored.disk_usage())
