@@ -212,14 +212,15 @@ def measure(benchmark, pytestconfig: pytest.Config) -> Callable:
 
 @pytest.fixture
 def record(benchmark, pytestconfig: pytest.Config, dataset: Dataset, operation: str, method: str) -> Iterator[Callable]:
-    """``record(n_images, disk_usage=None)``: what a reader of the JSON needs, set before the timed run;
-    throughput is added once the rounds are done."""
-    def describe(n_images: int, disk_usage=None) -> None:
+    """``record(n_images, disk_usage=None, images_per_round=None)``: what a reader of the JSON needs, set before
+    the timed run; throughput (images_per_round, default n_images, per median round) is added once the rounds are done."""
+    def describe(n_images: int, disk_usage=None, images_per_round: int | None = None) -> None:
         shape = dataset.images.shape[1:]
         benchmark.group = f"{operation} {n_images}"
         benchmark.extra_info.update(
             suite=SUITE, operation=operation, method=method, n_images=n_images, image_shape=list(shape),
             raw_bytes=n_images * math.prod(shape), dataset=dataset.name, durable=pytestconfig.getoption("durable"),
+            images_per_round=n_images if images_per_round is None else images_per_round,
         )
         if disk_usage is not None:
             benchmark.extra_info["disk_usage"] = {"allocated_bytes": disk_usage.allocated, "apparent_bytes": disk_usage.apparent}
@@ -227,5 +228,6 @@ def record(benchmark, pytestconfig: pytest.Config, dataset: Dataset, operation: 
     yield describe
     if benchmark.stats is not None and benchmark.stats.stats.median > 0:
         median = benchmark.stats.stats.median
-        benchmark.extra_info["images_per_s"] = benchmark.extra_info["n_images"] / median
-        benchmark.extra_info["mb_per_s"] = benchmark.extra_info["raw_bytes"] / 1e6 / median
+        per_round = benchmark.extra_info["images_per_round"]
+        benchmark.extra_info["images_per_s"] = per_round / median
+        benchmark.extra_info["mb_per_s"] = per_round * benchmark.extra_info["raw_bytes"] / benchmark.extra_info["n_images"] / 1e6 / median

@@ -83,7 +83,7 @@ def test_store_single_into(measure, record, store_filled_to_cutoff, dataset, met
         store.store_single(images[replace_source], replaced, int(labels[replace_source]))
         expected[appended], expected[replaced] = append_source, replace_source
 
-    record(cutoff)
+    record(cutoff, images_per_round=2)
     measure(write, next_writes)
     store.close()
     with type(store)(store.directory, "r") as stored:
@@ -91,4 +91,4 @@ def test_store_single_into(measure, record, store_filled_to_cutoff, dataset, met
         sources = np.array([expected[image_id] for image_id in touched])
         assert len(stored) == cutoff + sum(1 for image_id in expected if image_id >= cutoff)
         verify(f"{method} store_single_into", *stored.read_batch(touched), images[sources], labels[sources])
-        record(cutoff, stored.disk_usage())
+        record(cutoff, stored.disk_usage(), images_per_round=2)

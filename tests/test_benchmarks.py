@@ -33,9 +33,13 @@ def test_every_cell_runs_with_params_and_extra_info(tiny_run):
     cells = {bench["name"]: bench for bench in tiny_run["benchmarks"]}
     expected = {f"test_{operation}[{method}-{cutoff}]" for method in ("disk", "lmdb", "hdf5")
                 for operation, cutoffs in (("store_single", (1,)), ("read_single", (1,)),
-                                           ("store_many", (10, 20)), ("read_many", (10, 20)))
+                                           ("store_many", (10, 20)), ("read_many", (10, 20)),
+                                           ("store_single_into", (10, 20)))
                 for cutoff in cutoffs}
     assert set(cells) == expected
+    into = cells["test_store_single_into[disk-20]"]
+    assert into["extra_info"]["images_per_round"] == 2
+    assert into["extra_info"]["images_per_s"] == pytest.approx(2 / into["stats"]["median"])
     store = cells["test_store_many[lmdb-20]"]
     assert store["params"] == {"method": "lmdb", "cutoff": 20}
     info = store["extra_info"]
