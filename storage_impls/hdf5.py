@@ -1,158 +1,261 @@
-"""HDF5: one file, ``images.h5``, with a uint8 ``images`` dataset (N, H, W[, C]) and an int64
-``labels`` dataset (N,).
+"""HDF5: a checkpoint file ``images.h5`` (see hdf5_format.py: contiguous uint8 ``images``
+(N, H, W[, C]), int64 ``labels``, optional uint64 ``checksums``, a ``token`` naming it) plus a
+write-ahead journal ``images.h5.journal`` (journal.py) of single-image writes, raw pixels each.
 
-``store_many`` writes a new file beside the old one with contiguous datasets (the fastest
-layout to read) and renames it into place, so a failed or killed write leaves the previous
-file intact. ``read_many`` reads with ``read_direct`` straight into the caller's array.
-``store_single`` writes in place; appending to a contiguous file converts it once to
-resizable chunked datasets. In-place writes are not crash-safe (HDF5 has no journal).
+Writes, all under the store's writer lock (locking.py):
+- ``store_many`` writes a complete new checkpoint under a temporary name, opens and validates it,
+  renames it over ``images.h5`` (the commit point) and removes the journal, now stale (it names
+  the old token). Nothing ever opens ``images.h5`` for writing, so a reader holding it open can
+  never make a writer fail (HDF5's file locks only ever meet shared, read-only opens).
+- ``store_single`` appends one record to the journal (O(1): three small writes; the last, of the
+  commit word, is the commit point). A fresh store's first writes make only the journal, whose
+  header carries the image shape. Before an append, once the journal holds more than
+  max(256, N/16) records, they are folded into a new checkpoint as ``store_many`` commits one
+  (amortised O(1) per write).
+- A failed write (a full disk: NoSpaceError, errno ENOSPC) or a killed one leaves the store as it
+  was; temporary files (``.images.h5.*.tmp``) are ignored by readers and removed by the next write.
 
-Concurrency: HDF5's file locks allow one writer or many readers per file, across processes.
-The h5py handle stays open between calls; open the store again in each process after a fork.
+Reads overlay the journal's records on the checkpoint, which is read through its own file
+descriptor and memory map: ``read_many`` with one ``preadv``, ``read_single`` with one copy out of
+the map, ``read_batch`` with ``numpy.take`` over the map (madvise MADV_RANDOM), each journal record
+with one ``preadv`` (CRC-checked). With
+``checksum=True`` at ``store_many`` (recorded in the checkpoint; later handles verify whatever
+they pass) every checkpoint image read is checked against its xxh3_64; journal records always
+carry a CRC-32.
+
+Concurrency and isolation: one writer at a time; any number of readers, never blocked (HDF5 opens
+a checkpoint only to validate it, with its file locking where the file system has it). A handle
+reads a snapshot: the checkpoint file and the journal records that were committed when it opened
+(it keeps the files open, so a later commit, which renames a new checkpoint into place, does not
+change what it reads: open the store again to see it). Before each write the handle catches up
+with what other writers did (``_refresh``). The open files and maps must not cross a fork: open
+the store in each worker process (after fork or spawn).
+
+Durability: by default nothing is fsynced. ``durable=True`` fsyncs each new checkpoint and the
+directory after its rename, and fdatasyncs each journal record before and after its commit word.
+Damage (truncation, flipped metadata or journal bytes; flipped pixels with checksums) raises
+CorruptStoreError; mode "a" still opens such a store, so that ``store_many`` can replace it.
 """
 from __future__ import annotations
 
+import math
 import os
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
-import h5py
 import numpy as np
 
 from storage_impls.base import ImageStore, fsync_path
-from storage_impls.errors import CorruptStoreError, MissingStoreError
+from storage_impls.errors import CorruptStoreError, MissingStoreError, StoreLockedError
+from storage_impls.hdf5_format import Block, ChangedError, Checkpoint, file_identity, write_checkpoint
+from storage_impls.journal import Journal
 
 FILE_NAME = "images.h5"
-FORMAT = "storage_impls.hdf5"
-FORMAT_VERSION = 1
-CHUNK_BYTES = 16 << 10  # chunk size of resizable datasets: cheap appends, little waste on small stores
-COPY_BLOCK_BYTES = 64 << 20  # images copied at a time when converting to a resizable layout
+JOURNAL_NAME = FILE_NAME + ".journal"
+TEMPORARY_PREFIX, TEMPORARY_SUFFIX = f".{FILE_NAME}", ".tmp"  # checkpoints and journals being written
+COPY_BLOCK_BYTES = 64 << 20  # images copied at a time when folding the journal into a new checkpoint
+OPEN_TRIES = 100  # a reader opens again when a writer commits between its opening the checkpoint and the journal
 
 
 class Hdf5Store(ImageStore):
-    """Images and labels as two datasets of one HDF5 file."""
+    """Images and labels in one HDF5 checkpoint file plus a journal of single-image writes."""
 
     method = "hdf5"
 
     def _open(self) -> None:
         self._path = self.directory / FILE_NAME
-        self._file: h5py.File | None = None
-        if self._path.exists():
-            self._attach(self._open_file(self._path, "r" if self.mode == "r" else "r+"))
-        elif self.mode == "r":
+        self._checkpoint: Checkpoint | None = None
+        self._journal: Journal | None = None
+        self._damage: CorruptStoreError | None = None
+        self._count = 0
+        self._in_journal: np.ndarray | None = None  # bool per id: its newest version is a journal record
+        # the journal first: a store with contents always has one of the two, and images.h5 is never removed
+        if self.mode == "r" and file_identity(self.directory / JOURNAL_NAME) is None and file_identity(self._path) is None:
             raise MissingStoreError(f"no hdf5 store at {self.directory}: {FILE_NAME} does not exist")
+        self._load()
 
-    def _open_file(self, path: os.PathLike, h5_mode: str) -> h5py.File:
+    # -- the handle's view ------------------------------------------------------------------------
+    def _load(self) -> None:
+        """Read the current checkpoint and the journal extending it. A damaged store raises CorruptStoreError
+        in mode "r"; in mode "a" the damage is kept and raised by reads, so that store_many can repair it."""
+        self._release()
         try:
-            file = h5py.File(path, h5_mode)
-        except OSError as error:
-            raise CorruptStoreError(f"{path} is not a readable HDF5 file: {error}") from None
-        try:
-            images, labels = file["images"], file["labels"]
-            if file.attrs.get("format") != FORMAT:
-                raise CorruptStoreError(f"{path} was not written by {FORMAT}")
-            if images.dtype != np.uint8 or labels.dtype != np.int64 or labels.ndim != 1 or len(images) != len(labels):
-                raise CorruptStoreError(f"{path}: images/labels datasets have unexpected dtype or length")
-        except (KeyError, CorruptStoreError) as error:
-            file.close()
-            if isinstance(error, KeyError):
-                raise CorruptStoreError(f"{path} lacks the images or labels dataset") from None
-            raise
-        return file
+            self._checkpoint, self._journal = self._open_consistent()
+            self._count = self._journal.next_id(self._checkpoint.count if self._checkpoint else 0)
+            self._check_journal()
+        except CorruptStoreError as error:
+            self._release()
+            if self.mode == "r":
+                raise
+            self._damage = error
 
-    def _attach(self, file: h5py.File) -> None:
-        """Keep the file and its two datasets open: looking a dataset up by name costs more than a small read."""
-        self._file, self._images, self._labels = file, file["images"], file["labels"]
+    def _open_consistent(self) -> tuple[Checkpoint | None, Journal]:
+        """The checkpoint and its journal as they were at one moment (no commit in between)."""
+        for _ in range(OPEN_TRIES):
+            try:
+                checkpoint = Checkpoint(self._path)
+            except FileNotFoundError:
+                checkpoint = None
+            except ChangedError:
+                continue
+            try:
+                journal = Journal(self.directory / JOURNAL_NAME, checkpoint.token if checkpoint else "")
+            except BaseException:
+                if checkpoint:
+                    checkpoint.close()
+                raise
+            # no journal extends this checkpoint: consistent only if the checkpoint is still the current one
+            if journal.image_shape is not None or file_identity(self._path) == (checkpoint.identity if checkpoint else None):
+                return checkpoint, journal
+            journal.close()
+            if checkpoint:
+                checkpoint.close()
+        raise StoreLockedError(f"{self.directory} changed under every one of {OPEN_TRIES} attempts to open it")
+
+    def _check_journal(self) -> None:
+        """The journal must fit the checkpoint: same shape, whole images, appended ids without gaps."""
+        journal, checkpoint = self._journal, self._checkpoint
+        if not journal.entries:
+            return
+        if checkpoint and journal.image_shape != checkpoint.shape:
+            raise CorruptStoreError(f"{journal.path}: images of shape {journal.image_shape}, but the checkpoint's are {checkpoint.shape}")
+        row = math.prod(journal.image_shape)
+        first = checkpoint.count if checkpoint else 0
+        if any(entry.length != row for entry in journal.entries.values()) or \
+                sum(image_id >= first for image_id in journal.entries) != self._count - first:
+            raise CorruptStoreError(f"{journal.path}: records that are not whole images or leave a gap in the ids")
 
     def _refresh(self) -> None:
-        pass  # TODO(fault work): catch up with other writers
+        """Under the writer lock: remove temporaries of killed writes, then catch up with other writers."""
+        for entry in os.scandir(self.directory):
+            if entry.name.startswith(TEMPORARY_PREFIX) and entry.name.endswith(TEMPORARY_SUFFIX):
+                Path(entry.path).unlink(missing_ok=True)
+        if self._damage or file_identity(self._path) != (self._checkpoint.identity if self._checkpoint else None):
+            self._load()
+            return
+        try:
+            if self._journal.refresh():
+                self._count = self._journal.next_id(self._checkpoint.count if self._checkpoint else 0)
+                self._check_journal()
+                self._in_journal = None
+        except CorruptStoreError as error:
+            self._release()
+            self._damage = error
+
+    def _release(self) -> None:
+        for part in self._checkpoint, self._journal:
+            if part is not None:
+                part.close()
+        self._checkpoint, self._journal, self._damage, self._count, self._in_journal = None, None, None, 0, None
 
     def __len__(self) -> int:
-        return 0 if self._file is None else len(self._labels)
+        if self._damage:
+            raise CorruptStoreError(f"{self._damage} (store_many replaces the damaged contents)")
+        return self._count
 
     @property
     def image_shape(self) -> tuple[int, ...] | None:
-        return None if self._file is None else self._images.shape[1:]
+        if self._checkpoint:
+            return self._checkpoint.shape
+        return self._journal.image_shape if self._journal else None
 
+    # -- writes -------------------------------------------------------------------------------------
     def _replace_all(self, images: np.ndarray, labels: np.ndarray) -> None:
-        temporary = self.directory / f".{FILE_NAME}.{uuid.uuid4().hex}.tmp"
-        try:
-            with h5py.File(temporary, "w") as file:
-                _write_layout(file, images=images, labels=labels)
-            self._commit(temporary)
-        finally:
-            temporary.unlink(missing_ok=True)
+        checksum = self.checksum if self.checksum is not None else bool(self._checkpoint and self._checkpoint.checksum)
+        self._commit(images.shape[1:], len(images), iter([(0, images, labels)]), checksum)
 
     def _put(self, image: np.ndarray, image_id: int, label: int) -> None:
-        if self._file is None:
-            temporary = self.directory / f".{FILE_NAME}.{uuid.uuid4().hex}.tmp"
-            try:
-                with h5py.File(temporary, "w") as file:
-                    _write_layout(file, images=image[np.newaxis], labels=np.array([label], np.int64), resizable=True)
-                self._commit(temporary)
-            finally:
-                temporary.unlink(missing_ok=True)
-            return
-        if image_id == len(self):
-            if self._images.maxshape[0] is not None:
-                self._convert_to_resizable()
-            for dataset in self._images, self._labels:
-                dataset.resize(image_id + 1, axis=0)
-        self._images[image_id] = image
-        self._labels[image_id] = label
-        self._file.flush()
-        if self.durable:
-            fsync_path(self._path)
+        if self._journal.needs_compaction(self._checkpoint.count if self._checkpoint else 0):
+            checksum = self._checkpoint.checksum if self._checkpoint else bool(self.checksum)
+            self._commit(self.image_shape, self._count, self._blocks(), checksum)
+        self._journal.append(image_id, label, image, image.shape, durable=self.durable)
+        if image_id == self._count:
+            self._count += 1
+            self._in_journal = None
+        elif self._in_journal is not None:
+            self._in_journal[image_id] = True
 
-    def _convert_to_resizable(self) -> None:
-        """Rewrite the file with chunked, resizable datasets so that appends are cheap."""
-        source = self._file
-        temporary = self.directory / f".{FILE_NAME}.{uuid.uuid4().hex}.tmp"
+    def _blocks(self) -> Iterator[Block]:
+        """The store's images and labels, a block at a time (one reused buffer), journal records applied."""
+        step = max(1, min(self._count, COPY_BLOCK_BYTES // math.prod(self.image_shape)))
+        images, labels = np.empty((step, *self.image_shape), np.uint8), np.empty(step, np.int64)
+        for start in range(0, self._count, step):
+            size = min(step, self._count - start)
+            self._read_range_into(start, images[:size], labels[:size])
+            yield start, images[:size], labels[:size]
+
+    def _commit(self, shape: tuple[int, ...], count: int, blocks: Iterator[Block], checksum: bool) -> None:
+        """Write a new checkpoint aside, open it, rename it into place (the commit), drop the stale journal."""
+        token = uuid.uuid4().hex
+        temporary = self.directory / f"{TEMPORARY_PREFIX}.{token}{TEMPORARY_SUFFIX}"
         try:
-            with h5py.File(temporary, "w") as target:
-                _write_layout(target, shape=source["images"].shape, resizable=True)
-                step = max(1, COPY_BLOCK_BYTES // max(1, np.prod(source["images"].shape[1:])))
-                for start in range(0, len(source["labels"]), step):
-                    block = np.s_[start:start + step]
-                    target["images"][block] = source["images"][block]
-                    target["labels"][block] = source["labels"][block]
-            self._commit(temporary)
+            write_checkpoint(temporary, shape, count, blocks, token=token, checksum=checksum, durable=self.durable)
+            checkpoint = Checkpoint(temporary, self._path)  # opened before the rename: nothing can fail after it
+            try:
+                os.replace(temporary, self._path)
+            except BaseException:
+                checkpoint.close()
+                raise
         finally:
             temporary.unlink(missing_ok=True)
-
-    def _commit(self, temporary: os.PathLike) -> None:
-        """Rename a complete file into place and reopen it."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        if self.durable:
-            fsync_path(temporary)
-        os.replace(temporary, self._path)
+        self._release()
+        (self.directory / JOURNAL_NAME).unlink(missing_ok=True)
+        self._checkpoint, self._journal, self._count = checkpoint, Journal(self.directory / JOURNAL_NAME, token), count
         if self.durable:
             fsync_path(self.directory)
-        self._attach(self._open_file(self._path, "r+"))
 
+    # -- reads --------------------------------------------------------------------------------------
     def _get(self, image_id: int) -> tuple[np.ndarray, int]:
-        return self._images[image_id], int(self._labels[image_id])
+        entry = self._journal.entries.get(image_id)
+        if entry is None:
+            return self._checkpoint.image(image_id)
+        image = np.empty(self.image_shape, np.uint8)
+        self._journal.read_into(image_id, image)
+        return image, entry.label
 
     def _read_into(self, out: np.ndarray, labels: np.ndarray) -> None:
-        selection = np.s_[0:len(out)]
-        self._images.read_direct(out, selection)
-        self._labels.read_direct(labels, selection)
+        self._read_range_into(0, out, labels)
+
+    def _read_range_into(self, start: int, out: np.ndarray, labels: np.ndarray) -> None:
+        """Fill ``out``/``labels`` with images start..start+len(out)-1: checkpoint rows, then journal records over them."""
+        stop = start + len(out)
+        in_checkpoint = min(stop, self._checkpoint.count if self._checkpoint else 0) - start
+        if in_checkpoint > 0:
+            self._checkpoint.read_rows(start, out[:in_checkpoint], labels[:in_checkpoint])
+        entries = self._journal.entries
+        ids = range(start, stop) if len(out) <= len(entries) else sorted(i for i in entries if start <= i < stop)
+        for image_id in ids:
+            if image_id in entries:
+                self._read_record(image_id, out, labels, image_id - start)
+
+    def _read_batch_into(self, ids: np.ndarray, out: np.ndarray, labels: np.ndarray) -> None:
+        """Gather from the checkpoint's map, then put journal records in their places."""
+        if not self._journal.entries:
+            self._checkpoint.take(ids, out, labels)
+            return
+        from_journal = self._journal_mask()[ids]
+        positions = np.flatnonzero(~from_journal)
+        if len(positions) == len(ids):
+            self._checkpoint.take(ids, out, labels)
+        elif len(positions):
+            images, image_labels = np.empty((len(positions), *self.image_shape), np.uint8), np.empty(len(positions), np.int64)
+            self._checkpoint.take(ids[positions], images, image_labels)
+            out[positions], labels[positions] = images, image_labels
+        for position in np.flatnonzero(from_journal).tolist():
+            self._read_record(int(ids[position]), out, labels, position)
+
+    def _read_record(self, image_id: int, out: np.ndarray, labels: np.ndarray, position: int) -> None:
+        self._journal.read_into(image_id, out[position])
+        labels[position] = self._journal.entries[image_id].label
+
+    def _journal_mask(self) -> np.ndarray:
+        """True for the ids whose newest version is a journal record (rebuilt after a write)."""
+        if self._in_journal is None:
+            self._in_journal = np.zeros(self._count, bool)
+            self._in_journal[np.fromiter(self._journal.entries, np.int64, len(self._journal.entries))] = True
+        return self._in_journal
 
     def _close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        self._release()
 
-
-def _write_layout(file: h5py.File, *, images: np.ndarray | None = None, labels: np.ndarray | None = None,
-                  shape: tuple[int, ...] | None = None, resizable: bool = False) -> None:
-    """Create the two datasets, filled from ``images``/``labels`` or empty with ``shape``."""
-    file.attrs["format"] = FORMAT
-    file.attrs["format_version"] = FORMAT_VERSION
-    shape = images.shape if images is not None else shape
-    images_per_chunk = max(1, CHUNK_BYTES // int(np.prod(shape[1:])))
-    options = {"chunks": (images_per_chunk, *shape[1:]), "maxshape": (None, *shape[1:])} if resizable else {}
-    file.create_dataset("images", shape=shape, dtype=np.uint8, data=images, **options)
-    label_options = {"chunks": (512,), "maxshape": (None,)} if resizable else {}
-    file.create_dataset("labels", shape=shape[:1], dtype=np.int64, data=labels, **label_options)

@@ -2,15 +2,24 @@
 image in place both cheaply and atomically (HDF5's file, the PNG folder's labels.csv).
 
 Such a store is a *checkpoint* (what ``store_many`` wrote, named by a token the method keeps
-with it) plus this journal: one file that ``store_single`` appends one record to. A record is
-``<QqII``: image id, label, payload length, CRC-32 of those fields and the payload; then the
-payload (the method decides what: raw pixels, PNG bytes). Appending the record is the commit:
+with it) plus this journal: one file that ``store_single`` appends one record to. The file is a
+header line (JSON: format, version, checkpoint token, image shape) and its CRC-32, then, at a
+16-byte aligned offset, the *commit word* ``<QI4x>`` (where the committed records end, CRC-32
+of that), then the records. A record is ``<QqII``: image id, label, payload length, CRC-32 of
+those fields and the payload; then the payload (the method decides what: raw pixels, PNG bytes).
+An append writes the record past the committed end, then the commit word (one aligned 16-byte
+write, which a kill cannot tear): rewriting the commit word is the commit.
 
-- a write is all-or-nothing: a record cut short by a kill or a full disk fails its CRC, so
-  readers stop before it and the next writer truncates it away;
-- its cost does not grow with the store (one ``pwritev``, plus an fsync when durable);
+- a write is all-or-nothing: bytes past the committed end (a record cut short by a kill or a
+  full disk) are ignored by readers and truncated away by the next writer;
+- damage is never mistaken for an unfinished write: a journal shorter than its committed end, a
+  committed record or a header or commit word that fails its CRC raise CorruptStoreError;
+- its cost does not grow with the store (three ``pwrite``, plus two fdatasyncs when durable, so
+  that the record is on disk before the commit word that points past it);
 - a journal names the checkpoint it extends, so after ``store_many`` (or a compaction, which
-  folds the journal into a new checkpoint) a leftover journal is stale and ignored.
+  folds the journal into a new checkpoint) a leftover journal is stale and ignored. A journal is
+  created aside and renamed into place, and committed bytes are never rewritten, so a reader's
+  open journal stays a consistent snapshot.
 
 Readers load the journal once when they open (a snapshot, like the checkpoint's open file);
 writers bring it up to date under the store's writer lock with ``refresh``.
@@ -21,17 +30,24 @@ import errno
 import json
 import os
 import struct
+import time
 import zlib
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
+from storage_impls.base import fsync_path
 from storage_impls.errors import CorruptStoreError, is_no_space, no_space_error
 
 FORMAT = "storage_impls.journal"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 RECORD = struct.Struct("<QqII")  # image id, label, payload length, crc32(fields before it + payload)
+HEADER_CRC = struct.Struct("<I")
+COMMIT = struct.Struct("<QI4x")  # end of the committed records, crc32 of that end
+COMMIT_ALIGN = 16  # the commit word never straddles a page or sector, so one pwrite of it is atomic
+COMMIT_READ_TRIES = 3  # a reader may race a writer's update of the commit word: read it again before calling it damage
+HEADER_MAX = 4096
 COMPACT_MIN_RECORDS = 256  # fold the journal into a new checkpoint past this many records ...
 COMPACT_FRACTION = 16  # ... or past 1/16 of the checkpoint's images, whichever is more: O(1) per write, amortised
 
@@ -46,7 +62,9 @@ class Entry(NamedTuple):
 
 
 class Journal:
-    """The journal file ``path`` as seen by one handle: ``entries`` maps id -> newest Entry."""
+    """The journal file ``path`` as seen by one handle: ``entries`` maps id -> newest Entry.
+
+    ``image_shape`` is None unless a journal extending ``checkpoint`` is loaded."""
 
     def __init__(self, path: Path, checkpoint: str) -> None:
         self.path, self.checkpoint = path, checkpoint
@@ -55,7 +73,8 @@ class Journal:
         self.records = 0
         self._fd: int | None = None
         self._identity: tuple[int, int] | None = None  # (device, inode) of the file loaded
-        self._end = 0  # bytes of header and whole, valid records
+        self._commit_at = 0  # offset of the commit word
+        self._end = 0  # end of the committed records loaded
         self._load()
 
     # -- reading -----------------------------------------------------------------------------
@@ -67,57 +86,86 @@ class Journal:
             fd = os.open(self.path, os.O_RDONLY)
         except FileNotFoundError:
             return
-        header = _read_header(fd, self.path)
-        if header is None or header[0] != self.checkpoint:
+        try:
+            checkpoint, image_shape, commit_at = _read_header(fd, self.path)
+        except BaseException:
+            os.close(fd)
+            raise
+        if checkpoint != self.checkpoint:
             os.close(fd)
             return
         self._fd = fd
         info = os.fstat(fd)
         self._identity = (info.st_dev, info.st_ino)
-        self.image_shape = header[1]
-        self._end = header[2]
+        self.image_shape, self._commit_at = image_shape, commit_at
+        self._end = commit_at + COMMIT.size
         self._scan()
 
+    def _committed_end(self) -> int:
+        """Where the committed records end, from the commit word."""
+        for attempt in range(COMMIT_READ_TRIES):
+            word = os.pread(self._fd, COMMIT.size, self._commit_at)
+            if len(word) == COMMIT.size:
+                end, crc = COMMIT.unpack(word)
+                if zlib.crc32(word[:8]) == crc:
+                    return end
+            time.sleep(0.001 * (attempt + 1))
+        raise CorruptStoreError(f"{self.path}: the commit word at byte {self._commit_at} is missing or fails its checksum "
+                                "(a damaged or partial copy)")
+
     def _scan(self) -> None:
-        """Add the whole, valid records past ``_end``; stop at the first cut-short or damaged one."""
+        """Add the committed records past ``_end``; CorruptStoreError if any of them is missing or damaged."""
+        end = self._committed_end()
         size = os.fstat(self._fd).st_size
-        while self._end + RECORD.size <= size:
-            fields = os.pread(self._fd, RECORD.size, self._end)
-            image_id, label, length, crc = RECORD.unpack(fields)
-            start = self._end + RECORD.size
-            if start + length > size:
-                break
-            payload = os.pread(self._fd, length, start)
-            if zlib.crc32(payload, zlib.crc32(fields[:-4])) != crc:
-                break
+        if end < self._end or size < end:
+            raise CorruptStoreError(f"{self.path} is {size} bytes but its committed records end at byte {end} "
+                                    "(a damaged or partial copy)")
+        position = self._end
+        while position < end:
+            fields = os.pread(self._fd, RECORD.size, position)
+            image_id, label, length, crc = RECORD.unpack(fields.ljust(RECORD.size, b"\0"))
+            start = position + RECORD.size
+            if start + length > end or zlib.crc32(os.pread(self._fd, length, start), zlib.crc32(fields[:-4])) != crc:
+                raise CorruptStoreError(f"{self.path}: the record at byte {position} fails its checksum (bit rot or a damaged copy)")
             self.entries[image_id] = Entry(label, start, length, crc)
             self.records += 1
-            self._end = start + length
+            position = start + length
+        self._end = end
 
     def refresh(self) -> bool:
         """Catch up with records other writers appended (or a journal they replaced); True if anything changed."""
+        before = (self._identity, self.records)
         try:
             info = os.stat(self.path)
         except FileNotFoundError:
-            if self._fd is None:
-                return False
-            self._load()
-            return True
+            if self._fd is not None:
+                self._load()
+            return (self._identity, self.records) != before
         if (info.st_dev, info.st_ino) != self._identity:
             self._load()
-            return True
-        before = self.records
-        self._scan()
-        return self.records != before
+        else:
+            self._scan()
+        return (self._identity, self.records) != before
 
     def read(self, image_id: int) -> bytes:
         """The payload of ``image_id``'s newest record, checked against its CRC."""
         entry = self.entries[image_id]
         payload = os.pread(self._fd, entry.length, entry.offset)
-        fields = RECORD.pack(image_id, entry.label, entry.length, 0)[:-4]
-        if len(payload) != entry.length or zlib.crc32(payload, zlib.crc32(fields)) != entry.crc:
-            raise CorruptStoreError(f"{self.path}: the record of image {image_id} fails its checksum (bit rot or a damaged copy)")
+        self._check(image_id, entry, payload, len(payload))
         return payload
+
+    def read_into(self, image_id: int, target: np.ndarray | memoryview | bytearray) -> None:
+        """Read ``image_id``'s newest payload straight into ``target`` (exactly its size), checked against its CRC."""
+        entry = self.entries[image_id]
+        view = memoryview(target).cast("B")
+        if len(view) != entry.length:
+            raise CorruptStoreError(f"{self.path}: the record of image {image_id} holds {entry.length} bytes, expected {len(view)}")
+        self._check(image_id, entry, view, os.preadv(self._fd, [view], entry.offset))
+
+    def _check(self, image_id: int, entry: Entry, payload: bytes | memoryview, length: int) -> None:
+        fields = RECORD.pack(image_id, entry.label, entry.length, 0)[:-4]
+        if length != entry.length or zlib.crc32(payload, zlib.crc32(fields)) != entry.crc:
+            raise CorruptStoreError(f"{self.path}: the record of image {image_id} fails its checksum (bit rot or a damaged copy)")
 
     def next_id(self, checkpoint_count: int) -> int:
         """The store's length: the checkpoint's images plus those the journal appended."""
@@ -136,39 +184,48 @@ class Journal:
         payload = memoryview(payload).cast("B")
         fields = RECORD.pack(image_id, label, len(payload), 0)[:-4]
         crc = zlib.crc32(payload, zlib.crc32(fields))
-        record = [fields + crc.to_bytes(4, "little"), payload]
+        start, end = self._end + RECORD.size, self._end + RECORD.size + len(payload)
+        committed = False
         fd = os.open(self.path, os.O_WRONLY)
         try:
-            os.ftruncate(fd, self._end)  # drop a record a killed writer cut short
-            written = os.pwritev(fd, record, self._end)
-            if written != RECORD.size + len(payload):
-                raise OSError(errno.ENOSPC, "short write")
+            os.ftruncate(fd, self._end)  # drop what a killed or failed writer left past the committed end
+            pwrite_all(fd, fields + crc.to_bytes(4, "little"), self._end)
+            pwrite_all(fd, payload, start)
             if durable:
-                os.fsync(fd)
+                os.fdatasync(fd)  # the record is on disk before the commit word that points past it
+            pwrite_all(fd, _commit_word(end), self._commit_at)
+            committed = True
+            if durable:
+                os.fdatasync(fd)
         except OSError as error:
-            os.ftruncate(fd, self._end)
+            if not committed:
+                os.ftruncate(fd, self._end)
             raise (no_space_error(self.path.parent, error) if is_no_space(error) else error) from error
         finally:
+            if committed:  # visible to every reader from now on, even if a durable fdatasync failed
+                self.entries[image_id] = Entry(label, start, len(payload), crc)
+                self.records += 1
+                self._end = end
             os.close(fd)
-        self.entries[image_id] = Entry(label, self._end + RECORD.size, len(payload), crc)
-        self.records += 1
-        self._end += RECORD.size + len(payload)
 
     def _create(self, image_shape: tuple[int, ...], durable: bool) -> None:
         """Start a journal for this checkpoint: written aside, then renamed over any stale one."""
-        header = json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION, "checkpoint": self.checkpoint,
-                             "image_shape": list(image_shape)}).encode() + b"\n"
+        line = json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION, "checkpoint": self.checkpoint,
+                           "image_shape": list(image_shape)}).encode() + b"\n"
+        commit_at = -(-(len(line) + HEADER_CRC.size) // COMMIT_ALIGN) * COMMIT_ALIGN
+        header = (line + HEADER_CRC.pack(zlib.crc32(line))).ljust(commit_at, b"\0") + _commit_word(commit_at + COMMIT.size)
         temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
-                if os.write(fd, header) != len(header):
-                    raise OSError(errno.ENOSPC, "short write")
+                pwrite_all(fd, header, 0)
                 if durable:
                     os.fsync(fd)
             finally:
                 os.close(fd)
             os.replace(temporary, self.path)
+            if durable:
+                fsync_path(self.path.parent)  # the new name survives a power cut
         except OSError as error:
             temporary.unlink(missing_ok=True)
             raise (no_space_error(self.path.parent, error) if is_no_space(error) else error) from error
@@ -178,7 +235,7 @@ class Journal:
         """Remove the journal file (after its records were folded into a new checkpoint)."""
         self.close()
         self.path.unlink(missing_ok=True)
-        self.entries, self.records, self._end, self._identity = {}, 0, 0, None
+        self.entries, self.image_shape, self.records, self._end, self._identity = {}, None, 0, 0, None
 
     def close(self) -> None:
         if self._fd is not None:
@@ -186,16 +243,32 @@ class Journal:
             self._fd = None
 
 
-def _read_header(fd: int, path: Path) -> tuple[str, tuple[int, ...], int] | None:
-    """(checkpoint, image shape, header length) of a journal file; None for a stale leftover that is not ours."""
-    head = os.pread(fd, 4096, 0)
-    line, newline, _ = head.partition(b"\n")
-    if not newline:
-        return None  # a header cut short: the journal was never started, so it holds nothing
+def _commit_word(end: int) -> bytes:
+    end_bytes = end.to_bytes(8, "little")
+    return COMMIT.pack(end, zlib.crc32(end_bytes))
+
+
+def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    """Write all of ``data`` at ``offset`` (a regular file may take a large write in parts)."""
+    view = memoryview(data).cast("B")
+    while view:
+        written = os.pwrite(fd, view, offset)
+        if written == 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        view, offset = view[written:], offset + written
+
+
+def _read_header(fd: int, path: Path) -> tuple[str, tuple[int, ...], int]:
+    """(checkpoint, image shape, offset of the commit word) of a journal file; CorruptStoreError if it is not one."""
+    head = os.pread(fd, HEADER_MAX, 0)
+    line, newline, rest = head.partition(b"\n")
     try:
+        if not newline or len(rest) < HEADER_CRC.size or HEADER_CRC.unpack_from(rest)[0] != zlib.crc32(line + newline):
+            raise ValueError("its header is cut short or fails its checksum")
         header = json.loads(line)
         if header["format"] != FORMAT or header["format_version"] != FORMAT_VERSION:
-            raise ValueError("not a journal of this version")
-        return str(header["checkpoint"]), tuple(int(side) for side in header["image_shape"]), len(line) + 1
+            raise ValueError(f"format {header['format']!r} version {header['format_version']!r}")
+        commit_at = -(-(len(line) + 1 + HEADER_CRC.size) // COMMIT_ALIGN) * COMMIT_ALIGN
+        return str(header["checkpoint"]), tuple(int(side) for side in header["image_shape"]), commit_at
     except (ValueError, KeyError, TypeError) as error:
-        raise CorruptStoreError(f"{path}: not a journal written by {FORMAT} ({error})") from None
+        raise CorruptStoreError(f"{path}: not a journal written by {FORMAT} version {FORMAT_VERSION} ({error})") from None

@@ -1,0 +1,229 @@
+"""The HDF5 store's checkpoint file, ``images.h5``: how it is written, validated and read.
+
+Datasets (all contiguous, unfiltered, so each is one run of raw bytes at a fixed file offset):
+``images`` uint8 (N, H, W[, C]), ``labels`` little-endian int64 (N,), and, when the store keeps
+checksums, ``checksums`` little-endian uint64 (N,): xxh3_64 of each image's pixels seeded with
+its label (as uint64), so a flipped bit in either is caught. Attributes (fixed-length strings:
+HDF5 keeps variable-length ones in a global heap that has no checksum): ``format``,
+``format_version``, ``token`` (names this checkpoint; the journal names the token it extends),
+``checksum``. Written with HDF5 1.10's file format (superblock 3, object headers 2), whose
+metadata carries checksums, so damaged metadata fails to open instead of reading as other data.
+
+Writing: h5py lays out the datasets (metadata only: space allocated, never filled), then the
+pixel, label and checksum bytes go in with ``pwrite`` at the datasets' offsets, so a full disk
+surfaces as a plain ``OSError(ENOSPC)`` and HDF5 never holds a half-written file.
+
+Reading: HDF5 opens the file once to validate it and find the offsets (with its default file
+locking); then the handle keeps only a read-only descriptor and a memory map of the file, and
+reads with ``preadv`` (ranges) or ``numpy.take`` over the map (random batches).
+"""
+from __future__ import annotations
+
+import errno
+import math
+import mmap
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import h5py
+import numpy as np
+import xxhash
+
+from storage_impls.base import check_image_shape
+from storage_impls.errors import NO_SPACE_ERRNOS, CorruptStoreError, is_no_space, no_space_error
+from storage_impls.journal import pwrite_all
+
+FORMAT = "storage_impls.hdf5"
+FORMAT_VERSION = 2
+LIBVER = ("v110", "v110")  # metadata checksums; readable by HDF5 >= 1.10
+LOCKING = "best-effort"  # HDF5's shared/exclusive file locks, skipped where the file system has none (some NFS)
+METADATA_RESERVE = 64 << 10  # free bytes required before h5py writes a file's metadata (see write_checkpoint)
+LABEL_DTYPE, CHECKSUM_DTYPE = np.dtype("<i8"), np.dtype("<u8")
+UINT64_MASK = (1 << 64) - 1  # a label's checksum seed: its int64 bits as uint64
+Identity = tuple[int, int]  # (device, inode)
+Block = tuple[int, np.ndarray, np.ndarray]  # first id, images, labels
+
+
+def image_checksums(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """xxh3_64 of each image (N, ...) seeded with its label: one uint64 per image."""
+    return np.fromiter(map(xxhash.xxh3_64_intdigest, images, labels.view(np.uint64).tolist()), np.uint64, len(images))
+
+
+def is_h5_no_space(error: BaseException) -> bool:
+    """True for an OSError meaning a full device, including h5py's, which may carry the errno only in its message."""
+    return is_no_space(error) or (isinstance(error, OSError) and any(os.strerror(code) in str(error) for code in NO_SPACE_ERRNOS))
+
+
+def file_identity(path: Path) -> Identity | None:
+    """(device, inode) of ``path``, None if it does not exist."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def write_checkpoint(path: Path, shape: tuple[int, ...], count: int,
+                     blocks: Iterable[Block], *, token: str, checksum: bool, durable: bool) -> None:
+    """Write a complete checkpoint of ``count`` images of ``shape`` at ``path`` (a temporary name);
+    ``blocks`` yields (first id, images, labels) covering ids 0..count-1. A full disk raises NoSpaceError."""
+    free = os.statvfs(path.parent)
+    if (free.f_bfree if os.geteuid() == 0 else free.f_bavail) * free.f_frsize < METADATA_RESERVE:
+        # HDF5 keeps a file it failed to flush open until exit: never let its own writes meet a full disk
+        raise no_space_error(path.parent, OSError(errno.ENOSPC, "less than 64 KiB free for the file's metadata"))
+    layout = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    layout.set_layout(h5py.h5d.CONTIGUOUS)
+    layout.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    layout.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+    datasets = {"images": ((count, *shape), np.uint8), "labels": ((count,), LABEL_DTYPE)}
+    if checksum:
+        datasets["checksums"] = ((count,), CHECKSUM_DTYPE)
+    try:
+        with h5py.File(path, "w", libver=LIBVER, locking=LOCKING) as file:
+            for name, value in (("format", FORMAT), ("token", token)):
+                file.attrs[name] = np.bytes_(value)
+            file.attrs["format_version"] = FORMAT_VERSION
+            file.attrs["checksum"] = checksum
+            offsets = {name: file.create_dataset(name, shape=dataset_shape, dtype=dtype, dcpl=layout).id.get_offset()
+                       for name, (dataset_shape, dtype) in datasets.items()}
+    except OSError as error:
+        raise (no_space_error(path.parent, error) if is_h5_no_space(error) else error) from error
+    row = math.prod(shape)
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        for start, images, labels in blocks:
+            pwrite_all(fd, images, offsets["images"] + start * row)
+            pwrite_all(fd, np.ascontiguousarray(labels, LABEL_DTYPE), offsets["labels"] + start * LABEL_DTYPE.itemsize)
+            if checksum:
+                pwrite_all(fd, image_checksums(images, labels), offsets["checksums"] + start * CHECKSUM_DTYPE.itemsize)
+        if durable:
+            os.fsync(fd)
+    except OSError as error:
+        raise (no_space_error(path.parent, error) if is_no_space(error) else error) from error
+    finally:
+        os.close(fd)
+
+
+class Checkpoint:
+    """One checkpoint file, open read-only: a descriptor and a map of the file (a snapshot that a later
+    rename over the path does not change), the labels and checksums in memory."""
+
+    def __init__(self, path: Path, name: Path | None = None) -> None:
+        """Open ``path``; ``name`` is what error messages call it (the final name of a file still being committed).
+        FileNotFoundError if it vanished; CorruptStoreError if it is not a valid checkpoint; ChangedError if
+        ``path`` was replaced while it was being opened (open it again)."""
+        self.name = name or path
+        try:
+            file = h5py.File(path, "r", locking=LOCKING)
+        except (FileNotFoundError, PermissionError, BlockingIOError):
+            raise
+        except OSError as error:
+            raise CorruptStoreError(f"{self.name} is not a readable HDF5 file: {error}") from None
+        self._fd = None
+        try:
+            with file:
+                self._fd = os.open(path, os.O_RDONLY)
+                info = os.fstat(self._fd)
+                self.identity: Identity = (info.st_dev, info.st_ino)
+                seen = os.fstat(file.id.get_vfd_handle())
+                if (seen.st_dev, seen.st_ino) != self.identity:
+                    raise ChangedError(f"{self.name} was replaced while it was being opened")
+                self._read_metadata(file, info.st_size)
+            self._map = mmap.mmap(self._fd, 0, access=mmap.ACCESS_READ)
+        except BaseException:
+            if self._fd is not None:
+                os.close(self._fd)
+            raise
+        if hasattr(self._map, "madvise"):
+            self._map.madvise(mmap.MADV_RANDOM)  # batches are random rows: no readahead around each
+        self.pixels = np.frombuffer(self._map, np.uint8, self.count * self.row, self._offset).reshape(self.count, *self.shape)
+
+    def _read_metadata(self, file: h5py.File, size: int) -> None:
+        """Validate the layout and read the attributes, labels and checksums; CorruptStoreError naming what is wrong."""
+        try:
+            attrs = file.attrs
+            if attrs.get("format") != FORMAT.encode() or attrs.get("format_version") != FORMAT_VERSION:
+                raise CorruptStoreError(f"{self.name} was not written by {FORMAT} version {FORMAT_VERSION} "
+                                        f"(format {attrs.get('format')!r}, version {attrs.get('format_version')!r})")
+            self.token, self.checksum = bytes(attrs["token"]).decode("ascii"), bool(attrs["checksum"])
+            images = file["images"]
+            self.count, self.shape = len(images), tuple(images.shape[1:])
+            check_image_shape(self.shape, f"{self.name}: each image")
+            if images.dtype != np.uint8 or self.count < 1:
+                raise CorruptStoreError(f"{self.name}: images are {images.dtype} of shape {images.shape}, expected uint8 (N, H, W[, C])")
+            self.row = math.prod(self.shape)
+            self._offset = _raw_offset(images, self.count * self.row, size, self.name)
+            self.labels = self._read_array(file, "labels", LABEL_DTYPE, size).astype(np.int64)
+            self.checksums = self._read_array(file, "checksums", CHECKSUM_DTYPE, size) if self.checksum else None
+        except CorruptStoreError:
+            raise
+        except KeyError as error:
+            raise CorruptStoreError(f"{self.name} lacks a dataset or attribute of {FORMAT} ({error})") from None
+        except Exception as error:  # h5py reports damaged metadata with many exception types
+            raise CorruptStoreError(f"{self.name} has damaged HDF5 metadata ({type(error).__name__}: {error})") from None
+
+    def _read_array(self, file: h5py.File, name: str, dtype: np.dtype, size: int) -> np.ndarray:
+        dataset = file[name]
+        if dataset.dtype != dtype or dataset.shape != (self.count,):
+            raise CorruptStoreError(f"{self.name}: {name} is {dataset.dtype} {dataset.shape}, expected {dtype} ({self.count},)")
+        array = np.empty(self.count, dtype)
+        self._pread_into(array, _raw_offset(dataset, array.nbytes, size, self.name))
+        return array
+
+    def _pread_into(self, array: np.ndarray, offset: int) -> None:
+        view = memoryview(array).cast("B")
+        while view:
+            read = os.preadv(self._fd, [view], offset)
+            if read == 0:
+                raise CorruptStoreError(f"{self.name} ends before byte {offset}")
+            view, offset = view[read:], offset + read
+
+    # -- reads: every image checked against its checksum when the store keeps them ------------------
+    def read_rows(self, start: int, out: np.ndarray, labels: np.ndarray) -> None:
+        """Fill ``out``/``labels`` with images start..start+len(out)-1, in one read."""
+        self._pread_into(out, self._offset + start * self.row)
+        labels[:] = self.labels[start:start + len(out)]
+        self._verify(np.arange(start, start + len(out)), out, labels)
+
+    def image(self, image_id: int) -> tuple[np.ndarray, int]:
+        """One image (a copy out of the map) and its label."""
+        image, label = self.pixels[image_id].copy(), int(self.labels[image_id])
+        if self.checksums is not None and xxhash.xxh3_64_intdigest(image, label & UINT64_MASK) != self.checksums[image_id]:
+            raise CorruptStoreError(f"{self.name}: image {image_id} fails its checksum (bit rot or a damaged copy)")
+        return image, label
+
+    def take(self, ids: np.ndarray, out: np.ndarray, labels: np.ndarray) -> None:
+        """Fill ``out[i]``/``labels[i]`` with image ``ids[i]`` (valid ids, any order), gathered from the map."""
+        np.take(self.pixels, ids, axis=0, out=out, mode="clip")  # "clip": no buffering of out; ids are valid
+        np.take(self.labels, ids, out=labels, mode="clip")
+        self._verify(ids, out, labels)
+
+    def _verify(self, ids: np.ndarray, images: np.ndarray, labels: np.ndarray) -> None:
+        if self.checksums is None:
+            return
+        bad = np.flatnonzero(image_checksums(images, labels) != self.checksums[ids])
+        if len(bad):
+            raise CorruptStoreError(f"{self.name}: image {ids[bad[0]]} fails its checksum (bit rot or a damaged copy)")
+
+    def close(self) -> None:
+        self.pixels = None
+        try:
+            self._map.close()
+        except BufferError:  # a caller still holds a view: the map goes when it does
+            pass
+        os.close(self._fd)
+
+
+class ChangedError(Exception):
+    """The checkpoint path was replaced while it was being opened."""
+
+
+def _raw_offset(dataset: h5py.Dataset, nbytes: int, size: int, name: Path) -> int:
+    """File offset of a contiguous, unfiltered dataset's bytes, which must lie inside the file."""
+    plist = dataset.id.get_create_plist()
+    offset = dataset.id.get_offset()
+    if plist.get_layout() != h5py.h5d.CONTIGUOUS or plist.get_nfilters() or offset is None or offset + nbytes > size:
+        raise CorruptStoreError(f"{name}: dataset {dataset.name} is not {nbytes} contiguous bytes inside the file "
+                                f"(offset {offset}, file size {size})")
+    return offset
