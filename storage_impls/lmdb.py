@@ -1,43 +1,91 @@
-"""LMDB: one key per image, the value being a 16-byte header and the raw pixel bytes.
+"""LMDB: one key per image (the id as 8 big-endian bytes), the value a header and the raw pixels.
 
-Key: the image id as 8 big-endian bytes, so that LMDB's byte order is id order and a cursor
-walks ids 0..N-1. Value header (``<2sBBHHq``): magic ``b"IM"``, format version, channels
-(0 for a 2-D image), height, width, label. No pickle: loading pickles runs arbitrary code.
+Layout: ``data.mdb`` and ``lock.mdb`` (LMDB's), ``.writer.lock`` (this package's writer lock).
+Values are described in lmdb_format.py: header (magic, version, shape, label), pixels, and with
+``checksum=True`` an xxh3_64 trailer seeded with the id, so bit rot, and a value found under
+another id, raise CorruptStoreError naming the id. No pickle: loading pickles runs arbitrary code.
+A store records its checksum setting in its values (all carry a trailer or none): store_single
+follows the store, store_many writes what the handle asks (None: what the store had).
 
-``store_many`` is one write transaction (drop everything, append every key), so it is
-all-or-nothing. The map size is computed from the data with headroom before a write and
-doubled on ``MapFullError`` (the transaction is retried), so a growing store never fails for
-lack of map. On Linux the map is address space, not disk: the file grows only as it fills.
+Atomicity: ``store_many`` is one write transaction (drop everything, append every key) and
+``store_single`` one put in one transaction, so a killed or failed write leaves the old
+contents. A full disk raises NoSpaceError naming the directory, and ``data.mdb`` is cut back
+to its size before the write (only pages no commit refers to are cut, under LMDB's writer mutex).
+The map size grows with the data (doubled on ``MapFullError``); on Linux the map is address space,
+the file grows only as it fills. Values larger than the staging block are written straight into
+the page LMDB allocated for them, so a huge image costs one copy in memory (LMDB's), not two.
 
-Concurrency: LMDB allows one writer and any number of readers, across processes, with
-readers seeing a consistent snapshot. A handle knows the image count it saw when opened (or
-last wrote): open the store again to see what another process added since. The environment stays open between calls; open the
-store again in each process after a fork (an LMDB environment must not cross a fork).
+Concurrency: one writer at a time (the writer lock in base, LMDB's own mutex besides); readers
+never wait (MVCC). Every read runs in one read transaction, so it sees one committed state:
+the newest values of the ids this handle counted (its count and shape are those it saw at open or
+at its last write, when it catches up under the writer lock). A store replaced meanwhile by another
+writer with fewer or other-shaped images raises an error saying so: open it again. Handles on one
+store in one process share one LMDB environment (lmdb_env.py), which must not cross a fork.
+
+Durability: by default commits do not fsync (``sync=False``): data reach the OS at once. With
+``durable=True`` LMDB fsyncs the data before writing the meta page and the meta page after, so a
+power cut leaves the old or the new contents.
+
+Damage: ``data.mdb``'s meta pages are checked before LMDB maps it (a short file would kill the
+process with SIGBUS); LMDB's own errors and bad values raise CorruptStoreError. A damaged store
+opened in mode "a" raises on reads and ``store_single``; ``store_many`` rebuilds it into a new
+``data.mdb`` (written in ``rebuild.tmp/``, then renamed over the old one with a fresh ``lock.mdb``).
+A ``data.mdb`` truncated while a process has it open can still kill that process: LMDB maps it.
+
+``readahead=False`` (an environment setting: the first handle on a store in a process sets it)
+turns off the kernel's readahead, which helps random reads (``read_batch``) of a store larger than
+the page cache and hurts sequential ones.
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import errno
+import functools
 import math
-import struct
+import mmap
+import os
+import shutil
+from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import lmdb
 import numpy as np
 
-from storage_impls.base import ImageStore
-from storage_impls.errors import CorruptStoreError, MissingStoreError
+from storage_impls.base import ImageStore, fsync_path
+from storage_impls.errors import CorruptStoreError, MissingStoreError, NoSpaceError, is_no_space, no_space_error
+from storage_impls.lmdb_env import (
+    DATA_FILE,
+    MIN_MAP_SIZE,
+    SharedEnv,
+    acquire,
+    catch_up,
+    release,
+    replace_data_file,
+    store_error,
+)
+from storage_impls.lmdb_format import KEY, ValueLayout, checksum_of, parse_layout
 
-HEADER = struct.Struct("<2sBBHHq")  # magic, version, channels (0 = 2-D), height, width, label
-MAGIC = b"IM"
-FORMAT_VERSION = 1
-KEY = struct.Struct(">Q")
 HEADROOM = 2  # map size = HEADROOM x (pages in use + pages the write needs)
-MIN_MAP_SIZE = 1 << 20
-STAGING_BYTES = 8 << 20  # values assembled per block in store_many
+STAGING_BYTES = 8 << 20  # values assembled per block in store_many; larger values are written in place
+REBUILD_DIR = "rebuild.tmp"  # where store_many rebuilds a damaged store
+PROBE_FILE = "space-probe.tmp"  # a failed write checks here whether the disk is full
+PROBE_SLACK = 1 << 20
+NOT_SUPPORTED = (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
+Write = Callable[[lmdb.Transaction], None]
 
 
-def _header_prefix(shape: tuple[int, ...]) -> bytes:
-    """The header bytes that every image of ``shape`` shares (all but the label)."""
-    channels = shape[2] if len(shape) == 3 else 0
-    return HEADER.pack(MAGIC, FORMAT_VERSION, channels, shape[0], shape[1], 0)[:HEADER.size - 8]
+def _typed_errors(doing: str) -> Callable[[Callable], Callable]:
+    """Turn the lmdb.Error a read method raises into this package's typed error (lmdb_env.store_error)."""
+    def decorate(method: Callable) -> Callable:
+        @functools.wraps(method)
+        def wrapper(self: LmdbStore, *args: object) -> object:
+            try:
+                return method(self, *args)
+            except lmdb.Error as error:
+                raise store_error(self.directory, error, doing) from None
+        return wrapper
+    return decorate
 
 
 class LmdbStore(ImageStore):
@@ -45,134 +93,341 @@ class LmdbStore(ImageStore):
 
     method = "lmdb"
 
+    def __init__(self, directory: str | os.PathLike, mode: str = "a", *, readahead: bool = True, **options) -> None:
+        self.readahead = readahead
+        super().__init__(directory, mode, **options)
+
+    # -- opening and catching up ------------------------------------------------------------
     def _open(self) -> None:
-        if self.mode == "r" and not (self.directory / "data.mdb").exists():
-            raise MissingStoreError(f"no lmdb store at {self.directory}: data.mdb does not exist")
+        self._shared: SharedEnv | None = None
+        self._snapshot: lmdb.Transaction | None = None
+        self._layout: ValueLayout | None = None
+        self._count = 0
+        self._damage: str | None = None
+        self._rebuild_dir = str(self.directory / REBUILD_DIR)
+        created = self.mode == "a" and not (self.directory / DATA_FILE).exists()
         try:
-            self._env = lmdb.open(
-                str(self.directory), readonly=self.mode == "r", create=self.mode == "a",
-                map_size=MIN_MAP_SIZE, sync=self.durable, metasync=self.durable, max_dbs=0,
-            )
+            self._shared = self._acquire()
+            self._shared.handles.add(self)
+            self._load()
+        except CorruptStoreError as error:
+            if self.mode == "r":
+                self._close()
+                raise
+            self._damage = str(error)  # raised by reads and store_single; store_many rebuilds
+        if created and self.durable:
+            fsync_path(self.directory)
+
+    def _acquire(self) -> SharedEnv:
+        return acquire(self.directory, create=self.mode == "a", writer=self.mode == "a",
+                       durable=self.durable, readahead=self.readahead)
+
+    def _load(self) -> None:
+        """Take a new snapshot (a read transaction on the newest commit) and read its count and value layout."""
+        try:
+            self._count, self._layout = self._read_view(self._renew_snapshot())
         except lmdb.Error as error:
-            raise CorruptStoreError(f"{self.directory} is not a readable LMDB environment: {error}") from None
-        self._db = self._env.open_db()
-        self._shape: tuple[int, ...] | None = None
-        with self._env.begin(buffers=True) as txn:
-            self._count = txn.stat(self._db)["entries"]
-            cursor = txn.cursor()
-            if cursor.first():
-                self._shape = _parse_header(cursor.value(), self.directory)[0]
+            raise store_error(self.directory, error, "reading its first and last keys") from None
+        self._damage = None
+
+    def _renew_snapshot(self) -> lmdb.Transaction:
+        """End this handle's snapshot and take one of the newest commit."""
+        self._end_snapshot()
+        env = self._shared.env
+        try:
+            self._snapshot = env.begin(buffers=True)
+        except lmdb.MapResizedError:
+            env.set_mapsize(0)  # another process grew the map: adopt its size
+            self._snapshot = env.begin(buffers=True)
+        return self._snapshot
+
+    def _read_view(self, txn: lmdb.Transaction) -> tuple[int, ValueLayout | None]:
+        """The count and value layout of the store as ``txn`` sees it, checking that ids are dense."""
+        count = txn.stat()["entries"]
+        if not count:
+            return 0, None
+        cursor, layout = txn.cursor(), None
+        for image_id in (0, count - 1):
+            found = cursor.first() if image_id == 0 else cursor.last()
+            if not found or cursor.key() != KEY.pack(image_id):
+                raise CorruptStoreError(f"{self.directory / DATA_FILE} is damaged: it counts {count} images "
+                                        f"but image {image_id} is not where it belongs")
+            if layout is None:
+                with contextlib.suppress(CorruptStoreError):  # a damaged first value: use the last one
+                    layout = parse_layout(cursor.value())
+        if layout is None:
+            raise CorruptStoreError(f"{self.directory / DATA_FILE} is damaged: neither its first nor its "
+                                    "last value is an image header")
+        return count, layout
+
+    def _end_snapshot(self) -> None:
+        if self._snapshot is not None:
+            with contextlib.suppress(lmdb.Error):  # already ended by a map resize or a rebuild
+                self._snapshot.abort()
+            self._snapshot = None
 
     def _refresh(self) -> None:
-        pass  # TODO(fault work): catch up with other writers
+        if os.path.lexists(self._rebuild_dir):
+            shutil.rmtree(self._rebuild_dir, ignore_errors=True)  # left by a killed rebuild
+        try:
+            if self._shared is None:
+                self._shared = self._acquire()
+                self._shared.handles.add(self)
+            elif not catch_up(self._shared) and self._damage is None and self._is_newest():
+                return  # no other writer committed since this handle's snapshot
+            self._load()
+        except CorruptStoreError as error:
+            self._damage = str(error)
+
+    def _is_newest(self) -> bool:
+        """Whether this handle's snapshot is of the newest commit."""
+        try:
+            return self._snapshot.id() == self._shared.env.info()["last_txnid"]
+        except lmdb.Error:  # ended by a map resize
+            return False
 
     def __len__(self) -> int:
+        if self._damage is not None:
+            raise CorruptStoreError(f"{self._damage} (store_many rebuilds the store)")
         return self._count
 
     @property
     def image_shape(self) -> tuple[int, ...] | None:
-        return self._shape
+        return None if self._layout is None else self._layout.shape
 
+    # -- writing ----------------------------------------------------------------------------
     def _replace_all(self, images: np.ndarray, labels: np.ndarray) -> None:
-        count, shape = len(images), images.shape[1:]
-        pixels = images.reshape(count, -1)
-        keys = np.arange(count, dtype=">u8").view(np.uint8).reshape(count, KEY.size)
-        label_bytes = labels.astype("<i8").view(np.uint8).reshape(count, 8)
-        # values are assembled a block at a time in one reused buffer: header prefix, label, pixels
-        block = max(1, min(count, STAGING_BYTES // (HEADER.size + pixels.shape[1])))
-        staging = np.empty((block, HEADER.size + pixels.shape[1]), np.uint8)
-        prefix = np.frombuffer(_header_prefix(shape), np.uint8)
-        staging[:, :len(prefix)] = prefix
+        checksummed = self.checksum if self.checksum is not None else bool(self._layout and self._layout.checksummed)
+        layout = ValueLayout(images.shape[1:], checksummed)
+        needed = len(images) * self._footprint(layout.size)
+        if self._damage is None:
+            try:
+                self._commit(self._shared.env, lambda txn: _put_all(self._shared.env, txn, layout, images, labels),
+                             needed)
+            except CorruptStoreError as error:  # LMDB met damage while dropping the old contents
+                self._damage = str(error)
+        if self._damage is not None:
+            self._rebuild(layout, images, labels, needed)
+        self._renew_snapshot()
+        self._count, self._layout = len(images), layout
 
-        def write(txn: lmdb.Transaction) -> None:
-            txn.drop(self._db, delete=False)
-            cursor = txn.cursor()
-            for start in range(0, count, block):
-                stop = min(count, start + block)
-                staging[:stop - start, len(prefix):HEADER.size] = label_bytes[start:stop]
-                staging[:stop - start, HEADER.size:] = pixels[start:stop]
-                for image_id, value in zip(range(start, stop), staging):
-                    cursor.put(keys[image_id], value, append=True)
-
-        self._write(write, count * self._value_footprint(pixels.shape[1]))
-        self._count, self._shape = count, shape
+    def _rebuild(self, layout: ValueLayout, images: np.ndarray, labels: np.ndarray, needed: int) -> None:
+        """Write a new data.mdb beside the damaged one, then put it in place (a kill leaves the old one)."""
+        staging = self.directory / REBUILD_DIR
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        try:
+            env = lmdb.open(str(staging), map_size=HEADROOM * needed + MIN_MAP_SIZE, sync=self.durable,
+                            metasync=self.durable, max_dbs=0)
+            try:
+                self._commit(env, lambda txn: _put_all(env, txn, layout, images, labels), needed, staging)
+            finally:
+                env.close()
+            replace_data_file(self.directory, staging / DATA_FILE, self.durable)
+        except lmdb.Error as error:
+            raise store_error(self.directory, error, "rebuilding it") from None
+        except OSError as error:
+            if is_no_space(error) and not isinstance(error, NoSpaceError):
+                raise no_space_error(self.directory, error) from None
+            raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        if self._shared is None:
+            self._shared = self._acquire()
+            self._shared.handles.add(self)
+        self._damage = None
 
     def _put(self, image: np.ndarray, image_id: int, label: int) -> None:
-        value = _header_prefix(image.shape) + struct.pack("<q", label) + image.tobytes()
-        self._write(lambda txn: txn.put(KEY.pack(image_id), value), self._value_footprint(image.size))
-        if image_id == self._count:
-            self._count += 1
-        self._shape = image.shape
+        layout = self._layout or ValueLayout(image.shape, bool(self.checksum))
+        key = KEY.pack(image_id)
+        if layout.size > STAGING_BYTES:
+            write = lambda txn: _put_in_place(txn, key, layout, image_id, label, image)  # noqa: E731
+        else:
+            value = np.empty(layout.size, np.uint8)
+            layout.fill(value, image_id, label, image)
+            write = lambda txn: txn.put(key, value)  # noqa: E731
+        self._commit(self._shared.env, write, self._footprint(layout.size))
+        self._renew_snapshot()
+        self._count, self._layout = max(self._count, image_id + 1), layout
 
-    def _value_footprint(self, pixel_bytes: int) -> int:
-        """Bytes one value takes in the map: overflow pages for values above half a page."""
-        page = self._env.stat()["psize"]
-        size = HEADER.size + pixel_bytes
-        if size > page // 2:
-            return math.ceil((size + 16) / page) * page
-        return 2 * (size + KEY.size + 16)
+    def _footprint(self, value_size: int) -> int:
+        """Bytes one value takes in the map: overflow pages for values above half a page, else a share of a leaf."""
+        page = self._shared.env.stat()["psize"] if self._shared else mmap.PAGESIZE
+        if value_size > page // 2:
+            return math.ceil((value_size + 16) / page) * page
+        return 2 * (value_size + KEY.size + 16)
 
-    def _write(self, write, needed_bytes: int) -> None:
-        """Run ``write(txn)`` in one transaction, growing the map first if it is short and on MapFullError."""
-        info, page = self._env.info(), self._env.stat()["psize"]
+    def _commit(self, env: lmdb.Environment, write: Write, needed: int, directory: Path | None = None) -> None:
+        """Run ``write(txn)`` in one write transaction of ``env`` (in ``directory``, the store's by default):
+        grow the map first if it is short and on MapFullError; on failure cut data.mdb back and raise typed;
+        """
+        info, page = env.info(), env.stat()["psize"]
         in_use = (info["last_pgno"] + 1) * page
-        if info["map_size"] < in_use + needed_bytes:
-            self._env.set_mapsize(HEADROOM * (in_use + needed_bytes))
+        if info["map_size"] < in_use + needed:
+            env.set_mapsize(HEADROOM * (in_use + needed))
         while True:
             try:
-                with self._env.begin(write=True) as txn:
+                with env.begin(write=True, buffers=True) as txn:
                     write(txn)
                 break
             except lmdb.MapFullError:
-                self._env.set_mapsize(2 * self._env.info()["map_size"])
-        if self.durable:
-            self._env.sync(True)
+                env.set_mapsize(2 * env.info()["map_size"])
+            except lmdb.MapResizedError:
+                env.set_mapsize(0)  # another process grew the map: adopt its size
+            except BaseException as error:
+                _cut_back(env, (directory or self.directory) / DATA_FILE)
+                if not isinstance(error, lmdb.Error):
+                    raise
+                raise self._write_error(error, needed) from None
 
-    def _read_txn(self) -> lmdb.Transaction:
-        """A read transaction, adopting the map size if another process has grown it."""
-        try:
-            return self._env.begin(buffers=True)
-        except lmdb.MapResizedError:
-            self._env.set_mapsize(0)
-            return self._env.begin(buffers=True)
+    def _write_error(self, error: lmdb.Error, needed: int) -> Exception:
+        """The typed error for a failed write: LMDB reports a short write on a full disk as EIO, so
+        an EIO is a NoSpaceError when the disk cannot take what the write needed (probed)."""
+        mapped = store_error(self.directory, error, "writing")
+        if isinstance(mapped, NoSpaceError) or getattr(error, "code", 0) != errno.EIO:
+            return mapped
+        shortage = _space_shortage(self.directory / PROBE_FILE, 2 * needed + PROBE_SLACK)
+        return mapped if shortage is None else no_space_error(self.directory, shortage)
 
+    # -- reading ----------------------------------------------------------------------------
+    def _snapshot_txn(self) -> lmdb.Transaction:
+        """This handle's snapshot. A map resize in this process (a write that grew the map) ends every read
+        transaction of the environment, and a fork ends them all (lmdb_env): the snapshot is then taken
+        anew, on the newest commit, which must show the same count and shape as the one it replaces."""
+        if self._damage is not None:
+            raise CorruptStoreError(f"{self._damage} (store_many rebuilds the store)")
+        if self._shared.env is None:
+            raise ValueError(f"{self!r} was opened in another process (before a fork): open the store again here")
+        if self._snapshot is not None:
+            with contextlib.suppress(lmdb.Error):
+                self._snapshot.id()  # raises once the transaction was ended
+                return self._snapshot
+        seen = self._count, self._layout
+        self._load()
+        if (self._count, self._layout) != seen:
+            raise MissingStoreError(f"the store in {self.directory} changed since this handle read it "
+                                    f"({seen[0]} images then, {self._count} now): open it again")
+        return self._snapshot
+
+    def suspend_snapshot(self) -> None:
+        """End this handle's snapshot until its next read (called just before the process forks)."""
+        self._end_snapshot()
+
+    @_typed_errors("reading an image")
     def _get(self, image_id: int) -> tuple[np.ndarray, int]:
-        with self._read_txn() as txn:
-            value = txn.get(KEY.pack(image_id))
-            if value is None:
-                raise CorruptStoreError(f"{self.directory}: key of image {image_id} is missing")
-            shape, label = _parse_header(value, self.directory)
-            image = np.frombuffer(value, np.uint8, offset=HEADER.size).reshape(shape).copy()
-        return image, label
+        layout = self._layout
+        value = self._snapshot_txn().get(KEY.pack(image_id))
+        label = layout.check(value, image_id, self.directory)
+        return np.frombuffer(value, np.uint8, layout.pixel_bytes, layout.header_size).reshape(layout.shape).copy(), label
 
+    @_typed_errors("reading images")
     def _read_into(self, out: np.ndarray, labels: np.ndarray) -> None:
-        count = len(out)
-        pixels = out.reshape(count, -1)
-        headers = np.empty((count, HEADER.size), np.uint8)
-        with self._read_txn() as txn:
-            values = txn.cursor().iternext(keys=False, values=True)
-            try:
-                for image_id in range(count):
-                    value = next(values)
-                    headers[image_id] = value[:HEADER.size]
-                    pixels[image_id] = value[HEADER.size:]
-            except (ValueError, StopIteration):
-                raise CorruptStoreError(f"{self.directory}: value {image_id} has the wrong size or is missing") from None
-        prefix = np.frombuffer(_header_prefix(self._shape), np.uint8)
-        if not (headers[:, :len(prefix)] == prefix).all():
-            raise CorruptStoreError(f"{self.directory}: an image header does not match shape {self._shape}")
-        labels[:] = headers[:, len(prefix):].copy().view("<i8").ravel()
+        self._copy(self._snapshot_txn().cursor().iternext(keys=False, values=True), range(len(out)), out, labels)
+
+    @_typed_errors("reading a batch")
+    def _read_batch_into(self, ids: np.ndarray, out: np.ndarray, labels: np.ndarray) -> None:
+        keys = ids.astype(">u8").tobytes()
+        get = self._snapshot_txn().get
+        self._copy(map(get, [keys[start:start + KEY.size] for start in range(0, len(keys), KEY.size)]),
+                   ids.tolist(), out, labels)
+
+    def _copy(self, values: Iterable[memoryview | None], ids: list[int] | range, out: np.ndarray,
+              labels: np.ndarray) -> None:
+        """Copy the pixels of ``values`` (those of ``ids``, in order) into ``out`` and their labels into
+        ``labels``: each length checked here, headers and checksums all at once after."""
+        layout, directory = self._layout, self.directory
+        size, pixels, header, summed = layout.size, layout.pixel_bytes, layout.header_size, layout.label_offset
+        flat = memoryview(out).cast("B")
+        headers = np.empty((len(out), header), np.uint8)
+        header_bytes = memoryview(headers).cast("B")
+        sums: list[int] = []
+        copied = 0
+        for position, (image_id, value) in enumerate(zip(ids, values)):
+            if value is None or len(value) != size:
+                raise layout.error(value, image_id, directory)
+            flat[position * pixels:(position + 1) * pixels] = value[header:]
+            header_bytes[position * header:(position + 1) * header] = value[:header]
+            if layout.checksummed:
+                sums.append(checksum_of(value[summed:], image_id))
+            copied += 1
+        if copied < len(out):
+            raise layout.error(None, ids[copied], directory)
+        labels[:] = layout.check_headers(headers, sums, ids, directory)
 
     def _close(self) -> None:
-        self._env.close()
+        self._end_snapshot()
+        if self._shared is not None:
+            release(self._shared)
+            self._shared = None
 
 
-def _parse_header(value: memoryview | bytes, directory: object) -> tuple[tuple[int, ...], int]:
-    """Shape and label from a value's header; CorruptStoreError if it is not one of ours."""
-    if len(value) < HEADER.size:
-        raise CorruptStoreError(f"{directory}: a value is too short to hold an image header")
-    magic, version, channels, height, width, label = HEADER.unpack_from(value)
-    shape = (height, width, channels) if channels else (height, width)
-    if magic != MAGIC or version != FORMAT_VERSION or len(value) != HEADER.size + math.prod(shape):
-        raise CorruptStoreError(f"{directory}: a value is not an image written by storage_impls.lmdb")
-    return shape, label
+def _put_all(env: lmdb.Environment, txn: lmdb.Transaction, layout: ValueLayout, images: np.ndarray,
+             labels: np.ndarray) -> None:
+    """Replace the contents with every image as ids 0..N-1, assembling values a block at a time in one
+    reused buffer, or straight into LMDB's pages when one value is larger than a block."""
+    txn.drop(env.open_db(), delete=False)
+    count = len(images)
+    pixels = images.reshape(count, -1)
+    if layout.size > STAGING_BYTES:
+        for image_id in range(count):
+            _put_in_place(txn, KEY.pack(image_id), layout, image_id, int(labels[image_id]), pixels[image_id])
+        return
+    cursor = txn.cursor()
+    keys = np.arange(count, dtype=">u8").view(np.uint8).reshape(count, KEY.size)
+    block = max(1, min(count, STAGING_BYTES // layout.size))
+    staging = np.empty((block, layout.size), np.uint8)
+    for first in range(0, count, block):
+        last = min(count, first + block)
+        values = staging[:last - first]
+        layout.fill_block(values, first, labels[first:last], pixels[first:last])
+        for key, value in zip(keys[first:last], values):
+            cursor.put(key, value, append=True)
+
+
+def _put_in_place(txn: lmdb.Transaction, key: bytes, layout: ValueLayout, image_id: int, label: int,
+                  pixels: np.ndarray) -> None:
+    """Put one large value without assembling it first (MDB_RESERVE, which py-lmdb lacks): put zeros read
+    from an untouched private mapping (the kernel's zero page, no memory), then fill the value where
+    LMDB keeps it. A value put in a write transaction lives in a page LMDB malloc'd for it (dirty, never
+    the read-only map: without MDB_WRITEMAP LMDB only maps committed pages, and it spills dirty pages only
+    inside a later put or delete), and ``txn.get`` returns that page (mdb_page_get looks in the dirty list)."""
+    zeros = mmap.mmap(-1, layout.size, flags=mmap.MAP_PRIVATE)
+    try:
+        txn.put(key, zeros)
+    finally:
+        zeros.close()
+    view = txn.get(key)
+    address = np.frombuffer(view, np.uint8).ctypes.data
+    layout.fill(np.ctypeslib.as_array((ctypes.c_uint8 * layout.size).from_address(address)), image_id, label, pixels)
+
+
+def _cut_back(env: lmdb.Environment, data: Path) -> None:
+    """After a failed write, truncate ``data`` to its committed pages (what the failed write appended is
+    garbage no commit refers to), inside a write transaction so that no other LMDB writer extends it meanwhile."""
+    with contextlib.suppress(lmdb.Error, OSError), env.begin(write=True):
+        committed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+        if os.stat(data).st_size > committed:
+            os.truncate(data, committed)
+
+
+def _space_shortage(probe: Path, size: int) -> OSError | None:
+    """The OSError that allocating ``size`` bytes in a file at ``probe`` gives when the disk (or a quota or
+    file-size limit) cannot take them, None when it can; the probe file is removed."""
+    try:
+        fd = os.open(probe, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError as error:
+        return error if is_no_space(error) else None
+    try:
+        if hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(fd, 0, size)
+            return None
+    except OSError as error:
+        if is_no_space(error):
+            return error
+        if error.errno not in NOT_SUPPORTED:
+            return None
+    finally:
+        os.close(fd)
+        probe.unlink(missing_ok=True)
+    stats = os.statvfs(probe.parent)  # no fallocate here: compare with the free space
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) if stats.f_bavail * stats.f_frsize < size else None

@@ -19,7 +19,6 @@ import stat
 import subprocess
 import sys
 import textwrap
-import time
 from functools import cache
 from pathlib import Path
 

@@ -1,0 +1,124 @@
+"""The values of an LMDB store: one image each, a header, the raw pixels and an optional checksum.
+
+A value (under the image id as 8 big-endian bytes) starts with an 8-byte prefix ``<2sBBHH``
+(magic ``b"IM"``, version, channels or 0 for a 2-D image, height, width). Version 1: the label
+(``<q``) and the pixels follow. Version 2 (``checksum=True``): the xxh3_64 (``<Q``) of the label and
+pixels, seeded with the image id, then the label and the pixels; so bit rot anywhere in a value,
+and a value LMDB returns under another id (a damaged key), are caught; a damaged prefix never
+matches. Every read checks the prefix against the store's, the length against header + pixels,
+and the checksum if any, and raises CorruptStoreError naming the image id. Both versions are read.
+"""
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import xxhash
+
+from storage_impls.errors import CorruptStoreError
+
+PREFIX = struct.Struct("<2sBBHH")  # magic, version, channels (0 = 2-D), height, width
+MAGIC = b"IM"
+PLAIN, CHECKSUMMED = 1, 2  # value versions
+WORD = 8  # bytes of a label or a checksum
+KEY = struct.Struct(">Q")
+checksum_of = xxhash.xxh3_64_intdigest
+
+
+@dataclass(frozen=True)
+class ValueLayout:
+    """How every value of a store is laid out: image shape and whether it carries a checksum."""
+
+    shape: tuple[int, ...]
+    checksummed: bool
+    header_size: int = field(init=False)  # prefix [+ checksum] + label: where the pixels start
+    label_offset: int = field(init=False)  # where the label starts, and the checksummed bytes
+    pixel_bytes: int = field(init=False)
+    size: int = field(init=False)
+    prefix: bytes = field(init=False)
+
+    def __post_init__(self) -> None:
+        channels = self.shape[2] if len(self.shape) == 3 else 0
+        version = CHECKSUMMED if self.checksummed else PLAIN
+        header_size = PREFIX.size + WORD * (1 + self.checksummed)
+        object.__setattr__(self, "header_size", header_size)
+        object.__setattr__(self, "label_offset", header_size - WORD)
+        object.__setattr__(self, "pixel_bytes", math.prod(self.shape))
+        object.__setattr__(self, "size", header_size + self.pixel_bytes)
+        object.__setattr__(self, "prefix", PREFIX.pack(MAGIC, version, channels, *self.shape[:2]))
+
+    def fill(self, value: np.ndarray, image_id: int, label: int, pixels: np.ndarray) -> None:
+        """Write the value of ``image_id`` into ``value``, a writable uint8 buffer of ``size`` bytes."""
+        self.fill_block(value[np.newaxis], image_id, np.array([label]), pixels.reshape(1, -1))
+
+    def fill_block(self, values: np.ndarray, first_id: int, labels: np.ndarray, pixels: np.ndarray) -> None:
+        """Write the values (n, size) of ids ``first_id``.. with ``labels`` (n,) and ``pixels`` (n, pixel_bytes)."""
+        values[:, :PREFIX.size] = np.frombuffer(self.prefix, np.uint8)
+        values[:, self.label_offset:self.header_size] = labels.astype("<i8").view(np.uint8).reshape(-1, WORD)
+        values[:, self.header_size:] = pixels
+        if self.checksummed:
+            sums = [checksum_of(value[self.label_offset:], first_id + row) for row, value in enumerate(values)]
+            values[:, PREFIX.size:self.label_offset] = np.array(sums, "<u8").view(np.uint8).reshape(-1, WORD)
+
+    def check(self, value: memoryview | None, image_id: int, directory: Path) -> int:
+        """Validate one value read for ``image_id`` and return its label, or raise CorruptStoreError."""
+        if value is None or len(value) != self.size or value[:PREFIX.size] != self.prefix:
+            raise self.error(value, image_id, directory)
+        if self.checksummed and checksum_of(value[self.label_offset:], image_id) != int.from_bytes(
+                value[PREFIX.size:self.label_offset], "little"):
+            raise self.checksum_error(image_id, directory)
+        return int.from_bytes(value[self.label_offset:self.header_size], "little", signed=True)
+
+    def check_headers(self, headers: np.ndarray, sums: list[int], ids: list[int] | range, directory: Path) -> np.ndarray:
+        """Validate the headers (n, header_size) of values already checked for length, and their checksums
+        against ``sums`` (computed from their contents); return their labels or raise naming the first bad id."""
+        bad = np.flatnonzero((headers[:, :PREFIX.size] != np.frombuffer(self.prefix, np.uint8)).any(axis=1))
+        if len(bad):
+            raise self.error(headers[bad[0]].tobytes(), ids[bad[0]], directory, whole=False)
+        if self.checksummed:
+            stored = headers[:, PREFIX.size:self.label_offset].copy().view("<u8").ravel()
+            bad = np.flatnonzero(stored != np.array(sums, np.uint64))
+            if len(bad):
+                raise self.checksum_error(ids[bad[0]], directory)
+        return headers[:, self.label_offset:].copy().view("<i8").ravel()
+
+    @staticmethod
+    def checksum_error(image_id: int, directory: Path) -> CorruptStoreError:
+        return CorruptStoreError(f"{directory}: image {image_id} fails its checksum (bit rot or a damaged data.mdb)")
+
+    def error(self, value: memoryview | bytes | None, image_id: int, directory: Path, *,
+              whole: bool = True) -> CorruptStoreError:
+        """The error for a value of ``image_id`` (or its header only, ``whole=False``) that is not what this
+        layout expects, saying what it is."""
+        if value is None:
+            return CorruptStoreError(f"{directory}: the value of image {image_id} is missing from data.mdb (damaged, "
+                                     "or another writer replaced the store with fewer images: open it again)")
+        try:
+            found = parse_layout(value, whole=whole)
+        except CorruptStoreError as error:
+            return CorruptStoreError(f"{directory}: image {image_id}: {error}")
+        return CorruptStoreError(f"{directory}: image {image_id} holds {describe(found)}, but this store holds "
+                                 f"{describe(self)} (a damaged value, or another writer replaced the store: open it again)")
+
+
+def describe(layout: ValueLayout) -> str:
+    return f"images of shape {layout.shape}{' with checksums' if layout.checksummed else ''}"
+
+
+def parse_layout(value: memoryview | bytes, *, whole: bool = True) -> ValueLayout:
+    """The layout a value claims in its prefix, checked against its own length (if ``whole``: not just a header);
+    CorruptStoreError if it is not ours."""
+    if len(value) < PREFIX.size + WORD:
+        raise CorruptStoreError(f"a value of {len(value)} bytes is too short to hold an image header")
+    magic, version, channels, height, width = PREFIX.unpack_from(value)
+    if magic != MAGIC or version not in (PLAIN, CHECKSUMMED) or channels not in (0, 1, 3, 4) or not height or not width:
+        raise CorruptStoreError(f"a value has an invalid header {bytes(value[:PREFIX.size])!r} "
+                                "(not an image written by storage_impls.lmdb, or damaged)")
+    layout = ValueLayout((height, width, channels) if channels else (height, width), version == CHECKSUMMED)
+    if whole and len(value) != layout.size:
+        raise CorruptStoreError(f"a value of {len(value)} bytes does not match its header ({describe(layout)}: "
+                                f"{layout.size} bytes)")
+    return layout
