@@ -328,17 +328,30 @@ class TestLmdb(StoreTests):
         filled[0].close()
         with lmdb.open(str(directory)) as env, env.begin(write=True) as txn:
             txn.put((3).to_bytes(8, "big"), b"junk")
-        with open_store("lmdb", directory, "r") as store, pytest.raises(CorruptStoreError, match="wrong size"):
-            store.read_many(10)
+        with open_store("lmdb", directory, "r") as store:
+            for read in (lambda: store.read_many(10), lambda: store.read_single(3), lambda: store.read_batch([5, 3])):
+                with pytest.raises(CorruptStoreError, match="image 3: a value of 4 bytes"):
+                    read()
+            np.testing.assert_array_equal(store.read_single(4)[0], filled[1][4])
 
-    def test_map_grows_instead_of_failing(self, directory):
+    def test_map_grows_instead_of_failing(self, directory, monkeypatch):
+        import storage_impls.lmdb_env
+
+        monkeypatch.setattr(storage_impls.lmdb_env, "MAP_SIZE", 1 << 20)  # a small map, as where address space is short
         images, labels = make_batch(20, (128, 128, 3))
         with open_store("lmdb", directory) as store:
-            start = store._env.info()["map_size"]
+            start = store._shared.env.info()["map_size"]
             for image_id in range(20):
                 store.store_single(images[image_id], image_id, int(labels[image_id]))
-            store.store_many(*make_batch(200, (128, 128, 3)))
-            assert store._env.info()["map_size"] > start and len(store) == 200
+            reader = open_store("lmdb", directory, "r")
+            many_images, many_labels = make_batch(200, (128, 128, 3))
+            store.store_many(many_images, many_labels)
+            assert store._shared.env.info()["map_size"] > start and len(store) == 200
+            np.testing.assert_array_equal(store.read_batch([199, 3])[0], many_images[[199, 3]])
+            # growing the map ended the reader's snapshot (every read transaction of the process): it says so
+            with pytest.raises(MissingStoreError, match="changed since this handle read it"):
+                reader.read_many(20)
+            reader.close()
 
     def test_values_are_raw_bytes_not_pickles(self, directory, filled):
         import lmdb
@@ -365,13 +378,52 @@ class TestHdf5(StoreTests):
             assert file["images"].dtype == np.uint8 and file["labels"].dtype == np.int64
             assert file["images"].chunks is None  # contiguous: read_direct at memcpy speed
 
-    def test_appending_to_a_contiguous_store_converts_once(self, filled):
+    def test_store_single_appends_to_the_journal_and_keeps_the_checkpoint(self, directory, filled):
+        """store_single never rewrites images.h5 (no 'r+' open, no conversion); every read path overlays the journal."""
         store, images, labels = filled
-        for image_id in range(10, 13):
-            store.store_single(images[image_id - 10], image_id, image_id)
-        read_images, read_labels = store.read_many(13)
-        np.testing.assert_array_equal(read_images, np.concatenate([images, images[:3]]))
-        np.testing.assert_array_equal(read_labels, [*labels, 10, 11, 12])
+        before = (directory / "images.h5").stat()
+        for image_id in (10, 11, 12, 4):
+            store.store_single(images[image_id % 10][::-1].copy(), image_id, 100 + image_id)
+        after = (directory / "images.h5").stat()
+        assert (after.st_ino, after.st_mtime_ns, after.st_size) == (before.st_ino, before.st_mtime_ns, before.st_size)
+        assert (directory / "images.h5.journal").stat().st_size > 4 * images[0].nbytes
+        expected = np.concatenate([images, images[:3, ::-1]])
+        expected[4] = images[4, ::-1]
+        expected_labels = np.array([*labels, 110, 111, 112])
+        expected_labels[4] = 104
+        with open_store("hdf5", directory, "r") as reader:
+            for handle in (store, reader):
+                np.testing.assert_array_equal(handle.read_many(13)[0], expected)
+                np.testing.assert_array_equal(handle.read_many(13)[1], expected_labels)
+                ids = np.array([12, 4, 0, 4, 11, 3])
+                batch, batch_labels = handle.read_batch(ids)
+                np.testing.assert_array_equal(batch, expected[ids])
+                np.testing.assert_array_equal(batch_labels, expected_labels[ids])
+                assert handle.read_single(11)[1] == 111 and handle.read_single(9)[1] == labels[9]
+
+    def test_fresh_store_first_write_is_only_a_journal(self, directory, store):
+        image = make_batch(1)[0][0]
+        store.store_single(image, 0, 5)
+        assert sorted(path.name for path in directory.iterdir()) == [".writer.lock", "images.h5.journal"]
+        with open_store("hdf5", directory, "r") as reader:
+            assert len(reader) == 1 and reader.image_shape == image.shape
+            np.testing.assert_array_equal(reader.read_batch([0, 0])[0], [image, image])
+
+    def test_journal_is_folded_into_a_new_checkpoint(self, directory, store, monkeypatch):
+        import storage_impls.journal
+
+        monkeypatch.setattr(storage_impls.journal, "COMPACT_MIN_RECORDS", 5)
+        images, labels = make_batch(23, (8, 8, 3))
+        tokens = set()
+        for image_id in range(23):
+            store.store_single(images[image_id], image_id, int(labels[image_id]))
+            if (directory / "images.h5").exists():
+                tokens.add(store._checkpoint.token)
+        assert len(tokens) == 3  # folded after 6, 12 and 18 records
+        assert len(store._journal.entries) == 5
+        with open_store("hdf5", directory, "r") as reader:
+            np.testing.assert_array_equal(reader.read_many(23)[0], images)
+            np.testing.assert_array_equal(reader.read_many(23)[1], labels)
 
     def test_file_without_our_datasets_is_corrupt(self, directory):
         import h5py
@@ -379,18 +431,19 @@ class TestHdf5(StoreTests):
         directory.mkdir()
         with h5py.File(directory / "images.h5", "w") as file:
             file["something"] = np.zeros(3)
-        with pytest.raises(CorruptStoreError, match="lacks"):
+        with pytest.raises(CorruptStoreError, match="not written by storage_impls.hdf5"):
             open_store("hdf5", directory, "r")
 
 
 def test_registry_names_the_methods():
-    assert storage_impls.METHODS == ("disk", "lmdb", "hdf5")
-    with pytest.raises(ValueError, match="unknown storage method 'zarr'; known methods: disk, lmdb, hdf5"):
-        open_store("zarr", "/nonexistent")
+    assert storage_impls.METHODS == ("disk", "lmdb", "hdf5", "rocksdb", "npy-files", "npz", "npy-memmap")
+    with pytest.raises(ValueError, match="unknown storage method 'tiff'; known methods: disk, lmdb, hdf5, rocksdb, npy-files"):
+        open_store("tiff", "/nonexistent")
 
 
 def test_missing_optional_package_names_what_to_install(monkeypatch, tmp_path):
-    monkeypatch.delitem(sys.modules, "storage_impls.hdf5", raising=False)
+    for module in [name for name in sys.modules if name.startswith("storage_impls.hdf5")]:
+        monkeypatch.delitem(sys.modules, module)
     monkeypatch.setitem(sys.modules, "h5py", None)
     with pytest.raises(ImportError, match="needs the package 'h5py'.*pip install h5py"):
         open_store("hdf5", tmp_path)
