@@ -1,0 +1,132 @@
+"""storage_impls.loader.ImageDataset: map-style access, pickling into spawned processes, a handle per process,
+an epoch that yields every sample exactly once, and a real torch DataLoader when torch is installed."""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import sys
+
+import numpy as np
+import pytest
+
+from storage_impls import METHODS, get_store_class, open_store
+from storage_impls.datasets import synthetic
+from storage_impls.loader import ImageDataset
+
+COUNT = 50
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    return synthetic(COUNT, (8, 8, 3), seed=3)[0]
+
+
+@pytest.fixture(scope="module", params=METHODS)
+def dataset(request, images, tmp_path_factory) -> ImageDataset:
+    """A dataset over a store whose labels are the ids, so that every sample names itself."""
+    try:
+        get_store_class(request.param)
+    except ImportError as error:
+        pytest.skip(str(error))  # the registry's install hint
+    directory = tmp_path_factory.mktemp(request.param)
+    with open_store(request.param, directory) as store:
+        store.store_many(images, np.arange(COUNT))
+    with ImageDataset(request.param, directory) as dataset:
+        yield dataset
+
+
+def check_epoch(samples: list[tuple[np.ndarray, int]], images: np.ndarray) -> None:
+    """Every id exactly once, each with its own image."""
+    labels = [int(label) for _, label in samples]
+    assert sorted(labels) == list(range(COUNT))
+    for image, label in samples:
+        np.testing.assert_array_equal(np.asarray(image), images[label])
+
+
+def test_map_style_access(dataset, images):
+    assert len(dataset) == COUNT
+    image, label = dataset[7]
+    np.testing.assert_array_equal(image, images[7])
+    assert label == 7
+    batch = dataset.__getitems__([9, 2, 9])
+    assert [label for _, label in batch] == [9, 2, 9]
+    for image, label in batch:
+        np.testing.assert_array_equal(image, images[label])
+    with pytest.raises(IndexError, match="out of range"):
+        dataset[COUNT]
+    assert len(list(iter(dataset))) == COUNT  # the sequence protocol stops at IndexError
+
+
+def test_pickles_without_a_handle_and_reopens(dataset, images):
+    dataset[0]
+    state = pickle.dumps(dataset)
+    assert b"Environment" not in state and b"h5py" not in state
+    dataset.close()  # py-lmdb refuses a second handle on one path in one process; workers are other processes
+    copy = pickle.loads(state)
+    assert copy._store is None
+    np.testing.assert_array_equal(copy[3][0], images[3])
+    copy.close()
+    assert copy._store is None
+    np.testing.assert_array_equal(copy[4][0], images[4])  # opens again after close
+    copy.close()
+
+
+def test_bad_store_fails_on_first_use(tmp_path):
+    dataset = ImageDataset("hdf5", tmp_path / "missing")
+    with pytest.raises(FileNotFoundError):
+        len(dataset)
+
+
+def test_an_epoch_yields_every_sample_exactly_once(dataset, images):
+    order = np.random.default_rng(0).permutation(COUNT)
+    samples = [sample for start in range(0, COUNT, 16) for sample in dataset.__getitems__(order[start:start + 16].tolist())]
+    check_epoch(samples, images)
+
+
+def read_share(dataset: ImageDataset, ids: list[int], results) -> None:
+    """In a worker process: report this process's pid, the pid the dataset's handle was opened in, and the samples."""
+    samples = dataset.__getitems__(ids)
+    results.put((os.getpid(), dataset._pid, [(np.array(image), label) for image, label in samples]))
+
+
+@pytest.mark.parametrize("start_method", ["spawn", "fork"] if sys.platform == "linux" else ["spawn"])
+def test_worker_processes_each_open_their_own_handle(dataset, images, start_method):
+    """spawn pickles the dataset (no handle in it); fork hands the child the parent's dataset with its open handle,
+    which the child must not use."""
+    dataset[0]
+    context = multiprocessing.get_context(start_method)
+    results = context.Queue()
+    workers = [context.Process(target=read_share, args=(dataset, list(range(worker, COUNT, 2)), results)) for worker in range(2)]
+    for worker in workers:
+        worker.start()
+    reports = [results.get(timeout=60) for _ in workers]
+    for worker in workers:
+        worker.join(60)
+        assert worker.exitcode == 0
+    assert all(pid == handle_pid != os.getpid() for pid, handle_pid, _ in reports)
+    check_epoch([sample for _, _, samples in reports for sample in samples], images)
+
+
+@pytest.mark.parametrize("start_method", ["spawn", "fork"] if sys.platform == "linux" else ["spawn"])
+def test_torch_dataloader_with_workers_reads_an_epoch_exactly_once(dataset, images, start_method):
+    torch = pytest.importorskip("torch")
+    loader = torch.utils.data.DataLoader(dataset, batch_size=8, shuffle=True, num_workers=2, multiprocessing_context=start_method,
+                                         generator=torch.Generator().manual_seed(0))
+    samples = []
+    for batch_images, batch_labels in loader:
+        assert batch_images.dtype == torch.uint8 and batch_images.shape[1:] == images.shape[1:]
+        assert batch_labels.dtype == torch.int64
+        samples += zip(batch_images.numpy(), batch_labels.tolist())
+    check_epoch(samples, images)
+
+
+def test_torch_dataloader_reads_whole_batches(dataset, monkeypatch):
+    torch = pytest.importorskip("torch")
+
+    def one_at_a_time(self, index):
+        raise AssertionError("DataLoader read one sample at a time instead of calling __getitems__")
+
+    monkeypatch.setattr(ImageDataset, "__getitem__", one_at_a_time)
+    batches = list(torch.utils.data.DataLoader(dataset, batch_size=16))
+    assert sum(len(labels) for _, labels in batches) == COUNT
