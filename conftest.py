@@ -15,6 +15,10 @@ import pytest
 from storage_impls import METHODS
 
 DEFAULT_CUTOFFS = "10,100,1000,10000,100000"
+MAX_DEFAULT_WORKERS = 8  # the default --workers is 1 and the core count, capped here
+DEFAULT_WORKERS = ",".join(map(str, sorted({1, min(os.cpu_count() or 1, MAX_DEFAULT_WORKERS)})))
+CACHE_STATES = ("warm", "cold")
+BENCHMARKS_DIR = Path(__file__).parent / "benchmarks"
 
 
 @dataclass(frozen=True)
@@ -25,14 +29,39 @@ class DatasetSpec:
     path: Path | None = None
 
 
-def parse_cutoffs(text: str) -> tuple[int, ...]:
-    """``"10,100"`` -> (10, 100): image counts, positive, sorted, distinct."""
+def _positive_ints(text: str, what: str, example: str) -> tuple[int, ...]:
+    """``"10,100"`` -> (10, 100): positive, sorted, distinct; the error names the bad value and gives ``example``."""
     values = []
     for part in text.split(","):
         if not part.strip().isdigit() or int(part) < 1:
-            raise argparse.ArgumentTypeError(f"{part.strip()!r} is not a positive whole number of images (e.g. --cutoffs 10,100,1000)")
+            raise argparse.ArgumentTypeError(f"{part.strip()!r} is not a positive whole number of {what} (e.g. {example})")
         values.append(int(part))
     return tuple(sorted(set(values)))
+
+
+def parse_cutoffs(text: str) -> tuple[int, ...]:
+    """``"10,100"`` -> (10, 100): image counts, positive, sorted, distinct."""
+    return _positive_ints(text, "images", "--cutoffs 10,100,1000")
+
+
+def parse_batch_sizes(text: str) -> tuple[int, ...]:
+    """``"64,256"`` -> (64, 256): images per batch of the read_random cells."""
+    return _positive_ints(text, "images per batch", "--batch-sizes 64,256")
+
+
+def parse_workers(text: str) -> tuple[int, ...]:
+    """``"1,2"`` -> (1, 2): reader processes of the read_random cells (a DataLoader's num_workers, at least 1)."""
+    return _positive_ints(text, "worker processes", "--workers 1,2")
+
+
+def parse_cache(text: str) -> tuple[str, ...]:
+    """``"warm,cold"`` -> ("warm", "cold"): page-cache state before each read_random round, warm first."""
+    names = {part.strip() for part in text.split(",")}
+    unknown = sorted(names - set(CACHE_STATES))
+    if unknown or not text.strip():
+        raise argparse.ArgumentTypeError(f"unknown cache state {', '.join(map(repr, unknown)) or repr(text)}; "
+                                         f"use warm, cold or warm,cold")
+    return tuple(state for state in CACHE_STATES if state in names)
 
 
 def parse_methods(text: str) -> tuple[str, ...]:
@@ -86,6 +115,11 @@ OPTIONS = [
     ("--image-shape", "IMAGE_BENCH_SHAPE", "32x32x3", parse_shape, "shape of the synthetic images, HxW or HxWxC"),
     ("--storage-dir", "IMAGE_BENCH_STORAGE_DIR", None, Path,
      "folder to write the stores in (default: pytest's temporary folder); a run folder inside it is removed at the end"),
+    ("--batch-sizes", "IMAGE_BENCH_BATCH_SIZES", "256", parse_batch_sizes, "images per batch of the read_random cells, comma-separated"),
+    ("--workers", "IMAGE_BENCH_WORKERS", DEFAULT_WORKERS, parse_workers,
+     f"reader processes of the read_random cells, comma-separated (default: 1 and the core count, at most {MAX_DEFAULT_WORKERS})"),
+    ("--cache", "IMAGE_BENCH_CACHE", "warm", parse_cache,
+     "page cache before each read_random round: warm, cold (the store's pages dropped, no root needed) or warm,cold"),
 ]
 
 
@@ -103,3 +137,21 @@ def pytest_configure(config: pytest.Config) -> None:
     # Keep every round's time in saved runs: `python -m reports compare` tests on them.
     if hasattr(config.option, "benchmark_save_data"):
         config.option.benchmark_save_data = True
+
+
+@pytest.hookimpl(trylast=True)  # after benchmarks/conftest.py has parametrised the method, so ids start with it
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrise the training-read cells of the suite: the largest cutoff (``n_images``), then batch size, workers
+    and cache, giving ids like ``test_read_random[lmdb-100000-b256-w1-warm]``."""
+    if BENCHMARKS_DIR not in metafunc.definition.path.parents:
+        return
+    option = metafunc.config.getoption
+    axes = (
+        ("n_images", (max(option("cutoffs")),), str),
+        ("batch_size", option("batch_sizes"), lambda size: f"b{size}"),
+        ("workers", option("workers"), lambda count: f"w{count}"),
+        ("cache", option("cache"), str),
+    )
+    for name, values, ids in axes:
+        if name in metafunc.fixturenames:
+            metafunc.parametrize(name, values, ids=ids)

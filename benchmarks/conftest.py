@@ -8,7 +8,6 @@ many is several times slower). Every cell checks what it read or stored afterwar
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import shutil
 import time
@@ -20,15 +19,25 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 
+from benchmarks.floors import NoFloorError, floor_images, floor_names, floors_of_cell
 from benchmarks.machine import available_memory, describe_storage, library_versions
+from benchmarks.progress import SuiteClock, announce, rounds_reporter, say
+from benchmarks.resources import Meter
+from reports.floors import describe_implausible, floor_checks
+from reports.load import Cell
 from storage_impls import ImageStore, get_store_class
 from storage_impls.datasets import CIFAR10_IMAGES, load_cifar10, synthetic
 
 SUITE = "image-storage"  # extra_info["suite"]: marks the cells reports/ reads
 MIN_ROUNDS = 10  # the suite's default floor: at 5 rounds a lone 10 % regression escapes `reports compare` 1 time in 5
+FLOOR_MIN_ROUNDS = 5  # floor cells' default minimum: only floors of a second or more per round get fewer than 10
 MAX_ROUNDS = 200  # enough for the statistics, bounded in time for microsecond cells
-PROGRESS_MIN_IMAGES = 10_000  # announce setup steps from this many images on
 STORAGE_DIR_KEY = pytest.StashKey[Path]()  # where this run writes its stores, for machine_info
+TIMED_KEY = pytest.StashKey[list]()  # every cell's pytest-benchmark Metadata, for the floor ratios at the end
+CLOCK_KEY = pytest.StashKey[SuiteClock]()
+MIN_ROUNDS_KEY = pytest.StashKey[dict[str, int]]()  # the minimum rounds of method cells and of floor cells
+ROUNDS_KEY = pytest.StashKey[tuple[float, int]]()  # per item: (median seconds per round, rounds), for the clock
+FLOOR_TEST = "test_floor_"  # benchmarks/test_floors.py: test_floor_file_write times the floor "file-write"
 
 
 class Dataset(NamedTuple):
@@ -38,9 +47,13 @@ class Dataset(NamedTuple):
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Refuse, before anything runs, option combinations that cannot work."""
+    """Set the minimum rounds; refuse, before anything runs, option combinations that cannot work."""
+    given = int(config.option.benchmark_min_rounds)
     if not any(arg.startswith("--benchmark-min-rounds") for arg in config.invocation_params.args):
         config.option.benchmark_min_rounds = MIN_ROUNDS  # pytest-benchmark's own default is 5
+        config.stash[MIN_ROUNDS_KEY] = {"cell": MIN_ROUNDS, "floor": FLOOR_MIN_ROUNDS}
+    else:
+        config.stash[MIN_ROUNDS_KEY] = {"cell": given, "floor": given}
     if getattr(config.option, "numprocesses", None):
         raise pytest.UsageError("the image storage benchmarks must not run under pytest-xdist (-n): "
                                 "parallel workers share the disk and the cores and spoil every time; drop -n")
@@ -65,30 +78,75 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Parametrise every cell over method, then cutoff (ids like ``test_read_many[hdf5-1000]``)."""
+    """Parametrise every cell over method, then cutoff (ids like ``test_read_many[hdf5-1000]``); floor cells over
+    every image count a cell may need (one image and each cutoff), gather also over --batch-sizes (as ``batch``)."""
     config = metafunc.config
+    name = metafunc.definition.originalname
+    if name.startswith(FLOOR_TEST):
+        metafunc.parametrize("cutoff", sorted({1, *config.getoption("cutoffs")}))
+        if "batch" in metafunc.fixturenames:
+            metafunc.parametrize("batch", _option(config, "batch_sizes", (256,)), ids=lambda size: f"b{size}")
+        return
     if "method" in metafunc.fixturenames:
         metafunc.parametrize("method", config.getoption("methods"))
     if "cutoff" in metafunc.fixturenames:
-        single = metafunc.definition.originalname.endswith("_single")
-        metafunc.parametrize("cutoff", (1,) if single else config.getoption("cutoffs"))
+        metafunc.parametrize("cutoff", (1,) if name.endswith("_single") else config.getoption("cutoffs"))
 
 
-@contextlib.contextmanager
-def progress(config: pytest.Config, what: str, count: int) -> Iterator[None]:
-    """Say what a long setup step does and how long it took (steps under PROGRESS_MIN_IMAGES stay quiet)."""
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is None or count < PROGRESS_MIN_IMAGES:
-        yield
-        return
-    capture = config.pluginmanager.get_plugin("capturemanager")
-    with capture.global_and_fixture_disabled():  # setup output is captured otherwise
-        reporter.ensure_newline()
-        reporter.write(f"image-storage: {what} ... ", flush=True)
-    start = time.perf_counter()
+def _option(config: pytest.Config, name: str, default: tuple) -> tuple:
+    """An option the top-level conftest may or may not define yet, as a tuple ("256,64" or (256, 64))."""
+    value = config.getoption(name, default)
+    if isinstance(value, str):
+        return tuple(int(part) if part.strip().isdigit() else part.strip() for part in value.split(","))
+    return tuple(value)
+
+
+def _floor_cell(item: pytest.Item) -> tuple[str, int, int | None] | None:
+    """(floor name, images, batch size) of a floor cell; None for any other item."""
+    name = getattr(item, "originalname", "")
+    if not name.startswith(FLOOR_TEST) or not hasattr(item, "callspec"):
+        return None
+    params = item.callspec.params
+    return name.removeprefix(FLOOR_TEST).replace("_", "-"), params["cutoff"], params.get("batch")
+
+
+def _method_cell(item: pytest.Item) -> tuple[str, str, dict] | None:
+    """(method, operation, test parameters) of a method cell; None for floor cells and anything else."""
+    params = getattr(item, "callspec", None)
+    if params is None or "method" not in params.params or _floor_cell(item):
+        return None
+    return params.params["method"], item.originalname.removeprefix("test_"), params.params
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> Iterator[None]:
+    """Floor cells follow the cells they bound: -k and -m select the method cells, then exactly the floor cells
+    that those need run, each just before the first cell that needs it (memcpy first), so that a floor and its
+    cells see the machine in the same state. Where no method cell was collected (``pytest
+    benchmarks/test_floors.py``), -k and -m select floor cells, the cold one only when --cache asks for cold cells.
+    Then the clock of the remaining time starts."""
+    floors = {floor: item for item in items if (floor := _floor_cell(item)) is not None}
+    with_methods = len(floors) < len(items)
+    if with_methods:
+        items[:] = [item for item in items if _floor_cell(item) is None]
     yield
-    with capture.global_and_fixture_disabled():
-        reporter.write_line(f"{time.perf_counter() - start:.1f} s")
+    if with_methods:  # what is left in floors afterwards, no selected cell needs
+        ordered = []
+        for item in items:
+            if (cell := _method_cell(item)) is not None:
+                first_needed = sorted(floors_of_cell(*cell), key=lambda floor: (floor[0] != "memcpy", floor))
+                ordered += [floors.pop(floor) for floor in first_needed if floor in floors]
+            ordered.append(item)
+        items[:] = ordered
+    else:
+        cold = "cold" in _option(config, "cache", ("warm",))
+        floors = {floor: item for floor, item in floors.items()
+                  if floor[0] == "file-read-cold" and not cold and item in items}
+        items[:] = [item for item in items if item not in floors.values()]
+    if floors:
+        config.hook.pytest_deselected(items=list(floors.values()))
+    config.stash[CLOCK_KEY] = SuiteClock(items, float(config.getoption("benchmark_max_time")),
+                                         int(config.getoption("benchmark_min_rounds")), MAX_ROUNDS)
 
 
 @pytest.fixture(scope="session")
@@ -97,10 +155,10 @@ def dataset(pytestconfig: pytest.Config) -> Dataset:
     spec, shape = pytestconfig.getoption("dataset"), pytestconfig.getoption("image_shape")
     count = max(pytestconfig.getoption("cutoffs"))
     if spec.name == "cifar10":
-        with progress(pytestconfig, f"loading CIFAR-10 from {spec.path}", CIFAR10_IMAGES):
+        with announce(pytestconfig, f"loading CIFAR-10 from {spec.path}", CIFAR10_IMAGES):
             images, labels = load_cifar10(spec.path, double=count > CIFAR10_IMAGES)
         return Dataset("cifar10", images[:count], labels[:count])
-    with progress(pytestconfig, f"making {count} synthetic {'x'.join(map(str, shape))} images", count):
+    with announce(pytestconfig, f"making {count} synthetic {'x'.join(map(str, shape))} images", count):
         images, labels = synthetic(count, shape, seed=0)
     return Dataset("synthetic", images, labels)
 
@@ -142,7 +200,7 @@ def filled_store_dirs(pytestconfig: pytest.Config, storage_root: Path, dataset: 
     def get(method: str, count: int) -> Path:
         if (method, count) not in filled:
             directory = storage_root / "read" / f"{method}-{count}"
-            with progress(pytestconfig, f"filling a {method} store with {count} images for reading", count):
+            with announce(pytestconfig, f"filling a {method} store with {count} images for reading", count):
                 with get_store_class(method)(directory) as store:
                     store.store_many(dataset.images[:count], dataset.labels[:count])
             filled[(method, count)] = directory
@@ -192,11 +250,14 @@ def fresh_stores(store_class: type[ImageStore], storage_root: Path, request: pyt
 
 
 @pytest.fixture
-def measure(benchmark, pytestconfig: pytest.Config) -> Callable:
+def measure(benchmark, pytestconfig: pytest.Config, request: pytest.FixtureRequest) -> Callable:
     """``measure(target, setup)``: one untimed warm-up round that also sizes the run, then the timed rounds.
 
     Rounds: enough to fill --benchmark-max-time, at least --benchmark-min-rounds (MIN_ROUNDS unless
-    given), at most MAX_ROUNDS; ``setup`` runs before every round, outside the timing. Returns the target's result.
+    given; FLOOR_MIN_ROUNDS for floor cells unless given), at most MAX_ROUNDS; ``setup`` runs before every round,
+    outside the timing. Returns the target's result.
+    Around the timed rounds it measures what they cost (benchmarks.resources: CPU, peak memory, device bytes, minus
+    the setups) into extra_info, and a cell whose rounds take long reports them on the terminal as they go.
     """
     def run(target: Callable, setup: Callable[[], tuple[tuple, dict]]):
         args, kwargs = setup()
@@ -204,16 +265,24 @@ def measure(benchmark, pytestconfig: pytest.Config) -> Callable:
         target(*args, **kwargs)
         warm_up = time.perf_counter() - start
         budget = float(pytestconfig.getoption("benchmark_max_time"))
-        rounds = min(MAX_ROUNDS, max(int(pytestconfig.getoption("benchmark_min_rounds")), math.ceil(budget / max(warm_up, 1e-9))))
-        return benchmark.pedantic(target, setup=setup, rounds=rounds)
+        least = pytestconfig.stash[MIN_ROUNDS_KEY]["floor" if request.node.originalname.startswith(FLOOR_TEST) else "cell"]
+        rounds = min(MAX_ROUNDS, max(least, math.ceil(budget / max(warm_up, 1e-9))))
+        meter = Meter()
+        result = benchmark.pedantic(target, setup=meter.wrap(rounds_reporter(pytestconfig, request.node.name, rounds, warm_up, setup)),
+                                    rounds=rounds)
+        if benchmark.enabled:
+            benchmark.extra_info.update(meter.per_round(rounds))
+        return result
 
     return run
 
 
 @pytest.fixture
-def record(benchmark, pytestconfig: pytest.Config, dataset: Dataset, operation: str, method: str) -> Iterator[Callable]:
+def record(benchmark, pytestconfig: pytest.Config, dataset: Dataset, operation: str, method: str,
+           request: pytest.FixtureRequest) -> Iterator[Callable]:
     """``record(n_images, disk_usage=None, images_per_round=None)``: what a reader of the JSON needs, set before
-    the timed run; throughput (images_per_round, default n_images, per median round) is added once the rounds are done."""
+    the timed run, with the floor the cell is compared with (benchmarks.floors); throughput (images_per_round,
+    default n_images, per median round) is added once the rounds are done."""
     def describe(n_images: int, disk_usage=None, images_per_round: int | None = None) -> None:
         shape = dataset.images.shape[1:]
         benchmark.group = f"{operation} {n_images}"
@@ -222,6 +291,13 @@ def record(benchmark, pytestconfig: pytest.Config, dataset: Dataset, operation: 
             raw_bytes=n_images * math.prod(shape), dataset=dataset.name, durable=pytestconfig.getoption("durable"),
             images_per_round=n_images if images_per_round is None else images_per_round,
         )
+        params = request.node.callspec.params if hasattr(request.node, "callspec") else {}
+        try:
+            floors = floor_names(method, operation, params.get("cache", "warm"))
+        except NoFloorError:
+            floors = ()
+        if floors:
+            benchmark.extra_info.update(floor="+".join(floors), floor_n_images=floor_images(operation, n_images))
         if disk_usage is not None:
             benchmark.extra_info["disk_usage"] = {"allocated_bytes": disk_usage.allocated, "apparent_bytes": disk_usage.apparent}
 
@@ -231,3 +307,49 @@ def record(benchmark, pytestconfig: pytest.Config, dataset: Dataset, operation: 
         per_round = benchmark.extra_info["images_per_round"]
         benchmark.extra_info["images_per_s"] = per_round / median
         benchmark.extra_info["mb_per_s"] = per_round * benchmark.extra_info["raw_bytes"] / benchmark.extra_info["n_images"] / 1e6 / median
+        pytestconfig.stash.setdefault(TIMED_KEY, []).append(benchmark.stats)
+        request.node.stash[ROUNDS_KEY] = (median, benchmark.stats.stats.rounds)
+
+
+def _as_cell(metadata) -> Cell:
+    """A timed cell as reports.load reads it from the JSON, for reports.floors."""
+    info, stats = metadata.extra_info, metadata.stats
+    return Cell(operation=info["operation"], method=info["method"], n_images=info["n_images"],
+                image_shape=tuple(info["image_shape"]), stats={name: getattr(stats, name) for name in ("median", "q1", "q3")},
+                data=None, extra_info=info)
+
+
+def _checked_cells(config: pytest.Config) -> list[tuple[Cell, object]]:
+    """(cell, its FloorCheck) of every timed cell whose floor ran in this session."""
+    cells = [_as_cell(metadata) for metadata in config.stash.get(TIMED_KEY, [])]
+    checks = floor_checks(cells)
+    return [(cell, checks[cell.key]) for cell in cells if cell.key in checks]
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session) -> Iterator[None]:
+    """Before pytest-benchmark saves the run: each cell whose floor ran gets ``floor_ratio`` (ours/floor)."""
+    for cell, check in _checked_cells(session.config):
+        cell.extra_info["floor_ratio"] = check.ratio  # the Metadata's own extra_info dict, saved as is
+    yield
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    """Name every cell that beat its floor by more than the floor's spread: a bug until explained."""
+    flagged = [describe_implausible(cell, check) for cell, check in _checked_cells(config) if check.implausible]
+    if flagged:
+        terminalreporter.section("image-storage: implausible cells (faster than their floor)", sep="-", red=True, bold=True)
+        for line in flagged:
+            terminalreporter.write_line(line)
+        terminalreporter.write_line("a cell below its floor did not do the work, or the floor is wrong: a bug until explained")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
+    """Time each cell for the estimate of the remaining time, printed now and then after a cell."""
+    clock = item.config.stash.get(CLOCK_KEY, None)
+    if clock is not None:
+        clock.start(item.nodeid)
+    yield
+    if clock is not None and (line := clock.finish(item.nodeid, item.stash.get(ROUNDS_KEY, None))):
+        say(item.config, line)

@@ -5,27 +5,28 @@ with one run per side through its raw per-round timings, with several through th
 covers drift from one run to the next (reports.stats explains both). Exit status: 1 when any cell is slower,
 0 otherwise, 2 on bad input (one line on stderr). Runs from different machines are refused unless --cross-machine,
 which compares each method's time relative to a reference method measured in the same run, because ratios survive
-a change of machine and absolute times do not.
+a change of machine and absolute times do not. --normalise floor compares each cell's time over its floor's time
+in the same run (reports.floors), so that drift of the whole machine between runs cancels.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from reports.load import Cell, ReportInputError, Run, load_run, resolve_inputs
-from reports.stats import VERDICTS, Correction, RatioEstimate, Verdict, judge_family, ratio_between_runs, ratio_of_medians
+from reports import compare_output as output
+from reports.compare_output import Comparison, Mode, label, runs_are_replicates
+from reports.floors import divisor, floor_cells, floor_index, is_floor
+from reports.load import Cell, CellKey, ReportInputError, Run, load_run, resolve_inputs
+from reports.stats import Correction, RatioEstimate, judge_family, ratio_between_runs, ratio_of_medians
 
 PROG = "python -m reports compare"
 FINGERPRINT_FIELDS = ("cpu.brand_raw", "cpu.count", "system", "release", "storage.filesystem")
-CellKey = tuple[str, str, int, tuple[int, ...]]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,8 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="multiple-comparison correction: Benjamini-Hochberg or Holm (default: %(default)s)")
     parser.add_argument("--min-rounds", type=int, default=5,
                         help="cells with fewer rounds in any run are inconclusive (default: %(default)s)")
+    parser.add_argument("--normalise", choices=("none", "floor"), default="none",
+                        help="floor: compare each cell's time over its floor's time in the same run, so that drift of "
+                             "the whole machine cancels (floor cells themselves are not compared); default: %(default)s")
     parser.add_argument("--cross-machine", action="store_true",
-                        help="allow runs from different machines: compare each method relative to --reference-method")
+                        help="allow runs from different machines: compare each method relative to --reference-method "
+                             "(or to its floor with --normalise floor)")
     parser.add_argument("--reference-method", default="hdf5",
                         help="method the others are divided by with --cross-machine (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0,
@@ -55,21 +60,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--benchmarks-dir", type=Path, default=Path(".benchmarks"),
                         help="where run ids are looked up (default: %(default)s)")
     return parser
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """One compared cell: its key, the compared quantity on each side (seconds or ratio to the reference; the
-    geometric mean over the side's runs), and the verdict."""
-
-    key: CellKey
-    base_value: float
-    head_value: float
-    verdict: Verdict
-
-    @property
-    def label(self) -> str:
-        return _label(self.key)
 
 
 def load_sides(base_text: str, head_text: str, benchmarks_dir: Path, cross_machine: bool) -> tuple[list[Run], list[Run]]:
@@ -88,11 +78,6 @@ def load_sides(base_text: str, head_text: str, benchmarks_dir: Path, cross_machi
         raise ReportInputError(odd.path, f"not the machine of {base[0].path} ({'; '.join(fingerprint_differences([base[0], odd]))}); "
                                          f"pass --cross-machine to compare ratios to --reference-method instead")
     return base, head
-
-
-def _runs_are_replicates(base: Sequence[Run]) -> bool:
-    """Several runs per side (load_sides ensures both sides then have two or more): runs, not rounds, are the unit."""
-    return len(base) > 1
 
 
 def _field(info: Mapping[str, Any], dotted: str) -> Any:
@@ -130,47 +115,63 @@ def _untestable_reason(cells: Sequence[Cell], min_rounds: int) -> str | None:
     return f"only {fewest} rounds (< --min-rounds {min_rounds})" if fewest < min_rounds else None
 
 
-# per run of one side: the cell, and the reference method's cell of the same run (None for absolute times)
-RunCells = list[tuple[Cell, Cell | None]]
+# per run of one side: the cell, the cells its time is divided by (their medians summed; none for absolute times),
+# and how many workers share the divisor (floors only)
+RunCells = list[tuple[Cell, tuple[Cell, ...], int]]
 
 
-def compare_runs(base: Sequence[Run], head: Sequence[Run], *, reference_method: str | None, min_rounds: int, alpha: float,
+def _divisors(cell: Cell, run_cells: Mapping[CellKey, Cell], index: Mapping[tuple, Cell], mode: Mode) -> tuple[tuple[Cell, ...], int] | None:
+    """What ``cell`` is divided by in its run under ``mode``, or None when that run lacks it."""
+    if mode.name == "floor":
+        floors = floor_cells(cell, index)
+        return (floors, divisor(cell)) if floors else None
+    if mode.name == "reference":
+        operation, _, n_images, shape, variant = cell.key
+        reference = run_cells.get((operation, mode.reference_method, n_images, shape, variant))
+        return ((reference,), 1) if reference else None
+    return (), 1
+
+
+def compare_runs(base: Sequence[Run], head: Sequence[Run], *, mode: Mode, min_rounds: int, alpha: float,
                  threshold: float, correction: Correction, seed: int) -> tuple[list[Comparison], float, list[str]]:
     """Compared cells (sorted by key), the CI level used, and notes on cells that could not be paired.
 
-    A cell is compared when every run of both sides has it. With one run per side the rounds are bootstrapped
-    (ratio_of_medians); with more, each run counts once (ratio_between_runs). With a reference method, each cell's
-    quantity is its median time over the reference method's median time for the same (operation, n_images,
-    image_shape) in the same run; the reference's own cells are not compared.
+    A cell is compared when every run of both sides has it (and, unless times are absolute, what it is divided
+    by). With one run per side the rounds are bootstrapped (ratio_of_medians); with more, each run counts once
+    (ratio_between_runs). With a reference method, each cell's quantity is its median time over the reference
+    method's median time for the same (operation, n_images, image_shape, variant) in the same run, and the
+    reference's own cells are not compared; with floors, its median time over its floor's, and floor cells are
+    not compared.
     """
-    sides = {"base": [{cell.key: cell for cell in run.cells} for run in base],
-             "head": [{cell.key: cell for cell in run.cells} for run in head]}
-    in_all = {side: set.intersection(*(set(cells) for cells in runs)) for side, runs in sides.items()}
-    in_any = {side: set().union(*runs) for side, runs in sides.items()}
-    notes = [f"not in every {side} run: {', '.join(_label(key) for key in sorted(keys))}"
+    runs = {"base": base, "head": head}
+    sides = {side: [{cell.key: cell for cell in run.cells} for run in side_runs] for side, side_runs in runs.items()}
+    indexes = {side: [floor_index(run.cells) for run in side_runs] for side, side_runs in runs.items()}
+    in_all = {side: set.intersection(*(set(cells) for cells in side_cells)) for side, side_cells in sides.items()}
+    in_any = {side: set().union(*side_cells) for side, side_cells in sides.items()}
+    notes = [f"not in every {side} run: {', '.join(label(key) for key in sorted(keys))}"
              for side in sides if (keys := in_any[side] - in_all[side])]
-    notes += [f"only in {side}: {', '.join(_label(key) for key in sorted(keys))}"
+    notes += [f"only in {side}: {', '.join(label(key) for key in sorted(keys))}"
               for side, other in (("base", "head"), ("head", "base")) if (keys := in_any[side] - in_any[other])]
-    common = in_all["base"] & in_all["head"]
+    missing = "floor" if mode.name == "floor" else f"{mode.reference_method} cell"
     keys: list[CellKey] = []
     groups: list[tuple[RunCells, RunCells]] = []
-    for key in sorted(common):
-        operation, method, n_images, shape = key
-        reference_key = None if reference_method is None else (operation, reference_method, n_images, shape)
-        if method == reference_method:
+    for key in sorted(in_all["base"] & in_all["head"]):
+        cell = sides["base"][0][key]
+        if key[1] == mode.reference_method or (mode.name == "floor" and is_floor(cell)):
             continue
-        if reference_key is not None and reference_key not in common:
-            notes.append(f"not compared, no {reference_method} cell in all runs: {_label(key)}")
+        pair = tuple([(cells[key], *divisors) for cells, index in zip(sides[side], indexes[side])
+                      if (divisors := _divisors(cells[key], cells, index, mode)) is not None] for side in runs)
+        if any(len(run_cells) != len(runs[side]) for run_cells, side in zip(pair, runs)):
+            notes.append(f"not compared, no {missing} in all runs: {label(key)}")
             continue
         keys.append(key)
-        groups.append(tuple([(cells[key], cells[reference_key] if reference_key else None) for cells in sides[side]]
-                            for side in ("base", "head")))
+        groups.append(pair)
     if not keys:
         raise ReportInputError(head[0].path, f"no cell to compare with {base[0].path}" + (f" ({'; '.join(notes)})" if notes else ""))
     rng = np.random.default_rng(seed)
     logs = [(_log_quantities(base_cells), _log_quantities(head_cells)) for base_cells, head_cells in groups]
-    estimates = [_untestable_reason([cell for pair in base_cells + head_cells for cell in pair if cell], min_rounds)
-                 or (ratio_between_runs(*cell_logs) if _runs_are_replicates(base) else _bootstrap(base_cells[0], head_cells[0], rng))
+    estimates = [_untestable_reason([cell for cell, divisors, _ in base_cells + head_cells for cell in (cell, *divisors)], min_rounds)
+                 or (ratio_between_runs(*cell_logs) if runs_are_replicates(base) else _bootstrap(base_cells[0], head_cells[0], rng))
                  for (base_cells, head_cells), cell_logs in zip(groups, logs)]
     verdicts, level = judge_family(estimates, alpha=alpha, threshold=threshold, correction=correction)
     comparisons = [Comparison(key, float(np.exp(np.mean(base_logs))), float(np.exp(np.mean(head_logs))), verdict)
@@ -179,144 +180,22 @@ def compare_runs(base: Sequence[Run], head: Sequence[Run], *, reference_method: 
 
 
 def _log_quantities(run_cells: RunCells) -> list[float]:
-    """Per run: log of the median time, or of the median time over the reference's median time."""
-    return [float(np.log(cell.stats["median"]) - (np.log(reference.stats["median"]) if reference else 0.0))
-            for cell, reference in run_cells]
+    """Per run: log of the median time, or of the median time over what it is divided by."""
+    return [float(np.log(cell.stats["median"]) - (np.log(sum(d.stats["median"] for d in divisors) / scale) if divisors else 0.0))
+            for cell, divisors, scale in run_cells]
 
 
-def _bootstrap(base: tuple[Cell, Cell | None], head: tuple[Cell, Cell | None], rng: np.random.Generator) -> RatioEstimate:
-    """HEAD/BASE from one run per side, its rounds bootstrapped."""
-    (base_cell, base_reference), (head_cell, head_reference) = base, head
-    numerators = [head_cell] + ([base_reference] if base_reference else [])
-    denominators = [base_cell] + ([head_reference] if head_reference else [])
-    return ratio_of_medians([np.asarray(cell.data) for cell in numerators], [np.asarray(cell.data) for cell in denominators], rng)
+def _bootstrap(base: tuple[Cell, tuple[Cell, ...], int], head: tuple[Cell, tuple[Cell, ...], int],
+               rng: np.random.Generator) -> RatioEstimate:
+    """HEAD/BASE from one run per side, its rounds bootstrapped (the workers' scale cancels between the sides)."""
+    (base_cell, base_divisors, _), (head_cell, head_divisors, _) = base, head
 
+    def samples(cells: tuple[Cell, ...]) -> list[np.ndarray]:
+        return [np.asarray(cell.data) for cell in cells]
 
-def _label(key: CellKey) -> str:
-    operation, method, n_images, shape = key
-    return f"{operation} {method} n={n_images} {'x'.join(map(str, shape))}"
-
-
-def _seconds(value: float) -> str:
-    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6)):
-        if value >= scale:
-            return f"{value / scale:.3g} {unit}"
-    return f"{value / 1e-9:.3g} ns"
-
-
-def _rows(comparisons: Sequence[Comparison], reference_method: str | None) -> list[list[str]]:
-    def quantity(value: float) -> str:
-        return _seconds(value) if reference_method is None else f"{value:.3f}"
-
-    rows = []
-    for comparison in comparisons:
-        verdict = comparison.verdict
-        tested = verdict.estimate is not None
-        rows.append([
-            comparison.label,
-            quantity(comparison.base_value),
-            quantity(comparison.head_value),
-            f"{verdict.estimate.ratio:.3f}" if tested else "-",
-            f"{verdict.ci[0]:.3f}..{verdict.ci[1]:.3f}" if tested else "-",
-            f"{verdict.p_adjusted:.2g}" if tested else "-",
-            verdict.verdict,
-            verdict.reason,
-        ])
-    return rows
-
-
-def _headers(reference_method: str | None) -> list[str]:
-    unit = "median" if reference_method is None else f"÷ {reference_method}"
-    return ["cell", f"base {unit}", f"head {unit}", "ratio", "CI", "p adj", "verdict", "why"]
-
-
-def _text_table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(row[column]) for row in [headers, *rows]) for column in range(len(headers))]
-    return "\n".join("  ".join(text.ljust(width) for text, width in zip(row, widths)).rstrip() for row in [headers, *rows])
-
-
-def _summary(comparisons: Sequence[Comparison]) -> dict[str, int]:
-    counts = Counter(comparison.verdict.verdict for comparison in comparisons)
-    return {verdict: counts[verdict] for verdict in VERDICTS}
-
-
-def _model(base: Sequence[Run], head: Sequence[Run]) -> str:
-    """How the uncertainty was estimated, in words."""
-    if not _runs_are_replicates(base):
-        return ("one run per side: its rounds are bootstrapped as independent draws, so drift between runs is not "
-                "covered; give several runs per side where runs drift (docs/ci.md)")
-    return (f"{len(base)} base and {len(head)} head runs: each run counts once, spread between runs "
-            f"(Student t, {len(base) + len(head) - 2} degrees of freedom)")
-
-
-def _settings_line(args: argparse.Namespace, reference_method: str | None, level: float) -> str:
-    mode = f"ratios to {reference_method} within each run (--cross-machine)" if reference_method else "absolute times"
-    return (f"{mode}; threshold {args.threshold:.0%}, alpha {args.alpha:g} with {args.correction.upper()} correction, "
-            f"CI level {level:.2%}, min rounds {args.min_rounds}, seed {args.seed}")
-
-
-def _run_lines(name: str, runs: Sequence[Run]) -> list[str]:
-    if len(runs) == 1:
-        return [f"- {name}: `{runs[0].path}` ({runs[0].label})"]
-    return [f"- {name}: {len(runs)} runs", *(f"  - `{run.path}` ({run.label})" for run in runs)]
-
-
-def _markdown(base: Sequence[Run], head: Sequence[Run], args: argparse.Namespace, reference_method: str | None,
-              level: float, comparisons: Sequence[Comparison], notes: Sequence[str],
-              differences: Mapping[str, Sequence[str]]) -> str:
-    headers, rows = _headers(reference_method), _rows(comparisons, reference_method)
-    lines = [
-        "# Benchmark comparison",
-        "",
-        *_run_lines("base", base),
-        *_run_lines("head", head),
-        f"- {_settings_line(args, reference_method, level)}",
-        f"- {_model(base, head)}",
-        f"- verdicts: {', '.join(f'{count} {verdict}' for verdict, count in _summary(comparisons).items())}",
-        "",
-        "| " + " | ".join(headers) + " |",
-        "|" + "---|" * len(headers),
-        *("| " + " | ".join(row) + " |" for row in rows),
-    ]
-    for title, items in (("Machine fingerprint differences", differences["fingerprint"]),
-                         ("Library version differences", differences["libraries"]), ("Not compared", notes)):
-        if items:
-            lines += ["", f"## {title}", "", *(f"- {item}" for item in items)]
-    return "\n".join(lines) + "\n"
-
-
-def _json(base: Sequence[Run], head: Sequence[Run], args: argparse.Namespace, reference_method: str | None, level: float,
-          comparisons: Sequence[Comparison], notes: Sequence[str], differences: Mapping[str, Sequence[str]]) -> dict:
-    def cell(comparison: Comparison) -> dict[str, Any]:
-        operation, method, n_images, shape = comparison.key
-        verdict = comparison.verdict
-        return {
-            "operation": operation, "method": method, "n_images": n_images, "image_shape": list(shape),
-            "base": comparison.base_value, "head": comparison.head_value,
-            "ratio": verdict.estimate.ratio if verdict.estimate else None,
-            "ci": list(verdict.ci) if verdict.ci else None,
-            "p_value": verdict.estimate.p_value if verdict.estimate else None,
-            "p_adjusted": verdict.p_adjusted,
-            "verdict": verdict.verdict, "reason": verdict.reason,
-        }
-
-    return {
-        "base": [{"path": str(run.path), "label": run.label} for run in base],
-        "head": [{"path": str(run.path), "label": run.label} for run in head],
-        "mode": "reference" if reference_method else "absolute",
-        "quantity": (f"median time / median {reference_method} time in the same run" if reference_method else "median seconds")
-                    + (", geometric mean over the runs" if _runs_are_replicates(base) else ""),
-        "uncertainty": "runs" if _runs_are_replicates(base) else "rounds",
-        "model": _model(base, head),
-        "reference_method": reference_method,
-        "threshold": args.threshold, "alpha": args.alpha, "correction": args.correction, "ci_level": level,
-        "min_rounds": args.min_rounds, "seed": args.seed,
-        "summary": _summary(comparisons),
-        "fingerprint_differences": list(differences["fingerprint"]),
-        "library_differences": list(differences["libraries"]),
-        "not_compared": list(notes),
-        "cells": [cell(comparison) for comparison in comparisons],
-    }
+    numerators = [samples((head_cell,))] + ([samples(base_divisors)] if base_divisors else [])
+    denominators = [samples((base_cell,))] + ([samples(head_divisors)] if head_divisors else [])
+    return ratio_of_medians(numerators, denominators, rng)
 
 
 def _check_settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -328,37 +207,42 @@ def _check_settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         parser.error("--min-rounds must be at least 2")
 
 
+def _mode(args: argparse.Namespace) -> Mode:
+    if args.normalise == "floor":
+        return Mode("floor")
+    return Mode("reference", args.reference_method) if args.cross_machine else Mode("absolute")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the comparison; returns 1 when any cell is slower, 0 otherwise, 2 on bad input."""
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_settings(parser, args)
+    mode = _mode(args)
     try:
         base, head = load_sides(args.base, args.head, args.benchmarks_dir, args.cross_machine)
         differences = {"fingerprint": fingerprint_differences([*base, *head]), "libraries": library_differences(base, head)}
-        reference_method = args.reference_method if args.cross_machine else None
-        comparisons, level, notes = compare_runs(base, head, reference_method=reference_method, min_rounds=args.min_rounds,
-                                                 alpha=args.alpha, threshold=args.threshold, correction=args.correction,
-                                                 seed=args.seed)
+        comparisons, level, notes = compare_runs(base, head, mode=mode, min_rounds=args.min_rounds, alpha=args.alpha,
+                                                 threshold=args.threshold, correction=args.correction, seed=args.seed)
     except ReportInputError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
     for name, runs in (("base", base), ("head", head)):
         print(f"{name} {runs[0].label}" + (f" and {len(runs) - 1} more runs" if len(runs) > 1 else ""))
-    print(f"{_settings_line(args, reference_method, level)}\n{_model(base, head)}\n")
-    print(_text_table(_headers(reference_method), _rows(comparisons, reference_method)))
+    print(f"{output.settings_line(args, mode, level)}\n{output.model(base, head)}\n")
+    print(output.text_table(output.headers(mode), output.rows(comparisons, mode)))
     for title, items in (("machine fingerprint differs", differences["fingerprint"]),
                          ("library versions differ", differences["libraries"]), ("not compared", notes)):
         if items:
             print(f"\n{title}:\n" + "\n".join(f"  {item}" for item in items))
-    summary = _summary(comparisons)
+    summary = output.summary(comparisons)
     print("\n" + ", ".join(f"{count} {verdict}" for verdict, count in summary.items()))
     if args.out:
-        report = (base, head, args, reference_method, level, comparisons, notes, differences)
+        report = (base, head, args, mode, level, comparisons, notes, differences)
         try:
             args.out.mkdir(parents=True, exist_ok=True)
-            (args.out / "compare.md").write_text(_markdown(*report), encoding="utf-8")
-            (args.out / "compare.json").write_text(json.dumps(_json(*report), indent=2) + "\n", encoding="utf-8")
+            (args.out / "compare.md").write_text(output.markdown(*report), encoding="utf-8")
+            (args.out / "compare.json").write_text(json.dumps(output.to_json(*report), indent=2) + "\n", encoding="utf-8")
         except OSError as err:
             print(f"{PROG}: error: cannot write to {args.out}: {err.strerror or err}", file=sys.stderr)
             return 2

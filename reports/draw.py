@@ -42,9 +42,9 @@ def _legend(ax: Axes, handles: Sequence[Artist]) -> None:
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
 
 
-def _method_handles(shaped: Shaped) -> list[Artist]:
-    colours = _colours(shaped.names)
-    return [Line2D([], [], color=colours[name], linewidth=2.5, label=name) for name in shaped.names]
+def _method_handles(names: Sequence[str]) -> list[Artist]:
+    colours = _colours(names)
+    return [Line2D([], [], color=colours[name], linewidth=2.5, label=name) for name in names]
 
 
 def _run_handles(shaped: Shaped, hatched: bool = False, linestyle: str | None = None) -> list[Artist]:
@@ -90,7 +90,7 @@ def plot_time(ax: Axes, shaped: Shaped, operations: Sequence[str], *, loglog: bo
         ax.set_yscale("log")
     ax.set_xlabel("images per round")
     ax.set_ylabel(f"median time per round ({unit})")
-    handles = _method_handles(shaped) + _run_handles(shaped, linestyle="none" if by_operation else None)
+    handles = _method_handles(shaped.names) + _run_handles(shaped, linestyle="none" if by_operation else None)
     if by_operation:
         handles += [Line2D([], [], color="grey", linestyle=OPERATION_LINESTYLES[operation], label=operation.replace("_", " "))
                     for operation in operations]
@@ -148,7 +148,30 @@ def plot_bytes_per_image(ax: Axes, shaped: Shaped) -> None:
         ax.set_ylim(0, max(sizes) / scale * 1.08)
     ax.set_xlabel("images in the store")
     ax.set_ylabel(f"{shaped.disk_kind} size per image ({unit})")
-    _legend(ax, _method_handles(shaped) + _run_handles(shaped))
+    _legend(ax, _method_handles(shaped.names) + _run_handles(shaped))
+
+
+def plot_floor_ratio(ax: Axes, shaped: Shaped, operation: str, *, legend: bool = True) -> None:
+    """ours/floor of one operation against images per round, log-log, with the floor itself as a line at 1.0."""
+    colours = _colours(shaped.floor_names)
+    for series in shaped.floor_series:
+        if series.operation == operation:
+            ax.plot(series.x, series.ratio, color=colours[series.name], markersize=5, **_run_style(series.run_index))
+    ax.axhline(1.0, color="black", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("images per round")
+    ax.set_ylabel("ours / floor (same run)")
+    ax.set_title(operation.replace("_", " "))
+    if legend:
+        _legend(ax, _method_handles(shaped.floor_names) + _run_handles(shaped))
+
+
+def _floor_chart(figure: Figure, shaped: Shaped) -> None:
+    operations = shaped.floor_operations
+    axes = figure.subplots(1, len(operations), sharey=True, squeeze=False)[0]
+    for ax, operation in zip(axes, operations):
+        plot_floor_ratio(ax, shaped, operation, legend=operation == operations[-1])
 
 
 def _time_chart(operations: Sequence[str], loglog: bool) -> Callable[[Figure, Shaped], None]:
@@ -171,6 +194,8 @@ CHARTS: dict[str, tuple[str, Callable[[Shaped], bool], Callable[[Figure, Shaped]
     "single_image": ("One image at a time: median time (bars {spread})", lambda s: bool(s.of("store_single", "read_single")), _single_chart),
     "disk_usage_stacked": ("Disk usage after store_many, each cutoff stacked on the running total", lambda s: bool(s.disk), lambda f, s: plot_disk_stacked(f.subplots(), s)),
     "disk_bytes_per_image": ("Disk usage per image", lambda s: bool(s.disk), lambda f, s: plot_bytes_per_image(f.subplots(), s)),
+    "floor_ratio": ("Each cell over its floor in the same run (1.0: the hardware or library alone)", lambda s: bool(s.floor_series),
+                    _floor_chart),
 }
 
 
@@ -183,7 +208,8 @@ def write_charts(shaped: Shaped, out_dir: Path) -> dict[str, Path]:
             if not has_data(shaped):
                 continue
             wide = len(shaped.labels) > 1 or name == "single_image"
-            figure = plt.figure(figsize=(11 if wide else 8, 5.5 if wide else 5), layout="constrained")
+            width = max(11 if wide else 8, 3.5 * len(shaped.floor_operations) + 2.5) if name == "floor_ratio" else (11 if wide else 8)
+            figure = plt.figure(figsize=(width, 5.5 if wide else 5), layout="constrained")
             draw(figure, shaped)
             figure.suptitle(title.format(spread=SPREAD_NAMES[shaped.spread]))
             figure.savefig(out_dir / f"{name}.png", metadata={"Software": None})

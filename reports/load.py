@@ -19,9 +19,11 @@ from types import MappingProxyType
 from typing import Any
 
 SUITE = "image-storage"
-OPERATIONS = ("store_single", "read_single", "store_many", "read_many")
+OPERATIONS = ("store_single", "store_single_into", "read_single", "store_many", "read_many", "read_random", "floor")
+VARIANT_FIELDS = (("batch_size", "b"), ("workers", "w"), ("cache", ""))  # extra_info fields that tell cells apart
 REQUIRED_STATS = ("median", "min", "max", "q1", "q3")
 REQUIRED_EXTRA_INFO = ("operation", "method", "n_images", "image_shape")
+CellKey = tuple[str, str, int, tuple[int, ...], str]  # Cell.key
 
 
 class ReportInputError(Exception):
@@ -46,9 +48,14 @@ class Cell:
     extra_info: Mapping[str, Any]
 
     @property
-    def key(self) -> tuple[str, str, int, tuple[int, ...]]:
-        """Identity of the cell across runs: (operation, method, n_images, image_shape)."""
-        return (self.operation, self.method, self.n_images, self.image_shape)
+    def variant(self) -> str:
+        """What else tells the cell apart, like its test id does: "b256-w2-warm"; "" for most cells."""
+        return "-".join(f"{prefix}{self.extra_info[field]}" for field, prefix in VARIANT_FIELDS if field in self.extra_info)
+
+    @property
+    def key(self) -> CellKey:
+        """Identity of the cell across runs: (operation, method, n_images, image_shape, variant)."""
+        return (self.operation, self.method, self.n_images, self.image_shape, self.variant)
 
     @property
     def raw_bytes(self) -> int:

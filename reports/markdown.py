@@ -1,12 +1,13 @@
 """report.md: the tables, the charts and where each run came from, as GitHub-flavoured Markdown."""
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from statistics import geometric_mean
 
-from reports.load import OPERATIONS, Cell, Run
-from reports.shape import CellKey, Shaped, describe_missing, format_bytes, format_seconds, ratios, speedups
+from reports.floors import FloorCheck, describe_implausible, floor_checks, is_floor
+from reports.load import OPERATIONS, Cell, CellKey, Run
+from reports.shape import Shaped, describe_missing, format_bytes, format_seconds, method_cells, ratios, speedups
 
 CAPTIONS = {
     "store_many_linear": "Time to store a whole cutoff's images in one round, linear axes: how the cost grows at scale.",
@@ -18,6 +19,8 @@ CAPTIONS = {
     "disk_usage_stacked": "Size of each cutoff's store after store_many, stacked on the running total of the smaller cutoffs; "
                           "the number on top is the total for all cutoffs.",
     "disk_bytes_per_image": "Store size divided by image count: fixed overhead dominates small stores, per-image cost large ones.",
+    "floor_ratio": "Each cell's median over its floor's, measured in the same run (log axis): 1.0 (the line) is what the "
+                   "hardware or library does alone with the same images; below it the cell did less work than the floor.",
 }
 SPREAD_NAMES = {"iqr": "q1–q3 (interquartile range)", "range": "min–max"}
 
@@ -38,8 +41,21 @@ def _ordered(cells: Iterable[Cell]) -> list[Cell]:
 
 
 def _images(key: CellKey, mixed_shapes: bool) -> str:
-    shape = "x".join(map(str, key[3]))
-    return f"{key[2]:,} of {shape}" if mixed_shapes else f"{key[2]:,}"
+    """Image count, plus the shape when runs mix shapes and the variant (batch size, workers, cache) if any."""
+    count = f"{key[2]:,} of {'x'.join(map(str, key[3]))}" if mixed_shapes else f"{key[2]:,}"
+    return f"{count} {key[4]}" if key[4] else count
+
+
+def _ratio(check: FloorCheck | None) -> str:
+    if check is None:
+        return "–"
+    return f"{check.ratio:.2f}×" + (" ⚠" if check.implausible else "")
+
+
+def _per_image(cell: Cell, field: str, scale: float, unit: Callable[[float], str]) -> str:
+    """A per-round resource of extra_info per image (times scale), or – when the run did not record it."""
+    value = cell.extra_info.get(field)
+    return "–" if value is None else unit(value / cell.n_images * scale)
 
 
 def provenance(run: Run, label: str) -> str:
@@ -68,23 +84,57 @@ def provenance(run: Run, label: str) -> str:
 
 
 def median_table(run: Run, mixed_shapes: bool) -> str:
-    """Median seconds per round: a row per (operation, image count), a column per method."""
-    methods = sorted({cell.method for cell in run.cells})
+    """Median seconds per round, with ours/floor beside it: a row per (operation, image count), a column per method."""
+    cells = method_cells(run)
+    checks = floor_checks(run.cells)
+    methods = sorted({cell.method for cell in cells})
     rows: dict[tuple, dict[str, str]] = {}
-    for cell in _ordered(run.cells):
-        rows.setdefault((cell.operation, _images(cell.key, mixed_shapes)), {})[cell.method] = format_seconds(cell.stats["median"])
+    for cell in _ordered(cells):
+        text = format_seconds(cell.stats["median"]) + (f" ({_ratio(checks[cell.key])})" if cell.key in checks else "")
+        rows.setdefault((cell.operation, _images(cell.key, mixed_shapes)), {})[cell.method] = text
     return _table(("operation", "images", *methods), ((*slot, *(values.get(m, "–") for m in methods)) for slot, values in rows.items()))
 
 
+def _resources(cell: Cell) -> tuple[str, str, str]:
+    """CPU seconds per 1000 images and device bytes read and written per image, per round."""
+    return (_per_image(cell, "cpu_s", 1000, lambda value: f"{value:.3g}"),
+            _per_image(cell, "device_read_bytes", 1, format_bytes), _per_image(cell, "device_write_bytes", 1, format_bytes))
+
+
 def throughput_table(run: Run, mixed_shapes: bool) -> str:
-    """Images/s and MB/s of pixels at the median, and the speed-up over the slowest method."""
+    """Images/s and MB/s of pixels at the median, ours/floor, the speed-up over the slowest method, and resources."""
     up = speedups(run)
+    checks = floor_checks(run.cells)
     return _table(
-        ("operation", "images", "method", "median", "images/s", "MB/s", "speed-up vs slowest"),
+        ("operation", "images", "method", "median", "images/s", "MB/s", "floor", "ours/floor", "speed-up vs slowest",
+         "CPU s / 1000 images", "device read / image", "device write / image"),
         ((cell.operation, _images(cell.key, mixed_shapes), cell.method, format_seconds(cell.stats["median"]),
-          _rate(cell.n_images / cell.stats["median"]), _rate(cell.raw_bytes / 1e6 / cell.stats["median"]), f"{up[cell.key]:.2f}×")
-         for cell in _ordered(run.cells)),
+          _rate(cell.n_images / cell.stats["median"]), _rate(cell.raw_bytes / 1e6 / cell.stats["median"]),
+          cell.extra_info.get("floor") or "–", _ratio(checks.get(cell.key)), f"{up[cell.key]:.2f}×", *_resources(cell))
+         for cell in _ordered(method_cells(run))),
     )
+
+
+def floor_table(run: Run, mixed_shapes: bool) -> str | None:
+    """The floor cells: median, spread, throughput, their own ratio to memcpy, and resources."""
+    floors = [cell for cell in run.cells if is_floor(cell)]
+    if not floors:
+        return None
+    checks = floor_checks(run.cells)
+    return _table(
+        ("floor", "images", "median", "q1–q3", "images/s", "MB/s", "ours/memcpy", "CPU s / 1000 images", "device read / image",
+         "device write / image"),
+        ((cell.method, _images(cell.key, mixed_shapes), format_seconds(cell.stats["median"]),
+          f"{format_seconds(cell.stats['q1'])}–{format_seconds(cell.stats['q3'])}", _rate(cell.n_images / cell.stats["median"]),
+          _rate(cell.raw_bytes / 1e6 / cell.stats["median"]), _ratio(checks.get(cell.key)), *_resources(cell))
+         for cell in sorted(floors, key=lambda cell: (cell.method, cell.key))),
+    )
+
+
+def implausible(run: Run) -> list[str]:
+    """One line per cell faster than its floor by more than the floor's spread."""
+    checks = floor_checks(run.cells)
+    return [describe_implausible(cell, checks[cell.key]) for cell in _ordered(run.cells) if cell.key in checks and checks[cell.key].implausible]
 
 
 def disk_table(run: Run, mixed_shapes: bool) -> str | None:
@@ -132,6 +182,12 @@ def render(shaped: Shaped, charts: Mapping[str, Path]) -> str:
         parts += ["", "## Missing cells", "",
                   "Compared with the full grid (every method in any run × every image count in any run × the four operations):", ""]
         parts += [f"- **{label}**: {describe_missing(missing)}" for label, missing in zip(labels, shaped.missing) if missing]
+    flagged = [(label, line) for run, label in zip(runs, labels) for line in implausible(run)]
+    if flagged:
+        parts += ["", "## ⚠ Implausible cells", "",
+                  "Faster than their floor (measured in the same run) by more than the floor's own spread: the cell did not "
+                  "do the work (a lazy read, a cache the benchmark did not intend) or the floor is wrong. A bug until explained.", ""]
+        parts += [f"- **{label}**: {line}" for label, line in flagged]
     parts += ["", "## Charts", ""]
     for name, path in charts.items():
         parts += [f"![{name}]({path.name})", "", CAPTIONS[name], ""]
@@ -140,9 +196,15 @@ def render(shaped: Shaped, charts: Mapping[str, Path]) -> str:
     for run, label in zip(runs, labels):
         parts += [f"## Run: {label}", "", "### Provenance", "", provenance(run, label), "",
                   "### Median time per round", "", median_table(run, mixed_shapes), "",
-                  "### Throughput and speed-up", "",
-                  "Pixel throughput at the median; speed-up is how many times faster than the slowest method at the same "
-                  "operation and image count.", "", throughput_table(run, mixed_shapes), ""]
+                  "### Throughput, floors, speed-up and resources", "",
+                  "Pixel throughput at the median; `ours/floor` is the median over the floor's median in the same run "
+                  "(⚠: implausibly below the floor); speed-up is how many times faster than the slowest method at the same "
+                  "operation and image count; CPU (user + system, worker processes included) and bytes read from and written "
+                  "to the device are per round, measured around the timed rounds.", "", throughput_table(run, mixed_shapes), ""]
+        floors = floor_table(run, mixed_shapes)
+        if floors:
+            parts += ["### Floors", "", "What the hardware or a library does alone with the same images in the same run "
+                      "(docs/benchmarks.md); `ours/memcpy` bounds each floor in turn.", "", floors, ""]
         disk = disk_table(run, mixed_shapes)
         if disk:
             parts += ["### Disk usage", "", "Store size after one round, as `du` (allocated) and `du --apparent-size` count it.", "", disk, ""]

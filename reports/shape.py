@@ -10,7 +10,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 
-from reports.load import OPERATIONS, Cell, Run
+from reports.floors import floor_checks, is_floor
+from reports.load import OPERATIONS, Cell, CellKey, Run
 
 SINGLE_OPERATIONS = ("store_single", "read_single")
 MANY_OPERATIONS = ("store_many", "read_many")
@@ -18,8 +19,6 @@ SPREADS = {"iqr": ("q1", "q3"), "range": ("min", "max")}
 DISK_KINDS = ("allocated", "apparent")
 TIME_UNITS = (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6), ("ns", 1e-9))
 BYTE_UNITS = (("GB", 1e9), ("MB", 1e6), ("KB", 1e3), ("B", 1.0))
-
-CellKey = tuple[str, str, int, tuple[int, ...]]
 
 
 def _unit(values: Iterable[float], units: tuple[tuple[str, float], ...]) -> tuple[str, float]:
@@ -62,6 +61,17 @@ class Series:
 
 
 @dataclass(frozen=True)
+class FloorSeries:
+    """ours/floor of one operation by one method in one run, against image count (cells whose floor ran)."""
+
+    run_index: int
+    name: str
+    operation: str
+    x: tuple[int, ...]
+    ratio: tuple[float, ...]
+
+
+@dataclass(frozen=True)
 class DiskStack:
     """Store size after store_many at each cutoff, for one method in one run."""
 
@@ -97,9 +107,20 @@ class Shaped:
     series: tuple[Series, ...]
     disk: tuple[DiskStack, ...]
     missing: tuple[tuple[tuple[str, str, int], ...], ...]  # per run: (operation, method, n_images)
+    floor_series: tuple[FloorSeries, ...] = ()
 
     def of(self, *operations: str) -> list[Series]:
         return [series for series in self.series if series.operation in operations]
+
+    @property
+    def floor_names(self) -> tuple[str, ...]:
+        """Names of the ours/floor series, in colour order (variant cells have their own)."""
+        return tuple(sorted({series.name for series in self.floor_series}))
+
+    @property
+    def floor_operations(self) -> list[str]:
+        """Operations with at least one ours/floor ratio, in the suite's order."""
+        return [operation for operation in OPERATIONS if any(series.operation == operation for series in self.floor_series)]
 
 
 def unique_labels(runs: Sequence[Run]) -> tuple[str, ...]:
@@ -113,7 +134,14 @@ def unique_labels(runs: Sequence[Run]) -> tuple[str, ...]:
 
 
 def _series_name(cell: Cell, mixed_shapes: bool) -> str:
-    return f"{cell.method} {'x'.join(map(str, cell.image_shape))}" if mixed_shapes else cell.method
+    """The method, plus the image shape when runs mix shapes, plus the variant (batch size, workers, cache) if any."""
+    parts = [cell.method, "x".join(map(str, cell.image_shape)) if mixed_shapes else "", cell.variant]
+    return " ".join(part for part in parts if part)
+
+
+def method_cells(run: Run) -> list[Cell]:
+    """The cells of the storage methods, without the floor cells."""
+    return [cell for cell in run.cells if not is_floor(cell)]
 
 
 def missing_cells(runs: Sequence[Run]) -> tuple[tuple[tuple[str, str, int], ...], ...]:
@@ -122,12 +150,12 @@ def missing_cells(runs: Sequence[Run]) -> tuple[tuple[tuple[str, str, int], ...]
     The grid is every method seen in any run x every image count seen in any run for that kind of
     operation (single-image or many) x both operations of that kind.
     """
-    methods = sorted({cell.method for run in runs for cell in run.cells})
+    methods = sorted({cell.method for run in runs for cell in method_cells(run)})
     grid = []
     for kind in (SINGLE_OPERATIONS, MANY_OPERATIONS):
         counts = sorted({cell.n_images for run in runs for cell in run.cells if cell.operation in kind})
         grid += [(operation, method, count) for operation in kind for method in methods for count in counts]
-    present = [{(cell.operation, cell.method, cell.n_images) for cell in run.cells} for run in runs]
+    present = [{(cell.operation, cell.method, cell.n_images) for cell in method_cells(run)} for run in runs]
     return tuple(tuple(slot for slot in grid if slot not in cells) for cells in present)
 
 
@@ -143,17 +171,25 @@ def describe_missing(missing: Sequence[tuple[str, str, int]]) -> str:
 
 
 def shape(runs: Sequence[Run], spread: str = "iqr", disk_kind: str = "allocated") -> Shaped:
-    """Series of every (run, method, operation) and disk stacks of every (run, method)."""
+    """Series of every (run, method, operation), disk stacks of every (run, method) and ours/floor ratios.
+
+    Floor cells are left out of the series: they appear through the ratios of the cells they bound.
+    """
     low_stat, high_stat = SPREADS[spread]
     mixed_shapes = len({cell.image_shape for run in runs for cell in run.cells}) > 1
     groups: dict[tuple[int, str, str], list[Cell]] = defaultdict(list)
     for run_index, run in enumerate(runs):
-        for cell in run.cells:
+        for cell in method_cells(run):
             groups[run_index, _series_name(cell, mixed_shapes), cell.operation].append(cell)
-    series = []
-    disk = []
+    checks = [floor_checks(run.cells) for run in runs]
+    series, disk, floor_series = [], [], []
     for (run_index, name, operation), cells in sorted(groups.items(), key=lambda item: (item[0][0], item[0][1], OPERATIONS.index(item[0][2]))):
         cells.sort(key=lambda cell: cell.n_images)
+        checked = [(cell.n_images, checks[run_index][cell.key].ratio) for cell in cells if cell.key in checks[run_index]]
+        if checked:
+            floor_series.append(FloorSeries(run_index, name, operation, *map(tuple, zip(*checked))))
+        if cells[0].variant:  # read_random and the like: charted by reports.training, not against image count here
+            continue
         series.append(Series(
             run_index=run_index,
             name=name,
@@ -174,12 +210,13 @@ def shape(runs: Sequence[Run], spread: str = "iqr", disk_kind: str = "allocated"
     return Shaped(
         runs=tuple(runs),
         labels=unique_labels(runs),
-        names=tuple(sorted({name for _, name, _ in groups})),
+        names=tuple(sorted({series.name for series in series})),
         spread=spread,
         disk_kind=disk_kind,
         series=tuple(series),
         disk=tuple(disk),
         missing=missing_cells(runs),
+        floor_series=tuple(floor_series),
     )
 
 
@@ -188,12 +225,13 @@ def cells_by_key(run: Run) -> dict[CellKey, Cell]:
 
 
 def speedups(run: Run) -> dict[CellKey, float]:
-    """Per cell, how many times faster it is than the slowest method at the same operation and size."""
+    """Per method cell, how many times faster it is than the slowest method at the same operation, size and variant."""
     slowest: dict[tuple, float] = defaultdict(float)
-    for cell in run.cells:
-        slot = (cell.operation, cell.n_images, cell.image_shape)
+    cells = method_cells(run)
+    for cell in cells:
+        slot = (cell.operation, cell.n_images, cell.image_shape, cell.variant)
         slowest[slot] = max(slowest[slot], cell.stats["median"])
-    return {cell.key: slowest[cell.operation, cell.n_images, cell.image_shape] / cell.stats["median"] for cell in run.cells}
+    return {cell.key: slowest[cell.operation, cell.n_images, cell.image_shape, cell.variant] / cell.stats["median"] for cell in cells}
 
 
 def ratios(base: Run, other: Run) -> dict[CellKey, float]:

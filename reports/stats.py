@@ -113,23 +113,25 @@ def student_t_critical(level: float, dof: int) -> float:
 
 
 def ratio_of_medians(
-    numerators: Sequence[np.ndarray],
-    denominators: Sequence[np.ndarray],
+    numerators: Sequence[np.ndarray | Sequence[np.ndarray]],
+    denominators: Sequence[np.ndarray | Sequence[np.ndarray]],
     rng: np.random.Generator,
     draws: int = DEFAULT_DRAWS,
 ) -> BootstrapRatio:
     """prod(median(numerators)) / prod(median(denominators)) with its bootstrap distribution.
 
     One numerator and one denominator give HEAD/BASE; [head_method, base_reference] over
-    [head_reference, base_method] gives the change of method/reference between runs. Samples are independent
+    [head_reference, base_method] gives the change of method/reference between runs. A term given as a list of
+    samples stands for the sum of their medians (a floor made of two floor cells). Samples are independent
     timings (rounds of different benchmarks are not interleaved, so pairing them by index would be arbitrary).
     """
     point = 0.0
     replicates = np.zeros(draws)
-    for sign, samples in ((1.0, numerators), (-1.0, denominators)):
-        for sample in samples:
-            point += sign * np.log(np.median(sample))
-            replicates += sign * np.log(bootstrap_medians(sample, draws, rng))
+    for sign, terms in ((1.0, numerators), (-1.0, denominators)):
+        for term in terms:
+            samples = [term] if isinstance(term, np.ndarray) else list(term)
+            point += sign * np.log(sum(np.median(sample) for sample in samples))
+            replicates += sign * np.log(sum(bootstrap_medians(sample, draws, rng) for sample in samples))
     below = (1 + np.count_nonzero(replicates <= 0)) / (draws + 1)
     above = (1 + np.count_nonzero(replicates >= 0)) / (draws + 1)
     return BootstrapRatio(ratio=float(np.exp(point)), p_value=min(1.0, 2 * min(below, above)), log_replicates=replicates)

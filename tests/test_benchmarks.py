@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.floors import floors_of_cell
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -36,7 +38,7 @@ def test_every_cell_runs_with_params_and_extra_info(tiny_run):
                                            ("store_many", (10, 20)), ("read_many", (10, 20)),
                                            ("store_single_into", (10, 20)))
                 for cutoff in cutoffs}
-    assert set(cells) == expected
+    assert expected <= set(cells)
     into = cells["test_store_single_into[disk-20]"]
     assert into["extra_info"]["images_per_round"] == 2
     assert into["extra_info"]["images_per_s"] == pytest.approx(2 / into["stats"]["median"])
@@ -50,8 +52,83 @@ def test_every_cell_runs_with_params_and_extra_info(tiny_run):
     assert info["images_per_s"] == pytest.approx(20 / store["stats"]["median"])
     assert info["mb_per_s"] == pytest.approx(20 * 3072 / 1e6 / store["stats"]["median"])
     for bench in tiny_run["benchmarks"]:
-        assert bench["stats"]["rounds"] >= 10 and len(bench["stats"]["data"]) == bench["stats"]["rounds"]
+        least = 5 if bench["name"].startswith("test_floor_") else 10  # floors of a second or more get 5 rounds
+        assert bench["stats"]["rounds"] >= least and len(bench["stats"]["data"]) == bench["stats"]["rounds"]
         assert ("disk_usage" in bench["extra_info"]) == bench["extra_info"]["operation"].startswith("store")
+
+
+def test_floors_run_beside_their_cells(tiny_run):
+    """Exactly the floor cells the method cells need ran, verified like cells, and every method cell has its ratio."""
+    floors = {(bench["extra_info"]["method"].removeprefix("floor-"), bench["extra_info"]["n_images"],
+               bench["extra_info"].get("batch_size")) for bench in tiny_run["benchmarks"] if bench["name"].startswith("test_floor_")}
+    methods = [bench for bench in tiny_run["benchmarks"] if not bench["name"].startswith("test_floor_")]
+    assert floors == set().union(*(floors_of_cell(bench["extra_info"]["method"], bench["extra_info"]["operation"], bench["params"])
+                                   for bench in methods))
+    for bench in tiny_run["benchmarks"]:
+        info = bench["extra_info"]
+        if info["method"] == "floor-memcpy":
+            assert "floor" not in info
+            continue
+        assert info["floor_ratio"] == pytest.approx(bench["stats"]["median"] / (
+            sum(floor["stats"]["median"] for floor in tiny_run["benchmarks"]
+                if floor["extra_info"]["method"] in {f"floor-{name}" for name in info["floor"].split("+")}
+                and floor["extra_info"]["n_images"] == info["floor_n_images"]
+                and floor["extra_info"].get("batch_size") in (None, info.get("batch_size")))
+            / info.get("workers", 1)))
+    disk = cells_named(tiny_run, "test_read_many[disk-20]")["extra_info"]
+    assert disk["floor"] == "files-read+png-decode" and disk["floor_n_images"] == 20
+    assert cells_named(tiny_run, "test_store_single[lmdb-1]")["extra_info"]["floor"] == "file-write"
+
+
+def cells_named(run: dict, name: str) -> dict:
+    return next(bench for bench in run["benchmarks"] if bench["name"] == name)
+
+
+def test_every_cell_records_what_it_cost(tiny_run):
+    for bench in tiny_run["benchmarks"]:
+        info = bench["extra_info"]
+        assert info["cpu_s"] > 0 and info["cpu_s"] == pytest.approx(info["cpu_user_s"] + info["cpu_system_s"])
+        assert info["peak_rss_increase_bytes"] >= 0
+        assert info["device_read_bytes"] >= 0 and info["device_write_bytes"] >= 0
+    # a store dirties at least the pixel bytes it stores, which Linux counts as bytes to write to the device
+    assert cells_named(tiny_run, "test_store_many[lmdb-20]")["extra_info"]["device_write_bytes"] >= 20 * 3072
+    assert cells_named(tiny_run, "test_floor_file_write[20]")["extra_info"]["device_write_bytes"] >= 20 * 3072
+
+
+def test_a_long_cell_reports_its_rounds_and_the_time_left():
+    result = run_suite("--cutoffs", "10", "--methods", "hdf5", "-k", "read", "-p", "tests.slow_rounds", "--benchmark-max-time", "0.01")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith("image-storage: test_read_many[hdf5-10]: round")]
+    assert lines[0].startswith("image-storage: test_read_many[hdf5-10]: round 1 of 10, 0 s elapsed, about 1 s left")
+    assert len(lines) == 10 and lines[-1].startswith("image-storage: test_read_many[hdf5-10]: round 10 of 10")
+    assert "cells done" in result.stdout and " to go: about " in result.stdout
+
+
+def test_a_cell_beating_its_floor_is_flagged_at_the_end():
+    result = run_suite("--cutoffs", "10", "--methods", "hdf5", "-k", "read_many", "-p", "tests.slow_floor", "--benchmark-max-time", "0.01")
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = result.stdout.split("implausible cells (faster than their floor)")[1]
+    assert "read_many hdf5 n=10" in summary and "faster than its floor file-read" in summary
+
+
+def collected(*args: str, path: str = "benchmarks") -> list[str]:
+    """The ids that would run, in order, at cutoffs 10 and 100."""
+    result = subprocess.run([sys.executable, "-m", "pytest", path, "-p", "no:cacheprovider", "--cutoffs", "10,100",
+                             "--collect-only", "-q", *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+    return [line.split("::")[1] for line in result.stdout.splitlines() if "::" in line]
+
+
+def test_floor_cells_follow_the_cells_they_bound():
+    """-k selects method cells; exactly their floors run, each just before its first cell; floors alone on request."""
+    assert collected("--methods", "hdf5", "-k", "read_many") == [
+        "test_floor_memcpy[10]", "test_floor_file_read[10]", "test_read_many[hdf5-10]",
+        "test_floor_memcpy[100]", "test_floor_file_read[100]", "test_read_many[hdf5-100]"]
+    names = collected("-k", "not read_many and not read_single and not read_random")
+    assert not any(name.startswith(("test_floor_file_read", "test_floor_png_decode", "test_floor_gather")) for name in names)
+    assert names.index("test_floor_png_encode[1]") < names.index("test_store_single[disk-1]")
+    floors = collected(path="benchmarks/test_floors.py")
+    assert len(floors) == 8 * 3 and not any("cold" in name for name in floors)
+    assert sum("cold" in name for name in collected("--cache", "warm,cold", path="benchmarks/test_floors.py")) == 3
 
 
 def test_machine_info_explains_storage_numbers(tiny_run):

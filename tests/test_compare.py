@@ -20,8 +20,9 @@ MACHINE = {
 
 
 def write_run(path: Path, seconds: dict[tuple[str, str, int], float], *, rounds: int = 10, seed: int = 0,
-              machine: dict | None = None) -> Path:
-    """A pytest-benchmark JSON file whose cell (operation, method, cutoff) has lognormal rounds around seconds[...]."""
+              machine: dict | None = None, extra_info: dict[tuple[str, str, int], dict] | None = None) -> Path:
+    """A pytest-benchmark JSON file whose cell (operation, method, cutoff) has lognormal rounds around seconds[...]
+    and, where given, more extra_info."""
     rng = np.random.default_rng(seed)
     benchmarks = []
     for (operation, method, cutoff), median in seconds.items():
@@ -31,7 +32,8 @@ def write_run(path: Path, seconds: dict[tuple[str, str, int], float], *, rounds:
             "name": f"test_{operation}[{method}-{cutoff}]", "group": f"{operation} {cutoff}",
             "params": {"method": method, "cutoff": cutoff},
             "extra_info": {"suite": "image-storage", "operation": operation, "method": method, "n_images": cutoff,
-                           "image_shape": SHAPE, "dataset": "synthetic", "durable": False},
+                           "image_shape": SHAPE, "dataset": "synthetic", "durable": False,
+                           **(extra_info or {}).get((operation, method, cutoff), {})},
             "stats": {"median": float(np.median(data)), "min": min(data), "max": max(data), "mean": float(np.mean(data)),
                       "q1": float(q1), "q3": float(q3), "rounds": rounds, "data": data},
         })
@@ -301,3 +303,66 @@ def test_cells_missing_from_some_runs_are_noted_not_compared(tmp_path):
     assert len(document["cells"]) == 3
     assert document["not_compared"] == ["not in every base run: read_many disk n=100 32x32x3, read_many hdf5 n=100 32x32x3, "
                                         "read_many lmdb n=100 32x32x3"]
+
+
+# --- --normalise floor ----------------------------------------------------------------------
+
+FLOOR_OF = {"disk": "files-read+png-decode", "lmdb": "file-read", "hdf5": "file-read"}
+
+
+def floor_grid(machine: float = 1.0, **slower: float) -> tuple[dict, dict]:
+    """grid() plus the floor cells of its read_many cells, everything ``machine`` times slower; and the cells' floors."""
+    seconds = grid(scale=machine, **slower)
+    floors = {"file-read": 1e-4, "files-read": 5e-4, "png-decode": 1e-3}
+    for cutoff in (10, 100):
+        seconds.update({("floor", f"floor-{name}", cutoff): machine * value * cutoff / 10 for name, value in floors.items()})
+    extra = {key: {"floor": FLOOR_OF[key[1]], "floor_n_images": key[2]} for key in seconds if key[0] == "read_many"}
+    return seconds, extra
+
+
+def test_floor_normalisation_cancels_a_slower_machine(tmp_path, capsys):
+    """HEAD's whole machine is 1.3x slower, cells and floors alike: absolute times say slower, ratios to floors do not."""
+    seconds, extra = floor_grid()
+    base = write_run(tmp_path / "base.json", seconds, seed=1, extra_info=extra)
+    head = write_run(tmp_path / "head.json", floor_grid(machine=1.3)[0], seed=2, extra_info=extra)
+    assert main([str(base), str(head)]) == 1
+    assert main([str(base), str(head), "--normalise", "floor", "--out", str(tmp_path / "out")]) == 0
+    assert "ratios to each cell's floor within each run (--normalise floor)" in capsys.readouterr().out
+    document = json.loads((tmp_path / "out" / "compare.json").read_text())
+    assert document["mode"] == "floor" and document["summary"]["slower"] == 0
+    assert {cell["method"] for cell in document["cells"]} == {"disk", "lmdb", "hdf5"}  # floor cells are not compared
+    disk = next(cell for cell in document["cells"] if (cell["method"], cell["n_images"]) == ("disk", 100))
+    assert disk["base"] == pytest.approx(2e-2 / (5e-3 + 1e-2), rel=0.05) and disk["ratio"] == pytest.approx(1.0, abs=0.05)
+
+
+def test_floor_normalisation_finds_a_slowdown_of_one_method(tmp_path):
+    seconds, extra = floor_grid()
+    slowed, _ = floor_grid(lmdb=1.3)
+    base = write_run(tmp_path / "base.json", seconds, seed=1, extra_info=extra)
+    head = write_run(tmp_path / "head.json", slowed, seed=2, extra_info=extra)
+    assert main([str(base), str(head), "--normalise", "floor", "--out", str(tmp_path)]) == 1
+    cells = json.loads((tmp_path / "compare.json").read_text())["cells"]
+    assert {cell["method"] for cell in cells if cell["verdict"] == "slower"} == {"lmdb"}
+
+
+def test_floor_normalisation_with_several_runs_per_side(tmp_path):
+    for side, seed, machines in (("base", 10, [1.0, 1.1, 0.95]), ("head", 20, [1.2, 0.9, 1.05])):
+        (tmp_path / side).mkdir()
+        for index, machine in enumerate(machines):
+            seconds, extra = floor_grid(machine=machine, **({"hdf5": 1.3} if side == "head" else {}))
+            write_run(tmp_path / side / f"run-{index}.json", seconds, seed=seed + index, extra_info=extra)
+    assert main([str(tmp_path / "base"), str(tmp_path / "head"), "--normalise", "floor", "--out", str(tmp_path)]) == 1
+    cells = json.loads((tmp_path / "compare.json").read_text())["cells"]
+    assert {cell["method"] for cell in cells if cell["verdict"] == "slower"} == {"hdf5"}
+    assert main([str(tmp_path / "base"), str(tmp_path / "head"), "--out", str(tmp_path)]) == 0  # the drift hides it
+
+
+def test_cells_without_their_floor_are_noted(tmp_path):
+    seconds, extra = floor_grid()
+    base = write_run(tmp_path / "base.json", seconds, seed=1, extra_info=extra)
+    without = {key: value for key, value in seconds.items() if key[1] != "floor-png-decode"}
+    head = write_run(tmp_path / "head.json", without, seed=2, extra_info=extra)
+    assert main([str(base), str(head), "--normalise", "floor", "--out", str(tmp_path)]) == 0
+    document = json.loads((tmp_path / "compare.json").read_text())
+    assert {cell["method"] for cell in document["cells"]} == {"lmdb", "hdf5"}
+    assert any(note.startswith("not compared, no floor in all runs: read_many disk n=10") for note in document["not_compared"])

@@ -133,7 +133,7 @@ def test_load_keeps_only_suite_cells():
     run = load_run(DATA / "run-full.json")
     assert len(run.cells) == 3 * (2 + 2 * 5)
     assert all(isinstance(cell, Cell) and cell.image_shape == SHAPE for cell in run.cells)
-    cell = next(cell for cell in run.cells if cell.key == ("read_many", "lmdb", 1000, SHAPE))
+    cell = next(cell for cell in run.cells if cell.key == ("read_many", "lmdb", 1000, SHAPE, ""))
     assert "data" not in cell.stats and cell.data and len(cell.data) == cell.stats["rounds"]
     assert run.label == "bench-a · 2026-11-21 10:03 · 0123456"
 
@@ -160,12 +160,12 @@ def test_series_medians_land_in_their_slot():
     assert shaped.names == ("disk", "hdf5", "lmdb")
     for series in shaped.series:
         for x, y, lo, hi in zip(series.x, series.y, series.lo, series.hi):
-            cell = by_key[series.operation, series.name, x, SHAPE]
+            cell = by_key[series.operation, series.name, x, SHAPE, ""]
             assert (y, lo, hi) == (cell.stats["median"], cell.stats["q1"], cell.stats["q3"])
     store_disk = next(s for s in shaped.series if (s.name, s.operation) == ("disk", "store_many"))
     assert store_disk.x == CUTOFFS
     assert store_disk.y[-1] == pytest.approx(model_seconds("disk", "store_many", 100000), rel=0.3)
-    assert shape([run], spread="range").series[0].lo[0] == by_key[shaped.series[0].operation, shaped.series[0].name, shaped.series[0].x[0], SHAPE].stats["min"]
+    assert shape([run], spread="range").series[0].lo[0] == by_key[shaped.series[0].operation, shaped.series[0].name, shaped.series[0].x[0], SHAPE, ""].stats["min"]
 
 
 def test_disk_stacks_are_running_totals():
@@ -183,8 +183,8 @@ def test_disk_stacks_are_running_totals():
 def test_speedups_ratios_and_labels():
     a, b = load_run(DATA / "pair-a.json"), load_run(DATA / "pair-b.json")
     up = speedups(a)
-    assert up["store_many", "disk", 100000, SHAPE] == 1.0  # disk is the slowest store
-    assert up["store_many", "hdf5", 100000, SHAPE] > 10
+    assert up["store_many", "disk", 100000, SHAPE, ""] == 1.0  # disk is the slowest store
+    assert up["store_many", "hdf5", 100000, SHAPE, ""] > 10
     assert statistics.median(ratios(a, b).values()) == pytest.approx(0.6, rel=0.1)
     assert unique_labels([a, b]) == ("bench-a · 2026-11-21 10:03 · 0123456", "bench-b · 2026-11-21 14:30 · f00dcaf")
     assert unique_labels([a, a]) == (a.label, a.label + " (2)")
@@ -202,8 +202,10 @@ def test_missing_cells_against_full_grid(tmp_path):
 
 # --- the command line -----------------------------------------------------------------------
 
-def expected_files(out: Path) -> list[Path]:
-    return [out / "report.md"] + [out / f"{name}.{ext}" for name in CHARTS for ext in ("png", "svg")]
+def expected_files(out: Path, floors: bool = False) -> list[Path]:
+    """report.md and every chart; the floor chart only for runs with floor cells."""
+    names = [name for name in CHARTS if floors or name != "floor_ratio"]
+    return [out / "report.md"] + [out / f"{name}.{ext}" for name in names for ext in ("png", "svg")]
 
 
 def test_report_of_one_run(tmp_path, capsys):

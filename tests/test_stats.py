@@ -158,6 +158,18 @@ def test_reference_ratio_cancels_a_machine_wide_factor():
     assert estimate.ratio == pytest.approx(1.0, abs=0.05) and low < 1.0 < high
 
 
+def test_a_term_of_several_samples_is_the_sum_of_their_medians():
+    """A floor made of two floor cells: cell / (floor_a + floor_b), each run's rounds bootstrapped."""
+    rng = np.random.default_rng(9)
+    base, head = timings(rng, 20), timings(rng, 20, 1.3)
+    base_floor, head_floor = [timings(rng, 20, 0.3), timings(rng, 20, 0.5)], [timings(rng, 20, 0.3), timings(rng, 20, 0.5)]
+    estimate = ratio_of_medians([head, base_floor], [base, head_floor], rng)
+    expected = (np.median(head) / sum(map(np.median, head_floor))) / (np.median(base) / sum(map(np.median, base_floor)))
+    assert estimate.ratio == pytest.approx(expected)
+    low, high = estimate.ci(0.95)
+    assert 1.1 < low < estimate.ratio < high
+
+
 def test_small_slowdown_with_five_rounds_is_inconclusive():
     """2 % slower with 5 rounds: nothing provable either way, so inconclusive rather than a verdict."""
     verdicts = simulate(5, [1.02] * CELLS, trials=20, seed=7)

@@ -1,0 +1,101 @@
+"""Each cell against its floor measured in the same run: ours/floor, and whether the cell beat the floor implausibly.
+
+A cell names its floor in ``extra_info.floor`` (floor names joined by ``+``, e.g. ``files-read+png-decode``) and
+the image count the floor ran at in ``extra_info.floor_n_images``; the floor cells are this run's cells of method
+``floor-<name>`` at that count and image shape (and the cell's ``batch_size``, where the floor has one). The
+floor's time is the sum of their medians, divided by the cell's ``workers`` (perfect scaling: a lower bound for
+a parallel cell). A cell is implausible when it is faster than that by more than the floor's own spread (the sum
+of the floors' interquartile ranges, scaled the same way): it did not do the work, or the floor is wrong.
+
+Used by the suite at the end of a run (extra_info.floor_ratio, the terminal summary) and by the reports, which
+recompute from the cells so that a run edited by hand is judged on its numbers.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from reports.load import Cell
+
+FLOOR_PREFIX = "floor-"
+
+
+@dataclass(frozen=True)
+class FloorCheck:
+    """A cell beside its floor: seconds per round of both, and the floor's spread in the same scale."""
+
+    floor: str
+    median: float
+    floor_seconds: float
+    floor_spread: float
+
+    @property
+    def ratio(self) -> float:
+        """ours / floor: 1.0 is at the floor, 2.0 twice as slow as the hardware or library alone."""
+        return self.median / self.floor_seconds
+
+    @property
+    def implausible(self) -> bool:
+        return self.floor_seconds - self.median > self.floor_spread
+
+
+def is_floor(cell: Cell) -> bool:
+    return cell.method.startswith(FLOOR_PREFIX)
+
+
+def floor_index(cells: Iterable[Cell]) -> dict[tuple, Cell]:
+    """The floor cells of one run by (method, n_images, image_shape, batch_size), for floor_cells."""
+    return {(cell.method, cell.n_images, cell.image_shape, cell.extra_info.get("batch_size")): cell
+            for cell in cells if is_floor(cell)}
+
+
+def floor_cells(cell: Cell, index: Mapping[tuple, Cell]) -> tuple[Cell, ...] | None:
+    """The floor cells of ``cell`` in a run indexed by ``floor_index``, or None when it has no floor or one is missing."""
+    names = cell.extra_info.get("floor")
+    if not names:
+        return None
+    count = int(cell.extra_info.get("floor_n_images", cell.n_images))
+    batch = cell.extra_info.get("batch_size")
+    found = []
+    for name in str(names).split("+"):
+        method = FLOOR_PREFIX + name
+        floor = index.get((method, count, cell.image_shape, batch)) or index.get((method, count, cell.image_shape, None))
+        if floor is None:
+            return None
+        found.append(floor)
+    return tuple(found)
+
+
+def divisor(cell: Cell) -> int:
+    """How many workers share a cell's work; its floor is divided by it."""
+    return max(1, int(cell.extra_info.get("workers", 1) or 1))
+
+
+def check(cell: Cell, floors: Sequence[Cell]) -> FloorCheck:
+    scale = divisor(cell)
+    return FloorCheck(
+        floor=str(cell.extra_info["floor"]),
+        median=cell.stats["median"],
+        floor_seconds=sum(floor.stats["median"] for floor in floors) / scale,
+        floor_spread=sum(floor.stats["q3"] - floor.stats["q1"] for floor in floors) / scale,
+    )
+
+
+def floor_checks(cells: Sequence[Cell]) -> dict[tuple, FloorCheck]:
+    """Per cell key, the cell beside its floor, for every cell whose floor ran in the same run."""
+    index = floor_index(cells)
+    checks = {}
+    for cell in cells:
+        floors = floor_cells(cell, index)
+        if floors:
+            checks[cell.key] = check(cell, floors)
+    return checks
+
+
+def describe_implausible(cell: Cell, result: FloorCheck) -> str:
+    """One line naming an implausible cell, its time, its floor and the floor's spread."""
+    from reports.shape import format_seconds  # shape draws on this module
+
+    return (f"{cell.operation} {cell.method} n={cell.n_images}{' ' + cell.variant if cell.variant else ''}: "
+            f"{format_seconds(cell.stats['median'])} is {1 / result.ratio:.3g}x faster than its floor {result.floor} "
+            f"({format_seconds(result.floor_seconds)}, spread {format_seconds(result.floor_spread)})")

@@ -1,0 +1,207 @@
+"""Floors: the rule from cells to floors (benchmarks.floors), cells against floors (reports.floors), and the
+implausible flag in report.md for a run doctored to beat its floor."""
+from __future__ import annotations
+
+import ast
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from benchmarks.floors import FLOORS, OPERATIONS, NoFloorError, codec, floor_images, floor_names, floors_of_cell
+from reports import load
+from reports.cli import main as report_main
+from reports.floors import floor_checks
+from reports.load import Cell, load_run
+from storage_impls import METHODS
+from tests.test_reports import make_cell, make_run
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+SHAPE = (32, 32, 3)
+
+
+def suite_tests() -> set[str]:
+    """Names of the test functions of every benchmark module (each one times an operation or a floor)."""
+    return {node.name for path in BENCHMARKS.glob("test_*.py") for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")}
+
+
+def suite_operations() -> set[str]:
+    return {name.removeprefix("test_") for name in suite_tests() if not name.startswith("test_floor_")}
+
+
+# --- the rule -------------------------------------------------------------------------------
+
+def test_every_method_and_operation_of_the_suite_has_a_floor():
+    """Fails when a method is registered or an operation added without a floor the rule can name."""
+    assert {"store_single", "read_single", "store_many", "read_many"} <= suite_operations()
+    for operation in suite_operations():
+        assert operation in OPERATIONS, f"operation {operation!r} of the suite has no floor in benchmarks.floors.OPERATIONS"
+        assert operation in load.OPERATIONS, f"operation {operation!r} of the suite is unknown to reports.load"
+        for method in METHODS:
+            for cache in ("warm", "cold"):
+                names = floor_names(method, operation, cache)
+                assert names and set(names) <= set(FLOORS), (method, operation, cache)
+
+
+def test_every_floor_has_its_cell():
+    assert {f"test_floor_{name.replace('-', '_')}" for name in FLOORS} <= suite_tests()
+
+
+@pytest.mark.parametrize(("method", "operation", "cache", "expected"), [
+    ("lmdb", "store_many", "warm", ("file-write",)),
+    ("hdf5", "read_many", "warm", ("file-read",)),
+    ("disk", "read_many", "warm", ("files-read", "png-decode")),
+    ("disk", "store_single", "warm", ("png-encode", "files-write")),
+    ("lmdb", "read_random", "warm", ("gather",)),
+    ("hdf5", "read_random", "cold", ("file-read-cold",)),
+    ("disk", "read_random", "warm", ("files-read", "png-decode")),
+    ("lmdb", "store_single_into", "warm", ("file-write",)),
+    # methods not registered yet follow the rule without an entry of their own
+    ("rocksdb", "read_many", "warm", ("file-read",)),
+    ("npy-files", "store_many", "warm", ("files-write",)),
+    ("lmdb:codec=png", "read_many", "warm", ("file-read", "png-decode")),
+    ("disk:codec=raw", "store_many", "warm", ("files-write",)),
+    ("floor-file-read", "floor", "warm", ("memcpy",)),
+    ("floor-memcpy", "floor", "warm", ()),
+])
+def test_the_rule(method, operation, cache, expected):
+    assert floor_names(method, operation, cache) == expected
+
+
+def test_what_has_no_floor_says_so():
+    with pytest.raises(NoFloorError, match="operation 'scan'"):
+        floor_names("lmdb", "scan")
+    with pytest.raises(NoFloorError, match="codec 'jpeg'"):
+        floor_names("lmdb:codec=jpeg-90", "read_many")
+    assert codec("disk:codec=webp-80,level=3") == "webp"
+
+
+def test_floor_image_counts_and_cells():
+    assert floor_images("store_single_into", 1000) == 1 and floor_images("read_many", 1000) == 1000
+    assert floor_images("floor", 10) == 10
+    assert floors_of_cell("disk", "store_single", {"method": "disk", "cutoff": 1}) == {
+        ("png-encode", 1, None), ("files-write", 1, None), ("memcpy", 1, None)}
+    assert floors_of_cell("hdf5", "read_random", {"n_images": 100, "batch_size": 64, "cache": "warm"}) == {
+        ("gather", 100, 64), ("memcpy", 100, None)}
+    assert floors_of_cell("lmdb", "scan", {"cutoff": 10}) == set()
+
+
+# --- cells against floors -------------------------------------------------------------------
+
+def cell(method: str, seconds: float, n_images: int = 100, q1: float | None = None, q3: float | None = None,
+         operation: str = "read_many", **extra) -> Cell:
+    q1 = seconds * 0.98 if q1 is None else q1
+    q3 = seconds * 1.02 if q3 is None else q3
+    return Cell(operation=operation, method=method, n_images=n_images, image_shape=SHAPE,
+                stats={"median": seconds, "q1": q1, "q3": q3, "min": q1, "max": q3}, data=None,
+                extra_info={"method": method, **extra})
+
+
+def test_ratios_sum_composite_floors_and_divide_by_workers():
+    cells = [
+        cell("floor-files-read", 0.2), cell("floor-png-decode", 0.6), cell("floor-file-read", 0.01),
+        cell("floor-gather", 0.05, batch_size=64), cell("floor-gather", 0.04, batch_size=256),
+        cell("disk", 1.0, floor="files-read+png-decode", floor_n_images=100),
+        cell("hdf5", 0.012, floor="file-read", floor_n_images=100),
+        cell("lmdb", 0.1, operation="read_random", floor="gather", floor_n_images=100, batch_size=256, workers=2, cache="warm"),
+        cell("lmdb", 0.1, operation="store_single", floor="file-write", floor_n_images=1),  # its floor did not run
+    ]
+    checks = floor_checks(cells)
+    by_method = {key[1]: check for key, check in checks.items() if not key[1].startswith("floor-")}
+    assert set(by_method) == {"disk", "hdf5", "lmdb"}
+    assert by_method["disk"].floor_seconds == pytest.approx(0.8) and by_method["disk"].ratio == pytest.approx(1.25)
+    assert by_method["disk"].floor_spread == pytest.approx(0.2 * 0.04 + 0.6 * 0.04)
+    assert by_method["hdf5"].ratio == pytest.approx(1.2)
+    assert by_method["lmdb"].floor_seconds == pytest.approx(0.02) and by_method["lmdb"].ratio == pytest.approx(5.0)
+    assert not any(check.implausible for check in checks.values())
+
+
+def test_a_cell_faster_than_its_floor_by_more_than_its_spread_is_implausible():
+    floor = cell("floor-file-read", 0.010, q1=0.0095, q3=0.0105)  # spread 1 ms
+    within = floor_checks([floor, cell("hdf5", 0.0091, floor="file-read")])
+    beyond = floor_checks([floor, cell("hdf5", 0.0089, floor="file-read")])
+    assert not next(iter(within.values())).implausible
+    assert next(iter(beyond.values())).implausible
+
+
+# --- a doctored run -------------------------------------------------------------------------
+
+FLOOR_COSTS = {"memcpy": 1e-7, "file-write": 2e-6, "file-read": 5e-7, "files-write": 3e-5, "files-read": 5e-6,
+               "png-encode": 8e-5, "png-decode": 5e-5}
+
+
+def run_with_floors(seed: int = 0, speed: float = 1.0, cutoffs=(10, 100, 1000), **slower: float) -> dict:
+    """make_run's document plus the floor cells each method cell names, as the suite writes them."""
+    document = make_run(seed=seed, speed=speed, cutoffs=cutoffs)
+    rng = random.Random(seed)
+    needed = set()
+    for bench in document["benchmarks"]:
+        info = bench["extra_info"]
+        if not info:
+            continue
+        names = floor_names(info["method"], info["operation"])
+        count = floor_images(info["operation"], info["n_images"])
+        info.update(floor="+".join(names), floor_n_images=count)
+        needed |= {(name, count) for name in (*names, "memcpy")}
+        factor = slower.get(info["method"], 1.0)
+        bench["stats"]["data"] = [value * factor for value in bench["stats"]["data"]]
+        for name in ("median", "min", "max", "q1", "q3", "mean"):
+            bench["stats"][name] *= factor
+    for name, count in sorted(needed):
+        floor = make_cell("hdf5", "read_many", count, speed * (2e-6 + FLOOR_COSTS[name] * count), rng)
+        floor["extra_info"].update(operation="floor", method=f"floor-{name}", **({"floor": "memcpy", "floor_n_images": count}
+                                                                                   if name != "memcpy" else {}))
+        floor["name"] = f"test_floor_{name.replace('-', '_')}[{count}]"
+        document["benchmarks"].append(floor)
+    return document
+
+
+def doctored(document: dict, method: str, operation: str, n_images: int, factor: float) -> dict:
+    """The run with one cell's every round made ``factor`` times as long (0.1: ten times faster)."""
+    for bench in document["benchmarks"]:
+        info = bench["extra_info"]
+        if (info.get("method"), info.get("operation"), info.get("n_images")) == (method, operation, n_images):
+            bench["stats"]["data"] = [value * factor for value in bench["stats"]["data"]]
+            for name in ("median", "min", "max", "q1", "q3", "mean"):
+                bench["stats"][name] *= factor
+    return document
+
+
+def test_doctored_run_is_flagged_in_the_report(tmp_path, capsys):
+    """hdf5's read_many at 1000 images made 100x faster: faster than reading the raw file, so flagged."""
+    honest = tmp_path / "honest.json"
+    honest.write_text(json.dumps(run_with_floors()))
+    assert report_main([str(honest), "--out", str(tmp_path / "honest")]) == 0
+    assert "Implausible" not in (tmp_path / "honest" / "report.md").read_text()
+    bad = tmp_path / "doctored.json"
+    bad.write_text(json.dumps(doctored(run_with_floors(), "hdf5", "read_many", 1000, 0.01)))
+    assert report_main([str(bad), "--out", str(tmp_path / "bad")]) == 0
+    report = (tmp_path / "bad" / "report.md").read_text()
+    assert "## ⚠ Implausible cells" in report
+    flagged = [line for line in report.splitlines() if line.startswith("- **") and "faster than its floor" in line]
+    assert len(flagged) == 1 and "read_many hdf5 n=1000" in flagged[0] and "floor file-read" in flagged[0]
+    assert "⚠" in next(line for line in report.splitlines() if line.startswith("| read_many | 1,000 | hdf5 |"))
+
+
+def test_report_shows_ours_over_floor_and_draws_the_ratio_chart(tmp_path):
+    document = run_with_floors()
+    lmdb = next(bench for bench in document["benchmarks"] if bench["name"] == "test_store_many[lmdb-100]")
+    lmdb["extra_info"].update(cpu_s=0.5, cpu_user_s=0.4, cpu_system_s=0.1, device_read_bytes=0.0, device_write_bytes=100 * 4096.0)
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(document))
+    assert report_main([str(path), "--out", str(tmp_path / "out")]) == 0
+    report = (tmp_path / "out" / "report.md").read_text()
+    run = load_run(path)
+    disk = next(c for c in run.cells if c.key == ("read_many", "disk", 100, SHAPE, ""))
+    expected = disk.stats["median"] / sum(c.stats["median"] for c in run.cells
+                                         if c.method in ("floor-files-read", "floor-png-decode") and c.n_images == 100)
+    row = next(line for line in report.splitlines() if line.startswith("| read_many | 100 | disk |"))
+    assert "files-read+png-decode" in row and f"{expected:.2f}×" in row and row.endswith("| – | – | – |")
+    resources = next(line for line in report.splitlines() if line.startswith("| store_many | 100 | lmdb |"))
+    assert resources.endswith("| 5 | 0 B | 4.1 KB |")  # CPU s per 1000 images, device bytes read and written per image
+    assert "### Floors" in report and "| floor-png-decode | 100 |" in report
+    assert "![floor_ratio](floor_ratio.png)" in report
+    assert (tmp_path / "out" / "floor_ratio.png").stat().st_size > 0
+    assert "floor-" not in (tmp_path / "out" / "read_many_loglog.svg").read_text()  # floors are not methods in the charts
