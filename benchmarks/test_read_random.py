@@ -1,0 +1,76 @@
+"""Training-style reads: one epoch of shuffled batches, read by worker processes, from a warm or cold page cache.
+
+A cell such as ``test_read_random[lmdb-100000-b256-w2-warm]`` reads a store holding the largest cutoff's
+images: every id exactly once, in batches of 256 ids taken in order from a permutation drawn with
+PERMUTATION_SEED (the same epoch every round, so rounds compare), by 2 reader processes (benchmarks/workers.py).
+
+Timed: one epoch, from the signal to the already started workers until the last batch is in. Untimed:
+starting the workers and opening their stores (``startup_s``), clearing the shared buffers before each
+round, and in cold cells closing the stores, dropping their files from the page cache (benchmarks/cache.py)
+and reopening them. Afterwards, every epoch must have read every id exactly once, and the last epoch's
+images and labels must equal what was stored.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from benchmarks import cache as page_cache
+from benchmarks.verify import verify
+from benchmarks.workers import EpochPlan, ReaderPool, latency_summary
+from storage_impls import ImageStore
+
+PERMUTATION_SEED = 0
+
+
+@pytest.fixture
+def store_dir(filled_store_dirs: Callable[[str, int], Path], method: str, n_images: int) -> Path:
+    return filled_store_dirs(method, n_images)
+
+
+@pytest.fixture
+def reader_pool(store_class: type[ImageStore], method: str, store_dir: Path, dataset, n_images: int, batch_size: int,
+                workers: int, cache: str) -> Iterator[ReaderPool]:
+    """The cell's worker processes, started and their stores opened (untimed); stopped and cleaned up afterwards.
+    (``store_class`` skips the cell when the method's package is missing.)"""
+    if cache == "cold" and (reason := page_cache.supported()):
+        pytest.skip(reason)
+    plan = EpochPlan.shuffled(n_images, batch_size, PERMUTATION_SEED)
+    with ReaderPool(method, store_dir, plan, dataset.images.shape[1:], workers) as pool:
+        yield pool
+
+
+def test_read_random(measure, record, benchmark, reader_pool, store_dir, dataset, method, n_images, batch_size, workers, cache):
+    resident: list[float] = []
+
+    def prepare():
+        """Untimed: clear the shared buffers; for a cold round, drop the closed store from the page cache."""
+        reader_pool.prepare_round()
+        if cache == "cold":
+            reader_pool.close_stores()
+            resident.append(page_cache.evict(store_dir))
+            if resident[-1] > page_cache.MAX_RESIDENT_FRACTION:
+                pytest.fail(f"{method} read_random: {resident[-1]:.1%} of the store stayed in the page cache after "
+                            f"dropping it (at most {page_cache.MAX_RESIDENT_FRACTION:.0%} allowed)", pytrace=False)
+            reader_pool.open_stores()
+        return (), {}
+
+    record(n_images)
+    benchmark.group = f"read_random {n_images} b{batch_size} {cache}"
+    benchmark.extra_info.update(batch_size=batch_size, workers=workers, cache=cache, permutation_seed=PERMUTATION_SEED,
+                                n_batches=reader_pool.plan.n_batches, startup_s=reader_pool.startup_s)
+    measure(reader_pool.run_epoch, prepare)
+
+    epochs = reader_pool.epochs()
+    for number, epoch in enumerate(epochs):
+        if not epoch.exactly_once:
+            counts = epoch.reads_per_id
+            pytest.fail(f"{method} read_random: epoch {number} read {int((counts != 1).sum())} of {len(counts)} ids other "
+                        f"than once (from {counts.min()} to {counts.max()} times)", pytrace=False)
+    verify(f"{method} read_random", *reader_pool.read_back(), dataset.images[:n_images], dataset.labels[:n_images])
+    timed = benchmark.stats.stats.rounds if benchmark.stats else 1  # the measured rounds are the last ones
+    benchmark.extra_info.update(latency_summary(epochs[-timed:]))
+    if cache == "cold":
+        benchmark.extra_info["resident_fraction_before"] = max(resident[-timed:])
