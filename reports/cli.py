@@ -54,12 +54,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                   file=sys.stderr)
     from reports.draw import write_charts
     from reports.markdown import write_report
+    from reports.training import training_points, training_section, write_training_charts
 
+    points = training_points(runs)
     try:
         charts = write_charts(shaped, args.out)
-        report = write_report(shaped, charts, args.out)
+        training_charts = write_training_charts(points, shaped.labels, args.out)
+        report = write_report(shaped, charts, args.out, [training_section(points, shaped.labels, training_charts)])
     except OSError as err:
         print(f"storage-report: error: cannot write to {args.out}: {err.strerror or err}", file=sys.stderr)
         return 2
-    print(f"wrote {report} and {2 * len(charts)} chart files")
+    print(f"wrote {report} and {2 * (len(charts) + len(training_charts))} chart files")
     return 0

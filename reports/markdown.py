@@ -25,13 +25,13 @@ CAPTIONS = {
 SPREAD_NAMES = {"iqr": "q1–q3 (interquartile range)", "range": "min–max"}
 
 
-def _table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(value) for value in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
-def _rate(value: float) -> str:
+def format_rate(value: float) -> str:
     """Three significant digits without exponent notation: 0.123, 45.6, 1,234."""
     return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
 
@@ -80,7 +80,7 @@ def provenance(run: Run, label: str) -> str:
         ("settings", "; ".join(sorted(settings))),
         ("image shape", ", ".join(sorted({"x".join(map(str, cell.image_shape)) for cell in run.cells}))),
     ]
-    return _table(("", "value"), rows)
+    return markdown_table(("", "value"), rows)
 
 
 def median_table(run: Run, mixed_shapes: bool) -> str:
@@ -92,7 +92,7 @@ def median_table(run: Run, mixed_shapes: bool) -> str:
     for cell in _ordered(cells):
         text = format_seconds(cell.stats["median"]) + (f" ({_ratio(checks[cell.key])})" if cell.key in checks else "")
         rows.setdefault((cell.operation, _images(cell.key, mixed_shapes)), {})[cell.method] = text
-    return _table(("operation", "images", *methods), ((*slot, *(values.get(m, "–") for m in methods)) for slot, values in rows.items()))
+    return markdown_table(("operation", "images", *methods), ((*slot, *(values.get(m, "–") for m in methods)) for slot, values in rows.items()))
 
 
 def _resources(cell: Cell) -> tuple[str, str, str]:
@@ -105,11 +105,11 @@ def throughput_table(run: Run, mixed_shapes: bool) -> str:
     """Images/s and MB/s of pixels at the median, ours/floor, the speed-up over the slowest method, and resources."""
     up = speedups(run)
     checks = floor_checks(run.cells)
-    return _table(
+    return markdown_table(
         ("operation", "images", "method", "median", "images/s", "MB/s", "floor", "ours/floor", "speed-up vs slowest",
          "CPU s / 1000 images", "device read / image", "device write / image"),
         ((cell.operation, _images(cell.key, mixed_shapes), cell.method, format_seconds(cell.stats["median"]),
-          _rate(cell.n_images / cell.stats["median"]), _rate(cell.raw_bytes / 1e6 / cell.stats["median"]),
+          format_rate(cell.n_images / cell.stats["median"]), format_rate(cell.raw_bytes / 1e6 / cell.stats["median"]),
           cell.extra_info.get("floor") or "–", _ratio(checks.get(cell.key)), f"{up[cell.key]:.2f}×", *_resources(cell))
          for cell in _ordered(method_cells(run))),
     )
@@ -121,12 +121,12 @@ def floor_table(run: Run, mixed_shapes: bool) -> str | None:
     if not floors:
         return None
     checks = floor_checks(run.cells)
-    return _table(
+    return markdown_table(
         ("floor", "images", "median", "q1–q3", "images/s", "MB/s", "ours/memcpy", "CPU s / 1000 images", "device read / image",
          "device write / image"),
         ((cell.method, _images(cell.key, mixed_shapes), format_seconds(cell.stats["median"]),
-          f"{format_seconds(cell.stats['q1'])}–{format_seconds(cell.stats['q3'])}", _rate(cell.n_images / cell.stats["median"]),
-          _rate(cell.raw_bytes / 1e6 / cell.stats["median"]), _ratio(checks.get(cell.key)), *_resources(cell))
+          f"{format_seconds(cell.stats['q1'])}–{format_seconds(cell.stats['q3'])}", format_rate(cell.n_images / cell.stats["median"]),
+          format_rate(cell.raw_bytes / 1e6 / cell.stats["median"]), _ratio(checks.get(cell.key)), *_resources(cell))
          for cell in sorted(floors, key=lambda cell: (cell.method, cell.key))),
     )
 
@@ -147,7 +147,7 @@ def disk_table(run: Run, mixed_shapes: bool) -> str | None:
         value = cell.extra_info["disk_usage"].get(f"{kind}_bytes")
         return "–" if value is None else format_bytes(value / cell.n_images if per_image else value)
 
-    return _table(
+    return markdown_table(
         ("operation", "images", "method", "allocated", "apparent", "allocated per image", "apparent per image"),
         ((cell.operation, _images(cell.key, mixed_shapes), cell.method, size(cell, "allocated"), size(cell, "apparent"),
           size(cell, "allocated", True), size(cell, "apparent", True)) for cell in cells),
@@ -166,12 +166,13 @@ def comparison(runs: Sequence[Run], labels: Sequence[str], mixed_shapes: bool) -
              if run_ratios else f"- **{label}**: no cells in common with the first run" for label, run_ratios in zip(labels[1:], per_run)]
     return "\n".join([
         f"Each run's median time per round divided by the first run's ({labels[0]}), cell by cell: "
-        "below 1 is faster than the first run, above 1 slower.", "", *means, "", _table(header, rows),
+        "below 1 is faster than the first run, above 1 slower.", "", *means, "", markdown_table(header, rows),
     ])
 
 
-def render(shaped: Shaped, charts: Mapping[str, Path]) -> str:
-    """The whole report.md text; chart images are linked by file name, so they must sit beside it."""
+def render(shaped: Shaped, charts: Mapping[str, Path], sections: Sequence[str] = ()) -> str:
+    """The whole report.md text; chart images are linked by file name, so they must sit beside it. ``sections``
+    (Markdown, such as the training-read section) go after the charts and the comparison, before each run's tables."""
     runs, labels = shaped.runs, shaped.labels
     mixed_shapes = len({cell.image_shape for run in runs for cell in run.cells}) > 1
     parts = ["# Image storage benchmark report", "",
@@ -193,6 +194,7 @@ def render(shaped: Shaped, charts: Mapping[str, Path]) -> str:
         parts += [f"![{name}]({path.name})", "", CAPTIONS[name], ""]
     if len(runs) > 1:
         parts += ["## Comparison between runs", "", comparison(runs, labels, mixed_shapes), ""]
+    parts += [section for section in sections if section]
     for run, label in zip(runs, labels):
         parts += [f"## Run: {label}", "", "### Provenance", "", provenance(run, label), "",
                   "### Median time per round", "", median_table(run, mixed_shapes), "",
@@ -211,7 +213,7 @@ def render(shaped: Shaped, charts: Mapping[str, Path]) -> str:
     return "\n".join(parts)
 
 
-def write_report(shaped: Shaped, charts: Mapping[str, Path], out_dir: Path) -> Path:
+def write_report(shaped: Shaped, charts: Mapping[str, Path], out_dir: Path, sections: Sequence[str] = ()) -> Path:
     path = out_dir / "report.md"
-    path.write_text(render(shaped, charts), encoding="utf-8")
+    path.write_text(render(shaped, charts, sections), encoding="utf-8")
     return path

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from reports.load import Run
-from reports.markdown import _rate, _table
+from reports.markdown import format_rate, markdown_table
 from reports.shape import format_seconds, method_cells
 
 if TYPE_CHECKING:
@@ -202,11 +202,11 @@ def _seconds(value: float | None) -> str:
 def training_table(points: Sequence[TrainingPoint]) -> str:
     """A row per read_random cell: throughput, ratio to the sequential read, per-batch latency, first batch, start-up."""
     mixed_counts = len({(point.n_images, point.image_shape) for point in points}) > 1
-    return _table(
+    return markdown_table(
         (*(("images",) if mixed_counts else ()), "method", "cache", "batch", "workers", "images/s", "MB/s", "random / sequential",
          "batch p50", "batch p99", "first batch", "start-up", "cached before"),
         ((*((f"{point.n_images:,} of {'x'.join(map(str, point.image_shape))}",) if mixed_counts else ()), point.method, point.cache,
-          point.batch_size, point.workers, _rate(point.images_per_s), _rate(point.mb_per_s),
+          point.batch_size, point.workers, format_rate(point.images_per_s), format_rate(point.mb_per_s),
           "–" if point.random_over_sequential is None else f"{point.random_over_sequential:.2f}×",
           _seconds(point.batch_p50_s), _seconds(point.batch_p99_s), _seconds(point.first_batch_s), _seconds(point.startup_s),
           "–" if point.resident_fraction_before is None else f"{point.resident_fraction_before:.1%}")

@@ -122,3 +122,13 @@ def test_runs_without_read_random_give_nothing(name, tmp_path):
     assert write_training_charts(points, ["old"], tmp_path) == {}
     assert list(tmp_path.iterdir()) == []
     assert training_section(points, ["old"], {}) == ""
+
+
+def test_the_command_puts_the_training_section_and_charts_in_the_report(tmp_path):
+    from reports.cli import main
+
+    assert main([str(RUN), "--out", str(tmp_path)]) == 0
+    report = (tmp_path / "report.md").read_text()
+    assert "## Training reads: shuffled epochs" in report and "![read_random_workers](read_random_workers.png)" in report
+    assert report.index("## Training reads") < report.index("## Run: ")
+    assert (tmp_path / "read_random_workers.svg").exists() and (tmp_path / "read_random_batch_size.png").exists()
