@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from storage_impls import METHODS
+from storage_impls.registry import canonical_spec, parse_spec
 
 DEFAULT_CUTOFFS = "10,100,1000,10000,100000"
 MAX_DEFAULT_WORKERS = 8  # the default --workers is 1 and the core count, capped here
@@ -65,12 +66,30 @@ def parse_cache(text: str) -> tuple[str, ...]:
 
 
 def parse_methods(text: str) -> tuple[str, ...]:
-    """``"disk,hdf5"`` -> ("disk", "hdf5"), each a name in storage_impls.METHODS."""
-    names = tuple(dict.fromkeys(part.strip() for part in text.split(",")))
-    unknown = [name for name in names if name not in METHODS]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown method {', '.join(map(repr, unknown)) or repr(text)}; known: {','.join(METHODS)}")
-    return names
+    """``"disk,hdf5"`` -> ("disk", "hdf5"): method names or variants (``rocksdb:compression=zstd,bloom_bits=10``:
+    a ``key=value`` item belongs to the method before it), each checked by the registry and spelled canonically
+    when its package is installed (otherwise its cells are skipped with the install hint)."""
+    specs: list[str] = []
+    for item in (part.strip() for part in text.split(",")):
+        if "=" in item and ":" not in item and specs:
+            specs[-1] += f",{item}"
+        else:
+            specs.append(item)
+    try:
+        checked = [_canonical(spec) for spec in specs if spec]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    if not checked:
+        raise argparse.ArgumentTypeError(f"no method in {text!r}; known: {','.join(METHODS)}")
+    return tuple(dict.fromkeys(checked))
+
+
+def _canonical(spec: str) -> str:
+    try:
+        return canonical_spec(spec)
+    except ImportError:
+        parse_spec(spec)  # the syntax and the method name are still checked
+        return spec
 
 
 def parse_dataset(text: str) -> DatasetSpec:

@@ -147,7 +147,9 @@ def test_a_broken_read_fails_its_cell():
 
 @pytest.mark.parametrize(("args", "env", "message"), [
     (["--cutoffs", "10,ten"], {}, "'ten' is not a positive whole number"),
-    (["--methods", "disk,zarr"], {}, "unknown method 'zarr'"),
+    (["--methods", "disk,tiff"], {}, "unknown storage method 'tiff'"),
+    (["--methods", "hdf5:chunks=1"], {}, "hdf5: unknown option 'chunks'"),
+    (["--methods", "npz:"], {}, "'' is not key=value"),
     (["--dataset", "imagenet"], {}, "'imagenet' is not a dataset"),
     (["--dataset", "cifar10:/no/such/folder"], {}, "does not exist"),
     (["--image-shape", "32x32x2"], {}, "'32x32x2' is not an image shape"),
@@ -159,6 +161,13 @@ def test_bad_options_are_usage_errors(args, env, message):
     result = run_suite(*args, "--collect-only", env=env)
     assert result.returncode == 4, result.stdout + result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_methods_take_variants_whose_options_may_contain_commas():
+    result = run_suite("--methods", "lmdb, rocksdb:compression=zstd,bloom_bits=10", "--collect-only", "-q", "-k", "read_single")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "test_read_single[lmdb-1]" in result.stdout
+    assert "test_read_single[rocksdb:compression=zstd,bloom_bits=10-1]" in result.stdout
 
 
 def test_options_are_documented_in_help():
