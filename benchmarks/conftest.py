@@ -31,6 +31,7 @@ from storage_impls.datasets import CIFAR10_IMAGES, load_cifar10, synthetic
 SUITE = "image-storage"  # extra_info["suite"]: marks the cells reports/ reads
 MIN_ROUNDS = 10  # the suite's default floor: at 5 rounds a lone 10 % regression escapes `reports compare` 1 time in 5
 FLOOR_MIN_ROUNDS = 5  # floor cells' default minimum: only floors of a second or more per round get fewer than 10
+LONG_ROUND_S, LONG_MIN_ROUNDS = 5.0, 5  # by default, a cell whose warm-up round took 5 s or more gets at least 5 rounds
 MAX_ROUNDS = 200  # enough for the statistics, bounded in time for microsecond cells
 STORAGE_DIR_KEY = pytest.StashKey[Path]()  # where this run writes its stores, for machine_info
 TIMED_KEY = pytest.StashKey[list]()  # every cell's pytest-benchmark Metadata, for the floor ratios at the end
@@ -51,9 +52,9 @@ def pytest_configure(config: pytest.Config) -> None:
     given = int(config.option.benchmark_min_rounds)
     if not any(arg.startswith("--benchmark-min-rounds") for arg in config.invocation_params.args):
         config.option.benchmark_min_rounds = MIN_ROUNDS  # pytest-benchmark's own default is 5
-        config.stash[MIN_ROUNDS_KEY] = {"cell": MIN_ROUNDS, "floor": FLOOR_MIN_ROUNDS}
+        config.stash[MIN_ROUNDS_KEY] = {"cell": MIN_ROUNDS, "floor": FLOOR_MIN_ROUNDS, "long": LONG_MIN_ROUNDS}
     else:
-        config.stash[MIN_ROUNDS_KEY] = {"cell": given, "floor": given}
+        config.stash[MIN_ROUNDS_KEY] = {"cell": given, "floor": given, "long": given}
     if getattr(config.option, "numprocesses", None):
         raise pytest.UsageError("the image storage benchmarks must not run under pytest-xdist (-n): "
                                 "parallel workers share the disk and the cores and spoil every time; drop -n")
@@ -253,8 +254,9 @@ def fresh_stores(store_class: type[ImageStore], storage_root: Path, request: pyt
 def measure(benchmark, pytestconfig: pytest.Config, request: pytest.FixtureRequest) -> Callable:
     """``measure(target, setup)``: one untimed warm-up round that also sizes the run, then the timed rounds.
 
-    Rounds: enough to fill --benchmark-max-time, at least --benchmark-min-rounds (MIN_ROUNDS unless
-    given; FLOOR_MIN_ROUNDS for floor cells unless given), at most MAX_ROUNDS; ``setup`` runs before every round,
+    Rounds: enough to fill --benchmark-max-time, at least --benchmark-min-rounds (unless given: MIN_ROUNDS,
+    FLOOR_MIN_ROUNDS for floor cells, LONG_MIN_ROUNDS for a cell whose warm-up took LONG_ROUND_S or more, which
+    keeps the default run within its time budget), at most MAX_ROUNDS; ``setup`` runs before every round,
     outside the timing. Returns the target's result.
     Around the timed rounds it measures what they cost (benchmarks.resources: CPU, peak memory, device bytes, minus
     the setups) into extra_info, and a cell whose rounds take long reports them on the terminal as they go.
@@ -266,6 +268,8 @@ def measure(benchmark, pytestconfig: pytest.Config, request: pytest.FixtureReque
         warm_up = time.perf_counter() - start
         budget = float(pytestconfig.getoption("benchmark_max_time"))
         least = pytestconfig.stash[MIN_ROUNDS_KEY]["floor" if request.node.originalname.startswith(FLOOR_TEST) else "cell"]
+        if warm_up >= LONG_ROUND_S:
+            least = min(least, pytestconfig.stash[MIN_ROUNDS_KEY]["long"])
         rounds = min(MAX_ROUNDS, max(least, math.ceil(budget / max(warm_up, 1e-9))))
         meter = Meter()
         result = benchmark.pedantic(target, setup=meter.wrap(rounds_reporter(pytestconfig, request.node.name, rounds, warm_up, setup)),

@@ -192,3 +192,15 @@ def test_durable_and_cifar_runs(tmp_path):
     cells = json.loads((tmp_path / "run.json").read_text())["benchmarks"]
     assert {cell["extra_info"]["dataset"] for cell in cells} == {"cifar10"}
     assert all(cell["extra_info"]["durable"] for cell in cells)
+
+
+def test_long_cells_get_fewer_rounds_unless_min_rounds_is_given(tmp_path):
+    def rounds(*args: str) -> set[int]:
+        result = run_suite("--cutoffs", "10", "--methods", "hdf5", "-k", "read_many", "-p", "tests.long_rounds",
+                           "--benchmark-max-time", "0.000001", "--benchmark-json", str(tmp_path / "run.json"), *args)
+        assert result.returncode == 0, result.stdout + result.stderr
+        run = json.loads((tmp_path / "run.json").read_text())
+        return {bench["stats"]["rounds"] for bench in run["benchmarks"] if bench["name"].startswith("test_read_many")}
+
+    assert rounds() == {5}
+    assert rounds("--benchmark-min-rounds", "7") == {7}
