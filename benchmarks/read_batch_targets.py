@@ -1,0 +1,123 @@
+"""`python -m benchmarks.read_batch_targets`: each method's ``read_batch`` beside what an expert would write
+without this package, in one process on the same stores, for the targets of docs/benchmarks.md:
+
+- lmdb: a raw py-lmdb loop (one read transaction per batch, ``txn.get`` per id, ``frombuffer`` into the batch);
+- hdf5 and every single-file method: a numpy memmap gather of one ``.npy`` (``np.take(mm, ids, axis=0, out=, mode="clip")``);
+- disk: Pillow alone decoding the same PNG files in the same order into the batch.
+
+Warm page cache, batches of ``--batch`` ids from a seeded permutation, one epoch per repeat, median of
+``--repeats``; every batch is checked against the source once, outside the timing.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from storage_impls import get_store_class, open_store
+from storage_impls.datasets import synthetic
+from storage_impls.registry import installed_methods
+
+Reader = Callable[[np.ndarray, np.ndarray], None]  # (ids, out) -> fills out
+
+
+def epoch_seconds(read: Reader, batches: Sequence[np.ndarray], out: np.ndarray, repeats: int) -> float:
+    """Median seconds of reading every batch once into ``out`` (one untimed warm-up epoch first)."""
+    times = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        for ids in batches:
+            read(ids, out[: len(ids)])
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
+
+
+def checked(read: Reader, batches: Sequence[np.ndarray], out: np.ndarray, images: np.ndarray, name: str) -> Reader:
+    for ids in batches:
+        read(ids, out[: len(ids)])
+        if not np.array_equal(out[: len(ids)], images[ids]):
+            raise AssertionError(f"{name}: a batch differs from the source")
+    return read
+
+
+def lmdb_reference(directory: Path, shape: tuple[int, ...]) -> Reader:
+    """A raw py-lmdb reader of the lmdb method's store: values are a fixed header then the pixels."""
+    import lmdb
+
+    from storage_impls.lmdb_format import KEY
+
+    env = lmdb.open(str(directory), readonly=True, lock=False, readahead=False, subdir=True, max_dbs=0)
+    pixels = int(np.prod(shape))
+
+    def read(ids: np.ndarray, out: np.ndarray) -> None:
+        with env.begin(buffers=True) as txn:
+            for slot, image_id in enumerate(ids.tolist()):
+                value = txn.get(KEY.pack(image_id))
+                out[slot] = np.frombuffer(value, np.uint8, pixels, len(value) - pixels).reshape(shape)
+    return read
+
+
+def gather_reference(images: np.ndarray, folder: Path) -> Reader:
+    path = folder / "images.npy"
+    np.save(path, images)
+    mapped = np.load(path, mmap_mode="r")
+    return lambda ids, out: np.take(mapped, ids, axis=0, out=out, mode="clip")  # "clip": out unbuffered
+
+
+def pillow_reference(store_dir: Path) -> Reader:
+    """Pillow alone on the disk method's PNG files (found once, untimed)."""
+    from PIL import Image
+
+    paths = {int(path.stem): str(path) for path in store_dir.rglob("*.png")}
+
+    def read(ids: np.ndarray, out: np.ndarray) -> None:
+        for slot, image_id in enumerate(ids.tolist()):
+            with Image.open(paths[image_id]) as image:
+                out[slot] = np.asarray(image)
+    return read
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.read_batch_targets", description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=100_000)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--methods", default=",".join(installed_methods()))
+    args = parser.parse_args(argv)
+    images, labels = synthetic(args.images)
+    order = np.random.default_rng(0).permutation(args.images)
+    batches = [order[start:start + args.batch] for start in range(0, args.images, args.batch)]
+    out = np.empty((args.batch, *images.shape[1:]), np.uint8)
+    with tempfile.TemporaryDirectory(prefix="read-batch-targets-") as scratch:
+        root = Path(scratch)
+        gather = checked(gather_reference(images, root), batches, out, images, "gather")
+        gather_s = epoch_seconds(gather, batches, out, args.repeats)
+        print(f"{'method':<12} {'read_batch img/s':>17} {'reference':<28} {'ref img/s':>11} {'ratio':>6}")
+        print(f"{'(floor)':<12} {'':>17} {'memmap gather':<28} {args.images / gather_s:>11,.0f}")
+        for method in args.methods.split(","):
+            get_store_class(method)
+            with open_store(method, root / method) as store:
+                store.store_many(images, labels)
+            with open_store(method, root / method, "r") as store:
+                ours = checked(lambda ids, out_: store.read_batch(ids, out=out_), batches, out, images, method)
+                ours_s = epoch_seconds(ours, batches, out, args.repeats)
+            if method == "lmdb":
+                name, reference = "raw py-lmdb txn.get loop", lmdb_reference(root / method, images.shape[1:])
+            elif method == "disk":
+                name, reference = "Pillow alone, same files", pillow_reference(root / method)
+            else:
+                name, reference = "memmap gather", None
+            reference_s = gather_s if reference is None else epoch_seconds(
+                checked(reference, batches, out, images, name), batches, out, args.repeats)
+            print(f"{method:<12} {args.images / ours_s:>17,.0f} {name:<28} {args.images / reference_s:>11,.0f} "
+                  f"{reference_s / ours_s:>5.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
