@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import tokenize
 from pathlib import Path
 from typing import BinaryIO
 
@@ -30,7 +31,7 @@ def parse_header(file: BinaryIO, name: object) -> tuple[tuple[int, ...], np.dtyp
         if read is None:
             raise ValueError(f"format version {version}")
         shape, fortran_order, dtype = read(file)
-    except (ValueError, SyntaxError, TypeError, EOFError) as error:
+    except (ValueError, SyntaxError, TypeError, EOFError, tokenize.TokenError) as error:  # numpy parses the header as Python
         raise CorruptStoreError(f"{name} is not a readable .npy file ({error})") from None
     if fortran_order:
         raise CorruptStoreError(f"{name} holds a Fortran-ordered array, which this package never writes")

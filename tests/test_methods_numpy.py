@@ -208,6 +208,18 @@ class TestNpyFiles(NumpyStoreTests):
             np.testing.assert_array_equal(store.read_single(3)[0], filled[1][3])
 
 
+    @pytest.mark.parametrize("character", "{()}")
+    def test_header_with_a_flipped_bracket_is_corrupt(self, directory, filled, character):
+        """numpy parses a .npy header as Python: an unbalanced bracket raised tokenize.TokenError, untyped."""
+        path = checkpoint(directory, self.method) / "4.npy"
+        data = bytearray(path.read_bytes())
+        data[data.index(character.encode())] ^= 0xFF
+        path.write_bytes(bytes(data))
+        with open_store(self.method, directory, "r") as store:
+            with pytest.raises(CorruptStoreError, match="4.npy is not a readable .npy file"):
+                store.read_batch([1, 4])
+
+
 class TestNpyMemmapFaults(FaultTests):
     method = "npy-memmap"
 
