@@ -1,0 +1,197 @@
+"""The rocksdb method: conformance and fault tests, plus its own: plain rocksdict reads the store, variants
+and their recorded settings, logs cut short (the marks), wrong-method opens, and the write session."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from storage_impls.registry import _REGISTRY
+
+rocksdict = pytest.importorskip("rocksdict", reason=f"rocksdb needs rocksdict: {_REGISTRY['rocksdb'].install_hint}")
+
+from storage_impls import CorruptStoreError, get_store_class, open_store  # noqa: E402
+from storage_impls.records import HEADER, KEY, parse_layout  # noqa: E402
+from tests.faults import FaultTests, labelled_batch, pixels_for  # noqa: E402
+from tests.test_storage import StoreTests, make_batch  # noqa: E402
+
+
+def meta(directory: Path) -> dict:
+    return json.loads((directory / "rocksdb.json").read_text().splitlines()[0])
+
+
+def database(directory: Path) -> Path:
+    """The live database folder of a rocksdb store."""
+    return directory / f"db-{meta(directory)['token']}"
+
+
+class TestRocksdb(StoreTests):
+    method = "rocksdb"
+
+    def corrupt(self, directory):
+        sst = max(database(directory).glob("*.sst"), key=lambda path: path.stat().st_size)
+        data = bytearray(sst.read_bytes())
+        data[len(data) // 3] ^= 0xFF  # inside a data block: its CRC fails
+        sst.write_bytes(bytes(data))
+        return CorruptStoreError
+
+    def test_plain_rocksdict_reads_the_store(self, directory, filled):
+        store, images, labels = filled
+        store.store_single(images[3], 10, 77)
+        store.close()
+        db = rocksdict.Rdict(str(database(directory)), rocksdict.Options(raw_mode=True),
+                             access_type=rocksdict.AccessType.read_only())
+        try:
+            keys, values = zip(*db.items())
+        finally:
+            db.close()
+        assert list(keys) == [KEY.pack(image_id) for image_id in range(11)]
+        for image_id, value in enumerate(values):
+            layout = parse_layout(value)
+            assert (layout.dtype, layout.shape) == ("|u1", (32, 32, 3))
+            pixels = np.frombuffer(value, np.uint8, layout.pixel_bytes, HEADER.size).reshape(layout.shape)
+            np.testing.assert_array_equal(pixels, images[3] if image_id == 10 else images[image_id])
+            assert HEADER.unpack_from(value)[-1] == (77 if image_id == 10 else labels[image_id])
+
+    def test_settings_are_recorded_and_used_by_later_opens(self, directory):
+        images, labels = make_batch(50)
+        with open_store("rocksdb:compression=zstd,bloom_bits=4,block_cache=1MiB", directory) as store:
+            store.store_many(images, labels)
+        assert {key: meta(directory)[key] for key in ("compression", "bloom_bits", "block_cache")} == \
+            {"compression": "zstd", "bloom_bits": 4, "block_cache": 1 << 20}
+        with open_store("rocksdb", directory) as store:  # no options given: the store's are kept
+            store.store_single(images[0], 50, 1)
+            store.store_many(images[:20], labels[:20])
+            np.testing.assert_array_equal(store.read_batch([19, 0])[0], images[[19, 0]])
+        assert meta(directory)["compression"] == "zstd"
+        options_file = max(database(directory).glob("OPTIONS-*"))
+        assert "kZSTD" in options_file.read_text()
+
+    def test_zstd_compresses(self, tmp_path):
+        images = np.zeros((500, 32, 32, 3), np.uint8)
+        usage = {}
+        for spec in ("rocksdb", "rocksdb:compression=zstd"):
+            with open_store(spec, tmp_path / spec.replace(":", "_")) as store:
+                store.store_many(images, np.arange(500))
+                np.testing.assert_array_equal(store.read_many(500)[0], images)
+                usage[spec] = store.disk_usage().apparent
+        assert usage["rocksdb:compression=zstd"] * 4 < usage["rocksdb"]
+
+    @pytest.mark.parametrize(("spec", "message"), [
+        ("rocksdb:compression=brotli", "compression='brotli' is not allowed; use none, lz4, zstd"),
+        ("rocksdb:bloom_bits=many", "bloom_bits='many' is not allowed; use an integer 0..64"),
+        ("rocksdb:block_cache=lots", "block_cache='lots' is not allowed; use a size in bytes"),
+        ("rocksdb:cache=1MiB", "unknown option 'cache'; rocksdb takes compression"),
+    ])
+    def test_unknown_option_values_are_refused(self, spec, message):
+        with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            get_store_class(spec)
+
+    def test_keyword_option_values_are_checked(self, directory):
+        with pytest.raises(ValueError, match="compression='snappy' is not allowed"):
+            open_store("rocksdb", directory, compression="snappy")
+
+    def test_log_cut_short_is_corrupt_not_an_older_state(self, directory, filled):
+        """RocksDB reads a MANIFEST that lost its last records as a crash (an older state); the marks catch it."""
+        store, images, _ = filled
+        store.store_single(images[0], 10, 5)
+        store.store_single(images[1], 11, 6)
+        store.close()
+        manifest = max(database(directory).glob("MANIFEST-*"))
+        data = manifest.read_bytes()
+        manifest.write_bytes(data[:len(data) // 2])
+        with pytest.raises(CorruptStoreError, match="cut short|damaged"):
+            with open_store(self.method, directory, "r") as reader:
+                reader.read_many(len(reader))
+        with open_store(self.method, directory) as writer:  # a writer sees it too, and store_many repairs
+            with pytest.raises(CorruptStoreError):
+                writer.store_single(images[2], 0, 1)
+            writer.store_many(images[:2], np.array([1, 2]))
+        with open_store(self.method, directory, "r") as reader:
+            np.testing.assert_array_equal(reader.read_many(2)[0], images[:2])
+
+    def test_writer_catches_up_with_a_killed_writers_commit(self, directory, filled):
+        """A put committed by a writer killed before it raised the marks is found by the next writer."""
+        store, images, labels = filled
+        recorded = (directory / "rocksdb.json").read_bytes()
+        store.store_single(images[5], 10, 50)
+        (directory / "rocksdb.json").write_bytes(recorded)  # as if killed between the put and the marks
+        with open_store(self.method, directory) as other:
+            assert len(other) == 11
+            other.store_single(images[6], 11, 60)
+            assert len(other) == 12
+        with open_store(self.method, directory, "r") as reader:
+            assert reader.read_batch([10, 11])[1].tolist() == [50, 60]
+
+    def test_many_single_writes_compact_level_zero(self, directory, store, monkeypatch):
+        import storage_impls.rocksdb
+
+        monkeypatch.setattr(storage_impls.rocksdb, "L0_COMPACT_FILES", 4)
+        images, labels = make_batch(12, (8, 8))
+        for image_id in range(12):
+            store.store_single(images[image_id], image_id, int(labels[image_id]))
+        db = rocksdict.Rdict(str(database(directory)), rocksdict.Options(raw_mode=True),
+                             access_type=rocksdict.AccessType.read_only())
+        levels = [file["level"] for file in db.live_files()]
+        db.close()
+        assert levels.count(0) <= 4 and len(levels) < 12, levels
+        with open_store(self.method, directory, "r") as reader:
+            np.testing.assert_array_equal(reader.read_many(12)[0], images)
+            np.testing.assert_array_equal(reader.read_batch(np.arange(12)[::-1])[1], labels[::-1])
+
+    def test_reader_keeps_its_snapshot_across_commits(self, directory, filled):
+        store, images, labels = filled
+        reader = open_store(self.method, directory, "r")
+        store.store_many(images[::-1].copy(), labels[::-1].copy())
+        store.store_single(images[0], 3, 1)
+        assert not (directory / f"db-{reader._meta['token']}").exists()  # its files are open, not in the folder
+        np.testing.assert_array_equal(reader.read_many(10)[0], images)
+        np.testing.assert_array_equal(reader.read_batch([3, 1])[1], labels[[3, 1]])
+        reader.close()
+
+    def test_readers_take_no_lock(self, directory, filled):
+        """A reader opened while a writer session holds RocksDB's own LOCK (and ours) opens and reads."""
+        store, images, _ = filled
+        session = rocksdict.Rdict(str(database(directory)), rocksdict.Options(raw_mode=True))
+        try:
+            with open_store(self.method, directory, "r") as reader:
+                np.testing.assert_array_equal(reader.read_many(10)[0], images)
+        finally:
+            session.close()
+
+
+@pytest.mark.parametrize(("writer", "reader"), [("lmdb", "rocksdb"), ("npz", "rocksdb"), ("hdf5", "rocksdb")])
+def test_another_methods_store_is_refused_by_name(tmp_path, writer, reader):
+    pytest.importorskip({"lmdb": "lmdb", "hdf5": "h5py", "npz": "numpy"}[writer])
+    with open_store(writer, tmp_path / "s") as store:
+        store.store_many(*labelled_batch(range(3)))
+    for mode in ("r", "a"):
+        with pytest.raises(CorruptStoreError, match=f"holds a {writer} store .*open it with method '{writer}'"):
+            open_store(reader, tmp_path / "s", mode)
+
+
+class TestRocksdbFaults(FaultTests):
+    method = "rocksdb"
+
+
+def test_damage_inside_compressed_blocks(tmp_path):
+    """The damage test of FaultTests on the zstd variant: flips inside compressed blocks."""
+    case = TestRocksdbFaults()
+    case.method = "rocksdb:compression=zstd"
+    case.test_damaged_files_give_typed_errors_never_wrong_data(tmp_path)
+
+
+def test_durable_store_single_syncs_the_log(tmp_path, monkeypatch):
+    """durable=True puts with WriteOptions.sync; the default does not."""
+    import storage_impls.rocksdb
+
+    created = []
+    real = rocksdict.WriteOptions
+    monkeypatch.setattr(storage_impls.rocksdb.rocksdict, "WriteOptions", lambda: created.append(real()) or created[-1])
+    for durable in (False, True):
+        with open_store("rocksdb", tmp_path / str(durable), durable=durable) as store:
+            store.store_many(*labelled_batch(range(3)))
+            store.store_single(pixels_for(3), 3, 3)
+    assert [options.sync for options in created] == [False, True]
