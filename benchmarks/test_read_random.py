@@ -20,9 +20,14 @@ import pytest
 from benchmarks import cache as page_cache
 from benchmarks.verify import verify
 from benchmarks.workers import EpochPlan, ReaderPool, latency_summary
-from storage_impls import ImageStore
+from storage_impls import METHODS, ImageStore
 
 PERMUTATION_SEED = 0
+
+
+def explicitly_named(config: pytest.Config, method: str) -> bool:
+    """Whether --methods (or IMAGE_BENCH_METHODS) named ``method``, rather than the default of every method."""
+    return config.getoption("methods") != tuple(METHODS) and method in config.getoption("methods")
 
 
 @pytest.fixture
@@ -31,12 +36,14 @@ def store_dir(filled_store_dirs: Callable[[str, int], Path], method: str, n_imag
 
 
 @pytest.fixture
-def reader_pool(store_class: type[ImageStore], method: str, store_dir: Path, dataset, n_images: int, batch_size: int,
+def reader_pool(request: pytest.FixtureRequest, store_class: type[ImageStore], method: str, store_dir: Path, dataset, n_images: int, batch_size: int,
                 workers: int, cache: str) -> Iterator[ReaderPool]:
     """The cell's worker processes, started and their stores opened (untimed); stopped and cleaned up afterwards.
     (``store_class`` skips the cell when the method's package is missing.)"""
     if cache == "cold" and (reason := page_cache.supported()):
         pytest.skip(reason)
+    if store_class.slow_random_reads and not explicitly_named(request.config, method):
+        pytest.skip(f"{method} runs read_random only when --methods names it: {store_class.slow_random_reads}")
     plan = EpochPlan.shuffled(n_images, batch_size, PERMUTATION_SEED)
     with ReaderPool(method, store_dir, plan, dataset.images.shape[1:], workers) as pool:
         yield pool

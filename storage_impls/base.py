@@ -166,6 +166,8 @@ class ImageStore(abc.ABC):
     """
 
     method: str
+    #: None, or why random reads (``read_batch`` of shuffled ids) are too slow for the benchmark suite's default run
+    slow_random_reads: str | None = None
 
     def __init__(self, directory: str | os.PathLike, mode: Mode = "a", *, durable: bool = False,
                  checksum: bool | None = None, lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> None:

@@ -268,3 +268,11 @@ def test_bad_options_are_usage_errors(args, env, message):
     result = run_suite(*args, "--collect-only", env=env)
     assert result.returncode == 4, result.stdout + result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_method_with_slow_random_reads_runs_them_only_when_named():
+    by_default = run_random("--benchmark-disable", "-k", "npz", "-rs")
+    assert by_default.returncode == 0, by_default.stdout + by_default.stderr
+    assert "npz runs read_random only when --methods names it: each image read at random decompresses" in by_default.stdout
+    named = run_random("--methods", "npz", "--workers", "1", "--benchmark-disable", "-rs")
+    assert named.returncode == 0 and "skipped" not in named.stdout and "test_read_random.py ." in named.stdout, named.stdout + named.stderr
