@@ -2,52 +2,54 @@
 
 Layout: ``data.mdb`` and ``lock.mdb`` (LMDB's), ``.writer.lock`` (this package's writer lock).
 Values are described in lmdb_format.py: header (magic, version, shape, label), pixels, and with
-``checksum=True`` an xxh3_64 trailer seeded with the id, so bit rot, and a value found under
-another id, raise CorruptStoreError naming the id. No pickle: loading pickles runs arbitrary code.
-A store records its checksum setting in its values (all carry a trailer or none): store_single
-follows the store, store_many writes what the handle asks (None: what the store had).
+``checksum=True`` an xxh3_64 of label and pixels seeded with the id (in the header), so bit rot,
+and a value found under another id, raise CorruptStoreError naming the id. No pickle: loading
+pickles runs arbitrary code. A store records its checksum setting in its values (all carry one
+or none): store_single follows the store, store_many writes what the handle asks (None: keep).
 
 Atomicity: ``store_many`` is one write transaction (drop everything, append every key) and
 ``store_single`` one put in one transaction, so a killed or failed write leaves the old
 contents. A full disk raises NoSpaceError naming the directory, and ``data.mdb`` is cut back
-to its size before the write (only pages no commit refers to are cut, under LMDB's writer mutex).
-The map size grows with the data (doubled on ``MapFullError``); on Linux the map is address space,
-the file grows only as it fills. Values larger than the staging block are written straight into
-the page LMDB allocated for them, so a huge image costs one copy in memory (LMDB's), not two.
+to its committed pages (what the failed write appended; under LMDB's writer mutex). The map is
+address space (1 TiB where possible, lmdb_env.py), grown on ``MapFullError``; the file grows only
+as it fills. Values larger than the staging block are filled in the pages LMDB allocated for
+them (lmdb_format.py), so a huge image costs one copy in memory (LMDB's), not two.
 
 Concurrency: one writer at a time (the writer lock in base, LMDB's own mutex besides); readers
-never wait (MVCC). Every read runs in one read transaction, so it sees one committed state:
-the newest values of the ids this handle counted (its count and shape are those it saw at open or
-at its last write, when it catches up under the writer lock). A store replaced meanwhile by another
-writer with fewer or other-shaped images raises an error saying so: open it again. Handles on one
-store in one process share one LMDB environment (lmdb_env.py), which must not cross a fork.
+never wait (MVCC). A handle reads one snapshot, a read transaction it keeps open: the store as it
+was at open or at this handle's last write (a writer catches up under the writer lock first);
+open the store again to see later writes. Only if LMDB ends that transaction (a map resize in
+this process, a fork) is a new one taken, on the newest commit; a store replaced meanwhile with
+other counts or shapes then raises MissingStoreError. An open handle pins its snapshot's pages
+(LMDB cannot reuse them), so close handles you no longer need. Handles on one store in one process
+share one LMDB environment (lmdb_env.py), which must not cross a fork.
 
-Durability: by default commits do not fsync (``sync=False``): data reach the OS at once. With
-``durable=True`` LMDB fsyncs the data before writing the meta page and the meta page after, so a
-power cut leaves the old or the new contents.
+Readers' flags: the environment is opened writable where the files allow (a writing handle in the
+process may share it), ``readonly=True`` where they do not, and ``lock=False`` where not even
+``lock.mdb`` can be opened or created (0444 files, a 0555 folder): safe only while nobody writes
+the store. ``readahead=False`` (set by the first handle on a store in a process) turns off the
+kernel's readahead, which helps random reads (``read_batch``) of a store larger than the page
+cache and hurts sequential ones.
 
-Damage: ``data.mdb``'s meta pages are checked before LMDB maps it (a short file would kill the
-process with SIGBUS); LMDB's own errors and bad values raise CorruptStoreError. A damaged store
-opened in mode "a" raises on reads and ``store_single``; ``store_many`` rebuilds it into a new
-``data.mdb`` (written in ``rebuild.tmp/``, then renamed over the old one with a fresh ``lock.mdb``).
-A ``data.mdb`` truncated while a process has it open can still kill that process: LMDB maps it.
+Durability: by default commits do not fsync (``sync=False``, ``metasync=False``): data reach the
+OS at once. With ``durable=True`` LMDB fsyncs the data before writing the meta page and the meta
+page after, so a power cut leaves the old or the new contents.
 
-``readahead=False`` (an environment setting: the first handle on a store in a process sets it)
-turns off the kernel's readahead, which helps random reads (``read_batch``) of a store larger than
-the page cache and hurts sequential ones.
+Damage: ``data.mdb`` is checked with ``pread`` before LMDB maps it (meta pages, length, both
+B-trees: lmdb_file.py), since a short file would kill the process with SIGBUS; LMDB's own errors
+and bad values raise CorruptStoreError. A damaged store opened in mode "a" raises on reads and
+``store_single``; ``store_many`` rebuilds it into a new ``data.mdb`` (written in ``rebuild.tmp/``,
+then renamed over the old one with a fresh ``lock.mdb``). A ``data.mdb`` truncated while a
+process has it open can still kill that process: LMDB maps it.
 """
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import errno
-import functools
 import math
 import mmap
 import os
 import shutil
-from collections.abc import Callable, Iterable
-from pathlib import Path
+from collections.abc import Iterable
 
 import lmdb
 import numpy as np
@@ -56,36 +58,21 @@ from storage_impls.base import ImageStore, fsync_path
 from storage_impls.errors import CorruptStoreError, MissingStoreError, NoSpaceError, is_no_space, no_space_error
 from storage_impls.lmdb_env import (
     DATA_FILE,
+    HEADROOM,
     MIN_MAP_SIZE,
     SharedEnv,
     acquire,
     catch_up,
+    commit,
     release,
     replace_data_file,
     store_error,
+    typed_errors,
 )
-from storage_impls.lmdb_format import KEY, ValueLayout, checksum_of, parse_layout
+from storage_impls.lmdb_format import KEY, ValueLayout, checksum_of, parse_layout, put_all, put_value
 
-HEADROOM = 2  # map size = HEADROOM x (pages in use + pages the write needs)
-STAGING_BYTES = 8 << 20  # values assembled per block in store_many; larger values are written in place
 REBUILD_DIR = "rebuild.tmp"  # where store_many rebuilds a damaged store
-PROBE_FILE = "space-probe.tmp"  # a failed write checks here whether the disk is full
-PROBE_SLACK = 1 << 20
-NOT_SUPPORTED = (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
-Write = Callable[[lmdb.Transaction], None]
 
-
-def _typed_errors(doing: str) -> Callable[[Callable], Callable]:
-    """Turn the lmdb.Error a read method raises into this package's typed error (lmdb_env.store_error)."""
-    def decorate(method: Callable) -> Callable:
-        @functools.wraps(method)
-        def wrapper(self: LmdbStore, *args: object) -> object:
-            try:
-                return method(self, *args)
-            except lmdb.Error as error:
-                raise store_error(self.directory, error, doing) from None
-        return wrapper
-    return decorate
 
 
 class LmdbStore(ImageStore):
@@ -202,8 +189,8 @@ class LmdbStore(ImageStore):
         needed = len(images) * self._footprint(layout.size)
         if self._damage is None:
             try:
-                self._commit(self._shared.env, lambda txn: _put_all(self._shared.env, txn, layout, images, labels),
-                             needed)
+                env = self._shared.env
+                commit(env, lambda txn: put_all(env, txn, layout, images, labels), needed, self.directory)
             except CorruptStoreError as error:  # LMDB met damage while dropping the old contents
                 self._damage = str(error)
         if self._damage is not None:
@@ -218,9 +205,9 @@ class LmdbStore(ImageStore):
         staging.mkdir()
         try:
             env = lmdb.open(str(staging), map_size=HEADROOM * needed + MIN_MAP_SIZE, sync=self.durable,
-                            metasync=self.durable, max_dbs=0)
+                            metasync=self.durable, max_dbs=0, lock=False)  # private: no lock.mdb to map
             try:
-                self._commit(env, lambda txn: _put_all(env, txn, layout, images, labels), needed, staging)
+                commit(env, lambda txn: put_all(env, txn, layout, images, labels), needed, self.directory, staging)
             finally:
                 env.close()
             replace_data_file(self.directory, staging / DATA_FILE, self.durable)
@@ -239,14 +226,8 @@ class LmdbStore(ImageStore):
 
     def _put(self, image: np.ndarray, image_id: int, label: int) -> None:
         layout = self._layout or ValueLayout(image.shape, bool(self.checksum))
-        key = KEY.pack(image_id)
-        if layout.size > STAGING_BYTES:
-            write = lambda txn: _put_in_place(txn, key, layout, image_id, label, image)  # noqa: E731
-        else:
-            value = np.empty(layout.size, np.uint8)
-            layout.fill(value, image_id, label, image)
-            write = lambda txn: txn.put(key, value)  # noqa: E731
-        self._commit(self._shared.env, write, self._footprint(layout.size))
+        commit(self._shared.env, lambda txn: put_value(txn, layout, image_id, label, image),
+               self._footprint(layout.size), self.directory)
         self._renew_snapshot()
         self._count, self._layout = max(self._count, image_id + 1), layout
 
@@ -256,38 +237,6 @@ class LmdbStore(ImageStore):
         if value_size > page // 2:
             return math.ceil((value_size + 16) / page) * page
         return 2 * (value_size + KEY.size + 16)
-
-    def _commit(self, env: lmdb.Environment, write: Write, needed: int, directory: Path | None = None) -> None:
-        """Run ``write(txn)`` in one write transaction of ``env`` (in ``directory``, the store's by default):
-        grow the map first if it is short and on MapFullError; on failure cut data.mdb back and raise typed;
-        """
-        info, page = env.info(), env.stat()["psize"]
-        in_use = (info["last_pgno"] + 1) * page
-        if info["map_size"] < in_use + needed:
-            env.set_mapsize(HEADROOM * (in_use + needed))
-        while True:
-            try:
-                with env.begin(write=True, buffers=True) as txn:
-                    write(txn)
-                break
-            except lmdb.MapFullError:
-                env.set_mapsize(2 * env.info()["map_size"])
-            except lmdb.MapResizedError:
-                env.set_mapsize(0)  # another process grew the map: adopt its size
-            except BaseException as error:
-                _cut_back(env, (directory or self.directory) / DATA_FILE)
-                if not isinstance(error, lmdb.Error):
-                    raise
-                raise self._write_error(error, needed) from None
-
-    def _write_error(self, error: lmdb.Error, needed: int) -> Exception:
-        """The typed error for a failed write: LMDB reports a short write on a full disk as EIO, so
-        an EIO is a NoSpaceError when the disk cannot take what the write needed (probed)."""
-        mapped = store_error(self.directory, error, "writing")
-        if isinstance(mapped, NoSpaceError) or getattr(error, "code", 0) != errno.EIO:
-            return mapped
-        shortage = _space_shortage(self.directory / PROBE_FILE, 2 * needed + PROBE_SLACK)
-        return mapped if shortage is None else no_space_error(self.directory, shortage)
 
     # -- reading ----------------------------------------------------------------------------
     def _snapshot_txn(self) -> lmdb.Transaction:
@@ -313,18 +262,18 @@ class LmdbStore(ImageStore):
         """End this handle's snapshot until its next read (called just before the process forks)."""
         self._end_snapshot()
 
-    @_typed_errors("reading an image")
+    @typed_errors("reading an image")
     def _get(self, image_id: int) -> tuple[np.ndarray, int]:
         layout = self._layout
         value = self._snapshot_txn().get(KEY.pack(image_id))
         label = layout.check(value, image_id, self.directory)
         return np.frombuffer(value, np.uint8, layout.pixel_bytes, layout.header_size).reshape(layout.shape).copy(), label
 
-    @_typed_errors("reading images")
+    @typed_errors("reading images")
     def _read_into(self, out: np.ndarray, labels: np.ndarray) -> None:
         self._copy(self._snapshot_txn().cursor().iternext(keys=False, values=True), range(len(out)), out, labels)
 
-    @_typed_errors("reading a batch")
+    @typed_errors("reading a batch")
     def _read_batch_into(self, ids: np.ndarray, out: np.ndarray, labels: np.ndarray) -> None:
         keys = ids.astype(">u8").tobytes()
         get = self._snapshot_txn().get
@@ -359,75 +308,3 @@ class LmdbStore(ImageStore):
         if self._shared is not None:
             release(self._shared)
             self._shared = None
-
-
-def _put_all(env: lmdb.Environment, txn: lmdb.Transaction, layout: ValueLayout, images: np.ndarray,
-             labels: np.ndarray) -> None:
-    """Replace the contents with every image as ids 0..N-1, assembling values a block at a time in one
-    reused buffer, or straight into LMDB's pages when one value is larger than a block."""
-    txn.drop(env.open_db(), delete=False)
-    count = len(images)
-    pixels = images.reshape(count, -1)
-    if layout.size > STAGING_BYTES:
-        for image_id in range(count):
-            _put_in_place(txn, KEY.pack(image_id), layout, image_id, int(labels[image_id]), pixels[image_id])
-        return
-    cursor = txn.cursor()
-    keys = np.arange(count, dtype=">u8").view(np.uint8).reshape(count, KEY.size)
-    block = max(1, min(count, STAGING_BYTES // layout.size))
-    staging = np.empty((block, layout.size), np.uint8)
-    for first in range(0, count, block):
-        last = min(count, first + block)
-        values = staging[:last - first]
-        layout.fill_block(values, first, labels[first:last], pixels[first:last])
-        for key, value in zip(keys[first:last], values):
-            cursor.put(key, value, append=True)
-
-
-def _put_in_place(txn: lmdb.Transaction, key: bytes, layout: ValueLayout, image_id: int, label: int,
-                  pixels: np.ndarray) -> None:
-    """Put one large value without assembling it first (MDB_RESERVE, which py-lmdb lacks): put zeros read
-    from an untouched private mapping (the kernel's zero page, no memory), then fill the value where
-    LMDB keeps it. A value put in a write transaction lives in a page LMDB malloc'd for it (dirty, never
-    the read-only map: without MDB_WRITEMAP LMDB only maps committed pages, and it spills dirty pages only
-    inside a later put or delete), and ``txn.get`` returns that page (mdb_page_get looks in the dirty list)."""
-    zeros = mmap.mmap(-1, layout.size, flags=mmap.MAP_PRIVATE)
-    try:
-        txn.put(key, zeros)
-    finally:
-        zeros.close()
-    view = txn.get(key)
-    address = np.frombuffer(view, np.uint8).ctypes.data
-    layout.fill(np.ctypeslib.as_array((ctypes.c_uint8 * layout.size).from_address(address)), image_id, label, pixels)
-
-
-def _cut_back(env: lmdb.Environment, data: Path) -> None:
-    """After a failed write, truncate ``data`` to its committed pages (what the failed write appended is
-    garbage no commit refers to), inside a write transaction so that no other LMDB writer extends it meanwhile."""
-    with contextlib.suppress(lmdb.Error, OSError), env.begin(write=True):
-        committed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
-        if os.stat(data).st_size > committed:
-            os.truncate(data, committed)
-
-
-def _space_shortage(probe: Path, size: int) -> OSError | None:
-    """The OSError that allocating ``size`` bytes in a file at ``probe`` gives when the disk (or a quota or
-    file-size limit) cannot take them, None when it can; the probe file is removed."""
-    try:
-        fd = os.open(probe, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-    except OSError as error:
-        return error if is_no_space(error) else None
-    try:
-        if hasattr(os, "posix_fallocate"):
-            os.posix_fallocate(fd, 0, size)
-            return None
-    except OSError as error:
-        if is_no_space(error):
-            return error
-        if error.errno not in NOT_SUPPORTED:
-            return None
-    finally:
-        os.close(fd)
-        probe.unlink(missing_ok=True)
-    stats = os.statvfs(probe.parent)  # no fallocate here: compare with the free space
-    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) if stats.f_bavail * stats.f_frsize < size else None

@@ -16,6 +16,10 @@ lockless reader is not in LMDB's reader table, so a writer that could write the 
 (its owner, root) might reuse pages it is reading: lockless is only safe on a store nobody
 writes while it is open, which is what unwritable files normally mean.
 
+Writes (``commit``): one write transaction, the map grown first when short and on MapFullError; a
+failed write cuts ``data.mdb`` back to its committed pages and raises typed (a full disk, which
+LMDB reports as EIO after a short write, is probed for and raised as NoSpaceError).
+
 Across a fork: every handle ends its snapshot just before (``suspend_snapshot``) and takes a new
 one when next used; the child closes its copies of the environments, so that it can open the
 stores anew, while the parent's handles go on. A handle opened before the fork cannot be used
@@ -23,27 +27,38 @@ in the child (open the store again there).
 """
 from __future__ import annotations
 
+import contextlib
 import errno
+import functools
+import mmap
 import os
 import sys
 import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import lmdb
 
 from storage_impls.base import fsync_path
-from storage_impls.errors import CorruptStoreError, MissingStoreError, StoreError, is_no_space, no_space_error
+from storage_impls.errors import (CorruptStoreError, MissingStoreError, NoSpaceError, StoreError, is_no_space,
+                                  no_space_error)
 from storage_impls.lmdb_file import check_data_file
 
 DATA_FILE, LMDB_LOCK_FILE = "data.mdb", "lock.mdb"
 MAP_SIZE = 1 << 40 if sys.maxsize > 1 << 32 else 1 << 30  # address space, not memory or disk
 MIN_MAP_SIZE = 64 << 20
 MAX_READERS = 1024  # reader slots in lock.mdb: each open handle holds one (its snapshot)
+LOCK_BYTES = 192 + 64 * (MAX_READERS - 1)  # lock.mdb's size: MDB_txninfo (with one slot), 64 bytes per more slot
 DAMAGE = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError, lmdb.VersionMismatchError,
           lmdb.BadValsizeError, lmdb.BadChecksumError, lmdb.IncompatibleError)
 UNWRITABLE = (errno.EACCES, errno.EROFS, errno.EPERM)
+HEADROOM = 2  # map size = HEADROOM x (pages in use + pages the write needs)
+PROBE_FILE = "space-probe.tmp"  # a failed write checks here whether the disk is full
+PROBE_SLACK = 1 << 20
+NOT_SUPPORTED = (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
+Write = Callable[[lmdb.Transaction], None]
 
 
 def store_error(directory: Path, error: lmdb.Error, doing: str) -> Exception:
@@ -56,6 +71,112 @@ def store_error(directory: Path, error: lmdb.Error, doing: str) -> Exception:
     if code in UNWRITABLE:
         return PermissionError(code, f"cannot open the LMDB store in {directory} for writing while {doing}: {error}")
     return StoreError(f"LMDB failed while {doing} in {directory}: {error}")
+
+
+def typed_errors(doing: str) -> Callable[[Callable], Callable]:
+    """Decorate a read method of a store handle: the lmdb.Error it raises becomes ``store_error``'s typed error."""
+    def decorate(method: Callable) -> Callable:
+        @functools.wraps(method)
+        def wrapper(self, *args: object) -> object:
+            try:
+                return method(self, *args)
+            except lmdb.Error as error:
+                raise store_error(self.directory, error, doing) from None
+        return wrapper
+    return decorate
+
+
+def commit(env: lmdb.Environment, write: Write, needed: int, store: Path, directory: Path | None = None) -> None:
+    """Run ``write(txn)`` in one write transaction of ``env`` (whose files are in ``directory``, the store's
+    by default): grow the map first if it is short and on MapFullError; on failure cut data.mdb back to its
+    committed pages and raise typed (errors name ``store``). ``needed``: bytes the write adds at most."""
+    info, page = env.info(), env.stat()["psize"]
+    in_use = (info["last_pgno"] + 1) * page
+    if info["map_size"] < in_use + needed:
+        env.set_mapsize(HEADROOM * (in_use + needed))
+    while True:
+        try:
+            with env.begin(write=True, buffers=True) as txn:
+                write(txn)
+            return
+        except lmdb.MapFullError:
+            env.set_mapsize(2 * env.info()["map_size"])
+        except lmdb.MapResizedError:
+            env.set_mapsize(0)  # another process grew the map: adopt its size
+        except BaseException as error:
+            _cut_back(env, (directory or store) / DATA_FILE)
+            if not isinstance(error, lmdb.Error):
+                raise
+            raise _write_error(store, error, needed) from None
+
+
+def _write_error(store: Path, error: lmdb.Error, needed: int) -> Exception:
+    """The typed error for a failed write: LMDB reports a short write on a full disk as EIO, so
+    an EIO is a NoSpaceError when the disk cannot take what the write needed (probed)."""
+    mapped = store_error(store, error, "writing")
+    if isinstance(mapped, NoSpaceError) or getattr(error, "code", 0) != errno.EIO:
+        return mapped
+    shortage = _space_shortage(store / PROBE_FILE, 2 * needed + PROBE_SLACK)
+    return mapped if shortage is None else no_space_error(store, shortage)
+
+
+def _cut_back(env: lmdb.Environment, data: Path) -> None:
+    """After a failed write, truncate ``data`` to its committed pages (what the failed write appended is
+    garbage no commit refers to), inside a write transaction so that no other LMDB writer extends it meanwhile."""
+    with contextlib.suppress(lmdb.Error, OSError), env.begin(write=True):
+        committed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+        if os.stat(data).st_size > committed:
+            os.truncate(data, committed)
+
+
+def _space_shortage(probe: Path, size: int) -> OSError | None:
+    """The OSError that allocating ``size`` bytes in a file at ``probe`` gives when the disk (or a quota or
+    file-size limit) cannot take them, None when it can; the probe file is removed."""
+    try:
+        fd = os.open(probe, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError as error:
+        return error if is_no_space(error) else None
+    try:
+        if hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(fd, 0, size)
+            return None
+    except OSError as error:
+        if is_no_space(error):
+            return error
+        if error.errno not in NOT_SUPPORTED:
+            return None
+    finally:
+        os.close(fd)
+        probe.unlink(missing_ok=True)
+    stats = os.statvfs(probe.parent)  # no fallocate here: compare with the free space
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) if stats.f_bavail * stats.f_frsize < size else None
+
+
+def reserve_lock_file(directory: Path) -> None:
+    """Allocate lock.mdb's blocks before LMDB maps it. LMDB sizes a new lock file with ftruncate (a hole)
+    and writes its header through the map: on a full disk that kills the process with SIGBUS, whereas
+    here it raises NoSpaceError. The size is LMDB's own for MAX_READERS, so a file another process is
+    setting up at the same time is not changed. Nothing to do where the file cannot be written (readers
+    of read-only stores fall back to lock=False) or exists at full size."""
+    path = directory / LMDB_LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        if error.errno in UNWRITABLE:
+            return
+        if is_no_space(error):
+            raise no_space_error(directory, error) from None
+        raise
+    try:
+        if os.fstat(fd).st_size < LOCK_BYTES:
+            os.posix_fallocate(fd, 0, LOCK_BYTES)
+    except OSError as error:
+        if is_no_space(error):
+            raise no_space_error(directory, error) from None
+        if error.errno not in NOT_SUPPORTED:
+            raise
+    finally:
+        os.close(fd)
 
 
 def file_identity(path: Path) -> tuple[int, int] | None:
@@ -83,17 +204,25 @@ class SharedEnv:
     def open(self, create: bool) -> None:
         """Check ``data.mdb`` and open the environment: writable, else read-only, else read-only without lock."""
         data, committed = self.directory / DATA_FILE, 0
-        if data.exists():
+        new = not data.exists()
+        if not new:
             committed = check_data_file(data).committed_bytes
         elif not create:
             raise MissingStoreError(f"no lmdb store at {self.directory}: {DATA_FILE} does not exist")
-        for readonly, lock in ((False, True), (True, True), (True, False)):
-            try:
-                self.env = self._open_env(committed, readonly=readonly, lock=lock, create=create and not readonly)
-                break
-            except lmdb.Error as error:
-                if getattr(error, "code", 0) not in UNWRITABLE or not lock:
-                    raise store_error(self.directory, error, "opening it") from None
+        try:
+            reserve_lock_file(self.directory)
+            for readonly, lock in ((False, True), (True, True), (True, False)):
+                try:
+                    self.env = self._open_env(committed, readonly=readonly, lock=lock, create=create and not readonly)
+                    break
+                except lmdb.Error as error:
+                    if getattr(error, "code", 0) not in UNWRITABLE or not lock:
+                        raise store_error(self.directory, error, "opening it") from None
+        except NoSpaceError:
+            # a new store whose first meta pages did not fit: leave no short data.mdb (it would read as damaged)
+            if new and data.exists() and data.stat().st_size < 2 * mmap.PAGESIZE:
+                data.unlink()
+            raise
         self.writable = not readonly
         self.data_identity = file_identity(data)
         if lock:

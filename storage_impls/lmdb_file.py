@@ -12,6 +12,7 @@ Layouts: LMDB 0.9 and 1.0 files (page headers of 16 and 24 bytes), 64-bit builds
 """
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 import sys
@@ -31,6 +32,8 @@ F_BIGDATA, F_SUBDATA, F_DUPDATA = 0x01, 0x02, 0x04
 P_INVALID = (1 << 64) - 1  # the root of an empty tree
 MAX_DEPTH = 32  # LMDB's CURSOR_STACK
 CHUNK_PAGES = 4096  # pages read and checked at once
+CHECK_PASSES = 20
+META_OFFSETS = (0, 4096, 8192, 16384, 32768, 65536)  # meta page 0, and meta page 1 for every usual page size
 
 
 @dataclass(frozen=True)
@@ -61,19 +64,44 @@ class DataFile:
 
 
 def check_data_file(path: Path) -> DataFile:
-    """Check ``path`` (meta pages, length, both B-trees) without mapping it; CorruptStoreError naming the file."""
+    """Check ``path`` (meta pages, length, both B-trees) without mapping it; CorruptStoreError naming the file.
+    A writer committing meanwhile can show one pass a mix (meta pages of two commits, pages reused since):
+    a failed pass is repeated while the meta pages change, and its error raised once they do not."""
+    passes = 0
+    while True:
+        before = _meta_records(path)
+        try:
+            return _check_once(path)
+        except CorruptStoreError:
+            passes += 1
+            if passes == CHECK_PASSES or _meta_records(path) == before:
+                raise
+
+
+def _meta_records(path: Path) -> bytes:
+    """The bytes that hold the meta records, wherever the page size puts the second one."""
+    with open(path, "rb") as file:
+        return b"".join(os.pread(file.fileno(), 24 + META.size, offset) for offset in META_OFFSETS)
+
+
+def _check_once(path: Path) -> DataFile:
     with open(path, "rb") as file:
         fd = file.fileno()
-        size = os.fstat(fd).st_size
-        head = os.pread(fd, 24 + META.size, 0)
+        head, size = os.pread(fd, 24 + META.size, 0), os.fstat(fd).st_size
         engine = next((engine for engine in ENGINES if len(head) >= engine.header + 4
                        and U32.unpack_from(head, engine.header)[0] == LMDB_MAGIC), None)
+        if engine is None and len(head) < ENGINES[-1].header + 4:
+            raise _truncated(path, size, 2 * mmap.PAGESIZE, f"two meta pages of {mmap.PAGESIZE} bytes, this system's page size")
         if engine is None:
             raise CorruptStoreError(f"{path} is not an LMDB data file ({size} bytes, no LMDB magic in its first meta page)")
+        if len(head) < engine.header + META.size:
+            raise _truncated(path, size, 2 * mmap.PAGESIZE, f"two meta pages of {mmap.PAGESIZE} bytes, this system's page size")
         first = _meta(path, head, engine, 0)
         page_size = DB.unpack_from(first[4])[0]
         if not 256 <= page_size <= 1 << 16 or page_size & (page_size - 1):
             raise CorruptStoreError(f"{path}: meta page 0 gives an invalid page size {page_size}")
+        if size < page_size + engine.header + META.size:
+            raise _truncated(path, size, 2 * page_size, f"two meta pages of {page_size} bytes")
         second = _meta(path, os.pread(fd, engine.header + META.size, page_size), engine, 1)
         if DB.unpack_from(second[4])[0] != page_size:
             raise CorruptStoreError(f"{path}: the two meta pages disagree on the page size")
@@ -83,11 +111,12 @@ def check_data_file(path: Path) -> DataFile:
             raise CorruptStoreError(f"{path}: the meta pages' transaction ids {txnids} are inconsistent")
         newest = first if txnids[0] > txnids[1] else second
         data = DataFile(page_size, newest[6], newest[7])
+        size = os.fstat(fd).st_size  # after the meta pages: LMDB writes a commit's pages before its meta page
         if data.last_page < 1:
             raise CorruptStoreError(f"{path}: the newest meta page gives last page {data.last_page}")
         if size < data.committed_bytes:
-            raise CorruptStoreError(f"{path} is truncated: {size} bytes, but its last commit needs {data.committed_bytes} "
-                                    f"({data.last_page + 1} pages of {page_size} bytes)")
+            raise _truncated(path, size, data.committed_bytes, f"{data.last_page + 1} pages of {page_size} bytes, "
+                             "by its newest meta page")
         for name, record in (("free", newest[4]), ("main", newest[5])):
             entries, root = DB.unpack_from(record)[6:8]
             found = 0 if root == P_INVALID else _TreeWalk(path, fd, engine, data, name).count_entries(root)
@@ -96,10 +125,12 @@ def check_data_file(path: Path) -> DataFile:
     return data
 
 
+def _truncated(path: Path, size: int, expected: int, what: str) -> CorruptStoreError:
+    return CorruptStoreError(f"{path} is truncated: {size} bytes, expected at least {expected} ({what})")
+
+
 def _meta(path: Path, page: bytes, engine: Engine, number: int) -> tuple:
     """The MDB_meta fields of meta page ``number`` (its first bytes in ``page``), checked as mdb_env_read_header does."""
-    if len(page) < engine.header + META.size:
-        raise CorruptStoreError(f"{path}: meta page {number} is cut short ({len(page)} bytes)")
     flags = U16.unpack_from(page, engine.header - 6)[0]
     fields = META.unpack_from(page, engine.header)
     if not flags & P_META or fields[0] != LMDB_MAGIC or fields[1] != engine.version:

@@ -7,14 +7,21 @@ pixels, seeded with the image id, then the label and the pixels; so bit rot anyw
 and a value LMDB returns under another id (a damaged key), are caught; a damaged prefix never
 matches. Every read checks the prefix against the store's, the length against header + pixels,
 and the checksum if any, and raises CorruptStoreError naming the image id. Both versions are read.
+
+Writing (``put_all``, ``put_value``): values up to ``STAGING_BYTES`` are assembled a block at a time
+in one reused buffer; a larger value is filled where LMDB keeps it (``_put_in_place``), so a huge
+image costs one copy in memory (LMDB's dirty pages), not two.
 """
 from __future__ import annotations
 
+import ctypes
 import math
+import mmap
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import lmdb
 import numpy as np
 import xxhash
 
@@ -25,6 +32,7 @@ MAGIC = b"IM"
 PLAIN, CHECKSUMMED = 1, 2  # value versions
 WORD = 8  # bytes of a label or a checksum
 KEY = struct.Struct(">Q")
+STAGING_BYTES = 8 << 20  # values assembled per block in put_all; larger values are filled in place
 checksum_of = xxhash.xxh3_64_intdigest
 
 
@@ -122,3 +130,54 @@ def parse_layout(value: memoryview | bytes, *, whole: bool = True) -> ValueLayou
         raise CorruptStoreError(f"a value of {len(value)} bytes does not match its header ({describe(layout)}: "
                                 f"{layout.size} bytes)")
     return layout
+
+
+
+def put_all(env: lmdb.Environment, txn: lmdb.Transaction, layout: ValueLayout, images: np.ndarray,
+            labels: np.ndarray) -> None:
+    """Replace the contents of ``env`` (in its write transaction ``txn``) with every image as ids 0..N-1."""
+    txn.drop(env.open_db(), delete=False)
+    count = len(images)
+    pixels = images.reshape(count, -1)
+    if layout.size > STAGING_BYTES:
+        for image_id in range(count):
+            put_value(txn, layout, image_id, int(labels[image_id]), pixels[image_id])
+        return
+    cursor = txn.cursor()
+    keys = np.arange(count, dtype=">u8").view(np.uint8).reshape(count, KEY.size)
+    block = max(1, min(count, STAGING_BYTES // layout.size))
+    staging = np.empty((block, layout.size), np.uint8)
+    for first in range(0, count, block):
+        last = min(count, first + block)
+        values = staging[:last - first]
+        layout.fill_block(values, first, labels[first:last], pixels[first:last])
+        for key, value in zip(keys[first:last], values):
+            cursor.put(key, value, append=True)
+
+
+def put_value(txn: lmdb.Transaction, layout: ValueLayout, image_id: int, label: int, pixels: np.ndarray) -> None:
+    """Put the value of one image in ``txn``: assembled, or filled in place when larger than STAGING_BYTES."""
+    key = KEY.pack(image_id)
+    if layout.size > STAGING_BYTES:
+        _put_in_place(txn, key, layout, image_id, label, pixels)
+    else:
+        value = np.empty(layout.size, np.uint8)
+        layout.fill(value, image_id, label, pixels)
+        txn.put(key, value)
+
+
+def _put_in_place(txn: lmdb.Transaction, key: bytes, layout: ValueLayout, image_id: int, label: int,
+                  pixels: np.ndarray) -> None:
+    """Put one large value without assembling it first (MDB_RESERVE, which py-lmdb lacks): put zeros read
+    from an untouched private mapping (the kernel's zero page, no memory), then fill the value where
+    LMDB keeps it. A value put in a write transaction lives in pages LMDB malloc'd for it (dirty, never
+    the read-only map: without MDB_WRITEMAP LMDB only maps committed pages, and it spills dirty pages only
+    inside a later put or delete), and ``txn.get`` returns those pages (mdb_page_get looks in the dirty list)."""
+    zeros = mmap.mmap(-1, layout.size, flags=mmap.MAP_PRIVATE)
+    try:
+        txn.put(key, zeros)
+    finally:
+        zeros.close()
+    view = txn.get(key)
+    address = np.frombuffer(view, np.uint8).ctypes.data
+    layout.fill(np.ctypeslib.as_array((ctypes.c_uint8 * layout.size).from_address(address)), image_id, label, pixels)
