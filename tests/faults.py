@@ -256,8 +256,8 @@ class FaultTests:
                     if step % 10 == 9:
                         store.store_many(*labelled_batch(rng.integers(0, 2**40, 20 + step)))
                     else:
-                        label = int(rng.integers(0, 2**40))
-                        store.store_single(pixels_for(label), int(rng.integers(0, len(store) + 1)), label)
+                        label = int(rng.integers(0, 2**40))  # ids 0..20 exist or append whatever the other writer did:
+                        store.store_single(pixels_for(label), int(rng.integers(0, 21)), label)  # len() may be stale
         """
         children = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(writer.format(seed=seed, method=self.method, directory=str(directory)))],
                                      cwd=REPO, stderr=subprocess.PIPE, text=True) for seed in (1, 2)]

@@ -11,7 +11,6 @@ import stat
 from pathlib import Path
 
 import lmdb
-import numpy as np
 import pytest
 
 import storage_impls.lmdb_env
