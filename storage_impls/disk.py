@@ -1,40 +1,66 @@
 """Disk: one PNG file per image (Pillow, default settings) and the labels in a CSV file.
 
-Layout: ``DIR/CURRENT`` names the live generation folder ``DIR/gen-<hex>/``, which holds
-``meta.json`` (image shape), ``labels.csv`` (``image_id,label`` rows; the row count is the
-image count) and ``<id>.png``. ``store_many`` writes a whole new generation and then swaps
-``CURRENT`` with an atomic rename, so a failed or killed write never reads as complete; the
-old generation, and any left by killed writes, is removed afterwards. ``store_single`` writes its PNG, then rewrites
-``labels.csv``, each through a temporary file and a rename (one image costs O(N) for the CSV).
+Layout (see disk_format.py for each file): ``DIR/CURRENT`` names the live *generation* folder
+``DIR/gen-<hex>/`` (``meta.json``: image shape and count; ``labels.csv``: ``image_id,label,crc32``
+rows; ``<id>.png``), what the last ``store_many`` (or compaction) wrote. ``DIR/journal`` is a
+write-ahead journal (journal.py) of the ``store_single`` writes made since: one record per write,
+holding the image's PNG bytes and its label; it names the generation it extends.
 
-Concurrency: one writer at a time; any number of readers. A reader sees the generation that
-was current when it opened; once a later ``store_many`` removes it, reads raise
-MissingStoreError: open the store again.
+Writes, all under the store's writer lock (locking.py):
+- ``store_many`` writes a complete new generation folder, then replaces ``CURRENT`` through a
+  temporary file and a rename (the commit point), then removes the journal (now stale: it names
+  the old generation) and the old folder.
+- ``store_single`` encodes the PNG and appends one journal record (O(1): three small writes; the
+  last, of the commit word, is the commit point). A fresh store's first writes make only the
+  journal, whose header carries the image shape. Before an append, once the journal holds more
+  than max(256, N/16) records, it is folded into a new generation that commits as ``store_many``
+  does: the unchanged PNGs are hard-linked (copied where the file system has no links), the
+  journal's written out (amortised O(1) per write).
+- A failed write (a full disk: NoSpaceError, errno ENOSPC) or a killed one leaves the store as it
+  was. Temporaries (``.CURRENT.*.tmp``, ``.journal.*.tmp``) and folders ``CURRENT`` does not name
+  are ignored by readers and removed by the next writer.
+
+Reads overlay the journal on the generation: each image is read (one file, or one ``pread`` of its
+record), checked against its CRC-32 and decoded by Pillow straight into the caller's array, after
+its PNG header was checked against the store's shape. ``checksum`` is ignored: every image is
+always checked. Damage (a damaged or missing CURRENT, meta.json, labels.csv, PNG or journal)
+raises CorruptStoreError or MissingStoreError naming the file; mode "a" still opens a damaged
+store, so that ``store_many`` can replace it.
+
+Concurrency and isolation: one writer at a time; any number of readers, never blocked. A handle
+reads a snapshot: the generation ``CURRENT`` named when it opened and the journal records then
+committed (it keeps the journal open). PNG files are opened when read, so once a later
+``store_many`` or compaction removes the handle's generation its reads raise MissingStoreError
+("open it again"), never other data. Before each write the handle catches up with what other
+writers did (``_refresh``).
+
+Durability: by default nothing is fsynced. ``durable=True`` fsyncs every file of a new generation,
+the folder, the new ``CURRENT`` and the directory after its rename, and fdatasyncs each journal
+record before and after its commit word.
 """
 from __future__ import annotations
 
+import errno
 import io
-import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from storage_impls.base import ImageStore, fsync_path
-from storage_impls.errors import CorruptStoreError, MissingStoreError
+from storage_impls.disk_format import (GENERATION, JOURNAL, LABELS, META, POINTER, Generation, decode_png, format_labels,
+                                       format_meta, image_crc, read_pointer)
+from storage_impls.errors import CorruptStoreError, MissingStoreError, StoreError, StoreLockedError, is_no_space, no_space_error
+from storage_impls.journal import Journal
+from storage_impls.records import is_temporary, refuse_foreign, write_file_atomic
 
-POINTER = "CURRENT"
-FORMAT = "storage_impls.disk"
-FORMAT_VERSION = 1
-LABELS_HEADER = "image_id,label\n"
-PNG_MODES = {1: "L", 3: "RGB", 4: "RGBA"}  # channels -> Pillow mode
-
-
-def _png_mode(shape: tuple[int, ...]) -> str:
-    return PNG_MODES[shape[2] if len(shape) == 3 else 1]
+OPEN_TRIES = 100  # a reader opens again when a writer commits while it opens
+NO_LINK_ERRNOS = (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP)
+Fill = Callable[[Generation | None, str], tuple[np.ndarray, np.ndarray]]  # (old generation, new folder/) -> labels, crcs
 
 
 def _as_planes(array: np.ndarray, image_ndim: int) -> np.ndarray:
@@ -42,137 +68,6 @@ def _as_planes(array: np.ndarray, image_ndim: int) -> np.ndarray:
     if image_ndim == 3 and array.shape[-1] == 1:
         return array.reshape(array.shape[:-1])
     return array
-
-
-class DiskStore(ImageStore):
-    """One PNG file per image plus ``labels.csv``."""
-
-    method = "disk"
-
-    def _open(self) -> None:
-        self._generation: Path | None = None
-        self._labels = np.empty(0, np.int64)
-        self._shape: tuple[int, ...] | None = None
-        pointer = self.directory / POINTER
-        if not pointer.exists():
-            if self.mode == "r":
-                raise MissingStoreError(f"{pointer} is missing: {self.directory} holds no complete disk store")
-            return
-        generation = self.directory / pointer.read_text().strip()
-        try:
-            meta = json.loads((generation / "meta.json").read_text())
-            labels_text = (generation / "labels.csv").read_text()
-        except FileNotFoundError as error:
-            raise MissingStoreError(f"disk store {self.directory}: {error.filename} is missing") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise CorruptStoreError(f"disk store {self.directory}: unreadable meta.json or labels.csv ({error})") from None
-        if meta.get("format") != FORMAT:
-            raise CorruptStoreError(f"{generation / 'meta.json'} was not written by {FORMAT}")
-        self._generation = generation
-        self._shape = tuple(meta["image_shape"])
-        self._labels = _parse_labels(labels_text, generation / "labels.csv")
-
-    def _refresh(self) -> None:
-        pass  # TODO(fault work): catch up with other writers
-
-    def __len__(self) -> int:
-        return len(self._labels)
-
-    @property
-    def image_shape(self) -> tuple[int, ...] | None:
-        return self._shape
-
-    def _replace_all(self, images: np.ndarray, labels: np.ndarray) -> None:
-        def write_pngs(generation: Path) -> None:
-            buffer = io.BytesIO()
-            for image_id, plane in enumerate(_as_planes(images, images.ndim - 1)):
-                self._write_file(generation / f"{image_id}.png", _encode_png(plane, buffer))
-
-        self._publish_generation(images.shape[1:], labels, write_pngs)
-
-    def _put(self, image: np.ndarray, image_id: int, label: int) -> None:
-        labels = self._labels.copy() if image_id < len(self._labels) else np.append(self._labels, np.int64(label))
-        labels[image_id] = label
-        encoded = _encode_png(_as_planes(image, image.ndim), io.BytesIO())
-        if self._generation is None:
-            self._publish_generation(image.shape, labels, lambda generation: self._write_file(generation / f"{image_id}.png", encoded))
-            return
-        self._replace_file(self._generation / f"{image_id}.png", encoded)
-        self._replace_file(self._generation / "labels.csv", _format_labels(labels))
-        self._labels = labels
-
-    def _get(self, image_id: int) -> tuple[np.ndarray, int]:
-        image = np.empty(self._shape, np.uint8)
-        self._decode_into(image_id, _as_planes(image, image.ndim))
-        return image, int(self._labels[image_id])
-
-    def _read_into(self, out: np.ndarray, labels: np.ndarray) -> None:
-        for image_id, target in enumerate(_as_planes(out, out.ndim - 1)):
-            self._decode_into(image_id, target)
-        labels[:] = self._labels[:len(out)]
-
-    def _decode_into(self, image_id: int, target: np.ndarray) -> None:
-        path = self._generation / f"{image_id}.png"
-        try:
-            with open(path, "rb") as file:
-                encoded = file.read()
-        except FileNotFoundError:
-            raise MissingStoreError(f"disk store {self.directory}: {path.name} is missing (image {image_id})") from None
-        try:
-            with Image.open(io.BytesIO(encoded), formats=["PNG"]) as image:
-                if image.size != (target.shape[1], target.shape[0]) or image.mode != _png_mode(self._shape):
-                    raise CorruptStoreError(f"{path}: {image.mode} {image.size[0]}x{image.size[1]}, "
-                                            f"expected {_png_mode(self._shape)} of shape {self._shape}")
-                target[...] = np.asarray(image)
-        except (OSError, SyntaxError, ValueError) as error:
-            if isinstance(error, CorruptStoreError):
-                raise
-            raise CorruptStoreError(f"{path} is not a readable PNG: {error}") from None
-
-    def _publish_generation(self, shape: tuple[int, ...], labels: np.ndarray, write_pngs) -> None:
-        """Write a complete new generation (``write_pngs(folder)`` adds the images) and make it live."""
-        generation = self.directory / f"gen-{uuid.uuid4().hex}"
-        generation.mkdir()
-        try:
-            meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "image_shape": list(shape)}
-            self._write_file(generation / "meta.json", json.dumps(meta).encode())
-            write_pngs(generation)
-            self._write_file(generation / "labels.csv", _format_labels(labels))
-            if self.durable:
-                fsync_path(generation)
-            self._replace_file(self.directory / POINTER, generation.name.encode())
-        except BaseException:
-            shutil.rmtree(generation, ignore_errors=True)
-            raise
-        self._generation, self._labels, self._shape = generation, labels, tuple(shape)
-        for stale in self.directory.glob("gen-*"):  # the previous generation and leftovers of killed writes
-            if stale != generation:
-                shutil.rmtree(stale, ignore_errors=True)
-
-    def _replace_file(self, path: Path, data: bytes | memoryview) -> None:
-        """Write ``path`` through a temporary file and an atomic rename."""
-        temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        try:
-            self._write_file(temporary, data)
-            os.replace(temporary, path)
-        finally:
-            temporary.unlink(missing_ok=True)
-        if self.durable:
-            fsync_path(path.parent)
-
-    def _write_file(self, path: Path, data: bytes | memoryview) -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            if self.durable:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    def _close(self) -> None:
-        """Nothing stays open between calls."""
 
 
 def _encode_png(plane: np.ndarray, buffer: io.BytesIO) -> bytes:
@@ -183,19 +78,227 @@ def _encode_png(plane: np.ndarray, buffer: io.BytesIO) -> bytes:
     return buffer.getvalue()
 
 
-def _format_labels(labels: np.ndarray) -> bytes:
-    rows = np.column_stack([np.arange(len(labels)), labels])
-    return (LABELS_HEADER + "\n".join(f"{i},{label}" for i, label in rows.tolist()) + "\n").encode()
+class DiskStore(ImageStore):
+    """One PNG file per image plus ``labels.csv``, in generation folders, plus a journal of single writes."""
 
+    method = "disk"
 
-def _parse_labels(text: str, path: Path) -> np.ndarray:
-    header, _, body = text.partition("\n")
-    if header + "\n" != LABELS_HEADER or not text.endswith("\n"):
-        raise CorruptStoreError(f"{path}: not a labels file written by {FORMAT}")
-    try:
-        rows = np.array(body.replace(",", " ").split(), dtype=np.int64).reshape(-1, 2)
-    except (ValueError, OverflowError):
-        raise CorruptStoreError(f"{path}: a row is not two integers") from None
-    if not np.array_equal(rows[:, 0], np.arange(len(rows))):
-        raise CorruptStoreError(f"{path}: image ids are not 0..{len(rows) - 1} in order")
-    return rows[:, 1].copy()
+    def _open(self) -> None:
+        self._journal_path = self.directory / JOURNAL
+        self._generation: Generation | None = None
+        self._journal: Journal | None = None
+        self._damage: StoreError | None = None
+        self._count = 0
+        if not (self.directory / POINTER).exists():
+            refuse_foreign(self.directory, self.method)
+            if self.mode == "r" and not self._journal_path.exists():
+                raise MissingStoreError(f"no disk store at {self.directory}: {POINTER} does not exist")
+        self._load()
+
+    # -- the handle's view ------------------------------------------------------------------------
+    def _load(self) -> None:
+        """Read the current generation and the journal extending it. A damaged store raises in mode "r";
+        in mode "a" the damage is kept and raised by reads, so that store_many can repair it."""
+        self._release()
+        try:
+            self._generation, self._journal = self._open_consistent()
+            self._count = self._journal.next_id(self._generation.count if self._generation else 0)
+            self._check_journal()
+        except (CorruptStoreError, MissingStoreError) as error:
+            self._release()
+            if self.mode == "r":
+                raise
+            self._damage = error
+
+    def _open_consistent(self) -> tuple[Generation | None, Journal]:
+        """The generation and its journal as they were at one moment (no commit in between)."""
+        for _ in range(OPEN_TRIES):
+            name = read_pointer(self.directory)
+            try:
+                generation = Generation(self.directory, name) if name else None
+            except FileNotFoundError as error:
+                if self._current() != name:
+                    continue  # a writer committed and removed the folder meanwhile
+                raise MissingStoreError(f"disk store {self.directory}: {error.filename} is missing") from None
+            journal = Journal(self._journal_path, name or "")
+            # no journal extends this generation: consistent only if it is still the current one
+            if journal.image_shape is not None or self._current() == name:
+                if name is None and journal.image_shape is None and self._journal_path.exists():
+                    journal.close()
+                    raise MissingStoreError(f"disk store {self.directory}: {POINTER} is missing but {JOURNAL} extends a generation")
+                return generation, journal
+            journal.close()
+        raise StoreLockedError(f"{self.directory} changed under every one of {OPEN_TRIES} attempts to open it")
+
+    def _current(self) -> str | None:
+        """The generation CURRENT names now (None if there is none or it is unreadable)."""
+        try:
+            return read_pointer(self.directory)
+        except CorruptStoreError:
+            return None
+
+    def _check_journal(self) -> None:
+        """The journal must fit the generation: same shape, appended ids without gaps."""
+        journal, generation = self._journal, self._generation
+        if not journal.entries:
+            return
+        if generation and journal.image_shape != generation.shape:
+            raise CorruptStoreError(f"{journal.path}: images of shape {journal.image_shape}, but {generation.path}'s are {generation.shape}")
+        first = generation.count if generation else 0
+        if sum(image_id >= first for image_id in journal.entries) != self._count - first:
+            raise CorruptStoreError(f"{journal.path}: records that leave a gap in the ids")
+
+    def _refresh(self) -> None:
+        """Under the writer lock: catch up with other writers, then remove what killed writes left."""
+        current = self._current()
+        if self._damage or current != (self._generation.name if self._generation else None):
+            self._load()
+        else:
+            try:
+                if self._journal.refresh():
+                    self._count = self._journal.next_id(self._generation.count if self._generation else 0)
+                    self._check_journal()
+            except CorruptStoreError as error:
+                self._release()
+                self._damage = error
+        if not self._damage:  # a damaged store's files stay until store_many replaces them
+            self._remove_stale()
+
+    def _remove_stale(self) -> None:
+        """Remove temporaries and generation folders CURRENT does not name (left by killed or replaced writes);
+        without a CURRENT, folders stay (a deleted CURRENT must not cost the images) until a commit."""
+        live = self._generation.name if self._generation else None
+        for entry in os.scandir(self.directory):
+            if is_temporary(entry.name) or (live and GENERATION.fullmatch(entry.name) and entry.name != live):
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    os.unlink(entry.path)
+
+    def _release(self) -> None:
+        if self._journal is not None:
+            self._journal.close()
+        self._generation, self._journal, self._damage, self._count = None, None, None, 0
+
+    def __len__(self) -> int:
+        if self._damage:
+            raise type(self._damage)(f"{self._damage} (store_many replaces the damaged contents)")
+        return self._count
+
+    @property
+    def image_shape(self) -> tuple[int, ...] | None:
+        if self._generation:
+            return self._generation.shape
+        return self._journal.image_shape if self._journal else None
+
+    # -- writes ---------------------------------------------------------------------------------
+    def _replace_all(self, images: np.ndarray, labels: np.ndarray) -> None:
+        def fill(_old: Generation | None, folder: str) -> tuple[np.ndarray, np.ndarray]:
+            crcs, buffer = np.empty(len(images), np.uint32), io.BytesIO()
+            for image_id, plane in enumerate(_as_planes(images, images.ndim - 1)):
+                encoded = _encode_png(plane, buffer)
+                crcs[image_id] = image_crc(encoded, int(labels[image_id]))
+                self._write_file(f"{folder}{image_id}.png", encoded)
+            return labels.copy(), crcs  # the caller's array may change later
+
+        self._commit(images.shape[1:], fill)
+
+    def _put(self, image: np.ndarray, image_id: int, label: int) -> None:
+        encoded = _encode_png(_as_planes(image, image.ndim), io.BytesIO())
+        if self._journal.needs_compaction(self._generation.count if self._generation else 0):
+            self._commit(self.image_shape, self._fold_journal)
+        self._journal.append(image_id, label, encoded, image.shape, durable=self.durable)
+        self._count = max(self._count, image_id + 1)
+
+    def _fold_journal(self, old: Generation | None, folder: str) -> tuple[np.ndarray, np.ndarray]:
+        """Fill a new generation with this handle's view: the old generation's PNGs linked, the journal's written."""
+        entries, first = self._journal.entries, old.count if old else 0
+        labels, crcs = np.empty(self._count, np.int64), np.empty(self._count, np.uint32)
+        if old:
+            labels[:first], crcs[:first] = old.labels, old.crcs
+            for image_id in range(first):
+                if image_id not in entries:
+                    self._link(old.file(image_id), f"{folder}{image_id}.png")
+        for image_id, entry in entries.items():
+            encoded = self._journal.read(image_id)
+            labels[image_id], crcs[image_id] = entry.label, image_crc(encoded, entry.label)
+            self._write_file(f"{folder}{image_id}.png", encoded)
+        return labels, crcs
+
+    def _link(self, source: str, target: str) -> None:
+        """Give ``target`` the contents of the unchanging file ``source``: a hard link, else a copy."""
+        try:
+            os.link(source, target)
+        except FileNotFoundError:
+            raise MissingStoreError(f"{source} is missing: the store is damaged (store_many replaces it)") from None
+        except OSError as error:
+            if error.errno not in NO_LINK_ERRNOS:
+                raise
+            shutil.copyfile(source, target)
+            if self.durable:
+                fsync_path(Path(target))
+
+    def _commit(self, shape: tuple[int, ...], fill: Fill) -> None:
+        """Write a new generation aside, then point CURRENT at it (the commit); drop the stale journal and folders."""
+        name = f"gen-{uuid.uuid4().hex}"
+        folder = self.directory / name
+        try:
+            folder.mkdir()
+            labels, crcs = fill(self._generation, f"{folder}/")
+            self._write_file(folder / LABELS, format_labels(labels, crcs))
+            self._write_file(folder / META, format_meta(shape, len(labels)))
+            if self.durable:
+                fsync_path(folder)
+            if (self.directory / POINTER).is_dir():  # damage that a rename cannot replace
+                shutil.rmtree(self.directory / POINTER)
+            write_file_atomic(self.directory / POINTER, name.encode(), durable=self.durable)  # the commit
+        except BaseException as error:
+            if self._current() != name:  # not committed (a durable fsync of the directory may fail after the rename)
+                shutil.rmtree(folder, ignore_errors=True)
+            if is_no_space(error) and not isinstance(error, StoreError):
+                raise no_space_error(self.directory, error) from error
+            raise
+        self._release()
+        self._journal_path.unlink(missing_ok=True)  # stale: it names the old generation
+        self._generation = Generation(self.directory, name, (tuple(shape), labels, crcs))
+        self._journal, self._count = Journal(self._journal_path, name), len(labels)
+        self._remove_stale()  # the old generation
+
+    def _write_file(self, path: str | Path, data: bytes | memoryview) -> None:
+        """Write a new file of a generation not yet live (no temporary needed); fsync it when durable."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            if self.durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    # -- reads: each PNG decoded straight into the caller's array -----------------------------------
+    def _decode_into(self, image_id: int, target: np.ndarray) -> int:
+        """Decode image ``image_id`` into ``target`` (its (H, W[, C]) slot); return its label."""
+        entry = self._journal.entries.get(image_id)
+        if entry is None:
+            generation = self._generation
+            decode_png(generation.png(image_id), target, generation.shape, f"{generation.file(image_id)} (image {image_id})")
+            return int(generation.labels[image_id])
+        decode_png(self._journal.read(image_id), target, self.image_shape, f"{self._journal.path} (image {image_id})")
+        return entry.label
+
+    def _get(self, image_id: int) -> tuple[np.ndarray, int]:
+        image = np.empty(self.image_shape, np.uint8)
+        label = self._decode_into(image_id, image)
+        return image, label
+
+    def _read_into(self, out: np.ndarray, labels: np.ndarray) -> None:
+        for image_id in range(len(out)):
+            labels[image_id] = self._decode_into(image_id, out[image_id])
+
+    def _read_batch_into(self, ids: np.ndarray, out: np.ndarray, labels: np.ndarray) -> None:
+        for position, image_id in enumerate(ids.tolist()):
+            labels[position] = self._decode_into(image_id, out[position])
+
+    def _close(self) -> None:
+        self._release()
