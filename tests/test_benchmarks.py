@@ -204,3 +204,10 @@ def test_long_cells_get_fewer_rounds_unless_min_rounds_is_given(tmp_path):
 
     assert rounds() == {5}
     assert rounds("--benchmark-min-rounds", "7") == {7}
+
+
+def test_the_tutorial_grid_is_one_word_and_not_the_default():
+    tutorial = run_suite("--cutoffs", "tutorial", "--methods", "hdf5", "--collect-only", "-q", "-k", "read_many")
+    assert "test_read_many[hdf5-100000]" in tutorial.stdout, tutorial.stdout + tutorial.stderr
+    default = run_suite("--methods", "hdf5", "--collect-only", "-q", "-k", "read_many")
+    assert "test_read_many[hdf5-10000]" in default.stdout and "hdf5-100000" not in default.stdout
