@@ -179,7 +179,7 @@ def reserve_lock_file(directory: Path) -> None:
         os.close(fd)
 
 
-def file_identity(path: Path) -> tuple[int, int] | None:
+def file_identity(path: str | Path) -> tuple[int, int] | None:
     """(st_dev, st_ino) of ``path``, None if it does not exist."""
     try:
         info = os.stat(path)
@@ -283,7 +283,7 @@ def catch_up(shared: SharedEnv) -> bool:
 
 
 def _catch_up(shared: SharedEnv, create: bool) -> bool:
-    if shared.env is not None and shared.data_identity == file_identity(shared.directory / DATA_FILE):
+    if shared.env is not None and shared.data_identity == file_identity(os.path.join(shared.directory, DATA_FILE)):
         return False
     shared.close_env()
     shared.open(create)

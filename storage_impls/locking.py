@@ -25,7 +25,7 @@ POLL_SECONDS = 0.005
 @contextlib.contextmanager
 def writer_lock(directory: Path, timeout: float) -> Iterator[None]:
     """Hold the writer lock of the store in ``directory``; wait up to ``timeout`` s, else StoreLockedError."""
-    path = directory / LOCK_FILE
+    path = os.path.join(directory, LOCK_FILE)  # a str join: this runs on every write
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         deadline = time.monotonic() + timeout

@@ -10,7 +10,8 @@ has the members ``images`` (uint8, (n, H, W[, C])), ``labels`` (little-endian in
 reads it. ``DIR/npz.journal`` holds single-image writes (raw pixels, CRC-checked).
 
 Reads decompress whole shards: ``read_single`` one shard, ``read_batch`` each shard its ids fall in
-(once per call); the handle keeps the last shard it decoded. Every member is read to its end, so
+(once per call); for ``read_single`` the handle keeps the last shard it decoded, bulk reads never use it (a
+benchmark reading the same images again must pay for them again). Every member is read to its end, so
 zip's CRC-32 is always checked; a damaged shard raises CorruptStoreError naming the file.
 
 Shard files are opened when read, so a reader's snapshot expires once a later commit (a
@@ -44,7 +45,7 @@ def shard_images(shape: tuple[int, ...]) -> int:
 
 
 class NpzCheckpoint(Checkpoint):
-    """A folder of shards, decoded one at a time on demand (the last one kept)."""
+    """A folder of shards, decoded on demand (the last one kept for single reads)."""
 
     def __init__(self, folder: Path, meta: dict) -> None:
         super().__init__(folder, meta)
@@ -56,29 +57,34 @@ class NpzCheckpoint(Checkpoint):
         self._cached: tuple[int, np.ndarray, np.ndarray] | None = None
 
     def shard(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Images and labels of shard ``index``, checked (CRC-32 of each member, shapes, checksums)."""
+        """Images and labels of shard ``index`` for single reads, the last one kept (neighbours are read next)."""
         if self._cached is None or self._cached[0] != index:
-            first = index * self.per_shard
-            count = min(self.per_shard, self.count - first)
-            path = self.folder / SHARD.format(index=index)
-            names = ["images", "labels"] + ["checksums"] * self.checksum
-            try:
-                with zipfile.ZipFile(path) as archive:
-                    members = {name: archive.read(f"{name}.npy") for name in names}  # read whole: CRC-32 checked
-                arrays = [self._member(path, members, name, dtype, shape) for name, dtype, shape in
-                          (("images", np.uint8, (count, *self.shape)), ("labels", LABEL_DTYPE, (count,)),
-                           ("checksums", CHECKSUM_DTYPE, (count,)))[:len(names)]]
-            except FileNotFoundError:
-                raise
-            except ZIP_ERRORS + (OSError,) as error:
-                if isinstance(error, CorruptStoreError):
-                    raise
-                raise CorruptStoreError(f"{path} is not a readable .npz shard ({type(error).__name__}: {error})") from None
-            images, labels = arrays[0], arrays[1].astype(np.int64)
-            if self.checksum:
-                verify_checksums(np.arange(first, first + count), images, labels, arrays[2], path)
-            self._cached = (index, images, labels)
+            self._cached = (index, *self._decode(index))
         return self._cached[1], self._cached[2]
+
+    def _decode(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Images and labels of shard ``index``, read and checked (CRC-32 of each member, shapes, checksums).
+        Bulk reads always decode, so that reading the same images again costs what reading them costs."""
+        first = index * self.per_shard
+        count = min(self.per_shard, self.count - first)
+        path = self.folder / SHARD.format(index=index)
+        names = ["images", "labels"] + ["checksums"] * self.checksum
+        try:
+            with zipfile.ZipFile(path) as archive:
+                members = {name: archive.read(f"{name}.npy") for name in names}  # read whole: CRC-32 checked
+            arrays = [self._member(path, members, name, dtype, shape) for name, dtype, shape in
+                      (("images", np.uint8, (count, *self.shape)), ("labels", LABEL_DTYPE, (count,)),
+                       ("checksums", CHECKSUM_DTYPE, (count,)))[:len(names)]]
+        except FileNotFoundError:
+            raise
+        except ZIP_ERRORS + (OSError,) as error:
+            if isinstance(error, CorruptStoreError):
+                raise
+            raise CorruptStoreError(f"{path} is not a readable .npz shard ({type(error).__name__}: {error})") from None
+        images, labels = arrays[0], arrays[1].astype(np.int64)
+        if self.checksum:
+            verify_checksums(np.arange(first, first + count), images, labels, arrays[2], path)
+        return images, labels
 
     @staticmethod
     def _member(path: Path, members: dict[str, bytes], name: str, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
@@ -89,7 +95,7 @@ class NpzCheckpoint(Checkpoint):
         stop = start + len(out)
         for index in range(start // self.per_shard, (stop - 1) // self.per_shard + 1):
             first = index * self.per_shard
-            images, image_labels = self.shard(index)
+            images, image_labels = self._decode(index)
             low, high = max(start, first), min(stop, first + len(images))
             out[low - start:high - start] = images[low - first:high - first]
             labels[low - start:high - start] = image_labels[low - first:high - first]
@@ -100,7 +106,7 @@ class NpzCheckpoint(Checkpoint):
         bounds = np.flatnonzero(np.diff(shards[order])) + 1
         for positions in np.split(order, bounds):
             index = int(shards[positions[0]])
-            images, image_labels = self.shard(index)
+            images, image_labels = self._decode(index)
             rows = ids[positions] - index * self.per_shard
             out[positions], labels[positions] = images[rows], image_labels[rows]
 
