@@ -87,7 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--methods", default=",".join(installed_methods()))
+    parser.add_argument("--methods", default=",".join(method for method in installed_methods()
+                                                      if not get_store_class(method).slow_random_reads),
+                        help="comma-separated (default: every installed method whose random reads are not slow)")
     args = parser.parse_args(argv)
     images, labels = synthetic(args.images)
     order = np.random.default_rng(0).permutation(args.images)
