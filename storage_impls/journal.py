@@ -215,21 +215,27 @@ class Journal:
         commit_at = -(-(len(line) + HEADER_CRC.size) // COMMIT_ALIGN) * COMMIT_ALIGN
         header = (line + HEADER_CRC.pack(zlib.crc32(line))).ljust(commit_at, b"\0") + _commit_word(commit_at + COMMIT.size)
         temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        self.close()
         try:
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
                 pwrite_all(fd, header, 0)
                 if durable:
                     os.fsync(fd)
-            finally:
+                os.replace(temporary, self.path)
+                if durable:
+                    fsync_path(self.path.parent)  # the new name survives a power cut
+            except BaseException:
                 os.close(fd)
-            os.replace(temporary, self.path)
-            if durable:
-                fsync_path(self.path.parent)  # the new name survives a power cut
+                raise
         except OSError as error:
             temporary.unlink(missing_ok=True)
             raise (no_space_error(self.path.parent, error) if is_no_space(error) else error) from error
-        self._load()
+        # what _load would read back: the file just written, kept open (renaming did not change it)
+        info = os.fstat(fd)
+        self._fd, self._identity = fd, (info.st_dev, info.st_ino)
+        self.entries, self.records, self.image_shape = {}, 0, tuple(image_shape)
+        self._commit_at, self._end = commit_at, commit_at + COMMIT.size
 
     def discard(self) -> None:
         """Remove the journal file (after its records were folded into a new checkpoint)."""
