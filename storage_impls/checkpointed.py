@@ -40,7 +40,7 @@ import numpy as np
 
 from storage_impls.base import ImageStore, check_image_shape, fsync_path
 from storage_impls.errors import CorruptStoreError, MissingStoreError, NoSpaceError, StoreLockedError, is_no_space, no_space_error
-from storage_impls.journal import Journal
+from storage_impls.journal import Journal, gather_overlaid
 from storage_impls.records import DTYPE, is_temporary, read_meta, refuse_foreign, write_meta
 
 FORMAT_VERSION = 1
@@ -297,21 +297,11 @@ class CheckpointedStore(ImageStore):
 
     def _read_batch_into(self, ids: np.ndarray, out: np.ndarray, labels: np.ndarray) -> None:
         """Gather from the checkpoint, then put journal records in their places."""
-        from_journal = self._journal_mask()[ids] if self._journal.entries else None
-        positions = None if from_journal is None else np.flatnonzero(~from_journal)
+        mask = self._journal_mask() if self._journal.entries else None
         try:
-            if positions is None or len(positions) == len(ids):
-                self._checkpoint.take(ids, out, labels)
-            elif len(positions):
-                images, image_labels = np.empty((len(positions), *self.image_shape), np.uint8), np.empty(len(positions), np.int64)
-                self._checkpoint.take(ids[positions], images, image_labels)
-                out[positions], labels[positions] = images, image_labels
+            gather_overlaid(self._journal, mask, ids, out, labels, lambda *gather: self._checkpoint.take(*gather))
         except FileNotFoundError as error:
             raise self._expired(Path(error.filename)) from None
-        if from_journal is None:
-            return
-        for position in np.flatnonzero(from_journal).tolist():
-            self._read_record(int(ids[position]), out, labels, position)
 
     def _read_record(self, image_id: int, out: np.ndarray, labels: np.ndarray, position: int) -> None:
         self._journal.read_into(image_id, out[position])

@@ -49,7 +49,7 @@ import numpy as np
 from storage_impls.base import ImageStore, fsync_path
 from storage_impls.errors import CorruptStoreError, MissingStoreError, StoreLockedError
 from storage_impls.hdf5_format import Block, ChangedError, Checkpoint, file_identity, write_checkpoint
-from storage_impls.journal import Journal
+from storage_impls.journal import Journal, gather_overlaid
 
 FILE_NAME = "images.h5"
 JOURNAL_NAME = FILE_NAME + ".journal"
@@ -231,19 +231,8 @@ class Hdf5Store(ImageStore):
 
     def _read_batch_into(self, ids: np.ndarray, out: np.ndarray, labels: np.ndarray) -> None:
         """Gather from the checkpoint's map, then put journal records in their places."""
-        if not self._journal.entries:
-            self._checkpoint.take(ids, out, labels)
-            return
-        from_journal = self._journal_mask()[ids]
-        positions = np.flatnonzero(~from_journal)
-        if len(positions) == len(ids):
-            self._checkpoint.take(ids, out, labels)
-        elif len(positions):
-            images, image_labels = np.empty((len(positions), *self.image_shape), np.uint8), np.empty(len(positions), np.int64)
-            self._checkpoint.take(ids[positions], images, image_labels)
-            out[positions], labels[positions] = images, image_labels
-        for position in np.flatnonzero(from_journal).tolist():
-            self._read_record(int(ids[position]), out, labels, position)
+        mask = self._journal_mask() if self._journal.entries else None
+        gather_overlaid(self._journal, mask, ids, out, labels, lambda *gather: self._checkpoint.take(*gather))  # none yet: all in the journal
 
     def _read_record(self, image_id: int, out: np.ndarray, labels: np.ndarray, position: int) -> None:
         self._journal.read_into(image_id, out[position])

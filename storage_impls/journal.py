@@ -32,6 +32,7 @@ import os
 import struct
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -247,6 +248,26 @@ class Journal:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def gather_overlaid(journal: Journal, in_journal: np.ndarray | None, ids: np.ndarray, out: np.ndarray,
+                    labels: np.ndarray, take: Callable[[np.ndarray, np.ndarray, np.ndarray], None]) -> None:
+    """Fill ``out``/``labels`` with images ``ids``: from the journal where ``in_journal`` (a bool per id, None for
+    an empty journal) says its record is the newest version, the rest through ``take`` (the checkpoint's gather)."""
+    from_journal = None if in_journal is None else in_journal[ids]
+    positions = None if from_journal is None else np.flatnonzero(~from_journal)
+    if positions is None or len(positions) == len(ids):
+        take(ids, out, labels)
+    elif len(positions):
+        images, image_labels = np.empty((len(positions), *out.shape[1:]), out.dtype), np.empty(len(positions), labels.dtype)
+        take(ids[positions], images, image_labels)
+        out[positions], labels[positions] = images, image_labels
+    if from_journal is None:
+        return
+    for position in np.flatnonzero(from_journal).tolist():
+        image_id = int(ids[position])
+        journal.read_into(image_id, out[position])
+        labels[position] = journal.entries[image_id].label
 
 
 def _commit_word(end: int) -> bytes:
