@@ -10,19 +10,18 @@ benchmarks/test_floors.py`` runs them all.
 """
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from benchmarks import cache as page_cache
 from benchmarks.floors import FLOOR_PREFIX
 from benchmarks.progress import announce
 from benchmarks.verify import verify_images
+from storage_impls.codecs import png_decode_into, png_encode
 
 GATHER_SEED = 0  # the permutation the gather floor reads its batches in
 NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
@@ -37,11 +36,6 @@ def operation() -> str:
 def method(request: pytest.FixtureRequest) -> str:
     """``test_floor_file_write`` is the cell of method ``floor-file-write``."""
     return FLOOR_PREFIX + request.node.originalname.removeprefix("test_floor_").replace("_", "-")
-
-
-def planes(images: np.ndarray) -> np.ndarray:
-    """Images as Pillow takes them: (N, H, W) for one channel, else unchanged."""
-    return images[..., 0] if images.ndim == 4 and images.shape[3] == 1 else images
 
 
 def write_all(fd: int, data: np.ndarray) -> None:
@@ -62,20 +56,13 @@ def read_into(fd: int, out: np.ndarray, offset: int = 0) -> None:
 
 
 def encode_png(images: np.ndarray) -> list[bytes]:
-    """PNG bytes of each image, Pillow's defaults, one reused buffer."""
-    buffer, blobs = io.BytesIO(), []
-    for plane in planes(images):
-        buffer.seek(0)
-        buffer.truncate()
-        Image.fromarray(plane).save(buffer, format="PNG")
-        blobs.append(buffer.getvalue())
-    return blobs
+    """PNG bytes of each image, as the disk method encodes them (codecs.py: Pillow's default compression)."""
+    return [png_encode(image) for image in images]
 
 
 def decode_png(blobs: list[bytes], out: np.ndarray) -> None:
-    for blob, target in zip(blobs, planes(out)):
-        with Image.open(io.BytesIO(blob), formats=["PNG"]) as image:
-            target[...] = np.asarray(image)
+    for blob, target in zip(blobs, out):
+        png_decode_into(blob, target)
 
 
 class FloorInputs:

@@ -1,7 +1,9 @@
 """The interface every storage method implements, and the checks they all share.
 
-A store is bound to one directory and holds a dense sequence of uint8 images with ids
-0..N-1, all of one shape, each with an int64 label. Public methods validate their input
+A store is bound to one directory and holds a dense sequence of images with ids 0..N-1, all of
+one dtype and shape (fixed by the first write), each with an int64 label. An image is any 2- or
+3-D array of a numeric dtype (``SUPPORTED_DTYPES``): (H, W), (H, W, C) with any band count, or
+channel-first (C, H, W), stored as given; a method may hold less (PNG: ``layout_limit``). Public methods validate their input
 here, once, and then call the backend's primitives (the ``_``-prefixed abstract methods),
 which may assume valid input. Every write runs under the store's writer lock (locking.py),
 after the backend has brought its view of the store up to date (``_refresh``).
@@ -20,8 +22,10 @@ import numpy as np
 from storage_impls.errors import ImageNotFoundError, MissingStoreError
 from storage_impls.locking import LOCK_FILE, writer_lock
 
-ALLOWED_CHANNELS = (1, 3, 4)
 MAX_SIDE = 65535  # image sides are recorded as uint16 by some backends
+#: dtypes a store holds (native byte order; input of the other byte order is converted, values kept)
+SUPPORTED_DTYPES = tuple(np.dtype(name) for name in (
+    "uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64", "float16", "float32", "float64"))
 INT64 = np.iinfo(np.int64)
 DEFAULT_LOCK_TIMEOUT = 60.0  # seconds a writer waits for another writer before StoreLockedError
 
@@ -37,38 +41,45 @@ Mode = Literal["r", "a"]
 
 
 def check_image(image: object) -> np.ndarray:
-    """Return ``image`` as a C-contiguous uint8 array of shape (H, W) or (H, W, C), or raise."""
-    _check_uint8_array(image, "image")
-    check_image_shape(image.shape, "image")
-    return np.ascontiguousarray(image)
+    """Return ``image`` as a C-contiguous array of a supported dtype (native byte order), 2- or 3-D, or raise."""
+    array = _check_array(image, "image")
+    check_image_shape(array.shape, "image")
+    return array
 
 
 def check_images(images: object) -> np.ndarray:
-    """Return a batch (N, H, W[, C]) as a C-contiguous uint8 array, or raise."""
-    _check_uint8_array(images, "images")
-    if images.ndim not in (3, 4):
-        raise ValueError(f"images must have shape (N, H, W) or (N, H, W, C), got {images.shape}")
-    if images.shape[0] == 0:
+    """Return a batch (N, ...) of 2- or 3-D images as a C-contiguous array of a supported dtype, or raise."""
+    array = _check_array(images, "images")
+    if array.ndim not in (3, 4):
+        raise ValueError(f"images must be a batch (N, H, W) or (N, H, W, C) (or (N, C, H, W)), got shape {array.shape}")
+    if array.shape[0] == 0:
         raise ValueError("images is an empty batch: store at least one image")
-    check_image_shape(images.shape[1:], "each image")
-    return np.ascontiguousarray(images)
+    check_image_shape(array.shape[1:], "each image")
+    return array
 
 
 def check_image_shape(shape: tuple[int, ...], what: str) -> None:
-    """Raise ValueError unless ``shape`` is (H, W) or (H, W, C) with C in 1, 3, 4."""
+    """Raise ValueError unless ``shape`` has 2 or 3 dimensions, each 1..MAX_SIDE."""
     if len(shape) not in (2, 3):
-        raise ValueError(f"{what} must have shape (H, W) or (H, W, C), got {shape}")
-    if len(shape) == 3 and shape[2] not in ALLOWED_CHANNELS:
-        raise ValueError(f"{what} must have 1, 3 or 4 channels, got shape {shape}")
-    if not all(1 <= side <= MAX_SIDE for side in shape[:2]):
-        raise ValueError(f"{what} height and width must be 1..{MAX_SIDE}, got shape {shape}")
+        raise ValueError(f"{what} must have 2 or 3 dimensions ((H, W), (H, W, C) or (C, H, W)), got shape {shape}")
+    if not all(1 <= side <= MAX_SIDE for side in shape):
+        raise ValueError(f"{what} must have every dimension 1..{MAX_SIDE}, got shape {shape}")
 
 
-def _check_uint8_array(value: object, name: str) -> None:
+def check_dtype(dtype: object, what: str) -> np.dtype:
+    """The native-byte-order dtype of ``dtype`` if a store holds it, else TypeError listing what it holds."""
+    found = np.dtype(dtype)
+    native = found.newbyteorder("=")
+    if found.kind not in "uif" or native not in SUPPORTED_DTYPES:
+        allowed = ", ".join(str(kind) for kind in SUPPORTED_DTYPES)
+        raise TypeError(f"{what} must have a numeric dtype ({allowed}), got {found}")
+    return native
+
+
+def _check_array(value: object, name: str) -> np.ndarray:
     if not isinstance(value, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(value).__name__}")
-    if value.dtype != np.uint8:
-        raise TypeError(f"{name} must have dtype uint8, got {value.dtype}")
+    return np.ascontiguousarray(value, dtype=check_dtype(value.dtype, name))
 
 
 def check_label(label: object) -> int:
@@ -114,13 +125,14 @@ def check_ids(ids: object, count: int, directory: Path) -> np.ndarray:
     return array.astype(np.int64, copy=False)
 
 
-def check_out(out: object, shape: tuple[int, ...]) -> np.ndarray:
-    """Return ``out``, or a new array, for a read of ``shape``; ValueError unless it is writable, C-contiguous uint8 of that shape."""
+def check_out(out: object, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """Return ``out``, or a new array, for a read of ``shape``; ValueError unless it is writable, C-contiguous,
+    of that shape and dtype."""
     if out is None:
-        return np.empty(shape, np.uint8)
-    if not (isinstance(out, np.ndarray) and out.dtype == np.uint8 and out.shape == shape
+        return np.empty(shape, dtype)
+    if not (isinstance(out, np.ndarray) and out.dtype == dtype and out.shape == shape
             and out.flags.c_contiguous and out.flags.writeable):
-        raise ValueError(f"out must be a writable C-contiguous uint8 array of shape {shape}")
+        raise ValueError(f"out must be a writable C-contiguous {dtype} array of shape {shape}")
     return out
 
 
@@ -205,6 +217,17 @@ class ImageStore(abc.ABC):
     def image_shape(self) -> tuple[int, ...] | None:
         """Shape of every stored image, None while the store is empty."""
 
+    @property
+    @abc.abstractmethod
+    def image_dtype(self) -> np.dtype | None:
+        """dtype of every stored image, None while the store is empty."""
+
+    @classmethod
+    def layout_limit(cls, dtype: np.dtype, shape: tuple[int, ...]) -> str | None:
+        """None if this method holds images of ``dtype`` and ``shape``, else why not (a method storing an
+        encoded format overrides this: PNG holds uint8/uint16 with 1, 3 or 4 channels)."""
+        return None
+
     @abc.abstractmethod
     def _replace_all(self, images: np.ndarray, labels: np.ndarray) -> None:
         """Atomically replace the contents with ``images``/``labels`` (validated, C-contiguous)."""
@@ -242,20 +265,23 @@ class ImageStore(abc.ABC):
         """Store one image with its label at ``image_id`` (an existing id, or the next one, len(store))."""
         self._require_writable()
         image = check_image(image)
+        self._check_layout(image.dtype, image.shape)
         image_id = check_id(image_id)
         label = check_label(label)
         with self._writing():
             count = len(self)
             if image_id > count:
                 raise ValueError(f"image_id {image_id} would leave a gap: this store holds ids 0..{count - 1}, next is {count}")
-            if count and image.shape != self.image_shape:
-                raise ValueError(f"image shape {image.shape} differs from the store's {self.image_shape}")
+            if count and (image.dtype, image.shape) != (self.image_dtype, self.image_shape):
+                raise ValueError(f"image of dtype {image.dtype} and shape {image.shape} differs from the store's images "
+                                 f"({self.image_dtype}, {self.image_shape}): store_many fixes them for the store")
             self._put(image, image_id, label)
 
     def store_many(self, images: np.ndarray, labels: object) -> None:
         """Replace the store's contents with ``images`` (N, H, W[, C]) and ``labels`` as ids 0..N-1."""
         self._require_writable()
         images = check_images(images)
+        self._check_layout(images.dtype, images.shape[1:])
         labels = check_labels(labels, len(images))
         with self._writing():
             self._replace_all(images, labels)
@@ -269,9 +295,9 @@ class ImageStore(abc.ABC):
         return self._get(image_id)
 
     def read_many(self, num_images: int, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Return (images, labels) for ids 0..num_images-1, as one (N, ...) uint8 array and an int64 array.
+        """Return (images, labels) for ids 0..num_images-1, as one (N, ...) array of the store's dtype and an int64 array.
 
-        Pass ``out`` (a preallocated, writable, C-contiguous uint8 array of the right shape) to
+        Pass ``out`` (a preallocated, writable, C-contiguous array of the right dtype and shape) to
         read without allocating; large fresh arrays are slow to touch the first time.
         """
         self._require_open()
@@ -279,7 +305,7 @@ class ImageStore(abc.ABC):
             raise TypeError(f"num_images must be an integer, got {type(num_images).__name__}")
         if not 1 <= num_images <= len(self):
             raise ValueError(f"cannot read {num_images} images: {self.directory} holds {len(self)}")
-        out = check_out(out, (int(num_images), *self.image_shape))
+        out = check_out(out, (int(num_images), *self.image_shape), self.image_dtype)
         labels = np.empty(len(out), np.int64)
         self._read_into(out, labels)
         return out, labels
@@ -289,7 +315,7 @@ class ImageStore(abc.ABC):
         training loader reads a shuffled batch; ``out`` as for ``read_many``."""
         self._require_open()
         ids = check_ids(ids, len(self), self.directory)
-        out = check_out(out, (len(ids), *self.image_shape))
+        out = check_out(out, (len(ids), *self.image_shape), self.image_dtype)
         labels = np.empty(len(ids), np.int64)
         self._read_batch_into(ids, out, labels)
         return out, labels
@@ -304,6 +330,11 @@ class ImageStore(abc.ABC):
         with writer_lock(self.directory, self.lock_timeout):
             self._refresh()
             yield
+
+    def _check_layout(self, dtype: np.dtype, shape: tuple[int, ...]) -> None:
+        limit = self.layout_limit(dtype, shape)
+        if limit:
+            raise ValueError(f"{self.method} cannot store images of dtype {dtype} and shape {shape}: {limit}")
 
     def _require_open(self) -> None:
         if self._closed:

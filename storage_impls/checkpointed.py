@@ -38,10 +38,10 @@ from pathlib import Path
 
 import numpy as np
 
-from storage_impls.base import ImageStore, check_image_shape, fsync_path
+from storage_impls.base import ImageStore, check_dtype, check_image_shape, fsync_path
 from storage_impls.errors import CorruptStoreError, MissingStoreError, NoSpaceError, StoreLockedError, is_no_space, no_space_error
 from storage_impls.journal import Journal, gather_overlaid
-from storage_impls.records import DTYPE, is_temporary, read_meta, refuse_foreign, write_meta
+from storage_impls.records import is_temporary, read_meta, refuse_foreign, write_meta
 
 FORMAT_VERSION = 1
 FOLDER = "ckpt-{token}"
@@ -57,7 +57,8 @@ class Checkpoint(abc.ABC):
     def __init__(self, folder: Path, meta: dict) -> None:
         self.folder, self.meta = folder, meta
         self.count, self.shape, self.checksum = meta["count"], tuple(meta["image_shape"]), meta["checksum"]
-        self.row = int(np.prod(self.shape))
+        self.dtype = np.dtype(meta["dtype"])
+        self.row = int(np.prod(self.shape)) * self.dtype.itemsize  # bytes per image
 
     @abc.abstractmethod
     def read_rows(self, start: int, out: np.ndarray, labels: np.ndarray) -> None:
@@ -79,7 +80,8 @@ class CheckpointedStore(ImageStore):
     FORMAT: str  # e.g. "storage_impls.npz"
 
     @abc.abstractmethod
-    def _write_checkpoint(self, folder: Path, shape: tuple[int, ...], count: int, source: Source, checksum: bool) -> dict:
+    def _write_checkpoint(self, folder: Path, dtype: np.dtype, shape: tuple[int, ...], count: int, source: Source,
+                          checksum: bool) -> dict:
         """Write the files of ``count`` images of ``shape`` into ``folder`` (exists, empty), reading them from
         ``source``; fsync each when durable; return what the metadata file should add. A full disk raises OSError."""
 
@@ -146,9 +148,9 @@ class CheckpointedStore(ImageStore):
         if meta is None:
             return None
         try:
-            if meta["format_version"] != FORMAT_VERSION or meta["dtype"] != DTYPE:
+            if meta["format_version"] != FORMAT_VERSION or check_dtype(meta["dtype"], "images").str != meta["dtype"]:
                 raise ValueError(f"version {meta['format_version']!r}, dtype {meta['dtype']!r}: this version reads "
-                                 f"version {FORMAT_VERSION} and dtype {DTYPE}")
+                                 f"version {FORMAT_VERSION} and numeric dtypes of this machine's byte order")
             meta["image_shape"] = tuple(meta["image_shape"])
             check_image_shape(meta["image_shape"], "each image")
             if not FOLDER_NAME.fullmatch(FOLDER.format(token=meta["token"])) or type(meta["count"]) is not int \
@@ -171,8 +173,9 @@ class CheckpointedStore(ImageStore):
         journal, first = self._journal, self._checkpoint.count
         if not journal.entries:
             return
-        if journal.image_shape != self._checkpoint.shape:
-            raise CorruptStoreError(f"{journal.path}: images of shape {journal.image_shape}, but the checkpoint's are {self._checkpoint.shape}")
+        if (journal.image_dtype, journal.image_shape) != (self._checkpoint.dtype, self._checkpoint.shape):
+            raise CorruptStoreError(f"{journal.path}: images of {journal.image_dtype} {journal.image_shape}, but the "
+                                    f"checkpoint's are {self._checkpoint.dtype} {self._checkpoint.shape}")
         if any(entry.length != self._checkpoint.row for entry in journal.entries.values()) or \
                 sum(image_id >= first for image_id in journal.entries) != self._count - first:
             raise CorruptStoreError(f"{journal.path}: records that are not whole images or leave a gap in the ids")
@@ -218,18 +221,22 @@ class CheckpointedStore(ImageStore):
     def image_shape(self) -> tuple[int, ...] | None:
         return self._meta["image_shape"] if self._meta else None
 
+    @property
+    def image_dtype(self) -> np.dtype | None:
+        return self._checkpoint.dtype if self._meta else None
+
     # -- writes ---------------------------------------------------------------------------------
     def _replace_all(self, images: np.ndarray, labels: np.ndarray) -> None:
         checksum = self.checksum if self.checksum is not None else bool(self._meta and self._meta["checksum"])
-        self._commit(images.shape[1:], len(images), lambda start, stop: (images[start:stop], labels[start:stop]), checksum)
+        self._commit(images.dtype, images.shape[1:], len(images), lambda start, stop: (images[start:stop], labels[start:stop]), checksum)
 
     def _put(self, image: np.ndarray, image_id: int, label: int) -> None:
         if self._meta is None:  # the first image of a store: a checkpoint of one
             self._replace_all(image[None], np.array([label], np.int64))
             return
         if self._journal.needs_compaction(self._checkpoint.count):
-            self._commit(self.image_shape, self._count, self._read_range, self._meta["checksum"])
-        self._journal.append(image_id, label, image, image.shape, durable=self.durable)
+            self._commit(self.image_dtype, self.image_shape, self._count, self._read_range, self._meta["checksum"])
+        self._journal.append(image_id, label, image, image.dtype, image.shape, durable=self.durable)
         if image_id == self._count:
             self._count += 1
             self._in_journal = None
@@ -238,20 +245,20 @@ class CheckpointedStore(ImageStore):
 
     def _read_range(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """Images and labels start..stop-1 as this handle reads them (a fresh buffer)."""
-        images, labels = np.empty((stop - start, *self.image_shape), np.uint8), np.empty(stop - start, np.int64)
+        images, labels = np.empty((stop - start, *self.image_shape), self.image_dtype), np.empty(stop - start, np.int64)
         self._read_range_into(start, images, labels)
         return images, labels
 
-    def _commit(self, shape: tuple[int, ...], count: int, source: Source, checksum: bool) -> None:
+    def _commit(self, dtype: np.dtype, shape: tuple[int, ...], count: int, source: Source, checksum: bool) -> None:
         """Write a new checkpoint aside, put it in place, open it, then switch the metadata to it (the commit)."""
         token = uuid.uuid4().hex
         temporary, folder = self.directory / f".ckpt-{token}.tmp", self.directory / FOLDER.format(token=token)
-        meta = {"format": self.FORMAT, "format_version": FORMAT_VERSION, "token": token, "dtype": DTYPE,
+        meta = {"format": self.FORMAT, "format_version": FORMAT_VERSION, "token": token, "dtype": dtype.str,
                 "image_shape": list(shape), "count": count, "checksum": checksum}
         checkpoint = None
         try:
             temporary.mkdir()
-            meta.update(self._write_checkpoint(temporary, tuple(shape), count, source, checksum))
+            meta.update(self._write_checkpoint(temporary, dtype, tuple(shape), count, source, checksum))
             if self.durable:
                 fsync_path(temporary)
             os.rename(temporary, folder)
@@ -273,7 +280,7 @@ class CheckpointedStore(ImageStore):
 
     # -- reads --------------------------------------------------------------------------------
     def _get(self, image_id: int) -> tuple[np.ndarray, int]:
-        image, label = np.empty((1, *self.image_shape), np.uint8), np.empty(1, np.int64)
+        image, label = np.empty((1, *self.image_shape), self.image_dtype), np.empty(1, np.int64)
         self._read_range_into(image_id, image, label)
         return image[0], int(label[0])
 

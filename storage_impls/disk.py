@@ -1,4 +1,4 @@
-"""Disk: one PNG file per image (Pillow, default settings) and the labels in a CSV file.
+"""Disk: one PNG file per image (uint8 or uint16, 1, 3 or 4 channels; codecs.py) and the labels in a CSV file.
 
 Layout (see disk_format.py for each file): ``DIR/CURRENT`` names the live *generation* folder
 ``DIR/gen-<hex>/`` (``meta.json``: image shape and count; ``labels.csv``: ``image_id,label,crc32``
@@ -41,7 +41,6 @@ record before and after its commit word.
 from __future__ import annotations
 
 import errno
-import io
 import os
 import shutil
 import uuid
@@ -49,9 +48,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from storage_impls.base import ImageStore, fsync_path
+from storage_impls.codecs import png_encode, png_limit
 from storage_impls.disk_format import (GENERATION, JOURNAL, LABELS, META, POINTER, Generation, decode_png, format_labels,
                                        format_meta, image_crc, read_pointer)
 from storage_impls.errors import CorruptStoreError, MissingStoreError, StoreError, StoreLockedError, is_no_space, no_space_error
@@ -61,21 +60,6 @@ from storage_impls.records import is_temporary, refuse_foreign, write_file_atomi
 OPEN_TRIES = 100  # a reader opens again when a writer commits while it opens
 NO_LINK_ERRNOS = (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP)
 Fill = Callable[[Generation | None, str], tuple[np.ndarray, np.ndarray]]  # (old generation, new folder/) -> labels, crcs
-
-
-def _as_planes(array: np.ndarray, image_ndim: int) -> np.ndarray:
-    """View images of shape (..., H, W, 1) as (..., H, W): Pillow's grey images have no channel axis."""
-    if image_ndim == 3 and array.shape[-1] == 1:
-        return array.reshape(array.shape[:-1])
-    return array
-
-
-def _encode_png(plane: np.ndarray, buffer: io.BytesIO) -> bytes:
-    """PNG bytes of one image (Pillow's default compression), encoded into a reused buffer."""
-    buffer.seek(0)
-    buffer.truncate()
-    Image.fromarray(plane).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 class DiskStore(ImageStore):
@@ -142,8 +126,9 @@ class DiskStore(ImageStore):
         journal, generation = self._journal, self._generation
         if not journal.entries:
             return
-        if generation and journal.image_shape != generation.shape:
-            raise CorruptStoreError(f"{journal.path}: images of shape {journal.image_shape}, but {generation.path}'s are {generation.shape}")
+        if generation and (journal.image_dtype, journal.image_shape) != (generation.dtype, generation.shape):
+            raise CorruptStoreError(f"{journal.path}: images of {journal.image_dtype} {journal.image_shape}, but "
+                                    f"{generation.path}'s are {generation.dtype} {generation.shape}")
         first = generation.count if generation else 0
         if sum(image_id >= first for image_id in journal.entries) != self._count - first:
             raise CorruptStoreError(f"{journal.path}: records that leave a gap in the ids")
@@ -191,23 +176,33 @@ class DiskStore(ImageStore):
             return self._generation.shape
         return self._journal.image_shape if self._journal else None
 
+    @property
+    def image_dtype(self) -> np.dtype | None:
+        if self._generation:
+            return self._generation.dtype
+        return self._journal.image_dtype if self._journal else None
+
+    @classmethod
+    def layout_limit(cls, dtype: np.dtype, shape: tuple[int, ...]) -> str | None:
+        return png_limit(dtype, shape)
+
     # -- writes ---------------------------------------------------------------------------------
     def _replace_all(self, images: np.ndarray, labels: np.ndarray) -> None:
         def fill(_old: Generation | None, folder: str) -> tuple[np.ndarray, np.ndarray]:
-            crcs, buffer = np.empty(len(images), np.uint32), io.BytesIO()
-            for image_id, plane in enumerate(_as_planes(images, images.ndim - 1)):
-                encoded = _encode_png(plane, buffer)
+            crcs = np.empty(len(images), np.uint32)
+            for image_id, image in enumerate(images):
+                encoded = png_encode(image)
                 crcs[image_id] = image_crc(encoded, int(labels[image_id]))
                 self._write_file(f"{folder}{image_id}.png", encoded)
             return labels.copy(), crcs  # the caller's array may change later
 
-        self._commit(images.shape[1:], fill)
+        self._commit(images.dtype, images.shape[1:], fill)
 
     def _put(self, image: np.ndarray, image_id: int, label: int) -> None:
-        encoded = _encode_png(_as_planes(image, image.ndim), io.BytesIO())
+        encoded = png_encode(image)
         if self._journal.needs_compaction(self._generation.count if self._generation else 0):
-            self._commit(self.image_shape, self._fold_journal)
-        self._journal.append(image_id, label, encoded, image.shape, durable=self.durable)
+            self._commit(self.image_dtype, self.image_shape, self._fold_journal)
+        self._journal.append(image_id, label, encoded, image.dtype, image.shape, durable=self.durable)
         self._count = max(self._count, image_id + 1)
 
     def _fold_journal(self, old: Generation | None, folder: str) -> tuple[np.ndarray, np.ndarray]:
@@ -238,7 +233,7 @@ class DiskStore(ImageStore):
             if self.durable:
                 fsync_path(Path(target))
 
-    def _commit(self, shape: tuple[int, ...], fill: Fill) -> None:
+    def _commit(self, dtype: np.dtype, shape: tuple[int, ...], fill: Fill) -> None:
         """Write a new generation aside, then point CURRENT at it (the commit); drop the stale journal and folders."""
         name = f"gen-{uuid.uuid4().hex}"
         folder = self.directory / name
@@ -246,7 +241,7 @@ class DiskStore(ImageStore):
             folder.mkdir()
             labels, crcs = fill(self._generation, f"{folder}/")
             self._write_file(folder / LABELS, format_labels(labels, crcs))
-            self._write_file(folder / META, format_meta(shape, len(labels)))
+            self._write_file(folder / META, format_meta(dtype, shape, len(labels)))
             if self.durable:
                 fsync_path(folder)
             if (self.directory / POINTER).is_dir():  # damage that a rename cannot replace
@@ -260,7 +255,7 @@ class DiskStore(ImageStore):
             raise
         self._release()
         self._journal_path.unlink(missing_ok=True)  # stale: it names the old generation
-        self._generation = Generation(self.directory, name, (tuple(shape), labels, crcs))
+        self._generation = Generation(self.directory, name, (dtype, tuple(shape), labels, crcs))
         self._journal, self._count = Journal(self._journal_path, name), len(labels)
         self._remove_stale()  # the old generation
 
@@ -282,13 +277,13 @@ class DiskStore(ImageStore):
         entry = self._journal.entries.get(image_id)
         if entry is None:
             generation = self._generation
-            decode_png(generation.png(image_id), target, generation.shape, f"{generation.file(image_id)} (image {image_id})")
+            decode_png(generation.png(image_id), target, f"{generation.file(image_id)} (image {image_id})")
             return int(generation.labels[image_id])
-        decode_png(self._journal.read(image_id), target, self.image_shape, f"{self._journal.path} (image {image_id})")
+        decode_png(self._journal.read(image_id), target, f"{self._journal.path} (image {image_id})")
         return entry.label
 
     def _get(self, image_id: int) -> tuple[np.ndarray, int]:
-        image = np.empty(self.image_shape, np.uint8)
+        image = np.empty(self.image_shape, self.image_dtype)
         label = self._decode_into(image_id, image)
         return image, label
 

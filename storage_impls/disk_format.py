@@ -2,30 +2,30 @@
 and how each PNG is checked and decoded.
 
 - ``CURRENT``: the name of the live generation folder, ``gen-<32 hex digits>``, nothing else.
-- ``gen-*/meta.json``: ``{"format", "format_version", "image_shape", "count"}``.
+- ``gen-*/meta.json``: ``{"format", "format_version", "image_shape", "count", "dtype"}`` (no dtype: uint8).
 - ``gen-*/labels.csv``: the header ``image_id,label,crc32`` and one row per image, ids 0..count-1 in
   order; ``crc32`` is zlib's CRC-32 of the PNG file's bytes seeded with the label's 8 little-endian
   bytes, so a flipped bit in a PNG or a label is caught on read (about 2 % of a decode).
-- ``gen-*/<id>.png``: 8-bit grey, RGB or RGBA, as Pillow writes it by default.
+- ``gen-*/<id>.png``: 8- or 16-bit grey, RGB or RGBA (codecs.py: 8-bit compressed as Pillow's default
+  save compresses it).
 
-Decoding checks the PNG's header against the store's image shape before Pillow allocates anything,
-then opens the file with Pillow's PNG plugin directly: Pillow's decompression-bomb limit (a global,
-about 179 M pixels) is for images of unknown origin; a store reads back every image it accepted,
-and a PNG of any other size or mode (a planted "bomb" included) raises CorruptStoreError.
+Decoding (codecs.py) checks the PNG's header against the store's dtype and image shape before anything
+is allocated: Pillow's decompression-bomb limit (a global, about 179 M pixels) is for images of unknown
+origin; a store reads back every image it accepted, and a PNG of any other size, depth or mode (a
+planted "bomb" included) raises CorruptStoreError.
 """
 from __future__ import annotations
 
-import io
 import json
+import os
 import re
 import struct
 import zlib
 from pathlib import Path
 
 import numpy as np
-from PIL import PngImagePlugin
-
-from storage_impls.base import check_image_shape
+from storage_impls.base import check_dtype, check_image_shape
+from storage_impls.codecs import png_decode_into, png_limit
 from storage_impls.errors import CorruptStoreError, MissingStoreError
 
 FORMAT = "storage_impls.disk"
@@ -34,16 +34,8 @@ POINTER, META, LABELS, JOURNAL = "CURRENT", "meta.json", "labels.csv", "journal"
 GENERATION = re.compile(r"gen-[0-9a-f]{32}")
 LABELS_HEADER = b"image_id,label,crc32\n"
 META_MAX_BYTES = 4096
+POINTER_MAX_BYTES = 256  # CURRENT holds one generation name (40 bytes)
 LABEL = struct.Struct("<q")
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-IHDR = struct.Struct(">I4sIIBB")  # chunk length, chunk type, width, height, bit depth, colour type
-COLOUR_TYPES = {1: (0, "L"), 3: (2, "RGB"), 4: (6, "RGBA")}  # channels -> PNG colour type, Pillow mode
-
-
-def channels(shape: tuple[int, ...]) -> int:
-    return shape[2] if len(shape) == 3 else 1
-
-
 def image_crc(png: bytes | memoryview, label: int) -> int:
     """The CRC-32 labels.csv keeps for one image: of its PNG bytes, seeded with its label."""
     return zlib.crc32(png, zlib.crc32(LABEL.pack(label)))
@@ -53,19 +45,26 @@ def read_pointer(directory: Path) -> str | None:
     """The generation ``CURRENT`` names, None if there is no CURRENT; CorruptStoreError if it names none."""
     path = directory / POINTER
     try:
-        data = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY)  # no buffered file object: this runs before every write
     except FileNotFoundError:
         return None
     except (IsADirectoryError, NotADirectoryError):
         raise CorruptStoreError(f"{path} is not a file naming the live generation folder") from None
+    try:
+        data = os.read(fd, POINTER_MAX_BYTES)
+    except IsADirectoryError:
+        raise CorruptStoreError(f"{path} is not a file naming the live generation folder") from None
+    finally:
+        os.close(fd)
     name = data.decode("ascii", "replace")
     if not GENERATION.fullmatch(name):
         raise CorruptStoreError(f"{path} does not name a generation folder (gen-<32 hex digits>): {data[:80]!r}")
     return name
 
 
-def format_meta(shape: tuple[int, ...], count: int) -> bytes:
-    return json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION, "image_shape": list(shape), "count": count}).encode()
+def format_meta(dtype: np.dtype, shape: tuple[int, ...], count: int) -> bytes:
+    return json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION, "image_shape": list(shape), "count": count,
+                       "dtype": dtype.str}).encode()
 
 
 def format_labels(labels: np.ndarray, crcs: np.ndarray) -> bytes:
@@ -74,23 +73,24 @@ def format_labels(labels: np.ndarray, crcs: np.ndarray) -> bytes:
 
 
 class Generation:
-    """One generation folder, loaded: ``shape``, ``count``, ``labels`` (int64) and ``crcs`` per image.
+    """One generation folder, loaded: ``dtype``, ``shape``, ``count``, ``labels`` (int64) and ``crcs`` per image.
     Its PNGs are opened when read. FileNotFoundError if a file is missing; CorruptStoreError if damaged."""
 
-    def __init__(self, directory: Path, name: str, loaded: tuple[tuple[int, ...], np.ndarray, np.ndarray] | None = None) -> None:
-        """Read ``directory/name``; ``loaded`` = (shape, labels, crcs) of a generation this handle just wrote."""
+    def __init__(self, directory: Path, name: str,
+                 loaded: tuple[np.dtype, tuple[int, ...], np.ndarray, np.ndarray] | None = None) -> None:
+        """Read ``directory/name``; ``loaded`` = (dtype, shape, labels, crcs) of a generation this handle just wrote."""
         self.name, self.path = name, directory / name
         self._prefix = f"{self.path}/"
-        self.shape, self.labels, self.crcs = loaded or self._read()
+        self.dtype, self.shape, self.labels, self.crcs = loaded or self._read()
         self.count = len(self.labels)
 
-    def _read(self) -> tuple[tuple[int, ...], np.ndarray, np.ndarray]:
-        shape, count = self._read_meta(self.path / META)
+    def _read(self) -> tuple[np.dtype, tuple[int, ...], np.ndarray, np.ndarray]:
+        dtype, shape, count = self._read_meta(self.path / META)
         labels, crcs = _parse_labels(self.path / LABELS, count)
-        return shape, labels, crcs
+        return dtype, shape, labels, crcs
 
     @staticmethod
-    def _read_meta(path: Path) -> tuple[tuple[int, ...], int]:
+    def _read_meta(path: Path) -> tuple[np.dtype, tuple[int, ...], int]:
         try:
             with open(path, "rb") as file:
                 data = file.read(META_MAX_BYTES + 1)
@@ -103,9 +103,13 @@ class Generation:
             if not isinstance(shape, list) or not all(type(side) is int for side in shape) or type(count) is not int or count < 1:
                 raise ValueError(f"image_shape {shape!r} or count {count!r} is not what it should be")
             check_image_shape(tuple(shape), "image_shape")
-        except (IsADirectoryError, NotADirectoryError, ValueError, KeyError) as error:  # JSON and UTF-8 errors are ValueErrors
+            dtype = check_dtype(meta.get("dtype", "|u1"), "images")  # stores written before other dtypes: uint8
+            limit = png_limit(dtype, tuple(shape))
+            if limit:
+                raise ValueError(limit)
+        except (IsADirectoryError, NotADirectoryError, ValueError, KeyError, TypeError) as error:  # JSON and UTF-8 errors are ValueErrors
             raise CorruptStoreError(f"{path} is not a disk store's metadata ({type(error).__name__}: {error})") from None
-        return tuple(shape), count
+        return dtype, tuple(shape), count
 
     def file(self, image_id: int) -> str:
         return f"{self._prefix}{image_id}.png"
@@ -143,26 +147,10 @@ def _parse_labels(path: Path, count: int) -> tuple[np.ndarray, np.ndarray]:
     return rows[:, 1].copy(), rows[:, 2].astype(np.uint32)
 
 
-def decode_png(data: bytes, target: np.ndarray, shape: tuple[int, ...], where: str) -> None:
-    """Decode the PNG ``data`` into ``target`` (an image of ``shape``, or its (H, W) plane); CorruptStoreError
-    naming ``where`` unless it is an 8-bit PNG of exactly that shape and mode."""
-    colour, mode = COLOUR_TYPES[channels(shape)]
+def decode_png(data: bytes, target: np.ndarray, where: str) -> None:
+    """Decode the PNG ``data`` into ``target`` (one image slot of the store's dtype and shape); CorruptStoreError
+    naming ``where`` unless it is a PNG of exactly that shape, bit depth and colour type (checked before decoding)."""
     try:
-        length, chunk, width, height, depth, found = IHDR.unpack_from(data, len(PNG_SIGNATURE))
-    except struct.error:
-        raise CorruptStoreError(f"{where} is not a PNG: {len(data)} bytes, shorter than a PNG header") from None
-    if not data.startswith(PNG_SIGNATURE) or chunk != b"IHDR" or length != 13:
-        raise CorruptStoreError(f"{where} is not a PNG (no PNG signature and header)")
-    if (height, width, depth, found) != (shape[0], shape[1], 8, colour):
-        raise CorruptStoreError(f"{where} is a {width}x{height} PNG of bit depth {depth}, colour type {found}; "
-                                f"the store's images are {shape} ({mode}, 8 bits)")
-    try:
-        with PngImagePlugin.PngImageFile(io.BytesIO(data)) as image:  # not Image.open: its bomb check is done above
-            image.load()
-            if image.mode != mode or image.size != (width, height):
-                raise CorruptStoreError(f"{where} decodes to {image.mode} {image.size}, expected {mode} of shape {shape}")
-            np.copyto(target, np.asarray(image).reshape(target.shape))
-    except CorruptStoreError:
-        raise
-    except Exception as error:  # Pillow reports damaged data with OSError, SyntaxError, ValueError, EOFError ...
-        raise CorruptStoreError(f"{where} is not a readable PNG ({type(error).__name__}: {error})") from None
+        png_decode_into(data, target)
+    except Exception as error:  # png_decode_into's ValueErrors; Pillow reports damaged data with OSError, SyntaxError, EOFError ...
+        raise CorruptStoreError(f"{where} is not a readable PNG of the store's images ({type(error).__name__}: {error})") from None

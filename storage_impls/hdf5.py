@@ -1,4 +1,4 @@
-"""HDF5: a checkpoint file ``images.h5`` (see hdf5_format.py: contiguous uint8 ``images``
+"""HDF5: a checkpoint file ``images.h5`` (see hdf5_format.py: contiguous ``images`` of the store's dtype
 (N, H, W[, C]), int64 ``labels``, optional uint64 ``checksums``, a ``token`` naming it) plus a
 write-ahead journal ``images.h5.journal`` (journal.py) of single-image writes, raw pixels each.
 
@@ -118,9 +118,10 @@ class Hdf5Store(ImageStore):
         journal, checkpoint = self._journal, self._checkpoint
         if not journal.entries:
             return
-        if checkpoint and journal.image_shape != checkpoint.shape:
-            raise CorruptStoreError(f"{journal.path}: images of shape {journal.image_shape}, but the checkpoint's are {checkpoint.shape}")
-        row = math.prod(journal.image_shape)
+        if checkpoint and (journal.image_dtype, journal.image_shape) != (checkpoint.dtype, checkpoint.shape):
+            raise CorruptStoreError(f"{journal.path}: images of {journal.image_dtype} {journal.image_shape}, but the "
+                                    f"checkpoint's are {checkpoint.dtype} {checkpoint.shape}")
+        row = math.prod(journal.image_shape) * journal.image_dtype.itemsize
         first = checkpoint.count if checkpoint else 0
         if any(entry.length != row for entry in journal.entries.values()) or \
                 sum(image_id >= first for image_id in journal.entries) != self._count - first:
@@ -160,16 +161,22 @@ class Hdf5Store(ImageStore):
             return self._checkpoint.shape
         return self._journal.image_shape if self._journal else None
 
+    @property
+    def image_dtype(self) -> np.dtype | None:
+        if self._checkpoint:
+            return self._checkpoint.dtype
+        return self._journal.image_dtype if self._journal else None
+
     # -- writes -------------------------------------------------------------------------------------
     def _replace_all(self, images: np.ndarray, labels: np.ndarray) -> None:
         checksum = self.checksum if self.checksum is not None else bool(self._checkpoint and self._checkpoint.checksum)
-        self._commit(images.shape[1:], len(images), iter([(0, images, labels)]), checksum)
+        self._commit(images.dtype, images.shape[1:], len(images), iter([(0, images, labels)]), checksum)
 
     def _put(self, image: np.ndarray, image_id: int, label: int) -> None:
         if self._journal.needs_compaction(self._checkpoint.count if self._checkpoint else 0):
             checksum = self._checkpoint.checksum if self._checkpoint else bool(self.checksum)
-            self._commit(self.image_shape, self._count, self._blocks(), checksum)
-        self._journal.append(image_id, label, image, image.shape, durable=self.durable)
+            self._commit(self.image_dtype, self.image_shape, self._count, self._blocks(), checksum)
+        self._journal.append(image_id, label, image, image.dtype, image.shape, durable=self.durable)
         if image_id == self._count:
             self._count += 1
             self._in_journal = None
@@ -178,19 +185,19 @@ class Hdf5Store(ImageStore):
 
     def _blocks(self) -> Iterator[Block]:
         """The store's images and labels, a block at a time (one reused buffer), journal records applied."""
-        step = max(1, min(self._count, COPY_BLOCK_BYTES // math.prod(self.image_shape)))
-        images, labels = np.empty((step, *self.image_shape), np.uint8), np.empty(step, np.int64)
+        step = max(1, min(self._count, COPY_BLOCK_BYTES // (math.prod(self.image_shape) * self.image_dtype.itemsize)))
+        images, labels = np.empty((step, *self.image_shape), self.image_dtype), np.empty(step, np.int64)
         for start in range(0, self._count, step):
             size = min(step, self._count - start)
             self._read_range_into(start, images[:size], labels[:size])
             yield start, images[:size], labels[:size]
 
-    def _commit(self, shape: tuple[int, ...], count: int, blocks: Iterator[Block], checksum: bool) -> None:
+    def _commit(self, dtype: np.dtype, shape: tuple[int, ...], count: int, blocks: Iterator[Block], checksum: bool) -> None:
         """Write a new checkpoint aside, open it, rename it into place (the commit), drop the stale journal."""
         token = uuid.uuid4().hex
         temporary = self.directory / f"{TEMPORARY_PREFIX}.{token}{TEMPORARY_SUFFIX}"
         try:
-            write_checkpoint(temporary, shape, count, blocks, token=token, checksum=checksum, durable=self.durable)
+            write_checkpoint(temporary, dtype, shape, count, blocks, token=token, checksum=checksum, durable=self.durable)
             checkpoint = Checkpoint(temporary, self._path)  # opened before the rename: nothing can fail after it
             try:
                 os.replace(temporary, self._path)
@@ -210,7 +217,7 @@ class Hdf5Store(ImageStore):
         entry = self._journal.entries.get(image_id)
         if entry is None:
             return self._checkpoint.image(image_id)
-        image = np.empty(self.image_shape, np.uint8)
+        image = np.empty(self.image_shape, self.image_dtype)
         self._journal.read_into(image_id, image)
         return image, entry.label
 

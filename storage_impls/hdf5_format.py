@@ -1,7 +1,7 @@
 """The HDF5 store's checkpoint file, ``images.h5``: how it is written, validated and read.
 
 Datasets (all contiguous, unfiltered, so each is one run of raw bytes at a fixed file offset):
-``images`` uint8 (N, H, W[, C]), ``labels`` little-endian int64 (N,), and, when the store keeps
+``images`` (N, *image shape) of the store's dtype (native byte order), ``labels`` little-endian int64 (N,), and, when the store keeps
 checksums, ``checksums`` little-endian uint64 (N,): xxh3_64 of each image's pixels seeded with
 its label (as uint64), so a flipped bit in either is caught. Attributes (fixed-length strings:
 HDF5 keeps variable-length ones in a global heap that has no checksum): ``format``,
@@ -30,7 +30,7 @@ import h5py
 import numpy as np
 import xxhash
 
-from storage_impls.base import check_image_shape
+from storage_impls.base import check_dtype, check_image_shape
 from storage_impls.errors import NO_SPACE_ERRNOS, CorruptStoreError, is_no_space, no_space_error
 from storage_impls.journal import pwrite_all
 
@@ -64,9 +64,9 @@ def file_identity(path: Path) -> Identity | None:
     return info.st_dev, info.st_ino
 
 
-def write_checkpoint(path: Path, shape: tuple[int, ...], count: int,
+def write_checkpoint(path: Path, dtype: np.dtype, shape: tuple[int, ...], count: int,
                      blocks: Iterable[Block], *, token: str, checksum: bool, durable: bool) -> None:
-    """Write a complete checkpoint of ``count`` images of ``shape`` at ``path`` (a temporary name);
+    """Write a complete checkpoint of ``count`` images of ``dtype`` and ``shape`` at ``path`` (a temporary name);
     ``blocks`` yields (first id, images, labels) covering ids 0..count-1. A full disk raises NoSpaceError."""
     free = os.statvfs(path.parent)
     if (free.f_bfree if os.geteuid() == 0 else free.f_bavail) * free.f_frsize < METADATA_RESERVE:
@@ -76,7 +76,7 @@ def write_checkpoint(path: Path, shape: tuple[int, ...], count: int,
     layout.set_layout(h5py.h5d.CONTIGUOUS)
     layout.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
     layout.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
-    datasets = {"images": ((count, *shape), np.uint8), "labels": ((count,), LABEL_DTYPE)}
+    datasets = {"images": ((count, *shape), dtype), "labels": ((count,), LABEL_DTYPE)}
     if checksum:
         datasets["checksums"] = ((count,), CHECKSUM_DTYPE)
     try:
@@ -89,7 +89,7 @@ def write_checkpoint(path: Path, shape: tuple[int, ...], count: int,
                        for name, (dataset_shape, dtype) in datasets.items()}
     except OSError as error:
         raise (no_space_error(path.parent, error) if is_h5_no_space(error) else error) from error
-    row = math.prod(shape)
+    row = math.prod(shape) * dtype.itemsize  # bytes per image
     fd = os.open(path, os.O_WRONLY)
     try:
         for start, images, labels in blocks:
@@ -137,7 +137,8 @@ class Checkpoint:
             raise
         if hasattr(self._map, "madvise"):
             self._map.madvise(mmap.MADV_RANDOM)  # batches are random rows: no readahead around each
-        self.pixels = np.frombuffer(self._map, np.uint8, self.count * self.row, self._offset).reshape(self.count, *self.shape)
+        self.pixels = np.frombuffer(self._map, self.dtype, self.count * math.prod(self.shape), self._offset).reshape(
+            self.count, *self.shape)
 
     def _read_metadata(self, file: h5py.File, size: int) -> None:
         """Validate the layout and read the attributes, labels and checksums; CorruptStoreError naming what is wrong."""
@@ -150,9 +151,11 @@ class Checkpoint:
             images = file["images"]
             self.count, self.shape = len(images), tuple(images.shape[1:])
             check_image_shape(self.shape, f"{self.name}: each image")
-            if images.dtype != np.uint8 or self.count < 1:
-                raise CorruptStoreError(f"{self.name}: images are {images.dtype} of shape {images.shape}, expected uint8 (N, H, W[, C])")
-            self.row = math.prod(self.shape)
+            self.dtype = check_dtype(images.dtype, f"{self.name}: images")
+            if images.dtype != self.dtype or self.count < 1:
+                raise CorruptStoreError(f"{self.name}: images are {images.dtype} of shape {images.shape}, expected a "
+                                        "numeric dtype of this machine's byte order (N, ...)")
+            self.row = math.prod(self.shape) * self.dtype.itemsize  # bytes per image
             self._offset = _raw_offset(images, self.count * self.row, size, self.name)
             self.labels = self._read_array(file, "labels", LABEL_DTYPE, size).astype(np.int64)
             self.checksums = self._read_array(file, "checksums", CHECKSUM_DTYPE, size) if self.checksum else None

@@ -3,7 +3,7 @@ image in place both cheaply and atomically (HDF5's file, the PNG folder's labels
 
 Such a store is a *checkpoint* (what ``store_many`` wrote, named by a token the method keeps
 with it) plus this journal: one file that ``store_single`` appends one record to. The file is a
-header line (JSON: format, version, checkpoint token, image shape) and its CRC-32, then, at a
+header line (JSON: format, version, checkpoint token, image shape and dtype) and its CRC-32, then, at a
 16-byte aligned offset, the *commit word* ``<QI4x>`` (where the committed records end, CRC-32
 of that), then the records. A record is ``<QqII``: image id, label, payload length, CRC-32 of
 those fields and the payload; then the payload (the method decides what: raw pixels, PNG bytes).
@@ -38,7 +38,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from storage_impls.base import fsync_path
+from storage_impls.base import check_dtype, fsync_path
 from storage_impls.errors import CorruptStoreError, is_no_space, no_space_error
 
 FORMAT = "storage_impls.journal"
@@ -65,14 +65,16 @@ class Entry(NamedTuple):
 class Journal:
     """The journal file ``path`` as seen by one handle: ``entries`` maps id -> newest Entry.
 
-    ``image_shape`` is None unless a journal extending ``checkpoint`` is loaded."""
+    ``image_shape`` and ``image_dtype`` are None unless a journal extending ``checkpoint`` is loaded."""
 
     def __init__(self, path: Path, checkpoint: str) -> None:
         self.path, self.checkpoint = path, checkpoint
         self.entries: dict[int, Entry] = {}
         self.image_shape: tuple[int, ...] | None = None
+        self.image_dtype: np.dtype | None = None
         self.records = 0
         self._fd: int | None = None
+        self._fd_writable = False  # opened for writing (a reader's journal is opened read-only)
         self._identity: tuple[int, int] | None = None  # (device, inode) of the file loaded
         self._commit_at = 0  # offset of the commit word
         self._end = 0  # end of the committed records loaded
@@ -82,13 +84,13 @@ class Journal:
     def _load(self) -> None:
         """Open the journal if it exists and extends ``checkpoint``; a missing or stale one reads as empty."""
         self.close()
-        self.entries, self.image_shape, self.records, self._end, self._identity = {}, None, 0, 0, None
+        self.entries, self.image_shape, self.image_dtype, self.records, self._end, self._identity = {}, None, None, 0, 0, None
         try:
             fd = os.open(self.path, os.O_RDONLY)
         except FileNotFoundError:
             return
         try:
-            checkpoint, image_shape, commit_at = _read_header(fd, self.path)
+            checkpoint, image_dtype, image_shape, commit_at = _read_header(fd, self.path)
         except BaseException:
             os.close(fd)
             raise
@@ -98,7 +100,7 @@ class Journal:
         self._fd = fd
         info = os.fstat(fd)
         self._identity = (info.st_dev, info.st_ino)
-        self.image_shape, self._commit_at = image_shape, commit_at
+        self.image_dtype, self.image_shape, self._commit_at = image_dtype, image_shape, commit_at
         self._end = commit_at + COMMIT.size
         self._scan()
 
@@ -178,16 +180,17 @@ class Journal:
 
     # -- writing (under the store's writer lock) --------------------------------------------
     def append(self, image_id: int, label: int, payload: bytes | memoryview | np.ndarray,
-               image_shape: tuple[int, ...], *, durable: bool) -> None:
-        """Commit one record; on any failure (a full disk included) the journal is left as it was."""
+               image_dtype: np.dtype, image_shape: tuple[int, ...], *, durable: bool) -> None:
+        """Commit one record (of an image of ``image_dtype`` and ``image_shape``, which a new journal records);
+        on any failure (a full disk included) the journal is left as it was."""
         if self._fd is None:
-            self._create(image_shape, durable)
+            self._create(image_dtype, image_shape, durable)
         payload = memoryview(payload).cast("B")
         fields = RECORD.pack(image_id, label, len(payload), 0)[:-4]
         crc = zlib.crc32(payload, zlib.crc32(fields))
         start, end = self._end + RECORD.size, self._end + RECORD.size + len(payload)
         committed = False
-        fd = os.open(self.path, os.O_WRONLY)
+        fd = self._writable_fd()
         try:
             os.ftruncate(fd, self._end)  # drop what a killed or failed writer left past the committed end
             pwrite_all(fd, fields + crc.to_bytes(4, "little"), self._end)
@@ -207,12 +210,20 @@ class Journal:
                 self.entries[image_id] = Entry(label, start, len(payload), crc)
                 self.records += 1
                 self._end = end
-            os.close(fd)
 
-    def _create(self, image_shape: tuple[int, ...], durable: bool) -> None:
+    def _writable_fd(self) -> int:
+        """The journal's fd, reopened for writing the first time a handle appends (under the writer lock, after
+        ``refresh``: the path still names the file loaded)."""
+        if not self._fd_writable:
+            fd = os.open(self.path, os.O_RDWR)
+            os.close(self._fd)
+            self._fd, self._fd_writable = fd, True
+        return self._fd
+
+    def _create(self, image_dtype: np.dtype, image_shape: tuple[int, ...], durable: bool) -> None:
         """Start a journal for this checkpoint: written aside, then renamed over any stale one."""
         line = json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION, "checkpoint": self.checkpoint,
-                           "image_shape": list(image_shape)}).encode() + b"\n"
+                           "image_shape": list(image_shape), "dtype": image_dtype.str}).encode() + b"\n"
         commit_at = -(-(len(line) + HEADER_CRC.size) // COMMIT_ALIGN) * COMMIT_ALIGN
         header = (line + HEADER_CRC.pack(zlib.crc32(line))).ljust(commit_at, b"\0") + _commit_word(commit_at + COMMIT.size)
         temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
@@ -234,20 +245,20 @@ class Journal:
             raise (no_space_error(self.path.parent, error) if is_no_space(error) else error) from error
         # what _load would read back: the file just written, kept open (renaming did not change it)
         info = os.fstat(fd)
-        self._fd, self._identity = fd, (info.st_dev, info.st_ino)
-        self.entries, self.records, self.image_shape = {}, 0, tuple(image_shape)
+        self._fd, self._fd_writable, self._identity = fd, True, (info.st_dev, info.st_ino)
+        self.entries, self.records, self.image_shape, self.image_dtype = {}, 0, tuple(image_shape), np.dtype(image_dtype)
         self._commit_at, self._end = commit_at, commit_at + COMMIT.size
 
     def discard(self) -> None:
         """Remove the journal file (after its records were folded into a new checkpoint)."""
         self.close()
         self.path.unlink(missing_ok=True)
-        self.entries, self.image_shape, self.records, self._end, self._identity = {}, None, 0, 0, None
+        self.entries, self.image_shape, self.image_dtype, self.records, self._end, self._identity = {}, None, None, 0, 0, None
 
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
-            self._fd = None
+            self._fd, self._fd_writable = None, False
 
 
 def gather_overlaid(journal: Journal, in_journal: np.ndarray | None, ids: np.ndarray, out: np.ndarray,
@@ -285,8 +296,9 @@ def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
         view, offset = view[written:], offset + written
 
 
-def _read_header(fd: int, path: Path) -> tuple[str, tuple[int, ...], int]:
-    """(checkpoint, image shape, offset of the commit word) of a journal file; CorruptStoreError if it is not one."""
+def _read_header(fd: int, path: Path) -> tuple[str, np.dtype, tuple[int, ...], int]:
+    """(checkpoint, image dtype, image shape, offset of the commit word) of a journal file; CorruptStoreError if it
+    is not one. Journals written before stores held other dtypes have no dtype: theirs is uint8."""
     head = os.pread(fd, HEADER_MAX, 0)
     line, newline, rest = head.partition(b"\n")
     try:
@@ -296,6 +308,7 @@ def _read_header(fd: int, path: Path) -> tuple[str, tuple[int, ...], int]:
         if header["format"] != FORMAT or header["format_version"] != FORMAT_VERSION:
             raise ValueError(f"format {header['format']!r} version {header['format_version']!r}")
         commit_at = -(-(len(line) + 1 + HEADER_CRC.size) // COMMIT_ALIGN) * COMMIT_ALIGN
-        return str(header["checkpoint"]), tuple(int(side) for side in header["image_shape"]), commit_at
-    except (ValueError, KeyError, TypeError) as error:
+        dtype = check_dtype(header.get("dtype", "|u1"), "the journal's images")
+        return str(header["checkpoint"]), dtype, tuple(int(side) for side in header["image_shape"]), commit_at
+    except (ValueError, KeyError, TypeError) as error:  # check_dtype raises TypeError
         raise CorruptStoreError(f"{path}: not a journal written by {FORMAT} version {FORMAT_VERSION} ({error})") from None

@@ -182,10 +182,14 @@ class LmdbStore(ImageStore):
     def image_shape(self) -> tuple[int, ...] | None:
         return None if self._layout is None else self._layout.shape
 
+    @property
+    def image_dtype(self) -> np.dtype | None:
+        return None if self._layout is None else self._layout.dtype
+
     # -- writing ----------------------------------------------------------------------------
     def _replace_all(self, images: np.ndarray, labels: np.ndarray) -> None:
         checksummed = self.checksum if self.checksum is not None else bool(self._layout and self._layout.checksummed)
-        layout = ValueLayout(images.shape[1:], checksummed)
+        layout = ValueLayout(images.shape[1:], checksummed, images.dtype)
         needed = len(images) * self._footprint(layout.size)
         if self._damage is None:
             try:
@@ -225,7 +229,7 @@ class LmdbStore(ImageStore):
         self._damage = None
 
     def _put(self, image: np.ndarray, image_id: int, label: int) -> None:
-        layout = self._layout or ValueLayout(image.shape, bool(self.checksum))
+        layout = self._layout or ValueLayout(image.shape, bool(self.checksum), image.dtype)
         commit(self._shared.env, lambda txn: put_value(txn, layout, image_id, label, image),
                self._footprint(layout.size), self.directory)
         self._renew_snapshot()
@@ -267,7 +271,8 @@ class LmdbStore(ImageStore):
         layout = self._layout
         value = self._snapshot_txn().get(KEY.pack(image_id))
         label = layout.check(value, image_id, self.directory)
-        return np.frombuffer(value, np.uint8, layout.pixel_bytes, layout.header_size).reshape(layout.shape).copy(), label
+        pixels = np.frombuffer(value, layout.dtype, math.prod(layout.shape), layout.header_size)
+        return pixels.reshape(layout.shape).copy(), label
 
     @typed_errors("reading images")
     def _read_into(self, out: np.ndarray, labels: np.ndarray) -> None:

@@ -1,11 +1,13 @@
 """The values of an LMDB store: one image each, a header, the raw pixels and an optional checksum.
 
-A value (under the image id as 8 big-endian bytes) starts with an 8-byte prefix ``<2sBBHH``
-(magic ``b"IM"``, version, channels or 0 for a 2-D image, height, width). Version 1: the label
-(``<q``) and the pixels follow. Version 2 (``checksum=True``): the xxh3_64 (``<Q``) of the label and
-pixels, seeded with the image id, then the label and the pixels; so bit rot anywhere in a value,
-and a value LMDB returns under another id (a damaged key), are caught; a damaged prefix never
-matches. Every read checks the prefix against the store's, the length against header + pixels,
+A value (under the image id as 8 big-endian bytes) starts with a prefix. uint8 images of up to 255
+channels take the 8-byte prefix ``<2sBBHH`` (magic ``b"IM"``, version 1 or 2, channels or 0 for a
+2-D image, height, width); any other dtype or band count the 24-byte ``<2sBBB3x4sIII`` (magic,
+version 3 or 4, the number of dimensions, the dtype as numpy spells it (``"<f4"``), three dimensions,
+unused ones 0). Versions 1 and 3: the label (``<q``) and the pixels follow. Versions 2 and 4
+(``checksum=True``): the xxh3_64 (``<Q``) of the label and pixels, seeded with the image id, then the
+label and the pixels; so bit rot anywhere in a value, and a value LMDB returns under another id (a
+damaged key), are caught; a damaged prefix never matches. Every read checks the prefix against the store's, the length against header + pixels,
 and the checksum if any, and raises CorruptStoreError naming the image id. Both versions are read.
 
 Writing (``put_all``, ``put_value``): values up to ``STAGING_BYTES`` are assembled a block at a time
@@ -25,11 +27,15 @@ import lmdb
 import numpy as np
 import xxhash
 
+from storage_impls.base import check_dtype, check_image_shape
 from storage_impls.errors import CorruptStoreError
 
-PREFIX = struct.Struct("<2sBBHH")  # magic, version, channels (0 = 2-D), height, width
+PREFIX = struct.Struct("<2sBBHH")  # magic, version, channels (0 = 2-D), height, width: uint8 images
+WIDE_PREFIX = struct.Struct("<2sBB4sIII4x")  # magic, version, ndim, dtype, 3 dims: any other image
+VERSION = struct.Struct("<2sB")
 MAGIC = b"IM"
-PLAIN, CHECKSUMMED = 1, 2  # value versions
+PLAIN, CHECKSUMMED, WIDE_PLAIN, WIDE_CHECKSUMMED = 1, 2, 3, 4  # value versions
+UINT8 = np.dtype(np.uint8)
 WORD = 8  # bytes of a label or a checksum
 KEY = struct.Struct(">Q")
 STAGING_BYTES = 8 << 20  # values assembled per block in put_all; larger values are filled in place
@@ -38,10 +44,12 @@ checksum_of = xxhash.xxh3_64_intdigest
 
 @dataclass(frozen=True)
 class ValueLayout:
-    """How every value of a store is laid out: image shape and whether it carries a checksum."""
+    """How every value of a store is laid out: image shape, whether it carries a checksum, image dtype."""
 
     shape: tuple[int, ...]
     checksummed: bool
+    dtype: np.dtype = UINT8
+    prefix_size: int = field(init=False)
     header_size: int = field(init=False)  # prefix [+ checksum] + label: where the pixels start
     label_offset: int = field(init=False)  # where the label starts, and the checksummed bytes
     pixel_bytes: int = field(init=False)
@@ -50,44 +58,49 @@ class ValueLayout:
 
     def __post_init__(self) -> None:
         channels = self.shape[2] if len(self.shape) == 3 else 0
-        version = CHECKSUMMED if self.checksummed else PLAIN
-        header_size = PREFIX.size + WORD * (1 + self.checksummed)
+        if self.dtype == UINT8 and channels <= 255:
+            prefix = PREFIX.pack(MAGIC, CHECKSUMMED if self.checksummed else PLAIN, channels, *self.shape[:2])
+        else:
+            prefix = WIDE_PREFIX.pack(MAGIC, WIDE_CHECKSUMMED if self.checksummed else WIDE_PLAIN, len(self.shape),
+                                      self.dtype.str.encode("ascii"), *(*self.shape, 0)[:3])
+        header_size = len(prefix) + WORD * (1 + self.checksummed)
+        object.__setattr__(self, "prefix_size", len(prefix))
         object.__setattr__(self, "header_size", header_size)
         object.__setattr__(self, "label_offset", header_size - WORD)
-        object.__setattr__(self, "pixel_bytes", math.prod(self.shape))
+        object.__setattr__(self, "pixel_bytes", math.prod(self.shape) * self.dtype.itemsize)
         object.__setattr__(self, "size", header_size + self.pixel_bytes)
-        object.__setattr__(self, "prefix", PREFIX.pack(MAGIC, version, channels, *self.shape[:2]))
+        object.__setattr__(self, "prefix", prefix)
 
     def fill(self, value: np.ndarray, image_id: int, label: int, pixels: np.ndarray) -> None:
         """Write the value of ``image_id`` into ``value``, a writable uint8 buffer of ``size`` bytes."""
-        self.fill_block(value[np.newaxis], image_id, np.array([label]), pixels.reshape(1, -1))
+        self.fill_block(value[np.newaxis], image_id, np.array([label]), pixels[np.newaxis])
 
     def fill_block(self, values: np.ndarray, first_id: int, labels: np.ndarray, pixels: np.ndarray) -> None:
-        """Write the values (n, size) of ids ``first_id``.. with ``labels`` (n,) and ``pixels`` (n, pixel_bytes)."""
-        values[:, :PREFIX.size] = np.frombuffer(self.prefix, np.uint8)
+        """Write the values (n, size) of ids ``first_id``.. with ``labels`` (n,) and ``pixels`` (n images, C-contiguous)."""
+        values[:, :self.prefix_size] = np.frombuffer(self.prefix, np.uint8)
         values[:, self.label_offset:self.header_size] = labels.astype("<i8").view(np.uint8).reshape(-1, WORD)
-        values[:, self.header_size:] = pixels
+        values[:, self.header_size:] = pixels.reshape(len(values), -1).view(np.uint8)
         if self.checksummed:
             sums = [checksum_of(value[self.label_offset:], first_id + row) for row, value in enumerate(values)]
-            values[:, PREFIX.size:self.label_offset] = np.array(sums, "<u8").view(np.uint8).reshape(-1, WORD)
+            values[:, self.prefix_size:self.label_offset] = np.array(sums, "<u8").view(np.uint8).reshape(-1, WORD)
 
     def check(self, value: memoryview | None, image_id: int, directory: Path) -> int:
         """Validate one value read for ``image_id`` and return its label, or raise CorruptStoreError."""
-        if value is None or len(value) != self.size or value[:PREFIX.size] != self.prefix:
+        if value is None or len(value) != self.size or value[:self.prefix_size] != self.prefix:
             raise self.error(value, image_id, directory)
         if self.checksummed and checksum_of(value[self.label_offset:], image_id) != int.from_bytes(
-                value[PREFIX.size:self.label_offset], "little"):
+                value[self.prefix_size:self.label_offset], "little"):
             raise self.checksum_error(image_id, directory)
         return int.from_bytes(value[self.label_offset:self.header_size], "little", signed=True)
 
     def check_headers(self, headers: np.ndarray, sums: list[int], ids: list[int] | range, directory: Path) -> np.ndarray:
         """Validate the headers (n, header_size) of values already checked for length, and their checksums
         against ``sums`` (computed from their contents); return their labels or raise naming the first bad id."""
-        bad = np.flatnonzero((headers[:, :PREFIX.size] != np.frombuffer(self.prefix, np.uint8)).any(axis=1))
+        bad = np.flatnonzero((headers[:, :self.prefix_size] != np.frombuffer(self.prefix, np.uint8)).any(axis=1))
         if len(bad):
             raise self.error(headers[bad[0]].tobytes(), ids[bad[0]], directory, whole=False)
         if self.checksummed:
-            stored = headers[:, PREFIX.size:self.label_offset].copy().view("<u8").ravel()
+            stored = headers[:, self.prefix_size:self.label_offset].copy().view("<u8").ravel()
             bad = np.flatnonzero(stored != np.array(sums, np.uint64))
             if len(bad):
                 raise self.checksum_error(ids[bad[0]], directory)
@@ -113,7 +126,7 @@ class ValueLayout:
 
 
 def describe(layout: ValueLayout) -> str:
-    return f"images of shape {layout.shape}{' with checksums' if layout.checksummed else ''}"
+    return f"images of dtype {layout.dtype} and shape {layout.shape}{' with checksums' if layout.checksummed else ''}"
 
 
 def parse_layout(value: memoryview | bytes, *, whole: bool = True) -> ValueLayout:
@@ -121,16 +134,34 @@ def parse_layout(value: memoryview | bytes, *, whole: bool = True) -> ValueLayou
     CorruptStoreError if it is not ours."""
     if len(value) < PREFIX.size + WORD:
         raise CorruptStoreError(f"a value of {len(value)} bytes is too short to hold an image header")
-    magic, version, channels, height, width = PREFIX.unpack_from(value)
-    if magic != MAGIC or version not in (PLAIN, CHECKSUMMED) or channels not in (0, 1, 3, 4) or not height or not width:
-        raise CorruptStoreError(f"a value has an invalid header {bytes(value[:PREFIX.size])!r} "
-                                "(not an image written by storage_impls.lmdb, or damaged)")
-    layout = ValueLayout((height, width, channels) if channels else (height, width), version == CHECKSUMMED)
+    try:
+        layout = _claimed_layout(value)
+    except (ValueError, TypeError, struct.error):
+        raise CorruptStoreError(f"a value has an invalid header {bytes(value[:WIDE_PREFIX.size])!r} "
+                                "(not an image written by storage_impls.lmdb, or damaged)") from None
     if whole and len(value) != layout.size:
         raise CorruptStoreError(f"a value of {len(value)} bytes does not match its header ({describe(layout)}: "
                                 f"{layout.size} bytes)")
     return layout
 
+
+def _claimed_layout(value: memoryview | bytes) -> ValueLayout:
+    magic, version = VERSION.unpack_from(value)
+    if magic != MAGIC:
+        raise ValueError
+    if version in (PLAIN, CHECKSUMMED):
+        _, _, channels, height, width = PREFIX.unpack_from(value)
+        shape = (height, width, channels) if channels else (height, width)
+        dtype = UINT8
+    elif version in (WIDE_PLAIN, WIDE_CHECKSUMMED):
+        _, _, ndim, dtype_text, *dims = WIDE_PREFIX.unpack_from(value)
+        if ndim not in (2, 3) or any(dims[ndim:]):
+            raise ValueError
+        shape, dtype = tuple(dims[:ndim]), check_dtype(dtype_text.rstrip(b"\0").decode("ascii"), "a value")
+    else:
+        raise ValueError
+    check_image_shape(shape, "a value's image")
+    return ValueLayout(shape, version in (CHECKSUMMED, WIDE_CHECKSUMMED), dtype)
 
 
 def put_all(env: lmdb.Environment, txn: lmdb.Transaction, layout: ValueLayout, images: np.ndarray,

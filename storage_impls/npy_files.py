@@ -2,7 +2,7 @@
 ``disk`` without PNG encoding).
 
 Layout (see checkpointed.py for the metadata file, the journal and how writes commit):
-``DIR/npy-files.json`` names ``DIR/ckpt-<token>/`` holding ``<id>.npy`` per image (uint8, (H, W[, C]),
+``DIR/npy-files.json`` names ``DIR/ckpt-<token>/`` holding ``<id>.npy`` per image (the store's dtype and image shape,
 exactly what ``np.save`` writes), ``labels.npy`` (little-endian int64, (N,)) and, with
 ``checksum=True``, ``checksums.npy`` (uint64, xxh3_64 of each image seeded with its label).
 ``DIR/npy-files.journal`` holds single-image writes (raw pixels, CRC-checked), so that replacing
@@ -37,7 +37,7 @@ class FilesCheckpoint(Checkpoint):
         super().__init__(folder, meta)
         self.labels = load(folder / LABELS, LABEL_DTYPE, (self.count,)).astype(np.int64)
         self.sums = load(folder / CHECKSUMS, CHECKSUM_DTYPE, (self.count,)) if self.checksum else None
-        self.header = header(np.uint8, self.shape)
+        self.header = header(self.dtype, self.shape)
         self._head = bytearray(len(self.header))
         self._tail = bytearray(1)  # a byte past the pixels must not exist
 
@@ -55,7 +55,7 @@ class FilesCheckpoint(Checkpoint):
         """Say what is wrong with an image file that is not what this store writes."""
         with open(path, "rb") as file:
             found_shape, found_dtype, offset = parse_header(file, path)
-        check_array(path, (found_shape, found_dtype), np.uint8, self.shape)
+        check_array(path, (found_shape, found_dtype), self.dtype, self.shape)
         return CorruptStoreError(f"{path} is {os.stat(path).st_size} bytes with a {offset}-byte header, expected exactly "
                                  f"{len(self.header) + self.row} with this package's {len(self.header)}-byte header")
 
@@ -82,11 +82,12 @@ class NpyFilesStore(CheckpointedStore):
     method = "npy-files"
     POINTER, JOURNAL, FORMAT = "npy-files.json", "npy-files.journal", "storage_impls.npy_files"
 
-    def _write_checkpoint(self, folder: Path, shape: tuple[int, ...], count: int, source: Source, checksum: bool) -> dict:
-        head = header(np.uint8, shape)
+    def _write_checkpoint(self, folder: Path, dtype: np.dtype, shape: tuple[int, ...], count: int, source: Source,
+                          checksum: bool) -> dict:
+        head = header(dtype, shape)
         labels = np.empty(count, LABEL_DTYPE)
         sums = np.empty(count, CHECKSUM_DTYPE) if checksum else None
-        step = max(1, COPY_BLOCK_BYTES // int(np.prod(shape)))
+        step = max(1, COPY_BLOCK_BYTES // (int(np.prod(shape)) * dtype.itemsize))
         for start in range(0, count, step):
             images, block_labels = source(start, min(count, start + step))
             for image_id, image in enumerate(images, start):

@@ -2,7 +2,7 @@
 single-file method is compared against.
 
 Layout (see checkpointed.py for the metadata file, the journal and how writes commit):
-``DIR/npy-memmap.json`` names ``DIR/ckpt-<token>/`` holding ``images.npy`` (uint8, (N, H, W[, C]), C
+``DIR/npy-memmap.json`` names ``DIR/ckpt-<token>/`` holding ``images.npy`` (the store's dtype, (N, *image shape), C
 order), ``labels.npy`` (little-endian int64, (N,)) and, with ``checksum=True``, ``checksums.npy``
 (uint64, xxh3_64 of each image seeded with its label); ``DIR/npy-memmap.journal`` holds single-image
 writes. Every file is a plain ``.npy``: ``np.load(path, mmap_mode="r")`` reads it.
@@ -47,7 +47,7 @@ class MemmapCheckpoint(Checkpoint):
         try:
             with os.fdopen(os.dup(self._fd), "rb") as file:
                 shape, dtype, self._offset = parse_header(file, self.path)
-            check_array(self.path, (shape, dtype), np.uint8, (self.count, *self.shape))
+            check_array(self.path, (shape, dtype), self.dtype, (self.count, *self.shape))
             check_size(self.path, os.fstat(self._fd).st_size, self._offset + self.count * self.row)
             self._map = mmap.mmap(self._fd, 0, access=mmap.ACCESS_READ)
         except BaseException:
@@ -55,7 +55,8 @@ class MemmapCheckpoint(Checkpoint):
             raise
         if hasattr(self._map, "madvise"):
             self._map.madvise(mmap.MADV_RANDOM)  # batches are random rows: no readahead around each
-        self.pixels = np.frombuffer(self._map, np.uint8, self.count * self.row, self._offset).reshape(self.count, *self.shape)
+        self.pixels = np.frombuffer(self._map, self.dtype, self.count * int(np.prod(self.shape)), self._offset).reshape(
+            self.count, *self.shape)
 
     def read_rows(self, start: int, out: np.ndarray, labels: np.ndarray) -> None:
         pread_into(self._fd, out, self._offset + start * self.row, self.path)
@@ -86,9 +87,10 @@ class NpyMemmapStore(CheckpointedStore):
     method = "npy-memmap"
     POINTER, JOURNAL, FORMAT = "npy-memmap.json", "npy-memmap.journal", "storage_impls.npy_memmap"
 
-    def _write_checkpoint(self, folder: Path, shape: tuple[int, ...], count: int, source: Source, checksum: bool) -> dict:
+    def _write_checkpoint(self, folder: Path, dtype: np.dtype, shape: tuple[int, ...], count: int, source: Source,
+                          checksum: bool) -> dict:
         path = folder / IMAGES
-        images = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(count, *shape))
+        images = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(count, *shape))
         try:
             fd = os.open(path, os.O_RDWR)
             try:

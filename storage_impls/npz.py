@@ -5,7 +5,7 @@ Layout (see checkpointed.py for the metadata file, the journal and how writes co
 ``DIR/npz.json`` names ``DIR/ckpt-<token>/`` holding ``shard-000000.npz``, ``shard-000001.npz``, ...
 Shard ``k`` holds images ``k*S .. (k+1)*S-1``, where S (``shard_images`` in the metadata) is as many
 images as fit in ``SHARD_BYTES`` (1 MiB) of pixels, at least one: 341 images of 32x32x3. Each shard
-has the members ``images`` (uint8, (n, H, W[, C])), ``labels`` (little-endian int64) and, with
+has the members ``images`` (the store's dtype, (n, *image shape)), ``labels`` (little-endian int64) and, with
 ``checksum=True``, ``checksums`` (uint64, xxh3_64 of each image seeded with its label): ``np.load``
 reads it. ``DIR/npz.journal`` holds single-image writes (raw pixels, CRC-checked).
 
@@ -39,9 +39,9 @@ LABEL_DTYPE, CHECKSUM_DTYPE = np.dtype("<i8"), np.dtype("<u8")
 ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, KeyError, ValueError, NotImplementedError, RuntimeError)
 
 
-def shard_images(shape: tuple[int, ...]) -> int:
-    """Images per shard for images of ``shape``."""
-    return max(1, SHARD_BYTES // int(np.prod(shape)))
+def shard_images(dtype: np.dtype, shape: tuple[int, ...]) -> int:
+    """Images per shard for images of ``dtype`` and ``shape``."""
+    return max(1, SHARD_BYTES // (int(np.prod(shape)) * dtype.itemsize))
 
 
 class NpzCheckpoint(Checkpoint):
@@ -50,8 +50,9 @@ class NpzCheckpoint(Checkpoint):
     def __init__(self, folder: Path, meta: dict) -> None:
         super().__init__(folder, meta)
         self.per_shard = meta["shard_images"]
-        if type(self.per_shard) is not int or self.per_shard != shard_images(self.shape):
-            raise CorruptStoreError(f"{folder}: {self.per_shard!r} images per shard, expected {shard_images(self.shape)}")
+        expected = shard_images(self.dtype, self.shape)
+        if type(self.per_shard) is not int or self.per_shard != expected:
+            raise CorruptStoreError(f"{folder}: {self.per_shard!r} images per shard, expected {expected}")
         if not (folder / SHARD.format(index=0)).is_file():
             raise FileNotFoundError(2, "no such shard", str(folder / SHARD.format(index=0)))
         self._cached: tuple[int, np.ndarray, np.ndarray] | None = None
@@ -73,7 +74,7 @@ class NpzCheckpoint(Checkpoint):
             with zipfile.ZipFile(path) as archive:
                 members = {name: archive.read(f"{name}.npy") for name in names}  # read whole: CRC-32 checked
             arrays = [self._member(path, members, name, dtype, shape) for name, dtype, shape in
-                      (("images", np.uint8, (count, *self.shape)), ("labels", LABEL_DTYPE, (count,)),
+                      (("images", self.dtype, (count, *self.shape)), ("labels", LABEL_DTYPE, (count,)),
                        ("checksums", CHECKSUM_DTYPE, (count,)))[:len(names)]]
         except FileNotFoundError:
             raise
@@ -119,8 +120,9 @@ class NpzStore(CheckpointedStore):
                          "development machine, minutes per shuffled epoch of 100 000 images")
     POINTER, JOURNAL, FORMAT = "npz.json", "npz.journal", "storage_impls.npz"
 
-    def _write_checkpoint(self, folder: Path, shape: tuple[int, ...], count: int, source: Source, checksum: bool) -> dict:
-        per_shard = shard_images(shape)
+    def _write_checkpoint(self, folder: Path, dtype: np.dtype, shape: tuple[int, ...], count: int, source: Source,
+                          checksum: bool) -> dict:
+        per_shard = shard_images(dtype, shape)
         for index, start in enumerate(range(0, count, per_shard)):
             images, labels = source(start, min(count, start + per_shard))
             arrays = {"images": images, "labels": labels.astype(LABEL_DTYPE)}

@@ -39,6 +39,7 @@ fsyncs folders and the metadata before a write returns.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import shutil
 import time
@@ -51,7 +52,7 @@ import rocksdict
 
 from storage_impls.base import ImageStore, fsync_path
 from storage_impls.errors import CorruptStoreError, MissingStoreError, NoSpaceError, StoreError, StoreLockedError, is_no_space, no_space_error
-from storage_impls.records import DTYPE, HEADER, KEY, ValueLayout, is_temporary, missing_store, refuse_foreign, write_meta
+from storage_impls.records import HEADER, KEY, ValueLayout, is_temporary, missing_store, refuse_foreign, write_meta
 from storage_impls.registry import check_options
 from storage_impls.rocksdb_format import (
     DB_DIR,
@@ -142,7 +143,8 @@ class RocksdbStore(ImageStore):
                 return meta, db, self._check_view(db, meta)
             except Exception as error:
                 close_db(db)
-                if not (is_rocks_error(error) or isinstance(error, StoreError)):
+                # FileNotFoundError: rocksdict's, when a commit removed the folder named by the metadata just read
+                if not (is_rocks_error(error) or isinstance(error, (StoreError, FileNotFoundError))):
                     raise
                 if fingerprint(self.directory) == before:  # nothing changed meanwhile: the store is damaged
                     raise typed_error(self.directory, error, "opening its database") from None
@@ -199,7 +201,7 @@ class RocksdbStore(ImageStore):
         return {name: meta[name] for name in OPTIONS} | {k: v for k, v in self.settings.items() if k == "block_cache"}
 
     def _layout(self) -> ValueLayout:
-        return ValueLayout(DTYPE, self._meta["image_shape"], self._meta["checksum"])
+        return ValueLayout(self._meta["dtype"], self._meta["image_shape"], self._meta["checksum"])
 
     def __len__(self) -> int:
         if self._damage:
@@ -210,15 +212,19 @@ class RocksdbStore(ImageStore):
     def image_shape(self) -> tuple[int, ...] | None:
         return self._meta["image_shape"] if self._meta else None
 
+    @property
+    def image_dtype(self) -> np.dtype | None:
+        return np.dtype(self._meta["dtype"]) if self._meta else None
+
     # -- writes -----------------------------------------------------------------------------------
     def _replace_all(self, images: np.ndarray, labels: np.ndarray) -> None:
         recorded = {name: self._meta[name] for name in OPTIONS} if self._meta else DEFAULTS
         settings = recorded | self.settings
         checksum = self.checksum if self.checksum is not None else bool(self._meta and self._meta["checksum"])
-        layout = ValueLayout(DTYPE, images.shape[1:], checksum)
+        layout = ValueLayout(images.dtype.str, images.shape[1:], checksum)
         token = uuid.uuid4().hex
         temporary, folder = self.directory / f".db-{token}.tmp", self.directory / DB_DIR.format(token=token)
-        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "token": token, "dtype": DTYPE,
+        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "token": token, "dtype": layout.dtype,
                 "image_shape": list(layout.shape), "checksum": checksum, **settings, "count": len(images)}
         try:
             temporary.mkdir()
@@ -287,7 +293,8 @@ class RocksdbStore(ImageStore):
             self._load()
             if self._damage:
                 raise self._damage
-            if self._meta is None or self._meta["image_shape"] != seen[0]["image_shape"] or self._count < seen[1]:
+            if self._meta is None or self._layout() != ValueLayout(seen[0]["dtype"], seen[0]["image_shape"], seen[0]["checksum"]) \
+                    or self._count < seen[1]:
                 raise MissingStoreError(f"the rocksdb store in {self.directory} was replaced since this handle "
                                         "wrote it: open it again")
         return self._db
@@ -297,7 +304,7 @@ class RocksdbStore(ImageStore):
         layout, db = self._layout(), self._view()
         value = db.get(KEY.pack(image_id))
         label = layout.check(value, image_id, self._folder(self._meta))
-        pixels = np.frombuffer(value, np.uint8, layout.pixel_bytes, HEADER.size)
+        pixels = np.frombuffer(value, layout.dtype, math.prod(layout.shape), HEADER.size)
         return pixels.reshape(layout.shape).copy(), label
 
     @_typed("reading images")

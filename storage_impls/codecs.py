@@ -1,0 +1,145 @@
+"""Image codecs: encode an array to bytes and decode bytes back into a caller's array.
+
+PNG holds uint8 and uint16 images of 1, 3 or 4 channels (grey, RGB, RGBA) and nothing else.
+8-bit images are compressed by Pillow's PNG ("zip") encoder through the public ``Image.tobytes``
+(the same filtered, deflated stream ``Image.save`` writes, without its per-call file machinery, a
+fifth of a 32x32 image's encode time) and decoded by Pillow. Pillow has no 16-bit RGB(A) mode, so
+16-bit images are filtered here with numpy (the "Up" filter on every row), deflated with zlib, and
+decoded here; any PNG reader reads them (big-endian samples, as PNG requires).
+
+Decoders raise ``ValueError`` naming what they found when the bytes are not exactly the image
+expected; the container adds where the bytes came from.
+"""
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+from PIL import Image, PngImagePlugin
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_DEFAULT_LEVEL = 6  # Pillow's default PNG compress_level
+IHDR = struct.Struct(">I4sIIBBBBB")  # length, type, width, height, depth, colour type, compression, filter, interlace
+CHUNK_HEAD = struct.Struct(">I4s")
+PNG_COLOURS = {1: (0, "L"), 3: (2, "RGB"), 4: (6, "RGBA")}  # channels -> PNG colour type, Pillow mode (8 bits)
+PNG_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
+FILTER_NONE, FILTER_SUB, FILTER_UP = 0, 1, 2
+
+
+def png_limit(dtype: np.dtype, shape: tuple[int, ...]) -> str | None:
+    """None if PNG holds images of ``dtype`` and ``shape``, else why not."""
+    if np.dtype(dtype) not in PNG_DTYPES:
+        return f"PNG holds uint8 or uint16 images, not {np.dtype(dtype)}"
+    if len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] not in PNG_COLOURS):
+        return f"PNG holds images of shape (H, W) or (H, W, C) with C = 1, 3 or 4, not {tuple(shape)}"
+    return None
+
+
+def _channels(shape: tuple[int, ...]) -> int:
+    return shape[2] if len(shape) == 3 else 1
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return CHUNK_HEAD.pack(len(data), kind) + data + zlib.crc32(data, zlib.crc32(kind)).to_bytes(4, "big")
+
+
+def png_encode(image: np.ndarray, level: int = PNG_DEFAULT_LEVEL) -> bytes:
+    """PNG bytes of ``image`` (uint8 or uint16, (H, W) or (H, W, C) with C in 1, 3, 4; C-contiguous)."""
+    height, width = image.shape[:2]
+    channels = _channels(image.shape)
+    colour, mode = PNG_COLOURS[channels]
+    if image.dtype == np.uint8:
+        plane = Image.frombuffer(mode, (width, height), image, "raw", mode, 0, 1)
+        idat = plane.tobytes("zip", mode, 0, level)  # the zip encoder's arguments: rawmode, optimize, level
+        depth = 8
+    else:
+        rows = image.astype(">u2").view(np.uint8).reshape(height, width * channels * 2)
+        filtered = np.empty((height, rows.shape[1] + 1), np.uint8)
+        filtered[:, 0] = FILTER_UP
+        filtered[:, 1:] = rows
+        filtered[1:, 1:] -= rows[:-1]  # Up: each byte minus the one above, modulo 256
+        idat = zlib.compress(filtered, level)
+        depth = 16
+    header = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
+    return PNG_SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
+
+
+def png_decode_into(data: bytes | memoryview, target: np.ndarray) -> None:
+    """Decode PNG ``data`` into ``target`` (uint8 or uint16, (H, W) or (H, W, C)); ValueError unless the PNG is
+    exactly an image of that shape, bit depth and colour type (checked before anything is allocated)."""
+    shape, channels = target.shape, _channels(target.shape)
+    depth = 8 * target.dtype.itemsize
+    colour, mode = PNG_COLOURS[channels]
+    try:
+        length, kind, width, height, found_depth, found_colour, _, _, interlace = IHDR.unpack_from(data, len(PNG_SIGNATURE))
+    except struct.error:
+        raise ValueError(f"not a PNG: {len(data)} bytes, shorter than a PNG header") from None
+    if bytes(data[:len(PNG_SIGNATURE)]) != PNG_SIGNATURE or kind != b"IHDR" or length != 13:
+        raise ValueError("not a PNG (no PNG signature and header)")
+    if (height, width, found_depth, found_colour) != (shape[0], shape[1], depth, colour):
+        raise ValueError(f"a {width}x{height} PNG of bit depth {found_depth}, colour type {found_colour}; "
+                         f"expected {shape} ({mode}, {depth} bits)")
+    if depth == 8:
+        with PngImagePlugin.PngImageFile(io.BytesIO(data)) as image:  # not Image.open: its bomb check is done above
+            image.load()
+            if image.mode != mode or image.size != (width, height):
+                raise ValueError(f"Pillow decoded it as {image.mode} {image.size}, expected {mode} {(width, height)}")
+            target.reshape(height, width, -1)[...] = np.asarray(image).reshape(height, width, -1)
+        return
+    if interlace:
+        raise ValueError("an interlaced 16-bit PNG: this reader takes the non-interlaced PNGs png_encode writes")
+    row_bytes = width * channels * 2
+    filtered = np.frombuffer(_inflate(_idat(data), height * (row_bytes + 1)), np.uint8).reshape(height, row_bytes + 1)
+    rows = _unfilter(filtered, channels * 2)
+    target[...] = rows.view(">u2").reshape(shape)
+
+
+def _idat(data: bytes | memoryview) -> bytes:
+    """The concatenated IDAT chunks of a PNG (chunk CRCs checked)."""
+    view, position, parts = memoryview(data), len(PNG_SIGNATURE), []
+    while position + CHUNK_HEAD.size <= len(view):
+        length, kind = CHUNK_HEAD.unpack_from(view, position)
+        body = view[position + CHUNK_HEAD.size:position + CHUNK_HEAD.size + length]
+        crc = view[position + CHUNK_HEAD.size + length:position + CHUNK_HEAD.size + length + 4]
+        if len(body) != length or len(crc) != 4 or zlib.crc32(body, zlib.crc32(kind)) != int.from_bytes(crc, "big"):
+            raise ValueError(f"the PNG chunk {kind!r} at byte {position} is cut short or fails its CRC")
+        if kind == b"IDAT":
+            parts.append(body)
+        elif kind == b"IEND":
+            return b"".join(parts)
+        position += CHUNK_HEAD.size + length + 4
+    raise ValueError("the PNG has no IEND chunk (cut short)")
+
+
+def _inflate(compressed: bytes, size: int) -> bytes:
+    """Exactly ``size`` bytes inflated from ``compressed``; never more (a decompression bomb stops there)."""
+    inflater = zlib.decompressobj()
+    try:
+        raw = inflater.decompress(compressed, size)
+    except zlib.error as error:
+        raise ValueError(f"the PNG's image data do not inflate ({error})") from None
+    if len(raw) != size or inflater.unconsumed_tail or not inflater.eof:
+        raise ValueError(f"the PNG's image data inflate to other than the {size} bytes its header implies")
+    return raw
+
+
+def _unfilter(filtered: np.ndarray, pixel_bytes: int) -> np.ndarray:
+    """Undo PNG filters None, Sub and Up (``filtered``: one row per image row, its filter type first)."""
+    kinds, rows = filtered[:, 0], filtered[:, 1:]
+    if (kinds == FILTER_UP).all():
+        return np.cumsum(rows, axis=0, dtype=np.uint8)  # wraps modulo 256, as the filter does
+    out = np.empty_like(rows)
+    previous = np.zeros(rows.shape[1], np.uint8)
+    for row, (kind, values) in enumerate(zip(kinds.tolist(), rows)):
+        if kind == FILTER_NONE:
+            out[row] = values
+        elif kind == FILTER_SUB:
+            out[row] = np.cumsum(values.reshape(-1, pixel_bytes), axis=0, dtype=np.uint8).reshape(-1)
+        elif kind == FILTER_UP:
+            out[row] = values + previous
+        else:
+            raise ValueError(f"row {row} uses PNG filter type {kind}; this reader takes None, Sub and Up (what png_encode writes)")
+        previous = out[row]
+    return out
