@@ -50,6 +50,7 @@ from storage_impls.base import ImageStore, fsync_path
 from storage_impls.errors import CorruptStoreError, MissingStoreError, StoreLockedError
 from storage_impls.hdf5_format import Block, ChangedError, Checkpoint, file_identity, write_checkpoint
 from storage_impls.journal import Journal, gather_overlaid
+from storage_impls.records import refuse_foreign
 
 FILE_NAME = "images.h5"
 JOURNAL_NAME = FILE_NAME + ".journal"
@@ -71,8 +72,10 @@ class Hdf5Store(ImageStore):
         self._count = 0
         self._in_journal: np.ndarray | None = None  # bool per id: its newest version is a journal record
         # the journal first: a store with contents always has one of the two, and images.h5 is never removed
-        if self.mode == "r" and file_identity(self.directory / JOURNAL_NAME) is None and file_identity(self._path) is None:
-            raise MissingStoreError(f"no hdf5 store at {self.directory}: {FILE_NAME} does not exist")
+        if file_identity(self.directory / JOURNAL_NAME) is None and file_identity(self._path) is None:
+            refuse_foreign(self.directory, self.method)
+            if self.mode == "r":
+                raise MissingStoreError(f"no hdf5 store at {self.directory}: {FILE_NAME} does not exist")
         self._load()
 
     # -- the handle's view ------------------------------------------------------------------------

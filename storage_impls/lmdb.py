@@ -70,6 +70,7 @@ from storage_impls.lmdb_env import (
     typed_errors,
 )
 from storage_impls.lmdb_format import KEY, ValueLayout, checksum_of, parse_layout, put_all, put_value
+from storage_impls.records import refuse_foreign
 
 REBUILD_DIR = "rebuild.tmp"  # where store_many rebuilds a damaged store
 
@@ -92,7 +93,10 @@ class LmdbStore(ImageStore):
         self._count = 0
         self._damage: str | None = None
         self._rebuild_dir = str(self.directory / REBUILD_DIR)
-        created = self.mode == "a" and not (self.directory / DATA_FILE).exists()
+        created = not (self.directory / DATA_FILE).exists()
+        if created:
+            refuse_foreign(self.directory, self.method)
+        created &= self.mode == "a"
         try:
             self._shared = self._acquire()
             self._shared.handles.add(self)

@@ -504,3 +504,29 @@ def test_missing_optional_package_names_what_to_install(monkeypatch, tmp_path):
 def test_bad_mode_is_refused(tmp_path):
     with pytest.raises(ValueError, match="mode must be"):
         open_store("disk", tmp_path, "w")
+
+
+# -- a store opened by the wrong method ---------------------------------------------------------------
+@pytest.fixture(scope="module")
+def stores_of_each_method(tmp_path_factory) -> dict[str, Path]:
+    """A filled store of every installed method."""
+    root = tmp_path_factory.mktemp("methods")
+    images, labels = make_batch(3, (8, 8, 3))
+    for method in storage_impls.registry.installed_methods():
+        with open_store(method, root / method) as store:
+            store.store_many(images, labels)
+    return {method: root / method for method in storage_impls.registry.installed_methods()}
+
+
+@pytest.mark.parametrize("mode", ["r", "a"])
+@pytest.mark.parametrize(("writer", "opener"), [(writer, opener) for writer in storage_impls.METHODS
+                                                for opener in storage_impls.METHODS if writer != opener])
+def test_a_store_opened_by_another_method_is_refused_naming_its_method(stores_of_each_method, writer, opener, mode):
+    missing = sorted({writer, opener} - stores_of_each_method.keys())
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed here")
+    directory = stores_of_each_method[writer]
+    before = listing(directory)
+    with pytest.raises(CorruptStoreError, match=f"holds a {re.escape(writer)} store .*open it with method '{re.escape(writer)}'"):
+        open_store(opener, directory, mode)
+    assert listing(directory) == before
