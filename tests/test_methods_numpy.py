@@ -13,7 +13,7 @@ import pytest
 from storage_impls import CorruptStoreError, MissingStoreError, open_store
 from storage_impls.npz import SHARD_BYTES
 from tests.faults import FaultTests, labelled_batch, pixels_for, run_child
-from tests.test_storage import StoreTests, make_batch
+from tests.test_storage import StoreTests, make_batch, random_layout
 
 
 def checkpoint(directory: Path, method: str) -> Path:
@@ -100,6 +100,12 @@ class TestNpyMemmap(NumpyStoreTests):
         assert isinstance(mapped, np.memmap) and mapped.dtype == np.uint8
         np.testing.assert_array_equal(mapped, images)
         np.testing.assert_array_equal(np.load(folder / "labels.npy"), labels)
+
+    def test_float32_chips_load_with_np_load(self, directory, store):
+        images, labels = random_layout(4, np.float32, (3, 16, 16))
+        store.store_many(images, labels)
+        mapped = np.load(checkpoint(directory, self.method) / "images.npy", mmap_mode="r")
+        assert mapped.dtype == np.dtype("<f4") and mapped.tobytes() == images.tobytes()
 
     def test_a_flipped_pixel_fails_its_checksum(self, directory):
         images, labels = make_batch(10)

@@ -15,7 +15,7 @@ rocksdict = pytest.importorskip("rocksdict", reason=f"rocksdb needs rocksdict: {
 from storage_impls import CorruptStoreError, get_store_class, open_store  # noqa: E402
 from storage_impls.records import HEADER, KEY, parse_layout  # noqa: E402
 from tests.faults import FaultTests, labelled_batch, pixels_for  # noqa: E402
-from tests.test_storage import StoreTests, make_batch  # noqa: E402
+from tests.test_storage import StoreTests, make_batch, random_layout  # noqa: E402
 
 
 def meta(directory: Path) -> dict:
@@ -36,6 +36,20 @@ class TestRocksdb(StoreTests):
         data[len(data) // 3] ^= 0xFF  # inside a data block: its CRC fails
         sst.write_bytes(bytes(data))
         return CorruptStoreError
+
+    def test_plain_rocksdict_reads_float32_chips(self, directory, store):
+        images, labels = random_layout(3, np.float32, (3, 16, 16))
+        store.store_many(images, labels)
+        store.close()
+        db = rocksdict.Rdict(str(database(directory)), rocksdict.Options(raw_mode=True),
+                             access_type=rocksdict.AccessType.read_only())
+        try:
+            value = db[KEY.pack(1)]
+        finally:
+            db.close()
+        layout = parse_layout(value)
+        assert (layout.dtype, layout.shape) == ("<f4", (3, 16, 16))
+        assert value[HEADER.size:HEADER.size + layout.pixel_bytes] == images[1].tobytes()
 
     def test_plain_rocksdict_reads_the_store(self, directory, filled):
         store, images, labels = filled

@@ -413,6 +413,17 @@ class TestLmdb(StoreTests):
             value = txn.get((0).to_bytes(8, "big"))
         assert value[:2] == b"IM" and value[16:] == filled[1][0].tobytes()
 
+    def test_float32_chips_are_raw_little_endian_bytes_after_a_24_byte_prefix(self, directory, store):
+        import lmdb
+
+        images, labels = random_layout(3, np.float32, (3, 16, 16))
+        store.store_many(images, labels)
+        store.close()
+        with lmdb.open(str(directory), readonly=True) as env, env.begin() as txn:
+            value = txn.get((2).to_bytes(8, "big"))
+        assert value[:2] == b"IM" and value[4:8] == b"<f4\0"
+        assert int.from_bytes(value[24:32], "little", signed=True) == labels[2] and value[32:] == images[2].tobytes()
+
 
 class TestHdf5(StoreTests):
     method = "hdf5"
@@ -429,6 +440,17 @@ class TestHdf5(StoreTests):
         with h5py.File(directory / "images.h5", "r") as file:
             assert file["images"].dtype == np.uint8 and file["labels"].dtype == np.int64
             assert file["images"].chunks is None  # contiguous: read_direct at memcpy speed
+
+    def test_h5py_reads_float32_chips_as_stored(self, directory, store):
+        import h5py
+
+        images, labels = random_layout(4, np.float32, (3, 16, 16))
+        store.store_many(images, labels)
+        store.close()
+        with h5py.File(directory / "images.h5", "r") as file:
+            assert file["images"].dtype == np.dtype("<f4") and file["images"].shape == (4, 3, 16, 16)
+            assert_bits_equal(file["images"][()], images)
+            np.testing.assert_array_equal(file["labels"][()], labels)
 
     def test_store_single_appends_to_the_journal_and_keeps_the_checkpoint(self, directory, filled):
         """store_single never rewrites images.h5 (no 'r+' open, no conversion); every read path overlays the journal."""
