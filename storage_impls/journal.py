@@ -8,13 +8,14 @@ header line (JSON: format, version, checkpoint token, image shape and dtype) and
 of that), then the records. A record is ``<QqII``: image id, label, payload length, CRC-32 of
 those fields and the payload; then the payload (the method decides what: raw pixels, PNG bytes).
 An append writes the record past the committed end, then the commit word (one aligned 16-byte
-write, which a kill cannot tear): rewriting the commit word is the commit.
+write, which a kill cannot tear): rewriting the commit word is the commit. A new journal is written
+aside with its first record and renamed into place (the rename is that write's commit).
 
 - a write is all-or-nothing: bytes past the committed end (a record cut short by a kill or a
   full disk) are ignored by readers and truncated away by the next writer;
 - damage is never mistaken for an unfinished write: a journal shorter than its committed end, a
   committed record or a header or commit word that fails its CRC raise CorruptStoreError;
-- its cost does not grow with the store (three ``pwrite``, plus two fdatasyncs when durable, so
+- its cost does not grow with the store (two ``pwrite``, plus two fdatasyncs when durable, so
   that the record is on disk before the commit word that points past it);
 - a journal names the checkpoint it extends, so after ``store_many`` (or a compaction, which
   folds the journal into a new checkpoint) a leftover journal is stale and ignored. A journal is
@@ -183,21 +184,22 @@ class Journal:
                image_dtype: np.dtype, image_shape: tuple[int, ...], *, durable: bool) -> None:
         """Commit one record (of an image of ``image_dtype`` and ``image_shape``, which a new journal records);
         on any failure (a full disk included) the journal is left as it was."""
-        if self._fd is None:
-            self._create(image_dtype, image_shape, durable)
         payload = memoryview(payload).cast("B")
         fields = RECORD.pack(image_id, label, len(payload), 0)[:-4]
         crc = zlib.crc32(payload, zlib.crc32(fields))
-        start, end = self._end + RECORD.size, self._end + RECORD.size + len(payload)
+        record = [fields + crc.to_bytes(4, "little"), payload]
+        if self._fd is None:  # a new journal: its header and first record, written aside and renamed into place
+            self._create(image_dtype, image_shape, record, durable)
+            self._committed(image_id, label, len(payload), crc)
+            return
         committed = False
         fd = self._writable_fd()
         try:
             os.ftruncate(fd, self._end)  # drop what a killed or failed writer left past the committed end
-            pwrite_all(fd, fields + crc.to_bytes(4, "little"), self._end)
-            pwrite_all(fd, payload, start)
+            pwrite_all(fd, record, self._end)
             if durable:
                 os.fdatasync(fd)  # the record is on disk before the commit word that points past it
-            pwrite_all(fd, _commit_word(end), self._commit_at)
+            pwrite_all(fd, _commit_word(self._end + RECORD.size + len(payload)), self._commit_at)
             committed = True
             if durable:
                 os.fdatasync(fd)
@@ -207,9 +209,14 @@ class Journal:
             raise (no_space_error(self.path.parent, error) if is_no_space(error) else error) from error
         finally:
             if committed:  # visible to every reader from now on, even if a durable fdatasync failed
-                self.entries[image_id] = Entry(label, start, len(payload), crc)
-                self.records += 1
-                self._end = end
+                self._committed(image_id, label, len(payload), crc)
+
+    def _committed(self, image_id: int, label: int, length: int, crc: int) -> None:
+        """Account for the record just committed at the old end."""
+        start = self._end + RECORD.size
+        self.entries[image_id] = Entry(label, start, length, crc)
+        self.records += 1
+        self._end = start + length
 
     def _writable_fd(self) -> int:
         """The journal's fd, reopened for writing the first time a handle appends (under the writer lock, after
@@ -220,18 +227,22 @@ class Journal:
             self._fd, self._fd_writable = fd, True
         return self._fd
 
-    def _create(self, image_dtype: np.dtype, image_shape: tuple[int, ...], durable: bool) -> None:
-        """Start a journal for this checkpoint: written aside, then renamed over any stale one."""
+    def _create(self, image_dtype: np.dtype, image_shape: tuple[int, ...], record: list[bytes | memoryview],
+                durable: bool) -> None:
+        """Start a journal for this checkpoint holding its first ``record`` (fields, payload): written aside, then
+        renamed over any stale one (the commit: one new file, one write, one rename)."""
         line = json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION, "checkpoint": self.checkpoint,
                            "image_shape": list(image_shape), "dtype": image_dtype.str}).encode() + b"\n"
         commit_at = -(-(len(line) + HEADER_CRC.size) // COMMIT_ALIGN) * COMMIT_ALIGN
-        header = (line + HEADER_CRC.pack(zlib.crc32(line))).ljust(commit_at, b"\0") + _commit_word(commit_at + COMMIT.size)
+        records_at = commit_at + COMMIT.size
+        end = records_at + sum(len(part) for part in record)
+        header = (line + HEADER_CRC.pack(zlib.crc32(line))).ljust(commit_at, b"\0") + _commit_word(end)
         temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         self.close()
         try:
             fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
-                pwrite_all(fd, header, 0)
+                pwrite_all(fd, [header, *record], 0)
                 if durable:
                     os.fsync(fd)
                 os.replace(temporary, self.path)
@@ -247,7 +258,7 @@ class Journal:
         info = os.fstat(fd)
         self._fd, self._fd_writable, self._identity = fd, True, (info.st_dev, info.st_ino)
         self.entries, self.records, self.image_shape, self.image_dtype = {}, 0, tuple(image_shape), np.dtype(image_dtype)
-        self._commit_at, self._end = commit_at, commit_at + COMMIT.size
+        self._commit_at, self._end = commit_at, records_at  # the caller accounts for the record
 
     def discard(self) -> None:
         """Remove the journal file (after its records were folded into a new checkpoint)."""
@@ -286,14 +297,20 @@ def _commit_word(end: int) -> bytes:
     return COMMIT.pack(end, zlib.crc32(end_bytes))
 
 
-def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
-    """Write all of ``data`` at ``offset`` (a regular file may take a large write in parts)."""
-    view = memoryview(data).cast("B")
-    while view:
-        written = os.pwrite(fd, view, offset)
+def pwrite_all(fd: int, data: bytes | memoryview | np.ndarray | list, offset: int) -> None:
+    """Write all of ``data`` (one buffer, or a list written back to back in one call) at ``offset``
+    (a regular file may take a large write in parts)."""
+    views = [memoryview(part).cast("B") for part in (data if isinstance(data, list) else [data])]
+    views = [view for view in views if view]
+    while views:
+        written = os.pwritev(fd, views, offset)
         if written == 0:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        view, offset = view[written:], offset + written
+        offset += written
+        while views and written >= len(views[0]):
+            written -= len(views.pop(0))
+        if written:
+            views[0] = views[0][written:]
 
 
 def _read_header(fd: int, path: Path) -> tuple[str, np.dtype, tuple[int, ...], int]:
