@@ -44,6 +44,7 @@ checksum_of = xxhash.xxh3_64_intdigest
 MARKERS = {
     "data.mdb": "lmdb", "images.h5": "hdf5", "images.h5.journal": "hdf5", "CURRENT": "disk",
     "rocksdb.json": "rocksdb", "npy-files.json": "npy-files", "npz.json": "npz", "npy-memmap.json": "npy-memmap",
+    "webdataset.json": "webdataset", "parquet.json": "parquet", "lance.json": "lance", "zarr.json": "zarr",
 }
 
 

@@ -47,6 +47,10 @@ _REGISTRY: dict[str, MethodSpec] = {
     "npy-files": MethodSpec("storage_impls.npy_files", "NpyFilesStore", "pip install numpy"),
     "npz": MethodSpec("storage_impls.npz", "NpzStore", "pip install numpy"),
     "npy-memmap": MethodSpec("storage_impls.npy_memmap", "NpyMemmapStore", "pip install numpy"),
+    "webdataset": MethodSpec("storage_impls.webdataset", "WebDatasetStore", "pip install image-storage-bench[webdataset]"),
+    "parquet": MethodSpec("storage_impls.parquet", "ParquetStore", "pip install image-storage-bench[parquet]"),
+    "lance": MethodSpec("storage_impls.lance", "LanceStore", "pip install image-storage-bench[lance]"),
+    "zarr": MethodSpec("storage_impls.zarr", "ZarrStore", "pip install image-storage-bench[zarr]"),
 }
 
 METHODS: tuple[str, ...] = tuple(_REGISTRY)
