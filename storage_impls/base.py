@@ -222,10 +222,10 @@ class ImageStore(abc.ABC):
     def image_dtype(self) -> np.dtype | None:
         """dtype of every stored image, None while the store is empty."""
 
-    @classmethod
-    def layout_limit(cls, dtype: np.dtype, shape: tuple[int, ...]) -> str | None:
-        """None if this method holds images of ``dtype`` and ``shape``, else why not (a method storing an
-        encoded format overrides this: PNG holds uint8/uint16 with 1, 3 or 4 channels)."""
+    def layout_limit(self, dtype: np.dtype, shape: tuple[int, ...], *, replacing: bool = False) -> str | None:
+        """None if this store can hold images of ``dtype`` and ``shape``, else why not: a store that encodes
+        images says what its codec holds (PNG: uint8/uint16 with 1, 3 or 4 channels). ``replacing``: as
+        ``store_many`` would write them (with the codec this handle was opened with, where that differs)."""
         return None
 
     @abc.abstractmethod
@@ -265,7 +265,7 @@ class ImageStore(abc.ABC):
         """Store one image with its label at ``image_id`` (an existing id, or the next one, len(store))."""
         self._require_writable()
         image = check_image(image)
-        self._check_layout(image.dtype, image.shape)
+        self._check_layout(image.dtype, image.shape, replacing=False)
         image_id = check_id(image_id)
         label = check_label(label)
         with self._writing():
@@ -281,7 +281,7 @@ class ImageStore(abc.ABC):
         """Replace the store's contents with ``images`` (N, H, W[, C]) and ``labels`` as ids 0..N-1."""
         self._require_writable()
         images = check_images(images)
-        self._check_layout(images.dtype, images.shape[1:])
+        self._check_layout(images.dtype, images.shape[1:], replacing=True)
         labels = check_labels(labels, len(images))
         with self._writing():
             self._replace_all(images, labels)
@@ -331,8 +331,8 @@ class ImageStore(abc.ABC):
             self._refresh()
             yield
 
-    def _check_layout(self, dtype: np.dtype, shape: tuple[int, ...]) -> None:
-        limit = self.layout_limit(dtype, shape)
+    def _check_layout(self, dtype: np.dtype, shape: tuple[int, ...], *, replacing: bool) -> None:
+        limit = self.layout_limit(dtype, shape, replacing=replacing)
         if limit:
             raise ValueError(f"{self.method} cannot store images of dtype {dtype} and shape {shape}: {limit}")
 

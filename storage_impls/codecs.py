@@ -1,5 +1,13 @@
 """Image codecs: encode an array to bytes and decode bytes back into a caller's array.
 
+A codec is named by a spec (``CODECS`` lists them): ``raw`` (the pixels as they are), ``png`` or
+``png-L`` (zlib level L, 0..9; ``png`` is Pillow's default 6), ``jpeg-Q`` and ``webp-Q`` (quality Q,
+1..100), ``webp-lossless``. ``get_codec(spec)`` returns its ``Codec``: ``limit`` says what it cannot
+hold (checked before anything is written), ``encode`` gives bytes, ``decode_into`` fills a
+preallocated image. Containers store the bytes and never look inside them. Lossy codecs
+(``lossless`` False) are deterministic: a read equals ``decode(encode(x))`` exactly, which is what
+the benchmarks verify against; ``psnr_db`` measures what the encoding lost.
+
 PNG holds uint8 and uint16 images of 1, 3 or 4 channels (grey, RGB, RGBA) and nothing else.
 8-bit images are compressed by Pillow's PNG ("zip") encoder through the public ``Image.tobytes``
 (the same filtered, deflated stream ``Image.save`` writes, without its per-call file machinery, a
@@ -12,12 +20,16 @@ expected; the container adds where the bytes came from.
 """
 from __future__ import annotations
 
+import abc
+import functools
 import io
+import math
+import re
 import struct
 import zlib
 
 import numpy as np
-from PIL import Image, PngImagePlugin
+from PIL import Image, JpegImagePlugin, PngImagePlugin, WebPImagePlugin
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_DEFAULT_LEVEL = 6  # Pillow's default PNG compress_level
@@ -143,3 +155,119 @@ def _unfilter(filtered: np.ndarray, pixel_bytes: int) -> np.ndarray:
             raise ValueError(f"row {row} uses PNG filter type {kind}; this reader takes None, Sub and Up (what png_encode writes)")
         previous = out[row]
     return out
+
+
+# -- codecs as objects the containers use ---------------------------------------------------------------
+class Codec(abc.ABC):
+    """One way to turn an image into bytes and back."""
+
+    spec: str  # canonical name, e.g. "jpeg-90"
+    extension: str  # file name extension for one file per image
+    lossless: bool
+
+    @abc.abstractmethod
+    def limit(self, dtype: np.dtype, shape: tuple[int, ...]) -> str | None:
+        """None if this codec holds images of ``dtype`` and ``shape``, else why not."""
+
+    @abc.abstractmethod
+    def encode(self, image: np.ndarray) -> bytes:
+        """The bytes of one valid, C-contiguous image."""
+
+    @abc.abstractmethod
+    def decode_into(self, data: bytes | memoryview, target: np.ndarray) -> None:
+        """Decode ``data`` into ``target`` (one image slot); ValueError unless it is exactly such an image."""
+
+    def __repr__(self) -> str:
+        return f"Codec({self.spec!r})"
+
+
+class Raw(Codec):
+    spec, extension, lossless = "raw", "raw", True
+
+    def limit(self, dtype: np.dtype, shape: tuple[int, ...]) -> str | None:
+        return None
+
+    def encode(self, image: np.ndarray) -> bytes:
+        return image.tobytes()
+
+    def decode_into(self, data: bytes | memoryview, target: np.ndarray) -> None:
+        if len(data) != target.nbytes:
+            raise ValueError(f"{len(data)} bytes of raw pixels, expected {target.nbytes} ({target.dtype} {target.shape})")
+        memoryview(target).cast("B")[:] = data
+
+
+class Png(Codec):
+    extension, lossless = "png", True
+
+    def __init__(self, level: int = PNG_DEFAULT_LEVEL) -> None:
+        self.level = level
+        self.spec = "png" if level == PNG_DEFAULT_LEVEL else f"png-{level}"
+
+    def limit(self, dtype: np.dtype, shape: tuple[int, ...]) -> str | None:
+        return png_limit(dtype, shape)
+
+    def encode(self, image: np.ndarray) -> bytes:
+        return png_encode(image, self.level)
+
+    def decode_into(self, data: bytes | memoryview, target: np.ndarray) -> None:
+        png_decode_into(data, target)
+
+
+class PillowLossy(Codec):
+    """JPEG or WebP through Pillow (libjpeg-turbo, libwebp); header checked before Pillow decodes."""
+
+    def __init__(self, kind: str, quality: int | None) -> None:
+        self.kind, self.quality = kind, quality  # quality None: WebP lossless
+        self.lossless = quality is None
+        self.spec = f"{kind}-{'lossless' if quality is None else quality}"
+        self.extension = "jpg" if kind == "jpeg" else "webp"
+        self._modes = {1: "L", 3: "RGB"} if kind == "jpeg" else {3: "RGB", 4: "RGBA"}
+        self._plugin = JpegImagePlugin.JpegImageFile if kind == "jpeg" else WebPImagePlugin.WebPImageFile
+        self._options = {"quality": quality} if quality is not None else {"lossless": True}
+
+    def limit(self, dtype: np.dtype, shape: tuple[int, ...]) -> str | None:
+        layouts = " or ".join("(H, W)" if count == 1 else f"(H, W, {count})" for count in self._modes)
+        if np.dtype(dtype) != np.uint8 or len(shape) not in (2, 3) or _channels(shape) not in self._modes:
+            return f"{self.kind.upper()} holds uint8 images of shape {layouts}, not {np.dtype(dtype)} {tuple(shape)}"
+        return None
+
+    def encode(self, image: np.ndarray) -> bytes:
+        mode = self._modes[_channels(image.shape)]
+        buffer = io.BytesIO()
+        Image.frombuffer(mode, image.shape[1::-1], image, "raw", mode, 0, 1).save(buffer, format=self.kind.upper(), **self._options)
+        return buffer.getvalue()
+
+    def decode_into(self, data: bytes | memoryview, target: np.ndarray) -> None:
+        mode = self._modes[_channels(target.shape)]
+        with self._plugin(io.BytesIO(data)) as image:  # not Image.open: the header is checked here, not by a global limit
+            if image.size != target.shape[1::-1] or image.mode != mode:
+                raise ValueError(f"a {image.mode} image of {image.size[0]}x{image.size[1]}, expected {mode} of shape {target.shape}")
+            image.load()
+            target.reshape(image.size[1], image.size[0], -1)[...] = np.asarray(image).reshape(image.size[1], image.size[0], -1)
+
+
+CODECS = "raw, png, png-0..png-9, jpeg-1..jpeg-100, webp-1..webp-100, webp-lossless"
+_SPEC = re.compile(r"(raw|png|jpeg|webp)(?:-(\d{1,3}|lossless))?")
+
+
+@functools.cache
+def get_codec(spec: str) -> Codec:
+    """The codec named ``spec``; ValueError listing the codecs for an unknown name or a parameter out of range."""
+    match = _SPEC.fullmatch(spec) if isinstance(spec, str) else None
+    kind, parameter = (match[1], match[2]) if match else (None, None)
+    if kind == "raw" and parameter is None:
+        return Raw()
+    if kind == "png" and (parameter is None or parameter.isdigit() and int(parameter) <= 9):
+        return Png(PNG_DEFAULT_LEVEL if parameter is None else int(parameter))
+    if kind in ("jpeg", "webp") and parameter and parameter.isdigit() and 1 <= int(parameter) <= 100:
+        return PillowLossy(kind, int(parameter))
+    if kind == "webp" and parameter == "lossless":
+        return PillowLossy(kind, None)
+    raise ValueError(f"unknown codec {spec!r}: use {CODECS}")
+
+
+def psnr_db(reference: np.ndarray, decoded: np.ndarray) -> float:
+    """Peak signal-to-noise ratio of ``decoded`` against ``reference`` (uint8 peak 255), in dB; inf if equal."""
+    peak = float(np.iinfo(reference.dtype).max) if reference.dtype.kind in "ui" else 1.0
+    error = np.mean((reference.astype(np.float64) - decoded.astype(np.float64)) ** 2)
+    return math.inf if error == 0 else 10 * math.log10(peak * peak / error)

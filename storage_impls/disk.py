@@ -1,35 +1,41 @@
-"""Disk: one PNG file per image (uint8 or uint16, 1, 3 or 4 channels; codecs.py) and the labels in a CSV file.
+"""Disk: one image file per image and the labels in a CSV file, as the tutorial stores them.
+
+Files are PNG (uint8 or uint16, 1, 3 or 4 channels) unless the ``codec`` option names another
+codec (codecs.py: ``disk:codec=jpeg-90``, ``webp-80``, ``webp-lossless``, ``png-9``, ``raw``). The
+codec is recorded in the store: ``store_many`` writes with this handle's ``codec`` option (else the
+store's codec, else PNG); ``store_single`` and reads use the store's.
 
 Layout (see disk_format.py for each file): ``DIR/CURRENT`` names the live *generation* folder
-``DIR/gen-<hex>/`` (``meta.json``: image shape and count; ``labels.csv``: ``image_id,label,crc32``
-rows; ``<id>.png``), what the last ``store_many`` (or compaction) wrote. ``DIR/journal`` is a
-write-ahead journal (journal.py) of the ``store_single`` writes made since: one record per write,
-holding the image's PNG bytes and its label; it names the generation it extends.
+``DIR/gen-<hex>/`` (``meta.json``: dtype, image shape, codec and count; ``labels.csv``:
+``image_id,label,crc32`` rows; ``<id>.png`` or the codec's extension), what the last ``store_many``
+(or compaction) wrote. ``DIR/journal`` is a write-ahead journal (journal.py) of the ``store_single``
+writes made since: one record per write, holding the image's encoded bytes and its label; it names
+the generation it extends.
 
 Writes, all under the store's writer lock (locking.py):
 - ``store_many`` writes a complete new generation folder, then replaces ``CURRENT`` through a
   temporary file and a rename (the commit point), then removes the journal (now stale: it names
   the old generation) and the old folder.
-- ``store_single`` encodes the PNG and appends one journal record (O(1): three small writes; the
+- ``store_single`` encodes the image and appends one journal record (O(1): two small writes; the
   last, of the commit word, is the commit point). A fresh store's first writes make only the
-  journal, whose header carries the image shape. Before an append, once the journal holds more
+  journal, whose header carries the dtype, image shape and codec. Before an append, once the journal holds more
   than max(256, N/16) records, it is folded into a new generation that commits as ``store_many``
-  does: the unchanged PNGs are hard-linked (copied where the file system has no links), the
+  does: the unchanged files are hard-linked (copied where the file system has no links), the
   journal's written out (amortised O(1) per write).
 - A failed write (a full disk: NoSpaceError, errno ENOSPC) or a killed one leaves the store as it
   was. Temporaries (``.CURRENT.*.tmp``, ``.journal.*.tmp``) and folders ``CURRENT`` does not name
   are ignored by readers and removed by the next writer.
 
 Reads overlay the journal on the generation: each image is read (one file, or one ``pread`` of its
-record), checked against its CRC-32 and decoded by Pillow straight into the caller's array, after
-its PNG header was checked against the store's shape. ``checksum`` is ignored: every image is
-always checked. Damage (a damaged or missing CURRENT, meta.json, labels.csv, PNG or journal)
+record), checked against its CRC-32 and decoded straight into the caller's array, after its header
+was checked against the store's dtype and shape. ``checksum`` is ignored: every image is
+always checked. Damage (a damaged or missing CURRENT, meta.json, labels.csv, image file or journal)
 raises CorruptStoreError or MissingStoreError naming the file; mode "a" still opens a damaged
 store, so that ``store_many`` can replace it.
 
 Concurrency and isolation: one writer at a time; any number of readers, never blocked. A handle
 reads a snapshot: the generation ``CURRENT`` named when it opened and the journal records then
-committed (it keeps the journal open). PNG files are opened when read, so once a later
+committed (it keeps the journal open). Image files are opened when read, so once a later
 ``store_many`` or compaction removes the handle's generation its reads raise MissingStoreError
 ("open it again"), never other data. Before each write the handle catches up with what other
 writers did (``_refresh``).
@@ -49,13 +55,14 @@ from pathlib import Path
 
 import numpy as np
 
-from storage_impls.base import ImageStore, fsync_path
-from storage_impls.codecs import png_encode, png_limit
-from storage_impls.disk_format import (GENERATION, JOURNAL, LABELS, META, POINTER, Generation, decode_png, format_labels,
+from storage_impls.base import ImageStore, Mode, fsync_path
+from storage_impls.codecs import Codec, get_codec
+from storage_impls.disk_format import (GENERATION, JOURNAL, LABELS, META, POINTER, Generation, decode, format_labels,
                                        format_meta, image_crc, read_pointer)
 from storage_impls.errors import CorruptStoreError, MissingStoreError, StoreError, StoreLockedError, is_no_space, no_space_error
 from storage_impls.journal import Journal
 from storage_impls.records import is_temporary, refuse_foreign, write_file_atomic
+from storage_impls.registry import check_options, codec as codec_option
 
 OPEN_TRIES = 100  # a reader opens again when a writer commits while it opens
 NO_LINK_ERRNOS = (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP)
@@ -63,9 +70,16 @@ Fill = Callable[[Generation | None, str], tuple[np.ndarray, np.ndarray]]  # (old
 
 
 class DiskStore(ImageStore):
-    """One PNG file per image plus ``labels.csv``, in generation folders, plus a journal of single writes."""
+    """One image file per image plus ``labels.csv``, in generation folders, plus a journal of single writes."""
 
     method = "disk"
+    OPTIONS = {"codec": codec_option()}
+    DEFAULT_CODEC = "png"
+
+    def __init__(self, directory: str | os.PathLike, mode: Mode = "a", *, codec: str | None = None, **options: object) -> None:
+        chosen = check_options(self.method, self.OPTIONS, {"codec": codec}).get("codec")
+        self._codec_option = None if chosen is None else get_codec(chosen)
+        super().__init__(directory, mode, **options)
 
     def _open(self) -> None:
         self._journal_path = self.directory / JOURNAL
@@ -126,9 +140,10 @@ class DiskStore(ImageStore):
         journal, generation = self._journal, self._generation
         if not journal.entries:
             return
-        if generation and (journal.image_dtype, journal.image_shape) != (generation.dtype, generation.shape):
-            raise CorruptStoreError(f"{journal.path}: images of {journal.image_dtype} {journal.image_shape}, but "
-                                    f"{generation.path}'s are {generation.dtype} {generation.shape}")
+        if generation and (journal.image_dtype, journal.image_shape, journal.codec or self.DEFAULT_CODEC) != \
+                (generation.dtype, generation.shape, generation.codec.spec):
+            raise CorruptStoreError(f"{journal.path}: images of {journal.image_dtype} {journal.image_shape} in {journal.codec}, "
+                                    f"but {generation.path}'s are {generation.dtype} {generation.shape} in {generation.codec.spec}")
         first = generation.count if generation else 0
         if sum(image_id >= first for image_id in journal.entries) != self._count - first:
             raise CorruptStoreError(f"{journal.path}: records that leave a gap in the ids")
@@ -182,42 +197,56 @@ class DiskStore(ImageStore):
             return self._generation.dtype
         return self._journal.image_dtype if self._journal else None
 
-    @classmethod
-    def layout_limit(cls, dtype: np.dtype, shape: tuple[int, ...]) -> str | None:
-        return png_limit(dtype, shape)
+    @property
+    def codec(self) -> Codec:
+        """The codec of the store's images, or the one its first write will use."""
+        if self._generation:
+            return self._generation.codec
+        if self._journal and self._journal.image_shape is not None:
+            return get_codec(self._journal.codec or self.DEFAULT_CODEC)
+        return self._codec_option or get_codec(self.DEFAULT_CODEC)
+
+    def layout_limit(self, dtype: np.dtype, shape: tuple[int, ...], *, replacing: bool = False) -> str | None:
+        return self._writing_codec(replacing).limit(dtype, shape)
+
+    def _writing_codec(self, replacing: bool) -> Codec:
+        return (self._codec_option or self.codec) if replacing else self.codec
 
     # -- writes ---------------------------------------------------------------------------------
     def _replace_all(self, images: np.ndarray, labels: np.ndarray) -> None:
+        codec = self._writing_codec(replacing=True)
+
         def fill(_old: Generation | None, folder: str) -> tuple[np.ndarray, np.ndarray]:
             crcs = np.empty(len(images), np.uint32)
             for image_id, image in enumerate(images):
-                encoded = png_encode(image)
+                encoded = codec.encode(image)
                 crcs[image_id] = image_crc(encoded, int(labels[image_id]))
-                self._write_file(f"{folder}{image_id}.png", encoded)
+                self._write_file(f"{folder}{image_id}.{codec.extension}", encoded)
             return labels.copy(), crcs  # the caller's array may change later
 
-        self._commit(images.dtype, images.shape[1:], fill)
+        self._commit(images.dtype, images.shape[1:], codec, fill)
 
     def _put(self, image: np.ndarray, image_id: int, label: int) -> None:
-        encoded = png_encode(image)
+        codec = self.codec
+        encoded = codec.encode(image)
         if self._journal.needs_compaction(self._generation.count if self._generation else 0):
-            self._commit(self.image_dtype, self.image_shape, self._fold_journal)
-        self._journal.append(image_id, label, encoded, image.dtype, image.shape, durable=self.durable)
+            self._commit(self.image_dtype, self.image_shape, codec, self._fold_journal)
+        self._journal.append(image_id, label, encoded, image.dtype, image.shape, durable=self.durable, codec=codec.spec)
         self._count = max(self._count, image_id + 1)
 
     def _fold_journal(self, old: Generation | None, folder: str) -> tuple[np.ndarray, np.ndarray]:
-        """Fill a new generation with this handle's view: the old generation's PNGs linked, the journal's written."""
-        entries, first = self._journal.entries, old.count if old else 0
+        """Fill a new generation with this handle's view: the old generation's files linked, the journal's written."""
+        entries, first, extension = self._journal.entries, old.count if old else 0, self.codec.extension
         labels, crcs = np.empty(self._count, np.int64), np.empty(self._count, np.uint32)
         if old:
             labels[:first], crcs[:first] = old.labels, old.crcs
             for image_id in range(first):
                 if image_id not in entries:
-                    self._link(old.file(image_id), f"{folder}{image_id}.png")
+                    self._link(old.file(image_id), f"{folder}{image_id}.{extension}")
         for image_id, entry in entries.items():
             encoded = self._journal.read(image_id)
             labels[image_id], crcs[image_id] = entry.label, image_crc(encoded, entry.label)
-            self._write_file(f"{folder}{image_id}.png", encoded)
+            self._write_file(f"{folder}{image_id}.{extension}", encoded)
         return labels, crcs
 
     def _link(self, source: str, target: str) -> None:
@@ -233,7 +262,7 @@ class DiskStore(ImageStore):
             if self.durable:
                 fsync_path(Path(target))
 
-    def _commit(self, dtype: np.dtype, shape: tuple[int, ...], fill: Fill) -> None:
+    def _commit(self, dtype: np.dtype, shape: tuple[int, ...], codec: Codec, fill: Fill) -> None:
         """Write a new generation aside, then point CURRENT at it (the commit); drop the stale journal and folders."""
         name = f"gen-{uuid.uuid4().hex}"
         folder = self.directory / name
@@ -241,7 +270,7 @@ class DiskStore(ImageStore):
             folder.mkdir()
             labels, crcs = fill(self._generation, f"{folder}/")
             self._write_file(folder / LABELS, format_labels(labels, crcs))
-            self._write_file(folder / META, format_meta(dtype, shape, len(labels)))
+            self._write_file(folder / META, format_meta(dtype, shape, codec, len(labels)))
             if self.durable:
                 fsync_path(folder)
             if (self.directory / POINTER).is_dir():  # damage that a rename cannot replace
@@ -255,7 +284,7 @@ class DiskStore(ImageStore):
             raise
         self._release()
         self._journal_path.unlink(missing_ok=True)  # stale: it names the old generation
-        self._generation = Generation(self.directory, name, (dtype, tuple(shape), labels, crcs))
+        self._generation = Generation(self.directory, name, (dtype, tuple(shape), codec, labels, crcs))
         self._journal, self._count = Journal(self._journal_path, name), len(labels)
         self._remove_stale()  # the old generation
 
@@ -271,15 +300,15 @@ class DiskStore(ImageStore):
         finally:
             os.close(fd)
 
-    # -- reads: each PNG decoded straight into the caller's array -----------------------------------
+    # -- reads: each image decoded straight into the caller's array ---------------------------------
     def _decode_into(self, image_id: int, target: np.ndarray) -> int:
         """Decode image ``image_id`` into ``target`` (its (H, W[, C]) slot); return its label."""
         entry = self._journal.entries.get(image_id)
         if entry is None:
             generation = self._generation
-            decode_png(generation.png(image_id), target, f"{generation.file(image_id)} (image {image_id})")
+            decode(generation.codec, generation.encoded(image_id), target, f"{generation.file(image_id)} (image {image_id})")
             return int(generation.labels[image_id])
-        decode_png(self._journal.read(image_id), target, f"{self._journal.path} (image {image_id})")
+        decode(self.codec, self._journal.read(image_id), target, f"{self._journal.path} (image {image_id})")
         return entry.label
 
     def _get(self, image_id: int) -> tuple[np.ndarray, int]:

@@ -1,17 +1,19 @@
-"""The PNG folder's files: the ``CURRENT`` pointer, a generation's ``meta.json`` and ``labels.csv``,
-and how each PNG is checked and decoded.
+"""The image folder's files: the ``CURRENT`` pointer, a generation's ``meta.json`` and ``labels.csv``,
+and how each image file is checked and decoded.
 
 - ``CURRENT``: the name of the live generation folder, ``gen-<32 hex digits>``, nothing else.
-- ``gen-*/meta.json``: ``{"format", "format_version", "image_shape", "count", "dtype"}`` (no dtype: uint8).
+- ``gen-*/meta.json``: ``{"format", "format_version", "image_shape", "count", "dtype", "codec"}`` (no dtype:
+  uint8; no codec: png).
 - ``gen-*/labels.csv``: the header ``image_id,label,crc32`` and one row per image, ids 0..count-1 in
-  order; ``crc32`` is zlib's CRC-32 of the PNG file's bytes seeded with the label's 8 little-endian
-  bytes, so a flipped bit in a PNG or a label is caught on read (about 2 % of a decode).
-- ``gen-*/<id>.png``: 8- or 16-bit grey, RGB or RGBA (codecs.py: 8-bit compressed as Pillow's default
-  save compresses it).
+  order; ``crc32`` is zlib's CRC-32 of the image file's bytes seeded with the label's 8 little-endian
+  bytes, so a flipped bit in a file or a label is caught on read (about 2 % of a PNG decode).
+- ``gen-*/<id>.<extension>``: one file per image in the store's codec (codecs.py): ``.png`` by default
+  (8- or 16-bit grey, RGB or RGBA, compressed as Pillow's default save compresses it), ``.jpg``, ``.webp``,
+  or ``.raw`` (the pixels).
 
-Decoding (codecs.py) checks the PNG's header against the store's dtype and image shape before anything
+Decoding (codecs.py) checks each file's header against the store's dtype and image shape before anything
 is allocated: Pillow's decompression-bomb limit (a global, about 179 M pixels) is for images of unknown
-origin; a store reads back every image it accepted, and a PNG of any other size, depth or mode (a
+origin; a store reads back every image it accepted, and a file of any other size, depth or mode (a
 planted "bomb" included) raises CorruptStoreError.
 """
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 from storage_impls.base import check_dtype, check_image_shape
-from storage_impls.codecs import png_decode_into, png_limit
+from storage_impls.codecs import Codec, get_codec
 from storage_impls.errors import CorruptStoreError, MissingStoreError
 
 FORMAT = "storage_impls.disk"
@@ -62,9 +64,9 @@ def read_pointer(directory: Path) -> str | None:
     return name
 
 
-def format_meta(dtype: np.dtype, shape: tuple[int, ...], count: int) -> bytes:
+def format_meta(dtype: np.dtype, shape: tuple[int, ...], codec: Codec, count: int) -> bytes:
     return json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION, "image_shape": list(shape), "count": count,
-                       "dtype": dtype.str}).encode()
+                       "dtype": dtype.str, "codec": codec.spec}).encode()
 
 
 def format_labels(labels: np.ndarray, crcs: np.ndarray) -> bytes:
@@ -73,24 +75,25 @@ def format_labels(labels: np.ndarray, crcs: np.ndarray) -> bytes:
 
 
 class Generation:
-    """One generation folder, loaded: ``dtype``, ``shape``, ``count``, ``labels`` (int64) and ``crcs`` per image.
+    """One generation folder, loaded: ``dtype``, ``shape``, ``codec``, ``count``, ``labels`` (int64) and ``crcs`` per image.
     Its PNGs are opened when read. FileNotFoundError if a file is missing; CorruptStoreError if damaged."""
 
     def __init__(self, directory: Path, name: str,
-                 loaded: tuple[np.dtype, tuple[int, ...], np.ndarray, np.ndarray] | None = None) -> None:
-        """Read ``directory/name``; ``loaded`` = (dtype, shape, labels, crcs) of a generation this handle just wrote."""
+                 loaded: tuple[np.dtype, tuple[int, ...], Codec, np.ndarray, np.ndarray] | None = None) -> None:
+        """Read ``directory/name``; ``loaded`` = (dtype, shape, codec, labels, crcs) of a generation this handle just wrote."""
         self.name, self.path = name, directory / name
         self._prefix = f"{self.path}/"
-        self.dtype, self.shape, self.labels, self.crcs = loaded or self._read()
+        self.dtype, self.shape, self.codec, self.labels, self.crcs = loaded or self._read()
+        self._suffix = f".{self.codec.extension}"
         self.count = len(self.labels)
 
-    def _read(self) -> tuple[np.dtype, tuple[int, ...], np.ndarray, np.ndarray]:
-        dtype, shape, count = self._read_meta(self.path / META)
+    def _read(self) -> tuple[np.dtype, tuple[int, ...], Codec, np.ndarray, np.ndarray]:
+        dtype, shape, codec, count = self._read_meta(self.path / META)
         labels, crcs = _parse_labels(self.path / LABELS, count)
-        return dtype, shape, labels, crcs
+        return dtype, shape, codec, labels, crcs
 
     @staticmethod
-    def _read_meta(path: Path) -> tuple[np.dtype, tuple[int, ...], int]:
+    def _read_meta(path: Path) -> tuple[np.dtype, tuple[int, ...], Codec, int]:
         try:
             with open(path, "rb") as file:
                 data = file.read(META_MAX_BYTES + 1)
@@ -104,18 +107,19 @@ class Generation:
                 raise ValueError(f"image_shape {shape!r} or count {count!r} is not what it should be")
             check_image_shape(tuple(shape), "image_shape")
             dtype = check_dtype(meta.get("dtype", "|u1"), "images")  # stores written before other dtypes: uint8
-            limit = png_limit(dtype, tuple(shape))
+            codec = get_codec(meta.get("codec", "png"))  # stores written before codecs: png
+            limit = codec.limit(dtype, tuple(shape))
             if limit:
                 raise ValueError(limit)
         except (IsADirectoryError, NotADirectoryError, ValueError, KeyError, TypeError) as error:  # JSON and UTF-8 errors are ValueErrors
             raise CorruptStoreError(f"{path} is not a disk store's metadata ({type(error).__name__}: {error})") from None
-        return dtype, tuple(shape), count
+        return dtype, tuple(shape), codec, count
 
     def file(self, image_id: int) -> str:
-        return f"{self._prefix}{image_id}.png"
+        return f"{self._prefix}{image_id}{self._suffix}"
 
-    def png(self, image_id: int) -> bytes:
-        """The PNG file of ``image_id``, checked against its CRC; MissingStoreError naming it if it is gone."""
+    def encoded(self, image_id: int) -> bytes:
+        """The file of ``image_id``, checked against its CRC; MissingStoreError naming it if it is gone."""
         path = self.file(image_id)
         try:
             with open(path, "rb", buffering=0) as file:
@@ -147,10 +151,11 @@ def _parse_labels(path: Path, count: int) -> tuple[np.ndarray, np.ndarray]:
     return rows[:, 1].copy(), rows[:, 2].astype(np.uint32)
 
 
-def decode_png(data: bytes, target: np.ndarray, where: str) -> None:
-    """Decode the PNG ``data`` into ``target`` (one image slot of the store's dtype and shape); CorruptStoreError
-    naming ``where`` unless it is a PNG of exactly that shape, bit depth and colour type (checked before decoding)."""
+def decode(codec: Codec, data: bytes, target: np.ndarray, where: str) -> None:
+    """Decode ``data`` into ``target`` (one image slot of the store's dtype and shape); CorruptStoreError naming
+    ``where`` unless it is exactly such an image in ``codec`` (its header checked before decoding)."""
     try:
-        png_decode_into(data, target)
-    except Exception as error:  # png_decode_into's ValueErrors; Pillow reports damaged data with OSError, SyntaxError, EOFError ...
-        raise CorruptStoreError(f"{where} is not a readable PNG of the store's images ({type(error).__name__}: {error})") from None
+        codec.decode_into(data, target)
+    except Exception as error:  # the codec's ValueErrors; Pillow reports damaged data with OSError, SyntaxError, EOFError ...
+        raise CorruptStoreError(f"{where} is not a readable {codec.spec} image of the store's images "
+                                f"({type(error).__name__}: {error})") from None

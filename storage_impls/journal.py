@@ -3,7 +3,8 @@ image in place both cheaply and atomically (HDF5's file, the PNG folder's labels
 
 Such a store is a *checkpoint* (what ``store_many`` wrote, named by a token the method keeps
 with it) plus this journal: one file that ``store_single`` appends one record to. The file is a
-header line (JSON: format, version, checkpoint token, image shape and dtype) and its CRC-32, then, at a
+header line (JSON: format, version, checkpoint token, image shape and dtype, and the codec of the
+payloads where the method encodes them) and its CRC-32, then, at a
 16-byte aligned offset, the *commit word* ``<QI4x>`` (where the committed records end, CRC-32
 of that), then the records. A record is ``<QqII``: image id, label, payload length, CRC-32 of
 those fields and the payload; then the payload (the method decides what: raw pixels, PNG bytes).
@@ -73,6 +74,7 @@ class Journal:
         self.entries: dict[int, Entry] = {}
         self.image_shape: tuple[int, ...] | None = None
         self.image_dtype: np.dtype | None = None
+        self.codec: str | None = None  # the codec of the payloads, for a method that encodes them
         self.records = 0
         self._fd: int | None = None
         self._fd_writable = False  # opened for writing (a reader's journal is opened read-only)
@@ -86,12 +88,13 @@ class Journal:
         """Open the journal if it exists and extends ``checkpoint``; a missing or stale one reads as empty."""
         self.close()
         self.entries, self.image_shape, self.image_dtype, self.records, self._end, self._identity = {}, None, None, 0, 0, None
+        self.codec = None
         try:
             fd = os.open(self.path, os.O_RDONLY)
         except FileNotFoundError:
             return
         try:
-            checkpoint, image_dtype, image_shape, commit_at = _read_header(fd, self.path)
+            checkpoint, image_dtype, image_shape, codec, commit_at = _read_header(fd, self.path)
         except BaseException:
             os.close(fd)
             raise
@@ -101,7 +104,7 @@ class Journal:
         self._fd = fd
         info = os.fstat(fd)
         self._identity = (info.st_dev, info.st_ino)
-        self.image_dtype, self.image_shape, self._commit_at = image_dtype, image_shape, commit_at
+        self.image_dtype, self.image_shape, self.codec, self._commit_at = image_dtype, image_shape, codec, commit_at
         self._end = commit_at + COMMIT.size
         self._scan()
 
@@ -181,15 +184,15 @@ class Journal:
 
     # -- writing (under the store's writer lock) --------------------------------------------
     def append(self, image_id: int, label: int, payload: bytes | memoryview | np.ndarray,
-               image_dtype: np.dtype, image_shape: tuple[int, ...], *, durable: bool) -> None:
-        """Commit one record (of an image of ``image_dtype`` and ``image_shape``, which a new journal records);
-        on any failure (a full disk included) the journal is left as it was."""
+               image_dtype: np.dtype, image_shape: tuple[int, ...], *, durable: bool, codec: str | None = None) -> None:
+        """Commit one record (of an image of ``image_dtype`` and ``image_shape``, encoded by ``codec`` if any,
+        which a new journal records); on any failure (a full disk included) the journal is left as it was."""
         payload = memoryview(payload).cast("B")
         fields = RECORD.pack(image_id, label, len(payload), 0)[:-4]
         crc = zlib.crc32(payload, zlib.crc32(fields))
         record = [fields + crc.to_bytes(4, "little"), payload]
         if self._fd is None:  # a new journal: its header and first record, written aside and renamed into place
-            self._create(image_dtype, image_shape, record, durable)
+            self._create(image_dtype, image_shape, codec, record, durable)
             self._committed(image_id, label, len(payload), crc)
             return
         committed = False
@@ -227,12 +230,13 @@ class Journal:
             self._fd, self._fd_writable = fd, True
         return self._fd
 
-    def _create(self, image_dtype: np.dtype, image_shape: tuple[int, ...], record: list[bytes | memoryview],
-                durable: bool) -> None:
+    def _create(self, image_dtype: np.dtype, image_shape: tuple[int, ...], codec: str | None,
+                record: list[bytes | memoryview], durable: bool) -> None:
         """Start a journal for this checkpoint holding its first ``record`` (fields, payload): written aside, then
         renamed over any stale one (the commit: one new file, one write, one rename)."""
         line = json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION, "checkpoint": self.checkpoint,
-                           "image_shape": list(image_shape), "dtype": image_dtype.str}).encode() + b"\n"
+                           "image_shape": list(image_shape), "dtype": image_dtype.str,
+                           **({"codec": codec} if codec else {})}).encode() + b"\n"
         commit_at = -(-(len(line) + HEADER_CRC.size) // COMMIT_ALIGN) * COMMIT_ALIGN
         records_at = commit_at + COMMIT.size
         end = records_at + sum(len(part) for part in record)
@@ -258,6 +262,7 @@ class Journal:
         info = os.fstat(fd)
         self._fd, self._fd_writable, self._identity = fd, True, (info.st_dev, info.st_ino)
         self.entries, self.records, self.image_shape, self.image_dtype = {}, 0, tuple(image_shape), np.dtype(image_dtype)
+        self.codec = codec
         self._commit_at, self._end = commit_at, records_at  # the caller accounts for the record
 
     def discard(self) -> None:
@@ -265,6 +270,7 @@ class Journal:
         self.close()
         self.path.unlink(missing_ok=True)
         self.entries, self.image_shape, self.image_dtype, self.records, self._end, self._identity = {}, None, None, 0, 0, None
+        self.codec = None
 
     def close(self) -> None:
         if self._fd is not None:
@@ -313,9 +319,9 @@ def pwrite_all(fd: int, data: bytes | memoryview | np.ndarray | list, offset: in
             views[0] = views[0][written:]
 
 
-def _read_header(fd: int, path: Path) -> tuple[str, np.dtype, tuple[int, ...], int]:
-    """(checkpoint, image dtype, image shape, offset of the commit word) of a journal file; CorruptStoreError if it
-    is not one. Journals written before stores held other dtypes have no dtype: theirs is uint8."""
+def _read_header(fd: int, path: Path) -> tuple[str, np.dtype, tuple[int, ...], str | None, int]:
+    """(checkpoint, image dtype, image shape, codec, offset of the commit word) of a journal file; CorruptStoreError
+    if it is not one. Journals written before stores held other dtypes have no dtype: theirs is uint8."""
     head = os.pread(fd, HEADER_MAX, 0)
     line, newline, rest = head.partition(b"\n")
     try:
@@ -326,6 +332,9 @@ def _read_header(fd: int, path: Path) -> tuple[str, np.dtype, tuple[int, ...], i
             raise ValueError(f"format {header['format']!r} version {header['format_version']!r}")
         commit_at = -(-(len(line) + 1 + HEADER_CRC.size) // COMMIT_ALIGN) * COMMIT_ALIGN
         dtype = check_dtype(header.get("dtype", "|u1"), "the journal's images")
-        return str(header["checkpoint"]), dtype, tuple(int(side) for side in header["image_shape"]), commit_at
+        codec = header.get("codec")
+        if codec is not None and not isinstance(codec, str):
+            raise ValueError(f"codec {codec!r}")
+        return str(header["checkpoint"]), dtype, tuple(int(side) for side in header["image_shape"]), codec, commit_at
     except (ValueError, KeyError, TypeError) as error:  # check_dtype raises TypeError
         raise CorruptStoreError(f"{path}: not a journal written by {FORMAT} version {FORMAT_VERSION} ({error})") from None

@@ -78,6 +78,15 @@ def integer(low: int, high: int) -> Option:
     return Option(parse, f"an integer {low}..{high}")
 
 
+def codec() -> Option:
+    """An image codec (codecs.py), spelled canonically."""
+    from storage_impls.codecs import CODECS, get_codec
+
+    def parse(value: object) -> str:
+        return get_codec(value).spec
+    return Option(parse, CODECS)
+
+
 SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 _SIZE = re.compile(r"\s*(\d+)\s*([a-z]*)\s*", re.IGNORECASE)
 

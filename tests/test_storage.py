@@ -14,6 +14,7 @@ import pytest
 
 import storage_impls
 from storage_impls import CorruptStoreError, ImageNotFoundError, MissingStoreError, get_store_class, open_store
+from storage_impls.codecs import Png
 from storage_impls.datasets import synthetic
 
 SHAPES = [(32, 32, 3), (8, 8), (8, 8, 1), (8, 8, 4), (256, 256, 3)]
@@ -168,7 +169,7 @@ class StoreTests:
         """Random bytes viewed as ``dtype`` (floats: every NaN payload, infinities, -0.0): what the method holds
         reads back bit for bit through every read; what it cannot hold is refused, naming the limit, unwritten."""
         images, labels = random_layout(5, dtype, shape)
-        limit = get_store_class(self.method).layout_limit(np.dtype(dtype), shape)
+        limit = store.layout_limit(np.dtype(dtype), shape, replacing=True)
         if limit:
             with pytest.raises(ValueError, match=re.escape(limit)):
                 store.store_many(images, labels)
@@ -351,14 +352,14 @@ class TestDisk(StoreTests):
     def test_failed_store_many_keeps_the_old_contents(self, monkeypatch, directory, filled):
         store, images, labels = filled
         calls = iter(range(10**6))
-        real_encode = storage_impls.disk.png_encode
+        real_encode = Png.encode
 
-        def failing_encode(image):
+        def failing_encode(codec, image):
             if next(calls) == 5:
                 raise OSError("disk full")
-            return real_encode(image)
+            return real_encode(codec, image)
 
-        monkeypatch.setattr(storage_impls.disk, "png_encode", failing_encode)
+        monkeypatch.setattr(Png, "encode", failing_encode)
         with pytest.raises(OSError, match="disk full"):
             store.store_many(*make_batch(20, seed=3))
         assert (directory / "CURRENT").is_file()
