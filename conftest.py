@@ -10,9 +10,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from storage_impls import METHODS
+from storage_impls.base import SUPPORTED_DTYPES, check_image_shape
 from storage_impls.registry import canonical_spec, parse_spec
 
 TUTORIAL_CUTOFFS = "10,100,1000,10000,100000"  # the tutorial's grid: `--cutoffs tutorial`
@@ -21,11 +23,14 @@ MAX_DEFAULT_WORKERS = 8  # the default --workers is 1 and the core count, capped
 DEFAULT_WORKERS = ",".join(map(str, sorted({1, min(os.cpu_count() or 1, MAX_DEFAULT_WORKERS)})))
 CACHE_STATES = ("warm", "cold")
 BENCHMARKS_DIR = Path(__file__).parent / "benchmarks"
+DTYPE_NAMES = tuple(str(dtype) for dtype in SUPPORTED_DTYPES)  # --dtype's values
+DATASET_FOLDERS = {"cifar10": "CIFAR-10", "mnist": "MNIST"}  # datasets read from a folder: NAME:PATH
 
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """Where the images come from: ``synthetic`` (made on the spot) or ``cifar10`` (python batches at ``path``)."""
+    """Where the images come from: ``synthetic`` (made on the spot), ``cifar10`` (python batches at ``path``) or
+    ``mnist`` (idx files at ``path``)."""
 
     name: str
     path: Path | None = None
@@ -94,27 +99,34 @@ def _canonical(spec: str) -> str:
 
 
 def parse_dataset(text: str) -> DatasetSpec:
-    """``synthetic`` or ``cifar10:PATH`` (the folder of CIFAR-10's python batches)."""
+    """``synthetic``, ``cifar10:PATH`` (the folder of CIFAR-10's python batches) or ``mnist:PATH`` (the folder
+    of MNIST's idx files, checked when the suite starts)."""
     if text == "synthetic":
         return DatasetSpec("synthetic")
     name, _, path = text.partition(":")
-    if name != "cifar10" or not path:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a dataset: use synthetic or cifar10:PATH")
+    if name not in DATASET_FOLDERS or not path:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a dataset: use synthetic, cifar10:PATH or mnist:PATH")
     if not Path(path).is_dir():
-        raise argparse.ArgumentTypeError(f"CIFAR-10 folder {path!r} does not exist")
-    return DatasetSpec("cifar10", Path(path))
+        raise argparse.ArgumentTypeError(f"{DATASET_FOLDERS[name]} folder {path!r} does not exist")
+    return DatasetSpec(name, Path(path))
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
-    """``"256x256x3"`` -> (256, 256, 3); ``"64x64"`` is a grey image."""
-    from storage_impls.base import check_image_shape
-
+    """``"256x256x3"`` -> (256, 256, 3); ``"28x28"`` is a grey image, ``"3x128x128"`` a channel-first one."""
     try:
         shape = tuple(int(side) for side in text.lower().split("x"))
         check_image_shape(shape, "image shape")
     except ValueError as error:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an image shape HxW or HxWxC with C in 1, 3, 4 ({error})") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not an image shape HxW, HxWxC or CxHxW ({error})") from None
     return shape
+
+
+def parse_dtype(text: str) -> np.dtype:
+    """``"float32"`` -> numpy's float32: a dtype a store holds (storage_impls.base.SUPPORTED_DTYPES), by name."""
+    name = text.strip().lower()
+    if name not in DTYPE_NAMES:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an image dtype: use one of {', '.join(DTYPE_NAMES)}")
+    return np.dtype(name)
 
 
 def parse_flag(text: str) -> bool:
@@ -131,8 +143,13 @@ OPTIONS = [
     ("--cutoffs", "IMAGE_BENCH_CUTOFFS", DEFAULT_CUTOFFS, parse_cutoffs, "image counts of the *_many cells, comma-separated, or `tutorial` for 10,100,1000,10000,100000"),
     ("--methods", "IMAGE_BENCH_METHODS", ",".join(METHODS), parse_methods, "storage methods to time, comma-separated (default: all)"),
     ("--dataset", "IMAGE_BENCH_DATASET", "synthetic", parse_dataset,
-     "synthetic (made on the spot, no download) or cifar10:PATH (CIFAR-10 python batches; doubled past 50000 images)"),
-    ("--image-shape", "IMAGE_BENCH_SHAPE", "32x32x3", parse_shape, "shape of the synthetic images, HxW or HxWxC"),
+     "synthetic (made on the spot, no download), cifar10:PATH (CIFAR-10 python batches; doubled past 50000 images) "
+     "or mnist:PATH (MNIST idx files, plain or .gz: train, then t10k if there; 70000 images)"),
+    ("--image-shape", "IMAGE_BENCH_SHAPE", None, parse_shape,
+     "shape of the synthetic images, HxW, HxWxC (any C) or CxHxW, e.g. 28x28 or 3x128x128 (default 32x32x3; "
+     "cifar10 and mnist images have their own, 32x32x3 and 28x28)"),
+    ("--dtype", "IMAGE_BENCH_DTYPE", "uint8", parse_dtype,
+     f"dtype of the synthetic images: {', '.join(DTYPE_NAMES)} (cifar10 and mnist images are uint8)"),
     ("--storage-dir", "IMAGE_BENCH_STORAGE_DIR", None, Path,
      "folder to write the stores in (default: pytest's temporary folder); a run folder inside it is removed at the end"),
     ("--batch-sizes", "IMAGE_BENCH_BATCH_SIZES", "256", parse_batch_sizes, "images per batch of the read_random cells, comma-separated"),
@@ -147,7 +164,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("image-storage", "image storage benchmarks (pytest benchmarks)")
     for option, variable, default, parse, help_text in OPTIONS:
         default = os.environ.get(variable, default)
-        group.addoption(option, type=parse, default=default, help=f"{help_text} [env {variable}; default {default}]")
+        shown = "" if default is None else f"; default {default}"
+        group.addoption(option, type=parse, default=default, help=f"{help_text} [env {variable}{shown}]")
     group.addoption("--durable", action="store_true", default=parse_flag(os.environ.get("IMAGE_BENCH_DURABLE", "")),
                     help="fsync every store (files and folders) before it returns, for all methods [env IMAGE_BENCH_DURABLE=1]")
 

@@ -26,7 +26,7 @@ from benchmarks.resources import Meter
 from reports.floors import describe_implausible, floor_checks
 from reports.load import Cell
 from storage_impls import ImageStore, get_store_class
-from storage_impls.datasets import CIFAR10_IMAGES, load_cifar10, synthetic
+from storage_impls.datasets import CIFAR10_IMAGES, CIFAR10_SHAPE, MNIST_SHAPE, load_cifar10, load_mnist, mnist_count, synthetic
 
 SUITE = "image-storage"  # extra_info["suite"]: marks the cells reports/ reads
 MIN_ROUNDS = 10  # the suite's default floor: at 5 rounds a lone 10 % regression escapes `reports compare` 1 time in 5
@@ -58,17 +58,37 @@ def pytest_configure(config: pytest.Config) -> None:
     if getattr(config.option, "numprocesses", None):
         raise pytest.UsageError("the image storage benchmarks must not run under pytest-xdist (-n): "
                                 "parallel workers share the disk and the cores and spoil every time; drop -n")
-    cutoffs, shape = config.getoption("cutoffs"), config.getoption("image_shape")
-    dataset = config.getoption("dataset")
-    if dataset.name == "cifar10":
-        if shape != (32, 32, 3):
-            raise pytest.UsageError("--image-shape applies to synthetic data only: CIFAR-10 images are 32x32x3")
-        if max(cutoffs) > 2 * CIFAR10_IMAGES:
-            raise pytest.UsageError(f"--cutoffs {max(cutoffs)} exceeds CIFAR-10 doubled ({2 * CIFAR10_IMAGES} images)")
-    needed = 2 * max(cutoffs) * math.prod(shape)  # the data plus one read buffer of the largest cell
+    cutoffs, shape, dtype = config.getoption("cutoffs"), _data_shape(config), config.getoption("dtype")
+    config.option.image_shape = shape  # from here on the shape of the session's images, whatever the dataset
+    needed = 2 * max(cutoffs) * math.prod(shape) * dtype.itemsize  # the data plus one read buffer of the largest cell
     if needed > 0.8 * available_memory():
-        raise pytest.UsageError(f"--cutoffs {max(cutoffs)} of {'x'.join(map(str, shape))} images need {needed / 1e9:.1f} GB of "
-                                f"memory, {available_memory() / 1e9:.1f} GB is available: lower --cutoffs or --image-shape")
+        raise pytest.UsageError(f"--cutoffs {max(cutoffs)} of {'x'.join(map(str, shape))} {dtype} images need {needed / 1e9:.1f} GB "
+                                f"of memory, {available_memory() / 1e9:.1f} GB is available: lower --cutoffs, --image-shape or --dtype")
+
+
+def _data_shape(config: pytest.Config) -> tuple[int, ...]:
+    """The shape of the session's images (--image-shape, default 32x32x3, or the dataset's own); a UsageError for
+    options the dataset cannot meet: a shape or dtype for CIFAR-10 or MNIST, more images than it holds."""
+    cutoffs, shape, dtype = config.getoption("cutoffs"), config.getoption("image_shape"), config.getoption("dtype")
+    dataset = config.getoption("dataset")
+    if dataset.name == "synthetic":
+        return shape or CIFAR10_SHAPE
+    own_shape, title = {"cifar10": (CIFAR10_SHAPE, "CIFAR-10"), "mnist": (MNIST_SHAPE, "MNIST")}[dataset.name]
+    if shape not in (None, own_shape):
+        raise pytest.UsageError(f"--image-shape applies to synthetic data only: {title} images are {'x'.join(map(str, own_shape))}")
+    if dtype != np.uint8:
+        raise pytest.UsageError(f"--dtype applies to synthetic data only: {title} images are uint8")
+    if dataset.name == "cifar10":
+        available, what = 2 * CIFAR10_IMAGES, f"CIFAR-10 doubled ({2 * CIFAR10_IMAGES} images)"
+    else:
+        try:
+            available = mnist_count(dataset.path)
+        except (OSError, ValueError) as error:
+            raise pytest.UsageError(f"--dataset mnist:{dataset.path}: {error}") from None
+        what = f"the {available} MNIST images in {dataset.path}"
+    if max(cutoffs) > available:
+        raise pytest.UsageError(f"--cutoffs {max(cutoffs)} exceeds {what}")
+    return own_shape
 
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
@@ -159,8 +179,13 @@ def dataset(pytestconfig: pytest.Config) -> Dataset:
         with announce(pytestconfig, f"loading CIFAR-10 from {spec.path}", CIFAR10_IMAGES):
             images, labels = load_cifar10(spec.path, double=count > CIFAR10_IMAGES)
         return Dataset("cifar10", images[:count], labels[:count])
-    with announce(pytestconfig, f"making {count} synthetic {'x'.join(map(str, shape))} images", count):
-        images, labels = synthetic(count, shape, seed=0)
+    if spec.name == "mnist":
+        with announce(pytestconfig, f"loading MNIST from {spec.path}", count):
+            images, labels = load_mnist(spec.path)
+        return Dataset("mnist", images[:count], labels[:count])
+    dtype = pytestconfig.getoption("dtype")
+    with announce(pytestconfig, f"making {count} synthetic {'x'.join(map(str, shape))} {dtype} images", count):
+        images, labels = synthetic(count, shape, seed=0, dtype=dtype)
     return Dataset("synthetic", images, labels)
 
 
@@ -178,13 +203,34 @@ def storage_root(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathF
     shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def layout_limits(storage_root: Path, dataset: Dataset) -> Callable[[type[ImageStore]], str | None]:
+    """``limit(cls)``: None if the method (variant) holds the session's images, else why not (PNG holds no float32),
+    asked of an empty store once per class."""
+    limits: dict[type[ImageStore], str | None] = {}
+
+    def limit(cls: type[ImageStore]) -> str | None:
+        if cls not in limits:
+            probe = storage_root / f"probe-{uuid.uuid4().hex[:8]}"
+            with cls(probe) as store:
+                limits[cls] = store.layout_limit(dataset.images.dtype, dataset.images.shape[1:], replacing=True)
+            shutil.rmtree(probe, ignore_errors=True)
+        return limits[cls]
+    return limit
+
+
 @pytest.fixture
-def store_class(method: str) -> type[ImageStore]:
-    """The method's class; the cell is skipped, saying what to install, when its package is missing."""
+def store_class(method: str, layout_limits: Callable[[type[ImageStore]], str | None]) -> type[ImageStore]:
+    """The method's class; the cell is skipped, saying what to install when its package is missing, or why the
+    method cannot hold the session's images."""
     try:
-        return get_store_class(method)
+        cls = get_store_class(method)
     except ImportError as error:
         pytest.skip(str(error))
+    limit = layout_limits(cls)
+    if limit:
+        pytest.skip(f"{method} cannot store these images: {limit}")
+    return cls
 
 
 @pytest.fixture
@@ -292,7 +338,8 @@ def record(benchmark, pytestconfig: pytest.Config, dataset: Dataset, operation: 
         benchmark.group = f"{operation} {n_images}"
         benchmark.extra_info.update(
             suite=SUITE, operation=operation, method=method, n_images=n_images, image_shape=list(shape),
-            raw_bytes=n_images * math.prod(shape), dataset=dataset.name, durable=pytestconfig.getoption("durable"),
+            dtype=str(dataset.images.dtype), raw_bytes=n_images * math.prod(shape) * dataset.images.itemsize,
+            dataset=dataset.name, durable=pytestconfig.getoption("durable"),
             images_per_round=n_images if images_per_round is None else images_per_round,
         )
         params = request.node.callspec.params if hasattr(request.node, "callspec") else {}

@@ -42,7 +42,7 @@ def test_store_many(measure, record, fresh_stores, dataset, method, cutoff):
 
 
 def test_read_many(measure, record, read_store, dataset, method, cutoff):
-    out = np.empty((cutoff, *dataset.images.shape[1:]), np.uint8)
+    out = np.empty((cutoff, *dataset.images.shape[1:]), dataset.images.dtype)
 
     def clear_out():
         """Each round starts from zeros, so the check below proves the last round read every image."""

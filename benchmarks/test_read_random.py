@@ -45,7 +45,7 @@ def reader_pool(request: pytest.FixtureRequest, store_class: type[ImageStore], m
     if store_class.slow_random_reads and not explicitly_named(request.config, method):
         pytest.skip(f"{method} runs read_random only when --methods names it: {store_class.slow_random_reads}")
     plan = EpochPlan.shuffled(n_images, batch_size, PERMUTATION_SEED)
-    with ReaderPool(method, store_dir, plan, dataset.images.shape[1:], workers) as pool:
+    with ReaderPool(method, store_dir, plan, dataset.images.shape[1:], workers, image_dtype=dataset.images.dtype) as pool:
         yield pool
 
 

@@ -1,6 +1,8 @@
 """The check every cell runs, untimed, on what it read or stored."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -13,9 +15,15 @@ def verify(what: str, images: np.ndarray, labels: np.ndarray, expected_images: n
 
 
 def verify_images(what: str, images: np.ndarray, expected_images: np.ndarray) -> None:
-    """Fail the cell unless the pixels are exactly the ones stored (floor cells have no labels)."""
+    """Fail the cell unless the pixels are exactly the ones stored (floor cells have no labels): bit for bit,
+    so that a float NaN equals itself and -0.0 differs from 0.0, as a store must keep them."""
     if images.shape != expected_images.shape or images.dtype != expected_images.dtype:
         pytest.fail(f"{what} returned {images.dtype} {images.shape}, stored {expected_images.dtype} {expected_images.shape}", pytrace=False)
-    differing = np.count_nonzero((images != expected_images).reshape(len(images), -1).any(axis=1))
+    differing = np.count_nonzero((_bytes_per_image(images) != _bytes_per_image(expected_images)).any(axis=1))
     if differing:
         pytest.fail(f"{what}: {differing} of {len(images)} images differ from what was stored", pytrace=False)
+
+
+def _bytes_per_image(images: np.ndarray) -> np.ndarray:
+    """(N, bytes of one image) uint8 view of a batch (a C-contiguous copy first if it is not one)."""
+    return np.ascontiguousarray(images).view(np.uint8).reshape(len(images), math.prod(images.shape[1:]) * images.itemsize)

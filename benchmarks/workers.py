@@ -106,10 +106,11 @@ def latency_summary(epochs: list[Epoch]) -> dict[str, float]:
 Layout = dict[str, tuple[tuple[int, ...], str, int]]  # name -> (shape, dtype, byte offset)
 
 
-def _layout(n_images: int, image_shape: tuple[int, ...], n_batches: int, workers: int) -> tuple[Layout, int]:
+def _layout(n_images: int, image_shape: tuple[int, ...], image_dtype: np.dtype, n_batches: int,
+            workers: int) -> tuple[Layout, int]:
     """The arrays the workers fill, packed into one block (64-byte aligned), and the block's size."""
     fields = {
-        "images": ((n_images, *image_shape), "uint8"),
+        "images": ((n_images, *image_shape), np.dtype(image_dtype).str),
         "labels": ((n_images,), "int64"),
         "batch_seconds": ((n_batches,), "float64"),
         "finished": ((n_batches,), "float64"),  # perf_counter when each batch was in
@@ -207,11 +208,12 @@ class ReaderPool:
     """
 
     def __init__(self, method: str, directory: Path, plan: EpochPlan, image_shape: tuple[int, ...],
-                 workers: int, *, store_options: dict | None = None, timeout: float = DEFAULT_TIMEOUT) -> None:
+                 workers: int, *, image_dtype: np.dtype | str = np.uint8, store_options: dict | None = None,
+                 timeout: float = DEFAULT_TIMEOUT) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
         self.plan, self.workers, self.timeout = plan, workers, timeout
-        layout, size = _layout(len(plan.permutation), tuple(image_shape), plan.n_batches, workers)
+        layout, size = _layout(len(plan.permutation), tuple(image_shape), image_dtype, plan.n_batches, workers)
         if SHM_DIR.is_dir() and size > shutil.disk_usage(SHM_DIR).free:
             raise MemoryError(f"the epoch buffer needs {size / 1e9:.2f} GB of shared memory, {SHM_DIR} has "
                               f"{shutil.disk_usage(SHM_DIR).free / 1e9:.2f} GB free: lower --cutoffs or --image-shape")

@@ -1,52 +1,91 @@
-"""Image data to store: a synthetic, natural-looking set made on the spot, and CIFAR-10.
+"""Image data to store: a synthetic, natural-looking set made on the spot, CIFAR-10 and MNIST.
 
-Both return ``(images, labels)``: a C-contiguous uint8 array (N, H, W[, C]) and an int64 array (N,).
+Each returns ``(images, labels)``: a C-contiguous array (N, ...) of images (CIFAR-10 and MNIST: uint8;
+synthetic: any dtype a store holds) and an int64 array (N,).
 """
 from __future__ import annotations
 
+import gzip
+import math
 import os
 import pickle
+import zlib
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 CIFAR10_BATCHES = tuple(f"data_batch_{number}" for number in range(1, 6))
 CIFAR10_SHAPE = (32, 32, 3)
 CIFAR10_IMAGES = 50_000  # in the five training batches
+MNIST_SHAPE = (28, 28)
+#: MNIST's idx files, (images, labels) of the training set, then of the test set ("t10k", optional)
+MNIST_PARTS = (("train-images-idx3-ubyte", "train-labels-idx1-ubyte"), ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"))
+IDX_IMAGES, IDX_LABELS = 0x00000803, 0x00000801  # magic numbers: unsigned bytes (0x08) in 3 or 1 dimensions
 SYNTHETIC_NOISE = 16  # uniform pixel noise 0..15 over smooth content: ~2.2 KB PNG per 32x32x3 image
 SYNTHETIC_CONTROL_POINTS = 6  # control grid per 32 pixels: the scale of the smooth content
-SYNTHETIC_BLOCK_BYTES = 16 << 20  # images made per step, to keep float intermediates small
+SYNTHETIC_BLOCK_BYTES = 16 << 20  # 8-bit pixels made per step (and widened per step), to keep intermediates small
 
 
-def synthetic(n: int, shape: tuple[int, ...] = CIFAR10_SHAPE, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` deterministic images that compress like photographs, with labels 0..9.
+def synthetic(n: int, shape: tuple[int, ...] = CIFAR10_SHAPE, seed: int = 0,
+              dtype: DTypeLike = np.uint8) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` deterministic images of ``dtype`` that compress like photographs, with labels 0..9.
 
     Each image is a random coarse grid of colours, bilinearly upsampled (smooth regions and
     edges of varied contrast), plus fine uniform noise (texture and sensor noise). At 32x32x3
     Pillow's default PNG takes ~2.2 KB per image, as CIFAR-10 does (~2 KB); pure noise
-    (~3.1 KB) would flatter no method.
+    (~3.1 KB) would flatter no method. A 3-D ``shape`` is taken as (H, W, bands), also when
+    meant as channel-first: (3, 128, 128) gives 3x128 images of 128 bands, which is as good.
+
+    Every dtype holds the same 8-bit pictures ``v`` and labels (uint8 gives them as made), widened
+    with fine noise from a second generator: an integer dtype of ``b`` bits holds ``v`` (``v - 128``
+    if signed) times 2**(b-8) plus uniform noise below that (uint16 spans 0..65535, int16
+    -32768..32767); a float dtype holds (v + u) / 256 with u uniform in [0, 1), a reflectance-like
+    value in [0, 1).
     """
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
-    from storage_impls.base import check_image_shape
+    from storage_impls.base import check_dtype, check_image_shape
 
     shape = tuple(shape)
     check_image_shape(shape, "shape")
+    dtype = check_dtype(dtype, "dtype")
     rng = np.random.default_rng(seed)
     height, width = shape[:2]
     channels = shape[2] if len(shape) == 3 else 1
     rows = _bilinear_matrix(height, max(2, round(height * SYNTHETIC_CONTROL_POINTS / 32)))
     cols = _bilinear_matrix(width, max(2, round(width * SYNTHETIC_CONTROL_POINTS / 32))).T.copy()
-    images = np.empty((n, height, width, channels), np.uint8)
-    block = max(1, SYNTHETIC_BLOCK_BYTES // images[0].nbytes)
+    images = np.empty((n, height, width, channels), dtype)
+    block = max(1, SYNTHETIC_BLOCK_BYTES // math.prod(images.shape[1:]))  # 8-bit bytes: the same draws for every dtype
+    fine = np.random.default_rng([seed, 1])
     for start in range(0, n, block):
         count = min(n, start + block) - start
         grid = rng.integers(0, 256 - SYNTHETIC_NOISE, size=(count, channels, rows.shape[1], cols.shape[0]), dtype=np.uint8)
         smooth = rows @ grid.astype(np.float32) @ cols  # (count, channels, height, width)
         smooth += rng.integers(0, SYNTHETIC_NOISE, size=smooth.shape, dtype=np.uint8)
-        images[start:start + count] = smooth.transpose(0, 2, 3, 1)
+        if dtype == np.uint8:
+            images[start:start + count] = smooth.transpose(0, 2, 3, 1)
+        else:
+            _widen(smooth.transpose(0, 2, 3, 1).astype(np.uint8), images[start:start + count], fine)
     labels = rng.integers(0, 10, size=n, dtype=np.int64)
     return images.reshape((n, *shape)), labels
+
+
+def _widen(content: np.ndarray, out: np.ndarray, rng: np.random.Generator) -> None:
+    """Write the 8-bit ``content`` into ``out`` of another dtype as ``synthetic`` describes, a few images at a
+    time so that no temporary (8 bytes a pixel at most) outgrows SYNTHETIC_BLOCK_BYTES."""
+    step = max(1, SYNTHETIC_BLOCK_BYTES // (8 * content[0].size))
+    kind, shift = out.dtype.kind, 8 * out.dtype.itemsize - 8
+    for start in range(0, len(out), step):
+        values, part = content[start:start + step], out[start:start + step]
+        if kind == "f":
+            part[...] = (values + rng.random(values.shape)) / 256
+            np.minimum(part, np.nextafter(out.dtype.type(1), out.dtype.type(0)), out=part)  # rounding may reach 1
+            continue
+        part[...] = values.astype(np.int16) - 128 if kind == "i" else values
+        if shift:
+            part *= 1 << shift
+            part += rng.integers(0, 1 << shift, size=part.shape, dtype=out.dtype)
 
 
 def _bilinear_matrix(size: int, points: int) -> np.ndarray:
@@ -111,3 +150,83 @@ def _load_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"{path}: b'data' must be uint8 (N, 3072) with one label per row, "
                          f"got {data.dtype} {data.shape} and {len(labels)} labels")
     return data, labels
+
+
+def load_mnist(directory: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Read MNIST's idx files from ``directory``: the training set, then the test set when its two
+    ``t10k-*`` files are there (70 000 images, the set the RocksDB write-up stores), each file plain or
+    gzipped (``.gz``, as distributed). Images come back as (N, 28, 28) uint8.
+
+    Every file is checked strictly (magic number, dimensions, size to the byte, as many labels as
+    images): FileNotFoundError or ValueError names the file and the problem.
+    """
+    images, labels = [], []
+    for images_path, labels_path in _mnist_files(directory):
+        part_images = _read_idx(images_path, IDX_IMAGES)
+        part_labels = _read_idx(labels_path, IDX_LABELS)
+        if len(part_images) != len(part_labels):
+            raise ValueError(f"{images_path} holds {len(part_images)} images but {labels_path} {len(part_labels)} labels")
+        images.append(part_images)
+        labels.append(part_labels)
+    return np.concatenate(images), np.concatenate(labels).astype(np.int64)
+
+
+def mnist_count(directory: str | os.PathLike) -> int:
+    """How many images ``load_mnist(directory)`` returns, from the files' headers alone (a quick check
+    before a run; load_mnist checks the rest)."""
+    count = 0
+    for images_path, _labels_path in _mnist_files(directory):
+        count += _idx_dims(images_path, _read_bytes(images_path, 4 + 4 * 3), IDX_IMAGES)[0]
+    return count
+
+
+def _mnist_files(directory: str | os.PathLike) -> list[tuple[Path, Path]]:
+    """The (images, labels) paths of the training set and, if there, the test set; plain files win over ``.gz``."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"MNIST directory {directory} does not exist")
+    parts = []
+    for number, names in enumerate(MNIST_PARTS):
+        found = [next((path for path in (directory / name, directory / f"{name}.gz") if path.is_file()), None) for name in names]
+        if number and found == [None, None]:
+            continue  # no test set: the training set alone
+        missing = [name for name, path in zip(names, found) if path is None]
+        if missing:
+            raise FileNotFoundError(f"MNIST directory {directory} lacks {' and '.join(missing)} (plain or .gz)")
+        parts.append(tuple(found))
+    return parts
+
+
+def _read_bytes(path: Path, size: int = -1) -> bytes:
+    """The bytes (the first ``size``) of a plain or gzipped file; ValueError if its gzip stream is broken."""
+    try:
+        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as file:
+            return file.read(size)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as error:
+        raise ValueError(f"{path} is not a readable gzip file: {error}") from None
+
+
+def _read_idx(path: Path, magic: int) -> np.ndarray:
+    """The array an idx file of unsigned bytes holds: (N, 28, 28) images or (N,) labels, checked."""
+    data = _read_bytes(path)
+    dims = _idx_dims(path, data, magic)
+    header = 4 + 4 * len(dims)
+    if len(data) != header + math.prod(dims):
+        content = f"{dims[0]} images of {dims[1]}x{dims[2]}" if magic == IDX_IMAGES else f"{dims[0]} labels"
+        raise ValueError(f"{path}: {len(data)} bytes, but its header ({content}) needs {header + math.prod(dims)}")
+    if magic == IDX_IMAGES and dims[1:] != MNIST_SHAPE:
+        raise ValueError(f"{path}: images of {dims[1]}x{dims[2]} pixels, MNIST's are 28x28")
+    return np.frombuffer(data, np.uint8, offset=header).reshape(dims)
+
+
+def _idx_dims(path: Path, data: bytes, magic: int) -> tuple[int, ...]:
+    """The dimensions in the idx header at the start of ``data``, which must carry ``magic``."""
+    ndim = magic & 0xFF
+    header = 4 + 4 * ndim
+    what = "images" if magic == IDX_IMAGES else "labels"
+    if len(data) < header:
+        raise ValueError(f"{path}: {len(data)} bytes, shorter than the {header}-byte header of idx {what}")
+    found = int.from_bytes(data[:4], "big")
+    if found != magic:
+        raise ValueError(f"{path}: magic number 0x{found:08x}, expected 0x{magic:08x} (idx {what} of unsigned bytes)")
+    return tuple(int.from_bytes(data[4 + 4 * axis:8 + 4 * axis], "big") for axis in range(ndim))

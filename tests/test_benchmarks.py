@@ -6,9 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from benchmarks.floors import floors_of_cell
+from benchmarks.verify import verify, verify_images
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -47,7 +49,7 @@ def test_every_cell_runs_with_params_and_extra_info(tiny_run):
     info = store["extra_info"]
     assert info["suite"] == "image-storage" and info["operation"] == "store_many" and info["method"] == "lmdb"
     assert info["n_images"] == 20 and info["image_shape"] == [32, 32, 3] and info["raw_bytes"] == 20 * 3072
-    assert info["durable"] is False and info["dataset"] == "synthetic"
+    assert info["durable"] is False and info["dataset"] == "synthetic" and info["dtype"] == "uint8"
     assert info["disk_usage"]["allocated_bytes"] > 0 and info["disk_usage"]["apparent_bytes"] > 0
     assert info["images_per_s"] == pytest.approx(20 / store["stats"]["median"])
     assert info["mb_per_s"] == pytest.approx(20 * 3072 / 1e6 / store["stats"]["median"])
@@ -137,6 +139,24 @@ def test_machine_info_explains_storage_numbers(tiny_run):
     assert set(machine["libraries"]) >= {"numpy", "Pillow", "h5py", "hdf5", "lmdb", "lmdb_library", "matplotlib"}
 
 
+def test_verify_compares_bit_for_bit():
+    """A NaN read back equals the NaN stored; -0.0 for 0.0, another NaN payload or another dtype is a difference."""
+    stored = np.array([[[np.nan, -0.0], [1.5, 2.0]], [[0.25, np.inf], [-1.0, 3.0]]], np.float32)
+    labels = np.array([4, 7])
+    verify("m read_many", stored.copy(), labels.copy(), stored, labels)
+    verify_images("m read_many", np.asfortranarray(stored), stored)  # any memory layout
+    signed_zero, other_nan = stored.copy(), stored.copy()
+    signed_zero[0, 0, 1] = 0.0
+    other_nan.view(np.uint32)[0, 0, 0] ^= 1
+    for read in (signed_zero, other_nan):
+        with pytest.raises(pytest.fail.Exception, match="m read_many: 1 of 2 images differ from what was stored"):
+            verify_images("m read_many", read, stored)
+    with pytest.raises(pytest.fail.Exception, match=r"m read_many returned float64 \(2, 2, 2\), stored float32 \(2, 2, 2\)"):
+        verify_images("m read_many", stored.astype(np.float64), stored)
+    with pytest.raises(pytest.fail.Exception, match="m read_many: labels differ"):
+        verify("m read_many", stored, labels[::-1], stored, labels)
+
+
 def test_a_broken_read_fails_its_cell():
     result = run_suite("--cutoffs", "10", "--methods", "hdf5", "-k", "read", "-p", "tests.broken_reads",
                        "--benchmark-disable")
@@ -152,7 +172,14 @@ def test_a_broken_read_fails_its_cell():
     (["--methods", "npz:"], {}, "'' is not key=value"),
     (["--dataset", "imagenet"], {}, "'imagenet' is not a dataset"),
     (["--dataset", "cifar10:/no/such/folder"], {}, "does not exist"),
-    (["--image-shape", "32x32x2"], {}, "'32x32x2' is not an image shape"),
+    (["--image-shape", "32x32x3x1"], {}, "'32x32x3x1' is not an image shape"),
+    (["--image-shape", "32x0"], {}, "'32x0' is not an image shape"),
+    (["--dtype", "bool"], {}, "'bool' is not an image dtype: use one of uint8, uint16"),
+    ([], {"IMAGE_BENCH_DTYPE": "complex64"}, "'complex64' is not an image dtype"),
+    (["--dataset", "mnist:/no/such/folder"], {}, "MNIST folder '/no/such/folder' does not exist"),
+    (["--dataset", "mnist:tests"], {}, "--dataset mnist:tests: MNIST directory tests lacks train-images-idx3-ubyte"),
+    (["--dataset", "mnist:tests", "--image-shape", "32x32"], {}, "--image-shape applies to synthetic data only: MNIST images are 28x28"),
+    (["--dataset", "cifar10:tests", "--dtype", "float32"], {}, "--dtype applies to synthetic data only: CIFAR-10 images are uint8"),
     ([], {"IMAGE_BENCH_CUTOFFS": "0"}, "'0' is not a positive whole number"),
     (["--cutoffs", "10000000000"], {}, "lower --cutoffs"),
     (["-n", "2"], {}, "must not run under pytest-xdist"),
@@ -172,7 +199,8 @@ def test_methods_take_variants_whose_options_may_contain_commas():
 
 def test_options_are_documented_in_help():
     result = subprocess.run([sys.executable, "-m", "pytest", "--help"], cwd=REPO, capture_output=True, text=True)
-    for option in ("--cutoffs", "--methods", "--dataset", "--image-shape", "--storage-dir", "--durable", "IMAGE_BENCH_CUTOFFS"):
+    for option in ("--cutoffs", "--methods", "--dataset", "mnist:PATH", "--image-shape", "3x128x128", "--dtype", "float32",
+                   "--storage-dir", "--durable", "IMAGE_BENCH_CUTOFFS", "IMAGE_BENCH_DTYPE"):
         assert option in result.stdout
 
 
@@ -192,6 +220,55 @@ def test_durable_and_cifar_runs(tmp_path):
     cells = json.loads((tmp_path / "run.json").read_text())["benchmarks"]
     assert {cell["extra_info"]["dataset"] for cell in cells} == {"cifar10"}
     assert all(cell["extra_info"]["durable"] for cell in cells)
+
+
+@pytest.mark.parametrize(("args", "env"), [
+    (["--dtype", "float32", "--image-shape", "3x128x128"], {}),
+    (["--image-shape", "28x28"], {"IMAGE_BENCH_DTYPE": "uint16"}),
+    (["--image-shape", "64x64x13", "--dtype", "int16"], {}),
+])
+def test_any_dtype_and_image_shape_are_accepted(args, env):
+    result = run_suite(*args, "--collect-only", "-q", "-k", "read_single", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_memory_check_counts_the_dtype():
+    """Images that fit in memory as uint8 are refused as float64, eight times their size."""
+    from benchmarks.machine import available_memory
+
+    count = int(0.8 * available_memory() / (2 * 3072 * 4))  # a quarter of the budget as uint8, twice it as float64
+    for dtype, code in (("uint8", 0), ("float64", 4)):
+        result = run_suite("--cutoffs", str(count), "--dtype", dtype, "--collect-only", "-q", "-k", "read_single")
+        assert result.returncode == code, result.stdout + result.stderr
+    assert f"--cutoffs {count} of 32x32x3 float64 images need" in result.stderr and "lower --cutoffs" in result.stderr
+
+
+def test_mnist_runs_at_its_own_shape(tmp_path):
+    from tests.test_datasets import write_mnist
+
+    write_mnist(tmp_path / "mnist", train=8, test=4, gz=True)
+    result = run_suite("--cutoffs", "10", "--methods", "lmdb,hdf5", "--dataset", f"mnist:{tmp_path / 'mnist'}", "-k", "not read_random",
+                       "--benchmark-json", str(tmp_path / "run.json"), "--benchmark-max-time", "0.01")
+    assert result.returncode == 0, result.stdout + result.stderr
+    cells = json.loads((tmp_path / "run.json").read_text())["benchmarks"]
+    assert {(cell["extra_info"]["dataset"], cell["extra_info"]["dtype"], tuple(cell["extra_info"]["image_shape"])) for cell in cells} == {
+        ("mnist", "uint8", (28, 28))}
+    too_many = run_suite("--cutoffs", "13", "--dataset", f"mnist:{tmp_path / 'mnist'}", "--collect-only")
+    assert too_many.returncode == 4 and f"--cutoffs 13 exceeds the 12 MNIST images in {tmp_path / 'mnist'}" in too_many.stderr
+
+
+def test_float32_chips_run_and_verify_bit_for_bit(tmp_path):
+    """The write-up's layout, channel-first float32, through the methods that store raw bytes; PNG cannot hold it:
+    disk's cells are skipped saying so."""
+    result = run_suite("--cutoffs", "10", "--methods", "hdf5,npy-memmap,disk", "--dtype", "float32", "--image-shape", "3x8x8",
+                       "--benchmark-json", str(tmp_path / "run.json"), "--benchmark-max-time", "0.01", "-rs")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "disk cannot store these images: PNG holds uint8 or uint16 images, not float32" in result.stdout
+    cells = json.loads((tmp_path / "run.json").read_text())["benchmarks"]
+    store = cells_named({"benchmarks": cells}, "test_store_many[hdf5-10]")["extra_info"]
+    assert store["dtype"] == "float32" and store["image_shape"] == [3, 8, 8] and store["raw_bytes"] == 10 * 3 * 8 * 8 * 4
+    assert {cell["extra_info"]["dtype"] for cell in cells} == {"float32"}
+    assert not [cell for cell in cells if cell["extra_info"].get("method") == "disk"]
 
 
 def test_long_cells_get_fewer_rounds_unless_min_rounds_is_given(tmp_path):

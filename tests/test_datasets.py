@@ -1,15 +1,36 @@
-"""The data sources: synthetic images and the CIFAR-10 loader, on batches fabricated in its exact format."""
+"""The data sources: synthetic images of every dtype, and the CIFAR-10 and MNIST loaders, on files fabricated
+in their exact formats."""
 from __future__ import annotations
 
+import gzip
+import hashlib
 import io
 import os
 import pickle
+import tracemalloc
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from storage_impls.datasets import load_cifar10, synthetic
+from storage_impls import datasets
+from storage_impls.base import SUPPORTED_DTYPES
+from storage_impls.datasets import load_cifar10, load_mnist, mnist_count, synthetic
+
+# sha256 of the images and of the labels synthetic() made before it took a dtype: uint8 stays byte-identical,
+# so earlier benchmark runs remain comparable. (20, 1024, 1024, 1) spans two of its blocks.
+UINT8_CHECKSUMS = {
+    (50, (32, 32, 3), 0): ("934cf9e206b0a97d61afeda217e8fcc3a859c2a5444100f84b0c910b08a7d53c",
+                           "2ca9df4e281e1c7985de4c4111100aa36b4b45346a12665579bc734dcb4e55cb"),
+    (7, (8, 8), 3): ("3d14662eaa76b3ea9d70ef6bc5cc572445cd27310bd9131e42bd98977310c29d",
+                     "9d51599d7f0d246e3ef473dc37462d50eaf30698d760a3fc7f540fff693ee1c2"),
+    (5, (16, 12, 4), 1): ("aac19fd12ec5aadd9aaa2ded05c001c876b997fa1b6514d8301232eb9c4a19f0",
+                          "970bc1008c3c3ef9e284493ebab5009f6f12ed5e9de9cfecc78bd7734777a6f3"),
+    (2000, (32, 32, 3), 0): ("fe25a97a6d728059c2b56cc3e101a1d16b01435b3889ff109eea6f29174eb03a",
+                             "f430110f4dd95349eea3a4f43ffa0f86c53b4cf4bce6948baeb02073019872f0"),
+    (20, (1024, 1024, 1), 5): ("5253b78896558c29c4b2b0c755c7d343429f2c129561ffe3b04bb75eac26a295",
+                               "538621f10178a20f2843b4796767bd205bad8f9a53df5a00b043c73ca9bd226b"),
+}
 
 
 def test_synthetic_is_deterministic_and_typed():
@@ -23,11 +44,62 @@ def test_synthetic_is_deterministic_and_typed():
     assert not np.array_equal(images, other)
 
 
-@pytest.mark.parametrize("shape", [(8, 8), (8, 8, 1), (16, 12, 4), (256, 256, 3)])
+@pytest.mark.parametrize(("n", "shape", "seed"), list(UINT8_CHECKSUMS))
+def test_synthetic_uint8_is_unchanged(n, shape, seed):
+    images, labels = synthetic(n, shape, seed=seed)
+    assert images.dtype == np.uint8 and images.shape == (n, *shape)
+    assert (hashlib.sha256(images.tobytes()).hexdigest(), hashlib.sha256(labels.tobytes()).hexdigest()) == UINT8_CHECKSUMS[n, shape, seed]
+    np.testing.assert_array_equal(synthetic(n, shape, seed=seed, dtype="uint8")[0], images)
+
+
+@pytest.mark.parametrize("shape", [(8, 8), (8, 8, 1), (16, 12, 4), (256, 256, 3), (8, 8, 13), (3, 32, 32)])
 def test_synthetic_any_shape(shape):
     images, labels = synthetic(3, shape)
     assert images.shape == (3, *shape) and len(labels) == 3
     assert images.std() > 10  # content, not a flat colour
+
+
+@pytest.mark.parametrize("dtype", SUPPORTED_DTYPES, ids=str)
+def test_synthetic_every_dtype_holds_the_uint8_pictures_widened(dtype):
+    """Same pictures and labels as uint8, deterministic, spread over the dtype's range (floats: [0, 1))."""
+    shape = (12, 10, 3)
+    reference, reference_labels = synthetic(40, shape, seed=2)
+    images, labels = synthetic(40, shape, seed=2, dtype=dtype)
+    assert images.dtype == dtype and images.shape == (40, *shape) and images.flags.c_contiguous
+    np.testing.assert_array_equal(labels, reference_labels)
+    np.testing.assert_array_equal(synthetic(40, shape, seed=2, dtype=dtype)[0], images)
+    assert not np.array_equal(synthetic(40, shape, seed=3, dtype=dtype)[0], images)
+    if dtype.kind == "f":
+        assert 0 <= images.min() and images.max() < 1
+        assert np.abs(images.astype(np.float64) * 256 - reference - 0.5).max() <= 0.5 + 1e-6  # (v + u) / 256
+        assert len(np.unique(images)) > len(np.unique(reference))  # the noise fills in between the 8-bit steps
+    else:
+        shift = 8 * dtype.itemsize - 8
+        top = (images >> shift).astype(np.int64) + (128 if dtype.kind == "i" else 0)
+        np.testing.assert_array_equal(top, reference)  # the 8-bit picture is the top byte
+        info = np.iinfo(dtype)
+        span = (int(images.max()) - int(images.min())) / (int(info.max) - int(info.min))
+        assert span > 0.9 and (shift == 0 or np.any(images & ((1 << shift) - 1)))  # the full range, with fine noise
+
+
+def test_synthetic_float32_chips():
+    """The RocksDB write-up's chips: (3, 128, 128) float32, made as 3x128 images of 128 bands."""
+    images, labels = synthetic(4, (3, 128, 128), seed=0, dtype=np.float32)
+    assert images.shape == (4, 3, 128, 128) and images.dtype == np.float32 and len(labels) == 4
+    assert not np.isnan(images).any() and 0.2 < images.std() * 4 < 2
+
+
+def test_synthetic_memory_stays_bounded(monkeypatch):
+    """However wide the dtype, temporaries stay within a few blocks: the output is the only large allocation."""
+    monkeypatch.setattr(datasets, "SYNTHETIC_BLOCK_BYTES", 64 << 10)
+    synthetic(64, (64, 64, 4), dtype=np.float64)  # first-call allocations (numpy's own caches) out of the way
+    tracemalloc.start()
+    try:
+        images, _ = synthetic(64, (64, 64, 4), dtype=np.float64)  # 8 MiB of output
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak - images.nbytes < 16 * (64 << 10)
 
 
 def test_synthetic_compresses_like_cifar():
@@ -44,8 +116,13 @@ def test_synthetic_compresses_like_cifar():
 def test_synthetic_refuses_bad_arguments():
     with pytest.raises(ValueError, match="at least 1"):
         synthetic(0)
-    with pytest.raises(ValueError, match="channels"):
-        synthetic(2, (8, 8, 2))
+    with pytest.raises(ValueError, match="2 or 3 dimensions"):
+        synthetic(2, (2, 8, 8, 3))
+    with pytest.raises(ValueError, match="every dimension"):
+        synthetic(2, (8, 0))
+    for dtype in (bool, np.complex64, object):
+        with pytest.raises(TypeError, match="numeric dtype"):
+            synthetic(2, (8, 8), dtype=dtype)
 
 
 def write_cifar_batches(directory, per_batch=4):
@@ -118,3 +195,106 @@ def test_load_cifar10_refuses_foreign_objects(tmp_path):
     (tmp_path / "data_batch_1").write_bytes(pickle.dumps({b"data": _Exploit(), b"labels": []}))
     with pytest.raises(ValueError, match="refusing to load"):
         load_cifar10(tmp_path)
+
+
+def write_idx(path, array: np.ndarray, magic: int | None = None, count: int | None = None) -> None:
+    """Write ``array`` (uint8) as an idx file as MNIST's are made (``.gz``: gzipped); ``magic`` and ``count``
+    override the header's."""
+    magic = magic if magic is not None else 0x0800 | array.ndim
+    dims = (count if count is not None else len(array), *array.shape[1:])
+    data = magic.to_bytes(4, "big") + b"".join(side.to_bytes(4, "big") for side in dims) + array.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
+
+
+def write_mnist(directory, train=5, test=3, gz=False):
+    """Fabricate MNIST's four idx files (``test=0``: no t10k files); return the expected images and labels."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    suffix = ".gz" if gz else ""
+    images, labels = [], []
+    for part, count in (("train", train), ("t10k", test)):
+        if count:
+            part_images = rng.integers(0, 256, (count, 28, 28), dtype=np.uint8)
+            part_labels = rng.integers(0, 10, count, dtype=np.uint8)
+            write_idx(directory / f"{part}-images-idx3-ubyte{suffix}", part_images)
+            write_idx(directory / f"{part}-labels-idx1-ubyte{suffix}", part_labels)
+            images.append(part_images)
+            labels.append(part_labels)
+    return np.concatenate(images), np.concatenate(labels)
+
+
+@pytest.mark.parametrize("gz", [False, True], ids=["plain", "gz"])
+def test_load_mnist_reads_train_then_test(tmp_path, gz):
+    expected_images, expected_labels = write_mnist(tmp_path, gz=gz)
+    images, labels = load_mnist(tmp_path)
+    assert images.shape == (8, 28, 28) and images.dtype == np.uint8 and images.flags.c_contiguous and images.flags.writeable
+    assert labels.dtype == np.int64
+    np.testing.assert_array_equal(images, expected_images)
+    np.testing.assert_array_equal(labels, expected_labels)
+    assert mnist_count(tmp_path) == 8
+
+
+def test_load_mnist_training_set_alone_and_mixed_compression(tmp_path):
+    expected_images, expected_labels = write_mnist(tmp_path / "train-only", test=0)
+    images, labels = load_mnist(tmp_path / "train-only")
+    np.testing.assert_array_equal(images, expected_images)
+    np.testing.assert_array_equal(labels, expected_labels)
+    assert mnist_count(tmp_path / "train-only") == 5
+    expected_images, _ = write_mnist(tmp_path / "mixed")
+    labels_file = tmp_path / "mixed" / "t10k-labels-idx1-ubyte"
+    (tmp_path / "mixed" / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(labels_file.read_bytes()))
+    labels_file.unlink()
+    np.testing.assert_array_equal(load_mnist(tmp_path / "mixed")[0], expected_images)
+
+
+def test_load_mnist_missing_directory_or_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_mnist(tmp_path / "nope")
+    write_mnist(tmp_path)
+    (tmp_path / "train-labels-idx1-ubyte").unlink()
+    with pytest.raises(FileNotFoundError, match="lacks train-labels-idx1-ubyte"):
+        load_mnist(tmp_path)
+    write_mnist(tmp_path)
+    (tmp_path / "t10k-images-idx3-ubyte").unlink()  # half a test set is a broken download, not "no test set"
+    with pytest.raises(FileNotFoundError, match="lacks t10k-images-idx3-ubyte"):
+        mnist_count(tmp_path)
+
+
+@pytest.mark.parametrize(("damage", "file", "message"), [
+    ("truncated", "train-images-idx3-ubyte", r"3935 bytes, but its header \(5 images of 28x28\) needs 3936"),
+    ("truncated-gz", "train-images-idx3-ubyte.gz", "not a readable gzip file"),
+    ("not-gz", "t10k-labels-idx1-ubyte.gz", "not a readable gzip file"),
+    ("header-only", "train-labels-idx1-ubyte", "shorter than the 8-byte header of idx labels"),
+    ("wrong-magic", "train-images-idx3-ubyte", "magic number 0x00000801, expected 0x00000803"),
+    ("images-as-labels", "train-labels-idx1-ubyte", "magic number 0x00000803, expected 0x00000801"),
+    ("count-mismatch", "t10k-labels-idx1-ubyte", "t10k-images-idx3-ubyte holds 3 images but .*t10k-labels-idx1-ubyte 2 labels"),
+    ("extra-bytes", "t10k-labels-idx1-ubyte", r"12 bytes, but its header \(3 labels\) needs 11"),
+    ("not-28x28", "train-images-idx3-ubyte", "images of 32x24 pixels, MNIST's are 28x28"),
+])
+def test_load_mnist_damaged_file(tmp_path, damage, file, message):
+    write_mnist(tmp_path, gz=file.endswith(".gz"))
+    path = tmp_path / file
+    rng = np.random.default_rng(0)
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:-1])
+    elif damage == "truncated-gz":
+        path.write_bytes(path.read_bytes()[:-20])
+    elif damage == "not-gz":
+        write_idx(path.with_suffix(""), rng.integers(0, 10, 3, dtype=np.uint8))
+        path.write_bytes(path.with_suffix("").read_bytes())
+        path.with_suffix("").unlink()
+    elif damage == "header-only":
+        path.write_bytes(path.read_bytes()[:6])
+    elif damage == "wrong-magic":
+        write_idx(path, rng.integers(0, 256, (5, 28, 28), dtype=np.uint8), magic=0x00000801)
+    elif damage == "images-as-labels":
+        write_idx(path, rng.integers(0, 256, (5, 28, 28), dtype=np.uint8))
+    elif damage == "count-mismatch":
+        write_idx(path, rng.integers(0, 10, 2, dtype=np.uint8))
+    elif damage == "extra-bytes":
+        path.write_bytes(path.read_bytes() + b"\0")
+    elif damage == "not-28x28":
+        write_idx(path, rng.integers(0, 256, (5, 32, 24), dtype=np.uint8))
+    with pytest.raises(ValueError, match=message) as raised:
+        load_mnist(tmp_path)
+    assert str(path) in str(raised.value)
