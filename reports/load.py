@@ -21,6 +21,7 @@ from typing import Any
 SUITE = "image-storage"
 OPERATIONS = ("store_single", "store_single_into", "read_single", "store_many", "read_many", "read_random", "floor")
 VARIANT_FIELDS = (("batch_size", "b"), ("workers", "w"), ("cache", ""))  # extra_info fields that tell cells apart
+DEFAULT_DTYPE = "uint8"  # cells of other dtypes carry theirs in the variant; runs before dtypes recorded none
 REQUIRED_STATS = ("median", "min", "max", "q1", "q3")
 REQUIRED_EXTRA_INFO = ("operation", "method", "n_images", "image_shape")
 CellKey = tuple[str, str, int, tuple[int, ...], str]  # Cell.key
@@ -49,8 +50,10 @@ class Cell:
 
     @property
     def variant(self) -> str:
-        """What else tells the cell apart, like its test id does: "b256-w2-warm"; "" for most cells."""
-        return "-".join(f"{prefix}{self.extra_info[field]}" for field, prefix in VARIANT_FIELDS if field in self.extra_info)
+        """What else tells the cell apart, like its test id does: "b256-w2-warm", "float32"; "" for most cells."""
+        parts = [f"{prefix}{self.extra_info[field]}" for field, prefix in VARIANT_FIELDS if field in self.extra_info]
+        dtype = self.extra_info.get("dtype", DEFAULT_DTYPE)
+        return "-".join(parts if dtype == DEFAULT_DTYPE else [*parts, dtype])
 
     @property
     def key(self) -> CellKey:

@@ -64,7 +64,7 @@ def provenance(run: Run, label: str) -> str:
     cpu = machine.get("cpu", {})
     storage = machine.get("storage", {})
     libraries = ", ".join(f"{name} {version}" for name, version in machine.get("libraries", {}).items())
-    settings = {f"{name}: {', '.join(sorted({str(cell.extra_info.get(name, '?')) for cell in run.cells}))}" for name in ("dataset", "durable")}
+    settings = {f"{name}: {', '.join(sorted({str(cell.extra_info.get(name, '?')) for cell in run.cells}))}" for name in ("dataset", "dtype", "durable")}
     rows = [
         ("run", label),
         ("file", f"`{run.path}`"),
