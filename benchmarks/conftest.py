@@ -23,6 +23,7 @@ from benchmarks.floors import NoFloorError, floor_images, floor_names, floors_of
 from benchmarks.machine import available_memory, describe_storage, library_versions
 from benchmarks.progress import SuiteClock, announce, rounds_reporter, say
 from benchmarks.resources import Meter
+from benchmarks.stored import decoded, expected, store_class, store_profiles  # noqa: F401 - fixtures
 from reports.floors import describe_implausible, floor_checks
 from reports.load import Cell
 from storage_impls import ImageStore, get_store_class
@@ -201,36 +202,6 @@ def storage_root(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathF
     pytestconfig.stash[STORAGE_DIR_KEY] = root
     yield root
     shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def layout_limits(storage_root: Path, dataset: Dataset) -> Callable[[type[ImageStore]], str | None]:
-    """``limit(cls)``: None if the method (variant) holds the session's images, else why not (PNG holds no float32),
-    asked of an empty store once per class."""
-    limits: dict[type[ImageStore], str | None] = {}
-
-    def limit(cls: type[ImageStore]) -> str | None:
-        if cls not in limits:
-            probe = storage_root / f"probe-{uuid.uuid4().hex[:8]}"
-            with cls(probe) as store:
-                limits[cls] = store.layout_limit(dataset.images.dtype, dataset.images.shape[1:], replacing=True)
-            shutil.rmtree(probe, ignore_errors=True)
-        return limits[cls]
-    return limit
-
-
-@pytest.fixture
-def store_class(method: str, layout_limits: Callable[[type[ImageStore]], str | None]) -> type[ImageStore]:
-    """The method's class; the cell is skipped, saying what to install when its package is missing, or why the
-    method cannot hold the session's images."""
-    try:
-        cls = get_store_class(method)
-    except ImportError as error:
-        pytest.skip(str(error))
-    limit = layout_limits(cls)
-    if limit:
-        pytest.skip(f"{method} cannot store these images: {limit}")
-    return cls
 
 
 @pytest.fixture

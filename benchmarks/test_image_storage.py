@@ -2,7 +2,8 @@
 of one write into a store that already holds ``cutoff`` images.
 
 Each cell times only the operation on an open store, then checks, untimed, that what was
-read (or what a store wrote, read back from disk) is exactly what was stored.
+read (or what a store wrote, read back from disk) is exactly what was stored (for a lossy codec:
+exactly what decoding its encoding gives, benchmarks/stored.py).
 """
 from __future__ import annotations
 
@@ -16,32 +17,32 @@ from benchmarks.verify import verify
 from storage_impls import ImageStore
 
 
-def test_store_single(measure, record, fresh_stores, dataset, method, cutoff):
+def test_store_single(measure, record, fresh_stores, dataset, expected, method, cutoff):
     image, label = dataset.images[0], int(dataset.labels[0])
     record(cutoff)
     measure(lambda store: store.store_single(image, 0, label), lambda: ((fresh_stores.open_next(),), {}))
     with fresh_stores.reopen_last() as stored:
         read_image, read_label = stored.read_single(0)
-        verify(f"{method} store_single", read_image[np.newaxis], np.array([read_label]), dataset.images[:1], dataset.labels[:1])
+        verify(f"{method} store_single", read_image[np.newaxis], np.array([read_label]), expected.images[:1], expected.labels[:1])
         record(cutoff, stored.disk_usage())
 
 
-def test_read_single(measure, record, read_store, dataset, method, cutoff):
+def test_read_single(measure, record, read_store, expected, method, cutoff):
     record(cutoff)
     image, label = measure(lambda: read_store.read_single(0), lambda: ((), {}))
-    verify(f"{method} read_single", image[np.newaxis], np.array([label]), dataset.images[:1], dataset.labels[:1])
+    verify(f"{method} read_single", image[np.newaxis], np.array([label]), expected.images[:1], expected.labels[:1])
 
 
-def test_store_many(measure, record, fresh_stores, dataset, method, cutoff):
+def test_store_many(measure, record, fresh_stores, dataset, expected, method, cutoff):
     images, labels = dataset.images[:cutoff], dataset.labels[:cutoff]
     record(cutoff)
     measure(lambda store: store.store_many(images, labels), lambda: ((fresh_stores.open_next(),), {}))
     with fresh_stores.reopen_last() as stored:
-        verify(f"{method} store_many", *stored.read_many(cutoff), images, labels)
+        verify(f"{method} store_many", *stored.read_many(cutoff), expected.images[:cutoff], expected.labels[:cutoff])
         record(cutoff, stored.disk_usage())
 
 
-def test_read_many(measure, record, read_store, dataset, method, cutoff):
+def test_read_many(measure, record, read_store, dataset, expected, method, cutoff):
     out = np.empty((cutoff, *dataset.images.shape[1:]), dataset.images.dtype)
 
     def clear_out():
@@ -52,7 +53,7 @@ def test_read_many(measure, record, read_store, dataset, method, cutoff):
     record(cutoff)
     images, labels = measure(lambda: read_store.read_many(cutoff, out=out), clear_out)
     assert images is out
-    verify(f"{method} read_many", images, labels, dataset.images[:cutoff], dataset.labels[:cutoff])
+    verify(f"{method} read_many", images, labels, expected.images[:cutoff], expected.labels[:cutoff])
 
 
 @pytest.fixture
@@ -65,12 +66,12 @@ def store_filled_to_cutoff(store_class: type[ImageStore], storage_root, dataset,
     shutil.rmtree(directory, ignore_errors=True)
 
 
-def test_store_single_into(measure, record, store_filled_to_cutoff, dataset, method, cutoff):
+def test_store_single_into(measure, record, store_filled_to_cutoff, dataset, expected, method, cutoff):
     """Each round: one append (id len(store)) and one replace (a random existing id), as a
     dataset that grows and gets corrected does; the cost must not grow with the store."""
     store, rng = store_filled_to_cutoff, np.random.default_rng(0)
     images, labels = dataset.images, dataset.labels
-    expected: dict[int, int] = {}  # id -> index of the source image written there last
+    written_from: dict[int, int] = {}  # id -> index of the source image written there last
 
     def next_writes():
         appended = len(store)
@@ -81,14 +82,14 @@ def test_store_single_into(measure, record, store_filled_to_cutoff, dataset, met
     def write(appended, replaced, append_source, replace_source):
         store.store_single(images[append_source], appended, int(labels[append_source]))
         store.store_single(images[replace_source], replaced, int(labels[replace_source]))
-        expected[appended], expected[replaced] = append_source, replace_source
+        written_from[appended], written_from[replaced] = append_source, replace_source
 
     record(cutoff, images_per_round=2)
     measure(write, next_writes)
     store.close()
     with type(store)(store.directory, "r") as stored:
-        touched = np.array(sorted(expected))
-        sources = np.array([expected[image_id] for image_id in touched])
-        assert len(stored) == cutoff + sum(1 for image_id in expected if image_id >= cutoff)
-        verify(f"{method} store_single_into", *stored.read_batch(touched), images[sources], labels[sources])
+        touched = np.array(sorted(written_from))
+        sources = np.array([written_from[image_id] for image_id in touched])
+        assert len(stored) == cutoff + sum(1 for image_id in written_from if image_id >= cutoff)
+        verify(f"{method} store_single_into", *stored.read_batch(touched), expected.images[sources], expected.labels[sources])
         record(cutoff, stored.disk_usage(), images_per_round=2)

@@ -49,7 +49,7 @@ def reader_pool(request: pytest.FixtureRequest, store_class: type[ImageStore], m
         yield pool
 
 
-def test_read_random(measure, record, benchmark, reader_pool, store_dir, dataset, method, n_images, batch_size, workers, cache):
+def test_read_random(measure, record, benchmark, reader_pool, store_dir, expected, method, n_images, batch_size, workers, cache):
     resident: list[float] = []
 
     def prepare():
@@ -76,7 +76,7 @@ def test_read_random(measure, record, benchmark, reader_pool, store_dir, dataset
             counts = epoch.reads_per_id
             pytest.fail(f"{method} read_random: epoch {number} read {int((counts != 1).sum())} of {len(counts)} ids other "
                         f"than once (from {counts.min()} to {counts.max()} times)", pytrace=False)
-    verify(f"{method} read_random", *reader_pool.read_back(), dataset.images[:n_images], dataset.labels[:n_images])
+    verify(f"{method} read_random", *reader_pool.read_back(), expected.images[:n_images], expected.labels[:n_images])
     timed = benchmark.stats.stats.rounds if benchmark.stats else 1  # the measured rounds are the last ones
     benchmark.extra_info.update(latency_summary(epochs[-timed:]))
     if cache == "cold":

@@ -222,6 +222,11 @@ class ImageStore(abc.ABC):
     def image_dtype(self) -> np.dtype | None:
         """dtype of every stored image, None while the store is empty."""
 
+    @property
+    def codec_spec(self) -> str:
+        """How the store encodes its images (a codecs.py spec such as "jpeg-90"): "raw" unless the method encodes."""
+        return "raw"
+
     def layout_limit(self, dtype: np.dtype, shape: tuple[int, ...], *, replacing: bool = False) -> str | None:
         """None if this store can hold images of ``dtype`` and ``shape``, else why not: a store that encodes
         images says what its codec holds (PNG: uint8/uint16 with 1, 3 or 4 channels). ``replacing``: as

@@ -206,6 +206,10 @@ class DiskStore(ImageStore):
             return get_codec(self._journal.codec or self.DEFAULT_CODEC)
         return self._codec_option or get_codec(self.DEFAULT_CODEC)
 
+    @property
+    def codec_spec(self) -> str:
+        return self.codec.spec
+
     def layout_limit(self, dtype: np.dtype, shape: tuple[int, ...], *, replacing: bool = False) -> str | None:
         return self._writing_codec(replacing).limit(dtype, shape)
 

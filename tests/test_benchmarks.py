@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -163,6 +164,23 @@ def test_a_broken_read_fails_its_cell():
     assert result.returncode == 1
     assert "hdf5 read_many: 10 of 10 images differ from what was stored" in result.stdout
     assert "hdf5 read_single: 1 of 1 images differ" in result.stdout
+
+
+def test_lossy_codecs_verify_against_decode_of_encode_and_record_psnr(tmp_path):
+    result = run_suite("--cutoffs", "10", "--methods", "disk:codec=jpeg-90,disk:codec=webp-lossless", "-k", "many",
+                       "--benchmark-json", str(tmp_path / "run.json"), "--benchmark-max-time", "0.01")
+    assert result.returncode == 0, result.stdout + result.stderr
+    cells = {cell["name"]: cell["extra_info"] for cell in json.loads((tmp_path / "run.json").read_text())["benchmarks"]}
+    jpeg, webp = cells["test_read_many[disk:codec=jpeg-90-10]"], cells["test_read_many[disk:codec=webp-lossless-10]"]
+    assert jpeg["codec"] == "jpeg-90" and 25 < jpeg["psnr_db"] < 60
+    assert webp["codec"] == "webp-lossless" and "psnr_db" not in webp
+
+
+def test_a_codec_returning_other_pixels_fails_its_cell():
+    result = run_suite("--cutoffs", "10", "--methods", "disk:codec=jpeg-90", "-k", "read_many", "-p", "tests.broken_codec",
+                       "--benchmark-disable")
+    assert result.returncode == 1
+    assert re.search(r"disk:codec=jpeg-90 read_many: \d+ of 10 images differ from what was stored", result.stdout), result.stdout
 
 
 @pytest.mark.parametrize(("args", "env", "message"), [

@@ -511,7 +511,8 @@ class TestHdf5(StoreTests):
 
 
 def test_registry_names_the_methods():
-    assert storage_impls.METHODS == ("disk", "lmdb", "hdf5", "rocksdb", "npy-files", "npz", "npy-memmap")
+    assert storage_impls.METHODS == ("disk", "lmdb", "hdf5", "rocksdb", "npy-files", "npz", "npy-memmap",
+                                     "webdataset", "parquet", "lance", "zarr")
     with pytest.raises(ValueError, match="unknown storage method 'tiff'; known methods: disk, lmdb, hdf5, rocksdb, npy-files"):
         open_store("tiff", "/nonexistent")
 
