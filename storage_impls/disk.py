@@ -55,31 +55,25 @@ from pathlib import Path
 
 import numpy as np
 
-from storage_impls.base import ImageStore, Mode, fsync_path
-from storage_impls.codecs import Codec, get_codec
+from storage_impls.base import fsync_path
+from storage_impls.codecs import Codec
 from storage_impls.disk_format import (GENERATION, JOURNAL, LABELS, META, POINTER, Generation, decode, format_labels,
                                        format_meta, image_crc, read_pointer)
+from storage_impls.encoding import EncodedStore
 from storage_impls.errors import CorruptStoreError, MissingStoreError, StoreError, StoreLockedError, is_no_space, no_space_error
 from storage_impls.journal import Journal
 from storage_impls.records import is_temporary, refuse_foreign, write_file_atomic
-from storage_impls.registry import check_options, codec as codec_option
 
 OPEN_TRIES = 100  # a reader opens again when a writer commits while it opens
 NO_LINK_ERRNOS = (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP)
 Fill = Callable[[Generation | None, str], tuple[np.ndarray, np.ndarray]]  # (old generation, new folder/) -> labels, crcs
 
 
-class DiskStore(ImageStore):
+class DiskStore(EncodedStore):
     """One image file per image plus ``labels.csv``, in generation folders, plus a journal of single writes."""
 
     method = "disk"
-    OPTIONS = {"codec": codec_option()}
     DEFAULT_CODEC = "png"
-
-    def __init__(self, directory: str | os.PathLike, mode: Mode = "a", *, codec: str | None = None, **options: object) -> None:
-        chosen = check_options(self.method, self.OPTIONS, {"codec": codec}).get("codec")
-        self._codec_option = None if chosen is None else get_codec(chosen)
-        super().__init__(directory, mode, **options)
 
     def _open(self) -> None:
         self._journal_path = self.directory / JOURNAL
@@ -198,27 +192,16 @@ class DiskStore(ImageStore):
         return self._journal.image_dtype if self._journal else None
 
     @property
-    def codec(self) -> Codec:
-        """The codec of the store's images, or the one its first write will use."""
+    def recorded_codec(self) -> str | None:
         if self._generation:
-            return self._generation.codec
+            return self._generation.codec.spec
         if self._journal and self._journal.image_shape is not None:
-            return get_codec(self._journal.codec or self.DEFAULT_CODEC)
-        return self._codec_option or get_codec(self.DEFAULT_CODEC)
-
-    @property
-    def codec_spec(self) -> str:
-        return self.codec.spec
-
-    def layout_limit(self, dtype: np.dtype, shape: tuple[int, ...], *, replacing: bool = False) -> str | None:
-        return self._writing_codec(replacing).limit(dtype, shape)
-
-    def _writing_codec(self, replacing: bool) -> Codec:
-        return (self._codec_option or self.codec) if replacing else self.codec
+            return self._journal.codec or self.DEFAULT_CODEC  # journals written before codecs: png
+        return None
 
     # -- writes ---------------------------------------------------------------------------------
     def _replace_all(self, images: np.ndarray, labels: np.ndarray) -> None:
-        codec = self._writing_codec(replacing=True)
+        codec = self.writing_codec(replacing=True)
 
         def fill(_old: Generation | None, folder: str) -> tuple[np.ndarray, np.ndarray]:
             crcs = np.empty(len(images), np.uint32)

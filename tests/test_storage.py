@@ -14,7 +14,7 @@ import pytest
 
 import storage_impls
 from storage_impls import CorruptStoreError, ImageNotFoundError, MissingStoreError, get_store_class, open_store
-from storage_impls.codecs import Png
+from storage_impls.codecs import Png, get_codec
 from storage_impls.datasets import synthetic
 
 SHAPES = [(32, 32, 3), (8, 8), (8, 8, 1), (8, 8, 4), (256, 256, 3)]
@@ -323,7 +323,73 @@ def _sleep_then_kill(process: subprocess.Popen, delay: float) -> None:
     process.wait()
 
 
-class TestDisk(StoreTests):
+CODEC_CASES = ["raw", "png", "png-9", "jpeg-90", "jpeg-50", "webp-80", "webp-lossless"]
+
+
+class CodecTests:
+    """For a method taking the ``codec`` option: every codec round-trips (lossy ones to exactly decode(encode(x))),
+    is recorded, and never mixes with another in one store."""
+
+    method: str
+
+    @staticmethod
+    def expected(spec: str, images: np.ndarray) -> np.ndarray:
+        codec = get_codec(spec)
+        out = np.empty_like(images)
+        for image, target in zip(images, out):
+            codec.decode_into(codec.encode(image), target)
+        return out
+
+    @pytest.mark.parametrize("spec", CODEC_CASES)
+    @pytest.mark.parametrize("shape", [(16, 16, 3), (16, 16)], ids=["rgb", "grey"])
+    def test_every_codec_round_trips_through_every_read(self, directory, spec, shape):
+        images, labels = make_batch(6, shape)
+        with open_store(f"{self.method}:codec={spec}", directory) as store:
+            if store.layout_limit(images.dtype, shape, replacing=True):
+                pytest.skip(f"{spec} does not hold {shape}")
+            store.store_many(images[:5], labels[:5])
+            store.store_single(images[5], 5, int(labels[5]))
+            assert store.codec_spec == get_codec(spec).spec
+        want = self.expected(spec, images)
+        if get_codec(spec).lossless:
+            np.testing.assert_array_equal(want, images)
+        with open_store(self.method, directory, "r") as store:  # no option: the store's codec
+            assert store.codec_spec == get_codec(spec).spec
+            assert_bits_equal(store.read_many(6)[0], want)
+            assert_bits_equal(store.read_batch([5, 0, 3])[0], want[[5, 0, 3]])
+            assert_bits_equal(store.read_single(2)[0], want[2])
+            np.testing.assert_array_equal(store.read_many(6)[1], labels)
+
+    def test_a_store_keeps_its_codec_for_single_writes_and_store_many_takes_the_option(self, directory):
+        images, labels = make_batch(4, (16, 16, 3))
+        with open_store(f"{self.method}:codec=jpeg-90", directory) as store:
+            store.store_many(images[:3], labels[:3])
+        with open_store(f"{self.method}:codec=png", directory) as store:
+            store.store_single(images[3], 3, 9)  # into the jpeg store: encoded as jpeg
+            assert store.codec_spec == "jpeg-90"
+            assert_bits_equal(store.read_single(3)[0], self.expected("jpeg-90", images[3:4])[0])
+            store.store_many(images, labels)  # replaces the contents: with this handle's option
+            assert store.codec_spec == "png"
+            assert_bits_equal(store.read_many(4)[0], images)
+
+    @pytest.mark.parametrize(("spec", "shape", "dtype"), [("jpeg-90", (8, 8, 4), np.uint8), ("jpeg-90", (8, 8), np.uint16),
+                                                          ("webp-80", (8, 8), np.uint8), ("png", (8, 8, 2), np.uint8)])
+    def test_a_codec_that_cannot_hold_the_images_is_refused_before_writing(self, directory, spec, shape, dtype):
+        images, labels = random_layout(3, dtype, shape)
+        with open_store(f"{self.method}:codec={spec}", directory) as store:
+            before = listing(directory)
+            with pytest.raises(ValueError, match=f"cannot store images .*{spec.split('-')[0].upper()} holds"):
+                store.store_many(images, labels)
+            assert listing(directory) == before and len(store) == 0
+
+    @pytest.mark.parametrize("spec", ["jpeg-0", "jpeg-101", "gif", "webp", "png-10"])
+    def test_unknown_codecs_are_refused_listing_the_codecs(self, directory, spec):
+        with pytest.raises(ValueError, match=f"codec='{spec}' is not allowed; use raw, png, png-0..png-9, jpeg-1..jpeg-100"):
+            open_store(f"{self.method}:codec={spec}", directory)
+        assert not directory.exists()
+
+
+class TestDisk(CodecTests, StoreTests):
     method = "disk"
 
     def corrupt(self, directory):

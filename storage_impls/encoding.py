@@ -1,0 +1,52 @@
+"""The ``codec`` option of the methods that can keep images encoded (codecs.py), in one place.
+
+A store records its codec. ``store_many`` writes with the codec the handle was opened with (the
+``codec`` option, e.g. ``lmdb:codec=jpeg-90``), else the store's, else the method's default;
+``store_single`` and reads always use the store's, so one store never mixes codecs.
+"""
+from __future__ import annotations
+
+import abc
+import os
+
+import numpy as np
+
+from storage_impls.base import ImageStore, Mode
+from storage_impls.codecs import Codec, get_codec
+from storage_impls.registry import check_options, codec as codec_option
+
+
+class EncodedStore(ImageStore):
+    """A store whose images may be encoded; subclasses say what their store records (``recorded_codec``)."""
+
+    OPTIONS = {"codec": codec_option()}
+    DEFAULT_CODEC = "raw"
+
+    def __init__(self, directory: str | os.PathLike, mode: Mode = "a", *, codec: str | None = None, **options: object) -> None:
+        chosen = check_options(self.method, self.OPTIONS, {"codec": codec}).get("codec")
+        self._codec_option = None if chosen is None else get_codec(chosen)
+        super().__init__(directory, mode, **options)
+
+    @property
+    @abc.abstractmethod
+    def recorded_codec(self) -> str | None:
+        """The codec the store records, None while it is empty."""
+
+    @property
+    def codec(self) -> Codec:
+        """The codec of the store's images, or the one its first write will use."""
+        recorded = self.recorded_codec
+        if recorded is not None:
+            return get_codec(recorded)
+        return self._codec_option or get_codec(self.DEFAULT_CODEC)
+
+    @property
+    def codec_spec(self) -> str:
+        return self.codec.spec
+
+    def layout_limit(self, dtype: np.dtype, shape: tuple[int, ...], *, replacing: bool = False) -> str | None:
+        return self.writing_codec(replacing).limit(dtype, shape)
+
+    def writing_codec(self, replacing: bool) -> Codec:
+        """The codec a write uses: ``store_many`` (``replacing``) this handle's option first."""
+        return (self._codec_option or self.codec) if replacing else self.codec
