@@ -54,7 +54,8 @@ from collections.abc import Iterable
 import lmdb
 import numpy as np
 
-from storage_impls.base import ImageStore, fsync_path
+from storage_impls.base import fsync_path
+from storage_impls.encoding import EncodedStore
 from storage_impls.errors import CorruptStoreError, MissingStoreError, NoSpaceError, is_no_space, no_space_error
 from storage_impls.lmdb_env import (
     DATA_FILE,
@@ -69,15 +70,15 @@ from storage_impls.lmdb_env import (
     store_error,
     typed_errors,
 )
-from storage_impls.lmdb_format import KEY, ValueLayout, checksum_of, parse_layout, put_all, put_value
+from storage_impls.lmdb_format import RAW, KEY, ValueLayout, checksum_of, parse_layout, put_all, put_value
 from storage_impls.records import refuse_foreign
 
 REBUILD_DIR = "rebuild.tmp"  # where store_many rebuilds a damaged store
 
 
 
-class LmdbStore(ImageStore):
-    """Images as raw bytes under one key each in an LMDB environment."""
+class LmdbStore(EncodedStore):
+    """Images as raw bytes (or encoded: ``lmdb:codec=jpeg-90``) under one key each in an LMDB environment."""
 
     method = "lmdb"
 
@@ -190,11 +191,15 @@ class LmdbStore(ImageStore):
     def image_dtype(self) -> np.dtype | None:
         return None if self._layout is None else self._layout.dtype
 
+    @property
+    def recorded_codec(self) -> str | None:
+        return None if self._layout is None else self._layout.codec
+
     # -- writing ----------------------------------------------------------------------------
     def _replace_all(self, images: np.ndarray, labels: np.ndarray) -> None:
         checksummed = self.checksum if self.checksum is not None else bool(self._layout and self._layout.checksummed)
-        layout = ValueLayout(images.shape[1:], checksummed, images.dtype)
-        needed = len(images) * self._footprint(layout.size)
+        layout = ValueLayout(images.shape[1:], checksummed, images.dtype, self.writing_codec(replacing=True).spec)
+        needed = len(images) * self._footprint(layout.size or layout.header_size + layout.pixel_bytes)  # encoded: at most raw, mostly
         if self._damage is None:
             try:
                 env = self._shared.env
@@ -233,9 +238,9 @@ class LmdbStore(ImageStore):
         self._damage = None
 
     def _put(self, image: np.ndarray, image_id: int, label: int) -> None:
-        layout = self._layout or ValueLayout(image.shape, bool(self.checksum), image.dtype)
+        layout = self._layout or ValueLayout(image.shape, bool(self.checksum), image.dtype, self.codec.spec)
         commit(self._shared.env, lambda txn: put_value(txn, layout, image_id, label, image),
-               self._footprint(layout.size), self.directory)
+               self._footprint(layout.size or layout.header_size + layout.pixel_bytes), self.directory)
         self._renew_snapshot()
         self._count, self._layout = max(self._count, image_id + 1), layout
 
@@ -275,6 +280,10 @@ class LmdbStore(ImageStore):
         layout = self._layout
         value = self._snapshot_txn().get(KEY.pack(image_id))
         label = layout.check(value, image_id, self.directory)
+        if layout.codec != RAW:
+            image = np.empty(layout.shape, layout.dtype)
+            self._decode(value, image, image_id)
+            return image, label
         pixels = np.frombuffer(value, layout.dtype, math.prod(layout.shape), layout.header_size)
         return pixels.reshape(layout.shape).copy(), label
 
@@ -294,6 +303,15 @@ class LmdbStore(ImageStore):
         """Copy the pixels of ``values`` (those of ``ids``, in order) into ``out`` and their labels into
         ``labels``: each length checked here, headers and checksums all at once after."""
         layout, directory = self._layout, self.directory
+        if layout.codec != RAW:
+            decoded = 0
+            for position, (image_id, value) in enumerate(zip(ids, values)):
+                labels[position] = layout.check(value, image_id, directory)
+                self._decode(value, out[position], image_id)
+                decoded += 1
+            if decoded < len(out):
+                raise layout.error(None, ids[decoded], directory)
+            return
         size, pixels, header, summed = layout.size, layout.pixel_bytes, layout.header_size, layout.label_offset
         flat = memoryview(out).cast("B")
         headers = np.empty((len(out), header), np.uint8)
@@ -311,6 +329,14 @@ class LmdbStore(ImageStore):
         if copied < len(out):
             raise layout.error(None, ids[copied], directory)
         labels[:] = layout.check_headers(headers, sums, ids, directory)
+
+    def _decode(self, value: memoryview, target: np.ndarray, image_id: int) -> None:
+        """Decode an encoded value (its header already checked) into ``target``."""
+        try:
+            self.codec.decode_into(value[self._layout.header_size:], target)
+        except Exception as error:  # the codec's ValueErrors; Pillow reports damaged data with OSError, SyntaxError ...
+            raise CorruptStoreError(f"{self.directory}: image {image_id} is not a readable {self._layout.codec} image "
+                                    f"({type(error).__name__}: {error})") from None
 
     def _close(self) -> None:
         self._end_snapshot()

@@ -4,10 +4,13 @@ A value (under the image id as 8 big-endian bytes) starts with a prefix. uint8 i
 channels take the 8-byte prefix ``<2sBBHH`` (magic ``b"IM"``, version 1 or 2, channels or 0 for a
 2-D image, height, width); any other dtype or band count the 24-byte ``<2sBBB3x4sIII`` (magic,
 version 3 or 4, the number of dimensions, the dtype as numpy spells it (``"<f4"``), three dimensions,
-unused ones 0). Versions 1 and 3: the label (``<q``) and the pixels follow. Versions 2 and 4
-(``checksum=True``): the xxh3_64 (``<Q``) of the label and pixels, seeded with the image id, then the
-label and the pixels; so bit rot anywhere in a value, and a value LMDB returns under another id (a
-damaged key), are caught; a damaged prefix never matches. Every read checks the prefix against the store's, the length against header + pixels,
+unused ones 0). Images kept encoded (the ``codec`` option, codecs.py) take the 36-byte
+``<2sBB4sIII16s``: the same fields, version 5 or 6, then the codec's spec (``"jpeg-90"``, NUL-padded);
+their values are as long as the encoded bytes make them. Versions 1, 3 and 5: the label (``<q``) and
+the pixels (or the encoded bytes) follow. Versions 2, 4 and 6 (``checksum=True``): the xxh3_64 (``<Q``)
+of the label and what follows it, seeded with the image id, then the label and the pixels; so bit rot
+anywhere in a value, and a value LMDB returns under another id (a damaged key), are caught; a damaged
+prefix never matches. Every read checks the prefix against the store's, the length against header + pixels,
 and the checksum if any, and raises CorruptStoreError naming the image id. Both versions are read.
 
 Writing (``put_all``, ``put_value``): values up to ``STAGING_BYTES`` are assembled a block at a time
@@ -28,13 +31,16 @@ import numpy as np
 import xxhash
 
 from storage_impls.base import check_dtype, check_image_shape
+from storage_impls.codecs import get_codec
 from storage_impls.errors import CorruptStoreError
 
 PREFIX = struct.Struct("<2sBBHH")  # magic, version, channels (0 = 2-D), height, width: uint8 images
 WIDE_PREFIX = struct.Struct("<2sBB4sIII4x")  # magic, version, ndim, dtype, 3 dims: any other image
+ENCODED_PREFIX = struct.Struct("<2sBB4sIII16s")  # the same, then the codec's spec: encoded images
 VERSION = struct.Struct("<2sB")
 MAGIC = b"IM"
-PLAIN, CHECKSUMMED, WIDE_PLAIN, WIDE_CHECKSUMMED = 1, 2, 3, 4  # value versions
+PLAIN, CHECKSUMMED, WIDE_PLAIN, WIDE_CHECKSUMMED, ENCODED_PLAIN, ENCODED_CHECKSUMMED = 1, 2, 3, 4, 5, 6  # value versions
+RAW = "raw"
 UINT8 = np.dtype(np.uint8)
 WORD = 8  # bytes of a label or a checksum
 KEY = struct.Struct(">Q")
@@ -44,11 +50,13 @@ checksum_of = xxhash.xxh3_64_intdigest
 
 @dataclass(frozen=True)
 class ValueLayout:
-    """How every value of a store is laid out: image shape, whether it carries a checksum, image dtype."""
+    """How every value of a store is laid out: image shape, whether it carries a checksum, image dtype, codec
+    (``size`` is None for encoded images: each value is as long as its bytes)."""
 
     shape: tuple[int, ...]
     checksummed: bool
     dtype: np.dtype = UINT8
+    codec: str = RAW
     prefix_size: int = field(init=False)
     header_size: int = field(init=False)  # prefix [+ checksum] + label: where the pixels start
     label_offset: int = field(init=False)  # where the label starts, and the checksummed bytes
@@ -58,7 +66,10 @@ class ValueLayout:
 
     def __post_init__(self) -> None:
         channels = self.shape[2] if len(self.shape) == 3 else 0
-        if self.dtype == UINT8 and channels <= 255:
+        if self.codec != RAW:
+            prefix = ENCODED_PREFIX.pack(MAGIC, ENCODED_CHECKSUMMED if self.checksummed else ENCODED_PLAIN, len(self.shape),
+                                         self.dtype.str.encode("ascii"), *(*self.shape, 0)[:3], self.codec.encode("ascii"))
+        elif self.dtype == UINT8 and channels <= 255:
             prefix = PREFIX.pack(MAGIC, CHECKSUMMED if self.checksummed else PLAIN, channels, *self.shape[:2])
         else:
             prefix = WIDE_PREFIX.pack(MAGIC, WIDE_CHECKSUMMED if self.checksummed else WIDE_PLAIN, len(self.shape),
@@ -68,7 +79,7 @@ class ValueLayout:
         object.__setattr__(self, "header_size", header_size)
         object.__setattr__(self, "label_offset", header_size - WORD)
         object.__setattr__(self, "pixel_bytes", math.prod(self.shape) * self.dtype.itemsize)
-        object.__setattr__(self, "size", header_size + self.pixel_bytes)
+        object.__setattr__(self, "size", header_size + self.pixel_bytes if self.codec == RAW else None)
         object.__setattr__(self, "prefix", prefix)
 
     def fill(self, value: np.ndarray, image_id: int, label: int, pixels: np.ndarray) -> None:
@@ -84,9 +95,19 @@ class ValueLayout:
             sums = [checksum_of(value[self.label_offset:], first_id + row) for row, value in enumerate(values)]
             values[:, self.prefix_size:self.label_offset] = np.array(sums, "<u8").view(np.uint8).reshape(-1, WORD)
 
+    def encoded_value(self, image_id: int, label: int, payload: bytes) -> bytes:
+        """The value of one encoded image."""
+        tail = label.to_bytes(WORD, "little", signed=True) + payload
+        checksum = checksum_of(tail, image_id).to_bytes(WORD, "little") if self.checksummed else b""
+        return self.prefix + checksum + tail
+
+    def fits(self, value: memoryview | bytes) -> bool:
+        """Whether ``value`` has this layout's length: exactly, or for encoded images at least a header."""
+        return len(value) == self.size if self.size is not None else len(value) >= self.header_size
+
     def check(self, value: memoryview | None, image_id: int, directory: Path) -> int:
         """Validate one value read for ``image_id`` and return its label, or raise CorruptStoreError."""
-        if value is None or len(value) != self.size or value[:self.prefix_size] != self.prefix:
+        if value is None or not self.fits(value) or value[:self.prefix_size] != self.prefix:
             raise self.error(value, image_id, directory)
         if self.checksummed and checksum_of(value[self.label_offset:], image_id) != int.from_bytes(
                 value[self.prefix_size:self.label_offset], "little"):
@@ -126,7 +147,8 @@ class ValueLayout:
 
 
 def describe(layout: ValueLayout) -> str:
-    return f"images of dtype {layout.dtype} and shape {layout.shape}{' with checksums' if layout.checksummed else ''}"
+    encoded = f" encoded as {layout.codec}" if layout.codec != RAW else ""
+    return f"images of dtype {layout.dtype} and shape {layout.shape}{encoded}{' with checksums' if layout.checksummed else ''}"
 
 
 def parse_layout(value: memoryview | bytes, *, whole: bool = True) -> ValueLayout:
@@ -139,9 +161,9 @@ def parse_layout(value: memoryview | bytes, *, whole: bool = True) -> ValueLayou
     except (ValueError, TypeError, struct.error):
         raise CorruptStoreError(f"a value has an invalid header {bytes(value[:WIDE_PREFIX.size])!r} "
                                 "(not an image written by storage_impls.lmdb, or damaged)") from None
-    if whole and len(value) != layout.size:
+    if whole and not layout.fits(value):
         raise CorruptStoreError(f"a value of {len(value)} bytes does not match its header ({describe(layout)}: "
-                                f"{layout.size} bytes)")
+                                f"{layout.size or f'at least {layout.header_size}'} bytes)")
     return layout
 
 
@@ -152,16 +174,18 @@ def _claimed_layout(value: memoryview | bytes) -> ValueLayout:
     if version in (PLAIN, CHECKSUMMED):
         _, _, channels, height, width = PREFIX.unpack_from(value)
         shape = (height, width, channels) if channels else (height, width)
-        dtype = UINT8
-    elif version in (WIDE_PLAIN, WIDE_CHECKSUMMED):
+        dtype, codec = UINT8, RAW
+    elif version in (WIDE_PLAIN, WIDE_CHECKSUMMED, ENCODED_PLAIN, ENCODED_CHECKSUMMED):
+        encoded = version in (ENCODED_PLAIN, ENCODED_CHECKSUMMED)
         _, _, ndim, dtype_text, *dims = WIDE_PREFIX.unpack_from(value)
         if ndim not in (2, 3) or any(dims[ndim:]):
             raise ValueError
         shape, dtype = tuple(dims[:ndim]), check_dtype(dtype_text.rstrip(b"\0").decode("ascii"), "a value")
+        codec = get_codec(ENCODED_PREFIX.unpack_from(value)[-1].rstrip(b"\0").decode("ascii")).spec if encoded else RAW
     else:
         raise ValueError
     check_image_shape(shape, "a value's image")
-    return ValueLayout(shape, version in (CHECKSUMMED, WIDE_CHECKSUMMED), dtype)
+    return ValueLayout(shape, version in (CHECKSUMMED, WIDE_CHECKSUMMED, ENCODED_CHECKSUMMED), dtype, codec)
 
 
 def put_all(env: lmdb.Environment, txn: lmdb.Transaction, layout: ValueLayout, images: np.ndarray,
@@ -169,6 +193,11 @@ def put_all(env: lmdb.Environment, txn: lmdb.Transaction, layout: ValueLayout, i
     """Replace the contents of ``env`` (in its write transaction ``txn``) with every image as ids 0..N-1."""
     txn.drop(env.open_db(), delete=False)
     count = len(images)
+    if layout.codec != RAW:
+        codec, cursor = get_codec(layout.codec), txn.cursor()
+        for image_id, image in enumerate(images):
+            cursor.put(KEY.pack(image_id), layout.encoded_value(image_id, int(labels[image_id]), codec.encode(image)), append=True)
+        return
     pixels = images.reshape(count, -1)
     if layout.size > STAGING_BYTES:
         for image_id in range(count):
@@ -189,7 +218,9 @@ def put_all(env: lmdb.Environment, txn: lmdb.Transaction, layout: ValueLayout, i
 def put_value(txn: lmdb.Transaction, layout: ValueLayout, image_id: int, label: int, pixels: np.ndarray) -> None:
     """Put the value of one image in ``txn``: assembled, or filled in place when larger than STAGING_BYTES."""
     key = KEY.pack(image_id)
-    if layout.size > STAGING_BYTES:
+    if layout.codec != RAW:
+        txn.put(key, layout.encoded_value(image_id, label, get_codec(layout.codec).encode(pixels)))
+    elif layout.size > STAGING_BYTES:
         _put_in_place(txn, key, layout, image_id, label, pixels)
     else:
         value = np.empty(layout.size, np.uint8)

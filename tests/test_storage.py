@@ -434,7 +434,7 @@ class TestDisk(CodecTests, StoreTests):
             np.testing.assert_array_equal(reopened.read_many(10)[0], images)
 
 
-class TestLmdb(StoreTests):
+class TestLmdb(CodecTests, StoreTests):
     method = "lmdb"
 
     def corrupt(self, directory):
