@@ -52,17 +52,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if missing:
             print(f"storage-report: warning: {run.path}: missing {len(missing)} cells of the full grid: {describe_missing(missing)}",
                   file=sys.stderr)
+    from reports.codecs import codec_section, codec_views, write_codec_charts
     from reports.draw import write_charts
     from reports.markdown import write_report
     from reports.training import training_points, training_section, write_training_charts
 
     points = training_points(runs)
+    views = codec_views(runs, args.disk)
     try:
         charts = write_charts(shaped, args.out)
         training_charts = write_training_charts(points, shaped.labels, args.out)
-        report = write_report(shaped, charts, args.out, [training_section(points, shaped.labels, training_charts)])
+        codec_charts = write_codec_charts(views, shaped.labels, args.out)
+        report = write_report(shaped, charts, args.out, [training_section(points, shaped.labels, training_charts),
+                                                         codec_section(views, shaped.labels, codec_charts)])
     except OSError as err:
         print(f"storage-report: error: cannot write to {args.out}: {err.strerror or err}", file=sys.stderr)
         return 2
-    print(f"wrote {report} and {2 * (len(charts) + len(training_charts))} chart files")
+    print(f"wrote {report} and {2 * (len(charts) + len(training_charts) + len(codec_charts))} chart files")
     return 0
