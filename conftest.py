@@ -24,13 +24,13 @@ DEFAULT_WORKERS = ",".join(map(str, sorted({1, min(os.cpu_count() or 1, MAX_DEFA
 CACHE_STATES = ("warm", "cold")
 BENCHMARKS_DIR = Path(__file__).parent / "benchmarks"
 DTYPE_NAMES = tuple(str(dtype) for dtype in SUPPORTED_DTYPES)  # --dtype's values
-DATASET_FOLDERS = {"cifar10": "CIFAR-10", "mnist": "MNIST"}  # datasets read from a folder: NAME:PATH
+DATASET_FOLDERS = {"cifar10": "CIFAR-10", "mnist": "MNIST", "folder": "image"}  # datasets read from a folder: NAME:PATH
 
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """Where the images come from: ``synthetic`` (made on the spot), ``cifar10`` (python batches at ``path``) or
-    ``mnist`` (idx files at ``path``)."""
+    """Where the images come from: ``synthetic`` (made on the spot), ``cifar10`` (python batches at ``path``),
+    ``mnist`` (idx files at ``path``) or ``folder`` (image files in one sub-folder per class of ``path``)."""
 
     name: str
     path: Path | None = None
@@ -99,13 +99,14 @@ def _canonical(spec: str) -> str:
 
 
 def parse_dataset(text: str) -> DatasetSpec:
-    """``synthetic``, ``cifar10:PATH`` (the folder of CIFAR-10's python batches) or ``mnist:PATH`` (the folder
-    of MNIST's idx files, checked when the suite starts)."""
+    """``synthetic``, ``cifar10:PATH`` (the folder of CIFAR-10's python batches), ``mnist:PATH`` (the folder
+    of MNIST's idx files) or ``folder:PATH`` (an image folder, one sub-folder per class); the folder's content is
+    checked when the suite starts."""
     if text == "synthetic":
         return DatasetSpec("synthetic")
     name, _, path = text.partition(":")
     if name not in DATASET_FOLDERS or not path:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a dataset: use synthetic, cifar10:PATH or mnist:PATH")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a dataset: use synthetic, cifar10:PATH, mnist:PATH or folder:PATH")
     if not Path(path).is_dir():
         raise argparse.ArgumentTypeError(f"{DATASET_FOLDERS[name]} folder {path!r} does not exist")
     return DatasetSpec(name, Path(path))
@@ -143,13 +144,15 @@ OPTIONS = [
     ("--cutoffs", "IMAGE_BENCH_CUTOFFS", DEFAULT_CUTOFFS, parse_cutoffs, "image counts of the *_many cells, comma-separated, or `tutorial` for 10,100,1000,10000,100000"),
     ("--methods", "IMAGE_BENCH_METHODS", ",".join(METHODS), parse_methods, "storage methods to time, comma-separated (default: all)"),
     ("--dataset", "IMAGE_BENCH_DATASET", "synthetic", parse_dataset,
-     "synthetic (made on the spot, no download), cifar10:PATH (CIFAR-10 python batches; doubled past 50000 images) "
-     "or mnist:PATH (MNIST idx files, plain or .gz: train, then t10k if there; 70000 images)"),
+     "synthetic (made on the spot, no download), cifar10:PATH (CIFAR-10 python batches; doubled past 50000 images), "
+     "mnist:PATH (MNIST idx files, plain or .gz: train, then t10k if there; 70000 images) "
+     "or folder:PATH (your images, one sub-folder per class: .png .jpg .jpeg .webp .bmp .tif .tiff .gif)"),
     ("--image-shape", "IMAGE_BENCH_SHAPE", None, parse_shape,
      "shape of the synthetic images, HxW, HxWxC (any C) or CxHxW, e.g. 28x28 or 3x128x128 (default 32x32x3; "
-     "cifar10 and mnist images have their own, 32x32x3 and 28x28)"),
+     "cifar10 and mnist images have their own, 32x32x3 and 28x28; folder images are resized and center-cropped "
+     "to HxW, HxWx3 or HxWx4, by default their own size)"),
     ("--dtype", "IMAGE_BENCH_DTYPE", "uint8", parse_dtype,
-     f"dtype of the synthetic images: {', '.join(DTYPE_NAMES)} (cifar10 and mnist images are uint8)"),
+     f"dtype of the synthetic images: {', '.join(DTYPE_NAMES)} (cifar10, mnist and folder images are uint8)"),
     ("--storage-dir", "IMAGE_BENCH_STORAGE_DIR", None, Path,
      "folder to write the stores in (default: pytest's temporary folder); a run folder inside it is removed at the end"),
     ("--batch-sizes", "IMAGE_BENCH_BATCH_SIZES", "256", parse_batch_sizes, "images per batch of the read_random cells, comma-separated"),

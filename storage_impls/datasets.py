@@ -1,7 +1,8 @@
-"""Image data to store: a synthetic, natural-looking set made on the spot, CIFAR-10 and MNIST.
+"""Image data to store: a synthetic, natural-looking set made on the spot, CIFAR-10, MNIST and a folder of
+your own images.
 
-Each returns ``(images, labels)``: a C-contiguous array (N, ...) of images (CIFAR-10 and MNIST: uint8;
-synthetic: any dtype a store holds) and an int64 array (N,).
+Each returns ``(images, labels)`` (a folder also its classes and skipped files): a C-contiguous array (N, ...)
+of images (CIFAR-10, MNIST and folders: uint8; synthetic: any dtype a store holds) and an int64 array (N,).
 """
 from __future__ import annotations
 
@@ -9,11 +10,15 @@ import gzip
 import math
 import os
 import pickle
+import struct
 import zlib
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import DTypeLike
+from PIL import Image
 
 CIFAR10_BATCHES = tuple(f"data_batch_{number}" for number in range(1, 6))
 CIFAR10_SHAPE = (32, 32, 3)
@@ -25,6 +30,12 @@ IDX_IMAGES, IDX_LABELS = 0x00000803, 0x00000801  # magic numbers: unsigned bytes
 SYNTHETIC_NOISE = 16  # uniform pixel noise 0..15 over smooth content: ~2.2 KB PNG per 32x32x3 image
 SYNTHETIC_CONTROL_POINTS = 6  # control grid per 32 pixels: the scale of the smooth content
 SYNTHETIC_BLOCK_BYTES = 16 << 20  # 8-bit pixels made per step (and widened per step), to keep intermediates small
+FOLDER_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")  # any case
+FOLDER_MODES = {(): "L", (3,): "RGB", (4,): "RGBA"}  # channel axis of a folder's image shape -> Pillow mode
+FOLDER_RESAMPLE = Image.Resampling.LANCZOS  # the sharpest of Pillow's antialiased filters: photos stay photo-like
+FOLDER_REDUCING_GAP = 3.0  # box-reduce first to 3x the target: 4x faster from 12 MP, ~0.6 grey levels RMS from pure LANCZOS
+#: what decoding a bad file raises: Pillow's open/load errors, truncation, a decompression bomb
+UNREADABLE = (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError)
 
 
 def synthetic(n: int, shape: tuple[int, ...] = CIFAR10_SHAPE, seed: int = 0,
@@ -230,3 +241,122 @@ def _idx_dims(path: Path, data: bytes, magic: int) -> tuple[int, ...]:
     if found != magic:
         raise ValueError(f"{path}: magic number 0x{found:08x}, expected 0x{magic:08x} (idx {what} of unsigned bytes)")
     return tuple(int.from_bytes(data[4 + 4 * axis:8 + 4 * axis], "big") for axis in range(ndim))
+
+
+class FolderImages(NamedTuple):
+    """What ``load_folder`` returns."""
+
+    images: np.ndarray  # (N, H, W) or (N, H, W, C) uint8
+    labels: np.ndarray  # (N,) int64: label i is classes[i]
+    classes: list[str]  # the class sub-folders' names, sorted
+    skipped: list[tuple[Path, str]]  # (file, why) of every unreadable file met, in load order
+
+
+class MixedSizesError(ValueError):
+    """A folder's images differ in size and no shape was given to resize them to."""
+
+
+def folder_mode(shape: Sequence[int]) -> str:
+    """The Pillow mode images of ``shape`` are converted to: HxW "L", HxWx3 "RGB", HxWx4 "RGBA"; ValueError otherwise."""
+    mode = FOLDER_MODES.get(tuple(shape[2:])) if len(shape) in (2, 3) else None
+    if mode is None:
+        raise ValueError(f"images from a folder are HxW (grey), HxWx3 (RGB) or HxWx4 (RGBA), not {'x'.join(map(str, shape))}")
+    return mode
+
+
+def folder_files(directory: str | os.PathLike) -> tuple[list[str], list[tuple[Path, int]]]:
+    """The classes of an image folder in torchvision's ImageFolder convention and its image files with their
+    labels, in load order.
+
+    Classes are the sub-folders' names, sorted (label i is the i-th); files are those under a class
+    sub-folder (at any depth) whose extension is in FOLDER_EXTENSIONS, in any case, class by class and
+    sorted by path within a class. Hidden files and folders (".name") are ignored, as are files outside
+    the class sub-folders. FileNotFoundError if ``directory`` is missing, ValueError if it holds no image.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"image folder {directory} does not exist")
+    classes = sorted(entry.name for entry in directory.iterdir() if entry.is_dir() and not entry.name.startswith("."))
+    files = [(path, label) for label, name in enumerate(classes) for path in sorted(
+        path for path in (directory / name).rglob("*")
+        if path.suffix.lower() in FOLDER_EXTENSIONS and path.is_file()
+        and not any(part.startswith(".") for part in path.relative_to(directory).parts))]
+    if not files:
+        raise ValueError(f"no images in {directory}: expected one sub-folder per class holding "
+                         f"{' '.join(FOLDER_EXTENSIONS)} files")
+    return classes, files
+
+
+def folder_shape(files: Sequence[tuple[Path, int]], limit: int | None = None) -> tuple[int, ...]:
+    """The shape the first ``limit`` readable ``files`` share, from their headers alone: their common size and
+    the most channels any has (grey 1: HxW, colour 3: HxWx3, with transparency 4: HxWx4), so that a grey image
+    in a colour set is converted rather than refused. Unreadable files are passed over (``load_folder``
+    reports them); MixedSizesError names two files of different sizes, ValueError says if none is readable."""
+    first: tuple[Path, tuple[int, int]] | None = None
+    channels, seen = 1, 0
+    for path, _label in files:
+        if seen == limit:
+            break
+        try:
+            with Image.open(path) as image:
+                size = image.size
+                alpha = "A" in image.mode or "transparency" in image.info
+                channels = max(channels, 4 if alpha else 1 if Image.getmodebase(image.mode) == "L" else 3)
+        except UNREADABLE:
+            continue
+        seen += 1
+        if first is None:
+            first = path, size
+        elif size != first[1]:
+            (width, height), (other_width, other_height) = first[1], size
+            raise MixedSizesError(f"images of different sizes: {first[0]} is {height}x{width}, "
+                                  f"{path} is {other_height}x{other_width}")
+    if first is None:
+        raise ValueError(f"none of the images is readable ({len(files)} files, e.g. {files[0][0]})")
+    width, height = first[1]
+    return (height, width) if channels == 1 else (height, width, channels)
+
+
+def load_folder(directory: str | os.PathLike, shape: Sequence[int] | None = None, limit: int | None = None,
+                progress: Callable[[int, int], None] | None = None) -> FolderImages:
+    """Decode the images of an image folder (see ``folder_files``) with Pillow: the first ``limit`` readable
+    ones, or all, as uint8 of ``shape``.
+
+    Each image is converted to the mode ``shape`` implies (``folder_mode``; grey to RGB repeats the grey,
+    RGBA to RGB drops the alpha) and, unless it already has that size, scaled so that it covers HxW (FOLDER_RESAMPLE
+    with FOLDER_REDUCING_GAP), then center-cropped. ``shape=None``: the images' own shape (``folder_shape``),
+    nothing resized. An unreadable file is skipped, named in ``skipped`` with the reason, and the next one
+    taken. ``progress(loaded, wanted)`` is called after each image.
+    """
+    classes, files = folder_files(directory)
+    shape = tuple(shape) if shape is not None else folder_shape(files, limit)
+    mode = folder_mode(shape)
+    wanted = len(files) if limit is None else min(limit, len(files))
+    images, labels = np.empty((wanted, *shape), np.uint8), np.empty(wanted, np.int64)
+    skipped: list[tuple[Path, str]] = []
+    loaded = 0
+    for path, label in files:
+        if loaded == wanted:
+            break
+        try:
+            images[loaded] = _decode(path, mode, shape[0], shape[1])
+        except UNREADABLE as error:
+            skipped.append((path, str(error) or type(error).__name__))
+            continue
+        labels[loaded] = label
+        loaded += 1
+        if progress is not None:
+            progress(loaded, wanted)
+    return FolderImages(images[:loaded], labels[:loaded], classes, skipped)
+
+
+def _decode(path: Path, mode: str, height: int, width: int) -> np.ndarray:
+    """One image file as a (height, width[, channels]) array of ``mode``: converted, scaled to cover, center-cropped."""
+    with Image.open(path) as image:
+        image = image.convert(mode) if image.mode != mode else image
+        if image.size != (width, height):
+            scale = max(width / image.width, height / image.height)
+            left, top = (image.width - width / scale) / 2, (image.height - height / scale) / 2
+            image = image.resize((width, height), FOLDER_RESAMPLE, box=(left, top, image.width - left, image.height - top),
+                                 reducing_gap=FOLDER_REDUCING_GAP)
+        return np.asarray(image)

@@ -195,6 +195,7 @@ def test_a_codec_returning_other_pixels_fails_its_cell():
     (["--dtype", "bool"], {}, "'bool' is not an image dtype: use one of uint8, uint16"),
     ([], {"IMAGE_BENCH_DTYPE": "complex64"}, "'complex64' is not an image dtype"),
     (["--dataset", "mnist:/no/such/folder"], {}, "MNIST folder '/no/such/folder' does not exist"),
+    (["--dataset", "folder:/no/such/folder"], {}, "image folder '/no/such/folder' does not exist"),
     (["--dataset", "mnist:tests"], {}, "--dataset mnist:tests: MNIST directory tests lacks train-images-idx3-ubyte"),
     (["--dataset", "mnist:tests", "--image-shape", "32x32"], {}, "--image-shape applies to synthetic data only: MNIST images are 28x28"),
     (["--dataset", "cifar10:tests", "--dtype", "float32"], {}, "--dtype applies to synthetic data only: CIFAR-10 images are uint8"),
@@ -217,7 +218,7 @@ def test_methods_take_variants_whose_options_may_contain_commas():
 
 def test_options_are_documented_in_help():
     result = subprocess.run([sys.executable, "-m", "pytest", "--help"], cwd=REPO, capture_output=True, text=True)
-    for option in ("--cutoffs", "--methods", "--dataset", "mnist:PATH", "--image-shape", "3x128x128", "--dtype", "float32",
+    for option in ("--cutoffs", "--methods", "--dataset", "mnist:PATH", "folder:PATH", "--image-shape", "3x128x128", "--dtype", "float32",
                    "--storage-dir", "--durable", "IMAGE_BENCH_CUTOFFS", "IMAGE_BENCH_DTYPE"):
         assert option in result.stdout
 
@@ -273,6 +274,48 @@ def test_mnist_runs_at_its_own_shape(tmp_path):
         ("mnist", "uint8", (28, 28))}
     too_many = run_suite("--cutoffs", "13", "--dataset", f"mnist:{tmp_path / 'mnist'}", "--collect-only")
     assert too_many.returncode == 4 and f"--cutoffs 13 exceeds the 12 MNIST images in {tmp_path / 'mnist'}" in too_many.stderr
+
+
+def test_an_image_folder_runs_with_its_class_table_and_skipped_file(tmp_path):
+    from tests.test_datasets import write_image_folder
+
+    write_image_folder(tmp_path / "pets")
+    result = run_suite("--dataset", f"folder:{tmp_path / 'pets'}", "--image-shape", "16x16x3", "--cutoffs", "5",
+                       "--methods", "hdf5", "-k", "read_many", "--benchmark-json", str(tmp_path / "run.json"),
+                       "--benchmark-max-time", "0.01")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"skipped unreadable {tmp_path / 'pets' / 'cat' / 'c_broken.jpg'}: " in result.stdout
+    assert "1 unreadable files skipped" in result.stdout
+    assert f"5 images of 16x16x3 from {tmp_path / 'pets'}, labels of its 2 classes: 0 cat, 1 dog" in result.stdout
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["machine_info"]["dataset"] == {"name": "folder", "path": str(tmp_path / "pets"), "classes": {"cat": 0, "dog": 1},
+                                              "skipped": ["cat/c_broken.jpg"]}
+    cells = [cell for cell in run["benchmarks"] if cell["name"] == "test_read_many[hdf5-5]"]
+    assert [(cell["extra_info"]["dataset"], cell["extra_info"]["image_shape"]) for cell in cells] == [("folder", [16, 16, 3])]
+    too_few = run_suite("--dataset", f"folder:{tmp_path / 'pets'}", "--image-shape", "16x16x3", "--cutoffs", "7",
+                        "--methods", "hdf5", "-k", "read_many")
+    assert too_few.returncode == 4, too_few.stdout + too_few.stderr
+    assert f"--cutoffs 7 exceeds the 6 readable images in {tmp_path / 'pets'}" in too_few.stdout + too_few.stderr
+
+
+@pytest.mark.parametrize(("content", "args", "message"), [
+    ("empty", [], "--dataset folder:{path}: no images in {path}: expected one sub-folder per class"),
+    ("mixed", [], "images of different sizes: {path}/cat/a_wide.png is 32x96, {path}/cat/b_grey.png is 32x32: "
+                  "pass --image-shape (HxW, HxWx3 or HxWx4)"),
+    ("mixed", ["--cutoffs", "8", "--image-shape", "16x16"], "--cutoffs 8 exceeds the 7 images in {path}"),
+    ("mixed", ["--dtype", "float32"], "--dtype applies to synthetic data only: folder images are uint8"),
+    ("mixed", ["--image-shape", "16x16x2"], "HxW (grey), HxWx3 (RGB) or HxWx4 (RGBA), not 16x16x2"),
+])
+def test_bad_image_folders_are_usage_errors(tmp_path, content, args, message):
+    from tests.test_datasets import write_image_folder
+
+    path = tmp_path / "pets"
+    path.mkdir()
+    if content == "mixed":
+        write_image_folder(path)
+    result = run_suite("--dataset", f"folder:{path}", "--cutoffs", "5", *args, "--collect-only")
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert message.format(path=path) in result.stderr and "Traceback" not in result.stderr
 
 
 def test_float32_chips_run_and_verify_bit_for_bit(tmp_path):

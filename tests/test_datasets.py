@@ -1,5 +1,5 @@
-"""The data sources: synthetic images of every dtype, and the CIFAR-10 and MNIST loaders, on files fabricated
-in their exact formats."""
+"""The data sources: synthetic images of every dtype, the CIFAR-10 and MNIST loaders, on files fabricated
+in their exact formats, and the image-folder loader on a fabricated folder."""
 from __future__ import annotations
 
 import gzip
@@ -15,7 +15,8 @@ from PIL import Image
 
 from storage_impls import datasets
 from storage_impls.base import SUPPORTED_DTYPES
-from storage_impls.datasets import load_cifar10, load_mnist, mnist_count, synthetic
+from storage_impls.datasets import (MixedSizesError, folder_files, folder_mode, folder_shape, load_cifar10, load_folder,
+                                   load_mnist, mnist_count, synthetic)
 
 # sha256 of the images and of the labels synthetic() made before it took a dtype: uint8 stays byte-identical,
 # so earlier benchmark runs remain comparable. (20, 1024, 1024, 1) spans two of its blocks.
@@ -298,3 +299,139 @@ def test_load_mnist_damaged_file(tmp_path, damage, file, message):
     with pytest.raises(ValueError, match=message) as raised:
         load_mnist(tmp_path)
     assert str(path) in str(raised.value)
+
+
+def write_image_folder(directory, wide: bool = True) -> dict[str, np.ndarray]:
+    """Fabricate an image folder: classes cat and dog holding PNG, JPEG and WebP files of 32x32 (a grey one, an
+    RGBA one, a corrupt one; with ``wide`` a 32x96 one whose centre third is blue between red margins), plus
+    files the loader must ignore. Returns the pixels written, by path relative to ``directory``."""
+    photos = synthetic(4, (32, 32, 3), seed=7)[0]
+    wide_image = np.zeros((32, 96, 3), np.uint8)
+    wide_image[:, :16, 0] = wide_image[:, 80:, 0] = 255  # red margins, outside what a center crop to a square needs
+    wide_image[:, 16:80, 2] = 255
+    written = {
+        "cat/b_grey.png": synthetic(1, (32, 32), seed=8)[0][0],
+        "cat/d_photo.jpg": photos[0],
+        "cat/more/e_photo.webp": photos[1],
+        "dog/f_alpha.PNG": np.dstack([photos[2], np.arange(32 * 32, dtype=np.uint8).reshape(32, 32)]),
+        "dog/g_photo.jpeg": photos[3],
+        "stray.png": photos[0],  # outside the class sub-folders
+        ".thumbs/x.png": photos[0],  # a hidden class
+        "dog/.h_hidden.png": photos[0],
+    }
+    if wide:
+        written["cat/a_wide.png"] = wide_image
+    for name, pixels in written.items():
+        (directory / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(directory / name, quality=90)
+    (directory / "cat/c_broken.jpg").write_bytes(b"not an image at all")
+    (directory / "dog/notes.txt").write_text("not an image either")
+    return written
+
+
+FOLDER_ORDER = ["cat/b_grey.png", "cat/c_broken.jpg", "cat/d_photo.jpg", "cat/more/e_photo.webp",
+                "dog/f_alpha.PNG", "dog/g_photo.jpeg"]  # load order without the wide image, which comes first
+
+
+def test_folder_files_are_class_by_class_sorted_and_ignore_the_rest(tmp_path):
+    write_image_folder(tmp_path)
+    classes, files = folder_files(tmp_path)
+    assert classes == ["cat", "dog"]
+    assert [(path.relative_to(tmp_path).as_posix(), label) for path, label in files] == [
+        ("cat/a_wide.png", 0), ("cat/b_grey.png", 0), ("cat/c_broken.jpg", 0), ("cat/d_photo.jpg", 0),
+        ("cat/more/e_photo.webp", 0), ("dog/f_alpha.PNG", 1), ("dog/g_photo.jpeg", 1)]
+
+
+def test_load_folder_converts_resizes_center_crops_and_skips_the_corrupt_file(tmp_path):
+    write_image_folder(tmp_path)
+    folder = load_folder(tmp_path, (16, 16, 3))
+    assert folder.images.shape == (6, 16, 16, 3) and folder.images.dtype == np.uint8 and folder.images.flags.c_contiguous
+    assert folder.labels.tolist() == [0, 0, 0, 0, 1, 1] and folder.labels.dtype == np.int64
+    assert folder.classes == ["cat", "dog"]
+    assert [(path.relative_to(tmp_path).as_posix(), bool(reason)) for path, reason in folder.skipped] == [("cat/c_broken.jpg", True)]
+    wide = folder.images[0].astype(int)  # scaled to 16 high, its middle 16 columns kept: blue, no red margin
+    assert wide[..., 0].max() <= 1 and wide[..., 1].max() <= 1 and wide[..., 2].min() >= 254
+    grey = folder.images[1]
+    assert np.array_equal(grey[..., 0], grey[..., 1]) and np.array_equal(grey[..., 0], grey[..., 2])
+
+
+def test_load_folder_keeps_the_pixels_of_images_already_at_the_shape(tmp_path):
+    written = write_image_folder(tmp_path, wide=False)
+    folder = load_folder(tmp_path, (32, 32, 3))
+    assert folder.images.shape == (5, 32, 32, 3)
+    expected = [np.repeat(written["cat/b_grey.png"][..., None], 3, axis=2),  # grey converted to RGB
+                *(np.asarray(Image.open(tmp_path / name).convert("RGB")) for name in ("cat/d_photo.jpg", "cat/more/e_photo.webp")),
+                written["dog/f_alpha.PNG"][..., :3],  # the alpha dropped
+                np.asarray(Image.open(tmp_path / "dog/g_photo.jpeg"))]
+    np.testing.assert_array_equal(folder.images, np.stack(expected))
+
+
+def test_load_folder_without_a_shape_takes_the_shared_size_and_the_most_channels(tmp_path):
+    write_image_folder(tmp_path, wide=False)
+    assert folder_shape(folder_files(tmp_path)[1]) == (32, 32, 4)  # the RGBA image: everything RGBA
+    folder = load_folder(tmp_path)
+    assert folder.images.shape == (5, 32, 32, 4) and (folder.images[0, ..., 3] == 255).all()
+    (tmp_path / "dog/f_alpha.PNG").unlink()
+    assert load_folder(tmp_path).images.shape == (4, 32, 32, 3)  # the grey image in an RGB set is converted
+    assert load_folder(tmp_path, limit=1).images.shape == (1, 32, 32)  # only the grey image is read
+
+
+def test_load_folder_without_a_shape_refuses_mixed_sizes(tmp_path):
+    write_image_folder(tmp_path)
+    with pytest.raises(MixedSizesError, match=r"a_wide.png is 32x96, .*b_grey.png is 32x32"):
+        load_folder(tmp_path)
+
+
+def test_load_folder_limit_reads_the_first_readable_images_in_order(tmp_path):
+    write_image_folder(tmp_path, wide=False)
+    calls = []
+    folder = load_folder(tmp_path, (8, 8, 3), limit=2, progress=lambda *call: calls.append(call))
+    assert len(folder.images) == 2 and calls == [(1, 2), (2, 2)]
+    assert [path.name for path, _reason in folder.skipped] == ["c_broken.jpg"]  # passed over, the next one taken
+    np.testing.assert_array_equal(folder.images, load_folder(tmp_path, (8, 8, 3)).images[:2])
+    assert load_folder(tmp_path, (8, 8, 3), limit=1).skipped == []  # the corrupt file is never reached
+    assert len(load_folder(tmp_path, (8, 8, 3), limit=6).images) == 5  # fewer readable images than asked
+
+
+def test_load_folder_skips_a_truncated_file_whose_header_reads(tmp_path):
+    (tmp_path / "cls").mkdir()
+    Image.fromarray(synthetic(1, (8, 8, 3))[0][0]).save(tmp_path / "cls/a.png")
+    Image.fromarray(synthetic(1, (64, 64, 3))[0][0]).save(tmp_path / "cls/b.png")
+    (tmp_path / "cls/b.png").write_bytes((tmp_path / "cls/b.png").read_bytes()[:200])
+    with pytest.raises(MixedSizesError):
+        folder_shape(folder_files(tmp_path)[1])  # its header still says 64x64
+    folder = load_folder(tmp_path, (8, 8, 3))
+    assert len(folder.images) == 1 and folder.skipped[0][0].name == "b.png" and "truncated" in folder.skipped[0][1]
+    (tmp_path / "cls/a.png").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match=r"none of the images is readable \(1 files, e\.g\. .*a\.png\)"):
+        folder_shape(folder_files(tmp_path)[1][:1])
+
+
+@pytest.mark.parametrize("name", ["x.bmp", "x.tif", "x.TIFF", "x.gif", "x.JPG"])
+def test_load_folder_reads_every_image_extension(tmp_path, name):
+    (tmp_path / "cls").mkdir()
+    pixels = synthetic(1, (8, 8, 3))[0][0]
+    Image.fromarray(pixels).save(tmp_path / "cls" / name)
+    folder = load_folder(tmp_path)
+    assert folder.images.shape == (1, 8, 8, 3) and folder.classes == ["cls"]
+    if name.lower().endswith((".bmp", ".tif", ".tiff")):
+        np.testing.assert_array_equal(folder.images[0], pixels)
+
+
+def test_load_folder_refuses_a_folder_without_images(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_folder(tmp_path / "nope")
+    with pytest.raises(ValueError, match=f"no images in {tmp_path}: expected one sub-folder per class"):
+        load_folder(tmp_path)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "loose.png")  # not in a class sub-folder
+    (tmp_path / "empty-class").mkdir()
+    (tmp_path / "empty-class" / "readme.txt").write_text("no images here")
+    with pytest.raises(ValueError, match="no images in"):
+        load_folder(tmp_path)
+
+
+@pytest.mark.parametrize("shape", [(16, 16, 2), (16, 16, 1), (3, 16, 16), (16,), (2, 16, 16, 3)])
+def test_folder_mode_refuses_other_shapes(shape):
+    assert [folder_mode(ok) for ok in ((16, 16), (16, 16, 3), (16, 16, 4))] == ["L", "RGB", "RGBA"]
+    with pytest.raises(ValueError, match="HxW \\(grey\\), HxWx3 \\(RGB\\) or HxWx4 \\(RGBA\\)"):
+        folder_mode(shape)
