@@ -2,7 +2,8 @@
 checksummed metadata file, per-image checksums, and telling which method wrote a directory.
 
 Values (one per image in a key-value store: rocksdb today, lmdb can adopt it): a 32-byte header
-``<2sBB4sB3xIIIq``: magic ``b"IV"``, version 1, flags (bit 0: an 8-byte trailer follows the pixels),
+``<2sBB4sB3xIIIq``: magic ``b"IV"``, version 1, flags (bit 0: an 8-byte trailer follows the pixels; bit 1:
+the pixels are encoded by the store's codec, which its metadata names, and the value is as long as they are),
 the dtype as numpy spells it (``"|u1"``, NUL-padded ASCII), the number of image dimensions, three
 dimensions (unused ones 0), the label; then the raw pixels in C order; then, when flagged, the
 xxh3_64 of header and pixels seeded with the image id (little endian), so that bit rot anywhere in
@@ -36,6 +37,7 @@ HEADER = struct.Struct("<2sBB4sB3xIIIq")  # magic, version, flags, dtype, ndim, 
 PREFIX_SIZE = HEADER.size - 8  # the header bytes every value of one store shares
 MAGIC, VERSION = b"IV", 1
 CHECKSUMMED = 0x01  # flag: an xxh3_64 trailer follows the pixels
+ENCODED = 0x02  # flag: encoded bytes instead of raw pixels (variable length)
 TRAILER = 8
 KEY = struct.Struct(">Q")  # image id as 8 big-endian bytes: keys sort in id order
 checksum_of = xxhash.xxh3_64_intdigest
@@ -55,16 +57,17 @@ class ValueLayout:
     dtype: str
     shape: tuple[int, ...]
     checksummed: bool
+    encoded: bool = False
     pixel_bytes: int = field(init=False)
-    size: int = field(init=False)
+    size: int | None = field(init=False)  # None for encoded values: as long as their bytes
     prefix: bytes = field(init=False)
 
     def __post_init__(self) -> None:
         dims = (*self.shape, 0, 0, 0)[:3]
-        flags = CHECKSUMMED if self.checksummed else 0
+        flags = (CHECKSUMMED if self.checksummed else 0) | (ENCODED if self.encoded else 0)
         prefix = HEADER.pack(MAGIC, VERSION, flags, self.dtype.encode("ascii"), len(self.shape), *dims, 0)[:PREFIX_SIZE]
         object.__setattr__(self, "pixel_bytes", math.prod(self.shape) * np.dtype(self.dtype).itemsize)
-        object.__setattr__(self, "size", HEADER.size + self.pixel_bytes + TRAILER * self.checksummed)
+        object.__setattr__(self, "size", None if self.encoded else HEADER.size + self.pixel_bytes + TRAILER * self.checksummed)
         object.__setattr__(self, "prefix", prefix)
 
     def fill_block(self, values: np.ndarray, first_id: int, labels: np.ndarray, pixels: np.ndarray) -> None:
@@ -82,9 +85,22 @@ class ValueLayout:
         self.fill_block(value, image_id, np.array([label]), pixels[None])
         return value.tobytes()
 
+    def encoded_value(self, image_id: int, label: int, payload: bytes) -> bytes:
+        """The value of one encoded image."""
+        value = self.prefix + label.to_bytes(8, "little", signed=True) + payload
+        return value + checksum_of(value, image_id).to_bytes(TRAILER, "little") if self.checksummed else value
+
+    def payload(self, value: bytes | memoryview) -> memoryview:
+        """The encoded bytes of a value (already checked)."""
+        return memoryview(value)[HEADER.size:len(value) - TRAILER * self.checksummed]
+
+    def fits(self, value: bytes | memoryview) -> bool:
+        """Whether ``value`` has this layout's length: exactly, or for encoded images at least header and trailer."""
+        return len(value) == self.size if self.size is not None else len(value) >= HEADER.size + TRAILER * self.checksummed
+
     def check(self, value: bytes | memoryview | None, image_id: int, where: object) -> int:
         """Validate one value read for ``image_id`` and return its label, or raise CorruptStoreError."""
-        if value is None or len(value) != self.size or value[:PREFIX_SIZE] != self.prefix:
+        if value is None or not self.fits(value) or value[:PREFIX_SIZE] != self.prefix:
             raise self.error(value, image_id, where)
         if self.checksummed:
             self.check_sum(value, image_id, where)
@@ -133,7 +149,8 @@ class ValueLayout:
 
 
 def describe(layout: ValueLayout) -> str:
-    return f"images of dtype {layout.dtype} and shape {layout.shape}{' with checksums' if layout.checksummed else ''}"
+    encoded = " encoded by the store's codec" if layout.encoded else ""
+    return f"images of dtype {layout.dtype} and shape {layout.shape}{encoded}{' with checksums' if layout.checksummed else ''}"
 
 
 def parse_layout(value: bytes | memoryview) -> ValueLayout:
@@ -142,15 +159,16 @@ def parse_layout(value: bytes | memoryview) -> ValueLayout:
         raise CorruptStoreError(f"a value of {len(value)} bytes is too short to hold an image header")
     magic, version, flags, dtype, ndim, *dims, _ = HEADER.unpack_from(value)
     try:
-        layout = ValueLayout(dtype.rstrip(b"\0").decode("ascii"), tuple(dims[:ndim]), bool(flags & CHECKSUMMED))
-        valid = magic == MAGIC and version == VERSION and not flags & ~CHECKSUMMED and ndim in (2, 3) and all(dims[:ndim])
+        layout = ValueLayout(dtype.rstrip(b"\0").decode("ascii"), tuple(dims[:ndim]), bool(flags & CHECKSUMMED), bool(flags & ENCODED))
+        valid = magic == MAGIC and version == VERSION and not flags & ~(CHECKSUMMED | ENCODED) and ndim in (2, 3) and all(dims[:ndim])
     except (TypeError, ValueError, UnicodeDecodeError):
         valid = False
     if not valid:
         raise CorruptStoreError(f"a value has an invalid header {bytes(value[:PREFIX_SIZE])!r} "
                                 "(not an image written by storage_impls, or damaged)")
-    if len(value) != layout.size:
-        raise CorruptStoreError(f"a value of {len(value)} bytes does not match its header ({describe(layout)}: {layout.size} bytes)")
+    if not layout.fits(value):
+        raise CorruptStoreError(f"a value of {len(value)} bytes does not match its header ({describe(layout)}: "
+                                f"{layout.size or 'more'} bytes)")
     return layout
 
 

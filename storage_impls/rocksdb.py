@@ -44,13 +44,14 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 import rocksdict
 
-from storage_impls.base import ImageStore, fsync_path
+from storage_impls.base import fsync_path
+from storage_impls.encoding import EncodedStore
 from storage_impls.errors import CorruptStoreError, MissingStoreError, NoSpaceError, StoreError, StoreLockedError, is_no_space, no_space_error
 from storage_impls.records import HEADER, KEY, ValueLayout, is_temporary, missing_store, refuse_foreign, write_meta
 from storage_impls.registry import check_options
@@ -72,6 +73,7 @@ from storage_impls.rocksdb_format import (
     write_new_db,
 )
 
+RAW = "raw"  # the codec of a store that keeps raw pixels
 OPEN_TRIES = 100  # a reader opens again when a writer changed the files while it opened
 RETRY_SECONDS = 0.002
 READAHEAD_BYTES = 2 << 20  # read_many's iterator reads ahead this much
@@ -92,11 +94,16 @@ def _typed(doing: str) -> Callable[[Callable], Callable]:
     return decorate
 
 
-class RocksdbStore(ImageStore):
+def layout_of(meta: dict) -> ValueLayout:
+    """The value layout a store's metadata describes."""
+    return ValueLayout(meta["dtype"], meta["image_shape"], meta["checksum"], meta.get("codec", RAW) != RAW)
+
+
+class RocksdbStore(EncodedStore):
     """Images as raw bytes under one key each in a RocksDB database, replaced whole by store_many."""
 
     method = "rocksdb"
-    OPTIONS = OPTIONS
+    OPTIONS = {**OPTIONS, **EncodedStore.OPTIONS}
 
     def __init__(self, directory: str | os.PathLike, mode: str = "a", *, compression: str | None = None,
                  bloom_bits: int | None = None, block_cache: int | str | None = None, **options) -> None:
@@ -201,7 +208,7 @@ class RocksdbStore(ImageStore):
         return {name: meta[name] for name in OPTIONS} | {k: v for k, v in self.settings.items() if k == "block_cache"}
 
     def _layout(self) -> ValueLayout:
-        return ValueLayout(self._meta["dtype"], self._meta["image_shape"], self._meta["checksum"])
+        return layout_of(self._meta)
 
     def __len__(self) -> int:
         if self._damage:
@@ -216,19 +223,26 @@ class RocksdbStore(ImageStore):
     def image_dtype(self) -> np.dtype | None:
         return np.dtype(self._meta["dtype"]) if self._meta else None
 
+    @property
+    def recorded_codec(self) -> str | None:
+        return self._meta.get("codec", RAW) if self._meta else None
+
     # -- writes -----------------------------------------------------------------------------------
     def _replace_all(self, images: np.ndarray, labels: np.ndarray) -> None:
         recorded = {name: self._meta[name] for name in OPTIONS} if self._meta else DEFAULTS
         settings = recorded | self.settings
         checksum = self.checksum if self.checksum is not None else bool(self._meta and self._meta["checksum"])
-        layout = ValueLayout(images.dtype.str, images.shape[1:], checksum)
+        codec = self.writing_codec(replacing=True)
+        layout = ValueLayout(images.dtype.str, images.shape[1:], checksum, codec.spec != RAW)
         token = uuid.uuid4().hex
         temporary, folder = self.directory / f".db-{token}.tmp", self.directory / DB_DIR.format(token=token)
         meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "token": token, "dtype": layout.dtype,
                 "image_shape": list(layout.shape), "checksum": checksum, **settings, "count": len(images)}
+        if layout.encoded:
+            meta["codec"] = codec.spec
         try:
             temporary.mkdir()
-            meta["sequence"] = write_new_db(temporary, settings, layout, images, labels)
+            meta["sequence"] = write_new_db(temporary, settings, layout, images, labels, codec)
             if self.durable:
                 fsync_path(temporary)
             os.rename(temporary, folder)
@@ -250,7 +264,7 @@ class RocksdbStore(ImageStore):
             self._replace_all(image[None], np.array([label], np.int64))
             return
         meta, layout = dict(self._meta), self._layout()
-        value = layout.value(image_id, label, image)
+        value = layout.encoded_value(image_id, label, self.codec.encode(image)) if layout.encoded else layout.value(image_id, label, image)
         writing = rocksdict.WriteOptions()
         writing.sync = self.durable
         db = open_db(self._folder(meta), {name: meta[name] for name in OPTIONS}, read_only=False)
@@ -293,7 +307,7 @@ class RocksdbStore(ImageStore):
             self._load()
             if self._damage:
                 raise self._damage
-            if self._meta is None or self._layout() != ValueLayout(seen[0]["dtype"], seen[0]["image_shape"], seen[0]["checksum"]) \
+            if self._meta is None or self._layout() != layout_of(seen[0]) \
                     or self._count < seen[1]:
                 raise MissingStoreError(f"the rocksdb store in {self.directory} was replaced since this handle "
                                         "wrote it: open it again")
@@ -304,6 +318,10 @@ class RocksdbStore(ImageStore):
         layout, db = self._layout(), self._view()
         value = db.get(KEY.pack(image_id))
         label = layout.check(value, image_id, self._folder(self._meta))
+        if layout.encoded:
+            image = np.empty(layout.shape, layout.dtype)
+            self._decode(layout, value, image, image_id)
+            return image, label
         pixels = np.frombuffer(value, layout.dtype, math.prod(layout.shape), HEADER.size)
         return pixels.reshape(layout.shape).copy(), label
 
@@ -314,14 +332,36 @@ class RocksdbStore(ImageStore):
         reading.fill_cache(False)  # a scan would evict what random reads cached
         reading.set_readahead_size(READAHEAD_BYTES)
         reading.set_iterate_upper_bound(KEY.pack(len(out)))
-        self._layout().copy_into(db.values(read_opt=reading), range(len(out)), out, labels, self._folder(self._meta))
+        self._copy(db.values(read_opt=reading), range(len(out)), out, labels)
 
     @_typed("reading a batch")
     def _read_batch_into(self, ids: np.ndarray, out: np.ndarray, labels: np.ndarray) -> None:
         db = self._view()
         keys = ids.astype(">u8").tobytes()
         values = db.get([keys[start:start + KEY.size] for start in range(0, len(keys), KEY.size)])
-        self._layout().copy_into(values, ids.tolist(), out, labels, self._folder(self._meta))
+        self._copy(values, ids.tolist(), out, labels)
+
+    def _copy(self, values: Iterable[bytes | None], ids: Iterable[int], out: np.ndarray, labels: np.ndarray) -> None:
+        """Fill ``out``/``labels`` from the values of ``ids``: raw pixels copied, encoded images decoded."""
+        layout, where = self._layout(), self._folder(self._meta)
+        if not layout.encoded:
+            layout.copy_into(values, ids, out, labels, where)
+            return
+        ids = list(ids)
+        decoded = 0
+        for position, (image_id, value) in enumerate(zip(ids, values)):
+            labels[position] = layout.check(value, image_id, where)
+            self._decode(layout, value, out[position], image_id)
+            decoded += 1
+        if decoded < len(out):
+            raise layout.error(None, ids[decoded], where)
+
+    def _decode(self, layout: ValueLayout, value: bytes, target: np.ndarray, image_id: int) -> None:
+        try:
+            self.codec.decode_into(layout.payload(value), target)
+        except Exception as error:  # the codec's ValueErrors; Pillow reports damaged data with OSError, SyntaxError ...
+            raise CorruptStoreError(f"{self._folder(self._meta)}: image {image_id} is not a readable {self.codec.spec} image "
+                                    f"({type(error).__name__}: {error})") from None
 
     def _release(self) -> None:
         close_db(self._db)

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ import rocksdict
 
 from storage_impls.errors import CorruptStoreError, MissingStoreError, StoreError, is_no_space, no_space_error
 from storage_impls.base import check_dtype
+from storage_impls.codecs import Codec, get_codec
 from storage_impls.records import KEY, ValueLayout, read_meta
 from storage_impls.registry import byte_size, choice, integer
 
@@ -124,6 +126,8 @@ def load_meta(path: Path) -> dict | None:
                              f"version {FORMAT_VERSION} and numeric dtypes of this machine's byte order")
         meta["image_shape"] = tuple(meta["image_shape"])
         ValueLayout(meta["dtype"], meta["image_shape"], False)
+        if "codec" in meta and get_codec(meta["codec"]).spec != meta["codec"]:
+            raise ValueError(f"codec {meta['codec']!r}")
         for name, option in OPTIONS.items():
             if option.parse(meta[name]) != meta[name]:
                 raise ValueError(f"{name}={meta[name]!r}")
@@ -135,33 +139,26 @@ def load_meta(path: Path) -> dict | None:
     return meta
 
 
-def write_new_db(folder: Path, settings: dict, layout: ValueLayout, images: np.ndarray, labels: np.ndarray) -> int:
+def write_new_db(folder: Path, settings: dict, layout: ValueLayout, images: np.ndarray, labels: np.ndarray,
+                 codec: Codec) -> int:
     """Write ``images``/``labels`` as ids 0..N-1 into a new database in ``folder`` (exists, empty): sorted SST
-    files of SST_BYTES written with SstFileWriter, then ingested (moved) into the database: no WAL, no
-    memtable. Return the database's sequence number."""
-    count, size = len(images), layout.size
+    files of about SST_BYTES written with SstFileWriter, then ingested (moved) into the database: no WAL, no
+    memtable. ``codec`` encodes the images of an encoded layout. Return the database's sequence number."""
     staging = folder / INGEST_DIR
     staging.mkdir()
     options = db_options(settings, read_only=False)
-    pixels = images.reshape(count, -1)
-    keys = np.arange(count, dtype=">u8").tobytes()
-    per_file = max(1, SST_BYTES // size)
-    block = max(1, min(per_file, STAGING_BYTES // size))
-    buffer = np.empty((block, size), np.uint8)
-    paths = []
-    for file_start in range(0, count, per_file):
-        path = staging / f"{len(paths):06d}.sst"
-        writer = rocksdict.SstFileWriter(options=options)
-        writer.open(str(path))
-        for first in range(file_start, min(count, file_start + per_file), block):
-            last = min(count, file_start + per_file, first + block)
-            values = buffer[:last - first]
-            layout.fill_block(values, first, labels[first:last], pixels[first:last])
-            data = values.tobytes()
-            for row in range(last - first):
-                writer[keys[(first + row) * KEY.size:(first + row + 1) * KEY.size]] = data[row * size:(row + 1) * size]
-        writer.finish()
-        paths.append(str(path))
+    keys = np.arange(len(images), dtype=">u8").tobytes()
+    paths, writer, written = [], None, 0
+    for image_id, value in enumerate(_values(layout, images, labels, codec)):
+        if writer is None or written >= SST_BYTES:
+            if writer is not None:
+                writer.finish()
+            paths.append(str(staging / f"{len(paths):06d}.sst"))
+            writer, written = rocksdict.SstFileWriter(options=options), 0
+            writer.open(paths[-1])
+        writer[keys[image_id * KEY.size:(image_id + 1) * KEY.size]] = value
+        written += len(value)
+    writer.finish()
     db = open_db(folder, settings, read_only=False)
     try:
         ingest = rocksdict.IngestExternalFileOptions()
@@ -172,6 +169,24 @@ def write_new_db(folder: Path, settings: dict, layout: ValueLayout, images: np.n
         close_db(db)
     shutil.rmtree(staging)
     return sequence
+
+
+def _values(layout: ValueLayout, images: np.ndarray, labels: np.ndarray, codec: Codec) -> Iterator[bytes]:
+    """The value of each image in id order: encoded one by one, or raw pixels assembled STAGING_BYTES at a time."""
+    count = len(images)
+    if layout.encoded:
+        for image_id, image in enumerate(images):
+            yield layout.encoded_value(image_id, int(labels[image_id]), codec.encode(image))
+        return
+    size, pixels = layout.size, images.reshape(count, -1)
+    block = max(1, min(count, STAGING_BYTES // size))
+    buffer = np.empty((block, size), np.uint8)
+    for first in range(0, count, block):
+        last = min(count, first + block)
+        layout.fill_block(buffer[:last - first], first, labels[first:last], pixels[first:last])
+        data = buffer[:last - first].tobytes()
+        for row in range(last - first):
+            yield data[row * size:(row + 1) * size]
 
 
 def fingerprint(directory: Path) -> tuple:

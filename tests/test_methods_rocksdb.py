@@ -15,7 +15,7 @@ rocksdict = pytest.importorskip("rocksdict", reason=f"rocksdb needs rocksdict: {
 from storage_impls import CorruptStoreError, get_store_class, open_store  # noqa: E402
 from storage_impls.records import HEADER, KEY, parse_layout  # noqa: E402
 from tests.faults import FaultTests, labelled_batch, pixels_for  # noqa: E402
-from tests.test_storage import StoreTests, make_batch, random_layout  # noqa: E402
+from tests.test_storage import CodecTests, StoreTests, make_batch, random_layout  # noqa: E402
 
 
 def meta(directory: Path) -> dict:
@@ -27,7 +27,7 @@ def database(directory: Path) -> Path:
     return directory / f"db-{meta(directory)['token']}"
 
 
-class TestRocksdb(StoreTests):
+class TestRocksdb(CodecTests, StoreTests):
     method = "rocksdb"
 
     def corrupt(self, directory):
