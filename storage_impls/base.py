@@ -180,6 +180,9 @@ class ImageStore(abc.ABC):
     method: str
     #: None, or why random reads (``read_batch`` of shuffled ids) are too slow for the benchmark suite's default run
     slow_random_reads: str | None = None
+    #: False for a method whose library breaks in a process forked after it was used (lance): its handles
+    #: must be opened in spawned (or forkserver) processes, e.g. ``DataLoader(multiprocessing_context="spawn")``
+    fork_safe: bool = True
 
     def __init__(self, directory: str | os.PathLike, mode: Mode = "a", *, durable: bool = False,
                  checksum: bool | None = None, lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> None:

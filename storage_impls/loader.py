@@ -11,6 +11,8 @@ pickles into spawned workers; each process opens its own read-only handle on fir
 that inherited an opened dataset through a fork sees that the pid changed, closes its copy of the
 inherited handle, which a read-only handle allows, and opens a fresh one: py-lmdb refuses to open a
 path that is open in the process, and a forked child counts the parent's environment as its own).
+A method whose library is not fork-safe (``ImageStore.fork_safe`` False: lance) refuses to run in a
+forked process: give the DataLoader ``multiprocessing_context="spawn"``.
 """
 from __future__ import annotations
 

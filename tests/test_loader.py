@@ -36,6 +36,12 @@ def dataset(request, images, tmp_path_factory) -> ImageDataset:
         yield dataset
 
 
+def skip_unless_fork_safe(dataset: ImageDataset, start_method: str) -> None:
+    method = dataset.method.partition(":")[0]
+    if start_method == "fork" and not get_store_class(method).fork_safe:
+        pytest.skip(f"{method} is not fork-safe (ImageStore.fork_safe): its loaders use spawn")
+
+
 def check_epoch(samples: list[tuple[np.ndarray, int]], images: np.ndarray) -> None:
     """Every id exactly once, each with its own image."""
     labels = [int(label) for _, label in samples]
@@ -94,6 +100,7 @@ def read_share(dataset: ImageDataset, ids: list[int], results) -> None:
 def test_worker_processes_each_open_their_own_handle(dataset, images, start_method):
     """spawn pickles the dataset (no handle in it); fork hands the child the parent's dataset with its open handle,
     which the child must not use."""
+    skip_unless_fork_safe(dataset, start_method)
     dataset[0]
     context = multiprocessing.get_context(start_method)
     results = context.Queue()
@@ -111,6 +118,7 @@ def test_worker_processes_each_open_their_own_handle(dataset, images, start_meth
 @pytest.mark.parametrize("start_method", ["spawn", "fork"] if sys.platform == "linux" else ["spawn"])
 def test_torch_dataloader_with_workers_reads_an_epoch_exactly_once(dataset, images, start_method):
     torch = pytest.importorskip("torch")
+    skip_unless_fork_safe(dataset, start_method)
     loader = torch.utils.data.DataLoader(dataset, batch_size=8, shuffle=True, num_workers=2, multiprocessing_context=start_method,
                                          generator=torch.Generator().manual_seed(0))
     samples = []
