@@ -16,12 +16,13 @@ and modified), then ``labels``, with zarr's ``codec_pipeline.batch_size`` at WRI
 file and folder is fsynced. zarr-python still takes each chunk through its asyncio pipeline: 80-190 us per
 32x32x3 image here (npy-memmap: 5-11 us; zarr 3.0.10: ~2.5 ms).
 
-Reads (option ``reader``): ``pread`` (default) opens every shard file when the handle opens (a snapshot that
-no later commit takes away), reads a shard's index on first use (checked: CRC-32C, bounds, sizes) and each
-image with one ``preadv`` straight into the caller's array (a shard's run at once for ``read_many``), checking
-CRC-32Cs and decompressing as the store says. ``zarr`` reads through zarr-python's orthogonal and basic
-selections into the caller's array (``out=``), opening shard files per call (its snapshot expires when a
-later commit removes them: MissingStoreError, "open it again"). Measured (2 shared cores, warm cache, 20 000
+Reads (option ``reader``): ``zarr`` (default: the number a zarr-python user sees) reads through zarr-python's
+orthogonal and basic selections into the caller's array (``out=``), opening shard files per call (its
+snapshot expires when a later commit removes them: MissingStoreError, "open it again"). ``pread`` opens every
+shard file when the handle opens (a snapshot that no later commit takes away), reads a shard's index on
+first use (checked: CRC-32C, bounds, sizes) and each image with one ``preadv`` straight into the caller's
+array (a shard's run at once for ``read_many``), checking CRC-32Cs and decompressing as the store says: what
+the format allows. Measured (2 shared cores, warm cache, 20 000
 32x32x3 images): batches of 256 ids 2.1-3.2 us per image with ``pread``, 660-1 150 us with ``zarr``; one image
 24-73 us against 1.5-3.8 ms; ``read_many`` 1.2-2.0 against 215-255 us per image. Each zarr call crosses to
 zarr's event-loop thread (a 100-370 us round trip, more under load), reads every chunk as a separate file read
@@ -66,7 +67,7 @@ from storage_impls.zarr_format import (
 )
 
 OPTIONS = {"compression": choice(*COMPRESSIONS), "reader": choice("pread", "zarr")}
-DEFAULTS = {"compression": "none", "reader": "pread"}
+DEFAULTS = {"compression": "none", "reader": "zarr"}
 
 
 def live_group(directory: str | os.PathLike) -> Path:
@@ -205,6 +206,9 @@ class ZarrStore(CheckpointedStore):
 
     method = "zarr"
     OPTIONS = OPTIONS
+    slow_random_reads = ("zarr-python's orthogonal selection costs about 1 ms per image of a shuffled batch (zarr's "
+                         "event-loop round trip and a file read per chunk); zarr:reader=pread reads the same shards at "
+                         "about 3 us per image: name either in --methods to run them")
     POINTER, JOURNAL, FORMAT = "zarr.json", "zarr.journal", FORMAT
 
     def __init__(self, directory: str | os.PathLike, mode: Mode = "a", *, compression: str | None = None,

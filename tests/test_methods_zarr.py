@@ -311,23 +311,25 @@ def test_durable_writes_fsync(tmp_path, monkeypatch):
 
 
 class TestZarrFaults(FaultTests):
+    """The default reads through zarr-python, which opens shard files per call, so its snapshot can expire."""
+
     method = "zarr"
+    snapshot_can_expire = True
 
 
-class TestZarrThroughZarrPython(StoreTests):
-    """The same store read through zarr-python (orthogonal and basic selections into ``out``)."""
+class TestZarrThroughPread(StoreTests):
+    """The same store read by this package's own reader (``reader=pread``: the shard index, one preadv per image)."""
 
-    method = "zarr:reader=zarr"
+    method = "zarr:reader=pread"
     corrupt = TestZarr.corrupt
     test_killed_store_many_never_reads_as_complete = None  # the write path is the default's, tested there
 
 
-class TestZarrThroughZarrPythonFaults(FaultTests):
-    """The fault tests that read: zarr-python opens shard files per call, so its snapshot can expire. Those that
-    only write (kills, two writers, a full disk) run once, above: both readers share the write path."""
+class TestZarrThroughPreadFaults(FaultTests):
+    """The fault tests that read, with every shard file held open from the open (a snapshot that cannot expire).
+    Those that only write (kills, two writers, a full disk) run once, above: both readers share the write path."""
 
-    method = "zarr:reader=zarr"
-    snapshot_can_expire = True
+    method = "zarr:reader=pread"
     test_kill_at_random_points_never_mixes = test_concurrent_writers_leave_a_consistent_store = None
     test_full_disk_keeps_the_store_as_it_was = test_second_writer_times_out_and_readers_go_on = None
     test_store_many_repairs_a_damaged_store = None
