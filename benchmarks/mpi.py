@@ -1,0 +1,375 @@
+"""The shuffled training epoch of the read_random cells, read by MPI ranks on one machine or many (docs/cluster.md):
+``mpiexec -n R python -m benchmarks.mpi --method lmdb [--store PATH] [--output run.json] ...``.
+
+Rank 0 builds the store (the suite's synthetic images, seed 0, under --scratch, which every rank must see; kept
+for later runs) or checks the one --store names, and makes the reference every read is checked against: a
+64-bit hash and the label of each image, of the images it stored (for a --store or a lossy codec: of the store's
+``read_many``), broadcast to every rank. Each rank opens its own read-only handle and fills its own buffer.
+Epoch e (0 is an untimed warm-up, 1..K are measured) deals ``default_rng(permutation_seed + e).permutation(N)``
+out as torch's DistributedSampler does, without padding (benchmarks.mpi_ranks.share), and each rank reads its
+share in batches with ``read_batch``. Timed per rank: from leaving a barrier to its last batch; the epoch takes
+the slowest rank's time. Untimed, after each epoch: each rank's images and labels against the reference, and the
+ranks' counts and digests of the ids read against every id exactly once. ``--cache cold``: before each epoch the
+ranks close their handles, one rank per node drops the store from its node's page cache (benchmarks.cache), and
+they reopen. A new permutation each epoch, as DistributedSampler's ``set_epoch`` gives, unlike the single-machine
+cells' one repeated epoch: repeated, each node would read the same share every epoch, which its page cache holds.
+
+The run is one read_random cell (workers = ranks) in pytest-benchmark JSON, which ``python -m reports`` and
+``python -m reports compare`` read; ``--append`` adds it to an earlier run's file, so that runs with R = 1, 2,
+4, ... make one scaling chart. Every wait between ranks is bounded by --timeout (benchmarks.mpi_ranks).
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import re
+import statistics
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import NoReturn
+
+import numpy as np
+
+from benchmarks import cache as page_cache
+from benchmarks.machine import describe_storage, library_versions
+from benchmarks.mpi_ranks import (ABORT_DELAY_S, Guard, RankFailure, RankReader, StoreInfo, check_memory, describe,
+                                  drop_from_cache, id_digest, image_hashes)
+from storage_impls import ImageStore, MissingStoreError, get_store_class
+from storage_impls.base import SUPPORTED_DTYPES, check_image_shape
+from storage_impls.codecs import get_codec
+from storage_impls.datasets import synthetic
+from storage_impls.registry import canonical_spec
+
+PROG = "python -m benchmarks.mpi"
+SUITE, OPERATION = "image-storage", "read_random"
+DEFAULT_IMAGES, DEFAULT_SHAPE, DEFAULT_TIMEOUT = 10_000, (32, 32, 3), 600.0
+DATA_SEED = 0  # the seed of the suite's synthetic images
+EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
+RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID")  # the launcher's rank, before MPI
+
+
+class UsageError(ValueError):
+    """A bad command line (every rank finds the same)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are raised, to be printed once, and whose help only rank 0 prints."""
+
+    rank = 0
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message}\n{self.format_usage().strip()}")
+
+    def _print_message(self, message: str, file=None) -> None:
+        if self.rank == 0:
+            super()._print_message(message, file)
+
+
+def _positive(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(side) for side in text.lower().split("x"))
+        check_image_shape(shape, "image shape")
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an image shape HxW or HxWxC ({error})") from None
+    return shape
+
+
+def _dtype(text: str) -> np.dtype:
+    names = [str(dtype) for dtype in SUPPORTED_DTYPES]
+    if text.strip().lower() not in names:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an image dtype: use one of {', '.join(names)}")
+    return np.dtype(text.strip().lower())
+
+
+def build_parser() -> _Parser:
+    parser = _Parser(prog=PROG, description="Read shuffled epochs of one store with every MPI rank (run under mpiexec, "
+                                            "mpirun or srun) and write the run as pytest-benchmark JSON.")
+    parser.add_argument("--method", required=True, help="storage method or variant (lmdb, hdf5, disk:codec=png, ...)")
+    parser.add_argument("--store", type=Path, help="read this existing store of --method, at a path every rank sees "
+                                                   "(default: rank 0 builds one of synthetic images under --scratch)")
+    parser.add_argument("--scratch", type=Path, default=Path("."),
+                        help="where rank 0 builds the store, on a filesystem every rank sees; the store is kept and "
+                             "reused by later runs (default: the current directory)")
+    parser.add_argument("--images", type=_positive, help=f"images per epoch (default {DEFAULT_IMAGES:,}; with --store "
+                                                         "all it holds, or its ids 0..N-1)")
+    parser.add_argument("--image-shape", type=_shape, help="shape of the synthetic images: HxW or HxWxC (default 32x32x3)")
+    parser.add_argument("--dtype", type=_dtype, help="dtype of the synthetic images (default uint8)")
+    parser.add_argument("--batch-size", type=_positive, default=256,
+                        help="ids per read_batch call of each rank (default %(default)s)")
+    parser.add_argument("--rounds", "--epochs", type=_positive, default=10,
+                        help="measured epochs, after one untimed warm-up epoch (default %(default)s)")
+    parser.add_argument("--cache", choices=("warm", "cold"), default="warm",
+                        help="cold: drop the store from each node's page cache before every epoch (default %(default)s)")
+    parser.add_argument("--permutation-seed", type=int, default=0,
+                        help="epoch e reads the permutation of seed + e (default %(default)s)")
+    parser.add_argument("--output", type=Path, help="write the run here as pytest-benchmark JSON")
+    parser.add_argument("--append", action="store_true",
+                        help="add the cell to the --output file of earlier runs (replacing one of the same name)")
+    parser.add_argument("--timeout", type=_seconds, default=DEFAULT_TIMEOUT,
+                        help="seconds a rank waits for the others at any one step before it ends the job (default %(default)g)")
+    return parser
+
+
+def check_arguments(args: argparse.Namespace, rank: int) -> type[ImageStore]:
+    """The store class of --method, once the options agree with each other (and, on rank 0, --append's file)."""
+    if args.store is not None and (args.image_shape is not None or args.dtype is not None):
+        raise UsageError("--image-shape and --dtype describe the synthetic images rank 0 makes: a --store has its own")
+    if args.append and args.output is None:
+        raise UsageError("--append needs --output")
+    if args.cache == "cold" and (reason := page_cache.supported()):
+        raise UsageError(reason)
+    if rank == 0 and args.append and args.output.exists():
+        read_document(args.output)
+    return get_store_class(args.method)
+
+
+def prepare_store(args: argparse.Namespace, cls: type[ImageStore]) -> tuple[StoreInfo, np.ndarray, np.ndarray]:
+    """Rank 0: check --store, or build the synthetic store (reusing one an earlier run built); the description and
+    the reference (hash, label) of every image of the epoch."""
+    if args.store is not None:
+        with cls(args.store, "r") as store:
+            count = len(store)
+            n_images = args.images or count
+            if not 1 <= n_images <= count:
+                raise ValueError(f"the {args.method} store at {args.store} holds {count} images, "
+                                 f"{'none to read' if not count else f'not --images {n_images}'}")
+            info = StoreInfo(None, n_images, tuple(store.image_shape), str(store.image_dtype))
+            check_memory(n_images * info.image_bytes, "rank 0's reference read of the store")
+            images, labels = store.read_many(n_images)
+        return info, image_hashes(images), labels
+    spec = canonical_spec(args.method)
+    info = StoreInfo(None, args.images or DEFAULT_IMAGES, args.image_shape or DEFAULT_SHAPE,
+                     str(np.dtype(np.uint8) if args.dtype is None else args.dtype))
+    name = f"{re.sub(r'[^A-Za-z0-9._=-]+', '_', spec)}-{info.n_images}-{'x'.join(map(str, info.image_shape))}-{info.dtype}"
+    directory = (args.scratch / "image-storage-mpi" / name).resolve()
+    check_memory(info.n_images * info.image_bytes, "the synthetic images rank 0 makes")
+    images, labels = synthetic(info.n_images, info.image_shape, seed=DATA_SEED, dtype=info.dtype)
+    try:
+        with cls(directory, "r") as store:
+            holds = (len(store), store.image_shape, store.image_dtype) == (info.n_images, info.image_shape, images.dtype)
+    except MissingStoreError:
+        holds = False
+    with cls(directory, "r" if holds else "a") as store:
+        if not holds:
+            store.store_many(images, labels)
+        if not get_codec(store.codec_spec).lossless:  # reads give back decode(encode(x)), as read_many does
+            images, labels = store.read_many(info.n_images)
+    return StoreInfo(str(directory), info.n_images, info.image_shape, info.dtype), image_hashes(images), labels
+
+
+def run(args: argparse.Namespace, cls: type[ImageStore], guard: Guard) -> None:
+    """Every step of the run, on every rank; rank 0 writes the output."""
+    started = datetime.now(timezone.utc).isoformat()
+    hosts = guard.allgather(guard.host, "start-up")
+    prepared = guard.run("preparing the store", lambda: prepare_store(args, cls) if guard.rank == 0 else None,
+                         code=EXIT_BAD_INPUT)
+    info, hashes, labels = guard.bcast(prepared, "sending the store's description and reference")
+    if guard.size > info.n_images:
+        guard.fail_all(f"{guard.size} ranks for {info.n_images} images: every rank needs at least one image per epoch; "
+                       "run fewer ranks or more --images", code=EXIT_BAD_INPUT)
+    directory = Path(info.directory) if info.directory else args.store
+    hint = ("--store must name a store that every rank sees, on a shared filesystem" if info.directory is None else
+            "rank 0 built it under --scratch, which every rank must see: a folder on a shared filesystem")
+    reader = guard.run("opening the store", lambda: RankReader(cls, directory, info, args.batch_size, guard.rank, guard.size,
+                                                               hosts.count(guard.host), hint), code=EXIT_BAD_INPUT)
+    leader = hosts.index(guard.host) == guard.rank  # one rank per node drops the node's page cache
+    expected = id_digest(np.arange(info.n_images))
+    epochs: list[dict] = []
+    for epoch in range(args.rounds + 1):
+        resident = None
+        if args.cache == "cold":
+            guard.run(f"closing the stores before epoch {epoch}", reader.close)
+            resident = guard.run(f"dropping the store from the page cache before epoch {epoch}",
+                                 lambda: drop_from_cache(directory) if leader else None)
+            guard.run(f"reopening the stores before epoch {epoch}", reader.open)
+        permutation = np.random.default_rng(args.permutation_seed + epoch).permutation(info.n_images)
+        guard.run(f"preparing epoch {epoch}", functools.partial(reader.prepare, permutation))
+        guard.barrier(f"the start of epoch {epoch}")
+        seconds, first, error = reader.read()
+        timings = guard.exchange(f"reading epoch {epoch}", error, (seconds, first))
+        count, digest, error = reader.check(hashes, labels)
+        tallies = guard.exchange(f"checking epoch {epoch}", error, (count, digest))
+        total, digests = sum(tally[0] for tally in tallies), sum(tally[1] for tally in tallies) % 2**64
+        if (total, digests) != (info.n_images, expected):
+            guard.fail_all(f"epoch {epoch}: the ranks read {total} ids of {info.n_images}, with digest {digests:#x} where "
+                           f"every id once gives {expected:#x}: ids were read twice or never")
+        epochs.append({"seconds": [s for s, _ in timings], "first": [f for _, f in timings], "digests": [d for _, d in tallies],
+                       "batch_seconds": reader.seconds.copy(), "resident": resident})
+    reader.close()
+    measured = epochs[1:]
+    mine = {"startup_s": reader.startup_s, "batches": reader.plan.n_batches, "images": len(reader.ids),
+            "batch_seconds": np.concatenate([epoch["batch_seconds"] for epoch in measured]),
+            "resident": None if measured[0]["resident"] is None else max(epoch["resident"] for epoch in measured)}
+    figures = guard.allgather(mine, "collecting the per-rank figures")
+
+    def finish() -> str | None:
+        """Rank 0: the JSON written (before anything is printed, so that a closed stdout loses nothing), the summary."""
+        if guard.rank:
+            return None
+        document = build_document(args, info, directory, hosts, epochs, figures, expected, started, guard.timeout)
+        if args.output is not None:
+            write_output(args.output, document, args.append)
+        return summary(document["benchmarks"][0], directory if info.directory else None, args.output)
+
+    text = guard.run("writing the output", finish)
+    if text:
+        print(text, flush=True)
+
+
+def _percentiles(seconds: np.ndarray) -> dict[str, float]:
+    return {"batch_p50_s": float(np.percentile(seconds, 50)), "batch_p99_s": float(np.percentile(seconds, 99)),
+            "batch_max_s": float(seconds.max())}
+
+
+def build_document(args: argparse.Namespace, info: StoreInfo, directory: Path, hosts: list[str], epochs: list[dict],
+                   figures: list[dict], expected: int, started: str, timeout: float) -> dict:
+    """The run as pytest-benchmark JSON: machine and commit as pytest-benchmark records them, one read_random cell."""
+    import mpi4py
+    import pytest_benchmark
+    from mpi4py import MPI
+    from pytest_benchmark.plugin import pytest_benchmark_generate_machine_info
+    from pytest_benchmark.stats import Stats
+    from pytest_benchmark.utils import get_commit_info
+
+    spec, ranks, measured = canonical_spec(args.method), len(hosts), epochs[1:]
+    epoch_s = [max(epoch["seconds"]) for epoch in measured]
+    stats = Stats()
+    for seconds in epoch_s:
+        stats.update(seconds)
+    per_rank = [{"rank": rank, "host": hosts[rank], "images": figure["images"], "batches": figure["batches"],
+                 "startup_s": figure["startup_s"], "epoch_s": [epoch["seconds"][rank] for epoch in measured],
+                 "median_s": statistics.median(epoch["seconds"][rank] for epoch in measured),
+                 "first_batch_s": statistics.median(epoch["first"][rank] for epoch in measured),
+                 **_percentiles(figure["batch_seconds"]),
+                 "ids_digests": [f"{epoch['digests'][rank]:#018x}" for epoch in epochs],
+                 **({"resident_fraction_before": figure["resident"]} if args.cache == "cold" else {})}
+                for rank, figure in enumerate(figures)]
+    resident = [figure["resident"] for figure in figures if figure["resident"] is not None]
+    median = statistics.median(epoch_s)
+    variant = f"{spec}-{info.n_images}-b{args.batch_size}-r{ranks}-{args.cache}"
+    extra = {
+        "suite": SUITE, "operation": OPERATION, "method": spec, "n_images": info.n_images, "image_shape": list(info.image_shape),
+        "dtype": info.dtype, "raw_bytes": info.n_images * info.image_bytes,
+        **({"dataset": "synthetic"} if info.directory else {}), "durable": False, "images_per_round": info.n_images,
+        "images_per_s": info.n_images / median, "mb_per_s": info.n_images * info.image_bytes / 1e6 / median,
+        "batch_size": args.batch_size, "workers": ranks, "cache": args.cache, "permutation_seed": args.permutation_seed,
+        "n_batches": sum(figure["batches"] for figure in figures), "startup_s": max(figure["startup_s"] for figure in figures),
+        **_percentiles(np.concatenate([figure["batch_seconds"] for figure in figures])),
+        "first_batch_s": statistics.median(max(epoch["first"]) for epoch in measured),
+        **({"resident_fraction_before": max(resident)} if resident else {}),
+        "launcher": "mpi", "ranks": ranks, "nodes": len(set(hosts)), "hosts": sorted(set(hosts)),
+        "rank_spread": statistics.median(max(epoch["seconds"]) / min(epoch["seconds"]) for epoch in measured),
+        "store": str(directory.resolve()), "timeout_s": timeout, "warmup_epochs": 1,
+        "ids_digest_expected": f"{expected:#018x}", "per_rank": per_rank,
+    }
+    bench = {"group": f"{OPERATION} {info.n_images} b{args.batch_size} {args.cache}", "name": f"mpi_read_random[{variant}]",
+             "fullname": f"benchmarks/mpi.py::read_random[{variant}]", "param": variant,
+             "params": {"method": spec, "n_images": info.n_images, "batch_size": args.batch_size, "workers": ranks,
+                        "cache": args.cache},
+             "extra_info": extra, "options": {"timer": "perf_counter", "warmup_rounds": 1, "rounds": args.rounds},
+             "stats": {**stats.as_dict(), "data": epoch_s}}
+    library = " ".join(MPI.Get_library_version().split("\n", 1)[0].split())  # "MPICH Version: 5.0.2", "Open MPI v5.0.5, ..."
+    machine = {**pytest_benchmark_generate_machine_info(), "storage": describe_storage(directory),
+               "libraries": library_versions(), "mpi": {"library": library, "mpi4py": mpi4py.__version__}}
+    return {"machine_info": machine, "commit_info": get_commit_info(), "benchmarks": [bench], "datetime": started,
+            "version": pytest_benchmark.__version__}
+
+
+def summary(bench: dict, built: Path | None, output: Path | None) -> str:
+    """What rank 0 prints at the end."""
+    info = bench["extra_info"]
+    lines = [f"{info['method']}: {info['ranks']} rank(s) on {info['nodes']} node(s), {info['n_images']:,} images of "
+             f"{'x'.join(map(str, info['image_shape']))} {info['dtype']}, batch {info['batch_size']}, {info['cache']} cache, "
+             f"{bench['stats']['rounds']} measured epoch(s): median {bench['stats']['median']:.4g} s, "
+             f"{info['images_per_s']:,.0f} images/s, {info['mb_per_s']:,.1f} MB/s; batch p50 "
+             f"{info['batch_p50_s'] * 1e3:.3g} ms, p99 {info['batch_p99_s'] * 1e3:.3g} ms; slowest/fastest rank "
+             f"{info['rank_spread']:.2f}x; every id read once per epoch"]
+    if built is not None:
+        lines.append(f"store: {built} (kept: later runs reuse it)")
+    if output is not None:
+        lines.append(f"wrote {output}")
+    return "\n".join(lines)
+
+
+def read_document(path: Path) -> dict:
+    """An earlier run's JSON, for --append."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UsageError(f"--append: cannot read {path}: {error}") from None
+    if not isinstance(document, dict) or not isinstance(document.get("benchmarks"), list):
+        raise UsageError(f"--append: {path} is not pytest-benchmark JSON (no 'benchmarks' list)")
+    return document
+
+
+def write_output(path: Path, document: dict, append: bool) -> None:
+    """Write ``document``; with ``append`` and an existing file, add its cell there in place of one of the same name."""
+    if append and path.exists():
+        earlier, names = read_document(path), {bench["name"] for bench in document["benchmarks"]}
+        kept = [bench for bench in earlier["benchmarks"] if not isinstance(bench, dict) or bench.get("name") not in names]
+        earlier["benchmarks"] = kept + document["benchmarks"]
+        document = earlier
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(document, indent=4), encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def _launcher_rank() -> str | None:
+    return next((os.environ[name] for name in RANK_VARIABLES if name in os.environ), None)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run on every rank; the exit status is the same on all (2: bad input, 1: a failed read or check, 3: a timeout)."""
+    try:
+        from mpi4py import MPI
+    except (ImportError, RuntimeError) as error:
+        if _launcher_rank() in (None, "0"):
+            print(f"{PROG}: error: cannot use MPI ({error}): pip install 'image-storage-bench[mpi]' installs mpi4py and "
+                  "MPICH's mpiexec", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    comm = MPI.COMM_WORLD
+    parser = build_parser()
+    parser.rank = comm.Get_rank()
+    args, cls, error = None, None, None
+    try:
+        args = parser.parse_args(argv)
+        cls = check_arguments(args, comm.Get_rank())
+    except Exception as exc:  # noqa: BLE001  (reported once, by rank 0, after every rank has parsed)
+        error = describe(exc)
+    guard = Guard(comm, args.timeout if args else DEFAULT_TIMEOUT, PROG)
+    try:
+        guard.exchange("reading the arguments", error, code=EXIT_BAD_INPUT)
+        run(args, cls, guard)
+    except RankFailure as failure:
+        return failure.code
+    except Exception:  # noqa: BLE001  (a bug: end every rank rather than leave them waiting for this one)
+        print(f"{PROG}: rank {comm.Get_rank()} failed:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+        time.sleep(ABORT_DELAY_S)
+        comm.Abort(EXIT_FAILED)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
