@@ -38,10 +38,10 @@ from pathlib import Path
 
 import numpy as np
 
-from storage_impls.base import ImageStore, check_dtype, check_image_shape, fsync_path
+from storage_impls.base import ImageStore, fsync_path
 from storage_impls.errors import CorruptStoreError, MissingStoreError, NoSpaceError, StoreLockedError, is_no_space, no_space_error
 from storage_impls.journal import Journal, gather_overlaid
-from storage_impls.records import is_temporary, read_meta, refuse_foreign, write_meta
+from storage_impls.records import check_image_fields, is_temporary, read_meta, refuse_foreign, write_meta
 
 FORMAT_VERSION = 1
 FOLDER = "ckpt-{token}"
@@ -148,11 +148,7 @@ class CheckpointedStore(ImageStore):
         if meta is None:
             return None
         try:
-            if meta["format_version"] != FORMAT_VERSION or check_dtype(meta["dtype"], "images").str != meta["dtype"]:
-                raise ValueError(f"version {meta['format_version']!r}, dtype {meta['dtype']!r}: this version reads "
-                                 f"version {FORMAT_VERSION} and numeric dtypes of this machine's byte order")
-            meta["image_shape"] = tuple(meta["image_shape"])
-            check_image_shape(meta["image_shape"], "each image")
+            check_image_fields(meta, FORMAT_VERSION)
             if not FOLDER_NAME.fullmatch(FOLDER.format(token=meta["token"])) or type(meta["count"]) is not int \
                     or meta["count"] < 1 or type(meta["checksum"]) is not bool:
                 raise ValueError("a field is out of range")

@@ -54,11 +54,11 @@ import pyarrow as pa
 from lance.fragment import write_fragments
 from lance.optimize import Compaction
 
-from storage_impls.base import ImageStore, check_dtype, check_image_shape
+from storage_impls.base import ImageStore
 from storage_impls.errors import (CorruptStoreError, MissingStoreError, NoSpaceError, StoreLockedError, is_no_space,
                                   no_space_error)
 from storage_impls.lance_format import Snapshot, batch, lance_errors, listing, schema, sync_new
-from storage_impls.records import is_temporary, missing_store, read_meta, refuse_foreign, write_meta
+from storage_impls.records import check_image_fields, is_temporary, missing_store, read_meta, refuse_foreign, write_meta
 
 META, FORMAT, FORMAT_VERSION = "lance.json", "storage_impls.lance", 1
 FOLDER = "images-{token}.lance"
@@ -139,11 +139,7 @@ class LanceStore(ImageStore):
         if meta is None:
             return None
         try:
-            if meta["format_version"] != FORMAT_VERSION or check_dtype(meta["dtype"], "images").str != meta["dtype"]:
-                raise ValueError(f"version {meta['format_version']!r}, dtype {meta['dtype']!r}: this version reads "
-                                 f"version {FORMAT_VERSION} and numeric dtypes of this machine's byte order")
-            meta["image_shape"] = tuple(meta["image_shape"])
-            check_image_shape(meta["image_shape"], "each image")
+            check_image_fields(meta, FORMAT_VERSION)
             if not FOLDER_NAME.fullmatch(FOLDER.format(token=meta["token"])) or type(meta["checksum"]) is not bool:
                 raise ValueError("a field is out of range")
         except (KeyError, TypeError, ValueError) as error:

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import xxhash
 
-from storage_impls.base import fsync_path
+from storage_impls.base import check_dtype, check_image_shape, fsync_path
 from storage_impls.errors import CorruptStoreError, MissingStoreError, is_no_space, no_space_error
 
 DTYPE = "|u1"  # the only dtype stores hold today; recorded everywhere so that more need no format break
@@ -189,6 +189,16 @@ def write_meta(path: Path, meta: dict, *, durable: bool) -> None:
     """Replace ``path`` with ``meta`` (JSON and its CRC-32) atomically; a full disk raises NoSpaceError, path untouched."""
     body = json.dumps(meta, sort_keys=True, separators=(",", ":"))
     write_file_atomic(path, f"{body}\n{zlib.crc32(body.encode()):08x}\n".encode(), durable=durable)
+
+
+def check_image_fields(meta: dict, format_version: int) -> None:
+    """ValueError (or KeyError, TypeError) unless ``meta`` has this format version and a dtype and image shape a
+    store holds (``image_shape`` becomes a tuple): the fields every metadata file of a raw-pixel store shares."""
+    if meta["format_version"] != format_version or check_dtype(meta["dtype"], "images").str != meta["dtype"]:
+        raise ValueError(f"version {meta['format_version']!r}, dtype {meta['dtype']!r}: this version reads "
+                         f"version {format_version} and numeric dtypes of this machine's byte order")
+    meta["image_shape"] = tuple(meta["image_shape"])
+    check_image_shape(meta["image_shape"], "each image")
 
 
 def read_meta(path: Path, fmt: str) -> dict | None:

@@ -20,9 +20,8 @@ import numpy as np
 import rocksdict
 
 from storage_impls.errors import CorruptStoreError, MissingStoreError, StoreError, is_no_space, no_space_error
-from storage_impls.base import check_dtype
 from storage_impls.codecs import Codec, get_codec
-from storage_impls.records import KEY, ValueLayout, read_meta
+from storage_impls.records import KEY, ValueLayout, check_image_fields, read_meta
 from storage_impls.registry import byte_size, choice, integer
 
 META, FORMAT, FORMAT_VERSION = "rocksdb.json", "storage_impls.rocksdb", 1
@@ -121,11 +120,7 @@ def load_meta(path: Path) -> dict | None:
     if meta is None:
         return None
     try:
-        if meta["format_version"] != FORMAT_VERSION or check_dtype(meta["dtype"], "images").str != meta["dtype"]:
-            raise ValueError(f"version {meta['format_version']!r}, dtype {meta['dtype']!r}: this version reads "
-                             f"version {FORMAT_VERSION} and numeric dtypes of this machine's byte order")
-        meta["image_shape"] = tuple(meta["image_shape"])
-        ValueLayout(meta["dtype"], meta["image_shape"], False)
+        check_image_fields(meta, FORMAT_VERSION)
         if "codec" in meta and get_codec(meta["codec"]).spec != meta["codec"]:
             raise ValueError(f"codec {meta['codec']!r}")
         for name, option in OPTIONS.items():
