@@ -41,7 +41,7 @@ import numpy as np
 from storage_impls.base import ImageStore, fsync_path
 from storage_impls.errors import CorruptStoreError, MissingStoreError, NoSpaceError, StoreLockedError, is_no_space, no_space_error
 from storage_impls.journal import Journal, gather_overlaid
-from storage_impls.records import check_image_fields, is_temporary, read_meta, refuse_foreign, write_meta
+from storage_impls.records import check_image_fields, current_token, is_temporary, read_meta, refuse_foreign, write_meta
 
 FORMAT_VERSION = 1
 FOLDER = "ckpt-{token}"
@@ -157,12 +157,7 @@ class CheckpointedStore(ImageStore):
         return meta
 
     def _token(self) -> str | None:
-        """The token the metadata file names now (None if there is none or it is unreadable)."""
-        try:
-            meta = read_meta(self._pointer, self.FORMAT)
-        except CorruptStoreError:
-            return None
-        return None if meta is None else meta.get("token")
+        return current_token(self._pointer, self.FORMAT)
 
     def _check_journal(self) -> None:
         """The journal must fit the checkpoint: same shape, whole images, appended ids without gaps."""

@@ -58,7 +58,7 @@ from storage_impls.base import ImageStore
 from storage_impls.errors import (CorruptStoreError, MissingStoreError, NoSpaceError, StoreLockedError, is_no_space,
                                   no_space_error)
 from storage_impls.lance_format import Snapshot, batch, lance_errors, listing, schema, sync_new
-from storage_impls.records import check_image_fields, is_temporary, missing_store, read_meta, refuse_foreign, write_meta
+from storage_impls.records import check_image_fields, current_token, is_temporary, missing_store, read_meta, refuse_foreign, write_meta
 
 META, FORMAT, FORMAT_VERSION = "lance.json", "storage_impls.lance", 1
 FOLDER = "images-{token}.lance"
@@ -147,12 +147,7 @@ class LanceStore(ImageStore):
         return meta
 
     def _token(self) -> str | None:
-        """The token the metadata file names now (None if there is none or it is unreadable)."""
-        try:
-            meta = read_meta(self._meta_path, FORMAT)
-        except CorruptStoreError:
-            return None
-        return None if meta is None else meta.get("token")
+        return current_token(self._meta_path, FORMAT)
 
     def _refresh(self) -> None:
         """Under the writer lock: catch up with other writers, then remove what killed writes left."""

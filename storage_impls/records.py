@@ -201,6 +201,16 @@ def check_image_fields(meta: dict, format_version: int) -> None:
     check_image_shape(meta["image_shape"], "each image")
 
 
+def current_token(path: Path, fmt: str) -> str | None:
+    """The token the metadata file ``path`` names now (None if there is none or it is unreadable): how a reader
+    tells that a writer committed while it opened the store."""
+    try:
+        meta = read_meta(path, fmt)
+    except CorruptStoreError:
+        return None
+    return None if meta is None else meta.get("token")
+
+
 def read_meta(path: Path, fmt: str) -> dict | None:
     """The metadata in ``path`` (None if it does not exist); CorruptStoreError naming the file unless it is
     intact and written for format ``fmt``."""
