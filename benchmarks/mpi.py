@@ -37,11 +37,11 @@ from typing import NoReturn
 import numpy as np
 
 from benchmarks import cache as page_cache
+from conftest import parse_dtype, parse_shape  # the suite's own option parsers (root conftest.py)
 from benchmarks.machine import describe_storage, library_versions
 from benchmarks.mpi_ranks import (ABORT_DELAY_S, Guard, RankFailure, RankReader, StoreInfo, check_memory, describe,
                                   drop_from_cache, id_digest, image_hashes)
 from storage_impls import ImageStore, MissingStoreError, get_store_class
-from storage_impls.base import SUPPORTED_DTYPES, check_image_shape
 from storage_impls.codecs import get_codec
 from storage_impls.datasets import synthetic
 from storage_impls.registry import canonical_spec
@@ -87,22 +87,6 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _shape(text: str) -> tuple[int, ...]:
-    try:
-        shape = tuple(int(side) for side in text.lower().split("x"))
-        check_image_shape(shape, "image shape")
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an image shape HxW or HxWxC ({error})") from None
-    return shape
-
-
-def _dtype(text: str) -> np.dtype:
-    names = [str(dtype) for dtype in SUPPORTED_DTYPES]
-    if text.strip().lower() not in names:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an image dtype: use one of {', '.join(names)}")
-    return np.dtype(text.strip().lower())
-
-
 def build_parser() -> _Parser:
     parser = _Parser(prog=PROG, description="Read shuffled epochs of one store with every MPI rank (run under mpiexec, "
                                             "mpirun or srun) and write the run as pytest-benchmark JSON.")
@@ -114,8 +98,8 @@ def build_parser() -> _Parser:
                              "reused by later runs (default: the current directory)")
     parser.add_argument("--images", type=_positive, help=f"images per epoch (default {DEFAULT_IMAGES:,}; with --store "
                                                          "all it holds, or its ids 0..N-1)")
-    parser.add_argument("--image-shape", type=_shape, help="shape of the synthetic images: HxW or HxWxC (default 32x32x3)")
-    parser.add_argument("--dtype", type=_dtype, help="dtype of the synthetic images (default uint8)")
+    parser.add_argument("--image-shape", type=parse_shape, help="shape of the synthetic images: HxW or HxWxC (default 32x32x3)")
+    parser.add_argument("--dtype", type=parse_dtype, help="dtype of the synthetic images (default uint8)")
     parser.add_argument("--batch-size", type=_positive, default=256,
                         help="ids per read_batch call of each rank (default %(default)s)")
     parser.add_argument("--rounds", "--epochs", type=_positive, default=10,
