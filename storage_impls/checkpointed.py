@@ -41,7 +41,7 @@ import numpy as np
 from storage_impls.base import ImageStore, fsync_path
 from storage_impls.errors import CorruptStoreError, MissingStoreError, NoSpaceError, StoreLockedError, is_no_space, no_space_error
 from storage_impls.journal import Journal, gather_overlaid
-from storage_impls.records import check_image_fields, current_token, is_temporary, read_meta, refuse_foreign, write_meta
+from storage_impls.records import check_image_fields, current_token, remove_stale, read_meta, refuse_foreign, write_meta
 
 FORMAT_VERSION = 1
 FOLDER = "ckpt-{token}"
@@ -189,13 +189,7 @@ class CheckpointedStore(ImageStore):
 
     def _remove_stale(self) -> None:
         """Remove temporaries and checkpoint folders the metadata does not name (left by killed or replaced writes)."""
-        live = FOLDER.format(token=self._meta["token"]) if self._meta else None
-        for entry in os.scandir(self.directory):
-            if is_temporary(entry.name) or (FOLDER_NAME.fullmatch(entry.name) and entry.name != live):
-                if entry.is_dir(follow_symlinks=False):
-                    shutil.rmtree(entry.path, ignore_errors=True)
-                else:
-                    os.unlink(entry.path)
+        remove_stale(self.directory, FOLDER_NAME, FOLDER.format(token=self._meta["token"]) if self._meta else None)
 
     def _release(self) -> None:
         for part in self._checkpoint, self._journal:

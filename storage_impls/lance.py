@@ -58,7 +58,7 @@ from storage_impls.base import ImageStore
 from storage_impls.errors import (CorruptStoreError, MissingStoreError, NoSpaceError, StoreLockedError, is_no_space,
                                   no_space_error)
 from storage_impls.lance_format import Snapshot, batch, lance_errors, listing, schema, sync_new
-from storage_impls.records import check_image_fields, current_token, is_temporary, missing_store, read_meta, refuse_foreign, write_meta
+from storage_impls.records import check_image_fields, current_token, remove_stale, missing_store, read_meta, refuse_foreign, write_meta
 
 META, FORMAT, FORMAT_VERSION = "lance.json", "storage_impls.lance", 1
 FOLDER = "images-{token}.lance"
@@ -168,13 +168,7 @@ class LanceStore(ImageStore):
 
     def _remove_stale(self) -> None:
         """Remove temporaries and datasets the metadata does not name (left by killed or replaced writes)."""
-        live = self._snapshot.folder.name if self._snapshot else None
-        for entry in os.scandir(self.directory):
-            if is_temporary(entry.name) or (FOLDER_NAME.fullmatch(entry.name) and entry.name != live):
-                if entry.is_dir(follow_symlinks=False):
-                    shutil.rmtree(entry.path, ignore_errors=True)
-                else:
-                    os.unlink(entry.path)
+        remove_stale(self.directory, FOLDER_NAME, self._snapshot.folder.name if self._snapshot else None)
 
     def _release(self) -> None:
         self._snapshot, self._damage = None, None

@@ -19,6 +19,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import shutil
 import struct
 import uuid
 import zlib
@@ -199,6 +201,16 @@ def check_image_fields(meta: dict, format_version: int) -> None:
                          f"version {format_version} and numeric dtypes of this machine's byte order")
     meta["image_shape"] = tuple(meta["image_shape"])
     check_image_shape(meta["image_shape"], "each image")
+
+
+def remove_stale(directory: Path, folders: re.Pattern[str], live: str | None) -> None:
+    """Remove temporaries and the folders matching ``folders`` other than ``live`` (left by killed or replaced writes)."""
+    for entry in os.scandir(directory):
+        if is_temporary(entry.name) or (folders.fullmatch(entry.name) and entry.name != live):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                os.unlink(entry.path)
 
 
 def current_token(path: Path, fmt: str) -> str | None:
