@@ -21,6 +21,11 @@ the journal records committed when it opened, and the checkpoint's files that th
 open; a method that opens files per read (``snapshot_can_expire``) raises MissingStoreError once a
 later commit has removed its checkpoint ("open the store again"), never other data.
 
+Codecs (``EncodedCheckpointedStore``, e.g. ``parquet:codec=jpeg-90``): the metadata records the codec (no
+``codec`` field: raw pixels); the checkpoint holds each image's encoded bytes (``Checkpoint.payloads``) and
+journal records hold them too, so folding the journal copies encoded bytes and never re-encodes (a lossy
+image is encoded once). Reads decode each image straight into the caller's array.
+
 Durability: nothing is fsynced by default; ``durable=True`` fsyncs every file, folder and record
 before the write returns. Checksums: journal records always carry a CRC-32; with ``checksum=True``
 at ``store_many`` the checkpoint records an xxh3_64 per image (seeded with its label), checked on
@@ -39,6 +44,8 @@ from pathlib import Path
 import numpy as np
 
 from storage_impls.base import ImageStore, fsync_path
+from storage_impls.codecs import Codec, get_codec
+from storage_impls.encoding import EncodedStore, decode
 from storage_impls.errors import CorruptStoreError, MissingStoreError, NoSpaceError, StoreLockedError, is_no_space, no_space_error
 from storage_impls.journal import Journal, gather_overlaid
 from storage_impls.records import check_image_fields, current_token, remove_stale, read_meta, refuse_foreign, write_meta
@@ -48,7 +55,9 @@ FOLDER = "ckpt-{token}"
 FOLDER_NAME = re.compile(r"ckpt-[0-9a-f]{32}")
 COPY_BLOCK_BYTES = 64 << 20  # images copied at a time when folding the journal into a new checkpoint
 OPEN_TRIES = 100  # a reader opens again when a writer commits while it opens
-Source = Callable[[int, int], tuple[np.ndarray, np.ndarray]]  # (start, stop) -> images, int64 labels
+RAW = get_codec("raw")
+# (start, stop) -> images and int64 labels; for a store with a codec, the images' encoded bytes (a list) and labels
+Source = Callable[[int, int], tuple[np.ndarray | list[bytes], np.ndarray]]
 
 
 class Checkpoint(abc.ABC):
@@ -59,14 +68,25 @@ class Checkpoint(abc.ABC):
         self.count, self.shape, self.checksum = meta["count"], tuple(meta["image_shape"]), meta["checksum"]
         self.dtype = np.dtype(meta["dtype"])
         self.row = int(np.prod(self.shape)) * self.dtype.itemsize  # bytes per image
+        self.codec = get_codec(meta.get("codec", RAW.spec))
 
     @abc.abstractmethod
     def read_rows(self, start: int, out: np.ndarray, labels: np.ndarray) -> None:
-        """Fill ``out``/``labels`` with images start..start+len(out)-1."""
+        """Fill ``out``/``labels`` with images start..start+len(out)-1 (raw pixels)."""
 
     @abc.abstractmethod
     def take(self, ids: np.ndarray, out: np.ndarray, labels: np.ndarray) -> None:
-        """Fill ``out[i]``/``labels[i]`` with image ``ids[i]`` (valid ids, any order)."""
+        """Fill ``out[i]``/``labels[i]`` with image ``ids[i]`` (valid ids, any order; raw pixels)."""
+
+    def payloads(self, ids: np.ndarray) -> tuple[list[bytes | memoryview], np.ndarray]:
+        """The encoded bytes and labels of images ``ids`` (valid ids, any order), for a checkpoint with a codec."""
+        raise NotImplementedError(f"{type(self).__name__} holds raw pixels only")
+
+    def decode(self, ids: np.ndarray, out: np.ndarray, labels: np.ndarray) -> None:
+        """Fill ``out[i]``/``labels[i]`` with image ``ids[i]`` decoded from its payload."""
+        payloads, labels[:] = self.payloads(ids)
+        for image_id, payload, target in zip(ids.tolist(), payloads, out):
+            decode(self.codec, payload, target, f"{self.folder}: image {image_id}")
 
     def close(self) -> None:
         """Release open files."""
@@ -81,9 +101,10 @@ class CheckpointedStore(ImageStore):
 
     @abc.abstractmethod
     def _write_checkpoint(self, folder: Path, dtype: np.dtype, shape: tuple[int, ...], count: int, source: Source,
-                          checksum: bool) -> dict:
+                          checksum: bool, codec: Codec) -> dict:
         """Write the files of ``count`` images of ``shape`` into ``folder`` (exists, empty), reading them from
-        ``source``; fsync each when durable; return what the metadata file should add. A full disk raises OSError."""
+        ``source`` (raw pixels, or ``codec``'s bytes unless it is raw); fsync each when durable; return what the
+        metadata file should add. A full disk raises OSError."""
 
     @abc.abstractmethod
     def _open_checkpoint(self, folder: Path, meta: dict) -> Checkpoint:
@@ -152,6 +173,7 @@ class CheckpointedStore(ImageStore):
             if not FOLDER_NAME.fullmatch(FOLDER.format(token=meta["token"])) or type(meta["count"]) is not int \
                     or meta["count"] < 1 or type(meta["checksum"]) is not bool:
                 raise ValueError("a field is out of range")
+            get_codec(meta.get("codec", RAW.spec))
         except (KeyError, TypeError, ValueError) as error:
             raise CorruptStoreError(f"{self._pointer}: not a {self.method} store's metadata ({error})") from None
         return meta
@@ -167,7 +189,11 @@ class CheckpointedStore(ImageStore):
         if (journal.image_dtype, journal.image_shape) != (self._checkpoint.dtype, self._checkpoint.shape):
             raise CorruptStoreError(f"{journal.path}: images of {journal.image_dtype} {journal.image_shape}, but the "
                                     f"checkpoint's are {self._checkpoint.dtype} {self._checkpoint.shape}")
-        if any(entry.length != self._checkpoint.row for entry in journal.entries.values()) or \
+        if (journal.codec or RAW.spec) != self._checkpoint.codec.spec:
+            raise CorruptStoreError(f"{journal.path}: images in {journal.codec or RAW.spec}, but the checkpoint's are "
+                                    f"in {self._checkpoint.codec.spec}")
+        raw = self._checkpoint.codec is RAW  # encoded records vary in length: decoding checks them
+        if raw and any(entry.length != self._checkpoint.row for entry in journal.entries.values()) or \
                 sum(image_id >= first for image_id in journal.entries) != self._count - first:
             raise CorruptStoreError(f"{journal.path}: records that are not whole images or leave a gap in the ids")
 
@@ -211,17 +237,29 @@ class CheckpointedStore(ImageStore):
         return self._checkpoint.dtype if self._meta else None
 
     # -- writes ---------------------------------------------------------------------------------
+    def _replacing_codec(self) -> Codec:
+        """The codec ``store_many`` writes with."""
+        return RAW
+
     def _replace_all(self, images: np.ndarray, labels: np.ndarray) -> None:
         checksum = self.checksum if self.checksum is not None else bool(self._meta and self._meta["checksum"])
-        self._commit(images.dtype, images.shape[1:], len(images), lambda start, stop: (images[start:stop], labels[start:stop]), checksum)
+        codec = self._replacing_codec()
+        if codec is RAW:
+            source = lambda start, stop: (images[start:stop], labels[start:stop])  # noqa: E731
+        else:
+            source = lambda start, stop: ([codec.encode(image) for image in images[start:stop]], labels[start:stop])  # noqa: E731
+        self._commit(images.dtype, images.shape[1:], len(images), source, checksum, codec)
 
     def _put(self, image: np.ndarray, image_id: int, label: int) -> None:
         if self._meta is None:  # the first image of a store: a checkpoint of one
             self._replace_all(image[None], np.array([label], np.int64))
             return
+        codec = self._checkpoint.codec
         if self._journal.needs_compaction(self._checkpoint.count):
-            self._commit(self.image_dtype, self.image_shape, self._count, self._read_range, self._meta["checksum"])
-        self._journal.append(image_id, label, image, image.dtype, image.shape, durable=self.durable)
+            source = self._read_range if codec is RAW else self._read_payloads
+            self._commit(self.image_dtype, self.image_shape, self._count, source, self._meta["checksum"], codec)
+        payload, spec = (image, None) if codec is RAW else (codec.encode(image), codec.spec)
+        self._journal.append(image_id, label, payload, image.dtype, image.shape, durable=self.durable, codec=spec)
         if image_id == self._count:
             self._count += 1
             self._in_journal = None
@@ -234,16 +272,29 @@ class CheckpointedStore(ImageStore):
         self._read_range_into(start, images, labels)
         return images, labels
 
-    def _commit(self, dtype: np.dtype, shape: tuple[int, ...], count: int, source: Source, checksum: bool) -> None:
+    def _read_payloads(self, start: int, stop: int) -> tuple[list[bytes | memoryview], np.ndarray]:
+        """The encoded bytes and labels of images start..stop-1 as this handle reads them (a store with a codec)."""
+        stored, stored_labels = self._checkpoint.payloads(np.arange(start, min(stop, self._checkpoint.count)))
+        payloads, labels = [*stored, *[b""] * (stop - start - len(stored))], np.zeros(stop - start, np.int64)
+        labels[:len(stored_labels)] = stored_labels
+        entries = self._journal.entries
+        for image_id in range(start, stop) if stop - start <= len(entries) else sorted(i for i in entries if start <= i < stop):
+            if image_id in entries:  # every id past the checkpoint is in the journal
+                payloads[image_id - start], labels[image_id - start] = self._journal.read(image_id), entries[image_id].label
+        return payloads, labels
+
+    def _commit(self, dtype: np.dtype, shape: tuple[int, ...], count: int, source: Source, checksum: bool, codec: Codec) -> None:
         """Write a new checkpoint aside, put it in place, open it, then switch the metadata to it (the commit)."""
         token = uuid.uuid4().hex
         temporary, folder = self.directory / f".ckpt-{token}.tmp", self.directory / FOLDER.format(token=token)
         meta = {"format": self.FORMAT, "format_version": FORMAT_VERSION, "token": token, "dtype": dtype.str,
                 "image_shape": list(shape), "count": count, "checksum": checksum}
+        if codec is not RAW:
+            meta["codec"] = codec.spec
         checkpoint = None
         try:
             temporary.mkdir()
-            meta.update(self._write_checkpoint(temporary, dtype, tuple(shape), count, source, checksum))
+            meta.update(self._write_checkpoint(temporary, dtype, tuple(shape), count, source, checksum, codec))
             if self.durable:
                 fsync_path(temporary)
             os.rename(temporary, folder)
@@ -278,7 +329,10 @@ class CheckpointedStore(ImageStore):
         in_checkpoint = min(stop, self._checkpoint.count) - start
         if in_checkpoint > 0:
             try:
-                self._checkpoint.read_rows(start, out[:in_checkpoint], labels[:in_checkpoint])
+                if self._checkpoint.codec is RAW:
+                    self._checkpoint.read_rows(start, out[:in_checkpoint], labels[:in_checkpoint])
+                else:
+                    self._checkpoint.decode(np.arange(start, start + in_checkpoint), out[:in_checkpoint], labels[:in_checkpoint])
             except FileNotFoundError as error:
                 raise self._expired(Path(error.filename)) from None
         entries = self._journal.entries
@@ -290,13 +344,18 @@ class CheckpointedStore(ImageStore):
     def _read_batch_into(self, ids: np.ndarray, out: np.ndarray, labels: np.ndarray) -> None:
         """Gather from the checkpoint, then put journal records in their places."""
         mask = self._journal_mask() if self._journal.entries else None
+        gather = self._checkpoint.take if self._checkpoint.codec is RAW else self._checkpoint.decode
         try:
-            gather_overlaid(self._journal, mask, ids, out, labels, lambda *gather: self._checkpoint.take(*gather))
+            gather_overlaid(mask, ids, out, labels, gather, self._read_record)
         except FileNotFoundError as error:
             raise self._expired(Path(error.filename)) from None
 
     def _read_record(self, image_id: int, out: np.ndarray, labels: np.ndarray, position: int) -> None:
-        self._journal.read_into(image_id, out[position])
+        codec = self._checkpoint.codec
+        if codec is RAW:
+            self._journal.read_into(image_id, out[position])
+        else:
+            decode(codec, self._journal.read(image_id), out[position], f"{self._journal.path}: image {image_id}")
         labels[position] = self._journal.entries[image_id].label
 
     def _journal_mask(self) -> np.ndarray:
@@ -315,3 +374,14 @@ class CheckpointedStore(ImageStore):
             return MissingStoreError(f"the {self.method} store in {self.directory} was replaced since this handle "
                                      f"opened it ({path.name} is gone): open it again")
         return MissingStoreError(f"{self.method} store {self.directory}: {path} is missing")
+
+
+class EncodedCheckpointedStore(EncodedStore, CheckpointedStore):
+    """A checkpointed method taking the ``codec`` option (encoding.py); its checkpoints implement ``payloads``."""
+
+    @property
+    def recorded_codec(self) -> str | None:
+        return self._checkpoint.codec.spec if self._checkpoint else None
+
+    def _replacing_codec(self) -> Codec:
+        return self.writing_codec(replacing=True)

@@ -57,9 +57,9 @@ import numpy as np
 
 from storage_impls.base import fsync_path
 from storage_impls.codecs import Codec
-from storage_impls.disk_format import (GENERATION, JOURNAL, LABELS, META, POINTER, Generation, decode, format_labels,
+from storage_impls.disk_format import (GENERATION, JOURNAL, LABELS, META, POINTER, Generation, format_labels,
                                        format_meta, image_crc, read_pointer)
-from storage_impls.encoding import EncodedStore
+from storage_impls.encoding import EncodedStore, decode
 from storage_impls.errors import CorruptStoreError, MissingStoreError, StoreError, StoreLockedError, is_no_space, no_space_error
 from storage_impls.journal import Journal
 from storage_impls.records import is_temporary, refuse_foreign, write_file_atomic

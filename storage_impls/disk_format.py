@@ -149,13 +149,3 @@ def _parse_labels(path: Path, count: int) -> tuple[np.ndarray, np.ndarray]:
     except (IsADirectoryError, NotADirectoryError, ValueError, OverflowError) as error:
         raise CorruptStoreError(f"{path} is not a disk store's labels file ({type(error).__name__}: {error})") from None
     return rows[:, 1].copy(), rows[:, 2].astype(np.uint32)
-
-
-def decode(codec: Codec, data: bytes, target: np.ndarray, where: str) -> None:
-    """Decode ``data`` into ``target`` (one image slot of the store's dtype and shape); CorruptStoreError naming
-    ``where`` unless it is exactly such an image in ``codec`` (its header checked before decoding)."""
-    try:
-        codec.decode_into(data, target)
-    except Exception as error:  # the codec's ValueErrors; Pillow reports damaged data with OSError, SyntaxError, EOFError ...
-        raise CorruptStoreError(f"{where} is not a readable {codec.spec} image of the store's images "
-                                f"({type(error).__name__}: {error})") from None

@@ -13,7 +13,18 @@ import numpy as np
 
 from storage_impls.base import ImageStore, Mode
 from storage_impls.codecs import Codec, get_codec
+from storage_impls.errors import CorruptStoreError
 from storage_impls.registry import check_options, codec as codec_option
+
+
+def decode(codec: Codec, data: bytes | memoryview, target: np.ndarray, where: str) -> None:
+    """Decode ``data`` into ``target`` (one image slot of the store's dtype and shape); CorruptStoreError naming
+    ``where`` (a file, or a store and image id) unless it is exactly such an image in ``codec``."""
+    try:
+        codec.decode_into(data, target)
+    except Exception as error:  # the codec's ValueErrors; Pillow reports damaged data with OSError, SyntaxError, EOFError ...
+        raise CorruptStoreError(f"{where} is not a readable {codec.spec} image of the store's images "
+                                f"({type(error).__name__}: {error})") from None
 
 
 class EncodedStore(ImageStore):

@@ -242,7 +242,7 @@ class Hdf5Store(ImageStore):
     def _read_batch_into(self, ids: np.ndarray, out: np.ndarray, labels: np.ndarray) -> None:
         """Gather from the checkpoint's map, then put journal records in their places."""
         mask = self._journal_mask() if self._journal.entries else None
-        gather_overlaid(self._journal, mask, ids, out, labels, lambda *gather: self._checkpoint.take(*gather))  # none yet: all in the journal
+        gather_overlaid(mask, ids, out, labels, lambda *gather: self._checkpoint.take(*gather), self._read_record)  # none yet: all in the journal
 
     def _read_record(self, image_id: int, out: np.ndarray, labels: np.ndarray, position: int) -> None:
         self._journal.read_into(image_id, out[position])

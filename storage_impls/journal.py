@@ -278,10 +278,12 @@ class Journal:
             self._fd, self._fd_writable = None, False
 
 
-def gather_overlaid(journal: Journal, in_journal: np.ndarray | None, ids: np.ndarray, out: np.ndarray,
-                    labels: np.ndarray, take: Callable[[np.ndarray, np.ndarray, np.ndarray], None]) -> None:
-    """Fill ``out``/``labels`` with images ``ids``: from the journal where ``in_journal`` (a bool per id, None for
-    an empty journal) says its record is the newest version, the rest through ``take`` (the checkpoint's gather)."""
+def gather_overlaid(in_journal: np.ndarray | None, ids: np.ndarray, out: np.ndarray, labels: np.ndarray,
+                    take: Callable[[np.ndarray, np.ndarray, np.ndarray], None],
+                    read_record: Callable[[int, np.ndarray, np.ndarray, int], None]) -> None:
+    """Fill ``out``/``labels`` with images ``ids``: through ``read_record(id, out, labels, position)`` where
+    ``in_journal`` (a bool per id, None for an empty journal) says its journal record is the newest version, the
+    rest through ``take(ids, out, labels)`` (the checkpoint's gather)."""
     from_journal = None if in_journal is None else in_journal[ids]
     positions = None if from_journal is None else np.flatnonzero(~from_journal)
     if positions is None or len(positions) == len(ids):
@@ -293,9 +295,7 @@ def gather_overlaid(journal: Journal, in_journal: np.ndarray | None, ids: np.nda
     if from_journal is None:
         return
     for position in np.flatnonzero(from_journal).tolist():
-        image_id = int(ids[position])
-        journal.read_into(image_id, out[position])
-        labels[position] = journal.entries[image_id].label
+        read_record(int(ids[position]), out, labels, position)
 
 
 def _commit_word(end: int) -> bytes:

@@ -55,7 +55,7 @@ import lmdb
 import numpy as np
 
 from storage_impls.base import fsync_path
-from storage_impls.encoding import EncodedStore
+from storage_impls.encoding import EncodedStore, decode
 from storage_impls.errors import CorruptStoreError, MissingStoreError, NoSpaceError, is_no_space, no_space_error
 from storage_impls.lmdb_env import (
     DATA_FILE,
@@ -332,11 +332,7 @@ class LmdbStore(EncodedStore):
 
     def _decode(self, value: memoryview, target: np.ndarray, image_id: int) -> None:
         """Decode an encoded value (its header already checked) into ``target``."""
-        try:
-            self.codec.decode_into(value[self._layout.header_size:], target)
-        except Exception as error:  # the codec's ValueErrors; Pillow reports damaged data with OSError, SyntaxError ...
-            raise CorruptStoreError(f"{self.directory}: image {image_id} is not a readable {self._layout.codec} image "
-                                    f"({type(error).__name__}: {error})") from None
+        decode(self.codec, value[self._layout.header_size:], target, f"{self.directory}: image {image_id}")
 
     def _close(self) -> None:
         self._end_snapshot()

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from storage_impls.checkpointed import COPY_BLOCK_BYTES, Checkpoint, CheckpointedStore, Source
+from storage_impls.codecs import Codec
 from storage_impls.errors import CorruptStoreError
 from storage_impls.npy_format import check_array, header, load, parse_header, save, write_file
 from storage_impls.records import image_checksums, verify_checksums
@@ -83,7 +84,7 @@ class NpyFilesStore(CheckpointedStore):
     POINTER, JOURNAL, FORMAT = "npy-files.json", "npy-files.journal", "storage_impls.npy_files"
 
     def _write_checkpoint(self, folder: Path, dtype: np.dtype, shape: tuple[int, ...], count: int, source: Source,
-                          checksum: bool) -> dict:
+                          checksum: bool, codec: Codec) -> dict:
         head = header(dtype, shape)
         labels = np.empty(count, LABEL_DTYPE)
         sums = np.empty(count, CHECKSUM_DTYPE) if checksum else None

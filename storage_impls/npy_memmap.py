@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from storage_impls.checkpointed import COPY_BLOCK_BYTES, Checkpoint, CheckpointedStore, Source
+from storage_impls.codecs import Codec
 from storage_impls.npy_format import check_array, check_size, load, parse_header, pread_into, save
 from storage_impls.records import image_checksums, verify_checksums
 
@@ -88,7 +89,7 @@ class NpyMemmapStore(CheckpointedStore):
     POINTER, JOURNAL, FORMAT = "npy-memmap.json", "npy-memmap.journal", "storage_impls.npy_memmap"
 
     def _write_checkpoint(self, folder: Path, dtype: np.dtype, shape: tuple[int, ...], count: int, source: Source,
-                          checksum: bool) -> dict:
+                          checksum: bool, codec: Codec) -> dict:
         path = folder / IMAGES
         images = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(count, *shape))
         try:

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from storage_impls.checkpointed import Checkpoint, CheckpointedStore, Source
+from storage_impls.codecs import Codec
 from storage_impls.errors import CorruptStoreError
 from storage_impls.npy_format import read_array
 from storage_impls.records import image_checksums, verify_checksums
@@ -121,7 +122,7 @@ class NpzStore(CheckpointedStore):
     POINTER, JOURNAL, FORMAT = "npz.json", "npz.journal", "storage_impls.npz"
 
     def _write_checkpoint(self, folder: Path, dtype: np.dtype, shape: tuple[int, ...], count: int, source: Source,
-                          checksum: bool) -> dict:
+                          checksum: bool, codec: Codec) -> dict:
         per_shard = shard_images(dtype, shape)
         for index, start in enumerate(range(0, count, per_shard)):
             images, labels = source(start, min(count, start + per_shard))

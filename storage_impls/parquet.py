@@ -7,7 +7,9 @@ image's byte size: its raw pixels in C order, native byte order). Row groups hol
 images each (the last one fewer): as many as fit in ROW_GROUP_BYTES (96 KiB) of pixels, at least one, so 32
 images of 32x32x3 uint8. No dictionary encoding (every image differs), no statistics on ``image`` (its min
 and max would be two more images per row group), statistics on ``id`` and ``label``, sorted by ``id``;
-compression ``none`` by default or ``zstd`` (option ``compression``, recorded in the metadata). The file's
+compression ``none`` by default or ``zstd`` (option ``compression``, recorded in the metadata). With a codec
+(``parquet:codec=jpeg-90``, codecs.py) ``image`` is variable-length ``binary`` holding each image's encoded
+file (what Hugging Face's image columns hold as bytes: any reader gets the JPEG/PNG/WebP file). The file's
 key-value metadata (KEY) records what the store's metadata records (dtype, image shape, count, row-group
 size), so the file describes itself to ``pyarrow.parquet.read_table``, pandas or polars. ``DIR/parquet.journal``
 holds single-image writes (raw pixels, CRC-checked), since a Parquet file cannot change in place: other
@@ -49,7 +51,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage_impls.base import fsync_path
-from storage_impls.checkpointed import COPY_BLOCK_BYTES, Checkpoint, CheckpointedStore, Source
+from storage_impls.checkpointed import COPY_BLOCK_BYTES, Checkpoint, EncodedCheckpointedStore, Source
+from storage_impls.codecs import Codec
 from storage_impls.errors import CorruptStoreError
 from storage_impls.registry import check_options, choice
 
@@ -70,17 +73,19 @@ def row_group_images(dtype: np.dtype, shape: tuple[int, ...]) -> int:
     return max(1, ROW_GROUP_BYTES // (int(np.prod(shape)) * dtype.itemsize))
 
 
-def schema(row: int, description: dict | None = None) -> pa.Schema:
-    """The store's Arrow schema for images of ``row`` bytes, with ``description`` as the file's metadata."""
+def schema(row: int | None, description: dict | None = None) -> pa.Schema:
+    """The store's Arrow schema for raw images of ``row`` bytes (None: encoded images, variable-length ``binary``),
+    with ``description`` as the file's metadata."""
     fields = pa.schema([pa.field("id", pa.int64(), nullable=False), pa.field("label", pa.int64(), nullable=False),
-                        pa.field("image", pa.binary(row), nullable=False)])
+                        pa.field("image", pa.binary() if row is None else pa.binary(row), nullable=False)])
     return fields.with_metadata({KEY: json.dumps(description, sort_keys=True)}) if description else fields
 
 
 def describe(meta: dict) -> dict:
     """What the file's key-value metadata records, from the store's metadata."""
     return {"format": FORMAT, "dtype": meta["dtype"], "image_shape": list(meta["image_shape"]),
-            "count": meta["count"], "row_group_images": meta["row_group_images"]}
+            "count": meta["count"], "row_group_images": meta["row_group_images"],
+            **({"codec": meta["codec"]} if meta.get("codec", "raw") != "raw" else {})}
 
 
 class ParquetCheckpoint(Checkpoint):
@@ -105,7 +110,7 @@ class ParquetCheckpoint(Checkpoint):
 
     def _check(self, metadata: pq.FileMetaData, found: pa.Schema, meta: dict) -> None:
         """CorruptStoreError naming the file unless its schema, description and row groups are this store's."""
-        expected = schema(self.row)
+        expected = schema(self.row if self.codec.spec == "raw" else None)
         if not found.remove_metadata().equals(expected):
             raise CorruptStoreError(f"{self.path} is not a table of this store: its schema is "
                                     f"{found.remove_metadata().to_string()!r}, expected {expected.to_string()!r}")
@@ -162,6 +167,16 @@ class ParquetCheckpoint(Checkpoint):
         """The images of one chunk as a (n, row bytes) uint8 view of its data buffer."""
         return np.frombuffer(chunk.buffers()[1], np.uint8, len(chunk) * self.row, chunk.offset * self.row).reshape(-1, self.row)
 
+    def payloads(self, ids: np.ndarray) -> tuple[list[memoryview], np.ndarray]:
+        groups, inverse = np.unique(ids // self.per_group, return_inverse=True)
+        table = self._read(groups.tolist())
+        rows = inverse.reshape(-1) * self.per_group + ids % self.per_group
+        images = table.column("image").combine_chunks()  # variable-length binary: int32 offsets, then the bytes
+        offsets = np.frombuffer(images.buffers()[1], np.int32, len(images) + 1, images.offset * 4)
+        data = memoryview(images.buffers()[2])
+        starts, stops = offsets[rows].tolist(), offsets[rows + 1].tolist()
+        return [data[begin:end] for begin, end in zip(starts, stops)], table.column("label").to_numpy()[rows]
+
     def read_rows(self, start: int, out: np.ndarray, labels: np.ndarray) -> None:
         size, stop = self.per_group, start + len(out)
         step = max(1, COPY_BLOCK_BYTES // (size * self.row))  # row groups read at a time
@@ -191,11 +206,11 @@ class ParquetCheckpoint(Checkpoint):
         self._source.close()
 
 
-class ParquetStore(CheckpointedStore):
+class ParquetStore(EncodedCheckpointedStore):
     """All images in one Parquet file (``id``, ``label``, ``image`` columns), plus a journal."""
 
     method = "parquet"
-    OPTIONS = OPTIONS
+    OPTIONS = {**EncodedCheckpointedStore.OPTIONS, **OPTIONS}
     POINTER, JOURNAL, FORMAT = "parquet.json", "parquet.journal", FORMAT
 
     def __init__(self, directory: str | os.PathLike, mode: str = "a", *, compression: str | None = None,
@@ -205,14 +220,16 @@ class ParquetStore(CheckpointedStore):
         super().__init__(directory, mode, **options)
 
     def _write_checkpoint(self, folder: Path, dtype: np.dtype, shape: tuple[int, ...], count: int, source: Source,
-                          checksum: bool) -> dict:
+                          checksum: bool, codec: Codec) -> dict:
         row = int(np.prod(shape)) * dtype.itemsize
         if row > MAX_IMAGE_BYTES:
             raise ValueError(f"parquet holds images of up to {MAX_IMAGE_BYTES} bytes (fixed_size_binary), got {row}")
         compression = self.compression or (self._meta or {}).get("compression", DEFAULT_COMPRESSION)
         per_group = row_group_images(dtype, shape)
         added = {"compression": compression, "row_group_images": per_group}
-        table_schema = schema(row, describe({"dtype": dtype.str, "image_shape": shape, "count": count, **added}))
+        raw = codec.spec == "raw"
+        description = describe({"dtype": dtype.str, "image_shape": shape, "count": count, "codec": codec.spec, **added})
+        table_schema = schema(row if raw else None, description)
         step = per_group * max(1, COPY_BLOCK_BYTES // (per_group * row))  # whole row groups per block
         path = folder / IMAGES
         sink, writer = pa.OSFile(str(path), "w"), None
@@ -222,7 +239,8 @@ class ParquetStore(CheckpointedStore):
                                       sorting_columns=[pq.SortingColumn(0)])
             for start in range(0, count, step):
                 images, labels = source(start, min(count, start + step))
-                pixels = pa.FixedSizeBinaryArray.from_buffers(pa.binary(row), len(images), [None, pa.py_buffer(images)])
+                pixels = pa.FixedSizeBinaryArray.from_buffers(pa.binary(row), len(images), [None, pa.py_buffer(images)]) \
+                    if raw else pa.array(images, pa.binary())
                 ids = pa.array(np.arange(start, start + len(images), dtype=np.int64))
                 writer.write_table(pa.Table.from_arrays([ids, pa.array(labels), pixels], schema=table_schema),
                                    row_group_size=per_group)

@@ -51,7 +51,7 @@ import numpy as np
 import rocksdict
 
 from storage_impls.base import fsync_path
-from storage_impls.encoding import EncodedStore
+from storage_impls.encoding import EncodedStore, decode
 from storage_impls.errors import CorruptStoreError, MissingStoreError, NoSpaceError, StoreError, StoreLockedError, is_no_space, no_space_error
 from storage_impls.records import HEADER, KEY, ValueLayout, is_temporary, missing_store, refuse_foreign, write_meta
 from storage_impls.registry import check_options
@@ -357,11 +357,7 @@ class RocksdbStore(EncodedStore):
             raise layout.error(None, ids[decoded], where)
 
     def _decode(self, layout: ValueLayout, value: bytes, target: np.ndarray, image_id: int) -> None:
-        try:
-            self.codec.decode_into(layout.payload(value), target)
-        except Exception as error:  # the codec's ValueErrors; Pillow reports damaged data with OSError, SyntaxError ...
-            raise CorruptStoreError(f"{self._folder(self._meta)}: image {image_id} is not a readable {self.codec.spec} image "
-                                    f"({type(error).__name__}: {error})") from None
+        decode(self.codec, layout.payload(value), target, f"{self._folder(self._meta)}: image {image_id}")
 
     def _release(self) -> None:
         close_db(self._db)

@@ -49,6 +49,7 @@ import numpy as np
 
 from storage_impls.base import Mode
 from storage_impls.checkpointed import Checkpoint, CheckpointedStore, Source
+from storage_impls.codecs import Codec
 from storage_impls.errors import CorruptStoreError
 from storage_impls.npy_format import load, save
 from storage_impls.records import image_checksums, refuse_foreign, verify_checksums
@@ -211,7 +212,7 @@ class WebDatasetStore(CheckpointedStore):
         return member_limit(np.dtype(dtype), tuple(shape))
 
     def _write_checkpoint(self, folder: Path, dtype: np.dtype, shape: tuple[int, ...], count: int, source: Source,
-                          checksum: bool) -> dict:
+                          checksum: bool, codec: Codec) -> dict:
         if count > MAX_IDS:
             raise ValueError(f"a webdataset store holds at most {MAX_IDS} images (12-digit keys), not {count}")
         shard_size = self._shard_size if self._shard_size is not None else \

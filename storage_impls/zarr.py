@@ -46,6 +46,7 @@ from zarr.core.buffer.cpu import NDBuffer
 
 from storage_impls.base import Mode, fsync_path
 from storage_impls.checkpointed import FOLDER, Checkpoint, CheckpointedStore, Source
+from storage_impls.codecs import Codec
 from storage_impls.errors import CorruptStoreError, MissingStoreError, StoreError
 from storage_impls.records import read_meta
 from storage_impls.registry import check_options, choice
@@ -222,7 +223,7 @@ class ZarrStore(CheckpointedStore):
         super().__init__(directory, mode, **options)
 
     def _write_checkpoint(self, folder: Path, dtype: np.dtype, shape: tuple[int, ...], count: int, source: Source,
-                          checksum: bool) -> dict:
+                          checksum: bool, codec: Codec) -> dict:
         recorded = (self._meta or {}).get("compression", DEFAULTS["compression"])
         compression = self.settings.get("compression", recorded)
         per_shard, labels_per_chunk = shard_images(dtype, shape, count), label_chunk(count)

@@ -4,12 +4,14 @@ variant, read_batch reading only the row groups it needs, page checksums, and Pa
 did not write (another tool's table, another schema, a missing column, a truncated file)."""
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from storage_impls.registry import _REGISTRY
 
@@ -20,7 +22,7 @@ from storage_impls import CorruptStoreError, open_store  # noqa: E402
 from storage_impls import parquet  # noqa: E402
 from tests.faults import FaultTests, labelled_batch, pixels_for  # noqa: E402
 from tests.test_methods_numpy import NumpyStoreTests, checkpoint  # noqa: E402
-from tests.test_storage import listing, make_batch, random_layout  # noqa: E402
+from tests.test_storage import CodecTests, listing, make_batch, random_layout  # noqa: E402
 
 
 def parquet_file(directory: Path) -> Path:
@@ -38,7 +40,7 @@ def rewrite(path: Path, table: pa.Table, **options) -> None:
     pq.write_table(table, path, **options)
 
 
-class TestParquet(NumpyStoreTests):
+class TestParquet(CodecTests, NumpyStoreTests):
     """The conformance class and what every checkpointed method does (metadata, journal), then parquet's own."""
 
     method = "parquet"
@@ -261,6 +263,26 @@ class TestParquet(NumpyStoreTests):
 
 class TestParquetFaults(FaultTests):
     method = "parquet"
+
+
+class TestParquetPngFaults(FaultTests):
+    """Encoded images: a variable-length ``binary`` column, journal records of PNG bytes."""
+
+    method = "parquet:codec=png"
+
+
+def test_pyarrow_reads_encoded_images_as_bytes_any_decoder_reads(tmp_path):
+    """``parquet:codec=jpeg-90``: the ``image`` column holds each image's JPEG file; Pillow decodes what the store reads."""
+    images, labels = make_batch(40, (16, 16, 3))
+    with open_store("parquet:codec=jpeg-90", tmp_path / "s") as store:
+        store.store_many(images, labels)
+        read = store.read_many(40)[0]
+    table = pq.read_table(parquet_file(tmp_path / "s"))
+    assert table.schema.field("image").type == pa.binary()
+    assert json.loads(table.schema.metadata[parquet.KEY])["codec"] == "jpeg-90"
+    decoded = np.stack([np.asarray(Image.open(io.BytesIO(value.as_py()))) for value in table["image"]])
+    np.testing.assert_array_equal(decoded, read)
+    np.testing.assert_array_equal(table["label"].to_numpy(), labels)
 
 
 def test_durable_writes_fsync(tmp_path, monkeypatch):
