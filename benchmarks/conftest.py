@@ -19,7 +19,7 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 
-from benchmarks.floors import NoFloorError, floor_images, floor_names, floors_of_cell
+from benchmarks.floors import FLOOR_TEST, NoFloorError, floor_images, floor_names, floor_of_test, floors_of_cell
 from benchmarks.machine import available_memory, describe_storage, library_versions
 from benchmarks.progress import ANNOUNCE_MIN_IMAGES, SuiteClock, announce, rounds_reporter, say
 from benchmarks.resources import Meter
@@ -42,7 +42,6 @@ TIMED_KEY = pytest.StashKey[list]()  # every cell's pytest-benchmark Metadata, f
 CLOCK_KEY = pytest.StashKey[SuiteClock]()
 MIN_ROUNDS_KEY = pytest.StashKey[dict[str, int]]()  # the minimum rounds of method cells and of floor cells
 ROUNDS_KEY = pytest.StashKey[tuple[float, int]]()  # per item: (median seconds per round, rounds), for the clock
-FLOOR_TEST = "test_floor_"  # benchmarks/test_floors.py: test_floor_file_write times the floor "file-write"
 
 
 class Dataset(NamedTuple):
@@ -158,7 +157,7 @@ def _floor_cell(item: pytest.Item) -> tuple[str, int, int | None] | None:
     if not name.startswith(FLOOR_TEST) or not hasattr(item, "callspec"):
         return None
     params = item.callspec.params
-    return name.removeprefix(FLOOR_TEST).replace("_", "-"), params["cutoff"], params.get("batch")
+    return floor_of_test(name, params), params["cutoff"], params.get("batch")
 
 
 def _method_cell(item: pytest.Item) -> tuple[str, str, dict] | None:

@@ -2,28 +2,34 @@
 
 A floor is what the hardware or a library does alone with the same images (docs/benchmarks.md, "Floors"):
 ``memcpy``, ``file-write`` / ``file-read`` (one raw file, open), ``files-write`` / ``files-read`` (one file per
-image), ``png-encode`` / ``png-decode`` (the codec in memory), ``gather`` (shuffled batches from a memory-mapped
-``.npy``) and ``file-read-cold`` (a raw file read after dropping it from the page cache). A cell's floor is
-the sum of one I/O floor and, for methods that encode images, its codec's floor, timed at the number of images
-one round of the cell moves. The rule reads only three traits of a method, so a new method needs no entry
-unless it stores one file per image or encodes its images:
+image), ``gather`` (shuffled batches from a memory-mapped ``.npy``), ``file-read-cold`` (a raw file read after
+dropping it from the page cache) and, per codec spec of storage_impls/codecs.py, ``<spec>-encode`` /
+``<spec>-decode`` (that codec in memory: ``png-encode``, ``jpeg-90-decode``, ``webp-lossless-encode``). A cell's
+floor is the sum of one I/O floor and, for methods that encode images, its codec's floor, timed at the number
+of images one round of the cell moves. The rule reads only three traits of a method, so a new method needs no
+entry here:
 
 * layout: one file per image (``FILE_PER_IMAGE``) or one container (everything else);
-* codec: ``png`` for ``disk``, a ``codec=`` option of a method variant (``lmdb:codec=png``), else ``raw``;
+* codec: a variant's ``codec=`` option (``lmdb:codec=jpeg-90``), else the class's ``DEFAULT_CODEC`` (``disk``:
+  ``png``), else ``raw``, which has no codec floor;
 * operation: writes, reads or shuffled reads (``OPERATIONS``); an unknown operation has no floor.
 
 Floor cells are bounded by ``memcpy`` of the same bytes, which has no floor.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Literal
 
 from reports.floors import FLOOR_PREFIX
+from storage_impls.codecs import get_codec
+from storage_impls.registry import get_store_class, parse_spec
 
 Kind = Literal["write", "read", "random"]
 
-FLOORS = ("memcpy", "file-write", "file-read", "files-write", "files-read", "png-encode", "png-decode", "gather",
-          "file-read-cold")
+FLOORS = ("memcpy", "file-write", "file-read", "files-write", "files-read", "gather", "file-read-cold")  # one test each
+CODEC_STEPS: dict[Kind, str] = {"write": "encode", "read": "decode", "random": "decode"}  # test_floor_encode, _decode
+FLOOR_TEST = "test_floor_"  # benchmarks/test_floors.py: test_floor_file_write times the floor "file-write"
 # operation -> (what a round does, whether it moves one image whatever the cutoff)
 OPERATIONS: dict[str, tuple[Kind, bool]] = {
     "store_single": ("write", True),
@@ -34,25 +40,45 @@ OPERATIONS: dict[str, tuple[Kind, bool]] = {
     "read_random": ("random", False),
 }
 FILE_PER_IMAGE = frozenset({"disk", "npy-files"})
-DEFAULT_CODECS = {"disk": "png"}  # methods that encode unless a variant says otherwise; all others store raw pixels
-CODEC_FLOORS: dict[str, dict[Kind, str]] = {
-    "raw": {},
-    "png": {"write": "png-encode", "read": "png-decode", "random": "png-decode"},
-}
 
 
 class NoFloorError(LookupError):
-    """The rule has no floor for this method and operation (an unknown operation or codec)."""
+    """The rule has no floor for this method and operation (an unknown operation, method or codec)."""
 
 
-def codec(method: str) -> str:
-    """The codec a method's store holds: a variant's ``codec=`` option (``jpeg-90`` -> ``jpeg``), else its default."""
-    name, _, options = method.partition(":")
-    for option in filter(None, options.split(",")):
-        key, _, value = option.partition("=")
-        if key.strip() == "codec":
-            return value.strip().split("-")[0]
-    return DEFAULT_CODECS.get(name, "raw")
+def codec_spec(method: str) -> str:
+    """The codec spec a method's store holds, spelled canonically: a variant's ``codec=`` option (``png-6`` ->
+    ``png``), else the class's ``DEFAULT_CODEC`` (a method whose package is missing: ``raw``; its cells skip)."""
+    try:
+        name, options = parse_spec(method)
+        if "codec" in options:
+            return get_codec(options["codec"]).spec
+    except ValueError as error:
+        raise NoFloorError(f"no floor for method {method!r}: {error}") from None
+    try:
+        return getattr(get_store_class(name), "DEFAULT_CODEC", "raw")
+    except ImportError:
+        return "raw"
+
+
+def floor_of_test(function: str, params: Mapping[str, object]) -> str:
+    """The floor a test of benchmarks/test_floors.py times, from its name and parameters: ``test_floor_file_write``
+    -> ``file-write``; ``test_floor_encode`` with ``codec`` ``jpeg-90`` -> ``jpeg-90-encode``."""
+    name = function.removeprefix(FLOOR_TEST).replace("_", "-")
+    return f"{params['codec']}-{name}" if "codec" in params else name
+
+
+def floor_codecs(methods: Iterable[str]) -> tuple[str, ...]:
+    """The codec specs whose floors cells of ``methods`` may need, png first and always (``pytest
+    benchmarks/test_floors.py`` times it whatever the methods); the codec floor tests run over these."""
+    specs = dict.fromkeys(["png"])
+    for method in methods:
+        try:
+            specs[codec_spec(method)] = None
+        except NoFloorError:
+            continue
+    specs.pop("raw", None)
+    return tuple(specs)
 
 
 def floor_names(method: str, operation: str, cache: str = "warm") -> tuple[str, ...]:
@@ -62,10 +88,8 @@ def floor_names(method: str, operation: str, cache: str = "warm") -> tuple[str, 
     if operation not in OPERATIONS:
         raise NoFloorError(f"no floor for operation {operation!r}: add it to benchmarks.floors.OPERATIONS")
     kind, _ = OPERATIONS[operation]
-    method_codec = codec(method)
-    if method_codec not in CODEC_FLOORS:
-        raise NoFloorError(f"no floor for codec {method_codec!r} of method {method!r}: add it to benchmarks.floors.CODEC_FLOORS")
-    files = method.partition(":")[0] in FILE_PER_IMAGE
+    spec = codec_spec(method)
+    files = method.partition(":")[0].strip() in FILE_PER_IMAGE
     if kind == "write":
         io = "files-write" if files else "file-write"
     elif cache == "cold":
@@ -74,9 +98,9 @@ def floor_names(method: str, operation: str, cache: str = "warm") -> tuple[str, 
         io = "gather"
     else:
         io = "files-read" if files else "file-read"
-    codec_floor = CODEC_FLOORS[method_codec].get(kind)
-    if codec_floor is None:
+    if spec == "raw":
         return (io,)
+    codec_floor = f"{spec}-{CODEC_STEPS[kind]}"
     return (codec_floor, io) if kind == "write" else (io, codec_floor)
 
 

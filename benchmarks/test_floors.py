@@ -4,9 +4,11 @@ Each floor is a cell of method ``floor-<name>`` and operation ``floor`` at one i
 suite's rules: its inputs are prepared untimed (files written, images encoded, handles opened once), each round
 writes to a new file or folder or reads into a buffer zeroed before it, and what it wrote or read is checked
 against the images after the rounds. Files are written and read with ``os`` calls on open descriptors, the
-cheapest way Python has. Which floor bounds which cell: benchmarks/floors.py. Only the floors a selected cell
-needs run, each just before the first cell that needs it (benchmarks/conftest.py); ``pytest
-benchmarks/test_floors.py`` runs them all.
+cheapest way Python has. The codec floors (``test_floor_encode``, ``test_floor_decode``) run once per codec spec
+the ``--methods`` use, png always (``pytest_generate_tests`` here), each through ``codecs.get_codec(spec)``, the
+code the stores run. Which floor bounds which cell: benchmarks/floors.py. Only the floors a selected cell needs
+run, each just before the first cell that needs it (benchmarks/conftest.py); ``pytest benchmarks/test_floors.py``
+runs them all.
 """
 from __future__ import annotations
 
@@ -18,13 +20,19 @@ import numpy as np
 import pytest
 
 from benchmarks import cache as page_cache
-from benchmarks.floors import FLOOR_PREFIX
+from benchmarks.floors import FLOOR_PREFIX, floor_codecs, floor_of_test
 from benchmarks.progress import announce
 from benchmarks.verify import verify_images
-from storage_impls.codecs import png_decode_into, png_encode, png_limit
+from storage_impls.codecs import Codec, get_codec
 
 GATHER_SEED = 0  # the permutation the gather floor reads its batches in
 NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """The codec floors over the codec specs of ``--methods`` (benchmarks.floors.floor_codecs), not over every spec."""
+    if "codec" in metafunc.fixturenames:
+        metafunc.parametrize("codec", floor_codecs(metafunc.config.getoption("methods")))
 
 
 @pytest.fixture
@@ -34,8 +42,9 @@ def operation() -> str:
 
 @pytest.fixture
 def method(request: pytest.FixtureRequest) -> str:
-    """``test_floor_file_write`` is the cell of method ``floor-file-write``."""
-    return FLOOR_PREFIX + request.node.originalname.removeprefix("test_floor_").replace("_", "-")
+    """``test_floor_file_write`` is the cell of method ``floor-file-write``, ``test_floor_encode[jpeg-90-10]`` of
+    ``floor-jpeg-90-encode``."""
+    return FLOOR_PREFIX + floor_of_test(request.node.originalname, request.node.callspec.params)
 
 
 def write_all(fd: int, data: np.ndarray) -> None:
@@ -55,14 +64,14 @@ def read_into(fd: int, out: np.ndarray, offset: int = 0) -> None:
         view, offset = view[done:], offset + done
 
 
-def encode_png(images: np.ndarray) -> list[bytes]:
-    """PNG bytes of each image, as the disk method encodes them (codecs.py: Pillow's default compression)."""
-    return [png_encode(image) for image in images]
+def encode_all(codec: Codec, images: np.ndarray) -> list[bytes]:
+    """The bytes of each image, as a store of that codec encodes them."""
+    return [codec.encode(image) for image in images]
 
 
-def decode_png(blobs: list[bytes], out: np.ndarray) -> None:
+def decode_all(codec: Codec, blobs: list[bytes], out: np.ndarray) -> None:
     for blob, target in zip(blobs, out):
-        png_decode_into(blob, target)
+        codec.decode_into(blob, target)
 
 
 class FloorInputs:
@@ -99,10 +108,11 @@ class FloorInputs:
 
         return self._once(("files", count), "files-read", count, make)
 
-    def png(self, count: int) -> list[bytes]:
-        """The first ``count`` images encoded as PNG (encoded once for the largest count asked)."""
-        largest = max([count, *(key[1] for key in self.made if key[0] == "png")])
-        blobs = self._once(("png", largest), "png-decode", largest, lambda: encode_png(self.images[:largest]))
+    def encoded(self, spec: str, count: int) -> list[bytes]:
+        """The first ``count`` images in codec ``spec`` (encoded once for the largest count asked)."""
+        largest = max([count, *(key[2] for key in self.made if key[:2] == ("encoded", spec))])
+        blobs = self._once(("encoded", spec, largest), f"{spec}-decode", largest,
+                           lambda: encode_all(get_codec(spec), self.images[:largest]))
         return blobs[:count]
 
 
@@ -263,27 +273,32 @@ def test_floor_files_read(measure, record, source, out, floor_inputs):
     verify_images("floor files-read", out, source)
 
 
-def skip_unless_png_holds(images: np.ndarray) -> None:
-    limit = png_limit(images.dtype, images.shape[1:])
-    if limit:
-        pytest.skip(limit)
+def holding(spec: str, images: np.ndarray) -> Codec:
+    """The codec ``spec``; the floor is skipped, saying why, when it cannot hold the images (as its cells are)."""
+    codec = get_codec(spec)
+    if limit := codec.limit(images.dtype, images.shape[1:]):
+        pytest.skip(f"{spec} cannot hold these images: {limit}")
+    return codec
 
 
-def test_floor_png_encode(measure, record, source):
-    skip_unless_png_holds(source)
+def test_floor_encode(measure, record, source, codec, decoded):
+    """Timed: ``codec`` (png, jpeg-90...) encoding every image. The last round's bytes must decode to what a cell
+    of that codec reads back: the images, or for a lossy codec decode(encode(images)) (benchmarks/stored.py)."""
+    encoder = holding(codec, source)
     record(len(source))
-    blobs = measure(lambda: encode_png(source), lambda: ((), {}))
-    decoded = np.zeros_like(source)
-    decode_png(blobs, decoded)
-    verify_images("floor png-encode", decoded, source)
+    blobs = measure(lambda: encode_all(encoder, source), lambda: ((), {}))
+    back = np.zeros_like(source)
+    decode_all(encoder, blobs, back)
+    verify_images(f"floor {codec}-encode", back, decoded(codec).images[:len(source)])
 
 
-def test_floor_png_decode(measure, record, source, out, floor_inputs):
-    skip_unless_png_holds(source)
-    blobs = floor_inputs.png(len(source))
+def test_floor_decode(measure, record, source, out, codec, decoded, floor_inputs):
+    """Timed: ``codec`` decoding every image into its slot, from bytes in memory (encoded once per session)."""
+    decoder = holding(codec, source)
+    blobs = floor_inputs.encoded(codec, len(source))
     record(len(source))
-    measure(lambda: decode_png(blobs, out), zeroing(out))
-    verify_images("floor png-decode", out, source)
+    measure(lambda: decode_all(decoder, blobs, out), zeroing(out))
+    verify_images(f"floor {codec}-decode", out, decoded(codec).images[:len(source)])
 
 
 def test_floor_gather(measure, record, benchmark, source, out, floor_inputs, batch):

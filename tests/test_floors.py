@@ -1,5 +1,5 @@
-"""Floors: the rule from cells to floors (benchmarks.floors), cells against floors (reports.floors), and the
-implausible flag in report.md for a run doctored to beat its floor."""
+"""Floors: the rule from cells to floors (benchmarks.floors), the codec floors in a run of the suite, cells against
+floors (reports.floors), and the implausible flag in report.md for a run doctored to beat its floor."""
 from __future__ import annotations
 
 import ast
@@ -9,12 +9,25 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.floors import FLOORS, OPERATIONS, NoFloorError, codec, floor_images, floor_names, floors_of_cell
+from benchmarks.floors import (
+    CODEC_STEPS,
+    FLOORS,
+    OPERATIONS,
+    NoFloorError,
+    codec_spec,
+    floor_codecs,
+    floor_images,
+    floor_names,
+    floor_of_test,
+    floors_of_cell,
+)
 from reports import load
 from reports.cli import main as report_main
 from reports.floors import floor_checks
 from reports.load import Cell, load_run
 from storage_impls import METHODS
+from storage_impls.codecs import get_codec
+from tests.test_benchmarks import run_suite
 from tests.test_reports import make_cell, make_run
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
@@ -33,20 +46,33 @@ def suite_operations() -> set[str]:
 
 # --- the rule -------------------------------------------------------------------------------
 
+CODEC_VARIANTS = ("lmdb:codec=png-0", "lmdb:codec=jpeg-1", "disk:codec=jpeg-100", "rocksdb:codec=webp-80",
+                  "disk:codec=webp-lossless", "lmdb:codec=raw")
+
+
+def names_a_floor(name: str) -> bool:
+    """A floor with a test: one of FLOORS, or ``<spec>-encode`` / ``<spec>-decode`` of a codec spelled canonically."""
+    spec, _, step = name.rpartition("-")
+    return name in FLOORS or (step in CODEC_STEPS.values() and get_codec(spec).spec == spec != "raw")
+
+
 def test_every_method_and_operation_of_the_suite_has_a_floor():
     """Fails when a method is registered or an operation added without a floor the rule can name."""
     assert {"store_single", "read_single", "store_many", "read_many"} <= suite_operations()
     for operation in suite_operations():
         assert operation in OPERATIONS, f"operation {operation!r} of the suite has no floor in benchmarks.floors.OPERATIONS"
         assert operation in load.OPERATIONS, f"operation {operation!r} of the suite is unknown to reports.load"
-        for method in METHODS:
+        for method in (*METHODS, *CODEC_VARIANTS):
             for cache in ("warm", "cold"):
                 names = floor_names(method, operation, cache)
-                assert names and set(names) <= set(FLOORS), (method, operation, cache)
+                assert names and all(map(names_a_floor, names)), (method, operation, cache)
 
 
 def test_every_floor_has_its_cell():
     assert {f"test_floor_{name.replace('-', '_')}" for name in FLOORS} <= suite_tests()
+    assert {f"test_floor_{step}" for step in CODEC_STEPS.values()} <= suite_tests()
+    assert floor_of_test("test_floor_file_read_cold", {"cutoff": 10}) == "file-read-cold"
+    assert floor_of_test("test_floor_encode", {"codec": "webp-lossless", "cutoff": 1}) == "webp-lossless-encode"
 
 
 @pytest.mark.parametrize(("method", "operation", "cache", "expected"), [
@@ -63,6 +89,13 @@ def test_every_floor_has_its_cell():
     ("npy-files", "store_many", "warm", ("files-write",)),
     ("lmdb:codec=png", "read_many", "warm", ("file-read", "png-decode")),
     ("disk:codec=raw", "store_many", "warm", ("files-write",)),
+    # a codec's floor is the exact spec the store uses: quality and level matter, spelled as codecs.py does
+    ("lmdb:codec=jpeg-90", "read_many", "warm", ("file-read", "jpeg-90-decode")),
+    ("lmdb:codec=jpeg-50", "store_many", "warm", ("jpeg-50-encode", "file-write")),
+    ("disk:codec=webp-lossless", "read_random", "warm", ("files-read", "webp-lossless-decode")),
+    ("rocksdb:codec=png-9", "store_single", "warm", ("png-9-encode", "file-write")),
+    ("lmdb:codec=png-6", "read_single", "warm", ("file-read", "png-decode")),
+    ("disk", "read_random", "cold", ("file-read-cold", "png-decode")),
     ("floor-file-read", "floor", "warm", ("memcpy",)),
     ("floor-memcpy", "floor", "warm", ()),
 ])
@@ -73,9 +106,19 @@ def test_the_rule(method, operation, cache, expected):
 def test_what_has_no_floor_says_so():
     with pytest.raises(NoFloorError, match="operation 'scan'"):
         floor_names("lmdb", "scan")
-    with pytest.raises(NoFloorError, match="codec 'jpeg'"):
-        floor_names("lmdb:codec=jpeg-90", "read_many")
-    assert codec("disk:codec=webp-80,level=3") == "webp"
+    with pytest.raises(NoFloorError, match="unknown codec 'gif'"):
+        floor_names("lmdb:codec=gif", "read_many")
+    with pytest.raises(NoFloorError, match="unknown storage method 'tape'"):
+        floor_names("tape", "read_many")
+
+
+def test_the_codec_is_the_stores_spec_and_its_floors_run_only_for_the_methods_codecs():
+    """A variant's codec, spelled as codecs.py does, else the class's DEFAULT_CODEC; floor cells over those specs."""
+    assert codec_spec("disk:codec=webp-80") == "webp-80" and codec_spec("lmdb:codec=png-6") == "png"
+    assert (codec_spec("disk"), codec_spec("hdf5"), codec_spec("lmdb"), codec_spec("disk:codec=raw")) == ("png", "raw", "raw", "raw")
+    assert floor_codecs(["hdf5"]) == floor_codecs(METHODS) == ("png",)  # png always: `pytest benchmarks/test_floors.py`
+    assert floor_codecs(["lmdb:codec=jpeg-90", "disk", "disk:codec=raw", "rocksdb:codec=jpeg-90", "lmdb:codec=jpeg-50"]) == (
+        "png", "jpeg-90", "jpeg-50")
 
 
 def test_floor_image_counts_and_cells():
@@ -86,6 +129,45 @@ def test_floor_image_counts_and_cells():
     assert floors_of_cell("hdf5", "read_random", {"n_images": 100, "batch_size": 64, "cache": "warm"}) == {
         ("gather", 100, 64), ("memcpy", 100, None)}
     assert floors_of_cell("lmdb", "scan", {"cutoff": 10}) == set()
+    assert floors_of_cell("lmdb:codec=jpeg-90", "read_many", {"cutoff": 10}) == {
+        ("file-read", 10, None), ("jpeg-90-decode", 10, None), ("memcpy", 10, None)}
+
+
+# --- codec floors in a run of the suite -----------------------------------------------------
+
+def test_codec_floors_run_with_the_exact_codec_of_each_cell(tmp_path):
+    """jpeg-90, jpeg-50 and webp-lossless cells each get their codec's floor cells, run with that spec, verified (a
+    lossy floor against decode(encode(x)): against the source a JPEG floor would fail), and a floor_ratio."""
+    methods = "lmdb:codec=jpeg-90,lmdb:codec=jpeg-50,disk:codec=webp-lossless"
+    result = run_suite("--cutoffs", "10", "--methods", methods, "-k", "store_many or read_many or store_single",
+                       "--benchmark-json", str(tmp_path / "run.json"), "--benchmark-max-time", "0.01")
+    assert result.returncode == 0, result.stdout + result.stderr
+    benches = json.loads((tmp_path / "run.json").read_text())["benchmarks"]
+    floors = {bench["name"]: bench["extra_info"] for bench in benches if bench["name"].startswith("test_floor_")}
+    cells = [bench for bench in benches if not bench["name"].startswith("test_floor_")]
+    assert {(info["method"].removeprefix("floor-"), info["n_images"], None) for info in floors.values()} == set().union(
+        *(floors_of_cell(bench["extra_info"]["method"], bench["extra_info"]["operation"], bench["params"]) for bench in cells))
+    assert floors["test_floor_encode[jpeg-90-10]"]["method"] == "floor-jpeg-90-encode"
+    assert floors["test_floor_decode[jpeg-50-10]"]["floor"] == "memcpy"
+    assert {"floor-jpeg-90-encode", "floor-jpeg-50-decode", "floor-webp-lossless-decode"} <= {
+        info["method"] for info in floors.values()}
+    by_name = {bench["name"]: bench for bench in benches}
+    read = by_name["test_read_many[lmdb:codec=jpeg-90-10]"]["extra_info"]
+    assert read["floor"] == "file-read+jpeg-90-decode" and read["floor_n_images"] == 10
+    assert read["floor_ratio"] == pytest.approx(by_name["test_read_many[lmdb:codec=jpeg-90-10]"]["stats"]["median"] / (
+        by_name["test_floor_file_read[10]"]["stats"]["median"] + by_name["test_floor_decode[jpeg-90-10]"]["stats"]["median"]))
+    single = by_name["test_store_single[disk:codec=webp-lossless-1]"]["extra_info"]
+    assert single["floor"] == "webp-lossless-encode+files-write" and single["floor_ratio"] > 0
+    assert all(bench["extra_info"]["floor_ratio"] > 0 for bench in cells)
+
+
+def test_a_codec_floor_is_skipped_when_the_codec_cannot_hold_the_images():
+    """RGBA images: JPEG cannot hold them, so its floor is skipped with its cells, saying why; PNG's runs."""
+    result = run_suite("--cutoffs", "2", "--image-shape", "8x8x4", "--methods", "lmdb:codec=jpeg-90,disk", "-k", "read_many",
+                       "--benchmark-disable", "-rs")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "5 passed, 2 skipped" in result.stdout  # memcpy, file-read, files-read, png-decode, disk; jpeg-90-decode, lmdb
+    assert "jpeg-90 cannot hold these images: JPEG holds uint8 images of shape (H, W) or (H, W, 3), not uint8 (8, 8, 4)" in result.stdout
 
 
 # --- cells against floors -------------------------------------------------------------------
