@@ -84,7 +84,7 @@ def test_every_floor_has_its_cell():
     ("hdf5", "read_random", "cold", ("file-read-cold",)),
     ("disk", "read_random", "warm", ("files-read", "png-decode")),
     ("lmdb", "store_single_into", "warm", ("file-write",)),
-    # methods not registered yet follow the rule without an entry of their own
+    # the rule reads layout, codec and operation only: a method needs no entry of its own
     ("rocksdb", "read_many", "warm", ("file-read",)),
     ("npy-files", "store_many", "warm", ("files-write",)),
     ("lmdb:codec=png", "read_many", "warm", ("file-read", "png-decode")),
