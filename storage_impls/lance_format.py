@@ -2,11 +2,13 @@
 Python objects, one open version (``Snapshot``) with its id -> row address map, and how Lance's errors
 become this package's typed errors.
 
-A row is ``id`` (int64), ``label`` (int64), ``image`` (``fixed_size_binary`` of the image's byte size:
-its raw pixels in C order) and, in a checksummed store, ``checksum`` (uint64, xxh3_64 of the pixels
-seeded with the label). The schema metadata records the dtype (``storage_impls.dtype``, numpy's
-spelling) and shape (``storage_impls.shape``, JSON) so that any Lance reader can decode the pixels:
-``np.frombuffer(row["image"], dtype).reshape(shape)``.
+A row is ``id`` (int64), ``label`` (int64), ``image`` and, in a checksummed store, ``checksum`` (uint64,
+xxh3_64 of the image's stored bytes seeded with the label). ``image`` holds the raw pixels in C order as
+``fixed_size_binary`` of the image's byte size, or, in a store with a codec (codecs.py), each image's
+encoded file (JPEG, PNG, WebP) as variable-length ``binary``. The schema metadata records the dtype
+(``storage_impls.dtype``, numpy's spelling), the shape (``storage_impls.shape``, JSON) and a codec other
+than raw (``storage_impls.codec``, e.g. ``jpeg-90``), so that any Lance reader can decode the images:
+``np.frombuffer(row["image"], dtype).reshape(shape)``, or any decoder of that codec (Pillow).
 """
 from __future__ import annotations
 
@@ -22,36 +24,48 @@ import numpy as np
 import pyarrow as pa
 
 from storage_impls.base import fsync_path
+from storage_impls.codecs import Codec, get_codec
+from storage_impls.encoding import decode
 from storage_impls.errors import CorruptStoreError, StoreError, is_no_space, no_space_error
 from storage_impls.records import image_checksums, verify_checksums
 
-DTYPE_KEY, SHAPE_KEY = b"storage_impls.dtype", b"storage_impls.shape"
+DTYPE_KEY, SHAPE_KEY, CODEC_KEY = b"storage_impls.dtype", b"storage_impls.shape", b"storage_impls.codec"
+RAW = get_codec("raw")
 TAKE_BLOCK_BYTES = 64 << 20  # pixels one take returns at most: a large batch is copied block by block
 NO_SPACE_TEXTS = ("No space left on device", "os error 28", "Disk quota exceeded", "os error 122", "File too large")
 #: what Lance and Arrow raise for files they cannot read (pyo3 panics derive from BaseException, see lance_errors)
 LIBRARY_ERRORS = (OSError, ValueError, RuntimeError, pa.ArrowException)
 
 
-def schema(dtype: np.dtype, shape: tuple[int, ...], checksum: bool) -> pa.Schema:
-    """The Arrow schema of a store of images of ``dtype`` and ``shape``."""
-    row = int(np.prod(shape)) * dtype.itemsize
-    fields = [pa.field("id", pa.int64(), False), pa.field("label", pa.int64(), False),
-              pa.field("image", pa.binary(row), False)]
+def schema(dtype: np.dtype, shape: tuple[int, ...], checksum: bool, codec: Codec = RAW) -> pa.Schema:
+    """The Arrow schema of a store of images of ``dtype`` and ``shape`` stored in ``codec``."""
+    image = pa.binary(int(np.prod(shape)) * dtype.itemsize) if codec is RAW else pa.binary()
+    fields = [pa.field("id", pa.int64(), False), pa.field("label", pa.int64(), False), pa.field("image", image, False)]
     if checksum:
         fields.append(pa.field("checksum", pa.uint64(), False))
-    return pa.schema(fields, metadata={DTYPE_KEY: dtype.str.encode(), SHAPE_KEY: json.dumps(list(shape)).encode()})
+    metadata = {DTYPE_KEY: dtype.str.encode(), SHAPE_KEY: json.dumps(list(shape)).encode()}
+    if codec is not RAW:
+        metadata[CODEC_KEY] = codec.spec.encode()
+    return pa.schema(fields, metadata=metadata)
 
 
-def batch(table_schema: pa.Schema, first_id: int, images: np.ndarray, labels: np.ndarray) -> pa.RecordBatch:
-    """Rows for ``images`` (C-contiguous, zero-copy: the image column is a view of their buffer) with ids
-    ``first_id``.. and ``labels``; a checksum column if the schema has one."""
-    count = len(images)
+def encoded(codec: Codec, images: np.ndarray) -> np.ndarray | list[bytes]:
+    """What the image column stores of ``images``: the images themselves (raw), else each one's bytes, encoded once."""
+    return images if codec is RAW else [codec.encode(image) for image in images]
+
+
+def batch(table_schema: pa.Schema, first_id: int, payloads: np.ndarray | list[bytes], labels: np.ndarray) -> pa.RecordBatch:
+    """Rows with ids ``first_id``.. and ``labels`` for ``payloads`` (``encoded``: raw images, C-contiguous, which the
+    image column views without a copy, or encoded bytes); a checksum column of those bytes if the schema has one."""
+    count, image = len(payloads), table_schema.field("image").type
+    if pa.types.is_fixed_size_binary(image):
+        column = pa.FixedSizeBinaryArray.from_buffers(image, count, [None, pa.py_buffer(np.ascontiguousarray(payloads))])
+    else:
+        column = pa.array(payloads, image)
     columns = [pa.array(np.arange(first_id, first_id + count, dtype=np.int64)),
-               pa.array(labels.astype(np.int64, copy=False)),
-               pa.FixedSizeBinaryArray.from_buffers(table_schema.field("image").type, count,
-                                                    [None, pa.py_buffer(np.ascontiguousarray(images))])]
+               pa.array(labels.astype(np.int64, copy=False)), column]
     if "checksum" in table_schema.names:
-        columns.append(pa.array(image_checksums(images, labels)))
+        columns.append(pa.array(image_checksums(payloads, labels)))
     return pa.RecordBatch.from_arrays(columns, schema=table_schema)
 
 
@@ -62,16 +76,18 @@ class Snapshot:
     def __init__(self, folder: Path, meta: dict) -> None:
         self.folder, self.meta = folder, meta
         self.dtype, self.shape, self.checksum = np.dtype(meta["dtype"]), tuple(meta["image_shape"]), meta["checksum"]
-        self.schema = schema(self.dtype, self.shape, self.checksum)
-        self.row = self.schema.field("image").type.byte_width
+        self.codec = get_codec(meta.get("codec", RAW.spec))
+        self.schema = schema(self.dtype, self.shape, self.checksum, self.codec)
+        self.row = int(np.prod(self.shape)) * self.dtype.itemsize  # bytes of an image's pixels
         with lance_errors(folder):
             if not (folder / "_versions").is_dir():  # lance.dataset says "not found" for damage and absence alike
                 raise FileNotFoundError(2, "no such Lance dataset", str(folder))
             self.dataset = lance.dataset(str(folder))
             found = self.dataset.schema
             if _fields(found) != _fields(self.schema) or found.metadata != self.schema.metadata:  # nulls: on read
-                raise CorruptStoreError(f"{folder} is not a Lance dataset of {self.dtype} images of shape {self.shape}: "
-                                        f"its schema is {_describe(found)}, expected {_describe(self.schema)}")
+                stored = "" if self.codec is RAW else f" in {self.codec.spec}"
+                raise CorruptStoreError(f"{folder} is not a Lance dataset of {self.dtype} images of shape {self.shape}"
+                                        f"{stored}: its schema is {_describe(found)}, expected {_describe(self.schema)}")
             columns = ["id", "label"] + ["checksum"] * self.checksum
             table = self.dataset.to_table(columns=columns, with_row_address=True)
         self.version = self.dataset.version
@@ -121,43 +137,54 @@ class Snapshot:
         if self.in_order < count:
             self.take(np.arange(count, dtype=np.int64), out, labels)
             return
-        flat, position = out.reshape(count, -1).view(np.uint8), 0
+        position = 0
         with lance_errors(self.folder):
             for found in self.dataset.to_batches(columns=["image"], limit=count):
                 column = pa.chunked_array([found.column(0)])
-                self._copy(column, flat[position:position + len(column)])
+                self._fill(column, np.arange(position, position + len(column)), out[position:position + len(column)])
                 position += len(column)
         if position != count:
             raise CorruptStoreError(f"{self.folder}: a scan of {count} images returned {position} rows")
         labels[:] = self.labels[:count]
-        if self.sums is not None:
-            verify_checksums(np.arange(count), out, labels, self.sums[:count], self.folder)
 
     def take(self, ids: np.ndarray, out: np.ndarray, labels: np.ndarray) -> None:
         """Fill ``out[i]``/``labels[i]`` with image ``ids[i]`` (valid ids, any order), a block of rows per take."""
-        flat = out.reshape(len(out), -1).view(np.uint8)
         step = max(1, TAKE_BLOCK_BYTES // self.row)
         for start in range(0, len(ids), step):
             block = ids[start:start + step]
             with lance_errors(self.folder):
                 # row addresses, not offsets: take() by offset slows down with every deleted row (a replaced image)
                 column = self.dataset._take_rows(self.addresses[block], columns=["image"]).column("image")
-            self._copy(column, flat[start:start + len(block)])
+            self._fill(column, block, out[start:start + len(block)])
         labels[:] = self.labels[ids]
-        if self.sums is not None:
-            verify_checksums(ids, out, labels, self.sums[ids], self.folder)
 
-    def _copy(self, column: pa.ChunkedArray, target: np.ndarray) -> None:
-        """Copy the pixels of ``column`` (fixed-size binary chunks) into ``target`` (rows, row bytes)."""
-        if len(column) != len(target) or column.null_count or column.type != self.schema.field("image").type:
-            raise CorruptStoreError(f"{self.folder}: a take of {len(target)} images returned {len(column)} rows of "
+    def _fill(self, column: pa.ChunkedArray, ids: np.ndarray, out: np.ndarray) -> None:
+        """Images ``ids`` into ``out`` from ``column``, the image values of their rows: raw pixels copied, encoded
+        bytes decoded; in a checksummed store the stored bytes are checked first."""
+        if len(column) != len(out) or column.null_count or column.type != self.schema.field("image").type:
+            raise CorruptStoreError(f"{self.folder}: a read of {len(out)} images returned {len(column)} rows of "
                                     f"{column.type} ({column.null_count} null)")
-        position = 0
-        for chunk in column.chunks:
-            data = chunk.buffers()[1]
-            target[position:position + len(chunk)] = np.frombuffer(
-                data, np.uint8, len(chunk) * self.row, chunk.offset * self.row).reshape(len(chunk), self.row)
-            position += len(chunk)
+        if self.codec is RAW:
+            flat, position = out.reshape(len(out), -1).view(np.uint8), 0
+            for chunk in column.chunks:
+                flat[position:position + len(chunk)] = np.frombuffer(
+                    chunk.buffers()[1], np.uint8, len(chunk) * self.row, chunk.offset * self.row).reshape(-1, self.row)
+                position += len(chunk)
+            payloads = out
+        else:
+            payloads = [value for chunk in column.chunks for value in binary_values(chunk)]
+        if self.sums is not None:
+            verify_checksums(ids, payloads, self.labels[ids], self.sums[ids], self.folder)
+        if self.codec is not RAW:
+            for image_id, payload, target in zip(ids.tolist(), payloads, out):
+                decode(self.codec, payload, target, f"{self.folder}: image {image_id}")
+
+
+def binary_values(chunk: pa.BinaryArray) -> list[memoryview]:
+    """The values of a ``binary`` array as views of its data buffer (int32 offsets), no per-value copy."""
+    offsets = np.frombuffer(chunk.buffers()[1], np.int32, len(chunk) + 1, chunk.offset * 4).tolist()
+    data = memoryview(chunk.buffers()[2] or b"")
+    return [data[begin:end] for begin, end in zip(offsets[:-1], offsets[1:])]
 
 
 def _is_permutation(ids: np.ndarray) -> bool:

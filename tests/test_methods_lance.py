@@ -1,7 +1,9 @@
-"""The lance method: conformance and fault tests, plus its own: datasets that pylance reads, Lance datasets
-of another schema or damaged, single writes as Lance versions, compaction, and snapshots."""
+"""The lance method: conformance, codec and fault tests, plus its own: datasets that pylance reads (raw pixels, or
+encoded files any decoder reads), Lance datasets of another schema or damaged, single writes as Lance versions,
+compaction (which never re-encodes), and snapshots."""
 from __future__ import annotations
 
+import io
 import json
 import multiprocessing
 import os
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 pytest.importorskip("lance", reason="the lance method needs pylance: pip install image-storage-bench[lance]")
 
@@ -22,9 +25,11 @@ import pyarrow as pa  # noqa: E402
 import storage_impls.lance as lance_method  # noqa: E402
 import storage_impls.lance_format as lance_format  # noqa: E402
 from storage_impls import CorruptStoreError, MissingStoreError, open_store  # noqa: E402
+from storage_impls.codecs import PillowLossy  # noqa: E402
+from storage_impls.records import checksum_of  # noqa: E402
 from tests.faults import (REPO, FaultTests, check_consistent, kill_after, labelled_batch, leftovers,  # noqa: E402
                           pixels_for, run_child)
-from tests.test_storage import StoreTests, assert_bits_equal, listing, make_batch, random_layout  # noqa: E402
+from tests.test_storage import CodecTests, StoreTests, assert_bits_equal, listing, make_batch, random_layout  # noqa: E402
 
 
 def dataset_folder(directory: Path) -> Path:
@@ -48,7 +53,7 @@ def image_table(images: np.ndarray, labels: np.ndarray, ids: np.ndarray | None =
     return pa.table({"id": np.arange(count) if ids is None else ids, "label": labels, "image": image})
 
 
-class TestLance(StoreTests):
+class TestLance(CodecTests, StoreTests):
     method = "lance"
 
     def corrupt(self, directory):
@@ -78,6 +83,81 @@ class TestLance(StoreTests):
         assert (dtype, shape) == (np.dtype("<f4"), (3, 16, 16))
         assert dataset.schema.field("image").type == pa.binary(3 * 16 * 16 * 4)
         assert_bits_equal(pixels(dataset.to_table(), dtype, shape), images)
+        assert set(meta) == set(OURS) and "codec" not in json.loads((directory / "lance.json").read_text().splitlines()[0])
+
+    # -- codecs: encoded files in a binary column, encoded once --------------------------------
+    def test_pylance_reads_encoded_files_any_decoder_reads(self, directory):
+        """``lance:codec=jpeg-90``: a plain ``lance.dataset`` reads each image's JPEG file and the codec from the
+        schema; Pillow decodes exactly what the store reads; the checksums cover the stored bytes."""
+        images, labels = make_batch(12, (16, 16, 3))
+        with open_store("lance:codec=jpeg-90", directory, checksum=True) as store:
+            store.store_many(images[:10], labels[:10])
+            store.store_single(images[10], 10, int(labels[10]))
+            store.store_single(images[11], 2, int(labels[11]))
+            read, read_labels = store.read_many(11)
+        dataset = lance.dataset(str(dataset_folder(directory)))
+        assert dataset.schema.field("image").type == pa.binary()
+        assert dataset.schema.metadata[b"storage_impls.codec"] == b"jpeg-90"
+        table = dataset.to_table().sort_by("id")
+        files = [value.as_py() for value in table.column("image")]
+        assert all(file[:3] == b"\xff\xd8\xff" for file in files)  # JPEG files, as written
+        decoded = np.stack([np.asarray(Image.open(io.BytesIO(file))) for file in files])
+        np.testing.assert_array_equal(decoded, read)
+        np.testing.assert_array_equal(table.column("label").to_numpy(), read_labels)
+        sums = [checksum_of(file, int(label) & (2**64 - 1)) for file, label in zip(files, read_labels.tolist())]
+        assert table.column("checksum").to_pylist() == sums
+
+    def test_compaction_copies_encoded_images_never_re_encodes(self, directory, monkeypatch):
+        """A lossy image is encoded exactly once: reads before and after compaction are identical, bytes too."""
+        monkeypatch.setattr(lance_method, "COMPACT_VERSIONS", 3)
+        encodes = []
+        real_encode = PillowLossy.encode
+        monkeypatch.setattr(PillowLossy, "encode", lambda codec, image: (encodes.append(1), real_encode(codec, image))[1])
+        images, labels = make_batch(12, (16, 16, 3))
+        with open_store("lance:codec=webp-80", directory) as store:
+            store.store_many(images[:8], labels[:8])
+            for image_id, source in ((8, 8), (1, 9), (4, 10)):  # an append, two replacements: 4 versions
+                store.store_single(images[source], image_id, int(labels[source]))
+            assert len(encodes) == 11
+            folder = dataset_folder(directory)
+            before, files = store.read_many(9)[0], set(lance.dataset(str(folder)).to_table()["image"].to_pylist())
+            store.store_single(images[11], 9, 0)  # compacts (rewrites every fragment) first
+            dataset = lance.dataset(str(folder))
+            assert len(encodes) == 12 and len(dataset.versions()) == 2 and len(dataset.get_fragments()) == 2
+            after = store.read_many(10)[0]
+        assert_bits_equal(after[:9], before)
+        assert files <= set(dataset.to_table()["image"].to_pylist())  # the same encoded files, copied
+        with open_store("lance", directory, "r") as reader:
+            assert_bits_equal(reader.read_batch(np.arange(10)[::-1])[0], after[::-1])
+
+    def test_dataset_of_another_codec_is_corrupt_naming_it(self, directory):
+        images, labels = make_batch(4, (16, 16, 3))
+        with open_store("lance:codec=jpeg-90", directory) as store:
+            store.store_many(images, labels)
+        folder = dataset_folder(directory)
+        table = lance.dataset(str(folder)).to_table()
+        shutil.rmtree(folder)
+        metadata = {**table.schema.metadata, b"storage_impls.codec": b"png"}
+        lance.write_dataset(table.replace_schema_metadata(metadata), str(folder))
+        with pytest.raises(CorruptStoreError, match=f"{folder} is not .* in jpeg-90: .*'storage_impls.codec': 'png'"):
+            open_store(self.method, directory, "r")
+
+    def test_bytes_that_do_not_decode_are_corrupt_naming_the_image(self, directory):
+        images, labels = make_batch(4, (16, 16, 3))
+        with open_store("lance:codec=jpeg-90", directory) as store:
+            store.store_many(images, labels)
+            expected = store.read_many(4)[0]
+        folder = dataset_folder(directory)
+        table = lance.dataset(str(folder)).to_table()
+        files = table["image"].to_pylist()
+        files[2] = files[2][:60]  # a JPEG cut short
+        shutil.rmtree(folder)
+        lance.write_dataset(table.set_column(2, table.schema.field("image"), pa.array(files, pa.binary())), str(folder))
+        with open_store(self.method, directory, "r") as reader:
+            for read in (lambda: reader.read_many(4), lambda: reader.read_batch([3, 2]), lambda: reader.read_single(2)):
+                with pytest.raises(CorruptStoreError, match=f"{folder}: image 2 is not a readable jpeg-90 image"):
+                    read()
+            assert_bits_equal(reader.read_batch([3, 1])[0], expected[[3, 1]])
 
     def test_file_format_is_pinned_and_store_many_writes_one_version(self, directory, filled):
         dataset = lance.dataset(str(dataset_folder(directory)))
@@ -284,6 +364,13 @@ while True:
 class TestLanceFaults(FaultTests):
     method = "lance"
     snapshot_can_expire = True  # Lance reads files when asked; a compaction's cleanup or store_many removes them
+
+
+class TestLancePngFaults(FaultTests):
+    """Encoded images: a variable-length ``binary`` column of PNG files, checksums over those bytes."""
+
+    method = "lance:codec=png"
+    snapshot_can_expire = True
 
 
 def test_a_process_forked_after_lance_ran_is_refused_not_crashed(tmp_path):
