@@ -23,6 +23,7 @@ import lance
 import numpy as np
 import pyarrow as pa
 
+from storage_impls.arrow_binary import binary_values
 from storage_impls.base import fsync_path
 from storage_impls.codecs import Codec, get_codec
 from storage_impls.encoding import decode
@@ -178,13 +179,6 @@ class Snapshot:
         if self.codec is not RAW:
             for image_id, payload, target in zip(ids.tolist(), payloads, out):
                 decode(self.codec, payload, target, f"{self.folder}: image {image_id}")
-
-
-def binary_values(chunk: pa.BinaryArray) -> list[memoryview]:
-    """The values of a ``binary`` array as views of its data buffer (int32 offsets), no per-value copy."""
-    offsets = np.frombuffer(chunk.buffers()[1], np.int32, len(chunk) + 1, chunk.offset * 4).tolist()
-    data = memoryview(chunk.buffers()[2] or b"")
-    return [data[begin:end] for begin, end in zip(offsets[:-1], offsets[1:])]
 
 
 def _is_permutation(ids: np.ndarray) -> bool:

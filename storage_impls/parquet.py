@@ -50,6 +50,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from storage_impls.arrow_binary import binary_values
 from storage_impls.base import fsync_path
 from storage_impls.checkpointed import COPY_BLOCK_BYTES, Checkpoint, EncodedCheckpointedStore, Source
 from storage_impls.codecs import Codec
@@ -171,11 +172,8 @@ class ParquetCheckpoint(Checkpoint):
         groups, inverse = np.unique(ids // self.per_group, return_inverse=True)
         table = self._read(groups.tolist())
         rows = inverse.reshape(-1) * self.per_group + ids % self.per_group
-        images = table.column("image").combine_chunks()  # variable-length binary: int32 offsets, then the bytes
-        offsets = np.frombuffer(images.buffers()[1], np.int32, len(images) + 1, images.offset * 4)
-        data = memoryview(images.buffers()[2])
-        starts, stops = offsets[rows].tolist(), offsets[rows + 1].tolist()
-        return [data[begin:end] for begin, end in zip(starts, stops)], table.column("label").to_numpy()[rows]
+        values = [value for chunk in table.column("image").chunks for value in binary_values(chunk)]
+        return [values[row] for row in rows.tolist()], table.column("label").to_numpy()[rows]
 
     def read_rows(self, start: int, out: np.ndarray, labels: np.ndarray) -> None:
         size, stop = self.per_group, start + len(out)
