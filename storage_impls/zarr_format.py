@@ -6,17 +6,23 @@ chunk per image, ``per_shard`` images per shard file (``sharding_indexed``, inde
 length) per chunk, little endian, then its CRC-32C); inner codecs ``bytes`` (this machine's byte order), then
 ``blosc`` or ``zstd`` (zarr's defaults) if compressed, then ``crc32c`` when the store is checksummed. ``labels``:
 chunks of LABEL_CHUNK labels, ``bytes`` plus ``crc32c`` when checksummed. Every chunk is written
-(``write_empty_chunks``), so a missing one is damage, never a run of fill values.
+(``write_empty_chunks``), so a missing one is damage, never a run of fill values. A store with a codec: ``images``
+is (N,) ``variable_length_bytes``, one encoded image per element and chunk, serializer ``vlen-bytes`` (a chunk:
+uint32 count 1, uint32 length, the bytes; little endian), the same shards and compressors, and the group's
+attributes add the codec (``Layout.attributes``).
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import json
 import math
 import os
+import struct
 import sys
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -25,7 +31,9 @@ import numpy as np
 import zarr
 import zarr.errors
 from numcodecs import Blosc, Zstd
-from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ZstdCodec
+from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, VLenBytesCodec, ZstdCodec
+from zarr.core.dtype import VariableLengthBytes
+from zarr.core.dtype.common import UnstableSpecificationWarning
 from zarr.storage import LocalStore, MemoryStore
 
 from storage_impls.errors import CorruptStoreError, StoreError
@@ -41,6 +49,7 @@ CRC = 4  # bytes of a crc32c codec's trailer
 #: pipeline). 16-256 all about halve store_many's time: 80-83 us per 32x32x3 image at 64, 165-211 at 1 (same run)
 WRITE_BATCH = 64
 _DECODERS = {"blosc": Blosc(), "zstd": Zstd()}  # both formats are self-describing: defaults decode any settings
+VLEN_HEADER = struct.Struct("<II")  # a vlen-bytes chunk of one element: the element count (1), then its length
 
 
 def shard_images(dtype: np.dtype, shape: tuple[int, ...], count: int) -> int:
@@ -66,33 +75,61 @@ class Layout(NamedTuple):
     labels_per_chunk: int
     compression: str
     checksum: bool
+    codec: str = "raw"  # the spec of the images' codec (codecs.py); not raw: ``images`` holds their encoded bytes
+
+    @property
+    def encoded(self) -> bool:
+        return self.codec != "raw"
+
+    def attributes(self) -> dict:
+        """The group's attributes: this package's format, and the codec of encoded images (absent: raw pixels)."""
+        return {**GROUP_ATTRIBUTES, "codec": self.codec} if self.encoded else GROUP_ATTRIBUTES
+
+    def shard_path(self, folder: Path, index: int) -> Path:
+        """The file of shard ``index`` of ``images`` (zarr's default chunk key encoding: ``c/<i>/0/0...``)."""
+        return folder.joinpath("images", "c", str(index), *["0"] * (0 if self.encoded else len(self.shape)))
 
     def specs(self) -> dict[str, dict]:
         """Keyword arguments of ``zarr.create_array`` for ``images`` and ``labels``."""
         compressor = {"none": [], "blosc": [BloscCodec()], "zstd": [ZstdCodec()]}[self.compression]
         trailer = [Crc32cCodec()] if self.checksum else []
-        common = {"filters": None, "fill_value": 0, "config": {"write_empty_chunks": True}}
+        common = {"filters": None, "config": {"write_empty_chunks": True}}
+        if self.encoded:  # one element of bytes per image
+            images = {"shape": (self.count,), "dtype": VariableLengthBytes(), "chunks": (1,), "shards": (self.per_shard,),
+                      "serializer": VLenBytesCodec(), "fill_value": b""}
+        else:
+            images = {"shape": (self.count, *self.shape), "dtype": self.dtype, "chunks": (1, *self.shape),
+                      "shards": (self.per_shard, *self.shape), "serializer": BytesCodec(endian=sys.byteorder), "fill_value": 0}
         return {
-            "images": {"shape": (self.count, *self.shape), "dtype": self.dtype, "chunks": (1, *self.shape),
-                       "shards": (self.per_shard, *self.shape), "serializer": BytesCodec(endian=sys.byteorder),
-                       "compressors": compressor + trailer, **common},
+            "images": {**images, "compressors": compressor + trailer, **common},
             "labels": {"shape": (self.count,), "dtype": np.dtype(np.int64), "chunks": (self.labels_per_chunk,),
-                       "serializer": BytesCodec(endian=sys.byteorder), "compressors": trailer, **common},
+                       "serializer": BytesCodec(endian=sys.byteorder), "compressors": trailer, "fill_value": 0, **common},
         }
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence zarr's warning that ``variable_length_bytes`` has no zarr v3 specification yet (used on purpose: see
+    zarr.py), which it gives whenever such an array's metadata is made or serialised."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnstableSpecificationWarning)
+        yield
 
 
 @functools.lru_cache(maxsize=64)
 def expected_metadata(layout: Layout) -> dict[str, dict]:
     """The zarr metadata (less attributes) of both arrays as this zarr version writes them for ``layout``: made
     once per layout in memory, so that every field counts (shape, data type, chunk grid, codecs, fill value)."""
-    return {name: _metadata(zarr.create_array(MemoryStore(), **spec)) for name, spec in layout.specs().items()}
+    with quiet():
+        return {name: _metadata(zarr.create_array(MemoryStore(), **spec)) for name, spec in layout.specs().items()}
 
 
 def write_group(folder: Path, layout: Layout) -> tuple[zarr.Array, zarr.Array]:
     """Create the group and its two (empty) arrays in ``folder``."""
     specs = layout.specs()
-    group = zarr.create_group(LocalStore(folder), zarr_format=3, attributes=GROUP_ATTRIBUTES)
-    return group.create_array("images", **specs["images"]), group.create_array("labels", **specs["labels"])
+    group = zarr.create_group(LocalStore(folder), zarr_format=3, attributes=layout.attributes())
+    with quiet():
+        return group.create_array("images", **specs["images"]), group.create_array("labels", **specs["labels"])
 
 
 class StrictLocalStore(LocalStore):
@@ -110,15 +147,16 @@ def open_group(folder: Path, layout: Layout) -> tuple[zarr.Array, zarr.Array]:
     """``images`` and ``labels`` of the group in ``folder``, read only, each exactly as ``layout`` makes it;
     CorruptStoreError naming the metadata file otherwise, FileNotFoundError (naming it) if one is missing."""
     group = _open_node(folder, "", lambda: zarr.open_group(StrictLocalStore(folder, read_only=True), mode="r", zarr_format=3))
-    if not isinstance(group, zarr.Group) or dict(group.attrs) != GROUP_ATTRIBUTES:
+    if not isinstance(group, zarr.Group) or dict(group.attrs) != layout.attributes():
         attributes = dict(group.attrs) if isinstance(group, zarr.Group) else None
-        raise CorruptStoreError(f"{folder / 'zarr.json'}: a zarr group written by another tool (attributes "
-                                f"{attributes!r}, expected {GROUP_ATTRIBUTES!r})")
+        raise CorruptStoreError(f"{folder / 'zarr.json'}: a zarr group written by another tool, or of another codec "
+                                f"(attributes {attributes!r}, expected {layout.attributes()!r})")
     arrays = []
     for name in ("images", "labels"):
-        node = _open_node(folder, name, lambda: group[name])
+        with quiet():
+            node = _open_node(folder, name, lambda: group[name])
+            found = _metadata(node) if isinstance(node, zarr.Array) else {"node_type": "group"}
         expected = expected_metadata(layout)[name]
-        found = _metadata(node) if isinstance(node, zarr.Array) else {"node_type": "group"}
         if found != expected:
             differs = "; ".join(f"{key} {found.get(key)!r}, expected {expected.get(key)!r}"
                                 for key in sorted(expected.keys() | found.keys()) if expected.get(key) != found.get(key))
@@ -163,11 +201,6 @@ def read_labels(labels: zarr.Array, folder: Path) -> np.ndarray:
     return out
 
 
-def shard_path(folder: Path, index: int, ndim: int) -> Path:
-    """The file of shard ``index`` of ``images`` (zarr's default chunk key encoding: ``c/<i>/0/0...``)."""
-    return folder.joinpath("images", "c", str(index), *["0"] * ndim)
-
-
 def read_shard_index(fd: int, path: Path, per_shard: int, used: int, chunk_bytes: int | None) -> tuple[np.ndarray, np.ndarray]:
     """(offsets, lengths) of the first ``used`` chunks of one shard file, from the index at its end, checked: its
     CRC-32C, every chunk present, inside the data, and of ``chunk_bytes`` if known (uncompressed chunks)."""
@@ -189,29 +222,43 @@ def read_shard_index(fd: int, path: Path, per_shard: int, used: int, chunk_bytes
 
 
 class ChunkDecoder:
-    """Turns the bytes of one inner chunk into the pixels of one image, checking its CRC-32C if it has one.
-    Buffers are numpy arrays or bytes (google_crc32c takes no memoryview)."""
+    """Turns the bytes of one inner chunk into the pixels of one image (``decode_into``), or into the encoded image it
+    holds (``payload``, a store with a codec), checking its CRC-32C if it has one. Buffers are numpy arrays or bytes
+    (google_crc32c takes no memoryview)."""
 
-    def __init__(self, compression: str, checksum: bool, row: int) -> None:
+    def __init__(self, compression: str, checksum: bool, row: int, encoded: bool = False) -> None:
         self.compression, self.checksum, self.row = compression, checksum, row
-        self.raw_bytes = row + CRC * checksum if compression == "none" else None  # the one size of every chunk
+        # the one size of every chunk (uncompressed raw pixels), else None
+        self.raw_bytes = row + CRC * checksum if compression == "none" and not encoded else None
 
-    def decode_into(self, data: np.ndarray | bytes, target: np.ndarray, where: object) -> None:
-        """Fill ``target`` (``row`` bytes, uint8) from ``data``, the chunk as stored."""
+    def _serialized(self, data: np.ndarray | bytes, where: object) -> np.ndarray | bytes:
+        """The chunk as its serializer wrote it: CRC-32C checked and removed, decompressed."""
         if self.checksum:
             data, trailer = data[:-CRC], data[-CRC:]
             self.check_crc(data, trailer, where)
         if self.compression == "none":
-            target[:] = np.frombuffer(data, np.uint8)
-            return
+            return data
         try:
-            pixels = _DECODERS[self.compression].decode(data)
+            return _DECODERS[self.compression].decode(data)
         except (RuntimeError, ValueError, TypeError) as error:
             raise CorruptStoreError(f"{where} does not decompress ({self.compression}: {error})") from None
-        pixels = np.frombuffer(pixels, np.uint8)
+
+    def decode_into(self, data: np.ndarray | bytes, target: np.ndarray, where: object) -> None:
+        """Fill ``target`` (``row`` bytes, uint8) from ``data``, the chunk as stored."""
+        pixels = np.frombuffer(self._serialized(data, where), np.uint8)
         if len(pixels) != self.row:
             raise CorruptStoreError(f"{where} decompresses to {len(pixels)} bytes, expected {self.row}")
         target[:] = pixels
+
+    def payload(self, data: bytes, where: object) -> memoryview:
+        """The encoded image in ``data``, the chunk as stored: vlen-bytes of one element (a little-endian uint32 count,
+        1, then the element's uint32 length and its bytes)."""
+        serialized = memoryview(self._serialized(data, where))
+        count, length = VLEN_HEADER.unpack_from(serialized) if len(serialized) >= VLEN_HEADER.size else (0, -1)
+        if count != 1 or length != len(serialized) - VLEN_HEADER.size:
+            raise CorruptStoreError(f"{where}: a chunk of {len(serialized)} bytes that is not one vlen-bytes element "
+                                    f"(count {count}, length {length})")
+        return serialized[VLEN_HEADER.size:]
 
     @staticmethod
     def check_crc(pixels: np.ndarray | bytes, trailer: np.ndarray | bytes, where: object) -> None:

@@ -1,6 +1,7 @@
-"""The zarr method: conformance and fault tests (with either reader), then its own: zarr-python reads the same
-pixels and labels, nodes from another tool and damaged or missing files are refused naming the file, and the
-design choices (whole-shard writes, balanced shards, every chunk written, the pread reader, snapshots, fork)."""
+"""The zarr method: conformance, codec and fault tests (with either reader), then its own: zarr-python reads the
+same pixels and labels (with a codec: each image's encoded file, which Pillow decodes), nodes from another tool and
+damaged or missing files are refused naming the file, and the design choices (whole-shard writes, balanced shards,
+every chunk written, the pread reader, snapshots, fork)."""
 from __future__ import annotations
 
 import json
@@ -12,11 +13,13 @@ import pytest
 
 zarr = pytest.importorskip("zarr", reason="the zarr method needs zarr 3: pip install image-storage-bench[zarr]")
 
+import storage_impls.zarr  # noqa: E402
 import storage_impls.zarr_format  # noqa: E402
 from storage_impls import CorruptStoreError, MissingStoreError, open_store  # noqa: E402
+from storage_impls.codecs import get_codec  # noqa: E402
 from storage_impls.zarr import ZarrStore, live_group  # noqa: E402
 from tests.faults import FaultTests, labelled_batch, pixels_for, run_child  # noqa: E402
-from tests.test_storage import StoreTests, assert_bits_equal, listing, make_batch, random_layout  # noqa: E402
+from tests.test_storage import CodecTests, StoreTests, assert_bits_equal, listing, make_batch, random_layout  # noqa: E402
 
 VARIANTS = [f"zarr:compression={compression},reader={reader}" for compression in ("none", "blosc", "zstd")
             for reader in ("pread", "zarr")]
@@ -40,7 +43,7 @@ def small_shards(monkeypatch):
     monkeypatch.setattr(storage_impls.zarr_format, "LABEL_CHUNK", 4)
 
 
-class TestZarr(StoreTests):
+class TestZarr(CodecTests, StoreTests):
     method = "zarr"
 
     def corrupt(self, directory):
@@ -74,12 +77,77 @@ class TestZarr(StoreTests):
         np.testing.assert_array_equal(group["labels"][:], labels)
         assert group["images"].dtype == np.uint8 and group["labels"].dtype == np.int64
 
+    # -- codecs: each image's encoded file, one element of a variable-length bytes array --------------
+    @pytest.mark.parametrize("checksum", [False, True])
+    def test_an_encoded_store_holds_each_image_file_and_the_group_records_the_codec(self, tmp_path, checksum):
+        images, labels = make_batch(9, (16, 16, 3))
+        with open_store("zarr:codec=png", tmp_path, checksum=checksum) as store:
+            store.store_many(images, labels)
+        folder = live_group(tmp_path)
+        group = zarr.open_group(folder, mode="r")
+        array = group["images"]
+        assert dict(group.attrs) == {"format": "storage_impls.zarr", "format_version": 1, "codec": "png"}
+        assert (array.shape, array.chunks, array.shards) == ((9,), (1,), (9,))
+        metadata = json.loads((folder / "images" / "zarr.json").read_text())
+        assert metadata["data_type"] == "variable_length_bytes" and metadata["fill_value"] == ""
+        inner = [codec["name"] for codec in metadata["codecs"][0]["configuration"]["codecs"]]
+        assert inner == ["vlen-bytes"] + ["crc32c"] * checksum
+        assert array[4:5][0] == get_codec("png").encode(images[4])  # image 4's PNG file, as encoded
+        np.testing.assert_array_equal(group["labels"][:], labels)
+
+    def test_the_raw_codec_is_the_layout_of_a_store_without_one(self, tmp_path):
+        images, labels = make_batch(5, (8, 8, 3))
+        for spec in ("zarr", "zarr:codec=raw"):
+            with open_store(spec, tmp_path / spec) as store:
+                store.store_many(images, labels)
+                assert store.codec_spec == "raw"
+            assert "codec" not in json.loads((tmp_path / spec / "zarr.json").read_text().splitlines()[0])
+        files = [sorted((path.relative_to(folder), path.read_bytes()) for path in folder.rglob("*") if path.is_file())
+                 for folder in (live_group(tmp_path / "zarr"), live_group(tmp_path / "zarr:codec=raw"))]
+        assert files[0] == files[1]
+        assert dict(zarr.open_group(live_group(tmp_path / "zarr"), mode="r").attrs) == storage_impls.zarr_format.GROUP_ATTRIBUTES
+
+    def test_a_group_recording_another_codec_is_refused_naming_it(self, tmp_path):
+        with open_store("zarr:codec=jpeg-90", tmp_path) as store:
+            store.store_many(*make_batch(4, (8, 8, 3)))
+        zarr.open_group(live_group(tmp_path), mode="a").update_attributes({"codec": "png"})
+        with pytest.raises(CorruptStoreError, match=r"ckpt-\w+/zarr.json: .*another codec .*'png'.*expected .*'jpeg-90'"):
+            open_store(self.method, tmp_path, "r")
+
+    @pytest.mark.parametrize("reader", ["pread", "zarr"])
+    def test_a_fold_copies_the_encoded_files_without_encoding_them_again(self, tmp_path, reader, monkeypatch):
+        import storage_impls.journal
+
+        monkeypatch.setattr(storage_impls.journal, "COMPACT_MIN_RECORDS", 2)
+        images, labels = make_batch(8, (16, 16, 3))
+        with open_store(f"zarr:codec=jpeg-90,reader={reader}", tmp_path) as store:
+            store.store_many(images[:4], labels[:4])
+            for image_id in range(4, 8):
+                store.store_single(images[image_id], image_id, int(labels[image_id]))
+            assert_bits_equal(store.read_many(8)[0], self.expected("jpeg-90", images))
+        files = zarr.open_group(live_group(tmp_path), mode="r")["images"][:]
+        assert len(files) == 7 and list(files) == [get_codec("jpeg-90").encode(image) for image in images[:7]]
+
+    @pytest.mark.parametrize("reader", ["pread", "zarr"])
+    @pytest.mark.parametrize("offset", [0, 8 + 20], ids=["vlen-count", "png-header"])
+    def test_a_damaged_encoded_chunk_is_corrupt_naming_its_shard_or_image(self, tmp_path, reader, offset):
+        images, labels = make_batch(6, (8, 8, 3))
+        with open_store("zarr:codec=png", tmp_path) as store:
+            store.store_many(images, labels)
+        flip(shard(tmp_path, ndim=0), offset)  # image 0's chunk comes first: its element count, or its PNG's IHDR
+        with open_store(f"zarr:reader={reader}", tmp_path, "r") as store:
+            np.testing.assert_array_equal(store.read_batch([5, 1])[0], images[[5, 1]])
+            for read in (lambda: store.read_batch([1, 0]), lambda: store.read_many(6), lambda: store.read_single(0)):
+                with pytest.raises(CorruptStoreError, match=r"images/c/0: .* not one vlen-bytes element|images/c/0 is damaged|image 0 is not a readable png"):
+                    read()
+
     # -- the pread reader and zarr-python's agree ---------------------------------------------------
+    @pytest.mark.parametrize("codec", ["raw", "png"])
     @pytest.mark.parametrize("checksum", [False, True])
     @pytest.mark.parametrize("compression", ["none", "blosc", "zstd"])
-    def test_both_readers_read_the_same_across_shards(self, tmp_path, small_shards, compression, checksum):
+    def test_both_readers_read_the_same_across_shards(self, tmp_path, small_shards, compression, checksum, codec):
         images, labels = make_batch(11, (8, 8, 3))  # shards of 4, 4 and 3 images
-        with open_store(f"zarr:compression={compression}", tmp_path, checksum=checksum) as store:
+        with open_store(f"zarr:compression={compression},codec={codec}", tmp_path, checksum=checksum) as store:
             store.store_many(images, labels)
         assert len(list((live_group(tmp_path) / "images" / "c").iterdir())) == 3
         ids = np.array([10, 0, 4, 4, 3, 7, 8, 1])
@@ -333,6 +401,64 @@ class TestZarrThroughPreadFaults(FaultTests):
     test_kill_at_random_points_never_mixes = test_concurrent_writers_leave_a_consistent_store = None
     test_full_disk_keeps_the_store_as_it_was = test_second_writer_times_out_and_readers_go_on = None
     test_store_many_repairs_a_damaged_store = None
+
+
+class TestZarrCodecsThroughPread(CodecTests):
+    """The codec tests with the pread reader (CodecTests names its variants ``<method>:codec=...``, so the reader is
+    the module's default here)."""
+
+    method = "zarr"
+
+    @pytest.fixture(autouse=True)
+    def pread_by_default(self, monkeypatch):
+        monkeypatch.setitem(storage_impls.zarr.DEFAULTS, "reader", "pread")
+
+    @pytest.fixture
+    def directory(self, tmp_path):
+        return tmp_path / "store"
+
+    def test_the_reader_is_pread(self, directory):
+        with open_store("zarr:codec=png", directory) as store:
+            store.store_many(*make_batch(3, (8, 8, 3)))
+            assert store._checkpoint.reader == "pread" and len(store._checkpoint.fds) == 1
+
+
+class TestZarrPngFaults(FaultTests):
+    """Encoded images (a vlen-bytes element each), journal records of PNG bytes folded without encoding again."""
+
+    method = "zarr:codec=png"
+    snapshot_can_expire = True
+
+
+class TestZarrPngThroughPreadFaults(TestZarrThroughPreadFaults):
+    method = "zarr:codec=png,reader=pread"
+
+
+def test_zarr_python_alone_reads_each_image_file_and_pillow_decodes_what_the_store_reads(tmp_path):
+    """``zarr:codec=jpeg-90``: in a process that never imports this package, zarr-python opens the group and gets each
+    image's JPEG file as bytes (the group's attributes name the codec); Pillow decodes them to what the store reads."""
+    images, labels = make_batch(40, (16, 16, 3))
+    with open_store("zarr:codec=jpeg-90", tmp_path / "store", checksum=True) as store:
+        store.store_many(images, labels)
+        read = store.read_many(40)[0]
+    result = run_child(f"""
+        import io, sys
+        import numpy as np
+        import zarr
+        from PIL import Image
+        group = zarr.open_group({str(live_group(tmp_path / "store"))!r}, mode="r")
+        assert group.attrs["codec"] == "jpeg-90", dict(group.attrs)
+        files = group["images"][:]  # an object array: one bytes object per image
+        assert [type(data) for data in files] == [bytes] * 40 and files[0][:2] == b"\\xff\\xd8"
+        assert list(group["images"].oindex[[39, 0, 7]]) == [files[39], files[0], files[7]]
+        decoded = np.stack([np.asarray(Image.open(io.BytesIO(data))) for data in files])
+        assert not [name for name in sys.modules if name.startswith("storage_impls")]
+        np.save({str(tmp_path / "decoded.npy")!r}, decoded)
+        np.save({str(tmp_path / "labels.npy")!r}, group["labels"][:])
+    """)
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "decoded.npy"), read)
+    np.testing.assert_array_equal(np.load(tmp_path / "labels.npy"), labels)
 
 
 @pytest.mark.parametrize("spec", ["zarr:compression=blosc", "zarr:compression=zstd,reader=zarr"])
