@@ -12,6 +12,14 @@ the same size, and its first 640 bytes (``MemberLayout.heads``) follow from its 
 them byte for byte, so a damaged member, a wrong offset or a shard from another tool is refused,
 never read as an image.
 
+With a codec (``SampleLayout``) a sample is WebDataset's usual pair of members, as ``TarWriter`` writes
+``{"__key__": key, "cls": label, <extension>: encoded bytes}`` (members in sorted order): ``<key>.cls``, the
+label as decimal text (at most 20 characters, so one data block), then ``<key>.<extension>`` (``jpg``,
+``png``, ``webp``: the codec's) holding the encoded file, zero-padded to a whole block. Samples differ in size,
+so their offsets and encoded lengths are in the store's index (``encoded_shard_sizes`` checks it); the first
+1536 bytes of a sample (both headers and the label's block, ``SampleLayout.heads``) follow from its id, label
+and length, and reads compare them byte for byte.
+
 The tar header is built here, not by ``tarfile``, so that its bytes are fixed by this format whatever the
 running Python's ``tarfile`` writes: the store checks them on every read.
 """
@@ -34,10 +42,12 @@ MAX_IDS = 10 ** KEY_DIGITS
 EXTENSION = "npy"
 OWNER = b"bigdata"  # webdataset's TarWriter writes this user and group
 MODE = 0o444
+SIZE_FIELD = slice(124, 135)  # eleven octal digits, then NUL
 CHECKSUM_FIELD = slice(148, 154)  # six octal digits, then NUL and a space
+MAX_TAR_SIZE = 8 ** 11 - 1  # the largest member a ustar size field holds
+LABEL_CHARS = 20  # the decimal text of any int64 ("-9223372036854775808") fits
 MAX_MEMBER_DATA = 2 ** 31 - 1  # numpy's limit on the size of a structured dtype
 _POWERS = 10 ** np.arange(KEY_DIGITS - 1, -1, -1, dtype=np.int64)
-_OCTAL_SHIFTS = np.arange(15, -1, -3, dtype=np.int64)
 
 
 def sample_dtype(dtype: np.dtype, shape: tuple[int, ...]) -> np.dtype:
@@ -52,14 +62,23 @@ def member_limit(dtype: np.dtype, shape: tuple[int, ...]) -> str | None:
     return None
 
 
-def ustar_header(name: bytes, size: int, mtime: int) -> bytes:
-    """The 512-byte ustar header of a regular file as this format writes it (and TarWriter does)."""
+def unsigned_header(name: bytes, size: int, mtime: int) -> bytes:
+    """A ustar header with its checksum field blank (eight spaces, as the checksum is computed)."""
     fields = [name.ljust(100, b"\0"), b"%07o\0" % MODE, b"%07o\0" % 0, b"%07o\0" % 0, b"%011o\0" % size,
               b"%011o\0" % mtime, b" " * 8, b"0", b"\0" * 100, b"ustar\x0000", OWNER.ljust(32, b"\0"),
               OWNER.ljust(32, b"\0"), b"\0" * 16, b"\0" * 155]
-    block = b"".join(fields).ljust(BLOCK, b"\0")
-    checksum = sum(block)
-    return block[:CHECKSUM_FIELD.start] + b"%06o\0" % checksum + block[CHECKSUM_FIELD.stop + 1:]
+    return b"".join(fields).ljust(BLOCK, b"\0")
+
+
+def ustar_header(name: bytes, size: int, mtime: int) -> bytes:
+    """The 512-byte ustar header of a regular file as this format writes it (and TarWriter does)."""
+    block = unsigned_header(name, size, mtime)
+    return block[:CHECKSUM_FIELD.start] + b"%06o\0" % sum(block) + block[CHECKSUM_FIELD.stop + 1:]
+
+
+def octal(values: np.ndarray, digits: int) -> np.ndarray:
+    """(n, digits) uint8: the ASCII octal digits of ``values`` (n,), zero-padded."""
+    return (values[:, None] >> np.arange(3 * digits - 3, -1, -3, dtype=np.int64) & 7 | ord("0")).astype(np.uint8)
 
 
 @dataclass(frozen=True)
@@ -97,7 +116,7 @@ class MemberLayout:
         heads[:] = self.template
         digits = ids[:, None] // _POWERS % 10  # id 0 has "0" (48) in each; an id adds its digits to the sum
         heads[:, :KEY_DIGITS] = digits + ord("0")
-        heads[:, CHECKSUM_FIELD] = (self._checksum + digits.sum(1))[:, None] >> _OCTAL_SHIFTS & 7 | ord("0")
+        heads[:, CHECKSUM_FIELD] = octal(self._checksum + digits.sum(1), 6)
         return heads
 
     def fill(self, members: np.ndarray, first: int, images: np.ndarray, labels: np.ndarray) -> None:
@@ -119,20 +138,107 @@ def member_error(path: Path, offset: int, image_id: int) -> CorruptStoreError:
                              "it (its tar or .npy header differs: a damaged shard, or one from another tool)")
 
 
-def key(image_id: int) -> bytes:
+@dataclass(frozen=True)
+class SampleLayout:
+    """The members of an encoded sample (``<key>.cls``, then ``<key>.<extension>``) of a store written at ``mtime``."""
+
+    extension: str
+    mtime: int
+    template: np.ndarray = field(init=False, repr=False)  # the head of id 0: sizes 0, no label, checksums blank
+
+    HEAD = 3 * BLOCK  # the .cls header, the label's block, the image's header; the encoded bytes follow
+
+    def __post_init__(self) -> None:
+        image = unsigned_header(key(0, self.extension.encode()), 0, self.mtime)
+        head = unsigned_header(key(0, b"cls"), 0, self.mtime) + bytes(BLOCK) + image
+        object.__setattr__(self, "template", np.frombuffer(head, np.uint8))
+
+    def heads(self, ids: np.ndarray, labels: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """The first HEAD bytes of the samples of ``ids`` with ``labels`` and encoded ``lengths``, (n, HEAD) uint8."""
+        texts = [b"%d" % label for label in labels.tolist()]
+        heads = np.empty((len(ids), self.HEAD), np.uint8)
+        heads[:] = self.template
+        heads[:, BLOCK:BLOCK + LABEL_CHARS] = np.frombuffer(b"".join(text.ljust(LABEL_CHARS, b"\0") for text in texts),
+                                                           np.uint8).reshape(len(ids), LABEL_CHARS)
+        digits = (ids[:, None] // _POWERS % 10 + ord("0")).astype(np.uint8)
+        for start, sizes in ((0, np.array([len(text) for text in texts], np.int64)), (2 * BLOCK, lengths)):
+            header = heads[:, start:start + BLOCK]
+            header[:, :KEY_DIGITS] = digits
+            header[:, SIZE_FIELD] = octal(sizes, 11)
+            header[:, CHECKSUM_FIELD] = octal(header.sum(1, dtype=np.int64), 6)
+            header[:, CHECKSUM_FIELD.stop] = 0
+        return heads
+
+    def labels(self, ids: np.ndarray, heads: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, int | None]:
+        """The labels in ``heads`` (n, HEAD) read for ``ids`` of encoded ``lengths``, and the position of the first
+        head that is not what this store writes for its id, label and length (None if all are)."""
+        texts = np.ascontiguousarray(heads[:, BLOCK:BLOCK + LABEL_CHARS]).view(f"S{LABEL_CHARS}")[:, 0]  # trailing NULs dropped
+        unreadable = np.zeros(len(ids), bool)
+        try:
+            labels = texts.astype(np.int64)
+        except (ValueError, OverflowError):  # a text that is not an int64's: find which
+            labels = np.zeros(len(ids), np.int64)
+            for position, text in enumerate(texts.tolist()):
+                try:
+                    labels[position] = int(text)
+                except (ValueError, OverflowError):
+                    unreadable[position] = True
+        bad = np.flatnonzero(unreadable | (heads != self.heads(ids, labels, lengths)).any(axis=1))
+        return labels, int(bad[0]) if len(bad) else None
+
+    def members(self, heads: np.ndarray, payloads: list[bytes | memoryview]) -> list[bytes | memoryview]:
+        """The bytes of whole samples, one after another: each head, its encoded bytes, zeros to a whole block."""
+        parts = []
+        for head, payload in zip(heads, payloads):
+            parts += [head, payload, bytes(-len(payload) % BLOCK)]
+        return parts
+
+
+def sample_bytes(lengths: np.ndarray) -> np.ndarray:
+    """The bytes of encoded samples of ``lengths``: both members, headers and padding included."""
+    return SampleLayout.HEAD + -(-lengths // BLOCK) * BLOCK
+
+
+def encoded_shard_sizes(index: np.ndarray, shards: int) -> np.ndarray:
+    """The size of each of ``shards`` shards that an encoded store's ``index`` ((n, 3): shard, offset, length)
+    describes; ValueError unless its samples follow one another from the start of each shard."""
+    shard, offset, length = index.T
+    if len(index) == 0 or not (0 < length).all() or not (length <= MAX_TAR_SIZE).all():
+        raise ValueError("an encoded length is out of range")
+    if shard[0] != 0 or shard[-1] != shards - 1 or not np.isin(np.diff(shard), (0, 1)).all():
+        raise ValueError(f"shards {shard[0]}..{shard[-1]}, expected 0..{shards - 1} in order")
+    end = np.cumsum(sample_bytes(length))
+    start = end - sample_bytes(length)
+    first = np.flatnonzero(np.diff(shard, prepend=-1))  # the first sample of each shard
+    if not np.array_equal(offset, start - start[first][shard]):
+        raise ValueError("samples do not follow one another from the start of their shard")
+    return archive_bytes(end[np.append(first[1:], len(index)) - 1] - start[first])
+
+
+def key(image_id: int, extension: bytes = EXTENSION.encode()) -> bytes:
     """The member name of an image."""
-    return b"%0*d.%s" % (KEY_DIGITS, image_id, EXTENSION.encode())
+    return b"%0*d.%s" % (KEY_DIGITS, image_id, extension)
+
+
+def shard_capacity(shard_size: int) -> int:
+    """Bytes of members a shard of at most ``shard_size`` bytes holds, with the end of the archive and the padding
+    to a whole record (a shard holds at least one image, whatever its size)."""
+    return shard_size // RECORD * RECORD - END_OF_ARCHIVE
 
 
 def shard_images(shard_size: int, member: int) -> int:
-    """Images per shard: as many members as fit in ``shard_size`` bytes with the end of the archive and the
-    padding to a whole record, at least one."""
-    return max(1, (shard_size // RECORD * RECORD - END_OF_ARCHIVE) // member)
+    """Images per shard: as many members as fit in ``shard_size`` bytes, at least one."""
+    return max(1, shard_capacity(shard_size) // member)
+
+
+def archive_bytes(members: int | np.ndarray) -> int | np.ndarray:
+    """The size of a shard of ``members`` bytes of members: those, two zero blocks, padded to a whole record."""
+    return -(-(members + END_OF_ARCHIVE) // RECORD) * RECORD
 
 
 def shard_bytes(images: int, member: int) -> int:
-    """The size of a shard of ``images`` members: members, two zero blocks, padded to a whole record."""
-    return -(-(images * member + END_OF_ARCHIVE) // RECORD) * RECORD
+    """The size of a shard of ``images`` members of ``member`` bytes."""
+    return archive_bytes(images * member)
 
 
 def layout_index(count: int, per_shard: int, member: int) -> np.ndarray:

@@ -1,6 +1,7 @@
-"""The webdataset method: conformance and fault tests, plus its own: WebDataset's own pipeline reads the
-shards (and they are byte for byte what webdataset's TarWriter writes), the one-member layout and its
-size, the shard size option, the index, the journal, snapshots, and truncated, damaged and foreign shards."""
+"""The webdataset method: conformance, codec and fault tests, plus its own: WebDataset's own pipeline reads the
+shards (and they are byte for byte what webdataset's TarWriter writes, raw and encoded), the one-member layout
+and its size, encoded samples (``.cls`` + ``.jpg``) and their index, the shard size option, the journal,
+snapshots, and truncated, damaged and foreign shards."""
 from __future__ import annotations
 
 import json
@@ -16,12 +17,13 @@ from storage_impls.registry import _REGISTRY
 wds = pytest.importorskip("webdataset", reason=f"webdataset needs the webdataset package: {_REGISTRY['webdataset'].install_hint}")
 
 from storage_impls import CorruptStoreError, MissingStoreError, open_store  # noqa: E402
+from storage_impls.codecs import get_codec  # noqa: E402
 from storage_impls.records import write_meta  # noqa: E402
 from storage_impls.registry import canonical_spec  # noqa: E402
 from storage_impls.webdataset import DEFAULT_SHARD_SIZE  # noqa: E402
-from storage_impls.webdataset_format import MemberLayout, sample_dtype, shard_bytes  # noqa: E402
+from storage_impls.webdataset_format import MemberLayout, archive_bytes, sample_dtype, shard_bytes  # noqa: E402
 from tests.faults import FaultTests, labelled_batch, pixels_for  # noqa: E402
-from tests.test_storage import StoreTests, assert_bits_equal, listing, make_batch, random_layout  # noqa: E402
+from tests.test_storage import CodecTests, StoreTests, assert_bits_equal, listing, make_batch, random_layout  # noqa: E402
 
 METHOD = "webdataset"
 
@@ -57,7 +59,7 @@ def write_foreign_shard(path: Path, samples: list[dict]) -> None:
             writer.write(sample)
 
 
-class TestWebDataset(StoreTests):
+class TestWebDataset(CodecTests, StoreTests):
     method = METHOD
 
     def corrupt(self, directory):
@@ -288,6 +290,135 @@ class TestWebDataset(StoreTests):
 class TestWebDatasetFaults(FaultTests):
     method = METHOD
     snapshot_can_expire = True  # shards are opened when first read
+
+
+class TestWebDatasetPngFaults(FaultTests):
+    """Encoded samples: ``.cls`` + ``.png`` members of varying size, an index of offsets and lengths, journal records of PNG bytes."""
+
+    method = f"{METHOD}:codec=png"
+    snapshot_can_expire = True
+
+
+# -- encoded samples: WebDataset's own convention, <key>.cls + <key>.jpg -----------------------------------
+JPEG = f"{METHOD}:codec=jpeg-90"
+
+
+def test_encoded_shards_are_what_webdatasets_tarwriter_writes(tmp_path):
+    """Byte for byte: ``{"__key__", "cls": label, "jpg": the encoded file}`` per image, in TarWriter's member order."""
+    images, labels = make_batch(50)
+    with open_store(JPEG, tmp_path / "s") as store:
+        store.store_many(images, labels)
+    reference, jpeg = tmp_path / "reference.tar", get_codec("jpeg-90")
+    with wds.TarWriter(str(reference), mtime=meta(tmp_path / "s")["mtime"]) as writer:
+        for image_id, (image, label) in enumerate(zip(images, labels)):
+            writer.write({"__key__": key(image_id), "jpg": jpeg.encode(image), "cls": int(label)})
+    [shard] = shards(tmp_path / "s")
+    assert Path(shard).read_bytes() == reference.read_bytes()
+    assert {name: meta(tmp_path / "s")[name] for name in ("codec", "shards")} == {"codec": "jpeg-90", "shards": 1}
+    assert "shard_images" not in meta(tmp_path / "s")  # samples differ in size: the index places them
+
+
+def test_webdataset_pipeline_decodes_a_jpeg_store_as_the_store_reads_it(tmp_path):
+    """``wds.WebDataset(shards).decode("rgb8").to_tuple("jpg", "cls")``: the pixels and labels the store reads, in id order."""
+    images, labels = make_batch(300)
+    with open_store(f"{JPEG},shard_size=64KiB", tmp_path / "s") as store:
+        store.store_many(images, labels)
+        read, read_labels = store.read_many(300)
+    assert len(shards(tmp_path / "s")) > 1
+    samples = list(wds.WebDataset(shards(tmp_path / "s"), shardshuffle=False).decode("rgb8").to_tuple("__key__", "jpg", "cls"))
+    assert [sample[0] for sample in samples] == [key(image_id) for image_id in range(300)]
+    assert_bits_equal(np.stack([sample[1] for sample in samples]), read)
+    assert [sample[2] for sample in samples] == read_labels.tolist() == labels.tolist()
+    assert not np.array_equal(read, images)  # lossy: the store and WebDataset agree on the decoded JPEG
+
+
+def test_encoded_shards_fill_up_to_the_shard_size(tmp_path):
+    """Samples differ in size: each shard takes as many as fit in shard_size (at least one), the index places them."""
+    images, labels = make_batch(400)
+    with open_store(f"{METHOD}:codec=png,shard_size=64KiB", tmp_path / "s") as store:
+        store.store_many(images, labels)
+    paths = shards(tmp_path / "s")
+    assert len(paths) == meta(tmp_path / "s")["shards"] > 1 and all(os.path.getsize(path) <= 65536 for path in paths)
+    index = np.load(checkpoint(tmp_path / "s") / "index.npy")
+    assert index.dtype == np.dtype("<i8") and index.shape == (400, 3)
+    png = get_codec("png")
+    for image_id in (0, 1, 399, *np.flatnonzero(np.diff(index[:, 0])) + 1):  # shard starts too
+        shard, offset, length = index[image_id]
+        data = Path(paths[shard]).read_bytes()
+        assert data[offset:offset + 16] == f"{key(image_id)}.cls".encode()
+        assert data[offset + 512:offset + 1024].rstrip(b"\0") == str(labels[image_id]).encode()
+        assert data[offset + 1024:offset + 1040] == f"{key(image_id)}.png".encode()
+        assert data[offset + 1536:offset + 1536 + length] == png.encode(images[image_id])
+    sizes = 1536 + -(-index[:, 2] // 512) * 512
+    for shard, path in enumerate(paths):
+        assert os.path.getsize(path) == archive_bytes(int(sizes[index[:, 0] == shard].sum()))
+
+
+def test_bytes_per_image_of_jpeg_samples_against_raw_members(tmp_path):
+    """At 32x32x3 a sample takes 1536 bytes of headers and label block plus the JPEG padded to 512: at quality 90
+    the synthetic images' JPEGs (980-1040 bytes) take 2560 or 3072 bytes per image (2662 on average here, 35 % less
+    than a raw member's 4096, though the JPEG itself is a third of the pixels' 3072)."""
+    images, labels = make_batch(100)
+    with open_store(JPEG, tmp_path / "s") as store:
+        store.store_many(images, labels)
+    lengths = np.load(checkpoint(tmp_path / "s") / "index.npy")[:, 2]
+    assert lengths.tolist() == [len(get_codec("jpeg-90").encode(image)) for image in images]
+    sizes = 1536 + -(-lengths // 512) * 512
+    assert set(sizes.tolist()) == {2560, 3072} and sizes.mean() < 0.7 * MemberLayout(np.dtype(np.uint8), (32, 32, 3), 0).size == 0.7 * 4096
+
+
+def test_folding_the_journal_copies_encoded_files(tmp_path, monkeypatch):
+    """Single writes hold their JPEG in the journal; the fold writes those same bytes as samples (encoded once)."""
+    import storage_impls.journal
+
+    images, labels = make_batch(12)
+    with open_store(JPEG, tmp_path / "s", checksum=True) as store:
+        store.store_many(images[:10], labels[:10])
+        store.store_single(images[10], 3, -5)
+        before = store.read_many(10)
+        monkeypatch.setattr(storage_impls.journal, "COMPACT_MIN_RECORDS", 1)
+        folder = checkpoint(tmp_path / "s")
+        store.store_single(images[11], 10, 2 ** 63 - 1)
+        store.store_single(images[11], 11, -2 ** 63)  # the journal (ids 3 and 10) is folded first
+        assert checkpoint(tmp_path / "s") != folder
+        assert_bits_equal(store.read_many(10)[0], before[0])
+    samples = list(wds.WebDataset(shards(tmp_path / "s"), shardshuffle=False))
+    jpeg = get_codec("jpeg-90")
+    assert [sample["jpg"] for sample in samples] == [jpeg.encode(image) for image in [*images[:3], images[10], *images[4:10], images[11]]]
+    assert [int(sample["cls"]) for sample in samples] == [*labels[:3], -5, *labels[4:10], 2 ** 63 - 1]
+    with open_store(JPEG, tmp_path / "s", "r") as store:
+        assert store.read_batch([11, 10, 3])[1].tolist() == [-2 ** 63, 2 ** 63 - 1, -5]
+
+
+def test_damaged_encoded_samples_name_shard_and_byte(tmp_path):
+    """Headers and the label's text are compared with what the store writes for each id; the encoded bytes and the
+    label's value are covered by checksum=True."""
+    images, labels = make_batch(20)
+    with open_store(JPEG, tmp_path / "s", checksum=True) as store:
+        store.store_many(images, labels)
+        expected = store.read_many(20)[0]
+    path = Path(shards(tmp_path / "s")[0])
+    index = np.load(checkpoint(tmp_path / "s") / "index.npy")
+    pristine = path.read_bytes()
+    shard = re.escape(str(path))
+    cases = [(3, 1024 + 5, rf"{shard}: the sample at byte {index[3, 1]} is not 000000000003.cls and .jpg"),  # the .jpg member's name
+             (4, 512 + 25, rf"{shard}: the sample at byte {index[4, 1]} is not 000000000004"),  # a byte after the label's text
+             (5, 512, rf"{shard}: the sample at byte {index[5, 1]} is not 000000000005"),  # the label's first character
+             (6, 1536 + 200, "image 6 fails its checksum")]  # inside the JPEG
+    for image_id, offset, message in cases:
+        data = bytearray(pristine)
+        data[index[image_id, 1] + offset] = ord("x")
+        path.write_bytes(bytes(data))
+        with open_store(JPEG, tmp_path / "s", "r") as store:
+            with pytest.raises(CorruptStoreError, match=message):
+                store.read_many(20)
+            with pytest.raises(CorruptStoreError, match=message):
+                store.read_batch([0, image_id])
+            assert_bits_equal(store.read_batch([19, 0])[0], expected[[19, 0]])
+    path.write_bytes(pristine)
+    np.save(checkpoint(tmp_path / "s") / "index.npy", index[:, :2].copy())
+    with pytest.raises(CorruptStoreError, match="index.npy holds int64 of shape .20, 2., expected int64 of shape .20, 3."):
+        open_store(JPEG, tmp_path / "s", "r")
 
 
 def test_durable_writes_fsync(tmp_path, monkeypatch):
