@@ -83,10 +83,14 @@ class Checkpoint(abc.ABC):
         raise NotImplementedError(f"{type(self).__name__} holds raw pixels only")
 
     def decode(self, ids: np.ndarray, out: np.ndarray, labels: np.ndarray) -> None:
-        """Fill ``out[i]``/``labels[i]`` with image ``ids[i]`` decoded from its payload."""
-        payloads, labels[:] = self.payloads(ids)
-        for image_id, payload, target in zip(ids.tolist(), payloads, out):
-            decode(self.codec, payload, target, f"{self.folder}: image {image_id}")
+        """Fill ``out[i]``/``labels[i]`` with image ``ids[i]`` decoded from its payload, a block of payloads at a
+        time (at most COPY_BLOCK_BYTES of raw images' worth in memory)."""
+        step = max(1, COPY_BLOCK_BYTES // self.row)
+        for start in range(0, len(ids), step):
+            block = ids[start:start + step]
+            payloads, labels[start:start + step] = self.payloads(block)
+            for image_id, payload, target in zip(block.tolist(), payloads, out[start:start + step]):
+                decode(self.codec, payload, target, f"{self.folder}: image {image_id}")
 
     def close(self) -> None:
         """Release open files."""

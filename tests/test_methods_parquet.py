@@ -19,7 +19,7 @@ pa = pytest.importorskip("pyarrow", reason=f"parquet needs pyarrow: {_REGISTRY['
 import pyarrow.parquet as pq  # noqa: E402
 
 from storage_impls import CorruptStoreError, open_store  # noqa: E402
-from storage_impls import parquet  # noqa: E402
+from storage_impls import checkpointed, parquet  # noqa: E402
 from tests.faults import FaultTests, labelled_batch, pixels_for  # noqa: E402
 from tests.test_methods_numpy import NumpyStoreTests, checkpoint  # noqa: E402
 from tests.test_storage import CodecTests, listing, make_batch, random_layout  # noqa: E402
@@ -296,3 +296,18 @@ def test_durable_writes_fsync(tmp_path, monkeypatch):
             store.store_many(*labelled_batch(range(3)))
             store.store_single(pixels_for(3), 3, 3)
         assert bool(calls) == durable
+
+
+def test_encoded_reads_hold_a_block_of_payloads_at_a_time(tmp_path, monkeypatch):
+    """read_many of an encoded store asks for payloads a block at a time (checkpointed.COPY_BLOCK_BYTES of raw images)."""
+    images, labels = make_batch(50, (8, 8, 3))
+    with open_store("parquet:codec=png", tmp_path / "s") as store:
+        store.store_many(images, labels)
+        monkeypatch.setattr(checkpointed, "COPY_BLOCK_BYTES", 8 * 8 * 3 * 7)
+        asked = []
+        real = type(store._checkpoint).payloads
+        monkeypatch.setattr(type(store._checkpoint), "payloads", lambda self, ids: (asked.append(len(ids)), real(self, ids))[1])
+        read, read_labels = store.read_many(50)
+    np.testing.assert_array_equal(read, images)
+    np.testing.assert_array_equal(read_labels, labels)
+    assert asked == [7] * 7 + [1]
