@@ -2,6 +2,16 @@
 (N, H, W[, C]), int64 ``labels``, optional uint64 ``checksums``, a ``token`` naming it) plus a
 write-ahead journal ``images.h5.journal`` (journal.py) of single-image writes, raw pixels each.
 
+Codecs (``hdf5:codec=jpeg-90``, ``png``, ``png-9``, ``webp-80``, ``webp-lossless``; ``raw``, the default, is the
+layout above): ``images.h5`` holds every image's encoded file back to back in one contiguous uint8 dataset
+``encoded`` with int64 ``offsets`` (N+1), so plain h5py reads image i as ``f["encoded"][off[i]:off[i+1]]``;
+the codec, dtype and shape are attributes of the file, and checksums cover the encoded bytes. Journal records
+hold encoded bytes too (the journal's header names the codec), so folding the journal copies bytes and never
+re-encodes: a lossy image is encoded once, when it is written. ``store_many`` writes with the handle's
+``codec`` option, ``store_single`` and reads use the store's (encoding.py); bytes that do not decode to
+exactly an image of the store's shape raise CorruptStoreError naming the file and image id. A codec that cannot
+hold the images (JPEG of RGBA or uint16, WebP of one channel) is refused before anything is written.
+
 Writes, all under the store's writer lock (locking.py):
 - ``store_many`` writes a complete new checkpoint under a temporary name, opens and validates it,
   renames it over ``images.h5`` (the commit point) and removes the journal, now stale (it names
@@ -18,10 +28,11 @@ Writes, all under the store's writer lock (locking.py):
 Reads overlay the journal's records on the checkpoint, which is read through its own file
 descriptor and memory map: ``read_many`` with one ``preadv``, ``read_single`` with one copy out of
 the map, ``read_batch`` with ``numpy.take`` over the map (madvise MADV_RANDOM), each journal record
-with one ``preadv`` (CRC-checked). With
+with one ``preadv`` (CRC-checked). Encoded images are decoded straight into the caller's array from a
+slice of the map (``read_batch``, ``read_single``) or of one ``preadv`` per 16 MiB (``read_many``). With
 ``checksum=True`` at ``store_many`` (recorded in the checkpoint; later handles verify whatever
-they pass) every checkpoint image read is checked against its xxh3_64; journal records always
-carry a CRC-32.
+they pass) every checkpoint image read is checked against its xxh3_64 (of the encoded bytes, before
+decoding, in an encoded store); journal records always carry a CRC-32.
 
 Concurrency and isolation: one writer at a time; any number of readers, never blocked (HDF5 opens
 a checkpoint only to validate it, with its file locking where the file system has it). A handle
@@ -41,14 +52,16 @@ from __future__ import annotations
 import math
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 
-from storage_impls.base import ImageStore, fsync_path
+from storage_impls.base import fsync_path
+from storage_impls.codecs import Codec, get_codec
+from storage_impls.encoding import EncodedStore, decode
 from storage_impls.errors import CorruptStoreError, MissingStoreError, StoreLockedError
-from storage_impls.hdf5_format import Block, ChangedError, Checkpoint, file_identity, write_checkpoint
+from storage_impls.hdf5_format import RAW, Block, ChangedError, Checkpoint, file_identity, write_checkpoint
 from storage_impls.journal import Journal, gather_overlaid
 from storage_impls.records import refuse_foreign
 
@@ -59,8 +72,9 @@ COPY_BLOCK_BYTES = 64 << 20  # images copied at a time when folding the journal 
 OPEN_TRIES = 100  # a reader opens again when a writer commits between its opening the checkpoint and the journal
 
 
-class Hdf5Store(ImageStore):
-    """Images and labels in one HDF5 checkpoint file plus a journal of single-image writes."""
+class Hdf5Store(EncodedStore):
+    """Images (raw, or encoded: ``hdf5:codec=jpeg-90``) and labels in one HDF5 checkpoint file plus a journal of
+    single-image writes."""
 
     method = "hdf5"
 
@@ -117,16 +131,23 @@ class Hdf5Store(ImageStore):
         raise StoreLockedError(f"{self.directory} changed under every one of {OPEN_TRIES} attempts to open it")
 
     def _check_journal(self) -> None:
-        """The journal must fit the checkpoint: same shape, whole images, appended ids without gaps."""
+        """The journal must fit the checkpoint: same shape and codec, whole images, appended ids without gaps."""
         journal, checkpoint = self._journal, self._checkpoint
         if not journal.entries:
             return
         if checkpoint and (journal.image_dtype, journal.image_shape) != (checkpoint.dtype, checkpoint.shape):
             raise CorruptStoreError(f"{journal.path}: images of {journal.image_dtype} {journal.image_shape}, but the "
                                     f"checkpoint's are {checkpoint.dtype} {checkpoint.shape}")
+        try:
+            codec = get_codec(journal.codec or RAW.spec)
+        except ValueError as error:
+            raise CorruptStoreError(f"{journal.path}: {error}") from None
+        if checkpoint and codec is not checkpoint.codec:
+            raise CorruptStoreError(f"{journal.path}: images in {codec.spec}, but the checkpoint's are in {checkpoint.codec.spec}")
         row = math.prod(journal.image_shape) * journal.image_dtype.itemsize
         first = checkpoint.count if checkpoint else 0
-        if any(entry.length != row for entry in journal.entries.values()) or \
+        raw = codec is RAW  # encoded records vary in length: decoding checks them
+        if raw and any(entry.length != row for entry in journal.entries.values()) or \
                 sum(image_id >= first for image_id in journal.entries) != self._count - first:
             raise CorruptStoreError(f"{journal.path}: records that are not whole images or leave a gap in the ids")
 
@@ -170,37 +191,78 @@ class Hdf5Store(ImageStore):
             return self._checkpoint.dtype
         return self._journal.image_dtype if self._journal else None
 
+    @property
+    def recorded_codec(self) -> str | None:
+        if self._checkpoint:
+            return self._checkpoint.codec.spec
+        return (self._journal.codec or RAW.spec) if self._journal and self._journal.image_shape else None
+
     # -- writes -------------------------------------------------------------------------------------
     def _replace_all(self, images: np.ndarray, labels: np.ndarray) -> None:
         checksum = self.checksum if self.checksum is not None else bool(self._checkpoint and self._checkpoint.checksum)
-        self._commit(images.dtype, images.shape[1:], len(images), iter([(0, images, labels)]), checksum)
+        codec = self.writing_codec(replacing=True)
+        if codec is RAW:
+            self._commit(images.dtype, images.shape[1:], len(images), [(0, images, labels)], checksum, codec)
+            return
+        payloads = [codec.encode(image) for image in images]
+        self._commit(images.dtype, images.shape[1:], len(images), [(0, payloads, labels)], checksum, codec,
+                     np.fromiter(map(len, payloads), np.int64, len(payloads)))
 
     def _put(self, image: np.ndarray, image_id: int, label: int) -> None:
+        codec = self.codec
+        payload, spec = (image, None) if codec is RAW else (codec.encode(image), codec.spec)
         if self._journal.needs_compaction(self._checkpoint.count if self._checkpoint else 0):
             checksum = self._checkpoint.checksum if self._checkpoint else bool(self.checksum)
-            self._commit(self.image_dtype, self.image_shape, self._count, self._blocks(), checksum)
-        self._journal.append(image_id, label, image, image.dtype, image.shape, durable=self.durable)
+            sizes = None if codec is RAW else self._payload_sizes()
+            self._commit(self.image_dtype, self.image_shape, self._count, self._blocks(codec), checksum, codec, sizes)
+        self._journal.append(image_id, label, payload, image.dtype, image.shape, durable=self.durable, codec=spec)
         if image_id == self._count:
             self._count += 1
             self._in_journal = None
         elif self._in_journal is not None:
             self._in_journal[image_id] = True
 
-    def _blocks(self) -> Iterator[Block]:
-        """The store's images and labels, a block at a time (one reused buffer), journal records applied."""
+    def _blocks(self, codec: Codec) -> Iterator[Block]:
+        """The store's images (raw: one reused buffer; encoded: their bytes, never decoded) and labels, a block at a
+        time, journal records applied."""
         step = max(1, min(self._count, COPY_BLOCK_BYTES // (math.prod(self.image_shape) * self.image_dtype.itemsize)))
+        if codec is not RAW:
+            for start in range(0, self._count, step):
+                yield start, *self._read_payloads(start, min(self._count, start + step))
+            return
         images, labels = np.empty((step, *self.image_shape), self.image_dtype), np.empty(step, np.int64)
         for start in range(0, self._count, step):
             size = min(step, self._count - start)
             self._read_range_into(start, images[:size], labels[:size])
             yield start, images[:size], labels[:size]
 
-    def _commit(self, dtype: np.dtype, shape: tuple[int, ...], count: int, blocks: Iterator[Block], checksum: bool) -> None:
+    def _read_payloads(self, start: int, stop: int) -> tuple[list[bytes | memoryview], np.ndarray]:
+        """The encoded bytes and labels of images start..stop-1 as this handle reads them (a store with a codec)."""
+        in_checkpoint = max(0, min(stop, self._checkpoint.count if self._checkpoint else 0) - start)
+        payloads, labels = [b""] * (stop - start), np.zeros(stop - start, np.int64)
+        if in_checkpoint:
+            payloads[:in_checkpoint], labels[:in_checkpoint] = self._checkpoint.payloads(np.arange(start, start + in_checkpoint))
+        for image_id in self._journal_ids(start, stop):  # every id past the checkpoint is in the journal
+            payloads[image_id - start], labels[image_id - start] = self._journal.read(image_id), self._journal.entries[image_id].label
+        return payloads, labels
+
+    def _payload_sizes(self) -> np.ndarray:
+        """The byte count of every image's encoded bytes (the checkpoint's, journal records over them)."""
+        sizes = np.zeros(self._count, np.int64)
+        if self._checkpoint:
+            sizes[:self._checkpoint.count] = np.diff(self._checkpoint.offsets)
+        for image_id, entry in self._journal.entries.items():
+            sizes[image_id] = entry.length
+        return sizes
+
+    def _commit(self, dtype: np.dtype, shape: tuple[int, ...], count: int, blocks: Iterable[Block], checksum: bool,
+                codec: Codec, sizes: np.ndarray | None = None) -> None:
         """Write a new checkpoint aside, open it, rename it into place (the commit), drop the stale journal."""
         token = uuid.uuid4().hex
         temporary = self.directory / f"{TEMPORARY_PREFIX}.{token}{TEMPORARY_SUFFIX}"
         try:
-            write_checkpoint(temporary, dtype, shape, count, blocks, token=token, checksum=checksum, durable=self.durable)
+            write_checkpoint(temporary, dtype, shape, count, blocks, token=token, checksum=checksum, durable=self.durable,
+                             codec=codec, sizes=sizes)
             checkpoint = Checkpoint(temporary, self._path)  # opened before the rename: nothing can fail after it
             try:
                 os.replace(temporary, self._path)
@@ -217,12 +279,11 @@ class Hdf5Store(ImageStore):
 
     # -- reads --------------------------------------------------------------------------------------
     def _get(self, image_id: int) -> tuple[np.ndarray, int]:
-        entry = self._journal.entries.get(image_id)
-        if entry is None:
+        if image_id not in self._journal.entries:
             return self._checkpoint.image(image_id)
-        image = np.empty(self.image_shape, self.image_dtype)
-        self._journal.read_into(image_id, image)
-        return image, entry.label
+        image, label = np.empty((1, *self.image_shape), self.image_dtype), np.empty(1, np.int64)
+        self._read_record(image_id, image, label, 0)
+        return image[0], int(label[0])
 
     def _read_into(self, out: np.ndarray, labels: np.ndarray) -> None:
         self._read_range_into(0, out, labels)
@@ -233,11 +294,15 @@ class Hdf5Store(ImageStore):
         in_checkpoint = min(stop, self._checkpoint.count if self._checkpoint else 0) - start
         if in_checkpoint > 0:
             self._checkpoint.read_rows(start, out[:in_checkpoint], labels[:in_checkpoint])
+        for image_id in self._journal_ids(start, stop):
+            self._read_record(image_id, out, labels, image_id - start)
+
+    def _journal_ids(self, start: int, stop: int) -> Iterable[int]:
+        """The ids start..stop-1 that have a journal record, in order."""
         entries = self._journal.entries
-        ids = range(start, stop) if len(out) <= len(entries) else sorted(i for i in entries if start <= i < stop)
-        for image_id in ids:
-            if image_id in entries:
-                self._read_record(image_id, out, labels, image_id - start)
+        if stop - start <= len(entries):
+            return (image_id for image_id in range(start, stop) if image_id in entries)
+        return sorted(image_id for image_id in entries if start <= image_id < stop)
 
     def _read_batch_into(self, ids: np.ndarray, out: np.ndarray, labels: np.ndarray) -> None:
         """Gather from the checkpoint's map, then put journal records in their places."""
@@ -245,7 +310,11 @@ class Hdf5Store(ImageStore):
         gather_overlaid(mask, ids, out, labels, lambda *gather: self._checkpoint.take(*gather), self._read_record)  # none yet: all in the journal
 
     def _read_record(self, image_id: int, out: np.ndarray, labels: np.ndarray, position: int) -> None:
-        self._journal.read_into(image_id, out[position])
+        codec = self.codec
+        if codec is RAW:
+            self._journal.read_into(image_id, out[position])
+        else:
+            decode(codec, self._journal.read(image_id), out[position], f"{self._journal.path}: image {image_id}")
         labels[position] = self._journal.entries[image_id].label
 
     def _journal_mask(self) -> np.ndarray:

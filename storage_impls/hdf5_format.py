@@ -9,21 +9,28 @@ HDF5 keeps variable-length ones in a global heap that has no checksum): ``format
 ``checksum``. Written with HDF5 1.10's file format (superblock 3, object headers 2), whose
 metadata carries checksums, so damaged metadata fails to open instead of reading as other data.
 
+Encoded images (a store with a codec, codecs.py): ``encoded`` (uint8, every image's encoded file back to back,
+in id order) and ``offsets`` (little-endian int64, N+1: image i is ``encoded[offsets[i]:offsets[i+1]]``) take
+the place of ``images``, and the attributes ``codec``, ``dtype`` and ``image_shape`` say what the bytes decode
+to; ``checksums`` are then of each image's encoded bytes. No ``codec`` attribute: raw pixels, as above.
+
 Writing: h5py lays out the datasets (metadata only: space allocated, never filled), then the
-pixel, label and checksum bytes go in with ``pwrite`` at the datasets' offsets, so a full disk
+pixel (or encoded), label and checksum bytes go in with ``pwrite`` at the datasets' offsets, so a full disk
 surfaces as a plain ``OSError(ENOSPC)`` and HDF5 never holds a half-written file.
 
 Reading: HDF5 opens the file once to validate it and find the offsets (with its default file
 locking); then the handle keeps only a read-only descriptor and a memory map of the file, and
-reads with ``preadv`` (ranges) or ``numpy.take`` over the map (random batches).
+reads with ``preadv`` (ranges) or ``numpy.take`` over the map (random batches); encoded images are
+sliced out of the map (or a ``preadv`` of a range) and decoded straight into the caller's array.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import math
 import mmap
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import h5py
@@ -31,6 +38,8 @@ import numpy as np
 import xxhash
 
 from storage_impls.base import check_dtype, check_image_shape
+from storage_impls.codecs import Codec, get_codec
+from storage_impls.encoding import decode
 from storage_impls.errors import NO_SPACE_ERRNOS, CorruptStoreError, is_no_space, no_space_error
 from storage_impls.journal import pwrite_all
 
@@ -41,13 +50,16 @@ LOCKING = "best-effort"  # HDF5's shared/exclusive file locks, skipped where the
 METADATA_RESERVE = 64 << 10  # free bytes required before h5py writes a file's metadata (see write_checkpoint)
 LABEL_DTYPE, CHECKSUM_DTYPE = np.dtype("<i8"), np.dtype("<u8")
 UINT64_MASK = (1 << 64) - 1  # a label's checksum seed: its int64 bits as uint64
+READ_BLOCK_BYTES = 16 << 20  # encoded bytes read at a time by read_rows
+WRITE_VECTOR = 512  # encoded images per pwritev (the system takes at most IOV_MAX, 1024 on Linux)
+RAW = get_codec("raw")
 Identity = tuple[int, int]  # (device, inode)
-Block = tuple[int, np.ndarray, np.ndarray]  # first id, images, labels
+Block = tuple[int, np.ndarray | Sequence[bytes | memoryview], np.ndarray]  # first id, images (or encoded images), labels
 
 
-def image_checksums(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """xxh3_64 of each image (N, ...) seeded with its label: one uint64 per image."""
-    return np.fromiter(map(xxhash.xxh3_64_intdigest, images, labels.view(np.uint64).tolist()), np.uint64, len(images))
+def image_checksums(images: Iterable, labels: np.ndarray) -> np.ndarray:
+    """xxh3_64 of each image (rows of (N, ...), or each image's encoded bytes) seeded with its label: one uint64 per image."""
+    return np.fromiter(map(xxhash.xxh3_64_intdigest, images, labels.view(np.uint64).tolist()), np.uint64, len(labels))
 
 
 def is_h5_no_space(error: BaseException) -> bool:
@@ -64,10 +76,44 @@ def file_identity(path: Path) -> Identity | None:
     return info.st_dev, info.st_ino
 
 
-def write_checkpoint(path: Path, dtype: np.dtype, shape: tuple[int, ...], count: int,
-                     blocks: Iterable[Block], *, token: str, checksum: bool, durable: bool) -> None:
+def write_checkpoint(path: Path, dtype: np.dtype, shape: tuple[int, ...], count: int, blocks: Iterable[Block], *,
+                     token: str, checksum: bool, durable: bool, codec: Codec = RAW, sizes: np.ndarray | None = None) -> None:
     """Write a complete checkpoint of ``count`` images of ``dtype`` and ``shape`` at ``path`` (a temporary name);
-    ``blocks`` yields (first id, images, labels) covering ids 0..count-1. A full disk raises NoSpaceError."""
+    ``blocks`` yields (first id, images, labels) covering ids 0..count-1. With a ``codec`` other than raw the
+    images of a block are their encoded bytes (a sequence) and ``sizes`` gives every image's byte count in advance
+    (the layout is fixed before the bytes go in). A full disk raises NoSpaceError."""
+    attributes = {"format": np.bytes_(FORMAT), "token": np.bytes_(token), "format_version": FORMAT_VERSION, "checksum": checksum}
+    if codec is RAW:
+        datasets = {"images": ((count, *shape), dtype)}
+    else:
+        offsets = np.zeros(count + 1, LABEL_DTYPE)
+        np.cumsum(sizes, out=offsets[1:])
+        attributes.update(codec=np.bytes_(codec.spec), dtype=np.bytes_(dtype.str), image_shape=np.array(shape, np.int64))
+        datasets = {"encoded": ((int(offsets[-1]),), np.dtype(np.uint8)), "offsets": ((count + 1,), LABEL_DTYPE)}
+    datasets["labels"] = ((count,), LABEL_DTYPE)
+    if checksum:
+        datasets["checksums"] = ((count,), CHECKSUM_DTYPE)
+    at = _lay_out(path, attributes, datasets)
+    row = math.prod(shape) * dtype.itemsize  # bytes per image
+    with _filling(path, durable) as fd:
+        if codec is not RAW:
+            pwrite_all(fd, offsets, at["offsets"])
+        for start, images, labels in blocks:
+            if codec is RAW:
+                pwrite_all(fd, images, at["images"] + start * row)
+            else:
+                if sum(map(len, images)) != offsets[start + len(images)] - offsets[start]:
+                    raise ValueError(f"images {start}..{start + len(images) - 1} are not the sizes the layout was made for")
+                for first in range(0, len(images), WRITE_VECTOR):
+                    pwrite_all(fd, list(images[first:first + WRITE_VECTOR]), at["encoded"] + int(offsets[start + first]))
+            pwrite_all(fd, np.ascontiguousarray(labels, LABEL_DTYPE), at["labels"] + start * LABEL_DTYPE.itemsize)
+            if checksum:
+                pwrite_all(fd, image_checksums(images, labels), at["checksums"] + start * CHECKSUM_DTYPE.itemsize)
+
+
+def _lay_out(path: Path, attributes: dict, datasets: dict[str, tuple[tuple[int, ...], np.dtype]]) -> dict[str, int]:
+    """Create the file with ``attributes`` and contiguous ``datasets`` (name -> shape, dtype), space allocated but never
+    filled; return each dataset's file offset."""
     free = os.statvfs(path.parent)
     if (free.f_bfree if os.geteuid() == 0 else free.f_bavail) * free.f_frsize < METADATA_RESERVE:
         # HDF5 keeps a file it failed to flush open until exit: never let its own writes meet a full disk
@@ -76,27 +122,22 @@ def write_checkpoint(path: Path, dtype: np.dtype, shape: tuple[int, ...], count:
     layout.set_layout(h5py.h5d.CONTIGUOUS)
     layout.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
     layout.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
-    datasets = {"images": ((count, *shape), dtype), "labels": ((count,), LABEL_DTYPE)}
-    if checksum:
-        datasets["checksums"] = ((count,), CHECKSUM_DTYPE)
     try:
         with h5py.File(path, "w", libver=LIBVER, locking=LOCKING) as file:
-            for name, value in (("format", FORMAT), ("token", token)):
-                file.attrs[name] = np.bytes_(value)
-            file.attrs["format_version"] = FORMAT_VERSION
-            file.attrs["checksum"] = checksum
-            offsets = {name: file.create_dataset(name, shape=dataset_shape, dtype=dtype, dcpl=layout).id.get_offset()
-                       for name, (dataset_shape, dtype) in datasets.items()}
+            for name, value in attributes.items():
+                file.attrs[name] = value
+            return {name: file.create_dataset(name, shape=dataset_shape, dtype=dtype, dcpl=layout).id.get_offset()
+                    for name, (dataset_shape, dtype) in datasets.items()}
     except OSError as error:
         raise (no_space_error(path.parent, error) if is_h5_no_space(error) else error) from error
-    row = math.prod(shape) * dtype.itemsize  # bytes per image
+
+
+@contextlib.contextmanager
+def _filling(path: Path, durable: bool) -> Iterator[int]:
+    """A descriptor writing into the laid-out file; fsynced at the end when durable, ENOSPC as NoSpaceError."""
     fd = os.open(path, os.O_WRONLY)
     try:
-        for start, images, labels in blocks:
-            pwrite_all(fd, images, offsets["images"] + start * row)
-            pwrite_all(fd, np.ascontiguousarray(labels, LABEL_DTYPE), offsets["labels"] + start * LABEL_DTYPE.itemsize)
-            if checksum:
-                pwrite_all(fd, image_checksums(images, labels), offsets["checksums"] + start * CHECKSUM_DTYPE.itemsize)
+        yield fd
         if durable:
             os.fsync(fd)
     except OSError as error:
@@ -107,7 +148,7 @@ def write_checkpoint(path: Path, dtype: np.dtype, shape: tuple[int, ...], count:
 
 class Checkpoint:
     """One checkpoint file, open read-only: a descriptor and a map of the file (a snapshot that a later
-    rename over the path does not change), the labels and checksums in memory."""
+    rename over the path does not change), the labels, checksums and encoded images' offsets in memory."""
 
     def __init__(self, path: Path, name: Path | None = None) -> None:
         """Open ``path``; ``name`` is what error messages call it (the final name of a file still being committed).
@@ -137,28 +178,41 @@ class Checkpoint:
             raise
         if hasattr(self._map, "madvise"):
             self._map.madvise(mmap.MADV_RANDOM)  # batches are random rows: no readahead around each
-        self.pixels = np.frombuffer(self._map, self.dtype, self.count * math.prod(self.shape), self._offset).reshape(
-            self.count, *self.shape)
+        self.pixels = self.encoded = None
+        if self.codec is RAW:
+            self.pixels = np.frombuffer(self._map, self.dtype, self.count * math.prod(self.shape), self._offset).reshape(
+                self.count, *self.shape)
+        else:
+            self.encoded = np.frombuffer(self._map, np.uint8, int(self.offsets[-1]), self._offset)
 
     def _read_metadata(self, file: h5py.File, size: int) -> None:
         """Validate the layout and read the attributes, labels and checksums; CorruptStoreError naming what is wrong."""
+        self.offsets: np.ndarray | None = None  # an encoded checkpoint's: image i is encoded[offsets[i]:offsets[i+1]]
         try:
             attrs = file.attrs
             if attrs.get("format") != FORMAT.encode() or attrs.get("format_version") != FORMAT_VERSION:
                 raise CorruptStoreError(f"{self.name} was not written by {FORMAT} version {FORMAT_VERSION} "
                                         f"(format {attrs.get('format')!r}, version {attrs.get('format_version')!r})")
             self.token, self.checksum = bytes(attrs["token"]).decode("ascii"), bool(attrs["checksum"])
-            images = file["images"]
-            self.count, self.shape = len(images), tuple(images.shape[1:])
+            self.codec = get_codec(bytes(attrs["codec"]).decode("ascii")) if "codec" in attrs else RAW
+            if self.codec is RAW:
+                images = file["images"]
+                self.count, self.shape, found = len(images), tuple(images.shape[1:]), images.dtype
+            else:
+                self.shape, found = tuple(int(side) for side in attrs["image_shape"]), np.dtype(bytes(attrs["dtype"]).decode("ascii"))
+                self.count = len(file["offsets"]) - 1
             check_image_shape(self.shape, f"{self.name}: each image")
-            self.dtype = check_dtype(images.dtype, f"{self.name}: images")
-            if images.dtype != self.dtype or self.count < 1:
-                raise CorruptStoreError(f"{self.name}: images are {images.dtype} of shape {images.shape}, expected a "
-                                        "numeric dtype of this machine's byte order (N, ...)")
+            self.dtype = check_dtype(found, f"{self.name}: images")
+            if found != self.dtype or self.count < 1 or ("codec" in attrs) != (self.codec is not RAW):
+                raise CorruptStoreError(f"{self.name}: images are {found} of shape {(self.count, *self.shape)} in "
+                                        f"{self.codec.spec}, expected a numeric dtype of this machine's byte order (N, ...)")
             self.row = math.prod(self.shape) * self.dtype.itemsize  # bytes per image
-            self._offset = _raw_offset(images, self.count * self.row, size, self.name)
-            self.labels = self._read_array(file, "labels", LABEL_DTYPE, size).astype(np.int64)
-            self.checksums = self._read_array(file, "checksums", CHECKSUM_DTYPE, size) if self.checksum else None
+            if self.codec is RAW:
+                self._offset = _raw_offset(images, self.count * self.row, size, self.name)
+            else:
+                self._read_encoded_layout(file, size)
+            self.labels = self._read_array(file, "labels", LABEL_DTYPE, size, self.count).astype(np.int64)
+            self.checksums = self._read_array(file, "checksums", CHECKSUM_DTYPE, size, self.count) if self.checksum else None
         except CorruptStoreError:
             raise
         except KeyError as error:
@@ -166,11 +220,21 @@ class Checkpoint:
         except Exception as error:  # h5py reports damaged metadata with many exception types
             raise CorruptStoreError(f"{self.name} has damaged HDF5 metadata ({type(error).__name__}: {error})") from None
 
-    def _read_array(self, file: h5py.File, name: str, dtype: np.dtype, size: int) -> np.ndarray:
+    def _read_encoded_layout(self, file: h5py.File, size: int) -> None:
+        """``offsets`` (count+1, from 0, never decreasing, to the end of ``encoded``) and where ``encoded`` lies."""
+        self.offsets = self._read_array(file, "offsets", LABEL_DTYPE, size, self.count + 1).astype(np.int64)
+        encoded = file["encoded"]
+        if encoded.dtype != np.uint8 or encoded.ndim != 1 or self.offsets[0] != 0 or \
+                (np.diff(self.offsets) < 0).any() or self.offsets[-1] != len(encoded):
+            raise CorruptStoreError(f"{self.name}: offsets {self.offsets[0]}..{self.offsets[-1]} (ascending?) do not "
+                                    f"divide encoded, {encoded.dtype} {encoded.shape}, into {self.count} images")
+        self._offset = _raw_offset(encoded, len(encoded), size, self.name)
+
+    def _read_array(self, file: h5py.File, name: str, dtype: np.dtype, size: int, length: int) -> np.ndarray:
         dataset = file[name]
-        if dataset.dtype != dtype or dataset.shape != (self.count,):
-            raise CorruptStoreError(f"{self.name}: {name} is {dataset.dtype} {dataset.shape}, expected {dtype} ({self.count},)")
-        array = np.empty(self.count, dtype)
+        if dataset.dtype != dtype or dataset.shape != (length,):
+            raise CorruptStoreError(f"{self.name}: {name} is {dataset.dtype} {dataset.shape}, expected {dtype} ({length},)")
+        array = np.empty(length, dtype)
         self._pread_into(array, _raw_offset(dataset, array.nbytes, size, self.name))
         return array
 
@@ -184,13 +248,30 @@ class Checkpoint:
 
     # -- reads: every image checked against its checksum when the store keeps them ------------------
     def read_rows(self, start: int, out: np.ndarray, labels: np.ndarray) -> None:
-        """Fill ``out``/``labels`` with images start..start+len(out)-1, in one read."""
-        self._pread_into(out, self._offset + start * self.row)
-        labels[:] = self.labels[start:start + len(out)]
-        self._verify(np.arange(start, start + len(out)), out, labels)
+        """Fill ``out``/``labels`` with images start..start+len(out)-1, in one read (encoded: a read per 16 MiB)."""
+        stop = start + len(out)
+        labels[:] = self.labels[start:stop]
+        if self.codec is RAW:
+            self._pread_into(out, self._offset + start * self.row)
+            self._verify(np.arange(start, stop), out, labels)
+            return
+        offsets, first = self.offsets, start
+        while first < stop:  # whole images of at most READ_BLOCK_BYTES (at least one) at a time
+            last = min(stop, max(first + 1, int(np.searchsorted(offsets, offsets[first] + READ_BLOCK_BYTES, "right")) - 1))
+            base = int(offsets[first])
+            block = np.empty(int(offsets[last]) - base, np.uint8)
+            self._pread_into(block, self._offset + base)
+            payloads = [block[begin - base:end - base].data for begin, end in zip(offsets[first:last].tolist(), offsets[first + 1:last + 1].tolist())]
+            self._verify(np.arange(first, last), payloads, labels[first - start:last - start])
+            self._decode(range(first, last), payloads, out[first - start:last - start])
+            first = last
 
     def image(self, image_id: int) -> tuple[np.ndarray, int]:
-        """One image (a copy out of the map) and its label."""
+        """One image (a copy out of the map, or decoded from it) and its label."""
+        if self.codec is not RAW:
+            image, label = np.empty((1, *self.shape), self.dtype), np.empty(1, np.int64)
+            self.take(np.array([image_id]), image, label)
+            return image[0], int(label[0])
         image, label = self.pixels[image_id].copy(), int(self.labels[image_id])
         if self.checksums is not None and xxhash.xxh3_64_intdigest(image, label & UINT64_MASK) != self.checksums[image_id]:
             raise CorruptStoreError(f"{self.name}: image {image_id} fails its checksum (bit rot or a damaged copy)")
@@ -198,11 +279,26 @@ class Checkpoint:
 
     def take(self, ids: np.ndarray, out: np.ndarray, labels: np.ndarray) -> None:
         """Fill ``out[i]``/``labels[i]`` with image ``ids[i]`` (valid ids, any order), gathered from the map."""
+        if self.codec is not RAW:
+            payloads, labels[:] = self.payloads(ids)
+            self._decode(ids.tolist(), payloads, out)
+            return
         np.take(self.pixels, ids, axis=0, out=out, mode="clip")  # "clip": no buffering of out; ids are valid
         np.take(self.labels, ids, out=labels, mode="clip")
         self._verify(ids, out, labels)
 
-    def _verify(self, ids: np.ndarray, images: np.ndarray, labels: np.ndarray) -> None:
+    def payloads(self, ids: np.ndarray) -> tuple[list[memoryview], np.ndarray]:
+        """The encoded bytes (views of the map, checked against their checksums) and labels of images ``ids``."""
+        starts, stops = self.offsets[ids].tolist(), self.offsets[ids + 1].tolist()
+        payloads, labels = [self.encoded[begin:end].data for begin, end in zip(starts, stops)], self.labels[ids]
+        self._verify(ids, payloads, labels)
+        return payloads, labels
+
+    def _decode(self, ids: Iterable[int], payloads: list[memoryview], out: np.ndarray) -> None:
+        for image_id, payload, target in zip(ids, payloads, out):
+            decode(self.codec, payload, target, f"{self.name}: image {image_id}")
+
+    def _verify(self, ids: np.ndarray, images: np.ndarray | list[memoryview], labels: np.ndarray) -> None:
         if self.checksums is None:
             return
         bad = np.flatnonzero(image_checksums(images, labels) != self.checksums[ids])
@@ -210,7 +306,7 @@ class Checkpoint:
             raise CorruptStoreError(f"{self.name}: image {ids[bad[0]]} fails its checksum (bit rot or a damaged copy)")
 
     def close(self) -> None:
-        self.pixels = None
+        self.pixels = self.encoded = None
         try:
             self._map.close()
         except BufferError:  # a caller still holds a view: the map goes when it does

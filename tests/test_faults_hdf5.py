@@ -26,6 +26,12 @@ class TestHdf5Faults(FaultTests):
     method = "hdf5"
 
 
+class TestHdf5PngFaults(FaultTests):
+    """Encoded images: ``encoded`` bytes and ``offsets`` in images.h5, journal records of PNG bytes."""
+
+    method = "hdf5:codec=png"
+
+
 def raw_ranges(path: Path) -> dict[str, tuple[int, int]]:
     """(offset, end) of each dataset's bytes in a checkpoint file."""
     with h5py.File(path, "r") as file:
@@ -169,18 +175,19 @@ def test_reader_keeps_its_snapshot_through_commits(tmp_path):
 
 
 # -- finding 1 for HDF5: damaged files -----------------------------------------------------------
-@pytest.mark.parametrize("checksum", [False, True])
-def test_damaged_metadata_and_journal_never_read_as_other_data(tmp_path, checksum):
+@pytest.mark.parametrize(("method", "checksum"), [("hdf5", False), ("hdf5", True), ("hdf5:codec=png", False)])
+def test_damaged_metadata_and_journal_never_read_as_other_data(tmp_path, method, checksum):
     """Every byte of images.h5's metadata and of the journal flipped (even offsets in one run, odd in the
     other), each file truncated at many sizes, read in a child that must live: a typed error or the
-    stored data. Without checksums the raw pixel and label bytes are not flipped (nothing could tell);
-    with them, a sample of those too."""
+    stored data. Without checksums the raw pixel (or encoded) and label bytes are not flipped (nothing could
+    tell), but an encoded store's ``offsets`` are (the PNGs they would misplace do not decode); with
+    checksums, a sample of all of those too."""
     pristine = tmp_path / "pristine"
-    with open_store("hdf5", pristine, checksum=checksum) as store:
+    with open_store(method, pristine, checksum=checksum) as store:
         store.store_many(*labelled_batch(range(12)))
         store.store_single(pixels_for(99), 3, 99)
         store.store_single(pixels_for(98), 12, 98)
-    raw = raw_ranges(pristine / "images.h5")
+    raw = {name: extent for name, extent in raw_ranges(pristine / "images.h5").items() if name != "offsets" or checksum}
     cases = []
     for name in ("images.h5", "images.h5.journal"):
         size = (pristine / name).stat().st_size
@@ -190,7 +197,7 @@ def test_damaged_metadata_and_journal_never_read_as_other_data(tmp_path, checksu
         if checksum and name == "images.h5":
             offsets += random.Random(1).sample([o for start, end in raw.values() for o in range(start, end)], 200)
         cases += [(name, "flip", offset) for offset in offsets]
-    result = run_child(DAMAGE_CHILD.format(method="hdf5", pristine=str(pristine), work=str(tmp_path / "work"), cases=cases), timeout=600)
+    result = run_child(DAMAGE_CHILD.format(method=method, pristine=str(pristine), work=str(tmp_path / "work"), cases=cases), timeout=600)
     assert result.returncode == 0, result.stderr
     outcomes = json.loads(result.stdout)
     bad = [(case, outcome) for case, outcome in zip(cases, outcomes) if outcome.startswith(("WRONG", "UNTYPED"))]

@@ -404,21 +404,16 @@ class TestZarrThroughPreadFaults(FaultTests):
 
 
 class TestZarrCodecsThroughPread(CodecTests):
-    """The codec tests with the pread reader (CodecTests names its variants ``<method>:codec=...``, so the reader is
-    the module's default here)."""
+    """The codec tests with the pread reader."""
 
-    method = "zarr"
-
-    @pytest.fixture(autouse=True)
-    def pread_by_default(self, monkeypatch):
-        monkeypatch.setitem(storage_impls.zarr.DEFAULTS, "reader", "pread")
+    method = "zarr:reader=pread"
 
     @pytest.fixture
     def directory(self, tmp_path):
         return tmp_path / "store"
 
     def test_the_reader_is_pread(self, directory):
-        with open_store("zarr:codec=png", directory) as store:
+        with open_store(self.variant("png"), directory) as store:
             store.store_many(*make_batch(3, (8, 8, 3)))
             assert store._checkpoint.reader == "pread" and len(store._checkpoint.fds) == 1
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import storage_impls
-from storage_impls import CorruptStoreError, ImageNotFoundError, MissingStoreError, get_store_class, open_store
+from storage_impls import CorruptStoreError, ImageNotFoundError, MissingStoreError, open_store
 from storage_impls.codecs import Png, get_codec
 from storage_impls.datasets import synthetic
 
@@ -332,6 +332,10 @@ class CodecTests:
 
     method: str
 
+    def variant(self, spec: str) -> str:
+        """This class's method with ``codec=spec`` added to its options."""
+        return f"{self.method}{',' if ':' in self.method else ':'}codec={spec}"
+
     @staticmethod
     def expected(spec: str, images: np.ndarray) -> np.ndarray:
         codec = get_codec(spec)
@@ -344,7 +348,7 @@ class CodecTests:
     @pytest.mark.parametrize("shape", [(16, 16, 3), (16, 16)], ids=["rgb", "grey"])
     def test_every_codec_round_trips_through_every_read(self, directory, spec, shape):
         images, labels = make_batch(6, shape)
-        with open_store(f"{self.method}:codec={spec}", directory) as store:
+        with open_store(self.variant(spec), directory) as store:
             if store.layout_limit(images.dtype, shape, replacing=True):
                 pytest.skip(f"{spec} does not hold {shape}")
             store.store_many(images[:5], labels[:5])
@@ -362,9 +366,9 @@ class CodecTests:
 
     def test_a_store_keeps_its_codec_for_single_writes_and_store_many_takes_the_option(self, directory):
         images, labels = make_batch(4, (16, 16, 3))
-        with open_store(f"{self.method}:codec=jpeg-90", directory) as store:
+        with open_store(self.variant("jpeg-90"), directory) as store:
             store.store_many(images[:3], labels[:3])
-        with open_store(f"{self.method}:codec=png", directory) as store:
+        with open_store(self.variant("png"), directory) as store:
             store.store_single(images[3], 3, 9)  # into the jpeg store: encoded as jpeg
             assert store.codec_spec == "jpeg-90"
             assert_bits_equal(store.read_single(3)[0], self.expected("jpeg-90", images[3:4])[0])
@@ -376,7 +380,7 @@ class CodecTests:
                                                           ("webp-80", (8, 8), np.uint8), ("png", (8, 8, 2), np.uint8)])
     def test_a_codec_that_cannot_hold_the_images_is_refused_before_writing(self, directory, spec, shape, dtype):
         images, labels = random_layout(3, dtype, shape)
-        with open_store(f"{self.method}:codec={spec}", directory) as store:
+        with open_store(self.variant(spec), directory) as store:
             before = listing(directory)
             with pytest.raises(ValueError, match=f"cannot store images .*{spec.split('-')[0].upper()} holds"):
                 store.store_many(images, labels)
@@ -385,7 +389,7 @@ class CodecTests:
     @pytest.mark.parametrize("spec", ["jpeg-0", "jpeg-101", "gif", "webp", "png-10"])
     def test_unknown_codecs_are_refused_listing_the_codecs(self, directory, spec):
         with pytest.raises(ValueError, match=f"codec='{spec}' is not allowed; use raw, png, png-0..png-9, jpeg-1..jpeg-100"):
-            open_store(f"{self.method}:codec={spec}", directory)
+            open_store(self.variant(spec), directory)
         assert not directory.exists()
 
 
@@ -492,7 +496,7 @@ class TestLmdb(CodecTests, StoreTests):
         assert int.from_bytes(value[24:32], "little", signed=True) == labels[2] and value[32:] == images[2].tobytes()
 
 
-class TestHdf5(StoreTests):
+class TestHdf5(CodecTests, StoreTests):
     method = "hdf5"
 
     def corrupt(self, directory):
@@ -574,6 +578,104 @@ class TestHdf5(StoreTests):
             file["something"] = np.zeros(3)
         with pytest.raises(CorruptStoreError, match="not written by storage_impls.hdf5"):
             open_store("hdf5", directory, "r")
+
+    # -- encoded images (hdf5:codec=...) ----------------------------------------------------------------
+    @pytest.mark.parametrize("spec", ["jpeg-90", "png"])
+    def test_h5py_reads_each_encoded_image_as_its_file(self, directory, spec):
+        """``encoded[offsets[i]:offsets[i+1]]`` is image i's file: Pillow decodes what h5py returns to what the store reads."""
+        import io
+
+        import h5py
+        from PIL import Image
+
+        images, labels = make_batch(12, (16, 16, 3))
+        with open_store(f"hdf5:codec={spec}", directory) as store:
+            store.store_many(images, labels)
+            read = store.read_many(12)[0]
+        with h5py.File(directory / "images.h5", "r") as file:
+            assert (file.attrs["codec"], file.attrs["dtype"], tuple(file.attrs["image_shape"])) == (spec.encode(), b"|u1", (16, 16, 3))
+            offsets, encoded = file["offsets"][()], file["encoded"]
+            assert encoded.dtype == np.uint8 and encoded.chunks is None and offsets.dtype == np.int64
+            assert offsets[0] == 0 and offsets[-1] == len(encoded) and len(offsets) == 13 and "images" not in file
+            decoded = np.stack([np.asarray(Image.open(io.BytesIO(encoded[offsets[i]:offsets[i + 1]].tobytes()))) for i in range(12)])
+            np.testing.assert_array_equal(file["labels"][()], labels)
+        np.testing.assert_array_equal(decoded, read)
+
+    def test_a_lossy_image_is_encoded_once_and_folds_copy_its_bytes(self, directory, monkeypatch):
+        """A fresh jpeg store's single writes (a journal naming its codec), folded twice into checkpoints: each image
+        is encoded once, the checkpoint holds the journal record's bytes, and reads are identical before and after."""
+        import json
+
+        import storage_impls.journal
+        from storage_impls.codecs import PillowLossy
+
+        monkeypatch.setattr(storage_impls.journal, "COMPACT_MIN_RECORDS", 3)
+        encodes = []
+        real_encode = PillowLossy.encode
+        monkeypatch.setattr(PillowLossy, "encode", lambda codec, image: encodes.append(1) or real_encode(codec, image))
+        images, labels = make_batch(9, (16, 16, 3))
+        with open_store("hdf5:codec=jpeg-90", directory) as store:
+            for image_id in range(4):
+                store.store_single(images[image_id], image_id, int(labels[image_id]))
+            header = json.loads((directory / "images.h5.journal").read_bytes().split(b"\n")[0])
+            assert header["codec"] == "jpeg-90" and not (directory / "images.h5").exists()
+            record, before = store._journal.read(2), store.read_single(2)[0]
+            tokens = set()
+            for image_id in range(4, 9):  # folds 4 records before writing id 4, and 4 before id 8
+                store.store_single(images[image_id], image_id, int(labels[image_id]))
+                tokens.add(store._checkpoint.token)
+                if image_id == 5:
+                    record_5, before_5 = store._journal.read(5), store.read_single(5)[0]
+            assert len(tokens) == 2 and store._checkpoint.count == 8 and len(encodes) == 9
+            assert bytes(store._checkpoint.payloads(np.array([2]))[0][0]) == record
+            assert bytes(store._checkpoint.payloads(np.array([5]))[0][0]) == record_5
+            assert_bits_equal(store.read_single(2)[0], before)
+            assert_bits_equal(store.read_batch([5, 2])[0], np.stack([before_5, before]))
+        with open_store("hdf5", directory, "r") as reader:
+            assert reader.codec_spec == "jpeg-90"
+            assert_bits_equal(reader.read_many(9)[0], CodecTests.expected("jpeg-90", images))
+            np.testing.assert_array_equal(reader.read_many(9)[1], labels)
+
+    def test_damaged_encoded_bytes_fail_their_checksum(self, directory):
+        import h5py
+
+        images, labels = make_batch(10, (16, 16, 3))
+        with open_store("hdf5:codec=jpeg-90", directory, checksum=True) as store:
+            store.store_many(images, labels)
+        path = directory / "images.h5"
+        with h5py.File(path, "r") as file:
+            at = file["encoded"].id.get_offset() + int(file["offsets"][5]) + 200
+        data = bytearray(path.read_bytes())
+        data[at] ^= 0x10
+        path.write_bytes(bytes(data))
+        with open_store("hdf5", directory, "r") as store:
+            for read in (lambda: store.read_single(5), lambda: store.read_batch([1, 5]), lambda: store.read_many(10)):
+                with pytest.raises(CorruptStoreError, match="images.h5: image 5 fails its checksum"):
+                    read()
+            assert_bits_equal(store.read_batch([4, 6])[0], CodecTests.expected("jpeg-90", images[[4, 6]]))
+
+    @pytest.mark.parametrize("spec", ["jpeg-90", "png", "webp-80"])
+    def test_an_image_cut_short_is_corrupt_without_checksums(self, directory, spec):
+        """No checksums: image 5's end offset moved back to half its length (so image 6 starts inside it). The codec
+        tells: both raise CorruptStoreError naming their image, never decode to something else; the others read."""
+        import h5py
+
+        images, labels = make_batch(10, (16, 16, 3))
+        with open_store(f"hdf5:codec={spec}", directory) as store:
+            store.store_many(images, labels)
+        with h5py.File(directory / "images.h5", "r") as file:
+            offsets, at = file["offsets"][()], file["offsets"].id.get_offset()
+        with open(directory / "images.h5", "r+b") as file:
+            file.seek(at + 6 * 8)
+            file.write(int((offsets[5] + offsets[6]) // 2).to_bytes(8, "little"))
+        with open_store("hdf5", directory, "r") as store:
+            for image_id in (5, 6):
+                for read in (lambda: store.read_single(image_id), lambda: store.read_batch([0, image_id])):
+                    with pytest.raises(CorruptStoreError, match=f"image {image_id} is not a readable {spec} image"):
+                        read()
+            with pytest.raises(CorruptStoreError, match=f"image 5 is not a readable {spec} image"):
+                store.read_many(10)
+            assert_bits_equal(store.read_batch([4, 7, 9])[0], CodecTests.expected(spec, images[[4, 7, 9]]))
 
 
 def test_registry_names_the_methods():
