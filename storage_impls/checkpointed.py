@@ -281,10 +281,8 @@ class CheckpointedStore(ImageStore):
         stored, stored_labels = self._checkpoint.payloads(np.arange(start, min(stop, self._checkpoint.count)))
         payloads, labels = [*stored, *[b""] * (stop - start - len(stored))], np.zeros(stop - start, np.int64)
         labels[:len(stored_labels)] = stored_labels
-        entries = self._journal.entries
-        for image_id in range(start, stop) if stop - start <= len(entries) else sorted(i for i in entries if start <= i < stop):
-            if image_id in entries:  # every id past the checkpoint is in the journal
-                payloads[image_id - start], labels[image_id - start] = self._journal.read(image_id), entries[image_id].label
+        for image_id in self._journal.ids_between(start, stop):  # every id past the checkpoint is in the journal
+            payloads[image_id - start], labels[image_id - start] = self._journal.read(image_id), self._journal.entries[image_id].label
         return payloads, labels
 
     def _commit(self, dtype: np.dtype, shape: tuple[int, ...], count: int, source: Source, checksum: bool, codec: Codec) -> None:
@@ -339,11 +337,8 @@ class CheckpointedStore(ImageStore):
                     self._checkpoint.decode(np.arange(start, start + in_checkpoint), out[:in_checkpoint], labels[:in_checkpoint])
             except FileNotFoundError as error:
                 raise self._expired(Path(error.filename)) from None
-        entries = self._journal.entries
-        ids = range(start, stop) if len(out) <= len(entries) else sorted(i for i in entries if start <= i < stop)
-        for image_id in ids:
-            if image_id in entries:
-                self._read_record(image_id, out, labels, image_id - start)
+        for image_id in self._journal.ids_between(start, stop):
+            self._read_record(image_id, out, labels, image_id - start)
 
     def _read_batch_into(self, ids: np.ndarray, out: np.ndarray, labels: np.ndarray) -> None:
         """Gather from the checkpoint, then put journal records in their places."""

@@ -34,7 +34,7 @@ import os
 import struct
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -173,6 +173,12 @@ class Journal:
         fields = RECORD.pack(image_id, entry.label, entry.length, 0)[:-4]
         if length != entry.length or zlib.crc32(payload, zlib.crc32(fields)) != entry.crc:
             raise CorruptStoreError(f"{self.path}: the record of image {image_id} fails its checksum (bit rot or a damaged copy)")
+
+    def ids_between(self, start: int, stop: int) -> Iterable[int]:
+        """The ids start..stop-1 that have a record, in order (walking whichever is shorter: the range or the records)."""
+        if stop - start <= len(self.entries):
+            return filter(self.entries.__contains__, range(start, stop))
+        return sorted(image_id for image_id in self.entries if start <= image_id < stop)
 
     def next_id(self, checkpoint_count: int) -> int:
         """The store's length: the checkpoint's images plus those the journal appended."""
