@@ -5,6 +5,7 @@ them. Colour encodes the method, marker and line style the run, so several runs 
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.colors import to_hex  # noqa: E402
 from matplotlib.artist import Artist  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
@@ -24,13 +26,18 @@ STYLE = "seaborn-v0_8-whitegrid"
 RC = {"svg.hashsalt": "image-storage-report", "figure.dpi": 100, "savefig.dpi": 120, "legend.fontsize": "small"}
 RUN_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 RUN_LINESTYLES = ("-", "--", ":", "-.")
+LEGEND_ROWS = 16  # a taller legend would squeeze the plot of a 5-inch figure to nothing
 RUN_HATCHES = ("", "//", "..", "xx", "\\\\", "++")
 OPERATION_LINESTYLES = {"store_many": "-", "read_many": "--"}
 SPREAD_NAMES = {"iqr": "q1–q3", "range": "min–max"}
 
 
 def _colours(names: Sequence[str]) -> dict[str, str]:
-    return {name: f"C{index % 10}" for index, name in enumerate(names)}
+    """A distinct colour per name: matplotlib's ten default colours first, then their paler twins, then 40 more."""
+    tab20 = matplotlib.colormaps["tab20"].colors
+    palette = [to_hex(colour) for colour in (*tab20[0::2], *tab20[1::2], *matplotlib.colormaps["tab20b"].colors,
+                                             *matplotlib.colormaps["tab20c"].colors)]
+    return {name: palette[index % len(palette)] for index, name in enumerate(names)}
 
 
 def _run_style(run_index: int) -> dict[str, str]:
@@ -38,8 +45,9 @@ def _run_style(run_index: int) -> dict[str, str]:
 
 
 def _legend(ax: Axes, handles: Sequence[Artist]) -> None:
-    """One legend outside the plot on the right, so it never hides data."""
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
+    """One legend outside the plot on the right, so it never hides data (in columns of LEGEND_ROWS entries)."""
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0,
+              ncols=math.ceil(len(handles) / LEGEND_ROWS))
 
 
 def _method_handles(names: Sequence[str]) -> list[Artist]:
@@ -209,6 +217,8 @@ def write_charts(shaped: Shaped, out_dir: Path) -> dict[str, Path]:
                 continue
             wide = len(shaped.labels) > 1 or name == "single_image"
             width = max(11 if wide else 8, 3.5 * len(shaped.floor_operations) + 2.5) if name == "floor_ratio" else (11 if wide else 8)
+            entries = len(shaped.floor_names) if name == "floor_ratio" else len(shaped.names)
+            width += 3.2 * (math.ceil(entries / LEGEND_ROWS) - 1)  # each further legend column
             figure = plt.figure(figsize=(width, 5.5 if wide else 5), layout="constrained")
             draw(figure, shaped)
             figure.suptitle(title.format(spread=SPREAD_NAMES[shaped.spread]))
