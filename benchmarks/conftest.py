@@ -19,6 +19,7 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 
+from benchmarks.cache import start_write_round
 from benchmarks.floors import FLOOR_TEST, NoFloorError, floor_images, floor_names, floor_of_test, floors_of_cell
 from benchmarks.machine import available_memory, describe_storage, library_versions
 from benchmarks.progress import ANNOUNCE_MIN_IMAGES, SuiteClock, announce, rounds_reporter, say
@@ -292,7 +293,8 @@ def read_store(store_class: type[ImageStore], method: str, cutoff: int,
 
 
 class FreshStores:
-    """Opens each round's store in a new, empty folder, closing the previous one (all untimed)."""
+    """Opens each round's store in a new, empty folder, closing and removing the previous one, with no dirty
+    pages left (cache.start_write_round; all untimed)."""
 
     def __init__(self, store_class: type[ImageStore], cell_dir: Path, durable: bool) -> None:
         self.store_class, self.cell_dir, self.durable = store_class, cell_dir, durable
@@ -302,6 +304,7 @@ class FreshStores:
     def open_next(self) -> ImageStore:
         if self.current is not None:
             self.current.close()
+        start_write_round(self.current.directory if self.current is not None else None)
         self.rounds += 1
         self.current = self.store_class(self.cell_dir / f"round-{self.rounds}", durable=self.durable)
         return self.current

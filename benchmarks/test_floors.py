@@ -162,11 +162,15 @@ def test_floor_memcpy(measure, record, source, out):
 
 
 def test_floor_file_write(measure, record, source, cell_dir, durable):
-    """A new, empty file opened (untimed) per round; timed: writing the images to it (and fsync when durable)."""
+    """A new, empty file opened per round, the previous one removed (untimed); timed: writing the images to it (and
+    fsync when durable)."""
     paths: list[Path] = []
     descriptors: list[int] = []
 
     def open_next() -> tuple[tuple, dict]:
+        if descriptors:
+            os.close(descriptors.pop())
+        page_cache.start_write_round(paths[-1] if paths else None)  # as the cells' rounds start (conftest.FreshStores)
         paths.append(cell_dir / f"round-{len(paths)}.raw")
         descriptors.append(os.open(paths[-1], NEW_FILE, 0o644))
         return (descriptors[-1],), {}
@@ -226,11 +230,13 @@ def test_floor_file_read_cold(measure, record, benchmark, source, out, floor_inp
 
 
 def test_floor_files_write(measure, record, source, cell_dir, durable):
-    """A new folder per round (untimed); timed: one new file per image, written and closed (fsynced when durable)."""
+    """A new folder per round, the previous one removed (untimed); timed: one new file per image, written and closed
+    (fsynced when durable)."""
     folders: list[Path] = []
     names = [str(image_id) for image_id in range(len(source))]
 
     def open_next() -> tuple[tuple, dict]:
+        page_cache.start_write_round(folders[-1] if folders else None)
         folders.append(cell_dir / f"round-{len(folders)}")
         folders[-1].mkdir()
         return (os.open(folders[-1], os.O_RDONLY),), {}
