@@ -7,10 +7,11 @@ order), ``labels.npy`` (little-endian int64, (N,)) and, with ``checksum=True``, 
 (uint64, xxh3_64 of each image seeded with its label); ``DIR/npy-memmap.journal`` holds single-image
 writes. Every file is a plain ``.npy``: ``np.load(path, mmap_mode="r")`` reads it.
 
-``store_many`` writes ``images.npy`` through ``np.lib.format.open_memmap`` in the checkpoint's
-temporary folder, which is renamed into place before the metadata switches to it. The file's blocks
-are allocated (``posix_fallocate``) before any page of the map is written, so a full disk raises
-NoSpaceError instead of killing the process with SIGBUS.
+``store_many`` writes ``images.npy`` (the ``.npy`` header, then ``pwrite`` of 64 MiB blocks) in the
+checkpoint's temporary folder, which is renamed into place before the metadata switches to it. Not
+through a writable ``open_memmap``: its page faults made store_many 5x slower (215 ms against 43 ms
+for 157 MB), and a full disk raises NoSpaceError from ``pwrite`` where a map would kill the process
+with SIGBUS.
 
 Reads: the handle keeps ``images.npy`` open and mapped (a snapshot: a later commit renames other
 files into place and cannot change it), ``labels.npy`` in memory. ``read_many`` copies with one
@@ -29,7 +30,8 @@ import numpy as np
 
 from storage_impls.checkpointed import COPY_BLOCK_BYTES, Checkpoint, CheckpointedStore, Source
 from storage_impls.codecs import Codec
-from storage_impls.npy_format import check_array, check_size, load, parse_header, pread_into, save
+from storage_impls.journal import pwrite_all
+from storage_impls.npy_format import check_array, check_size, header, load, parse_header, pread_into, save
 from storage_impls.records import image_checksums, verify_checksums
 
 IMAGES, LABELS, CHECKSUMS = "images.npy", "labels.npy", "checksums.npy"
@@ -91,27 +93,23 @@ class NpyMemmapStore(CheckpointedStore):
     def _write_checkpoint(self, folder: Path, dtype: np.dtype, shape: tuple[int, ...], count: int, source: Source,
                           checksum: bool, codec: Codec) -> dict:
         path = folder / IMAGES
-        images = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(count, *shape))
-        try:
-            fd = os.open(path, os.O_RDWR)
-            try:
-                os.posix_fallocate(fd, 0, os.fstat(fd).st_size)  # a full disk fails here, not as SIGBUS in the map
-                labels = np.empty(count, LABEL_DTYPE)
-                sums = np.empty(count, CHECKSUM_DTYPE) if checksum else None
-                step = max(1, COPY_BLOCK_BYTES // max(1, images[0].nbytes))
-                for start in range(0, count, step):
-                    block, block_labels = source(start, min(count, start + step))
-                    images[start:start + len(block)] = block
-                    labels[start:start + len(block)] = block_labels
-                    if sums is not None:
-                        sums[start:start + len(block)] = image_checksums(block, block_labels)
-                if self.durable:
-                    images.flush()
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
+        head, row = header(dtype, (count, *shape)), int(np.prod(shape)) * dtype.itemsize
+        labels = np.empty(count, LABEL_DTYPE)
+        sums = np.empty(count, CHECKSUM_DTYPE) if checksum else None
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:  # pwrite, not a writable map: page faults made it 5x slower, and a full disk fails here, not as SIGBUS
+            pwrite_all(fd, head, 0)
+            step = max(1, COPY_BLOCK_BYTES // max(1, row))
+            for start in range(0, count, step):
+                block, block_labels = source(start, min(count, start + step))
+                pwrite_all(fd, np.ascontiguousarray(block), len(head) + start * row)
+                labels[start:start + len(block)] = block_labels
+                if sums is not None:
+                    sums[start:start + len(block)] = image_checksums(block, block_labels)
+            if self.durable:
+                os.fsync(fd)
         finally:
-            del images  # unmap before the folder is renamed
+            os.close(fd)
         save(folder / LABELS, labels, durable=self.durable)
         if sums is not None:
             save(folder / CHECKSUMS, sums, durable=self.durable)
