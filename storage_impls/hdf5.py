@@ -12,6 +12,15 @@ re-encodes: a lossy image is encoded once, when it is written. ``store_many`` wr
 exactly an image of the store's shape raise CorruptStoreError naming the file and image id. A codec that cannot
 hold the images (JPEG of RGBA or uint16, WebP of one channel) is refused before anything is written.
 
+Chunked raw pixels (hdf5_chunked.py): ``hdf5:compression=gzip|lzf|none`` (default none) and ``hdf5:chunks=N`` (images
+per chunk, N >= 1; default: contiguous, the layout above) make ``images`` what h5py's ``create_dataset(chunks=(N,
+*shape), compression=...)`` makes (gzip at h5py's default level, 4; compression without chunks: whole images up to
+64 KiB per chunk), HDF5 compressing and writing the chunks. The checkpoint's attributes record the options.
+``store_many`` writes the layout this handle's options name (one given: the other at its default, so
+``compression=none`` returns to contiguous), else the store's; ``store_single`` and folds keep the store's (a store
+without a checkpoint yet: the handle's). Raw pixels only: a codec other than raw with either option is a ValueError
+at open, or at ``store_many`` when the codec is the store's; ``store_many`` with a codec writes contiguous bytes.
+
 Writes, all under the store's writer lock (locking.py):
 - ``store_many`` writes a complete new checkpoint under a temporary name, opens and validates it,
   renames it over ``images.h5`` (the commit point) and removes the journal, now stale (it names
@@ -28,14 +37,18 @@ Writes, all under the store's writer lock (locking.py):
 Reads overlay the journal's records on the checkpoint, which is read through its own file
 descriptor and memory map: ``read_many`` with one ``preadv``, ``read_single`` with one copy out of
 the map, ``read_batch`` with ``numpy.take`` over the map (madvise MADV_RANDOM), each journal record
-with one ``preadv`` (CRC-checked). Encoded images are decoded straight into the caller's array from a
+with one ``preadv`` (CRC-checked). Chunked images are read through the h5py file the handle keeps open (HDF5
+decompresses whole chunks): ``read_many`` and folds with one H5Dread into the caller's array (what
+``read_direct`` does), ``read_batch`` with one H5Dread per chunk it touches (the span of its sorted unique ids),
+then scattered into place. Encoded images are decoded straight into the caller's array from a
 slice of the map (``read_batch``, ``read_single``) or of one ``preadv`` per 16 MiB (``read_many``). With
 ``checksum=True`` at ``store_many`` (recorded in the checkpoint; later handles verify whatever
 they pass) every checkpoint image read is checked against its xxh3_64 (of the encoded bytes, before
 decoding, in an encoded store); journal records always carry a CRC-32.
 
 Concurrency and isolation: one writer at a time; any number of readers, never blocked (HDF5 opens
-a checkpoint only to validate it, with its file locking where the file system has it). A handle
+a checkpoint only to validate it, with its file locking where the file system has it; a chunked one stays open,
+read-only, for the handle's life: writers never open it, they write new files). A handle
 reads a snapshot: the checkpoint file and the journal records that were committed when it opened
 (it keeps the files open, so a later commit, which renames a new checkpoint into place, does not
 change what it reads: open the store again to see it). Before each write the handle catches up
@@ -61,9 +74,12 @@ from storage_impls.base import fsync_path
 from storage_impls.codecs import Codec, get_codec
 from storage_impls.encoding import EncodedStore, decode
 from storage_impls.errors import CorruptStoreError, MissingStoreError, StoreLockedError
+from storage_impls.hdf5_chunked import CONTIGUOUS, Layout
+from storage_impls.hdf5_chunked import OPTIONS as LAYOUT_OPTIONS
 from storage_impls.hdf5_format import RAW, Block, ChangedError, Checkpoint, file_identity, write_checkpoint
 from storage_impls.journal import Journal, gather_overlaid
 from storage_impls.records import refuse_foreign
+from storage_impls.registry import check_options
 
 FILE_NAME = "images.h5"
 JOURNAL_NAME = FILE_NAME + ".journal"
@@ -77,6 +93,32 @@ class Hdf5Store(EncodedStore):
     single-image writes."""
 
     method = "hdf5"
+    OPTIONS = {**LAYOUT_OPTIONS, **EncodedStore.OPTIONS}
+
+    def __init__(self, directory: str | os.PathLike, mode: str = "a", *, compression: str | None = None,
+                 chunks: int | str | None = None, codec: str | None = None, **options: object) -> None:
+        # neither given: the store's recorded layout (a new store: contiguous); either: the layout this handle's store_many
+        # writes (the other option at its default)
+        self._layout_options = check_options(self.method, LAYOUT_OPTIONS, {"compression": compression, "chunks": chunks})
+        if codec is not None and self._layout_options:
+            self._refuse_layout(get_codec(check_options(self.method, EncodedStore.OPTIONS, {"codec": codec})["codec"]))
+        super().__init__(directory, mode, codec=codec, **options)
+
+    def _refuse_layout(self, codec: Codec) -> None:
+        """ValueError if this handle's compression or chunks would apply to images encoded with ``codec``."""
+        if codec is not RAW and Layout(**self._layout_options).chunked:
+            raise ValueError(f"{self.method}: {Layout(**self._layout_options).spec} applies to raw pixels only (codec=raw); "
+                             f"{codec.spec} images are already compressed and kept back to back in one contiguous dataset")
+
+    def _writing_layout(self, codec: Codec, replacing: bool) -> Layout:
+        """The layout of a new checkpoint: ``store_many`` (``replacing``) the one this handle's options name, if they
+        name one, else the store's; a fold the store's (no checkpoint yet: this handle's). Encoded: contiguous."""
+        if codec is not RAW:
+            if replacing:
+                self._refuse_layout(codec)
+            return CONTIGUOUS
+        recorded = self._checkpoint.layout if self._checkpoint else None
+        return Layout(**self._layout_options) if recorded is None or replacing and self._layout_options else recorded
 
     def _open(self) -> None:
         self._path = self.directory / FILE_NAME
@@ -201,11 +243,12 @@ class Hdf5Store(EncodedStore):
     def _replace_all(self, images: np.ndarray, labels: np.ndarray) -> None:
         checksum = self.checksum if self.checksum is not None else bool(self._checkpoint and self._checkpoint.checksum)
         codec = self.writing_codec(replacing=True)
+        layout = self._writing_layout(codec, replacing=True)
         if codec is RAW:
-            self._commit(images.dtype, images.shape[1:], len(images), [(0, images, labels)], checksum, codec)
+            self._commit(images.dtype, images.shape[1:], len(images), [(0, images, labels)], checksum, codec, layout)
             return
         payloads = [codec.encode(image) for image in images]
-        self._commit(images.dtype, images.shape[1:], len(images), [(0, payloads, labels)], checksum, codec,
+        self._commit(images.dtype, images.shape[1:], len(images), [(0, payloads, labels)], checksum, codec, layout,
                      np.fromiter(map(len, payloads), np.int64, len(payloads)))
 
     def _put(self, image: np.ndarray, image_id: int, label: int) -> None:
@@ -213,8 +256,8 @@ class Hdf5Store(EncodedStore):
         payload, spec = (image, None) if codec is RAW else (codec.encode(image), codec.spec)
         if self._journal.needs_compaction(self._checkpoint.count if self._checkpoint else 0):
             checksum = self._checkpoint.checksum if self._checkpoint else bool(self.checksum)
-            sizes = None if codec is RAW else self._payload_sizes()
-            self._commit(self.image_dtype, self.image_shape, self._count, self._blocks(codec), checksum, codec, sizes)
+            sizes, layout = None if codec is RAW else self._payload_sizes(), self._writing_layout(codec, replacing=False)
+            self._commit(self.image_dtype, self.image_shape, self._count, self._blocks(codec, layout), checksum, codec, layout, sizes)
         self._journal.append(image_id, label, payload, image.dtype, image.shape, durable=self.durable, codec=spec)
         if image_id == self._count:
             self._count += 1
@@ -222,10 +265,14 @@ class Hdf5Store(EncodedStore):
         elif self._in_journal is not None:
             self._in_journal[image_id] = True
 
-    def _blocks(self, codec: Codec) -> Iterator[Block]:
+    def _blocks(self, codec: Codec, layout: Layout) -> Iterator[Block]:
         """The store's images (raw: one reused buffer; encoded: their bytes, never decoded) and labels, a block at a
-        time, journal records applied."""
-        step = max(1, min(self._count, COPY_BLOCK_BYTES // (math.prod(self.image_shape) * self.image_dtype.itemsize)))
+        time (whole chunks of ``layout``), journal records applied."""
+        row = math.prod(self.image_shape) * self.image_dtype.itemsize
+        step = max(1, min(self._count, COPY_BLOCK_BYTES // row))
+        if layout.chunked:  # HDF5 never has to read back a chunk it wrote in part
+            per_chunk = layout.chunk_images(self._count, row)
+            step = max(per_chunk, step // per_chunk * per_chunk)
         if codec is not RAW:
             for start in range(0, self._count, step):
                 yield start, *self._read_payloads(start, min(self._count, start + step))
@@ -242,7 +289,7 @@ class Hdf5Store(EncodedStore):
         payloads, labels = [b""] * (stop - start), np.zeros(stop - start, np.int64)
         if in_checkpoint:
             payloads[:in_checkpoint], labels[:in_checkpoint] = self._checkpoint.payloads(np.arange(start, start + in_checkpoint))
-        for image_id in self._journal_ids(start, stop):  # every id past the checkpoint is in the journal
+        for image_id in self._journal.ids_between(start, stop):  # every id past the checkpoint is in the journal
             payloads[image_id - start], labels[image_id - start] = self._journal.read(image_id), self._journal.entries[image_id].label
         return payloads, labels
 
@@ -256,13 +303,13 @@ class Hdf5Store(EncodedStore):
         return sizes
 
     def _commit(self, dtype: np.dtype, shape: tuple[int, ...], count: int, blocks: Iterable[Block], checksum: bool,
-                codec: Codec, sizes: np.ndarray | None = None) -> None:
+                codec: Codec, layout: Layout, sizes: np.ndarray | None = None) -> None:
         """Write a new checkpoint aside, open it, rename it into place (the commit), drop the stale journal."""
         token = uuid.uuid4().hex
         temporary = self.directory / f"{TEMPORARY_PREFIX}.{token}{TEMPORARY_SUFFIX}"
         try:
             write_checkpoint(temporary, dtype, shape, count, blocks, token=token, checksum=checksum, durable=self.durable,
-                             codec=codec, sizes=sizes)
+                             codec=codec, sizes=sizes, layout=layout)
             checkpoint = Checkpoint(temporary, self._path)  # opened before the rename: nothing can fail after it
             try:
                 os.replace(temporary, self._path)
@@ -294,15 +341,8 @@ class Hdf5Store(EncodedStore):
         in_checkpoint = min(stop, self._checkpoint.count if self._checkpoint else 0) - start
         if in_checkpoint > 0:
             self._checkpoint.read_rows(start, out[:in_checkpoint], labels[:in_checkpoint])
-        for image_id in self._journal_ids(start, stop):
+        for image_id in self._journal.ids_between(start, stop):
             self._read_record(image_id, out, labels, image_id - start)
-
-    def _journal_ids(self, start: int, stop: int) -> Iterable[int]:
-        """The ids start..stop-1 that have a journal record, in order."""
-        entries = self._journal.entries
-        if stop - start <= len(entries):
-            return (image_id for image_id in range(start, stop) if image_id in entries)
-        return sorted(image_id for image_id in entries if start <= image_id < stop)
 
     def _read_batch_into(self, ids: np.ndarray, out: np.ndarray, labels: np.ndarray) -> None:
         """Gather from the checkpoint's map, then put journal records in their places."""

@@ -14,14 +14,20 @@ in id order) and ``offsets`` (little-endian int64, N+1: image i is ``encoded[off
 the place of ``images``, and the attributes ``codec``, ``dtype`` and ``image_shape`` say what the bytes decode
 to; ``checksums`` are then of each image's encoded bytes. No ``codec`` attribute: raw pixels, as above.
 
+Chunked raw pixels (``hdf5:compression=lzf``, ``hdf5:chunks=16``, hdf5_chunked.py): ``images`` in chunks of whole
+images, compressed by HDF5, with the attributes ``compression`` and ``chunks`` recording the options; the other
+datasets stay contiguous. No such attribute: ``images`` is contiguous, as above.
+
 Writing: h5py lays out the datasets (metadata only: space allocated, never filled), then the
 pixel (or encoded), label and checksum bytes go in with ``pwrite`` at the datasets' offsets, so a full disk
-surfaces as a plain ``OSError(ENOSPC)`` and HDF5 never holds a half-written file.
+surfaces as a plain ``OSError(ENOSPC)`` and HDF5 never holds a half-written file. Chunked ``images`` are written
+by HDF5 itself, through a file object that turns a failed write into one error after HDF5 has closed the file.
 
 Reading: HDF5 opens the file once to validate it and find the offsets (with its default file
 locking); then the handle keeps only a read-only descriptor and a memory map of the file, and
 reads with ``preadv`` (ranges) or ``numpy.take`` over the map (random batches); encoded images are
-sliced out of the map (or a ``preadv`` of a range) and decoded straight into the caller's array.
+sliced out of the map (or a ``preadv`` of a range) and decoded straight into the caller's array. Chunked ``images``
+keep the h5py file open and are read through it (hdf5_chunked.py).
 """
 from __future__ import annotations
 
@@ -30,7 +36,7 @@ import errno
 import math
 import mmap
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import h5py
@@ -41,6 +47,7 @@ from storage_impls.base import check_dtype, check_image_shape
 from storage_impls.codecs import Codec, get_codec
 from storage_impls.encoding import decode
 from storage_impls.errors import NO_SPACE_ERRNOS, CorruptStoreError, is_no_space, no_space_error
+from storage_impls.hdf5_chunked import CONTIGUOUS, ChunkedImages, Layout, hdf5_writing
 from storage_impls.journal import pwrite_all
 
 FORMAT = "storage_impls.hdf5"
@@ -77,14 +84,17 @@ def file_identity(path: Path) -> Identity | None:
 
 
 def write_checkpoint(path: Path, dtype: np.dtype, shape: tuple[int, ...], count: int, blocks: Iterable[Block], *,
-                     token: str, checksum: bool, durable: bool, codec: Codec = RAW, sizes: np.ndarray | None = None) -> None:
+                     token: str, checksum: bool, durable: bool, codec: Codec = RAW, sizes: np.ndarray | None = None,
+                     layout: Layout = CONTIGUOUS) -> None:
     """Write a complete checkpoint of ``count`` images of ``dtype`` and ``shape`` at ``path`` (a temporary name);
     ``blocks`` yields (first id, images, labels) covering ids 0..count-1. With a ``codec`` other than raw the
     images of a block are their encoded bytes (a sequence) and ``sizes`` gives every image's byte count in advance
-    (the layout is fixed before the bytes go in). A full disk raises NoSpaceError."""
+    (the layout is fixed before the bytes go in); raw pixels are laid out as ``layout`` says. A full disk raises
+    NoSpaceError."""
     attributes = {"format": np.bytes_(FORMAT), "token": np.bytes_(token), "format_version": FORMAT_VERSION, "checksum": checksum}
     if codec is RAW:
         datasets = {"images": ((count, *shape), dtype)}
+        attributes.update(layout.attributes())
     else:
         offsets = np.zeros(count + 1, LABEL_DTYPE)
         np.cumsum(sizes, out=offsets[1:])
@@ -93,14 +103,13 @@ def write_checkpoint(path: Path, dtype: np.dtype, shape: tuple[int, ...], count:
     datasets["labels"] = ((count,), LABEL_DTYPE)
     if checksum:
         datasets["checksums"] = ((count,), CHECKSUM_DTYPE)
-    at = _lay_out(path, attributes, datasets)
-    row = math.prod(shape) * dtype.itemsize  # bytes per image
-    with _filling(path, durable) as fd:
+    chunked = layout.dataset(count, shape, dtype) if layout.chunked else None
+    with _writing(path, attributes, datasets, durable, chunked) as (fd, at, write_images):
         if codec is not RAW:
             pwrite_all(fd, offsets, at["offsets"])
         for start, images, labels in blocks:
             if codec is RAW:
-                pwrite_all(fd, images, at["images"] + start * row)
+                write_images(start, images)
             else:
                 if sum(map(len, images)) != offsets[start + len(images)] - offsets[start]:
                     raise ValueError(f"images {start}..{start + len(images) - 1} are not the sizes the layout was made for")
@@ -111,6 +120,27 @@ def write_checkpoint(path: Path, dtype: np.dtype, shape: tuple[int, ...], count:
                 pwrite_all(fd, image_checksums(images, labels), at["checksums"] + start * CHECKSUM_DTYPE.itemsize)
 
 
+@contextlib.contextmanager
+def _writing(path: Path, attributes: dict, datasets: dict[str, tuple[tuple[int, ...], np.dtype]], durable: bool,
+             chunked: dict | None) -> Iterator[tuple[int, dict[str, int], Callable[[int, np.ndarray], None]]]:
+    """The new file laid out; yields a descriptor writing into it, each contiguous dataset's offset, and a function
+    writing raw images start..start+len-1: a ``pwrite`` at their offset, or (``chunked``: ``images``' create_dataset
+    keywords) HDF5's own write of its chunks, the file then open in h5py until the end."""
+    if chunked is None:
+        at = _lay_out(path, attributes, datasets)
+        with _filling(path, durable) as fd:
+            yield fd, at, lambda start, images: pwrite_all(fd, images, at["images"] + start * images[0].nbytes)
+        return
+    with hdf5_writing(path, LIBVER, durable) as (file, sink):
+        at = _create(file, attributes, {name: spec for name, spec in datasets.items() if name != "images"})
+        images = file.create_dataset("images", **chunked)
+
+        def write_images(start: int, block: np.ndarray) -> None:
+            images.write_direct(block, dest_sel=np.s_[start:start + len(block)])
+            sink.check()  # a full disk: stop now
+        yield sink.fd, at, write_images
+
+
 def _lay_out(path: Path, attributes: dict, datasets: dict[str, tuple[tuple[int, ...], np.dtype]]) -> dict[str, int]:
     """Create the file with ``attributes`` and contiguous ``datasets`` (name -> shape, dtype), space allocated but never
     filled; return each dataset's file offset."""
@@ -118,18 +148,23 @@ def _lay_out(path: Path, attributes: dict, datasets: dict[str, tuple[tuple[int, 
     if (free.f_bfree if os.geteuid() == 0 else free.f_bavail) * free.f_frsize < METADATA_RESERVE:
         # HDF5 keeps a file it failed to flush open until exit: never let its own writes meet a full disk
         raise no_space_error(path.parent, OSError(errno.ENOSPC, "less than 64 KiB free for the file's metadata"))
+    try:
+        with h5py.File(path, "w", libver=LIBVER, locking=LOCKING) as file:
+            return _create(file, attributes, datasets)
+    except OSError as error:
+        raise (no_space_error(path.parent, error) if is_h5_no_space(error) else error) from error
+
+
+def _create(file: h5py.File, attributes: dict, datasets: dict[str, tuple[tuple[int, ...], np.dtype]]) -> dict[str, int]:
+    """Set ``attributes`` and create contiguous ``datasets``, allocated but never filled; return their file offsets."""
     layout = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
     layout.set_layout(h5py.h5d.CONTIGUOUS)
     layout.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
     layout.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
-    try:
-        with h5py.File(path, "w", libver=LIBVER, locking=LOCKING) as file:
-            for name, value in attributes.items():
-                file.attrs[name] = value
-            return {name: file.create_dataset(name, shape=dataset_shape, dtype=dtype, dcpl=layout).id.get_offset()
-                    for name, (dataset_shape, dtype) in datasets.items()}
-    except OSError as error:
-        raise (no_space_error(path.parent, error) if is_h5_no_space(error) else error) from error
+    for name, value in attributes.items():
+        file.attrs[name] = value
+    return {name: file.create_dataset(name, shape=dataset_shape, dtype=dtype, dcpl=layout).id.get_offset()
+            for name, (dataset_shape, dtype) in datasets.items()}
 
 
 @contextlib.contextmanager
@@ -148,7 +183,8 @@ def _filling(path: Path, durable: bool) -> Iterator[int]:
 
 class Checkpoint:
     """One checkpoint file, open read-only: a descriptor and a map of the file (a snapshot that a later
-    rename over the path does not change), the labels, checksums and encoded images' offsets in memory."""
+    rename over the path does not change), the labels, checksums and encoded images' offsets in memory;
+    chunked ``images``: the h5py file too."""
 
     def __init__(self, path: Path, name: Path | None = None) -> None:
         """Open ``path``; ``name`` is what error messages call it (the final name of a file still being committed).
@@ -161,29 +197,32 @@ class Checkpoint:
             raise
         except OSError as error:
             raise CorruptStoreError(f"{self.name} is not a readable HDF5 file: {error}") from None
-        self._fd = None
+        self._fd, self.chunked = None, None
         try:
-            with file:
-                self._fd = os.open(path, os.O_RDONLY)
-                info = os.fstat(self._fd)
-                self.identity: Identity = (info.st_dev, info.st_ino)
-                seen = os.fstat(file.id.get_vfd_handle())
-                if (seen.st_dev, seen.st_ino) != self.identity:
-                    raise ChangedError(f"{self.name} was replaced while it was being opened")
-                self._read_metadata(file, info.st_size)
+            self._fd = os.open(path, os.O_RDONLY)
+            info = os.fstat(self._fd)
+            self.identity: Identity = (info.st_dev, info.st_ino)
+            seen = os.fstat(file.id.get_vfd_handle())
+            if (seen.st_dev, seen.st_ino) != self.identity:
+                raise ChangedError(f"{self.name} was replaced while it was being opened")
+            self._read_metadata(file, info.st_size)
             self._map = mmap.mmap(self._fd, 0, access=mmap.ACCESS_READ)
         except BaseException:
+            file.close()
             if self._fd is not None:
                 os.close(self._fd)
             raise
+        self._file = file if self.chunked else None  # chunked images are read through h5py
+        if self._file is None:
+            file.close()
         if hasattr(self._map, "madvise"):
             self._map.madvise(mmap.MADV_RANDOM)  # batches are random rows: no readahead around each
         self.pixels = self.encoded = None
-        if self.codec is RAW:
+        if self.codec is not RAW:
+            self.encoded = np.frombuffer(self._map, np.uint8, int(self.offsets[-1]), self._offset)
+        elif not self.chunked:
             self.pixels = np.frombuffer(self._map, self.dtype, self.count * math.prod(self.shape), self._offset).reshape(
                 self.count, *self.shape)
-        else:
-            self.encoded = np.frombuffer(self._map, np.uint8, int(self.offsets[-1]), self._offset)
 
     def _read_metadata(self, file: h5py.File, size: int) -> None:
         """Validate the layout and read the attributes, labels and checksums; CorruptStoreError naming what is wrong."""
@@ -195,6 +234,7 @@ class Checkpoint:
                                         f"(format {attrs.get('format')!r}, version {attrs.get('format_version')!r})")
             self.token, self.checksum = bytes(attrs["token"]).decode("ascii"), bool(attrs["checksum"])
             self.codec = get_codec(bytes(attrs["codec"]).decode("ascii")) if "codec" in attrs else RAW
+            self.layout = Layout.recorded(attrs)
             if self.codec is RAW:
                 images = file["images"]
                 self.count, self.shape, found = len(images), tuple(images.shape[1:]), images.dtype
@@ -203,11 +243,15 @@ class Checkpoint:
                 self.count = len(file["offsets"]) - 1
             check_image_shape(self.shape, f"{self.name}: each image")
             self.dtype = check_dtype(found, f"{self.name}: images")
-            if found != self.dtype or self.count < 1 or ("codec" in attrs) != (self.codec is not RAW):
+            if found != self.dtype or self.count < 1 or ("codec" in attrs) != (self.codec is not RAW) or \
+                    self.layout.chunked and self.codec is not RAW:
                 raise CorruptStoreError(f"{self.name}: images are {found} of shape {(self.count, *self.shape)} in "
                                         f"{self.codec.spec}, expected a numeric dtype of this machine's byte order (N, ...)")
             self.row = math.prod(self.shape) * self.dtype.itemsize  # bytes per image
-            if self.codec is RAW:
+            if self.layout.chunked:
+                self.layout.check(images, self.name)
+                self.chunked = ChunkedImages(images, self.name)
+            elif self.codec is RAW:
                 self._offset = _raw_offset(images, self.count * self.row, size, self.name)
             else:
                 self._read_encoded_layout(file, size)
@@ -252,7 +296,10 @@ class Checkpoint:
         stop = start + len(out)
         labels[:] = self.labels[start:stop]
         if self.codec is RAW:
-            self._pread_into(out, self._offset + start * self.row)
+            if self.chunked:
+                self.chunked.read(start, out)
+            else:
+                self._pread_into(out, self._offset + start * self.row)
             self._verify(np.arange(start, stop), out, labels)
             return
         offsets, first = self.offsets, start
@@ -267,8 +314,8 @@ class Checkpoint:
             first = last
 
     def image(self, image_id: int) -> tuple[np.ndarray, int]:
-        """One image (a copy out of the map, or decoded from it) and its label."""
-        if self.codec is not RAW:
+        """One image (a copy out of the map, decoded from it, or read from its chunk) and its label."""
+        if self.codec is not RAW or self.chunked:
             image, label = np.empty((1, *self.shape), self.dtype), np.empty(1, np.int64)
             self.take(np.array([image_id]), image, label)
             return image[0], int(label[0])
@@ -278,12 +325,15 @@ class Checkpoint:
         return image, label
 
     def take(self, ids: np.ndarray, out: np.ndarray, labels: np.ndarray) -> None:
-        """Fill ``out[i]``/``labels[i]`` with image ``ids[i]`` (valid ids, any order), gathered from the map."""
+        """Fill ``out[i]``/``labels[i]`` with image ``ids[i]`` (valid ids, any order), gathered from the map (or chunks)."""
         if self.codec is not RAW:
             payloads, labels[:] = self.payloads(ids)
             self._decode(ids.tolist(), payloads, out)
             return
-        np.take(self.pixels, ids, axis=0, out=out, mode="clip")  # "clip": no buffering of out; ids are valid
+        if self.chunked:
+            self.chunked.take(ids, out)
+        else:
+            np.take(self.pixels, ids, axis=0, out=out, mode="clip")  # "clip": no buffering of out; ids are valid
         np.take(self.labels, ids, out=labels, mode="clip")
         self._verify(ids, out, labels)
 
@@ -306,7 +356,9 @@ class Checkpoint:
             raise CorruptStoreError(f"{self.name}: image {ids[bad[0]]} fails its checksum (bit rot or a damaged copy)")
 
     def close(self) -> None:
-        self.pixels = self.encoded = None
+        self.pixels = self.encoded = self.chunked = None
+        if self._file is not None:
+            self._file.close()
         try:
             self._map.close()
         except BufferError:  # a caller still holds a view: the map goes when it does

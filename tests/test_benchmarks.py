@@ -186,7 +186,7 @@ def test_a_codec_returning_other_pixels_fails_its_cell():
 @pytest.mark.parametrize(("args", "env", "message"), [
     (["--cutoffs", "10,ten"], {}, "'ten' is not a positive whole number"),
     (["--methods", "disk,tiff"], {}, "unknown storage method 'tiff'"),
-    (["--methods", "hdf5:chunks=1"], {}, "hdf5: unknown option 'chunks'"),
+    (["--methods", "hdf5:chunk=1"], {}, "hdf5: unknown option 'chunk'"),
     (["--methods", "npz:"], {}, "'' is not key=value"),
     (["--dataset", "imagenet"], {}, "'imagenet' is not a dataset"),
     (["--dataset", "cifar10:/no/such/folder"], {}, "does not exist"),

@@ -32,10 +32,28 @@ class TestHdf5PngFaults(FaultTests):
     method = "hdf5:codec=png"
 
 
+class TestHdf5LzfFaults(FaultTests):
+    """Chunked, lzf-compressed images that HDF5 writes itself (through FailSafeFile) and h5py reads."""
+
+    method = "hdf5:compression=lzf,chunks=4"
+
+
+LZF = TestHdf5LzfFaults.method
+
+
 def raw_ranges(path: Path) -> dict[str, tuple[int, int]]:
-    """(offset, end) of each dataset's bytes in a checkpoint file."""
+    """(offset, end) of each dataset's bytes in a checkpoint file; a chunked dataset's by chunk, ``name[i]``."""
+    ranges = {}
     with h5py.File(path, "r") as file:
-        return {name: (file[name].id.get_offset(), file[name].id.get_offset() + file[name].id.get_storage_size()) for name in file}
+        for name in file:
+            dataset = file[name].id
+            if dataset.get_offset() is not None:
+                ranges[name] = (dataset.get_offset(), dataset.get_offset() + dataset.get_storage_size())
+                continue
+            for index in range(dataset.get_num_chunks()):
+                info = dataset.get_chunk_info(index)
+                ranges[f"{name}[{index}]"] = (info.byte_offset, info.byte_offset + info.size)
+    return ranges
 
 
 def flip_bit(path: Path, offset: int, bit: int = 0) -> None:
@@ -45,11 +63,12 @@ def flip_bit(path: Path, offset: int, bit: int = 0) -> None:
 
 
 # -- finding 4: a full disk --------------------------------------------------------------------
-@pytest.mark.parametrize("reserve", ["default", "none"])
-def test_full_disk_while_hdf5_writes_metadata_or_data(tmp_path, reserve):
+@pytest.mark.parametrize(("method", "reserve"), [("hdf5", "default"), ("hdf5", "none"), (LZF, "default")])
+def test_full_disk_while_hdf5_writes_metadata_or_data(tmp_path, method, reserve):
     """store_many, a compaction and a fresh store's first store_single on a disk left with 0 to 40 KiB:
     NoSpaceError (ENOSPC), contents as before, no temporaries, clean close and exit. ``none`` lifts the
-    free-space check so that HDF5's own metadata writes meet the full disk."""
+    free-space check so that HDF5's own metadata writes meet the full disk; chunked (lzf) images are written by
+    HDF5 itself, metadata and chunks, with no free-space check."""
     reason = small_fs_unavailable()
     if reason:
         pytest.skip(reason)
@@ -68,7 +87,7 @@ def test_full_disk_while_hdf5_writes_metadata_or_data(tmp_path, reserve):
         for leave in (0, 2048, 4096, 8192, 12288, 40960):
             for path in mount.iterdir():
                 [p.unlink() for p in path.iterdir()] if path.is_dir() else path.unlink()
-            store, fresh = open_store("hdf5", mount / "store"), open_store("hdf5", mount / "fresh")
+            store, fresh = open_store({method!r}, mount / "store"), open_store({method!r}, mount / "fresh")
             store.store_many(*labelled_batch(range(30)))
             store.store_single(pixels_for(7), 30, 7)
             free = os.statvfs(mount)
@@ -87,7 +106,7 @@ def test_full_disk_while_hdf5_writes_metadata_or_data(tmp_path, reserve):
             outcome["fresh_files"] = sorted(os.listdir(mount / "fresh"))
             store.close()
             fresh.close()
-            with open_store("hdf5", mount / "store", "r") as reader:
+            with open_store({method!r}, mount / "store", "r") as reader:
                 outcome["reopened"] = check_consistent(reader)
             outcome["leftovers"] = leftovers(mount)
             report.append(outcome)
@@ -175,13 +194,14 @@ def test_reader_keeps_its_snapshot_through_commits(tmp_path):
 
 
 # -- finding 1 for HDF5: damaged files -----------------------------------------------------------
-@pytest.mark.parametrize(("method", "checksum"), [("hdf5", False), ("hdf5", True), ("hdf5:codec=png", False)])
+@pytest.mark.parametrize(("method", "checksum"), [("hdf5", False), ("hdf5", True), ("hdf5:codec=png", False), (LZF, False),
+                                                  (LZF, True)])
 def test_damaged_metadata_and_journal_never_read_as_other_data(tmp_path, method, checksum):
     """Every byte of images.h5's metadata and of the journal flipped (even offsets in one run, odd in the
     other), each file truncated at many sizes, read in a child that must live: a typed error or the
-    stored data. Without checksums the raw pixel (or encoded) and label bytes are not flipped (nothing could
-    tell), but an encoded store's ``offsets`` are (the PNGs they would misplace do not decode); with
-    checksums, a sample of all of those too."""
+    stored data. Without checksums the raw pixel (or encoded, or compressed chunks') and label bytes are not
+    flipped (nothing could tell), but an encoded store's ``offsets`` are (the PNGs they would misplace do not
+    decode), and a chunked store's chunk index is (metadata); with checksums, a sample of all of those too."""
     pristine = tmp_path / "pristine"
     with open_store(method, pristine, checksum=checksum) as store:
         store.store_many(*labelled_batch(range(12)))

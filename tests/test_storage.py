@@ -678,6 +678,254 @@ class TestHdf5(CodecTests, StoreTests):
             assert_bits_equal(store.read_batch([4, 7, 9])[0], CodecTests.expected(spec, images[[4, 7, 9]]))
 
 
+def chunk_extents(path: Path, name: str = "images") -> list[tuple[int, int, int]]:
+    """(first image, file offset, stored bytes) of each chunk of a chunked dataset, in the order of its images."""
+    import h5py
+
+    with h5py.File(path, "r") as file:
+        dataset = file[name].id
+        chunks = map(dataset.get_chunk_info, range(dataset.get_num_chunks()))
+        return sorted((info.chunk_offset[0], info.byte_offset, info.size) for info in chunks)
+
+
+class TestHdf5Lzf(StoreTests):
+    """Raw pixels in lzf-compressed chunks of 16 images (``hdf5:compression=...,chunks=...``), read through h5py."""
+
+    method = "hdf5:compression=lzf,chunks=16"
+
+    def corrupt(self, directory):
+        path = directory / "images.h5"
+        path.write_bytes(path.read_bytes()[:3000])
+        return CorruptStoreError
+
+    @pytest.mark.parametrize(("spec", "compression", "per_chunk"), [
+        ("compression=lzf,chunks=16", "lzf", 16), ("compression=gzip", "gzip", 21), ("chunks=1", None, 1),
+        ("compression=gzip,chunks=5000", "gzip", 300)])
+    def test_h5py_reads_the_chunked_dataset_as_asked(self, directory, spec, compression, per_chunk):
+        """Plain h5py: ``images`` has the compression and chunks asked (compression alone: whole images up to 64 KiB,
+        21 of 32x32x3; chunks past the images held: one chunk of them all), and reads as stored."""
+        import h5py
+
+        images, labels = make_batch(300)
+        with open_store(f"hdf5:{spec}", directory) as store:
+            store.store_many(images, labels)
+        with h5py.File(directory / "images.h5", "r") as file:
+            dataset = file["images"]
+            assert (dataset.compression, dataset.chunks) == (compression, (per_chunk, 32, 32, 3))
+            assert not dataset.shuffle and not dataset.fletcher32
+            assert dataset.compression_opts == (4 if compression == "gzip" else None)  # h5py's default gzip level
+            assert_bits_equal(dataset[()], images)
+            assert_bits_equal(dataset[[3, 77, 299]], images[[3, 77, 299]])
+            np.testing.assert_array_equal(file["labels"][()], labels)
+            assert file["labels"].chunks is None
+
+    def test_layout_is_recorded_reused_by_a_plain_open_and_switched_by_store_many(self, directory, monkeypatch):
+        """A plain ``hdf5`` handle writes the recorded layout; a store_many with another handle's options writes theirs
+        (one option named: the other at its default); store_single and folds keep the store's, whatever the handle says."""
+        import h5py
+        import storage_impls.journal
+
+        monkeypatch.setattr(storage_impls.journal, "COMPACT_MIN_RECORDS", 2)
+        images, labels = make_batch(40)
+
+        def layout():
+            with h5py.File(directory / "images.h5", "r") as file:
+                attrs = {key: file.attrs[key] for key in ("compression", "chunks") if key in file.attrs}
+                return file["images"].compression, file["images"].chunks, attrs
+
+        with open_store(self.method, directory) as store:
+            store.store_many(images[:20], labels[:20])
+        assert layout() == ("lzf", (16, 32, 32, 3), {"compression": b"lzf", "chunks": 16})
+        with open_store("hdf5", directory) as store:
+            store.store_many(images[:30], labels[:30])
+            assert layout() == ("lzf", (16, 32, 32, 3), {"compression": b"lzf", "chunks": 16})
+        with open_store("hdf5:compression=gzip,chunks=4", directory) as store:
+            for image_id in range(30, 36):  # folds keep the store's layout
+                store.store_single(images[image_id], image_id, int(labels[image_id]))
+            assert store._checkpoint.count > 30 and layout()[:2] == ("lzf", (16, 32, 32, 3))
+            store.store_many(images, labels)
+            assert layout() == ("gzip", (4, 32, 32, 3), {"compression": b"gzip", "chunks": 4})
+        with open_store("hdf5:chunks=8", directory) as store:
+            store.store_many(images, labels)
+            assert layout() == (None, (8, 32, 32, 3), {"chunks": 8})
+        with open_store("hdf5:compression=none", directory) as store:
+            store.store_many(images, labels)  # neither compression nor chunks: contiguous again
+            assert layout() == (None, None, {})
+            assert store._checkpoint.pixels is not None  # read through the map again
+        with open_store("hdf5", directory, "r") as store:
+            assert_bits_equal(store.read_many(40)[0], images)
+
+    @pytest.mark.parametrize(("attribute", "value", "message"), [
+        ("chunks", np.int64(8), r"images are in chunks \(10, 32, 32, 3\) filtered by lzf, but its attributes record compression=lzf,chunks=8"),
+        ("compression", np.bytes_("gzip"), "filtered by lzf, but its attributes record compression=gzip,chunks=16"),
+        ("compression", np.bytes_("zstd"), "'zstd' and chunks 16 are not a layout"),
+        ("compression", None, "filtered by lzf, but its attributes record chunks=16"),
+        ("compression and chunks", None, "dataset /images is not 30720 contiguous bytes")])
+    def test_recorded_layout_that_is_not_the_datasets_is_corrupt(self, directory, filled, attribute, value, message):
+        import h5py
+
+        filled[0].close()
+        with h5py.File(directory / "images.h5", "r+") as file:
+            if value is None:  # removed
+                for name in attribute.split(" and "):
+                    del file.attrs[name]
+            else:
+                file.attrs[attribute] = value
+        with pytest.raises(CorruptStoreError, match=message):
+            open_store("hdf5", directory, "r")
+
+    def test_a_fresh_stores_first_fold_uses_the_handles_layout(self, directory, monkeypatch):
+        import h5py
+        import storage_impls.journal
+
+        monkeypatch.setattr(storage_impls.journal, "COMPACT_MIN_RECORDS", 3)
+        images, labels = make_batch(6, (8, 8, 3))
+        with open_store("hdf5:compression=gzip,chunks=2", directory) as store:
+            for image_id in range(6):
+                store.store_single(images[image_id], image_id, int(labels[image_id]))
+        with h5py.File(directory / "images.h5", "r") as file:
+            assert (file["images"].compression, file["images"].chunks) == ("gzip", (2, 8, 8, 3))
+        with open_store("hdf5", directory, "r") as store:
+            assert_bits_equal(store.read_many(6)[0], images)
+
+    def test_a_codec_with_compression_or_chunks_is_refused(self, directory):
+        """At open when the handle names both; at store_many when the codec is the store's (nothing written, single
+        writes go on in the store's codec); a store_many with a codec drops the store's layout (encoded: contiguous)."""
+        import h5py
+
+        for spec in ("hdf5:codec=png,compression=gzip", "hdf5:chunks=4,codec=jpeg-90"):
+            with pytest.raises(ValueError, match=r"applies to raw pixels only \(codec=raw\); (png|jpeg-90) images are already compressed"):
+                open_store(spec, directory)
+            assert not directory.exists()
+        open_store("hdf5:codec=raw,compression=lzf", directory).close()  # raw pixels: fine
+        open_store("hdf5:codec=png,compression=none", directory).close()  # the default: nothing to refuse
+        images, labels = make_batch(5, (16, 16, 3))
+        with open_store("hdf5:codec=jpeg-90", directory) as store:
+            store.store_many(images[:4], labels[:4])
+        before = listing(directory)
+        with open_store("hdf5:chunks=4", directory) as store:
+            with pytest.raises(ValueError, match="chunks=4 applies to raw pixels only .* jpeg-90 images"):
+                store.store_many(images, labels)
+            assert listing(directory) == before
+            store.store_single(images[4], 4, 4)
+            assert store.codec_spec == "jpeg-90" and len(store) == 5
+        with open_store(f"{self.method},codec=raw", directory) as store:
+            store.store_many(images, labels)
+            assert store._checkpoint.chunked is not None
+        with open_store("hdf5:codec=png", directory) as store:
+            store.store_many(images, labels)
+        with h5py.File(directory / "images.h5", "r") as file:
+            assert file.attrs["codec"] == b"png" and "compression" not in file.attrs and file["encoded"].chunks is None
+
+    @pytest.mark.parametrize(("spec", "message"), [
+        ("compression=zstd", "compression='zstd' is not allowed; use none, gzip, lzf"),
+        ("compression=gzip-9", "compression='gzip-9' is not allowed; use none, gzip, lzf"),
+        ("chunks=0", "chunks='0' is not allowed; use an integer 1..4294967295"),
+        ("chunks=-2", "chunks='-2' is not allowed; use an integer 1..4294967295"),
+        ("chunks=auto", "chunks='auto' is not allowed; use an integer 1..4294967295"),
+        ("shuffle=1", "unknown option 'shuffle'; hdf5 takes compression (none, gzip, lzf); chunks (an integer 1..4294967295); codec")])
+    def test_bad_values_are_refused_listing_what_is_allowed(self, directory, spec, message):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            open_store(f"hdf5:{spec}", directory)
+        assert not directory.exists()
+
+    def test_options_as_keywords_are_checked_too(self, directory):
+        from storage_impls.hdf5_chunked import Layout
+
+        with pytest.raises(ValueError, match=re.escape("chunks=0 is not allowed; use an integer 1..4294967295")):
+            open_store("hdf5", directory, chunks=0)
+        with pytest.raises(ValueError, match="compression=lzf applies to raw pixels only"):
+            open_store("hdf5", directory, compression="lzf", codec="webp-80")
+        assert not directory.exists()
+        with open_store("hdf5", directory, chunks=3, compression="gzip") as store:
+            store.store_many(*make_batch(7))
+            assert store._checkpoint.layout == Layout("gzip", 3) and store._checkpoint.chunked.per_chunk == 3
+
+    def test_read_batch_reads_each_chunk_once_and_scatters(self, directory, monkeypatch):
+        """Any ids (repeats, any order, runs across chunks, one chunk, sorted): one H5Dread per chunk touched (one for
+        a run of consecutive ids), journal records in their places."""
+        from storage_impls.hdf5_chunked import ChunkedImages
+
+        images, labels = make_batch(100, (8, 8, 3))
+        reads = []
+        real_read = ChunkedImages.read
+        monkeypatch.setattr(ChunkedImages, "read", lambda self, start, out: reads.append((start, len(out))) or real_read(self, start, out))
+        with open_store(self.method, directory) as store:
+            store.store_many(images, labels)
+            cases = {(5, 3, 5, 90, 17, 16, 99, 0, 0): 4, (20, 21, 22, 23): 1, (15, 16, 17, 18, 40): 3, (10, 12, 14): 1,
+                     tuple(range(100)): 1, tuple(range(99, -1, -1)): 1, tuple(range(0, 100, 3)): 7}
+            for ids, chunk_reads in cases.items():
+                reads.clear()
+                batch, batch_labels = store.read_batch(list(ids))
+                assert len(reads) == chunk_reads, (ids, reads)
+                assert_bits_equal(batch, images[list(ids)])
+                np.testing.assert_array_equal(batch_labels, labels[list(ids)])
+            store.store_single(images[0], 50, 7)
+            store.store_single(images[1], 100, 8)
+            expected = np.concatenate([images, images[1:2]])
+            expected[50] = images[0]
+            ids = [100, 50, 49, 51, 100, 3]
+            assert_bits_equal(store.read_batch(ids)[0], expected[ids])
+            assert store.read_batch(ids)[1].tolist() == [8, 7, labels[49], labels[51], 8, labels[3]]
+            assert_bits_equal(store.read_many(101)[0], expected)
+
+    @pytest.mark.parametrize("spec", ["hdf5:chunks=4", "hdf5:compression=lzf,chunks=16"])
+    def test_checksums_are_verified_in_chunks(self, directory, spec):
+        """checksum=True: a bit flipped in image 6's uncompressed chunk fails its checksum through every read; in an lzf
+        chunk, the checksum of an image of the chunk or its decompression fails, never reads as other data."""
+        images, labels = make_batch(20, (8, 8, 3))
+        with open_store(spec, directory, checksum=True) as store:
+            store.store_many(images, labels)
+        lzf = "lzf" in spec
+        extents = {first: (at, size) for first, at, size in chunk_extents(directory / "images.h5")}
+        at, size = extents[0 if lzf else 4]  # the chunk of image 6
+        data = bytearray((directory / "images.h5").read_bytes())
+        data[at + (size // 2 if lzf else 2 * 192 + 50)] ^= 0x08
+        (directory / "images.h5").write_bytes(bytes(data))
+        match = "fails its checksum|images [0-9]+..[0-9]+ cannot be read" if lzf else "image 6 fails its checksum"
+        with open_store("hdf5", directory, "r") as store:
+            reads = [lambda: store.read_many(20), lambda: store.read_batch(np.arange(16)[::-1])]
+            if not lzf:
+                reads += [lambda: store.read_single(6), lambda: store.read_batch([1, 6])]
+            for read in reads:
+                with pytest.raises(CorruptStoreError, match=match):
+                    read()
+            assert_bits_equal(store.read_batch([19, 18])[0], images[[19, 18]])
+
+    def test_a_fold_copies_whole_chunks_a_block_at_a_time(self, directory, monkeypatch):
+        """A fold copies the store a block at a time, each of whole chunks (HDF5 need not read back a chunk it wrote in
+        part): it reads back right and takes no more room than store_many's file of the same images."""
+        import storage_impls.hdf5
+        import storage_impls.journal
+
+        monkeypatch.setattr(storage_impls.journal, "COMPACT_MIN_RECORDS", 0)
+        monkeypatch.setattr(storage_impls.journal, "COMPACT_FRACTION", 10**9)  # fold before every append
+        monkeypatch.setattr(storage_impls.hdf5, "COPY_BLOCK_BYTES", 37 * 192)  # 37 images: rounded down to 32
+        images, labels = make_batch(300, (8, 8, 3))
+        with open_store(self.method, directory) as store:
+            store.store_many(images[:299], labels[:299])
+            store.store_single(images[299], 299, int(labels[299]))  # folds the journal (empty) first
+            store.store_single(images[0], 3, 1)  # folds 299 images: 10 blocks
+            folded = (directory / "images.h5").stat().st_size
+            expected = images.copy()
+            expected[3] = images[0]
+            assert_bits_equal(store.read_many(300)[0], expected)
+        with open_store(self.method, directory / "fresh") as store:
+            store.store_many(images[:300], labels[:300])
+        assert folded <= (directory / "fresh" / "images.h5").stat().st_size + 256
+
+
+class TestHdf5Chunked(StoreTests):
+    """One uncompressed chunk per image (``hdf5:chunks=1``)."""
+
+    method = "hdf5:chunks=1"
+
+    def corrupt(self, directory):
+        path = directory / "images.h5"
+        path.write_bytes(path.read_bytes()[:3000])
+        return CorruptStoreError
+
+
 def test_registry_names_the_methods():
     assert storage_impls.METHODS == ("disk", "lmdb", "hdf5", "rocksdb", "npy-files", "npz", "npy-memmap",
                                      "webdataset", "parquet", "lance", "zarr")
