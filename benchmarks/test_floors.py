@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from benchmarks import cache as page_cache
+from benchmarks.buffers import page_aligned_empty
 from benchmarks.floors import FLOOR_PREFIX, floor_codecs, floor_of_test
 from benchmarks.progress import announce
 from benchmarks.verify import verify_images
@@ -137,7 +138,10 @@ def source(dataset, cutoff: int) -> np.ndarray:
 
 @pytest.fixture
 def out(source: np.ndarray) -> np.ndarray:
-    return np.zeros_like(source)
+    """The floors' read buffer: page-aligned, as the cells' (buffers.py)."""
+    buffer = page_aligned_empty(source.shape, source.dtype)
+    buffer.fill(0)
+    return buffer
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
+from benchmarks.buffers import page_aligned_empty
 from benchmarks.verify import verify
 from storage_impls import ImageStore
 
@@ -43,7 +44,7 @@ def test_store_many(measure, record, fresh_stores, dataset, expected, method, cu
 
 
 def test_read_many(measure, record, read_store, dataset, expected, method, cutoff):
-    out = np.empty((cutoff, *dataset.images.shape[1:]), dataset.images.dtype)
+    out = page_aligned_empty((cutoff, *dataset.images.shape[1:]), dataset.images.dtype)
 
     def clear_out():
         """Each round starts from zeros, so the check below proves the last round read every image."""
