@@ -44,6 +44,14 @@ def labelled_batch(labels: list[int] | np.ndarray, shape: tuple[int, ...] = SHAP
     return np.stack([pixels_for(int(label), shape) for label in labels]), labels
 
 
+def spy_fsync(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The descriptors ``os.fsync`` is called on from now (each still fsynced), for the durability tests."""
+    calls: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real_fsync(fd)))
+    return calls
+
+
 def check_consistent(store) -> int:
     """Assert every stored image matches its label, through read_many, read_batch and read_single; return len."""
     count = len(store)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import multiprocessing
-import os
 import random
 import shutil
 import subprocess
@@ -28,7 +27,7 @@ from storage_impls import CorruptStoreError, MissingStoreError, open_store  # no
 from storage_impls.codecs import PillowLossy  # noqa: E402
 from storage_impls.records import checksum_of  # noqa: E402
 from tests.faults import (REPO, FaultTests, check_consistent, kill_after, labelled_batch, leftovers,  # noqa: E402
-                          pixels_for, run_child)
+                          pixels_for, run_child, spy_fsync)
 from tests.test_storage import CodecTests, StoreTests, assert_bits_equal, listing, make_batch, random_layout  # noqa: E402
 
 
@@ -417,9 +416,7 @@ def test_a_spawned_process_opens_and_reads(tmp_path):
 
 def test_durable_writes_fsync(tmp_path, monkeypatch):
     """durable=True fsyncs the files it writes and the folders it renames into; the default fsyncs nothing."""
-    calls = []
-    real_fsync = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real_fsync(fd)))
+    calls = spy_fsync(monkeypatch)
     for durable in (False, True):
         calls.clear()
         with open_store("lance", tmp_path / f"lance-{durable}", durable=durable) as store:

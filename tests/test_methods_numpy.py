@@ -3,7 +3,6 @@ files that plain numpy reads, damaged and foreign files, the journal, and snapsh
 from __future__ import annotations
 
 import json
-import os
 import zipfile
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 
 from storage_impls import CorruptStoreError, MissingStoreError, open_store
 from storage_impls.npz import SHARD_BYTES
-from tests.faults import FaultTests, labelled_batch, pixels_for, run_child
+from tests.faults import FaultTests, labelled_batch, pixels_for, run_child, spy_fsync
 from tests.test_storage import StoreTests, make_batch, random_layout
 
 
@@ -242,9 +241,7 @@ class TestNpyFilesFaults(FaultTests):
 
 def test_durable_writes_fsync(tmp_path, monkeypatch):
     """durable=True fsyncs the files it writes and the folders it renames into; the default fsyncs nothing."""
-    calls = []
-    real_fsync = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real_fsync(fd)))
+    calls = spy_fsync(monkeypatch)
     for method in ("npy-files", "npz", "npy-memmap"):
         for durable in (False, True):
             calls.clear()

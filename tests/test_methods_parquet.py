@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ import pyarrow.parquet as pq  # noqa: E402
 
 from storage_impls import CorruptStoreError, open_store  # noqa: E402
 from storage_impls import checkpointed, parquet  # noqa: E402
-from tests.faults import FaultTests, labelled_batch, pixels_for  # noqa: E402
+from tests.faults import FaultTests, labelled_batch, pixels_for, spy_fsync  # noqa: E402
 from tests.test_methods_numpy import NumpyStoreTests, checkpoint  # noqa: E402
 from tests.test_storage import CodecTests, listing, make_batch, random_layout  # noqa: E402
 
@@ -287,9 +286,7 @@ def test_pyarrow_reads_encoded_images_as_bytes_any_decoder_reads(tmp_path):
 
 def test_durable_writes_fsync(tmp_path, monkeypatch):
     """durable=True fsyncs the file it writes and the folders it renames into; the default fsyncs nothing."""
-    calls = []
-    real_fsync = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real_fsync(fd)))
+    calls = spy_fsync(monkeypatch)
     for durable in (False, True):
         calls.clear()
         with open_store("parquet", tmp_path / f"store-{durable}", durable=durable) as store:

@@ -22,7 +22,7 @@ from storage_impls.records import write_meta  # noqa: E402
 from storage_impls.registry import canonical_spec  # noqa: E402
 from storage_impls.webdataset import DEFAULT_SHARD_SIZE  # noqa: E402
 from storage_impls.webdataset_format import MemberLayout, archive_bytes, sample_dtype, shard_bytes  # noqa: E402
-from tests.faults import FaultTests, labelled_batch, pixels_for  # noqa: E402
+from tests.faults import FaultTests, labelled_batch, pixels_for, spy_fsync  # noqa: E402
 from tests.test_storage import CodecTests, StoreTests, assert_bits_equal, listing, make_batch, random_layout  # noqa: E402
 
 METHOD = "webdataset"
@@ -423,9 +423,7 @@ def test_damaged_encoded_samples_name_shard_and_byte(tmp_path):
 
 def test_durable_writes_fsync(tmp_path, monkeypatch):
     """durable=True fsyncs the shards, the index and the folders; the default fsyncs nothing."""
-    calls = []
-    real_fsync = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real_fsync(fd)))
+    calls = spy_fsync(monkeypatch)
     for durable in (False, True):
         calls.clear()
         with open_store(METHOD, tmp_path / str(durable), durable=durable) as store:

@@ -5,7 +5,6 @@ every chunk written, the pread reader, snapshots, fork)."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 
 import numpy as np
@@ -18,7 +17,7 @@ import storage_impls.zarr_format  # noqa: E402
 from storage_impls import CorruptStoreError, MissingStoreError, open_store  # noqa: E402
 from storage_impls.codecs import get_codec  # noqa: E402
 from storage_impls.zarr import ZarrStore, live_group  # noqa: E402
-from tests.faults import FaultTests, labelled_batch, pixels_for, run_child  # noqa: E402
+from tests.faults import FaultTests, labelled_batch, pixels_for, run_child, spy_fsync  # noqa: E402
 from tests.test_storage import CodecTests, StoreTests, assert_bits_equal, listing, make_batch, random_layout  # noqa: E402
 
 VARIANTS = [f"zarr:compression={compression},reader={reader}" for compression in ("none", "blosc", "zstd")
@@ -367,9 +366,7 @@ def test_missing_zarr_names_what_to_install(monkeypatch, tmp_path):
 
 def test_durable_writes_fsync(tmp_path, monkeypatch):
     """durable=True fsyncs every file and folder zarr wrote; the default (and zarr itself) fsyncs nothing."""
-    calls = []
-    real_fsync = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real_fsync(fd)))
+    calls = spy_fsync(monkeypatch)
     for durable in (False, True):
         calls.clear()
         with open_store("zarr", tmp_path / str(durable), durable=durable) as store:
