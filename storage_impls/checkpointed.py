@@ -279,11 +279,7 @@ class CheckpointedStore(ImageStore):
     def _read_payloads(self, start: int, stop: int) -> tuple[list[bytes | memoryview], np.ndarray]:
         """The encoded bytes and labels of images start..stop-1 as this handle reads them (a store with a codec)."""
         stored, stored_labels = self._checkpoint.payloads(np.arange(start, min(stop, self._checkpoint.count)))
-        payloads, labels = [*stored, *[b""] * (stop - start - len(stored))], np.zeros(stop - start, np.int64)
-        labels[:len(stored_labels)] = stored_labels
-        for image_id in self._journal.ids_between(start, stop):  # every id past the checkpoint is in the journal
-            payloads[image_id - start], labels[image_id - start] = self._journal.read(image_id), self._journal.entries[image_id].label
-        return payloads, labels
+        return self._journal.overlay_payloads(start, stop, stored, stored_labels)
 
     def _commit(self, dtype: np.dtype, shape: tuple[int, ...], count: int, source: Source, checksum: bool, codec: Codec) -> None:
         """Write a new checkpoint aside, put it in place, open it, then switch the metadata to it (the commit)."""
@@ -350,12 +346,7 @@ class CheckpointedStore(ImageStore):
             raise self._expired(Path(error.filename)) from None
 
     def _read_record(self, image_id: int, out: np.ndarray, labels: np.ndarray, position: int) -> None:
-        codec = self._checkpoint.codec
-        if codec is RAW:
-            self._journal.read_into(image_id, out[position])
-        else:
-            decode(codec, self._journal.read(image_id), out[position], f"{self._journal.path}: image {image_id}")
-        labels[position] = self._journal.entries[image_id].label
+        labels[position] = self._journal.decode_into(image_id, self._checkpoint.codec, out[position])
 
     def _journal_mask(self) -> np.ndarray:
         """True for the ids whose newest version is a journal record (rebuilt after a write)."""

@@ -290,13 +290,11 @@ class DiskStore(EncodedStore):
     # -- reads: each image decoded straight into the caller's array ---------------------------------
     def _decode_into(self, image_id: int, target: np.ndarray) -> int:
         """Decode image ``image_id`` into ``target`` (its (H, W[, C]) slot); return its label."""
-        entry = self._journal.entries.get(image_id)
-        if entry is None:
+        if image_id not in self._journal.entries:
             generation = self._generation
             decode(generation.codec, generation.encoded(image_id), target, f"{generation.file(image_id)} (image {image_id})")
             return int(generation.labels[image_id])
-        decode(self.codec, self._journal.read(image_id), target, f"{self._journal.path} (image {image_id})")
-        return entry.label
+        return self._journal.decode_into(image_id, self.codec, target)
 
     def _get(self, image_id: int) -> tuple[np.ndarray, int]:
         image = np.empty(self.image_shape, self.image_dtype)

@@ -72,7 +72,7 @@ import numpy as np
 
 from storage_impls.base import fsync_path
 from storage_impls.codecs import Codec, get_codec
-from storage_impls.encoding import EncodedStore, decode
+from storage_impls.encoding import EncodedStore
 from storage_impls.errors import CorruptStoreError, MissingStoreError, StoreLockedError
 from storage_impls.hdf5_chunked import CONTIGUOUS, Layout
 from storage_impls.hdf5_chunked import OPTIONS as LAYOUT_OPTIONS
@@ -285,13 +285,9 @@ class Hdf5Store(EncodedStore):
 
     def _read_payloads(self, start: int, stop: int) -> tuple[list[bytes | memoryview], np.ndarray]:
         """The encoded bytes and labels of images start..stop-1 as this handle reads them (a store with a codec)."""
-        in_checkpoint = max(0, min(stop, self._checkpoint.count if self._checkpoint else 0) - start)
-        payloads, labels = [b""] * (stop - start), np.zeros(stop - start, np.int64)
-        if in_checkpoint:
-            payloads[:in_checkpoint], labels[:in_checkpoint] = self._checkpoint.payloads(np.arange(start, start + in_checkpoint))
-        for image_id in self._journal.ids_between(start, stop):  # every id past the checkpoint is in the journal
-            payloads[image_id - start], labels[image_id - start] = self._journal.read(image_id), self._journal.entries[image_id].label
-        return payloads, labels
+        count = self._checkpoint.count if self._checkpoint else 0
+        stored, labels = self._checkpoint.payloads(np.arange(start, min(stop, count))) if start < count else ([], [])
+        return self._journal.overlay_payloads(start, stop, stored, labels)
 
     def _payload_sizes(self) -> np.ndarray:
         """The byte count of every image's encoded bytes (the checkpoint's, journal records over them)."""
@@ -350,12 +346,7 @@ class Hdf5Store(EncodedStore):
         gather_overlaid(mask, ids, out, labels, lambda *gather: self._checkpoint.take(*gather), self._read_record)  # none yet: all in the journal
 
     def _read_record(self, image_id: int, out: np.ndarray, labels: np.ndarray, position: int) -> None:
-        codec = self.codec
-        if codec is RAW:
-            self._journal.read_into(image_id, out[position])
-        else:
-            decode(codec, self._journal.read(image_id), out[position], f"{self._journal.path}: image {image_id}")
-        labels[position] = self._journal.entries[image_id].label
+        labels[position] = self._journal.decode_into(image_id, self.codec, out[position])
 
     def _journal_mask(self) -> np.ndarray:
         """True for the ids whose newest version is a journal record (rebuilt after a write)."""

@@ -41,6 +41,8 @@ from typing import NamedTuple
 import numpy as np
 
 from storage_impls.base import check_dtype, fsync_path
+from storage_impls.codecs import Codec
+from storage_impls.encoding import decode
 from storage_impls.errors import CorruptStoreError, is_no_space, no_space_error
 
 FORMAT = "storage_impls.journal"
@@ -168,6 +170,25 @@ class Journal:
         if len(view) != entry.length:
             raise CorruptStoreError(f"{self.path}: the record of image {image_id} holds {entry.length} bytes, expected {len(view)}")
         self._check(image_id, entry, view, os.preadv(self._fd, [view], entry.offset))
+
+    def decode_into(self, image_id: int, codec: Codec, target: np.ndarray) -> int:
+        """Put ``image_id``'s newest record into ``target``: raw pixels read straight in, else decoded with ``codec``
+        (CorruptStoreError naming the journal and id unless it is exactly such an image); return its label."""
+        if codec.spec == "raw":
+            self.read_into(image_id, target)
+        else:
+            decode(codec, self.read(image_id), target, f"{self.path}: image {image_id}")
+        return self.entries[image_id].label
+
+    def overlay_payloads(self, start: int, stop: int, stored: list[bytes | memoryview],
+                         stored_labels: np.ndarray) -> tuple[list[bytes | memoryview], np.ndarray]:
+        """The encoded bytes and labels of images start..stop-1: the checkpoint's (``stored``, for the first ids of
+        the range), with the newest record of every id that has one over them (every id past the checkpoint has)."""
+        payloads, labels = [*stored, *[b""] * (stop - start - len(stored))], np.zeros(stop - start, np.int64)
+        labels[:len(stored_labels)] = stored_labels
+        for image_id in self.ids_between(start, stop):
+            payloads[image_id - start], labels[image_id - start] = self.read(image_id), self.entries[image_id].label
+        return payloads, labels
 
     def _check(self, image_id: int, entry: Entry, payload: bytes | memoryview, length: int) -> None:
         fields = RECORD.pack(image_id, entry.label, entry.length, 0)[:-4]

@@ -919,11 +919,7 @@ class TestHdf5Chunked(StoreTests):
     """One uncompressed chunk per image (``hdf5:chunks=1``)."""
 
     method = "hdf5:chunks=1"
-
-    def corrupt(self, directory):
-        path = directory / "images.h5"
-        path.write_bytes(path.read_bytes()[:3000])
-        return CorruptStoreError
+    corrupt = TestHdf5Lzf.corrupt
 
 
 def test_registry_names_the_methods():
