@@ -1,166 +1,18 @@
-"""Options of the benchmark suite (``pytest benchmarks``) and what each run records about the machine.
+"""Adds the benchmark suite's options (benchmarks/options.py) to pytest, and parametrises its training-read cells.
 
 Every option can also be set with an environment variable (named in ``pytest --help``);
 the command line wins. ``pytest`` alone runs ``tests/``; ``pytest benchmarks`` runs the suite.
 """
 from __future__ import annotations
 
-import argparse
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from storage_impls import METHODS
-from storage_impls.base import SUPPORTED_DTYPES, check_image_shape
-from storage_impls.registry import canonical_spec, parse_spec
+from benchmarks.options import OPTIONS, parse_flag
 
-TUTORIAL_CUTOFFS = "10,100,1000,10000,100000"  # the tutorial's grid: `--cutoffs tutorial`
-DEFAULT_CUTOFFS = "10,100,1000,10000"  # keeps the default run of every method within 20 minutes on 2 cores
-MAX_DEFAULT_WORKERS = 8  # the default --workers is 1 and the core count, capped here
-DEFAULT_WORKERS = ",".join(map(str, sorted({1, min(os.cpu_count() or 1, MAX_DEFAULT_WORKERS)})))
-CACHE_STATES = ("warm", "cold")
 BENCHMARKS_DIR = Path(__file__).parent / "benchmarks"
-DTYPE_NAMES = tuple(str(dtype) for dtype in SUPPORTED_DTYPES)  # --dtype's values
-DATASET_FOLDERS = {"cifar10": "CIFAR-10", "mnist": "MNIST", "folder": "image"}  # datasets read from a folder: NAME:PATH
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """Where the images come from: ``synthetic`` (made on the spot), ``cifar10`` (python batches at ``path``),
-    ``mnist`` (idx files at ``path``) or ``folder`` (image files in one sub-folder per class of ``path``)."""
-
-    name: str
-    path: Path | None = None
-
-
-def _positive_ints(text: str, what: str, example: str) -> tuple[int, ...]:
-    """``"10,100"`` -> (10, 100): positive, sorted, distinct; the error names the bad value and gives ``example``."""
-    values = []
-    for part in text.split(","):
-        if not part.strip().isdigit() or int(part) < 1:
-            raise argparse.ArgumentTypeError(f"{part.strip()!r} is not a positive whole number of {what} (e.g. {example})")
-        values.append(int(part))
-    return tuple(sorted(set(values)))
-
-
-def parse_cutoffs(text: str) -> tuple[int, ...]:
-    """``"10,100"`` -> (10, 100): image counts, positive, sorted, distinct; ``tutorial`` is the tutorial's grid."""
-    return _positive_ints(TUTORIAL_CUTOFFS if text.strip() == "tutorial" else text, "images", "--cutoffs 10,100,1000 or tutorial")
-
-
-def parse_batch_sizes(text: str) -> tuple[int, ...]:
-    """``"64,256"`` -> (64, 256): images per batch of the read_random cells."""
-    return _positive_ints(text, "images per batch", "--batch-sizes 64,256")
-
-
-def parse_workers(text: str) -> tuple[int, ...]:
-    """``"1,2"`` -> (1, 2): reader processes of the read_random cells (a DataLoader's num_workers, at least 1)."""
-    return _positive_ints(text, "worker processes", "--workers 1,2")
-
-
-def parse_cache(text: str) -> tuple[str, ...]:
-    """``"warm,cold"`` -> ("warm", "cold"): page-cache state before each read_random round, warm first."""
-    names = {part.strip() for part in text.split(",")}
-    unknown = sorted(names - set(CACHE_STATES))
-    if unknown or not text.strip():
-        raise argparse.ArgumentTypeError(f"unknown cache state {', '.join(map(repr, unknown)) or repr(text)}; "
-                                         f"use warm, cold or warm,cold")
-    return tuple(state for state in CACHE_STATES if state in names)
-
-
-def parse_methods(text: str) -> tuple[str, ...]:
-    """``"disk,hdf5"`` -> ("disk", "hdf5"): method names or variants (``rocksdb:compression=zstd,bloom_bits=10``:
-    a ``key=value`` item belongs to the method before it), each checked by the registry and spelled canonically
-    when its package is installed (otherwise its cells are skipped with the install hint)."""
-    specs: list[str] = []
-    for item in (part.strip() for part in text.split(",")):
-        if "=" in item and ":" not in item and specs:
-            specs[-1] += f",{item}"
-        else:
-            specs.append(item)
-    try:
-        checked = [_canonical(spec) for spec in specs if spec]
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-    if not checked:
-        raise argparse.ArgumentTypeError(f"no method in {text!r}; known: {','.join(METHODS)}")
-    return tuple(dict.fromkeys(checked))
-
-
-def _canonical(spec: str) -> str:
-    try:
-        return canonical_spec(spec)
-    except ImportError:
-        parse_spec(spec)  # the syntax and the method name are still checked
-        return spec
-
-
-def parse_dataset(text: str) -> DatasetSpec:
-    """``synthetic``, ``cifar10:PATH`` (the folder of CIFAR-10's python batches), ``mnist:PATH`` (the folder
-    of MNIST's idx files) or ``folder:PATH`` (an image folder, one sub-folder per class); the folder's content is
-    checked when the suite starts."""
-    if text == "synthetic":
-        return DatasetSpec("synthetic")
-    name, _, path = text.partition(":")
-    if name not in DATASET_FOLDERS or not path:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a dataset: use synthetic, cifar10:PATH, mnist:PATH or folder:PATH")
-    if not Path(path).is_dir():
-        raise argparse.ArgumentTypeError(f"{DATASET_FOLDERS[name]} folder {path!r} does not exist")
-    return DatasetSpec(name, Path(path))
-
-
-def parse_shape(text: str) -> tuple[int, ...]:
-    """``"256x256x3"`` -> (256, 256, 3); ``"28x28"`` is a grey image, ``"3x128x128"`` a channel-first one."""
-    try:
-        shape = tuple(int(side) for side in text.lower().split("x"))
-        check_image_shape(shape, "image shape")
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an image shape HxW, HxWxC or CxHxW ({error})") from None
-    return shape
-
-
-def parse_dtype(text: str) -> np.dtype:
-    """``"float32"`` -> numpy's float32: a dtype a store holds (storage_impls.base.SUPPORTED_DTYPES), by name."""
-    name = text.strip().lower()
-    if name not in DTYPE_NAMES:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an image dtype: use one of {', '.join(DTYPE_NAMES)}")
-    return np.dtype(name)
-
-
-def parse_flag(text: str) -> bool:
-    """Environment-variable form of a flag: 1/true/yes or 0/false/no/empty."""
-    if text.lower() in ("1", "true", "yes"):
-        return True
-    if text.lower() in ("", "0", "false", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"{text!r} is not a yes/no value (use 1 or 0)")
-
-
-OPTIONS = [
-    # (option, environment variable, default, parser, help)
-    ("--cutoffs", "IMAGE_BENCH_CUTOFFS", DEFAULT_CUTOFFS, parse_cutoffs, "image counts of the *_many cells, comma-separated, or `tutorial` for 10,100,1000,10000,100000"),
-    ("--methods", "IMAGE_BENCH_METHODS", ",".join(METHODS), parse_methods, "storage methods to time, comma-separated (default: all)"),
-    ("--dataset", "IMAGE_BENCH_DATASET", "synthetic", parse_dataset,
-     "synthetic (made on the spot, no download), cifar10:PATH (CIFAR-10 python batches; doubled past 50000 images), "
-     "mnist:PATH (MNIST idx files, plain or .gz: train, then t10k if there; 70000 images) "
-     "or folder:PATH (your images, one sub-folder per class: .png .jpg .jpeg .webp .bmp .tif .tiff .gif)"),
-    ("--image-shape", "IMAGE_BENCH_SHAPE", None, parse_shape,
-     "shape of the synthetic images, HxW, HxWxC (any C) or CxHxW, e.g. 28x28 or 3x128x128 (default 32x32x3; "
-     "cifar10 and mnist images have their own, 32x32x3 and 28x28; folder images are resized and center-cropped "
-     "to HxW, HxWx3 or HxWx4, by default their own size)"),
-    ("--dtype", "IMAGE_BENCH_DTYPE", "uint8", parse_dtype,
-     f"dtype of the synthetic images: {', '.join(DTYPE_NAMES)} (cifar10, mnist and folder images are uint8)"),
-    ("--storage-dir", "IMAGE_BENCH_STORAGE_DIR", None, Path,
-     "folder to write the stores in (default: pytest's temporary folder); a run folder inside it is removed at the end"),
-    ("--batch-sizes", "IMAGE_BENCH_BATCH_SIZES", "256", parse_batch_sizes, "images per batch of the read_random cells, comma-separated"),
-    ("--workers", "IMAGE_BENCH_WORKERS", DEFAULT_WORKERS, parse_workers,
-     f"reader processes of the read_random cells, comma-separated (default: 1 and the core count, at most {MAX_DEFAULT_WORKERS})"),
-    ("--cache", "IMAGE_BENCH_CACHE", "warm", parse_cache,
-     "page cache before each read_random round: warm, cold (the store's pages dropped, no root needed) or warm,cold"),
-]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

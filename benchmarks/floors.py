@@ -3,13 +3,13 @@
 A floor is what the hardware or a library does alone with the same images (docs/benchmarks.md, "Floors"):
 ``memcpy``, ``file-write`` / ``file-read`` (one raw file, open), ``files-write`` / ``files-read`` (one file per
 image), ``gather`` (shuffled batches from a memory-mapped ``.npy``), ``file-read-cold`` (a raw file read after
-dropping it from the page cache) and, per codec spec of storage_impls/codecs.py, ``<spec>-encode`` /
+dropping it from the page cache) and, per codec spec of storage_impls/core/codecs.py, ``<spec>-encode`` /
 ``<spec>-decode`` (that codec in memory: ``png-encode``, ``jpeg-90-decode``, ``webp-lossless-encode``). A cell's
 floor is the sum of one I/O floor and, for methods that encode images, its codec's floor, timed at the number
 of images one round of the cell moves. The rule reads only three traits of a method, so a new method needs no
 entry here:
 
-* layout: one file per image (``FILE_PER_IMAGE``) or one container (everything else);
+* layout: one file per image (the registry's ``FILE_PER_IMAGE`` trait) or one container (everything else);
 * codec: a variant's ``codec=`` option (``lmdb:codec=jpeg-90``), else the class's ``DEFAULT_CODEC`` (``disk``:
   ``png``), else ``raw``, which has no codec floor;
 * operation: writes, reads or shuffled reads (``OPERATIONS``); an unknown operation has no floor.
@@ -21,9 +21,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Literal
 
-from reports.floors import FLOOR_PREFIX
-from storage_impls.codecs import get_codec
-from storage_impls.registry import get_store_class, parse_spec
+from reports.results import FLOOR_PREFIX
+from storage_impls.core.codecs import get_codec
+from storage_impls.registry import FILE_PER_IMAGE, get_store_class, has_trait, parse_spec
 
 Kind = Literal["write", "read", "random"]
 
@@ -39,7 +39,6 @@ OPERATIONS: dict[str, tuple[Kind, bool]] = {
     "read_many": ("read", False),
     "read_random": ("random", False),
 }
-FILE_PER_IMAGE = frozenset({"disk", "npy-files"})
 
 
 class NoFloorError(LookupError):
@@ -89,7 +88,7 @@ def floor_names(method: str, operation: str, cache: str = "warm") -> tuple[str, 
         raise NoFloorError(f"no floor for operation {operation!r}: add it to benchmarks.floors.OPERATIONS")
     kind, _ = OPERATIONS[operation]
     spec = codec_spec(method)
-    files = method.partition(":")[0].strip() in FILE_PER_IMAGE
+    files = has_trait(method, FILE_PER_IMAGE)
     if kind == "write":
         io = "files-write" if files else "file-write"
     elif cache == "cold":

@@ -29,25 +29,18 @@ def _is_under(path: Path, mount_point: Path) -> bool:
 
 
 def library_versions() -> dict[str, str]:
-    """Versions of the Python packages and of the C libraries behind them."""
-    import h5py
-    import lmdb
+    """Versions of the Python packages and of the C libraries behind them (each installed method says its own)."""
     import matplotlib
     import numpy
     import PIL
 
     import storage_impls
+    from storage_impls.registry import get_store_class, installed_methods
 
-    return {
-        "numpy": numpy.__version__,
-        "Pillow": PIL.__version__,
-        "h5py": h5py.__version__,
-        "hdf5": h5py.version.hdf5_version,
-        "lmdb": lmdb.__version__,
-        "lmdb_library": ".".join(map(str, lmdb.version())),
-        "matplotlib": matplotlib.__version__,
-        "storage_impls": storage_impls.__version__,
-    }
+    versions = {"numpy": numpy.__version__, "Pillow": PIL.__version__}
+    for method in installed_methods():
+        versions.update(get_store_class(method).library_versions())
+    return {**versions, "matplotlib": matplotlib.__version__, "storage_impls": storage_impls.__version__}
 
 
 def available_memory() -> float:

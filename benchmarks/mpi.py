@@ -37,17 +37,28 @@ from typing import NoReturn
 import numpy as np
 
 from benchmarks import cache as page_cache
-from conftest import parse_dtype, parse_shape  # the suite's own option parsers (root conftest.py)
 from benchmarks.machine import describe_storage, library_versions
-from benchmarks.mpi_ranks import (ABORT_DELAY_S, Guard, RankFailure, RankReader, StoreInfo, check_memory, describe,
-                                  drop_from_cache, id_digest, image_hashes)
+from benchmarks.mpi_ranks import (
+    ABORT_DELAY_S,
+    Guard,
+    RankFailure,
+    RankReader,
+    StoreInfo,
+    check_memory,
+    describe,
+    drop_from_cache,
+    id_digest,
+    image_hashes,
+)
+from benchmarks.options import parse_dtype, parse_shape
+from reports.results import SUITE
 from storage_impls import ImageStore, MissingStoreError, get_store_class
-from storage_impls.codecs import get_codec
+from storage_impls.core.codecs import get_codec
 from storage_impls.datasets import synthetic
 from storage_impls.registry import canonical_spec
 
 PROG = "python -m benchmarks.mpi"
-SUITE, OPERATION = "image-storage", "read_random"
+OPERATION = "read_random"
 DEFAULT_IMAGES, DEFAULT_SHAPE, DEFAULT_TIMEOUT = 10_000, (32, 32, 3), 600.0
 DATA_SEED = 0  # the seed of the suite's synthetic images
 EXIT_FAILED, EXIT_BAD_INPUT = 1, 2

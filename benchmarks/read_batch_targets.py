@@ -1,9 +1,9 @@
 """`python -m benchmarks.read_batch_targets`: each method's ``read_batch`` beside what an expert would write
 without this package, in one process on the same stores, for the targets of docs/benchmarks.md:
 
-- lmdb: a raw py-lmdb loop (one read transaction per batch, ``txn.get`` per id, ``frombuffer`` into the batch);
-- hdf5 and every single-file method: a numpy memmap gather of one ``.npy`` (``np.take(mm, ids, axis=0, out=, mode="clip")``);
-- disk: Pillow alone decoding the same PNG files in the same order into the batch.
+- a method's own library alone, where the method names one (``ImageStore.library_reader``: lmdb's raw py-lmdb
+  ``txn.get`` loop, Pillow alone on disk's PNG files);
+- else a numpy memmap gather of one ``.npy`` (``np.take(mm, ids, axis=0, out=, mode="clip")``).
 
 Warm page cache, batches of ``--batch`` ids from a seeded permutation, one epoch per repeat, median of
 ``--repeats``; every batch is checked against the source once, outside the timing.
@@ -45,41 +45,11 @@ def checked(read: Reader, batches: Sequence[np.ndarray], out: np.ndarray, images
     return read
 
 
-def lmdb_reference(directory: Path, shape: tuple[int, ...]) -> Reader:
-    """A raw py-lmdb reader of the lmdb method's store: values are a fixed header then the pixels."""
-    import lmdb
-
-    from storage_impls.lmdb_format import KEY
-
-    env = lmdb.open(str(directory), readonly=True, lock=False, readahead=False, subdir=True, max_dbs=0)
-    pixels = int(np.prod(shape))
-
-    def read(ids: np.ndarray, out: np.ndarray) -> None:
-        with env.begin(buffers=True) as txn:
-            for slot, image_id in enumerate(ids.tolist()):
-                value = txn.get(KEY.pack(image_id))
-                out[slot] = np.frombuffer(value, np.uint8, pixels, len(value) - pixels).reshape(shape)
-    return read
-
-
 def gather_reference(images: np.ndarray, folder: Path) -> Reader:
     path = folder / "images.npy"
     np.save(path, images)
     mapped = np.load(path, mmap_mode="r")
     return lambda ids, out: np.take(mapped, ids, axis=0, out=out, mode="clip")  # "clip": out unbuffered
-
-
-def pillow_reference(store_dir: Path) -> Reader:
-    """Pillow alone on the disk method's PNG files (found once, untimed)."""
-    from PIL import Image
-
-    paths = {int(path.stem): str(path) for path in store_dir.rglob("*.png")}
-
-    def read(ids: np.ndarray, out: np.ndarray) -> None:
-        for slot, image_id in enumerate(ids.tolist()):
-            with Image.open(paths[image_id]) as image:
-                out[slot] = np.asarray(image)
-    return read
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -108,12 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             with open_store(method, root / method, "r") as store:
                 ours = checked(lambda ids, out_: store.read_batch(ids, out=out_), batches, out, images, method)
                 ours_s = epoch_seconds(ours, batches, out, args.repeats)
-            if method == "lmdb":
-                name, reference = "raw py-lmdb txn.get loop", lmdb_reference(root / method, images.shape[1:])
-            elif method == "disk":
-                name, reference = "Pillow alone, same files", pillow_reference(root / method)
-            else:
-                name, reference = "memmap gather", None
+            name, reference = get_store_class(method).library_reader(root / method, images.shape[1:]) or (
+                "memmap gather", None)
             reference_s = gather_s if reference is None else epoch_seconds(
                 checked(reference, batches, out, images, name), batches, out, args.repeats)
             print(f"{method:<12} {args.images / ours_s:>17,.0f} {name:<28} {args.images / reference_s:>11,.0f} "

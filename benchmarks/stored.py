@@ -19,7 +19,7 @@ import pytest
 
 from benchmarks.progress import announce
 from storage_impls import ImageStore, get_store_class
-from storage_impls.codecs import get_codec, psnr_db
+from storage_impls.core.codecs import get_codec, psnr_db
 
 
 class Profile(NamedTuple):

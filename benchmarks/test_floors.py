@@ -24,7 +24,7 @@ from benchmarks.buffers import page_aligned_empty
 from benchmarks.floors import FLOOR_PREFIX, floor_codecs, floor_of_test
 from benchmarks.progress import announce
 from benchmarks.verify import verify_images
-from storage_impls.codecs import Codec, get_codec
+from storage_impls.core.codecs import Codec, get_codec
 
 GATHER_SEED = 0  # the permutation the gather floor reads its batches in
 NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL

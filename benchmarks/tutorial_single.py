@@ -27,7 +27,7 @@ def tutorial_disk(folder: Path, image: np.ndarray, image_id: int, label: int) ->
     from PIL import Image
 
     Image.fromarray(image).save(folder / f"{image_id}.png")
-    with open(folder / f"{image_id}.csv", "wt", newline="") as file:
+    with open(folder / f"{image_id}.csv", "w", newline="") as file:
         csv.writer(file, delimiter=" ", quotechar="|", quoting=csv.QUOTE_MINIMAL).writerow([label])
 
 

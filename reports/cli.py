@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from reports.load import ReportInputError, load_run, resolve_inputs
+from reports.results import ReportInputError, load_run, resolve_inputs
 from reports.shape import DISK_KINDS, SPREADS, describe_missing, shape
 
 

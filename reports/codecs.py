@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from reports.load import DEFAULT_DTYPE, Cell, Run
 from reports.markdown import format_rate, markdown_table
-from reports.shape import byte_unit, format_bytes, method_cells
+from reports.results import DEFAULT_DTYPE, Cell, Run
+from reports.shape import method_cells
+from reports.units import byte_unit, format_bytes
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -206,9 +207,9 @@ def place_labels(ax: Axes, xs: Sequence[float], ys: Sequence[float], names: Sequ
 def plot_bytes_vs_speed(ax: Axes, view: CodecView, read: Read, *, legend: bool = True) -> None:
     """Images/s against bytes on disk per image of one read: colour = container (the method without its options),
     marker = lossy or lossless; axes turn logarithmic over a wide spread. Labels are placed by place_labels."""
-    from reports.draw import _colours, _legend
-
     from matplotlib.lines import Line2D
+
+    from reports.draw import _colours, _legend
 
     rows = view.points(read)
     containers = sorted({row.method.split(":")[0] for row in view.rows})
@@ -235,9 +236,9 @@ def plot_bytes_vs_speed(ax: Axes, view: CodecView, read: Read, *, legend: bool =
 
 def write_codec_charts(views: Sequence[CodecView], run_labels: Sequence[str], out_dir: Path) -> dict[str, Path]:
     """Draw the bytes-against-speed chart of every view with a panel as PNG and SVG; returns {name: png path}."""
-    from reports.draw import RC, STYLE
-
     import matplotlib.pyplot as plt
+
+    from reports.draw import RC, STYLE
 
     written: dict[str, Path] = {}
     out_dir.mkdir(parents=True, exist_ok=True)

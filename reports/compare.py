@@ -22,8 +22,9 @@ import numpy as np
 from reports import compare_output as output
 from reports.compare_output import Comparison, Mode, label, runs_are_replicates
 from reports.floors import divisor, floor_cells, floor_index, is_floor
-from reports.load import Cell, CellKey, ReportInputError, Run, load_run, resolve_inputs
+from reports.results import Cell, CellKey, ReportInputError, Run, load_run, resolve_inputs
 from reports.stats import Correction, RatioEstimate, judge_family, ratio_between_runs, ratio_of_medians
+from storage_impls.registry import REFERENCE_METHOD
 
 PROG = "python -m reports compare"
 FINGERPRINT_FIELDS = ("cpu.brand_raw", "cpu.count", "system", "release", "storage.filesystem")
@@ -52,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cross-machine", action="store_true",
                         help="allow runs from different machines: compare each method relative to --reference-method "
                              "(or to its floor with --normalise floor)")
-    parser.add_argument("--reference-method", default="hdf5",
+    parser.add_argument("--reference-method", default=REFERENCE_METHOD,
                         help="method the others are divided by with --cross-machine (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the bootstrap used with one run per side; same inputs and seed, same output")

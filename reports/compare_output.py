@@ -10,9 +10,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from reports.load import CellKey, Run
-from reports.shape import format_seconds
+from reports.results import CellKey, Run
 from reports.stats import VERDICTS, Verdict
+from reports.units import format_seconds
 
 QUANTITIES = {  # mode -> (column heading, compare.json "quantity")
     "absolute": ("median", "median seconds"),

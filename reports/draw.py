@@ -13,14 +13,15 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+from matplotlib.artist import Artist  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.colors import to_hex  # noqa: E402
-from matplotlib.artist import Artist  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from reports.shape import Shaped, byte_unit, time_unit  # noqa: E402
+from reports.shape import Shaped  # noqa: E402
+from reports.units import byte_unit, time_unit  # noqa: E402
 
 STYLE = "seaborn-v0_8-whitegrid"
 RC = {"svg.hashsalt": "image-storage-report", "figure.dpi": 100, "savefig.dpi": 120, "legend.fontsize": "small"}

@@ -15,9 +15,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from reports.load import Cell
-
-FLOOR_PREFIX = "floor-"
+from reports.results import FLOOR_PREFIX, Cell
+from reports.units import format_seconds
 
 
 @dataclass(frozen=True)
@@ -94,8 +93,6 @@ def floor_checks(cells: Sequence[Cell]) -> dict[tuple, FloorCheck]:
 
 def describe_implausible(cell: Cell, result: FloorCheck) -> str:
     """One line naming an implausible cell, its time, its floor and the floor's spread."""
-    from reports.shape import format_seconds  # shape draws on this module
-
     return (f"{cell.operation} {cell.method} n={cell.n_images}{' ' + cell.variant if cell.variant else ''}: "
             f"{format_seconds(cell.stats['median'])} is {1 / result.ratio:.3g}x faster than its floor {result.floor} "
             f"({format_seconds(result.floor_seconds)}, spread {format_seconds(result.floor_spread)})")

@@ -6,8 +6,9 @@ from pathlib import Path
 from statistics import geometric_mean
 
 from reports.floors import FloorCheck, describe_implausible, floor_checks, is_floor
-from reports.load import OPERATIONS, Cell, CellKey, Run
-from reports.shape import Shaped, describe_missing, format_bytes, format_seconds, method_cells, ratios, speedups
+from reports.results import OPERATIONS, Cell, CellKey, Run
+from reports.shape import Shaped, describe_missing, method_cells, ratios, speedups
+from reports.units import format_bytes, format_seconds
 
 CAPTIONS = {
     "store_many_linear": "Time to store a whole cutoff's images in one round, linear axes: how the cost grows at scale.",

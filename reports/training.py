@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from reports.load import Run
 from reports.markdown import format_rate, markdown_table
-from reports.shape import format_seconds, method_cells
+from reports.results import Run
+from reports.shape import method_cells
+from reports.units import format_seconds
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -140,9 +141,9 @@ def plot_throughput(ax: Axes, curves: Sequence[Curve], against: Axis, cache: str
                     run_labels: Sequence[str], *, legend: bool = True) -> None:
     """Images/s (log axis) against batch size or workers for one cache state: colour = method, line style = the
     fixed setting, marker = run."""
-    from reports.draw import RUN_LINESTYLES, RUN_MARKERS, _colours, _legend
-
     from matplotlib.lines import Line2D
+
+    from reports.draw import RUN_LINESTYLES, RUN_MARKERS, _colours, _legend
 
     colours = _colours(methods)
     fixed_values = sorted({curve.fixed for curve in curves}, key=lambda text: (len(text), text))
@@ -171,9 +172,9 @@ def plot_throughput(ax: Axes, curves: Sequence[Curve], against: Axis, cache: str
 def write_training_charts(points: Sequence[TrainingPoint], run_labels: Sequence[str], out_dir: Path) -> dict[str, Path]:
     """Draw read_random_batch_size and read_random_workers (those with two or more values) as PNG and SVG in
     ``out_dir``; returns {name: png path}, empty without read_random cells."""
-    from reports.draw import RC, STYLE
-
     import matplotlib.pyplot as plt
+
+    from reports.draw import RC, STYLE
 
     written: dict[str, Path] = {}
     methods = sorted({point.method for point in points})

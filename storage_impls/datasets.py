@@ -56,7 +56,7 @@ def synthetic(n: int, shape: tuple[int, ...] = CIFAR10_SHAPE, seed: int = 0,
     """
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
-    from storage_impls.base import check_dtype, check_image_shape
+    from storage_impls.core.base import check_dtype, check_image_shape
 
     shape = tuple(shape)
     check_image_shape(shape, "shape")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from storage_impls.base import ImageStore
+from storage_impls.core.base import ImageStore
 from storage_impls.registry import open_store
 
 

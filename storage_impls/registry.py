@@ -1,132 +1,79 @@
-"""Method names to store classes, imported lazily so that a missing optional package only
-matters to the method that needs it; and method variants.
+"""The one table of storage methods: each method's name, where its class lives, the files that mark its
+stores, its traits and what to install; classes are imported lazily, so a missing optional package only
+matters to the method that needs it. Also method variants.
 
 A *method spec* is a method name, optionally with options: ``method:key=value,key=value``, for
 example ``rocksdb:compression=zstd,bloom_bits=10,block_cache=64MiB``. Each class declares the
-options it takes in ``OPTIONS`` (name -> ``Option``: a parser and what it allows); an unknown
-name or a value the parser refuses raises ValueError listing what is allowed. Parsed options
-reach the class's constructor as keyword arguments (``get_store_class`` returns a subclass with
-them bound; passing one of them again as a keyword is a TypeError). Sizes take a unit: ``64MiB``,
-``1GiB``, ``500kB``, ``1048576`` (bytes). ``canonical_spec`` gives one spelling per variant
-(options in the class's order), for run names and report labels.
+options it takes in ``OPTIONS`` (core/options.py); an unknown name or a value the parser refuses
+raises ValueError listing what is allowed. Parsed options reach the class's constructor as keyword
+arguments (``get_store_class`` returns a subclass with them bound; passing one of them again as a
+keyword is a TypeError). ``canonical_spec`` gives one spelling per variant (options in the class's
+order), for run names and report labels.
+
+Adding a method: its module or package under ``storage_impls/methods/``, one row here, one test module,
+one extra in pyproject.toml (docs/architecture.md walks through it).
 """
 from __future__ import annotations
 
 import functools
 import importlib
 import os
-import re
-from collections.abc import Callable
 from typing import NamedTuple
 
-from storage_impls.base import ImageStore, Mode
+from storage_impls.core.base import ImageStore, Mode
+from storage_impls.core.options import check_options
+from storage_impls.core.records import register_markers
+
+FILE_PER_IMAGE = "file-per-image"  # trait: one file per image (floors compare with many-file I/O)
 
 
 class MethodSpec(NamedTuple):
-    """Where a method's class lives and what to install when its package is missing."""
+    """One row: where a method's class lives, the files only its stores hold at their top (so that a
+    directory of another method's store is refused naming it), its traits, and what to install."""
 
     module: str
     class_name: str
+    markers: tuple[str, ...]
     install_hint: str
+    traits: frozenset[str] = frozenset()
 
 
-class Option(NamedTuple):
-    """One option a method takes: ``parse`` turns a text (or an already typed value) into the value, or
-    raises ValueError; ``allowed`` says what it accepts; ``format`` spells a value canonically."""
-
-    parse: Callable[[object], object]
-    allowed: str
-    format: Callable[[object], str] = str
+def _extra(name: str) -> str:
+    return f"pip install image-storage-bench[{name}]"
 
 
+_METHODS = "storage_impls.methods"
 _REGISTRY: dict[str, MethodSpec] = {
-    "disk": MethodSpec("storage_impls.disk", "DiskStore", "pip install Pillow"),
-    "lmdb": MethodSpec("storage_impls.lmdb", "LmdbStore", "pip install lmdb"),
-    "hdf5": MethodSpec("storage_impls.hdf5", "Hdf5Store", "pip install h5py"),
-    "rocksdb": MethodSpec("storage_impls.rocksdb", "RocksdbStore", "pip install image-storage-bench[rocksdb]"),
-    "npy-files": MethodSpec("storage_impls.npy_files", "NpyFilesStore", "pip install numpy"),
-    "npz": MethodSpec("storage_impls.npz", "NpzStore", "pip install numpy"),
-    "npy-memmap": MethodSpec("storage_impls.npy_memmap", "NpyMemmapStore", "pip install numpy"),
-    "webdataset": MethodSpec("storage_impls.webdataset", "WebDatasetStore", "pip install image-storage-bench[webdataset]"),
-    "parquet": MethodSpec("storage_impls.parquet", "ParquetStore", "pip install image-storage-bench[parquet]"),
-    "lance": MethodSpec("storage_impls.lance", "LanceStore", "pip install image-storage-bench[lance]"),
-    "zarr": MethodSpec("storage_impls.zarr", "ZarrStore", "pip install image-storage-bench[zarr]"),
+    "disk": MethodSpec(f"{_METHODS}.disk.store", "DiskStore", ("CURRENT",), "pip install Pillow",
+                       frozenset({FILE_PER_IMAGE})),
+    "lmdb": MethodSpec(f"{_METHODS}.lmdb.store", "LmdbStore", ("data.mdb",), "pip install lmdb"),
+    "hdf5": MethodSpec(f"{_METHODS}.hdf5.store", "Hdf5Store", ("images.h5", "images.h5.journal"), "pip install h5py"),
+    "rocksdb": MethodSpec(f"{_METHODS}.rocksdb.store", "RocksdbStore", ("rocksdb.json",), _extra("rocksdb")),
+    "npy-files": MethodSpec(f"{_METHODS}.npy_files", "NpyFilesStore", ("npy-files.json",), "pip install numpy",
+                            frozenset({FILE_PER_IMAGE})),
+    "npz": MethodSpec(f"{_METHODS}.npz", "NpzStore", ("npz.json",), "pip install numpy"),
+    "npy-memmap": MethodSpec(f"{_METHODS}.npy_memmap", "NpyMemmapStore", ("npy-memmap.json",), "pip install numpy"),
+    "webdataset": MethodSpec(f"{_METHODS}.webdataset.store", "WebDatasetStore", ("webdataset.json",),
+                             _extra("webdataset")),
+    "parquet": MethodSpec(f"{_METHODS}.parquet", "ParquetStore", ("parquet.json",), _extra("parquet")),
+    "lance": MethodSpec(f"{_METHODS}.lance.store", "LanceStore", ("lance.json",), _extra("lance")),
+    "zarr": MethodSpec(f"{_METHODS}.zarr.store", "ZarrStore", ("zarr.json",), _extra("zarr")),
 }
 
 METHODS: tuple[str, ...] = tuple(_REGISTRY)
+REFERENCE_METHOD = "hdf5"  # what `reports compare --cross-machine` divides the other methods by, by default
+for _name, _spec in _REGISTRY.items():
+    register_markers(_name, _spec.markers)
 
 
-# -- option parsers ------------------------------------------------------------------------------
-def choice(*values: str) -> Option:
-    """One of ``values``."""
-    def parse(value: object) -> str:
-        if value not in values:
-            raise ValueError
-        return value
-    return Option(parse, ", ".join(values))
+def install_hint(method: str) -> str:
+    """The command that installs what ``method`` (a name or a variant) needs."""
+    return _REGISTRY[parse_spec(method)[0]].install_hint
 
 
-def integer(low: int, high: int) -> Option:
-    """An integer from ``low`` to ``high``."""
-    def parse(value: object) -> int:
-        if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).strip().isdigit():
-            raise ValueError
-        number = int(value)
-        if not low <= number <= high:
-            raise ValueError
-        return number
-    return Option(parse, f"an integer {low}..{high}")
-
-
-def codec() -> Option:
-    """An image codec (codecs.py), spelled canonically."""
-    from storage_impls.codecs import CODECS, get_codec
-
-    def parse(value: object) -> str:
-        return get_codec(value).spec
-    return Option(parse, CODECS)
-
-
-SIZE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
-_SIZE = re.compile(r"\s*(\d+)\s*([a-z]*)\s*", re.IGNORECASE)
-
-
-def byte_size() -> Option:
-    """A number of bytes, with an optional unit (B, kB, MB, GB, KiB, MiB, GiB)."""
-    def parse(value: object) -> int:
-        if isinstance(value, bool):
-            raise ValueError
-        if isinstance(value, int):
-            if value < 0:
-                raise ValueError
-            return value
-        match = _SIZE.fullmatch(value) if isinstance(value, str) else None
-        if not match or match[2].lower() not in SIZE_UNITS:
-            raise ValueError
-        return int(match[1]) * SIZE_UNITS[match[2].lower()]
-
-    def format_size(value: object) -> str:
-        for unit in ("GiB", "MiB", "KiB"):
-            if value and value % SIZE_UNITS[unit.lower()] == 0:
-                return f"{value // SIZE_UNITS[unit.lower()]}{unit}"
-        return str(value)
-    return Option(parse, "a size in bytes such as 1048576, 512KiB, 64MiB or 1GiB", format_size)
-
-
-def check_options(method: str, declared: dict[str, Option], given: dict[str, object]) -> dict[str, object]:
-    """``given`` options parsed by what ``declared`` allows (None values dropped); ValueError listing what is allowed."""
-    parsed = {}
-    for name, value in given.items():
-        if value is None:
-            continue
-        if name not in declared:
-            takes = "; ".join(f"{key} ({option.allowed})" for key, option in declared.items()) or "no options"
-            raise ValueError(f"{method}: unknown option {name!r}; {method} takes {takes}")
-        try:
-            parsed[name] = declared[name].parse(value)
-        except (ValueError, TypeError):
-            raise ValueError(f"{method}: {name}={value!r} is not allowed; use {declared[name].allowed}") from None
-    return parsed
+def has_trait(method: str, trait: str) -> bool:
+    """Whether ``method`` (a name or a variant) has ``trait`` (e.g. ``FILE_PER_IMAGE``)."""
+    return trait in _REGISTRY[parse_spec(method)[0]].traits
 
 
 # -- specs --------------------------------------------------------------------------------------

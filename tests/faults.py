@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 from storage_impls import MissingStoreError, StoreLockedError, open_store
-from storage_impls.locking import LOCK_FILE
+from storage_impls.core.locking import LOCK_FILE
 
 REPO = Path(__file__).resolve().parent.parent
 SHAPE = (8, 8, 3)
@@ -231,7 +231,7 @@ class FaultTests:
         holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
             import time
             from pathlib import Path
-            from storage_impls.locking import writer_lock
+            from storage_impls.core.locking import writer_lock
             with writer_lock(Path({str(directory)!r}), 10):
                 print("holding", flush=True)
                 time.sleep(30)
@@ -355,7 +355,7 @@ class FaultTests:
         result = run_child(f"""
             from pathlib import Path
             from storage_impls import open_store
-            from storage_impls.locking import LOCK_FILE
+            from storage_impls.core.locking import LOCK_FILE
             from tests.faults import check_consistent, labelled_batch
             directory = Path({str(directory)!r})
             for path in directory.rglob("*"):

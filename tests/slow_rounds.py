@@ -4,7 +4,7 @@ import functools
 import time
 
 from benchmarks import progress
-from storage_impls.hdf5 import Hdf5Store
+from storage_impls.methods.hdf5.store import Hdf5Store
 
 
 def pytest_configure(config):

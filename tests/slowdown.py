@@ -6,8 +6,8 @@ real, proportional one on this machine: `pytest benchmarks -p tests.slowdown ...
 import functools
 import time
 
-from storage_impls.hdf5 import Hdf5Store
-from storage_impls.lmdb import LmdbStore
+from storage_impls.methods.hdf5.store import Hdf5Store
+from storage_impls.methods.lmdb.store import LmdbStore
 
 FACTOR = 1.10
 

@@ -8,8 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from reports.codecs import codec_section, codec_table, codec_views, place_labels, plot_bytes_vs_speed, write_codec_charts
-from reports.load import load_run
+from reports.codecs import (
+    codec_section,
+    codec_table,
+    codec_views,
+    place_labels,
+    plot_bytes_vs_speed,
+    write_codec_charts,
+)
+from reports.results import load_run
 
 SHAPE = (64, 64, 3)
 RAW = 64 * 64 * 3  # pixel bytes per image

@@ -14,9 +14,18 @@ import pytest
 from PIL import Image
 
 from storage_impls import datasets
-from storage_impls.base import SUPPORTED_DTYPES
-from storage_impls.datasets import (MixedSizesError, folder_files, folder_mode, folder_shape, load_cifar10, load_folder,
-                                   load_mnist, mnist_count, synthetic)
+from storage_impls.core.base import SUPPORTED_DTYPES
+from storage_impls.datasets import (
+    MixedSizesError,
+    folder_files,
+    folder_mode,
+    folder_shape,
+    load_cifar10,
+    load_folder,
+    load_mnist,
+    mnist_count,
+    synthetic,
+)
 
 # sha256 of the images and of the labels synthetic() made before it took a dtype: uint8 stays byte-identical,
 # so earlier benchmark runs remain comparable. (20, 1024, 1024, 1) spans two of its blocks.

@@ -20,8 +20,19 @@ import pytest
 from PIL import Image
 
 from storage_impls import CorruptStoreError, MissingStoreError, open_store
-from tests.faults import (DAMAGE_CHILD, KILLS, REPO, FaultTests, check_consistent, kill_after, labelled_batch,
-                          leftovers, pixels_for, run_child, small_fs_unavailable)
+from tests.faults import (
+    DAMAGE_CHILD,
+    KILLS,
+    REPO,
+    FaultTests,
+    check_consistent,
+    kill_after,
+    labelled_batch,
+    leftovers,
+    pixels_for,
+    run_child,
+    small_fs_unavailable,
+)
 
 
 class TestDiskFaults(FaultTests):
@@ -45,7 +56,7 @@ def plant(directory: Path, image_id: int, data: bytes) -> None:
     lines = (folder / "labels.csv").read_text().splitlines(keepends=True)
     fields = lines[1 + image_id].rstrip("\n").split(",")
     if len(fields) == 3:
-        from storage_impls.disk_format import image_crc
+        from storage_impls.methods.disk.format import image_crc
 
         fields[2] = str(image_crc(data, int(fields[1])))
         lines[1 + image_id] = ",".join(fields) + "\n"
@@ -72,9 +83,9 @@ def test_store_single_appends_one_journal_record_and_rewrites_nothing(tmp_path):
 
 
 def test_compaction_links_unchanged_pngs_into_a_new_generation(tmp_path, monkeypatch):
-    import storage_impls.journal
+    import storage_impls.core.journal
 
-    monkeypatch.setattr(storage_impls.journal, "COMPACT_MIN_RECORDS", 3)
+    monkeypatch.setattr(storage_impls.core.journal, "COMPACT_MIN_RECORDS", 3)
     directory = tmp_path / "store"
     with open_store("disk", directory) as store:
         store.store_many(*labelled_batch(range(10)))
@@ -228,10 +239,10 @@ def test_kill_during_compactions_never_mixes(tmp_path):
     code = textwrap.dedent(f"""
         import sys
         import numpy as np
-        import storage_impls.journal
+        import storage_impls.core.journal
         from storage_impls import open_store
         from tests.faults import pixels_for
-        storage_impls.journal.COMPACT_MIN_RECORDS = 1
+        storage_impls.core.journal.COMPACT_MIN_RECORDS = 1
         rng = np.random.default_rng(int(sys.argv[1]))
         store = open_store("disk", {str(directory)!r})
         print("ready", flush=True)
@@ -286,11 +297,11 @@ def test_full_disk_during_compactions_keeps_the_store(tmp_path):
     mount.mkdir()
     result = run_child(f"""
         import json, os, shutil
-        import storage_impls.journal
+        import storage_impls.core.journal
         from pathlib import Path
         from storage_impls import NoSpaceError, open_store
         from tests.faults import check_consistent, labelled_batch, leftovers, pixels_for
-        storage_impls.journal.COMPACT_MIN_RECORDS, storage_impls.journal.COMPACT_FRACTION = 0, 10**9  # every store_single folds the journal first
+        storage_impls.core.journal.COMPACT_MIN_RECORDS, storage_impls.core.journal.COMPACT_FRACTION = 0, 10**9  # every store_single folds the journal first
         mount, report = Path({str(mount)!r}), []
         for leave in (0, 1024, 4096, 8192, 16384, 40960):
             for path in mount.iterdir():

@@ -17,9 +17,21 @@ import numpy as np
 import pytest
 
 from storage_impls import CorruptStoreError, open_store
-from storage_impls.journal import RECORD
-from tests.faults import (CHILD_TIMEOUT, DAMAGE_CHILD, KILLS, REPO, FaultTests, check_consistent, kill_after,
-                          labelled_batch, leftovers, pixels_for, run_child, small_fs_unavailable)
+from storage_impls.core.journal import RECORD
+from tests.faults import (
+    CHILD_TIMEOUT,
+    DAMAGE_CHILD,
+    KILLS,
+    REPO,
+    FaultTests,
+    check_consistent,
+    kill_after,
+    labelled_batch,
+    leftovers,
+    pixels_for,
+    run_child,
+    small_fs_unavailable,
+)
 
 
 class TestHdf5Faults(FaultTests):
@@ -76,13 +88,13 @@ def test_full_disk_while_hdf5_writes_metadata_or_data(tmp_path, method, reserve)
     mount.mkdir()
     result = run_child(f"""
         import json, os
-        import storage_impls.hdf5_format, storage_impls.journal
+        import storage_impls.methods.hdf5.format, storage_impls.core.journal
         from pathlib import Path
         from storage_impls import NoSpaceError, open_store
         from tests.faults import check_consistent, labelled_batch, leftovers, pixels_for
         if {reserve!r} == "none":
-            storage_impls.hdf5_format.METADATA_RESERVE = 0
-        storage_impls.journal.COMPACT_MIN_RECORDS = 0  # every store_single folds the journal first
+            storage_impls.methods.hdf5.format.METADATA_RESERVE = 0
+        storage_impls.core.journal.COMPACT_MIN_RECORDS = 0  # every store_single folds the journal first
         mount, report = Path({str(mount)!r}), []
         for leave in (0, 2048, 4096, 8192, 12288, 40960):
             for path in mount.iterdir():
@@ -273,9 +285,9 @@ def test_checksum_catches_a_flipped_bit_with_the_image_id(tmp_path):
 
 
 def test_checksum_setting_is_kept_until_a_store_many_changes_it(tmp_path, monkeypatch):
-    import storage_impls.journal
+    import storage_impls.core.journal
 
-    monkeypatch.setattr(storage_impls.journal, "COMPACT_MIN_RECORDS", 2)
+    monkeypatch.setattr(storage_impls.core.journal, "COMPACT_MIN_RECORDS", 2)
     directory = tmp_path / "store"
 
     def recorded() -> bool:
@@ -305,10 +317,10 @@ def test_kill_during_compactions_never_mixes(tmp_path):
     code = textwrap.dedent(f"""
         import sys
         import numpy as np
-        import storage_impls.journal
+        import storage_impls.core.journal
         from storage_impls import open_store
         from tests.faults import pixels_for
-        storage_impls.journal.COMPACT_MIN_RECORDS = 1
+        storage_impls.core.journal.COMPACT_MIN_RECORDS = 1
         rng = np.random.default_rng(int(sys.argv[1]))
         store = open_store("hdf5", {str(directory)!r})
         print("ready", flush=True)
@@ -384,10 +396,10 @@ def test_readers_open_while_a_writer_compacts(tmp_path):
     with open_store("hdf5", directory) as store:
         store.store_many(*labelled_batch(range(30)))
     writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import storage_impls.journal
+        import storage_impls.core.journal
         from storage_impls import open_store
         from tests.faults import pixels_for
-        storage_impls.journal.COMPACT_MIN_RECORDS = 2
+        storage_impls.core.journal.COMPACT_MIN_RECORDS = 2
         with open_store("hdf5", {str(directory)!r}) as store:
             for step in range(300):
                 store.store_single(pixels_for(step), step % 30, step)

@@ -13,10 +13,18 @@ from pathlib import Path
 import lmdb
 import pytest
 
-import storage_impls.lmdb_env
+import storage_impls.methods.lmdb.env
 from storage_impls import CorruptStoreError, StoreError, open_store
-from storage_impls.lmdb_format import KEY
-from tests.faults import DAMAGE_CHILD, FaultTests, check_consistent, labelled_batch, pixels_for, run_child, small_fs_unavailable
+from storage_impls.methods.lmdb.format import KEY
+from tests.faults import (
+    DAMAGE_CHILD,
+    FaultTests,
+    check_consistent,
+    labelled_batch,
+    pixels_for,
+    run_child,
+    small_fs_unavailable,
+)
 
 SHAPE = (8, 8, 3)
 
@@ -255,7 +263,7 @@ def test_reader_opened_before_a_writer_shares_its_environment(tmp_path):
     reader.close()
     assert check_consistent(late_reader) == 4
     late_reader.close()
-    assert not storage_impls.lmdb_env._shared
+    assert not storage_impls.methods.lmdb.env._shared
 
 
 @pytest.mark.parametrize("lock_file", ["writable", "read-only", "absent"])

@@ -21,12 +21,12 @@ from benchmarks.floors import (
     floor_of_test,
     floors_of_cell,
 )
-from reports import load
+from reports import results
 from reports.cli import main as report_main
 from reports.floors import floor_checks
-from reports.load import Cell, load_run
+from reports.results import Cell, load_run
 from storage_impls import METHODS
-from storage_impls.codecs import get_codec
+from storage_impls.core.codecs import get_codec
 from tests.test_benchmarks import run_suite
 from tests.test_reports import make_cell, make_run
 
@@ -61,7 +61,7 @@ def test_every_method_and_operation_of_the_suite_has_a_floor():
     assert {"store_single", "read_single", "store_many", "read_many"} <= suite_operations()
     for operation in suite_operations():
         assert operation in OPERATIONS, f"operation {operation!r} of the suite has no floor in benchmarks.floors.OPERATIONS"
-        assert operation in load.OPERATIONS, f"operation {operation!r} of the suite is unknown to reports.load"
+        assert operation in results.OPERATIONS, f"operation {operation!r} of the suite is unknown to reports.results"
         for method in (*METHODS, *CODEC_VARIANTS):
             for cache in ("warm", "cold"):
                 names = floor_names(method, operation, cache)

@@ -21,13 +21,22 @@ pytest.importorskip("lance", reason="the lance method needs pylance: pip install
 import lance  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
-import storage_impls.lance as lance_method  # noqa: E402
-import storage_impls.lance_format as lance_format  # noqa: E402
+import storage_impls.methods.lance.format as lance_format  # noqa: E402
+import storage_impls.methods.lance.store as lance_method  # noqa: E402
 from storage_impls import CorruptStoreError, MissingStoreError, open_store  # noqa: E402
-from storage_impls.codecs import PillowLossy  # noqa: E402
-from storage_impls.records import checksum_of  # noqa: E402
-from tests.faults import (REPO, FaultTests, check_consistent, kill_after, labelled_batch, leftovers,  # noqa: E402
-                          pixels_for, run_child, spy_fsync)
+from storage_impls.core.codecs import PillowLossy  # noqa: E402
+from storage_impls.core.records import checksum_of  # noqa: E402
+from tests.faults import (  # noqa: E402
+    REPO,
+    FaultTests,
+    check_consistent,
+    kill_after,
+    labelled_batch,
+    leftovers,
+    pixels_for,
+    run_child,
+    spy_fsync,
+)
 from tests.test_storage import CodecTests, StoreTests, assert_bits_equal, listing, make_batch, random_layout  # noqa: E402
 
 
@@ -302,10 +311,10 @@ class TestLance(CodecTests, StoreTests):
         code = f"""
 import sys
 import numpy as np
-import storage_impls.lance
+import storage_impls.methods.lance.store
 from storage_impls import open_store
 from tests.faults import pixels_for
-storage_impls.lance.COMPACT_VERSIONS = 2
+storage_impls.methods.lance.store.COMPACT_VERSIONS = 2
 rng = np.random.default_rng(int(sys.argv[1]))
 store = open_store("lance", {str(directory)!r})
 print("ready", flush=True)

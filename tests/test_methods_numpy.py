@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from storage_impls import CorruptStoreError, MissingStoreError, open_store
-from storage_impls.npz import SHARD_BYTES
+from storage_impls.methods.npz import SHARD_BYTES
 from tests.faults import FaultTests, labelled_batch, pixels_for, run_child, spy_fsync
 from tests.test_storage import StoreTests, make_batch, random_layout
 
@@ -46,9 +46,9 @@ class NumpyStoreTests(StoreTests):
         assert len(list(directory.glob("ckpt-*"))) == 1
 
     def test_journal_is_folded_into_a_new_checkpoint(self, directory, store, monkeypatch):
-        import storage_impls.journal
+        import storage_impls.core.journal
 
-        monkeypatch.setattr(storage_impls.journal, "COMPACT_MIN_RECORDS", 5)
+        monkeypatch.setattr(storage_impls.core.journal, "COMPACT_MIN_RECORDS", 5)
         images, labels = make_batch(23, (8, 8, 3))
         for image_id in range(23):
             store.store_single(images[image_id], image_id, int(labels[image_id]))

@@ -18,7 +18,8 @@ pa = pytest.importorskip("pyarrow", reason=f"parquet needs pyarrow: {_REGISTRY['
 import pyarrow.parquet as pq  # noqa: E402
 
 from storage_impls import CorruptStoreError, open_store  # noqa: E402
-from storage_impls import checkpointed, parquet  # noqa: E402
+from storage_impls.core import checkpointed  # noqa: E402
+from storage_impls.methods import parquet  # noqa: E402
 from tests.faults import FaultTests, labelled_batch, pixels_for, spy_fsync  # noqa: E402
 from tests.test_methods_numpy import NumpyStoreTests, checkpoint  # noqa: E402
 from tests.test_storage import CodecTests, listing, make_batch, random_layout  # noqa: E402
@@ -86,10 +87,10 @@ class TestParquet(CodecTests, NumpyStoreTests):
 
     def test_single_writes_reach_the_file_when_the_journal_is_folded(self, directory, filled, monkeypatch):
         """Other readers see the checkpoint: a store_single waits in the journal until the next fold (or store_many)."""
-        import storage_impls.journal
+        import storage_impls.core.journal
 
         store, images, labels = filled
-        monkeypatch.setattr(storage_impls.journal, "COMPACT_MIN_RECORDS", 2)
+        monkeypatch.setattr(storage_impls.core.journal, "COMPACT_MIN_RECORDS", 2)
         store.store_single(images[0], 10, 5)
         assert pq.read_table(parquet_file(directory)).num_rows == 10
         for image_id in (11, 12, 13):

@@ -13,7 +13,7 @@ from storage_impls.registry import _REGISTRY
 rocksdict = pytest.importorskip("rocksdict", reason=f"rocksdb needs rocksdict: {_REGISTRY['rocksdb'].install_hint}")
 
 from storage_impls import CorruptStoreError, get_store_class, open_store  # noqa: E402
-from storage_impls.records import HEADER, KEY, parse_layout  # noqa: E402
+from storage_impls.core.records import HEADER, KEY, parse_layout  # noqa: E402
 from tests.faults import FaultTests, labelled_batch, pixels_for  # noqa: E402
 from tests.test_storage import CodecTests, StoreTests, make_batch, random_layout  # noqa: E402
 
@@ -140,9 +140,9 @@ class TestRocksdb(CodecTests, StoreTests):
             assert reader.read_batch([10, 11])[1].tolist() == [50, 60]
 
     def test_many_single_writes_compact_level_zero(self, directory, store, monkeypatch):
-        import storage_impls.rocksdb
+        import storage_impls.methods.rocksdb.store
 
-        monkeypatch.setattr(storage_impls.rocksdb, "L0_COMPACT_FILES", 4)
+        monkeypatch.setattr(storage_impls.methods.rocksdb.store, "L0_COMPACT_FILES", 4)
         images, labels = make_batch(12, (8, 8))
         for image_id in range(12):
             store.store_single(images[image_id], image_id, int(labels[image_id]))
@@ -199,11 +199,11 @@ def test_damage_inside_compressed_blocks(tmp_path):
 
 def test_durable_store_single_syncs_the_log(tmp_path, monkeypatch):
     """durable=True puts with WriteOptions.sync; the default does not."""
-    import storage_impls.rocksdb
+    import storage_impls.methods.rocksdb.store
 
     created = []
     real = rocksdict.WriteOptions
-    monkeypatch.setattr(storage_impls.rocksdb.rocksdict, "WriteOptions", lambda: created.append(real()) or created[-1])
+    monkeypatch.setattr(storage_impls.methods.rocksdb.store.rocksdict, "WriteOptions", lambda: created.append(real()) or created[-1])
     for durable in (False, True):
         with open_store("rocksdb", tmp_path / str(durable), durable=durable) as store:
             store.store_many(*labelled_batch(range(3)))

@@ -17,11 +17,11 @@ from storage_impls.registry import _REGISTRY
 wds = pytest.importorskip("webdataset", reason=f"webdataset needs the webdataset package: {_REGISTRY['webdataset'].install_hint}")
 
 from storage_impls import CorruptStoreError, MissingStoreError, open_store  # noqa: E402
-from storage_impls.codecs import get_codec  # noqa: E402
-from storage_impls.records import write_meta  # noqa: E402
+from storage_impls.core.codecs import get_codec  # noqa: E402
+from storage_impls.core.records import write_meta  # noqa: E402
+from storage_impls.methods.webdataset.format import MemberLayout, archive_bytes, sample_dtype, shard_bytes  # noqa: E402
+from storage_impls.methods.webdataset.store import DEFAULT_SHARD_SIZE  # noqa: E402
 from storage_impls.registry import canonical_spec  # noqa: E402
-from storage_impls.webdataset import DEFAULT_SHARD_SIZE  # noqa: E402
-from storage_impls.webdataset_format import MemberLayout, archive_bytes, sample_dtype, shard_bytes  # noqa: E402
 from tests.faults import FaultTests, labelled_batch, pixels_for, spy_fsync  # noqa: E402
 from tests.test_storage import CodecTests, StoreTests, assert_bits_equal, listing, make_batch, random_layout  # noqa: E402
 
@@ -255,7 +255,7 @@ class TestWebDataset(CodecTests, StoreTests):
 
     # -- the journal and snapshots ---------------------------------------------------------------
     def test_store_single_goes_to_the_journal_until_folded_into_new_shards(self, directory, filled, monkeypatch):
-        import storage_impls.journal
+        import storage_impls.core.journal
 
         store, images, labels = filled
         folder = checkpoint(directory)
@@ -264,7 +264,7 @@ class TestWebDataset(CodecTests, StoreTests):
         store.store_single(images[2], 10, 6)
         assert checkpoint(directory) == folder and sorted((path.name, path.stat().st_mtime_ns) for path in folder.iterdir()) == before
         assert len(list(wds.WebDataset(shards(directory), shardshuffle=False))) == 10  # shards hold the checkpoint only
-        monkeypatch.setattr(storage_impls.journal, "COMPACT_MIN_RECORDS", 2)
+        monkeypatch.setattr(storage_impls.core.journal, "COMPACT_MIN_RECORDS", 2)
         store.store_single(images[3], 11, 7)  # the journal is folded first
         store.store_single(images[4], 12, 8)
         assert checkpoint(directory) != folder and not folder.exists()
@@ -369,14 +369,14 @@ def test_bytes_per_image_of_jpeg_samples_against_raw_members(tmp_path):
 
 def test_folding_the_journal_copies_encoded_files(tmp_path, monkeypatch):
     """Single writes hold their JPEG in the journal; the fold writes those same bytes as samples (encoded once)."""
-    import storage_impls.journal
+    import storage_impls.core.journal
 
     images, labels = make_batch(12)
     with open_store(JPEG, tmp_path / "s", checksum=True) as store:
         store.store_many(images[:10], labels[:10])
         store.store_single(images[10], 3, -5)
         before = store.read_many(10)
-        monkeypatch.setattr(storage_impls.journal, "COMPACT_MIN_RECORDS", 1)
+        monkeypatch.setattr(storage_impls.core.journal, "COMPACT_MIN_RECORDS", 1)
         folder = checkpoint(tmp_path / "s")
         store.store_single(images[11], 10, 2 ** 63 - 1)
         store.store_single(images[11], 11, -2 ** 63)  # the journal (ids 3 and 10) is folded first

@@ -12,11 +12,11 @@ import pytest
 
 zarr = pytest.importorskip("zarr", reason="the zarr method needs zarr 3: pip install image-storage-bench[zarr]")
 
-import storage_impls.zarr  # noqa: E402
-import storage_impls.zarr_format  # noqa: E402
+import storage_impls.methods.zarr.format  # noqa: E402
+import storage_impls.methods.zarr.store  # noqa: E402
 from storage_impls import CorruptStoreError, MissingStoreError, open_store  # noqa: E402
-from storage_impls.codecs import get_codec  # noqa: E402
-from storage_impls.zarr import ZarrStore, live_group  # noqa: E402
+from storage_impls.core.codecs import get_codec  # noqa: E402
+from storage_impls.methods.zarr.store import ZarrStore, live_group  # noqa: E402
 from tests.faults import FaultTests, labelled_batch, pixels_for, run_child, spy_fsync  # noqa: E402
 from tests.test_storage import CodecTests, StoreTests, assert_bits_equal, listing, make_batch, random_layout  # noqa: E402
 
@@ -38,8 +38,8 @@ def flip(path, offset):
 @pytest.fixture
 def small_shards(monkeypatch):
     """Shards of 4 images of 8x8x3 uint8 (and label chunks of 4), so that a small store spans several files."""
-    monkeypatch.setattr(storage_impls.zarr_format, "SHARD_BYTES", 4 * 8 * 8 * 3)
-    monkeypatch.setattr(storage_impls.zarr_format, "LABEL_CHUNK", 4)
+    monkeypatch.setattr(storage_impls.methods.zarr.format, "SHARD_BYTES", 4 * 8 * 8 * 3)
+    monkeypatch.setattr(storage_impls.methods.zarr.format, "LABEL_CHUNK", 4)
 
 
 class TestZarr(CodecTests, StoreTests):
@@ -104,7 +104,7 @@ class TestZarr(CodecTests, StoreTests):
         files = [sorted((path.relative_to(folder), path.read_bytes()) for path in folder.rglob("*") if path.is_file())
                  for folder in (live_group(tmp_path / "zarr"), live_group(tmp_path / "zarr:codec=raw"))]
         assert files[0] == files[1]
-        assert dict(zarr.open_group(live_group(tmp_path / "zarr"), mode="r").attrs) == storage_impls.zarr_format.GROUP_ATTRIBUTES
+        assert dict(zarr.open_group(live_group(tmp_path / "zarr"), mode="r").attrs) == storage_impls.methods.zarr.format.GROUP_ATTRIBUTES
 
     def test_a_group_recording_another_codec_is_refused_naming_it(self, tmp_path):
         with open_store("zarr:codec=jpeg-90", tmp_path) as store:
@@ -115,9 +115,9 @@ class TestZarr(CodecTests, StoreTests):
 
     @pytest.mark.parametrize("reader", ["pread", "zarr"])
     def test_a_fold_copies_the_encoded_files_without_encoding_them_again(self, tmp_path, reader, monkeypatch):
-        import storage_impls.journal
+        import storage_impls.core.journal
 
-        monkeypatch.setattr(storage_impls.journal, "COMPACT_MIN_RECORDS", 2)
+        monkeypatch.setattr(storage_impls.core.journal, "COMPACT_MIN_RECORDS", 2)
         images, labels = make_batch(8, (16, 16, 3))
         with open_store(f"zarr:codec=jpeg-90,reader={reader}", tmp_path) as store:
             store.store_many(images[:4], labels[:4])
@@ -265,7 +265,7 @@ class TestZarr(CodecTests, StoreTests):
         assert not [call for call in shard_calls if call[0] == "get" and call[2]]
 
     def test_shards_are_balanced_and_recorded(self, directory, store):
-        from storage_impls.zarr_format import shard_images
+        from storage_impls.methods.zarr.format import shard_images
 
         assert shard_images(np.dtype(np.uint8), (32, 32, 3), 100_000) == 20_000  # 5 shards of 61 MB, not 4 full + 1
         assert shard_images(np.dtype(np.uint8), (32, 32, 3), 10) == 10
@@ -310,9 +310,9 @@ class TestZarr(CodecTests, StoreTests):
             reader.close()
 
     def test_single_writes_reach_zarr_readers_when_the_journal_is_folded(self, directory, filled, monkeypatch):
-        import storage_impls.journal
+        import storage_impls.core.journal
 
-        monkeypatch.setattr(storage_impls.journal, "COMPACT_MIN_RECORDS", 2)
+        monkeypatch.setattr(storage_impls.core.journal, "COMPACT_MIN_RECORDS", 2)
         store, images, labels = filled
         store.store_single(images[0], 10, 5)
         assert zarr.open_group(live_group(directory), mode="r")["images"].shape[0] == 10  # in the journal only

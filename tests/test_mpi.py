@@ -23,7 +23,7 @@ import pytest
 from benchmarks.mpi_ranks import id_digest, share
 from reports.cli import main as report_main
 from reports.compare import main as compare_main
-from reports.load import load_run
+from reports.results import load_run
 from storage_impls import get_store_class
 from storage_impls.registry import installed_methods
 

@@ -19,9 +19,9 @@ import pytest
 
 from benchmarks import cache as page_cache
 from benchmarks.workers import EpochPlan, ReaderPool, WorkerError, latency_summary
-from storage_impls.datasets import synthetic
 from storage_impls import METHODS
-from storage_impls.hdf5 import Hdf5Store
+from storage_impls.datasets import synthetic
+from storage_impls.methods.hdf5.store import Hdf5Store
 from tests.test_benchmarks import REPO, run_suite
 
 SHAPE = (8, 8, 3)
@@ -36,7 +36,7 @@ if kind == "twice":
 
     EpochPlan.share = lambda self, worker, workers: tuple(range(self.n_batches))
 elif kind in ("zeros", "fail", "hang"):
-    from storage_impls.hdf5 import Hdf5Store
+    from storage_impls.methods.hdf5.store import Hdf5Store
 
     def broken(self, ids, out, labels):
         if kind == "fail":

@@ -14,7 +14,7 @@ import pytest
 
 from reports.cli import main
 from reports.draw import CHARTS
-from reports.load import Cell, ReportInputError, load_run, resolve_inputs
+from reports.results import Cell, ReportInputError, load_run, resolve_inputs
 from reports.shape import missing_cells, ratios, shape, speedups, unique_labels
 
 DATA = Path(__file__).parent / "data"

@@ -14,7 +14,7 @@ import pytest
 
 import storage_impls
 from storage_impls import CorruptStoreError, ImageNotFoundError, MissingStoreError, open_store
-from storage_impls.codecs import Png, get_codec
+from storage_impls.core.codecs import Png, get_codec
 from storage_impls.datasets import synthetic
 
 SHAPES = [(32, 32, 3), (8, 8), (8, 8, 1), (8, 8, 4), (256, 256, 3)]
@@ -458,9 +458,9 @@ class TestLmdb(CodecTests, StoreTests):
             np.testing.assert_array_equal(store.read_single(4)[0], filled[1][4])
 
     def test_map_grows_instead_of_failing(self, directory, monkeypatch):
-        import storage_impls.lmdb_env
+        import storage_impls.methods.lmdb.env
 
-        monkeypatch.setattr(storage_impls.lmdb_env, "MAP_SIZE", 1 << 20)  # a small map, as where address space is short
+        monkeypatch.setattr(storage_impls.methods.lmdb.env, "MAP_SIZE", 1 << 20)  # a small map, as where address space is short
         images, labels = make_batch(20, (128, 128, 3))
         with open_store("lmdb", directory) as store:
             start = store._shared.env.info()["map_size"]
@@ -555,9 +555,9 @@ class TestHdf5(CodecTests, StoreTests):
             np.testing.assert_array_equal(reader.read_batch([0, 0])[0], [image, image])
 
     def test_journal_is_folded_into_a_new_checkpoint(self, directory, store, monkeypatch):
-        import storage_impls.journal
+        import storage_impls.core.journal
 
-        monkeypatch.setattr(storage_impls.journal, "COMPACT_MIN_RECORDS", 5)
+        monkeypatch.setattr(storage_impls.core.journal, "COMPACT_MIN_RECORDS", 5)
         images, labels = make_batch(23, (8, 8, 3))
         tokens = set()
         for image_id in range(23):
@@ -576,7 +576,7 @@ class TestHdf5(CodecTests, StoreTests):
         directory.mkdir()
         with h5py.File(directory / "images.h5", "w") as file:
             file["something"] = np.zeros(3)
-        with pytest.raises(CorruptStoreError, match="not written by storage_impls.hdf5"):
+        with pytest.raises(CorruptStoreError, match="not written by storage_impls.methods.hdf5.store"):
             open_store("hdf5", directory, "r")
 
     # -- encoded images (hdf5:codec=...) ----------------------------------------------------------------
@@ -606,10 +606,10 @@ class TestHdf5(CodecTests, StoreTests):
         is encoded once, the checkpoint holds the journal record's bytes, and reads are identical before and after."""
         import json
 
-        import storage_impls.journal
-        from storage_impls.codecs import PillowLossy
+        import storage_impls.core.journal
+        from storage_impls.core.codecs import PillowLossy
 
-        monkeypatch.setattr(storage_impls.journal, "COMPACT_MIN_RECORDS", 3)
+        monkeypatch.setattr(storage_impls.core.journal, "COMPACT_MIN_RECORDS", 3)
         encodes = []
         real_encode = PillowLossy.encode
         monkeypatch.setattr(PillowLossy, "encode", lambda codec, image: encodes.append(1) or real_encode(codec, image))
@@ -723,9 +723,10 @@ class TestHdf5Lzf(StoreTests):
         """A plain ``hdf5`` handle writes the recorded layout; a store_many with another handle's options writes theirs
         (one option named: the other at its default); store_single and folds keep the store's, whatever the handle says."""
         import h5py
-        import storage_impls.journal
 
-        monkeypatch.setattr(storage_impls.journal, "COMPACT_MIN_RECORDS", 2)
+        import storage_impls.core.journal
+
+        monkeypatch.setattr(storage_impls.core.journal, "COMPACT_MIN_RECORDS", 2)
         images, labels = make_batch(40)
 
         def layout():
@@ -776,9 +777,10 @@ class TestHdf5Lzf(StoreTests):
 
     def test_a_fresh_stores_first_fold_uses_the_handles_layout(self, directory, monkeypatch):
         import h5py
-        import storage_impls.journal
 
-        monkeypatch.setattr(storage_impls.journal, "COMPACT_MIN_RECORDS", 3)
+        import storage_impls.core.journal
+
+        monkeypatch.setattr(storage_impls.core.journal, "COMPACT_MIN_RECORDS", 3)
         images, labels = make_batch(6, (8, 8, 3))
         with open_store("hdf5:compression=gzip,chunks=2", directory) as store:
             for image_id in range(6):
@@ -830,7 +832,7 @@ class TestHdf5Lzf(StoreTests):
         assert not directory.exists()
 
     def test_options_as_keywords_are_checked_too(self, directory):
-        from storage_impls.hdf5_chunked import Layout
+        from storage_impls.methods.hdf5.chunked import Layout
 
         with pytest.raises(ValueError, match=re.escape("chunks=0 is not allowed; use an integer 1..4294967295")):
             open_store("hdf5", directory, chunks=0)
@@ -844,7 +846,7 @@ class TestHdf5Lzf(StoreTests):
     def test_read_batch_reads_each_chunk_once_and_scatters(self, directory, monkeypatch):
         """Any ids (repeats, any order, runs across chunks, one chunk, sorted): one H5Dread per chunk touched (one for
         a run of consecutive ids), journal records in their places."""
-        from storage_impls.hdf5_chunked import ChunkedImages
+        from storage_impls.methods.hdf5.chunked import ChunkedImages
 
         images, labels = make_batch(100, (8, 8, 3))
         reads = []
@@ -895,12 +897,12 @@ class TestHdf5Lzf(StoreTests):
     def test_a_fold_copies_whole_chunks_a_block_at_a_time(self, directory, monkeypatch):
         """A fold copies the store a block at a time, each of whole chunks (HDF5 need not read back a chunk it wrote in
         part): it reads back right and takes no more room than store_many's file of the same images."""
-        import storage_impls.hdf5
-        import storage_impls.journal
+        import storage_impls.core.journal
+        import storage_impls.methods.hdf5.store
 
-        monkeypatch.setattr(storage_impls.journal, "COMPACT_MIN_RECORDS", 0)
-        monkeypatch.setattr(storage_impls.journal, "COMPACT_FRACTION", 10**9)  # fold before every append
-        monkeypatch.setattr(storage_impls.hdf5, "COPY_BLOCK_BYTES", 37 * 192)  # 37 images: rounded down to 32
+        monkeypatch.setattr(storage_impls.core.journal, "COMPACT_MIN_RECORDS", 0)
+        monkeypatch.setattr(storage_impls.core.journal, "COMPACT_FRACTION", 10**9)  # fold before every append
+        monkeypatch.setattr(storage_impls.methods.hdf5.store, "COPY_BLOCK_BYTES", 37 * 192)  # 37 images: rounded down to 32
         images, labels = make_batch(300, (8, 8, 3))
         with open_store(self.method, directory) as store:
             store.store_many(images[:299], labels[:299])
@@ -930,7 +932,7 @@ def test_registry_names_the_methods():
 
 
 def test_missing_optional_package_names_what_to_install(monkeypatch, tmp_path):
-    for module in [name for name in sys.modules if name.startswith("storage_impls.hdf5")]:
+    for module in [name for name in sys.modules if name.startswith("storage_impls.methods.hdf5")]:
         monkeypatch.delitem(sys.modules, module)
     monkeypatch.setitem(sys.modules, "h5py", None)
     with pytest.raises(ImportError, match="needs the package 'h5py'.*pip install h5py"):

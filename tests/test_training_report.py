@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from reports.load import load_run
+from reports.results import load_run
 from reports.training import (
     chart_axes,
     throughput_curves,
@@ -78,7 +78,7 @@ def test_curves_against_workers_and_batch_size(points):
 def test_charts_are_written_as_png_and_svg(points, tmp_path):
     charts = write_training_charts(points, ["run"], tmp_path)
     assert list(charts) == ["read_random_batch_size", "read_random_workers"]
-    for name, png in charts.items():
+    for png in charts.values():
         assert png.stat().st_size > 0 and png.with_suffix(".svg").stat().st_size > 0
 
 

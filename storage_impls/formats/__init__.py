@@ -1,0 +1,1 @@
+"""File-format helpers that several methods share (``.npy`` files, Arrow binary columns)."""

@@ -1,0 +1,152 @@
+"""The image folder's files: the ``CURRENT`` pointer, a generation's ``meta.json`` and ``labels.csv``,
+and how each image file is checked and decoded.
+
+- ``CURRENT``: the name of the live generation folder, ``gen-<32 hex digits>``, nothing else.
+- ``gen-*/meta.json``: ``{"format", "format_version", "image_shape", "count", "dtype", "codec"}`` (no dtype:
+  uint8; no codec: png).
+- ``gen-*/labels.csv``: the header ``image_id,label,crc32`` and one row per image, ids 0..count-1 in
+  order; ``crc32`` is zlib's CRC-32 of the image file's bytes seeded with the label's 8 little-endian
+  bytes, so a flipped bit in a file or a label is caught on read (about 2 % of a PNG decode).
+- ``gen-*/<id>.<extension>``: one file per image in the store's codec (codecs.py): ``.png`` by default
+  (8- or 16-bit grey, RGB or RGBA, compressed as Pillow's default save compresses it), ``.jpg``, ``.webp``,
+  or ``.raw`` (the pixels).
+
+Decoding (codecs.py) checks each file's header against the store's dtype and image shape before anything
+is allocated: Pillow's decompression-bomb limit (a global, about 179 M pixels) is for images of unknown
+origin; a store reads back every image it accepted, and a file of any other size, depth or mode (a
+planted "bomb" included) raises CorruptStoreError.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from storage_impls.core.base import check_dtype, check_image_shape
+from storage_impls.core.codecs import Codec, get_codec
+from storage_impls.core.errors import CorruptStoreError, MissingStoreError
+
+FORMAT = "storage_impls.disk"
+FORMAT_VERSION = 2
+POINTER, META, LABELS, JOURNAL = "CURRENT", "meta.json", "labels.csv", "journal"
+GENERATION = re.compile(r"gen-[0-9a-f]{32}")
+LABELS_HEADER = b"image_id,label,crc32\n"
+META_MAX_BYTES = 4096
+POINTER_MAX_BYTES = 256  # CURRENT holds one generation name (40 bytes)
+LABEL = struct.Struct("<q")
+def image_crc(png: bytes | memoryview, label: int) -> int:
+    """The CRC-32 labels.csv keeps for one image: of its PNG bytes, seeded with its label."""
+    return zlib.crc32(png, zlib.crc32(LABEL.pack(label)))
+
+
+def read_pointer(directory: Path) -> str | None:
+    """The generation ``CURRENT`` names, None if there is no CURRENT; CorruptStoreError if it names none."""
+    path = directory / POINTER
+    try:
+        fd = os.open(path, os.O_RDONLY)  # no buffered file object: this runs before every write
+    except FileNotFoundError:
+        return None
+    except (IsADirectoryError, NotADirectoryError):
+        raise CorruptStoreError(f"{path} is not a file naming the live generation folder") from None
+    try:
+        data = os.read(fd, POINTER_MAX_BYTES)
+    except IsADirectoryError:
+        raise CorruptStoreError(f"{path} is not a file naming the live generation folder") from None
+    finally:
+        os.close(fd)
+    name = data.decode("ascii", "replace")
+    if not GENERATION.fullmatch(name):
+        raise CorruptStoreError(f"{path} does not name a generation folder (gen-<32 hex digits>): {data[:80]!r}")
+    return name
+
+
+def format_meta(dtype: np.dtype, shape: tuple[int, ...], codec: Codec, count: int) -> bytes:
+    return json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION, "image_shape": list(shape), "count": count,
+                       "dtype": dtype.str, "codec": codec.spec}).encode()
+
+
+def format_labels(labels: np.ndarray, crcs: np.ndarray) -> bytes:
+    rows = "".join(f"{image_id},{label},{crc}\n" for image_id, (label, crc) in enumerate(zip(labels.tolist(), crcs.tolist())))
+    return LABELS_HEADER + rows.encode()
+
+
+class Generation:
+    """One generation folder, loaded: ``dtype``, ``shape``, ``codec``, ``count``, ``labels`` (int64) and ``crcs`` per image.
+    Its PNGs are opened when read. FileNotFoundError if a file is missing; CorruptStoreError if damaged."""
+
+    def __init__(self, directory: Path, name: str,
+                 loaded: tuple[np.dtype, tuple[int, ...], Codec, np.ndarray, np.ndarray] | None = None) -> None:
+        """Read ``directory/name``; ``loaded`` = (dtype, shape, codec, labels, crcs) of a generation this handle just wrote."""
+        self.name, self.path = name, directory / name
+        self._prefix = f"{self.path}/"
+        self.dtype, self.shape, self.codec, self.labels, self.crcs = loaded or self._read()
+        self._suffix = f".{self.codec.extension}"
+        self.count = len(self.labels)
+
+    def _read(self) -> tuple[np.dtype, tuple[int, ...], Codec, np.ndarray, np.ndarray]:
+        dtype, shape, codec, count = self._read_meta(self.path / META)
+        labels, crcs = _parse_labels(self.path / LABELS, count)
+        return dtype, shape, codec, labels, crcs
+
+    @staticmethod
+    def _read_meta(path: Path) -> tuple[np.dtype, tuple[int, ...], Codec, int]:
+        try:
+            with open(path, "rb") as file:
+                data = file.read(META_MAX_BYTES + 1)
+            if len(data) > META_MAX_BYTES:
+                raise ValueError(f"it is over {META_MAX_BYTES} bytes")
+            meta = json.loads(data.decode("utf-8"))
+            if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+                raise ValueError(f"it was not written by {FORMAT} version {FORMAT_VERSION}")
+            shape, count = meta["image_shape"], meta["count"]
+            if not isinstance(shape, list) or not all(type(side) is int for side in shape) or type(count) is not int or count < 1:
+                raise ValueError(f"image_shape {shape!r} or count {count!r} is not what it should be")
+            check_image_shape(tuple(shape), "image_shape")
+            dtype = check_dtype(meta.get("dtype", "|u1"), "images")  # stores written before other dtypes: uint8
+            codec = get_codec(meta.get("codec", "png"))  # stores written before codecs: png
+            limit = codec.limit(dtype, tuple(shape))
+            if limit:
+                raise ValueError(limit)
+        except (IsADirectoryError, NotADirectoryError, ValueError, KeyError, TypeError) as error:  # JSON and UTF-8 errors are ValueErrors
+            raise CorruptStoreError(f"{path} is not a disk store's metadata ({type(error).__name__}: {error})") from None
+        return dtype, tuple(shape), codec, count
+
+    def file(self, image_id: int) -> str:
+        return f"{self._prefix}{image_id}{self._suffix}"
+
+    def encoded(self, image_id: int) -> bytes:
+        """The file of ``image_id``, checked against its CRC; MissingStoreError naming it if it is gone."""
+        path = self.file(image_id)
+        try:
+            with open(path, "rb", buffering=0) as file:
+                data = file.readall()
+        except FileNotFoundError:
+            raise MissingStoreError(f"{path} is missing (image {image_id}): the store was replaced since this handle "
+                                    "opened it (open it again) or the file was deleted") from None
+        if image_crc(data, int(self.labels[image_id])) != self.crcs[image_id]:
+            raise CorruptStoreError(f"{path}: image {image_id} fails its checksum (bit rot or a damaged copy)")
+        return data
+
+
+def _parse_labels(path: Path, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, crcs) from ``path``, which must hold exactly ``count`` well-formed rows."""
+    try:
+        data = path.read_bytes()
+        if not data.startswith(LABELS_HEADER) or not data.endswith(b"\n"):
+            raise ValueError(f"it does not start with {LABELS_HEADER!r} or is cut short")
+        body = data[len(LABELS_HEADER):].decode("ascii")
+        if body.count("\n") != count or body.count(",") != 2 * count:
+            raise ValueError(f"it does not hold {count} rows of three fields, as meta.json says")
+        rows = np.array(body.replace(",", " ").split(), dtype=np.int64).reshape(count, 3)
+        if not np.array_equal(rows[:, 0], np.arange(count)) or rows[:, 2].min() < 0 or rows[:, 2].max() > 0xFFFFFFFF:
+            raise ValueError(f"image ids are not 0..{count - 1} in order or a crc32 is out of range")
+    except FileNotFoundError:
+        raise
+    except (IsADirectoryError, NotADirectoryError, ValueError, OverflowError) as error:
+        raise CorruptStoreError(f"{path} is not a disk store's labels file ({type(error).__name__}: {error})") from None
+    return rows[:, 1].copy(), rows[:, 2].astype(np.uint32)

@@ -1,0 +1,105 @@
+"""npy-files: one ``.npy`` file per image plus a labels file: the "many small files" baseline (like
+``disk`` without PNG encoding).
+
+Layout (see checkpointed.py for the metadata file, the journal and how writes commit):
+``DIR/npy-files.json`` names ``DIR/ckpt-<token>/`` holding ``<id>.npy`` per image (the store's dtype and image shape,
+exactly what ``np.save`` writes), ``labels.npy`` (little-endian int64, (N,)) and, with
+``checksum=True``, ``checksums.npy`` (uint64, xxh3_64 of each image seeded with its label).
+``DIR/npy-files.journal`` holds single-image writes (raw pixels, CRC-checked), so that replacing
+one image and its label is one atomic append, not a file write plus an O(N) labels rewrite.
+
+Reads: one ``open`` + ``readv`` + ``close`` per image, straight into the caller's array; the
+header must be byte for byte the one this package writes and the file exactly header + pixels
+long, else CorruptStoreError naming the file. Labels are read once, at open. Image files are
+opened when read, so a reader's snapshot expires once a later commit removes its folder: its reads
+then raise MissingStoreError ("open it again"), never other data.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from storage_impls.core.checkpointed import COPY_BLOCK_BYTES, Checkpoint, CheckpointedStore, Source
+from storage_impls.core.codecs import Codec
+from storage_impls.core.errors import CorruptStoreError
+from storage_impls.core.records import image_checksums, verify_checksums
+from storage_impls.formats.npy import check_array, header, load, parse_header, save, write_file
+
+LABELS, CHECKSUMS = "labels.npy", "checksums.npy"
+LABEL_DTYPE, CHECKSUM_DTYPE = np.dtype("<i8"), np.dtype("<u8")
+
+
+class FilesCheckpoint(Checkpoint):
+    """A folder of per-image ``.npy`` files; labels and checksums in memory."""
+
+    def __init__(self, folder: Path, meta: dict) -> None:
+        super().__init__(folder, meta)
+        self.labels = load(folder / LABELS, LABEL_DTYPE, (self.count,)).astype(np.int64)
+        self.sums = load(folder / CHECKSUMS, CHECKSUM_DTYPE, (self.count,)) if self.checksum else None
+        self.header = header(self.dtype, self.shape)
+        self._head = bytearray(len(self.header))
+        self._tail = bytearray(1)  # a byte past the pixels must not exist
+
+    def _read_file(self, image_id: int, target: np.ndarray) -> None:
+        path = self.folder / f"{image_id}.npy"
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            read = os.readv(fd, [self._head, target, self._tail])
+        finally:
+            os.close(fd)
+        if read != len(self.header) + self.row or self._head != self.header:
+            raise self._bad_file(path, read)
+
+    def _bad_file(self, path: Path, read: int) -> CorruptStoreError:
+        """Say what is wrong with an image file that is not what this store writes."""
+        with open(path, "rb") as file:
+            found_shape, found_dtype, offset = parse_header(file, path)
+        check_array(path, (found_shape, found_dtype), self.dtype, self.shape)
+        return CorruptStoreError(f"{path} is {os.stat(path).st_size} bytes with a {offset}-byte header, expected exactly "
+                                 f"{len(self.header) + self.row} with this package's {len(self.header)}-byte header")
+
+    def read_rows(self, start: int, out: np.ndarray, labels: np.ndarray) -> None:
+        for position, target in enumerate(out):
+            self._read_file(start + position, target)
+        labels[:] = self.labels[start:start + len(out)]
+        self._verify(np.arange(start, start + len(out)), out, labels)
+
+    def take(self, ids: np.ndarray, out: np.ndarray, labels: np.ndarray) -> None:
+        for image_id, target in zip(ids.tolist(), out):
+            self._read_file(image_id, target)
+        labels[:] = self.labels[ids]
+        self._verify(ids, out, labels)
+
+    def _verify(self, ids: np.ndarray, images: np.ndarray, labels: np.ndarray) -> None:
+        if self.sums is not None:
+            verify_checksums(ids, images, labels, self.sums[ids], self.folder)
+
+
+class NpyFilesStore(CheckpointedStore):
+    """One ``.npy`` file per image plus ``labels.npy``, and a journal."""
+
+    method = "npy-files"
+    POINTER, JOURNAL, FORMAT = "npy-files.json", "npy-files.journal", "storage_impls.npy_files"
+
+    def _write_checkpoint(self, folder: Path, dtype: np.dtype, shape: tuple[int, ...], count: int, source: Source,
+                          checksum: bool, codec: Codec) -> dict:
+        head = header(dtype, shape)
+        labels = np.empty(count, LABEL_DTYPE)
+        sums = np.empty(count, CHECKSUM_DTYPE) if checksum else None
+        step = max(1, COPY_BLOCK_BYTES // (int(np.prod(shape)) * dtype.itemsize))
+        for start in range(0, count, step):
+            images, block_labels = source(start, min(count, start + step))
+            for image_id, image in enumerate(images, start):
+                write_file(folder / f"{image_id}.npy", [head, image], durable=self.durable)
+            labels[start:start + len(images)] = block_labels
+            if sums is not None:
+                sums[start:start + len(images)] = image_checksums(images, block_labels)
+        save(folder / LABELS, labels, durable=self.durable)
+        if sums is not None:
+            save(folder / CHECKSUMS, sums, durable=self.durable)
+        return {}
+
+    def _open_checkpoint(self, folder: Path, meta: dict) -> Checkpoint:
+        return FilesCheckpoint(folder, meta)

@@ -1,0 +1,201 @@
+"""RocksDB plumbing for storage_impls.methods.rocksdb.store: the store's settings and metadata, the rocksdict options
+they make, RocksDB's errors as this package's typed errors, and the bulk write of a new database.
+
+Settings (recorded in ``rocksdb.json``, so a later open uses them): ``compression`` of data blocks
+(``none``, ``lz4``, ``zstd``), ``bloom_bits`` (bits per key of a full bloom filter, 0 = none) and
+``block_cache`` (bytes of RocksDB's LRU block cache of a reading handle, 0 = none: partial caching).
+Databases are opened in raw mode (bytes keys and values, no pickle), with the block-based table
+format's default 4 KiB blocks and per-block CRC checks on every read (``verify_checksums``).
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import rocksdict
+
+from storage_impls.core.codecs import Codec, get_codec
+from storage_impls.core.errors import CorruptStoreError, MissingStoreError, StoreError, is_no_space, no_space_error
+from storage_impls.core.options import byte_size, choice, integer
+from storage_impls.core.records import KEY, ValueLayout, check_image_fields, read_meta
+
+META, FORMAT, FORMAT_VERSION = "rocksdb.json", "storage_impls.rocksdb", 1
+DB_DIR = "db-{token}"
+DB_NAME = re.compile(r"db-[0-9a-f]{32}")
+INGEST_DIR = "ingest"  # inside a database being written: the SST files before they are ingested
+SST_BYTES = 64 << 20  # values per SST file written by store_many (RocksDB's target file size)
+STAGING_BYTES = 8 << 20  # values assembled at a time
+L0_COMPACT_FILES = 16  # a store_single session that leaves this many level-0 files compacts them
+KEEP_INFO_LOGS = 1
+CONFIG = "rocksdict-config.json"  # rocksdict's own file, which it rewrites at every open (never read here)
+
+OPTIONS = {"compression": choice("none", "lz4", "zstd"), "bloom_bits": integer(0, 64), "block_cache": byte_size()}
+DEFAULTS = {"compression": "none", "bloom_bits": 10, "block_cache": 32 << 20}
+COMPRESSION = {"none": rocksdict.DBCompressionType.none, "lz4": rocksdict.DBCompressionType.lz4,
+               "zstd": rocksdict.DBCompressionType.zstd}
+
+
+def db_options(settings: dict, *, read_only: bool) -> rocksdict.Options:
+    """rocksdict options (raw mode) for a database of ``settings``: a reader opens every SST file at
+    open (so a later commit that removes them cannot take them away) and gets the block cache;
+    a writer session compacts explicitly (L0_COMPACT_FILES) and never stalls."""
+    options = rocksdict.Options(raw_mode=True)
+    table = rocksdict.BlockBasedOptions()
+    if settings["bloom_bits"]:
+        table.set_bloom_filter(settings["bloom_bits"], False)  # a full (not block-based) filter per SST file
+    if read_only and settings["block_cache"]:
+        table.set_block_cache(rocksdict.Cache(settings["block_cache"]))
+    else:
+        table.disable_cache()
+    options.set_block_based_table_factory(table)
+    options.set_compression_type(COMPRESSION[settings["compression"]]())
+    options.set_keep_log_file_num(KEEP_INFO_LOGS)
+    options.set_skip_stats_update_on_db_open(True)
+    options.set_max_open_files(-1)
+    if not read_only:
+        options.create_if_missing(True)
+        options.set_disable_auto_compactions(True)
+        options.set_level_zero_slowdown_writes_trigger(1 << 20)
+        options.set_level_zero_stop_writes_trigger(1 << 20)
+    return options
+
+
+def open_db(folder: Path, settings: dict, *, read_only: bool) -> rocksdict.Rdict:
+    """The database in ``folder``: read-only (no lock; RocksDB writes nothing) or a writer's session.
+
+    rocksdict (re)writes its ``rocksdict-config.json`` beside the database at every open, read-only
+    included, and fails in a folder the reader cannot write: there, a reader opens through a private
+    folder of symbolic links to the database's files (removed once open: a read-only instance has
+    read its logs and opened every SST file by then)."""
+    options = db_options(settings, read_only=read_only)
+    if not read_only:
+        return rocksdict.Rdict(str(folder), options, access_type=rocksdict.AccessType.read_write())
+    try:
+        return rocksdict.Rdict(str(folder), options, access_type=rocksdict.AccessType.read_only())
+    except PermissionError:
+        links = Path(tempfile.mkdtemp(prefix="rocksdb-reader-"))
+        try:
+            for name in os.listdir(folder):
+                if name != CONFIG:
+                    (links / name).symlink_to(folder / name)
+            return rocksdict.Rdict(str(links), options, access_type=rocksdict.AccessType.read_only())
+        finally:
+            shutil.rmtree(links, ignore_errors=True)
+
+
+def close_db(db: rocksdict.Rdict | None) -> None:
+    """Close ``db`` (a writer's session flushes its memtable); errors are the caller's to have seen already."""
+    if db is not None:
+        try:
+            db.close()
+        except Exception:  # noqa: BLE001 - rocksdict raises bare Exception; a read-only db refuses to flush
+            pass
+
+
+def is_rocks_error(error: BaseException) -> bool:
+    """rocksdict raises bare ``Exception`` (and DbClosedError) for RocksDB's statuses."""
+    return type(error) is Exception or isinstance(error, rocksdict.DbClosedError)
+
+
+def typed_error(directory: Path, error: BaseException, doing: str) -> Exception:
+    """This package's error for a RocksDB status met while ``doing`` something with the store in ``directory``."""
+    if isinstance(error, StoreError):
+        return error
+    text = str(error)
+    if "No space left" in text or "ENOSPC" in text or (isinstance(error, OSError) and is_no_space(error)):
+        return no_space_error(directory, error if isinstance(error, OSError) else OSError(28, text))
+    if "No such file" in text:
+        return MissingStoreError(f"rocksdb store {directory}: a file is missing {doing} ({text})")
+    return CorruptStoreError(f"rocksdb store {directory} is damaged: RocksDB failed {doing} ({text})")
+
+
+def load_meta(path: Path) -> dict | None:
+    """The store's metadata (None if there is none), checked field by field; CorruptStoreError if damaged."""
+    meta = read_meta(path, FORMAT)
+    if meta is None:
+        return None
+    try:
+        check_image_fields(meta, FORMAT_VERSION)
+        if "codec" in meta and get_codec(meta["codec"]).spec != meta["codec"]:
+            raise ValueError(f"codec {meta['codec']!r}")
+        for name, option in OPTIONS.items():
+            if option.parse(meta[name]) != meta[name]:
+                raise ValueError(f"{name}={meta[name]!r}")
+        if not DB_NAME.fullmatch(DB_DIR.format(token=meta["token"])) or type(meta["checksum"]) is not bool \
+                or not all(type(meta[name]) is int and meta[name] >= 0 for name in ("count", "sequence")):
+            raise ValueError("a field is out of range")
+    except (KeyError, TypeError, ValueError) as error:
+        raise CorruptStoreError(f"{path}: not a rocksdb store's metadata ({error})") from None
+    return meta
+
+
+def write_new_db(folder: Path, settings: dict, layout: ValueLayout, images: np.ndarray, labels: np.ndarray,
+                 codec: Codec) -> int:
+    """Write ``images``/``labels`` as ids 0..N-1 into a new database in ``folder`` (exists, empty): sorted SST
+    files of about SST_BYTES written with SstFileWriter, then ingested (moved) into the database: no WAL, no
+    memtable. ``codec`` encodes the images of an encoded layout. Return the database's sequence number."""
+    staging = folder / INGEST_DIR
+    staging.mkdir()
+    options = db_options(settings, read_only=False)
+    keys = np.arange(len(images), dtype=">u8").tobytes()
+    paths, writer, written = [], None, 0
+    for image_id, value in enumerate(_values(layout, images, labels, codec)):
+        if writer is None or written >= SST_BYTES:
+            if writer is not None:
+                writer.finish()
+            paths.append(str(staging / f"{len(paths):06d}.sst"))
+            writer, written = rocksdict.SstFileWriter(options=options), 0
+            writer.open(paths[-1])
+        writer[keys[image_id * KEY.size:(image_id + 1) * KEY.size]] = value
+        written += len(value)
+    writer.finish()
+    db = open_db(folder, settings, read_only=False)
+    try:
+        ingest = rocksdict.IngestExternalFileOptions()
+        ingest.set_move_files(True)
+        db.ingest_external_file(paths, ingest)
+        sequence = db.latest_sequence_number()
+    finally:
+        close_db(db)
+    shutil.rmtree(staging)
+    return sequence
+
+
+def _values(layout: ValueLayout, images: np.ndarray, labels: np.ndarray, codec: Codec) -> Iterator[bytes]:
+    """The value of each image in id order: encoded one by one, or raw pixels assembled STAGING_BYTES at a time."""
+    count = len(images)
+    if layout.encoded:
+        for image_id, image in enumerate(images):
+            yield layout.encoded_value(image_id, int(labels[image_id]), codec.encode(image))
+        return
+    size, pixels = layout.size, images.reshape(count, -1)
+    block = max(1, min(count, STAGING_BYTES // size))
+    buffer = np.empty((block, size), np.uint8)
+    for first in range(0, count, block):
+        last = min(count, first + block)
+        layout.fill_block(buffer[:last - first], first, labels[first:last], pixels[first:last])
+        data = buffer[:last - first].tobytes()
+        for row in range(last - first):
+            yield data[row * size:(row + 1) * size]
+
+
+def fingerprint(directory: Path) -> tuple:
+    """What a writer changes in ``directory`` (names, inodes, sizes, times of the top level and of every
+    database folder): equal before and after a failed open means the failure is the store's, not a race."""
+    seen = []
+    for root in [directory, *(path for path in directory.glob("db-*") if path.is_dir())]:
+        try:
+            with os.scandir(root) as entries:
+                for entry in entries:
+                    if entry.name == CONFIG:  # rewritten by every reader's open
+                        continue
+                    info = entry.stat(follow_symlinks=False)
+                    seen.append((root.name, entry.name, info.st_ino, info.st_size, info.st_mtime_ns))
+        except FileNotFoundError:
+            seen.append((root.name, None))
+    return tuple(sorted(seen, key=repr))
