@@ -1,4 +1,4 @@
-"""Store and read many uint8 images with labels, one interchangeable class per storage method.
+"""Store and read many images (any numeric dtype, 2- or 3-D) with labels, one interchangeable class per storage method.
 
 >>> from storage_impls import open_store
 >>> with open_store("hdf5", "/tmp/images") as store:

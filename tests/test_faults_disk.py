@@ -100,7 +100,7 @@ def test_compaction_links_unchanged_pngs_into_a_new_generation(tmp_path, monkeyp
         assert check_consistent(store) == 12
 
 
-# -- finding 6: a handle never acts on a store it did not read ---------------------------------------
+# -- a handle never acts on a store it did not read ---------------------------------------
 def test_handle_catches_up_with_other_writers_before_writing(tmp_path):
     directory = tmp_path / "store"
     first, second = open_store("disk", directory), open_store("disk", directory)
@@ -119,7 +119,7 @@ def test_handle_catches_up_with_other_writers_before_writing(tmp_path):
     second.close()
 
 
-# -- finding 10: what a store accepted it reads back; planted PNGs never read as images -----------------
+# -- what a store accepted it reads back; planted PNGs never read as images -----------------
 @pytest.mark.parametrize("side", [12, 20], ids=["over-the-warning-limit", "over-the-error-limit"])
 def test_images_over_pillows_decompression_bomb_limit_read_back(tmp_path, monkeypatch, side):
     """Pillow's limit scaled down to 100 pixels (the real one is ~179 M): 12x12 images would warn, 20x20 fail."""
@@ -173,7 +173,7 @@ def test_planted_pngs_of_another_size_or_mode_are_corrupt(tmp_path):
         assert f"image {image_id}" in outcome and f"{image_id}.png" in outcome, (case, outcome)
 
 
-# -- finding 11: damaged metadata names the file ------------------------------------------------------
+# -- damaged metadata names the file ------------------------------------------------------
 DAMAGED_METADATA = {
     "meta-directory": ("meta.json", None), "meta-not-utf8": ("meta.json", b'{"format": "\xff\xfe"}'),
     "meta-list": ("meta.json", b"[1, 2]"), "meta-types": ("meta.json", b'{"format": "storage_impls.disk", "format_version": 2, "image_shape": "8x8", "count": "10"}'),
@@ -230,7 +230,7 @@ def test_single_bit_flips_never_read_as_other_data(tmp_path):
     assert not bad, f"{len(bad)} of {len(cases)} damaged stores misbehaved: {bad[:10]}"
 
 
-# -- finding 7: kills; temporaries -------------------------------------------------------------------
+# -- kills; temporaries -------------------------------------------------------------------
 def test_kill_during_compactions_never_mixes(tmp_path):
     """Every store_single folds the journal into a new generation: kills land in the middle of compactions."""
     directory = tmp_path / "store"
@@ -288,7 +288,7 @@ def test_reader_of_a_replaced_generation_is_told_to_open_again(tmp_path):
                 reader.read_batch([1])
 
 
-# -- finding 4 for disk: a full disk during store_many, compactions and a fresh store's first write -------
+# -- a full disk during store_many, compactions and a fresh store's first write -------
 def test_full_disk_during_compactions_keeps_the_store(tmp_path):
     reason = small_fs_unavailable()
     if reason:

@@ -74,7 +74,7 @@ def flip_bit(path: Path, offset: int, bit: int = 0) -> None:
     path.write_bytes(bytes(data))
 
 
-# -- finding 4: a full disk --------------------------------------------------------------------
+# -- a full disk --------------------------------------------------------------------
 @pytest.mark.parametrize(("method", "reserve"), [("hdf5", "default"), ("hdf5", "none"), (LZF, "default")])
 def test_full_disk_while_hdf5_writes_metadata_or_data(tmp_path, method, reserve):
     """store_many, a compaction and a fresh store's first store_single on a disk left with 0 to 40 KiB:
@@ -133,7 +133,7 @@ def test_full_disk_while_hdf5_writes_metadata_or_data(tmp_path, method, reserve)
     assert json.loads(result.stdout)[0]["fresh"] != "fit"
 
 
-# -- finding 5: readers during commits; handles catch up before writing ---------------------------
+# -- readers during commits; handles catch up before writing ---------------------------
 def test_reader_holding_images_h5_never_fails_a_commit(tmp_path):
     """A process holding images.h5 open with h5py (HDF5's shared lock) and a store handle: every
     store_many and store_single succeeds, the reader keeps its snapshot, a new handle sees the writes."""
@@ -205,7 +205,7 @@ def test_reader_keeps_its_snapshot_through_commits(tmp_path):
         reader.close()
 
 
-# -- finding 1 for HDF5: damaged files -----------------------------------------------------------
+# -- damaged files -----------------------------------------------------------
 @pytest.mark.parametrize(("method", "checksum"), [("hdf5", False), ("hdf5", True), ("hdf5:codec=png", False), (LZF, False),
                                                   (LZF, True)])
 def test_damaged_metadata_and_journal_never_read_as_other_data(tmp_path, method, checksum):
@@ -264,7 +264,7 @@ def test_damaged_store_opens_for_repair(tmp_path, damage):
         assert check_consistent(store) == 6
 
 
-# -- finding 13: checksums -----------------------------------------------------------------------
+# -- checksums -----------------------------------------------------------------------
 def test_checksum_catches_a_flipped_bit_with_the_image_id(tmp_path):
     directory = tmp_path / "store"
     with open_store("hdf5", directory, checksum=True) as store:

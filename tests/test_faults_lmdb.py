@@ -72,7 +72,7 @@ def every_read_raises(store, image_id: int, match: str) -> None:
             read()
 
 
-# -- finding 1: a truncated or damaged data.mdb ------------------------------------------------------
+# -- a truncated or damaged data.mdb ------------------------------------------------------
 def test_truncated_data_mdb_names_the_file_and_sizes(tmp_path):
     """data.mdb cut to 0 bytes, one page, half, all but one page: CorruptStoreError naming the file,
     the size found and the size expected, never SIGBUS (in a child); mode "a" opens and store_many repairs."""
@@ -243,7 +243,7 @@ def test_py_lmdb_errors_become_typed_errors(tmp_path, monkeypatch, error):
         assert check_consistent(store) == 6
 
 
-# -- finding 2: two handles in one process, read-only files -----------------------------------------
+# -- two handles in one process, read-only files -----------------------------------------
 def test_reader_opened_before_a_writer_shares_its_environment(tmp_path):
     """A reader first, then a writer, then a second reader on one store in one process: one LMDB environment,
     each handle its own snapshot; closing any one leaves the others working; the last close closes it."""
@@ -296,7 +296,7 @@ def test_read_only_store_opens_readonly_and_lockless_where_needed(tmp_path, lock
     assert sorted(path.name for path in directory.iterdir()) == names
 
 
-# -- finding 3: a full disk --------------------------------------------------------------------------
+# -- a full disk --------------------------------------------------------------------------
 def test_full_disk_leaves_data_mdb_as_it_was(tmp_path):
     """store_many and store_single on a disk left with 0 to 256 KiB: NoSpaceError (ENOSPC) naming the
     store, the store reads back as before, data.mdb not grown; a fresh store's first store_many too."""
@@ -367,7 +367,7 @@ def test_full_disk_leaves_data_mdb_as_it_was(tmp_path):
         assert outcome["leftovers"] == [], outcome
 
 
-# -- finding 12: store_many of a huge image ------------------------------------------------------------
+# -- store_many of a huge image ------------------------------------------------------------
 def test_huge_image_costs_at_most_one_extra_copy_in_memory(tmp_path):
     """store_many and store_single of one 300 MB image (10000 x 10000 x 3): the peak resident memory
     (VmHWM) grows by less than 1.5x the image above what the process held with the image in memory
@@ -415,7 +415,7 @@ def test_huge_image_costs_at_most_one_extra_copy_in_memory(tmp_path):
     assert growth["store_single"] < 1.5 * image, f"store_single grew the peak by {growth['store_single'] / image:.2f}x the image"
 
 
-# -- finding 13: checksums -------------------------------------------------------------------------
+# -- checksums -------------------------------------------------------------------------
 def test_checksum_catches_a_flipped_bit_with_the_image_id(tmp_path):
     """checksum=True: a flipped pixel bit (id 7), a flipped label sign bit (id 12), and two values swapped
     between ids (3 and 4) raise CorruptStoreError naming the id, for every later handle whatever it passes."""

@@ -1,4 +1,4 @@
-"""The shape shared by the numpy methods: an immutable *checkpoint* (a folder of files written by
+"""The shape shared by the checkpointed methods (npy-files, npz, npy-memmap, webdataset, parquet, zarr): an immutable *checkpoint* (a folder of files written by
 ``store_many``) named by a metadata file, plus a write-ahead journal (journal.py) of single-image writes.
 
 Layout: ``DIR/<POINTER>`` (records.py metadata: format, version, ``token``, ``dtype``, ``image_shape``,
