@@ -1,5 +1,6 @@
-"""The shape shared by the checkpointed methods (npy-files, npz, npy-memmap, webdataset, parquet, zarr): an immutable *checkpoint* (a folder of files written by
-``store_many``) named by a metadata file, plus a write-ahead journal (journal.py) of single-image writes.
+"""The shape shared by the checkpointed methods (npy-files, npz, npy-memmap, webdataset, parquet, zarr): an
+immutable *checkpoint* (a folder of files written by ``store_many``) named by a metadata file, plus a
+write-ahead journal (journal.py) of single-image writes.
 
 Layout: ``DIR/<POINTER>`` (records.py metadata: format, version, ``token``, ``dtype``, ``image_shape``,
 ``count``, ``checksum``, and what the method adds) names the live checkpoint folder ``DIR/ckpt-<token>/``;
