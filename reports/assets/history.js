@@ -34,6 +34,7 @@
     if (!groups.has(name)) groups.set(name, { operation: cell.operation, method: cell.method, cells: [] });
     groups.get(name).cells.push(cell);
   }
+  const ordered = [...groups.values()].sort((a, b) => (a.operation === "floor") - (b.operation === "floor"));
   const size = (cell) => String(cell.n_images);
   function fill(select, values) {
     for (const value of [...new Set(values)].sort((a, b) => a.localeCompare(b, undefined, { numeric: true }))) {
@@ -82,7 +83,8 @@
     const axis = el("g", { class: "axis" }, svg);
     el("line", { x1: M.l, x2: W - M.r, y1: H - M.b, y2: H - M.b, stroke: "#888" }, axis);
     commits.forEach((commit, i) => {
-      if (i % every === 0 || i === commits.length - 1) el("text", { x: x(i), y: H - M.b + 16, "text-anchor": "middle" }, axis, commit.short);
+      const last = i === commits.length - 1 && i % every >= every / 2;
+      if (i % every === 0 || last) el("text", { x: x(i), y: H - M.b + 16, "text-anchor": "middle" }, axis, commit.short);
     });
     el("text", { x: (M.l + W - M.r) / 2, y: H - 6, "text-anchor": "middle" }, axis, "commit (oldest → newest)");
     el("text", { x: 14, y: (H - M.b + M.t) / 2, "text-anchor": "middle", transform: `rotate(-90 14 ${(H - M.b + M.t) / 2})` }, axis,
@@ -133,7 +135,7 @@
     const holder = $("charts");
     holder.innerHTML = "";
     let shown = 0, lines = 0;
-    for (const group of groups.values()) {
+    for (const group of ordered) {
       if ((state.method && group.method !== state.method) || (state.operation && group.operation !== state.operation)) continue;
       const cells = group.cells.filter((cell) => (!state.size || size(cell) === state.size) && cell.series[state.mode].length);
       if (!cells.length) continue;
