@@ -83,7 +83,7 @@
     const axis = el("g", { class: "axis" }, svg);
     el("line", { x1: M.l, x2: W - M.r, y1: H - M.b, y2: H - M.b, stroke: "#888" }, axis);
     commits.forEach((commit, i) => {
-      const last = i === commits.length - 1 && i % every >= every / 2;
+      const last = i === commits.length - 1 && i % every >= every * 0.8;
       if (i % every === 0 || last) el("text", { x: x(i), y: H - M.b + 16, "text-anchor": "middle" }, axis, commit.short);
     });
     el("text", { x: (M.l + W - M.r) / 2, y: H - 6, "text-anchor": "middle" }, axis, "commit (oldest → newest)");
@@ -142,7 +142,7 @@
       holder.appendChild(chart(group, cells, state));
       shown += 1; lines += cells.length;
     }
-    $("summary").textContent = shown ? `${shown} charts, ${lines} cells` : "";
+    $("summary").textContent = shown ? `${shown} chart${shown > 1 ? "s" : ""}, ${lines} cell${lines > 1 ? "s" : ""}` : "";
     if (!shown) {
       const empty = document.createElement("p");
       empty.className = "empty";
