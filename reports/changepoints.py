@@ -43,7 +43,8 @@ class Step:
 
 
 def _split_statistic(values: np.ndarray) -> np.ndarray:
-    """Per row, the largest |mean(left) - mean(right)| * sqrt(j (m - j) / m) over splits j with MIN_SEGMENT each side."""
+    """Per row, the largest |mean(left) - mean(right)| * sqrt(j (m - j) / m) over the splits j that leave
+    MIN_SEGMENT values on each side."""
     m = values.shape[1]
     j = np.arange(MIN_SEGMENT, m - MIN_SEGMENT + 1)
     sums = np.cumsum(values, axis=1)
@@ -105,7 +106,7 @@ def series_steps(series: CellSeries, mode: str, *, alpha: float, threshold: floa
     return steps
 
 
-def find_steps(history: History, *, alpha: float = 0.05, threshold: float = 0.05, permutations: int = 999,
+def find_steps(history: History, *, alpha: float = 0.01, threshold: float = 0.05, permutations: int = 999,
                seed: int = 0) -> dict[str, dict[CellKey, list[Step]]]:
     """Per mode, per cell with at least one step, its steps; each cell's permutations come from the seed and its
     label, so the answer for a cell does not depend on the other cells."""

@@ -77,7 +77,8 @@ def group_commits(runs: Sequence[Run]) -> tuple[Commit, ...]:
     for run in sorted(runs, key=lambda run: (run.started, str(run.path))):
         commit_id = str(run.commit_info.get("id") or f"unknown:{run.path}")
         groups.setdefault((commit_id, bool(run.commit_info.get("dirty"))), []).append(run)
-    commits = [Commit(commit_id, _commit_time(group), dirty, tuple(group)) for (commit_id, dirty), group in groups.items()]
+    commits = [Commit(commit_id, _commit_time(group), dirty, tuple(group))
+               for (commit_id, dirty), group in groups.items()]
     return tuple(sorted(commits, key=lambda commit: (commit.time, commit.runs[0].started)))
 
 
@@ -110,7 +111,7 @@ def build_history(runs: Sequence[Run]) -> History:
                         {mode: tuple(_point(index, found) for index, found in sorted(values[key][mode].items()))
                          for mode in MODES})
              for key, cell in first.items()]
-    cells.sort(key=lambda series: (series.operation, series.method, series.image_shape, series.n_images, series.variant))
+    cells.sort(key=lambda cell: (cell.operation, cell.method, cell.image_shape, cell.n_images, cell.variant))
     return History(commits, tuple(cells))
 
 
@@ -122,15 +123,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("inputs", nargs="+", metavar="RUN",
                         help="pytest-benchmark JSON file, directory (all *.json in it), glob, or run id such as 0003")
-    parser.add_argument("--out", type=Path, default=Path("reports/history"), help="folder to write into (default: %(default)s)")
-    parser.add_argument("--alpha", type=float, default=0.05,
-                        help="significance level of each split's permutation test (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=Path("reports/history"),
+                        help="folder to write into (default: %(default)s)")
+    parser.add_argument("--alpha", type=float, default=0.01,
+                        help="significance level of each split's permutation test; the step's CI is at 1 - alpha "
+                             "(default: %(default)s, at most 1 false step per 100 cell-histories, docs/ci.md)")
     parser.add_argument("--threshold", type=float, default=0.05,
                         help="smallest step reported, as a fraction (default: %(default)s = 5%%, as compare's)")
     parser.add_argument("--normalise", choices=("none", "floor"), default="none",
                         help="steps listed in history.md and the page's first view: raw times or times over floors")
     parser.add_argument("--permutations", type=int, default=999, help="permutations per test (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the permutations; same inputs and seed, same output")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the permutations; same inputs and seed, same output")
     parser.add_argument("--benchmarks-dir", type=Path, default=Path(".benchmarks"),
                         help="where run ids are looked up (default: %(default)s)")
     return parser

@@ -34,13 +34,15 @@ def _step_groups(history: History, steps: Mapping[CellKey, list[Step]]) -> list[
             for index in sorted(by_commit, reverse=True)]
 
 
-def to_json(history: History, steps: Mapping[str, Mapping[CellKey, list[Step]]], settings: Mapping[str, Any]) -> dict[str, Any]:
+def to_json(history: History, steps: Mapping[str, Mapping[CellKey, list[Step]]],
+            settings: Mapping[str, Any]) -> dict[str, Any]:
     """The whole history as plain JSON values."""
     return {
         "schema": SCHEMA,
         "settings": {**{name: settings[name] for name in SETTINGS}, "min_segment": MIN_SEGMENT},
         "commits": [{"id": commit.id, "short": commit.short, "time": commit.time.isoformat(), "dirty": commit.dirty,
-                     "runs": [{"path": str(run.path), "datetime": run.datetime, "label": run.label} for run in commit.runs]}
+                     "runs": [{"path": str(run.path), "datetime": run.datetime, "label": run.label}
+                              for run in commit.runs]}
                     for commit in history.commits],
         "cells": [{"id": cell.label, "operation": cell.operation, "method": cell.method, "n_images": cell.n_images,
                    "image_shape": list(cell.image_shape), "variant": cell.variant,
@@ -79,7 +81,8 @@ def markdown(document: Mapping[str, Any], mode: str) -> str:
              f"{len(commits)} commits ({commits[0]['short']} .. {commits[-1]['short']}), {runs} runs, "
              f"{len(document['cells'])} cells. A step is a split of a cell's series (one point per commit: the median "
              f"of its runs) that passed a permutation test at alpha {settings['alpha']:g} with at least "
-             f"{settings['min_segment']} commits on each side, and moved the cell by at least {settings['threshold']:.0%}; "
+             f"{settings['min_segment']} commits on each side, and moved the cell by at least "
+             f"{settings['threshold']:.0%}; "
              f"after / before compares the runs of the segments on either side, with a {1 - settings['alpha']:.0%} "
              "Student t interval (runs as replicates). Charts: history.html.", ""]
     for shown in (mode, *(other for other in MODES if other != mode)):

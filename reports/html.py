@@ -23,11 +23,13 @@ def _asset(name: str) -> str:
 
 def _page(title: str, body: str, script: str) -> str:
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{html.escape(title)}</title>\n'
-            f"<style>\n{_asset('page.css')}</style>\n</head>\n<body>\n{body}\n<script>\n{script}</script>\n</body>\n</html>\n")
+            f"<style>\n{_asset('page.css')}</style>\n</head>\n<body>\n{body}\n"
+            f"<script>\n{script}</script>\n</body>\n</html>\n")
 
 
 def _select(name: str, label: str, options: Mapping[str, str]) -> str:
-    choices = "".join(f'<option value="{html.escape(value)}">{html.escape(text)}</option>' for value, text in options.items())
+    choices = "".join(f'<option value="{html.escape(value)}">{html.escape(text)}</option>'
+                      for value, text in options.items())
     return f'<label>{label} <select id="{name}">{choices}</select></label>'
 
 
@@ -43,7 +45,8 @@ def history_page(document: Mapping[str, Any], mode: str = "raw") -> str:
         _select("size", "images", {"": "all"}), '<span id="summary"></span>',
     ])
     body = (f"<h1>Benchmark history</h1>\n<p>{len(commits)} commits from {html.escape(commits[0]['short'])} to "
-            f"{html.escape(commits[-1]['short'])}; one point per commit (the median of its runs, bars: min–max of the "
+            f"{html.escape(commits[-1]['short'])}; one point per commit (the median of its runs, bars: min–max "
+            "of the "
             "runs); dashed red lines mark the steps found (history.md lists them). Hover a point for its commit.</p>\n"
             f'<div class="controls">{controls}</div>\n<div id="charts"></div>\n<div id="tip"></div>\n'
             f'<script type="application/json" id="history-data">{data}</script>')

@@ -52,7 +52,8 @@ def write_history(directory: Path, *, seed: int = 0, steps: dict[str, tuple[int,
     steps = STEPS if steps is None else steps
     document = json.loads(BASE.read_text(encoding="utf-8"))
     labels = [label(cell.key) for cell in load_run(BASE).cells]
-    suite = [bench for bench in document["benchmarks"] if (bench.get("extra_info") or {}).get("suite") == "image-storage"]
+    suite = [bench for bench in document["benchmarks"]
+             if (bench.get("extra_info") or {}).get("suite") == "image-storage"]
     assert len(suite) == len(labels) and set(steps) <= set(labels), "the base run no longer has the stepped cells"
     rng = np.random.default_rng(seed)
     directory.mkdir(parents=True, exist_ok=True)

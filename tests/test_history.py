@@ -39,21 +39,21 @@ def test_injected_steps_are_found_exactly(written):
     assert len(groups[12]) == 3 and len(groups[21]) == 1  # the cells that moved together
     for cell in (*groups[12], *groups[21]):
         factor = STEPS[cell["cell"]][1]
-        assert cell["ci"][0] < factor < cell["ci"][1] and cell["p_value"] < 0.05
+        assert cell["ci"][0] < factor < cell["ci"][1] and cell["p_value"] < 0.01
         assert cell["after"] / cell["before"] == pytest.approx(cell["ratio"])
 
 
-def test_floor_normalised_steps_are_the_same_cells(written):
-    """Over floors the noise of the floor adds to the cell's: the same cells, at the injected commit or next to it."""
+def test_floor_normalised_steps_are_injected_ones(written):
+    """Over floors the floor's noise adds to the cell's: no other step, at the injected commit or next to it; here
+    the 8 % step of read_random hdf5 (p 0.014 over its floor) stays below the default alpha of 0.01."""
     document = json.loads((written / "history.json").read_text(encoding="utf-8"))
     steps = found(document, "floor")
-    assert set(steps) == set(STEPS)
-    assert all(abs(steps[label] - commit) <= 1 for label, (commit, _) in STEPS.items())
+    assert set(steps) == set(STEPS) - {"read_random hdf5 n=500 32x32x3 b32-w1-warm"}
+    assert all(abs(steps[label] - STEPS[label][0]) <= 1 for label in steps)
 
 
 def test_aa_histories_false_step_rate(tmp_path):
-    """Four A/A histories (docs/ci.md measured 40): raw times within the target of 1 false step per 100
-    cell-histories; over floors, whose own noise adds to the cell's, within the 4 % measured there."""
+    """Four A/A histories (docs/ci.md measured more): within the target of 1 false step per 100 cell-histories."""
     false_steps, cells = {"raw": 0, "floor": 0}, {"raw": 0, "floor": 0}
     for seed in (100, 101, 102, 103):
         history = build_history([load_run(path) for path in write_history(tmp_path / str(seed), seed=seed, steps={})])
@@ -62,7 +62,7 @@ def test_aa_histories_false_step_rate(tmp_path):
             cells[mode] += sum(1 for cell in history.cells if cell.points[mode])
             false_steps[mode] += sum(len(found_steps) for found_steps in steps[mode].values())
     assert false_steps["raw"] <= cells["raw"] / 100, false_steps
-    assert false_steps["floor"] <= cells["floor"] * 4 / 100, false_steps
+    assert false_steps["floor"] <= cells["floor"] / 100, false_steps
 
 
 def test_history_json_schema(written):
@@ -72,7 +72,8 @@ def test_history_json_schema(written):
     commits = document["commits"]
     assert len(commits) == COMMITS and all(len(commit["runs"]) == RUNS for commit in commits)
     assert [commit["time"] for commit in commits] == sorted(commit["time"] for commit in commits)
-    assert set(commits[0]) == {"id", "short", "time", "dirty", "runs"} and set(commits[0]["runs"][0]) == {"path", "datetime", "label"}
+    assert set(commits[0]) == {"id", "short", "time", "dirty", "runs"}
+    assert set(commits[0]["runs"][0]) == {"path", "datetime", "label"}
     for cell in document["cells"]:
         assert set(cell) == {"id", "operation", "method", "n_images", "image_shape", "variant", "series"}
         assert len(cell["series"]["raw"]) == COMMITS and len(cell["series"]["floor"]) in (0, COMMITS)

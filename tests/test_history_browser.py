@@ -97,7 +97,8 @@ def test_history_page(browser, pages, capsys):
 
 def test_report_page(browser, pages):
     page, requests, errors = open_page(browser, pages / "report.html")
-    charts = page.eval_on_selector_all("figure.chart svg", "svgs => svgs.map(s => s.querySelectorAll('path, use').length)")
+    charts = page.eval_on_selector_all("figure.chart svg",
+                                       "svgs => svgs.map(s => s.querySelectorAll('path, use').length)")
     assert charts and all(count > 20 for count in charts), charts  # axes, lines and markers drawn
     assert len(charts) == len(list(pages.glob("*.svg")))
     assert page.locator("table").count() >= 5
