@@ -16,6 +16,7 @@
     return node;
   }
   function seconds(value) {
+    if (value === 0) return "0";
     const units = [["s", 1], ["ms", 1e-3], ["µs", 1e-6], ["ns", 1e-9]];
     const [name, scale] = units.find(([, s]) => value >= s) || units[units.length - 1];
     return (value / scale).toPrecision(3) + " " + name;
@@ -47,13 +48,21 @@
   fill($("operation"), doc.cells.map((cell) => cell.operation));
   fill($("size"), doc.cells.map(size));
 
-  function ticks(lo, hi, log) {
-    const count = 5, out = [];
-    for (let i = 0; i <= count; i++) {
-      const t = lo + ((hi - lo) * i) / count;
-      out.push(log ? Math.pow(10, t) : t);
-    }
+  // round tick values: 1, 2, 5 x 10^k on a log axis spanning enough of them, else steps of 1, 2, 2.5 or 5 x 10^k
+  function linearTicks(lo, hi) {
+    const rough = (hi - lo) / 5, magnitude = Math.pow(10, Math.floor(Math.log10(rough)));
+    const step = [1, 2, 2.5, 5, 10].map((m) => m * magnitude).find((s) => s >= rough);
+    const out = [];
+    for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) out.push(v);
     return out;
+  }
+  function ticks(lo, hi, log) {  // lo, hi on the axis' scale (log10 for a log axis); returns values
+    if (!log) return linearTicks(lo, hi);
+    const out = [];
+    for (let e = Math.floor(lo); e <= Math.ceil(hi); e++) {
+      for (const m of [1, 2, 5]) if (Math.log10(m) + e >= lo && Math.log10(m) + e <= hi) out.push(m * Math.pow(10, e));
+    }
+    return out.length >= 3 ? out : linearTicks(Math.pow(10, lo), Math.pow(10, hi));
   }
 
   function chart(group, cells, state) {
@@ -134,6 +143,7 @@
     const state = { mode: $("mode").value, scale: $("scale").value, method: $("method").value, operation: $("operation").value, size: $("size").value };
     const holder = $("charts");
     holder.innerHTML = "";
+    $("tip").style.display = "none";  // its point may be gone
     let shown = 0, lines = 0;
     for (const group of ordered) {
       if ((state.method && group.method !== state.method) || (state.operation && group.operation !== state.operation)) continue;
