@@ -13,7 +13,7 @@ import statistics
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 from reports.compare_output import label
@@ -83,10 +83,12 @@ def group_commits(runs: Sequence[Run]) -> tuple[Commit, ...]:
 
 
 def _commit_time(runs: Sequence[Run]) -> datetime:
+    """commit_info.time (naive times taken as UTC, as Run.started does), else the first run's start."""
     try:
-        return datetime.fromisoformat(str(runs[0].commit_info["time"]))
+        parsed = datetime.fromisoformat(str(runs[0].commit_info["time"]))
     except (KeyError, ValueError):
         return runs[0].started
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
 def _point(commit: int, values: Sequence[float]) -> Point:

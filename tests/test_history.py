@@ -91,6 +91,20 @@ def test_commits_are_ordered_by_commit_time_not_by_file(tmp_path):
     assert [commit.runs[0].path.name[:4] for commit in commits] == ["0001", "0002", "0003", "0004"]
 
 
+def test_commits_without_time_or_id_still_order(tmp_path):
+    """A naive commit time counts as UTC; a run without commit_info.time goes by its start, one without an id
+    stands alone."""
+    paths = write_history(tmp_path, commits=3, steps={})
+    for path, change in zip(paths[::3], ({"time": "2026-11-01T01:00:00"}, {"time": None}, {"id": None})):
+        document = json.loads(path.read_text(encoding="utf-8"))
+        document["commit_info"].update(change)
+        path.write_text(json.dumps({**document, "commit_info": {k: v for k, v in document["commit_info"].items()
+                                                               if v is not None}}), encoding="utf-8")
+    commits = group_commits([load_run(path) for path in paths])
+    assert [len(commit.runs) for commit in commits] == [3, 3, 1, 2]
+    assert commits[2].id.startswith("unknown:") and commits[2].runs[0].path == paths[6]
+
+
 def test_command_writes_every_file_self_contained(written):
     for name in ("history.json", "history.md", "history.html", "report.md", "report.html"):
         assert (written / name).stat().st_size > 0, name
