@@ -21,8 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import ruptures
 
-from reports.history import MODES, CellSeries, History, Point
-from reports.load import CellKey
+from reports.history import MODES, CellKey, CellSeries, History, Point
 from reports.stats import ratio_between_runs
 
 MIN_SEGMENT = 3  # commits on each side of a split: one or two odd commits are not a step

@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from reports.changepoints import MIN_SEGMENT, Step
-from reports.history import MODES, History
-from reports.load import CellKey
+from reports.history import MODES, CellKey, History
 from reports.markdown import markdown_table
 from reports.shape import format_seconds
 
