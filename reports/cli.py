@@ -1,6 +1,7 @@
 """`python -m reports` / `storage-report`: charts and report.md from pytest-benchmark JSON runs.
 
-`python -m reports compare BASE HEAD` is handed to reports.compare.
+`python -m reports compare BASE HEAD` is handed to reports.compare, `python -m reports history RUNS...` to
+reports.history.
 """
 from __future__ import annotations
 
@@ -40,6 +41,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from reports import compare
 
         return compare.main(argv[1:])
+    if argv[:1] == ["history"]:
+        from reports import history
+
+        return history.main(argv[1:])
     args = build_parser().parse_args(argv)
     # drawing is imported late so that bad input is reported without waiting for matplotlib
     try:
@@ -54,6 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   file=sys.stderr)
     from reports.codecs import codec_section, codec_views, write_codec_charts
     from reports.draw import write_charts
+    from reports.html import report_page
     from reports.markdown import write_report
     from reports.training import training_points, training_section, write_training_charts
 
@@ -65,8 +71,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         codec_charts = write_codec_charts(views, shaped.labels, args.out)
         report = write_report(shaped, charts, args.out, [training_section(points, shaped.labels, training_charts),
                                                          codec_section(views, shaped.labels, codec_charts)])
+        report.with_suffix(".html").write_text(report_page(report), encoding="utf-8")
     except OSError as err:
         print(f"storage-report: error: cannot write to {args.out}: {err.strerror or err}", file=sys.stderr)
         return 2
-    print(f"wrote {report} and {2 * (len(charts) + len(training_charts) + len(codec_charts))} chart files")
+    print(f"wrote {report}, report.html and {2 * (len(charts) + len(training_charts) + len(codec_charts))} chart files")
     return 0

@@ -203,9 +203,9 @@ def test_missing_cells_against_full_grid(tmp_path):
 # --- the command line -----------------------------------------------------------------------
 
 def expected_files(out: Path, floors: bool = False) -> list[Path]:
-    """report.md and every chart; the floor chart only for runs with floor cells."""
+    """report.md, report.html and every chart; the floor chart only for runs with floor cells."""
     names = [name for name in CHARTS if floors or name != "floor_ratio"]
-    return [out / "report.md"] + [out / f"{name}.{ext}" for name in names for ext in ("png", "svg")]
+    return [out / "report.md", out / "report.html"] + [out / f"{name}.{ext}" for name in names for ext in ("png", "svg")]
 
 
 def test_report_of_one_run(tmp_path, capsys):
@@ -224,7 +224,7 @@ def test_report_of_one_run(tmp_path, capsys):
 def test_report_is_deterministic(tmp_path, capsys):
     for out in ("one", "two"):
         assert run_cli([DATA / "run-full.json", "--out", tmp_path / out], capsys)[0] == 0
-    for name in ("disk_usage_stacked.svg", "read_store_loglog.svg", "report.md"):
+    for name in ("disk_usage_stacked.svg", "read_store_loglog.svg", "report.md", "report.html"):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
 
 
