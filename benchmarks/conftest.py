@@ -24,7 +24,7 @@ from benchmarks.floors import FLOOR_TEST, NoFloorError, floor_images, floor_name
 from benchmarks.machine import available_memory, describe_storage, library_versions
 from benchmarks.progress import ANNOUNCE_MIN_IMAGES, SuiteClock, announce, rounds_reporter, say
 from benchmarks.resources import Meter
-from benchmarks.stored import decoded, expected, store_class, store_profiles  # noqa: F401 - fixtures
+from benchmarks.stored import expected, references, store_class, store_profiles  # noqa: F401 - fixtures
 from reports.floors import describe_implausible, floor_checks
 from reports.load import Cell
 from storage_impls import ImageStore, get_store_class
