@@ -369,7 +369,7 @@ def record(benchmark, pytestconfig: pytest.Config, dataset: Dataset, operation: 
         benchmark.extra_info.update(
             suite=SUITE, operation=operation, method=method, n_images=n_images, image_shape=list(shape),
             dtype=str(dataset.images.dtype), raw_bytes=n_images * math.prod(shape) * dataset.images.itemsize,
-            dataset=dataset.name, durable=pytestconfig.getoption("durable"),
+            dataset=dataset.name, durable=pytestconfig.getoption("durable"), launcher="pytest",
             images_per_round=n_images if images_per_round is None else images_per_round,
         )
         params = request.node.callspec.params if hasattr(request.node, "callspec") else {}

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 SUITE = "image-storage"
 OPERATIONS = ("store_single", "store_single_into", "read_single", "store_many", "read_many", "read_random", "floor")
@@ -24,7 +24,27 @@ VARIANT_FIELDS = (("batch_size", "b"), ("workers", "w"), ("cache", ""))  # extra
 DEFAULT_DTYPE = "uint8"  # cells of other dtypes carry theirs in the variant; runs before dtypes recorded none
 REQUIRED_STATS = ("median", "min", "max", "q1", "q3")
 REQUIRED_EXTRA_INFO = ("operation", "method", "n_images", "image_shape")
-CellKey = tuple[str, str, int, tuple[int, ...], str]  # Cell.key
+# what a cell's identity holds besides operation, method, n_images and image_shape, with the value of runs made
+# before the field was recorded: every such run was a non-durable pytest run of the synthetic data; its codec was
+# the method's ``codec=`` option, else png for disk (DEFAULT_CODEC_BEFORE_RECORDED), else raw
+IDENTITY_DEFAULTS: Mapping[str, Any] = MappingProxyType({
+    "dtype": DEFAULT_DTYPE, "dataset": "synthetic", "durable": False, "launcher": "pytest", "codec": None,
+    "cache": None, "batch_size": None, "workers": None})
+DEFAULT_CODEC_BEFORE_RECORDED = {"disk": "png"}
+
+
+class CellKey(NamedTuple):
+    """Cell.key: everything that changes what a cell measures (``cell_identity``), for pairing cells across runs."""
+
+    operation: str
+    method: str
+    n_images: int
+    image_shape: tuple[int, ...]
+    variant: str  # batch size, workers, cache, and the dtype unless uint8 (Cell.variant)
+    codec: str  # "" for floor cells, whose method names their codec
+    dataset: str
+    durable: bool
+    launcher: str  # "pytest" (the suite: in-process, or read_random's worker processes) or "mpi" (benchmarks/mpi.py)
 
 
 class ReportInputError(Exception):
@@ -57,13 +77,43 @@ class Cell:
 
     @property
     def key(self) -> CellKey:
-        """Identity of the cell across runs: (operation, method, n_images, image_shape, variant)."""
-        return (self.operation, self.method, self.n_images, self.image_shape, self.variant)
+        """Identity of the cell across runs, from ``cell_identity``: cells of different keys never compare."""
+        identity = cell_identity(self)
+        return CellKey(self.operation, self.method, self.n_images, self.image_shape, self.variant,
+                       *(identity[field] or "" if field == "codec" else identity[field]
+                         for field in ("codec", "dataset", "durable", "launcher")))
 
     @property
     def raw_bytes(self) -> int:
         """Pixel bytes one round moves (extra_info.raw_bytes, else computed from the shape)."""
         return int(self.extra_info.get("raw_bytes", self.n_images * math.prod(self.image_shape)))
+
+
+def cell_identity(cell: Cell) -> dict[str, Any]:
+    """Everything that changes what a cell measures: operation, method, image count and shape, dtype, dataset, durable,
+    launcher, codec, and for training reads cache, batch size and workers (None where a cell has none). A field a
+    run did not record takes the value runs had before it was recorded (IDENTITY_DEFAULTS). The one place that
+    decides which cells are the same cell: Cell.key, reports compare and reports history use it."""
+    info = cell.extra_info
+    identity = {"operation": cell.operation, "method": cell.method, "n_images": cell.n_images,
+                "image_shape": cell.image_shape}
+    for field, default in IDENTITY_DEFAULTS.items():
+        identity[field] = info.get(field, default)
+    if identity["codec"] is None and not cell.method.startswith("floor-"):
+        name, _, options = cell.method.partition(":")
+        named = dict(option.partition("=")[::2] for option in options.split(",") if "=" in option)
+        identity["codec"] = named.get("codec", DEFAULT_CODEC_BEFORE_RECORDED.get(name.strip(), "raw"))
+    return identity
+
+
+def identity_differences(base: Cell, head: Cell) -> list[str]:
+    """The fields of ``cell_identity`` on which two cells differ, as "durable: False != True"."""
+    ours, theirs = cell_identity(base), cell_identity(head)
+
+    def shown(value: Any) -> str:
+        return "x".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+    return [f"{field}: {shown(ours[field])} != {shown(theirs[field])}" for field in ours if ours[field] != theirs[field]]
 
 
 @dataclass(frozen=True)
