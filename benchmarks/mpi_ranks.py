@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
-import xxhash
 
 from benchmarks import cache as page_cache
 from benchmarks.machine import available_memory
+from benchmarks.mpi_reference import image_hashes
 from benchmarks.workers import EpochPlan
 from storage_impls import ImageStore, MissingStoreError, StoreError
 
@@ -44,6 +44,7 @@ PEER_GRACE_S = 10.0  # ranks other than 0 wait this much longer: one message (ra
 ABORT_DELAY_S = 1.0  # between printing why and MPI_Abort: the launcher may drop output it has not forwarded yet
 SPIN_S = 0.001  # a wait polls without sleeping for this long (the barrier before a timed epoch is about this short)
 MAX_PAUSE_S = 0.01  # then it sleeps between polls: a tenth of the time waited so far, at most this
+CLOCK_PINGS, CLOCK_TAG = 16, 7  # Guard.clock_offset: pings per rank, and their MPI tag
 MEMORY_SHARE = 0.8  # a node's ranks may fill this share of its available memory with buffers and references
 MESSAGE_ERRORS = (OSError, ValueError, ImportError, MemoryError, StoreError)  # their message says it all
 _MIX = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
@@ -103,6 +104,26 @@ class Guard:
 
     def barrier(self, what: str) -> None:
         self._wait(self.comm.Ibarrier(), what)
+
+    def clock_offset(self, what: str, pings: int = CLOCK_PINGS) -> float:
+        """This rank's ``time.perf_counter`` minus rank 0's at the same instant (0 on rank 0), so that every rank's
+        times go on one clock: Cristian's algorithm, rank 0 answering ``pings`` pings of each rank in turn, the ping
+        of the shortest round trip kept (its error is at most half that round trip)."""
+        buffer, best = np.zeros(1), (math.inf, 0.0)
+        for peer in range(1, self.size):
+            for _ in range(pings if self.rank in (0, peer) else 0):
+                if self.rank == 0:
+                    self._wait(self.comm.Irecv(buffer, source=peer, tag=CLOCK_TAG), what)
+                    buffer[0] = time.perf_counter()
+                    self._wait(self.comm.Isend(buffer, dest=peer, tag=CLOCK_TAG), what)
+                    continue
+                sent = time.perf_counter()
+                self._wait(self.comm.Isend(buffer, dest=0, tag=CLOCK_TAG), what)
+                self._wait(self.comm.Irecv(buffer, source=0, tag=CLOCK_TAG), what)
+                back = time.perf_counter()
+                best = min(best, (back - sent, (sent + back) / 2 - float(buffer[0])))
+        self.barrier(what)
+        return best[1]
 
     def allgather(self, value: Any, what: str) -> list[Any]:
         """Every rank's ``value`` (pickled), in rank order, on every rank."""
@@ -189,12 +210,6 @@ class StoreInfo:
         return math.prod(self.image_shape) * np.dtype(self.dtype).itemsize
 
 
-def image_hashes(images: np.ndarray) -> np.ndarray:
-    """xxh3_64 of each image's bytes."""
-    rows = images.reshape(len(images), math.prod(images.shape[1:])).view(np.uint8)
-    return np.fromiter((xxhash.xxh3_64_intdigest(row) for row in rows), np.uint64, count=len(rows))
-
-
 def check_memory(needed: int, what: str) -> None:
     """MemoryError unless ``needed`` bytes fit in this node's share for buffers (MEMORY_SHARE of what is available)."""
     if needed > MEMORY_SHARE * available_memory():
@@ -246,8 +261,9 @@ class RankReader:
         self.seconds = np.zeros(self.plan.n_batches)
         self.reads = np.zeros(self.plan.n_batches, np.int64)
 
-    def read(self) -> tuple[float, float, str | None]:
-        """The timed region: every batch of the share into the buffer. (seconds, first batch in, error)."""
+    def read(self) -> tuple[float, float, float, str | None]:
+        """The timed region: every batch of the share into the buffer. (start, end: this rank's perf_counter; seconds
+        to the first batch; error)."""
         start = time.perf_counter()
         first, error = math.nan, None
         try:
@@ -262,7 +278,7 @@ class RankReader:
                     first = end - start
         except Exception as exc:  # noqa: BLE001  (reported to every rank by the exchange that follows)
             error = describe(exc)
-        return time.perf_counter() - start, first, error
+        return start, time.perf_counter(), first, error
 
     def check(self, hashes: np.ndarray, labels: np.ndarray) -> tuple[int, int, str | None]:
         """Untimed: (ids read, their digest, error if an image or label read differs from the reference)."""

@@ -53,6 +53,8 @@ if kind == "zeros" and MPI.COMM_WORLD.Get_rank() == 1:  # rank 1 gets zeros from
     ImageStore.read_batch = zeros
 elif kind == "same-share":  # every rank reads rank 0's share
     mpi_ranks.share = lambda permutation, rank, ranks: np.ascontiguousarray(permutation[::ranks])
+elif kind == "zero-decodes":  # every JPEG and WebP decode of every rank gives zeros
+    import tests.zeroing_codec  # noqa: F401
 sys.exit(mpi.main())
 """
 
@@ -117,7 +119,10 @@ def test_mpi_two_ranks_read_every_id_once_per_epoch(tmp_path, method):
     assert int(info["ids_digest_expected"], 16) == expected
     for epoch in range(3):  # the warm-up and two measured epochs
         assert sum(int(rank["ids_digests"][epoch], 16) for rank in info["per_rank"]) % 2**64 == expected
-    assert bench["stats"]["data"] == [max(epoch) for epoch in zip(*(rank["epoch_s"] for rank in info["per_rank"]), strict=True)]
+    slowest = [max(epoch) for epoch in zip(*(rank["epoch_s"] for rank in info["per_rank"]), strict=True)]
+    assert all(own <= span < own + 0.1 for own, span in zip(slowest, bench["stats"]["data"], strict=True))  # first start to last end
+    assert [abs(rank["clock_offset_s"]) < 1e-3 for rank in info["per_rank"]] == [True, True]  # one machine, one clock
+    assert info["dataset"] == "synthetic" and info["store_digest"].startswith("0x")
     assert document["machine_info"]["storage"]["filesystem"]
     (cell,) = load_run(tmp_path / "run.json").cells
     assert cell.variant == "b16-w2-warm" and cell.operation == "read_random"
@@ -197,3 +202,40 @@ def test_mpi_wrong_reads_fail_the_epoch(store, tmp_path, kind, message):
     assert result.returncode == 1
     (line,) = errors(result)
     assert message.format(host=os.uname().nodename) in line
+
+
+def test_mpi_a_lossy_store_is_checked_against_pillow_not_against_its_own_decoder(tmp_path):
+    """The reference of a jpeg-90 store is Pillow's encode and decode of the dataset: the store passes, and a decoder
+    returning zeros on every rank fails the content check before any epoch, naming the store."""
+    common = ["--method", "lmdb:codec=jpeg-90", "--images", "40", "--rounds", "1", "--scratch", str(tmp_path)]
+    assert mpiexec(tmp_path, common).returncode == 0
+    (tmp_path / "broken.py").write_text(BROKEN)
+    result = mpmd(tmp_path, *[[sys.executable, str(tmp_path / "broken.py"), "zero-decodes", *common]] * 2)
+    assert result.returncode == 1
+    (line,) = errors(result)
+    assert "checking the store's content against the dataset: the lmdb store at" in line
+    assert "holds other images than the dataset" in line and "40 of 40 images or labels differ (the first: id 0)" in line
+
+
+def test_mpi_a_store_of_other_images_fails_its_content_check_unless_dataset_names_them(tmp_path):
+    from PIL import Image
+
+    from storage_impls.datasets import load_folder, synthetic
+
+    images, labels = synthetic(12, (8, 8, 3), seed=5)
+    with get_store_class("lmdb")(tmp_path / "other") as store:
+        store.store_many(images, labels)
+    result = mpiexec(tmp_path, ["--method", "lmdb", "--store", "other", "--rounds", "1"])
+    assert result.returncode == 1
+    (line,) = errors(result)
+    assert "12 of 12 images or labels differ" in line and "name what it holds with --dataset" in line
+    for index, image in enumerate(images):
+        (tmp_path / "folder" / f"class{index % 2}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(tmp_path / "folder" / f"class{index % 2}" / f"{index:02}.png")
+    folder = load_folder(tmp_path / "folder")
+    with get_store_class("lmdb")(tmp_path / "pets") as store:
+        store.store_many(folder.images, folder.labels)
+    result = mpiexec(tmp_path, ["--method", "lmdb", "--store", "pets", "--dataset", f"folder:{tmp_path / 'folder'}",
+                                "--rounds", "1", "--output", "run.json"])
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "run.json").read_text())["benchmarks"][0]["extra_info"]["dataset"] == "folder"
