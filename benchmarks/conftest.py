@@ -129,7 +129,8 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Parametrise every cell over method, then cutoff (ids like ``test_read_many[hdf5-1000]``); floor cells over
+    """Parametrise every cell over method, then cutoff (ids like ``test_read_many[hdf5-1000]``; store_single writes one
+    image into an empty store, so it has cutoff 1 only); floor cells over
     every image count a cell may need (one image and each cutoff), gather also over --batch-sizes (as ``batch``)."""
     config = metafunc.config
     name = metafunc.definition.originalname
@@ -141,7 +142,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "method" in metafunc.fixturenames:
         metafunc.parametrize("method", config.getoption("methods"))
     if "cutoff" in metafunc.fixturenames:
-        metafunc.parametrize("cutoff", (1,) if name.endswith("_single") else config.getoption("cutoffs"))
+        metafunc.parametrize("cutoff", (1,) if name == "test_store_single" else config.getoption("cutoffs"))
 
 
 def _option(config: pytest.Config, name: str, default: tuple) -> tuple:

@@ -42,7 +42,7 @@ from benchmarks import cache as page_cache
 from conftest import DatasetSpec, parse_dataset, parse_dtype, parse_shape  # the suite's option parsers (root conftest.py)
 from benchmarks.machine import describe_storage, library_versions
 from benchmarks.mpi_ranks import (ABORT_DELAY_S, Guard, RankFailure, RankReader, StoreInfo, check_memory, describe,
-                                  drop_from_cache, id_digest)
+                                  check_resident, id_digest)
 from benchmarks.mpi_reference import check_content, describe_dataset, load_dataset, reference
 from storage_impls import ImageStore, MissingStoreError, get_store_class
 from storage_impls.registry import canonical_spec
@@ -197,19 +197,21 @@ def run(args: argparse.Namespace, cls: type[ImageStore], guard: Guard) -> None:
     reader = guard.run("opening the store", lambda: RankReader(cls, directory, info, args.batch_size, guard.rank, guard.size,
                                                                hosts.count(guard.host), hint), code=EXIT_BAD_INPUT)
     leader = hosts.index(guard.host) == guard.rank  # one rank per node drops the node's page cache
-    offset = guard.clock_offset("synchronising the clocks")  # this rank's perf_counter minus rank 0's
+    offset, round_trip = guard.clock_offset(hosts, "synchronising the clocks")  # this rank's perf_counter minus rank 0's
     expected = id_digest(np.arange(info.n_images))
     epochs: list[dict] = []
     for epoch in range(args.rounds + 1):
         resident = None
         if args.cache == "cold":
             guard.run(f"closing the stores before epoch {epoch}", reader.close)
-            resident = guard.run(f"dropping the store from the page cache before epoch {epoch}",
-                                 lambda: drop_from_cache(directory) if leader else None)
+            guard.run(f"dropping the store from the page cache before epoch {epoch}",
+                      lambda: page_cache.evict(directory) if leader else None)
             guard.run(f"reopening the stores before epoch {epoch}", reader.open)
+            resident = guard.run(f"measuring what stayed cached before epoch {epoch}",  # once every rank has opened
+                                 lambda: check_resident(directory) if leader else None)
         permutation = np.random.default_rng(args.permutation_seed + epoch).permutation(info.n_images)
         guard.run(f"preparing epoch {epoch}", functools.partial(reader.prepare, permutation))
-        guard.barrier(f"the start of epoch {epoch}")
+        guard.barrier(f"the start of epoch {epoch}", spin=True)
         start, end, first, error = reader.read()
         timings = guard.exchange(f"reading epoch {epoch}", error, (end - start, first, start - offset, end - offset))
         count, digest, error = reader.check(hashes, labels)
@@ -223,7 +225,7 @@ def run(args: argparse.Namespace, cls: type[ImageStore], guard: Guard) -> None:
                        "digests": [d for _, d in tallies], "batch_seconds": reader.seconds.copy(), "resident": resident})
     reader.close()
     measured = epochs[1:]
-    mine = {"startup_s": reader.startup_s, "batches": reader.plan.n_batches, "images": len(reader.ids), "clock_offset_s": offset,
+    mine = {"startup_s": reader.startup_s, "batches": reader.plan.n_batches, "images": len(reader.ids), "clock_offset_s": offset, "clock_round_trip_s": round_trip,
             "batch_seconds": np.concatenate([epoch["batch_seconds"] for epoch in measured]),
             "resident": None if measured[0]["resident"] is None else max(epoch["resident"] for epoch in measured)}
     figures = guard.allgather(mine, "collecting the per-rank figures")
@@ -265,6 +267,7 @@ def build_document(args: argparse.Namespace, info: StoreInfo, directory: Path, h
         stats.update(seconds)
     per_rank = [{"rank": rank, "host": hosts[rank], "images": figure["images"], "batches": figure["batches"],
                  "startup_s": figure["startup_s"], "clock_offset_s": figure["clock_offset_s"],
+                 "clock_round_trip_s": figure["clock_round_trip_s"],
                  "epoch_s": [epoch["seconds"][rank] for epoch in measured],
                  "median_s": statistics.median(epoch["seconds"][rank] for epoch in measured),
                  "first_batch_s": statistics.median(epoch["first"][rank] for epoch in measured),

@@ -102,28 +102,32 @@ class Guard:
         self.rank, self.size, self.host = comm.Get_rank(), comm.Get_size(), platform.node()
         self.limit = timeout if self.rank == 0 else timeout + PEER_GRACE_S
 
-    def barrier(self, what: str) -> None:
-        self._wait(self.comm.Ibarrier(), what)
+    def barrier(self, what: str, spin: bool = False) -> None:
+        """Wait for every rank; ``spin``: poll without sleeping, so that all ranks leave within microseconds (the
+        start of a timed epoch), at the cost of a busy core while waiting."""
+        self._wait(self.comm.Ibarrier(), what, spin)
 
-    def clock_offset(self, what: str, pings: int = CLOCK_PINGS) -> float:
-        """This rank's ``time.perf_counter`` minus rank 0's at the same instant (0 on rank 0), so that every rank's
-        times go on one clock: Cristian's algorithm, rank 0 answering ``pings`` pings of each rank in turn, the ping
-        of the shortest round trip kept (its error is at most half that round trip)."""
+    def clock_offset(self, hosts: Sequence[str], what: str, pings: int = CLOCK_PINGS) -> tuple[float, float | None]:
+        """(this rank's ``time.perf_counter`` minus rank 0's at the same instant, the round trip that measured it), so
+        that every rank's times go on rank 0's clock. On rank 0's node the offset is 0, measured by nothing:
+        ``perf_counter`` is CLOCK_MONOTONIC, one clock for the whole machine. A rank on another node pings rank 0
+        ``pings`` times (Cristian's algorithm; rank 0 answers each such rank in turn) and keeps the ping of the
+        shortest round trip, whose offset is off by at most half that round trip."""
         buffer, best = np.zeros(1), (math.inf, 0.0)
-        for peer in range(1, self.size):
+        for peer in (rank for rank, host in enumerate(hosts) if host != hosts[0]):
             for _ in range(pings if self.rank in (0, peer) else 0):
                 if self.rank == 0:
-                    self._wait(self.comm.Irecv(buffer, source=peer, tag=CLOCK_TAG), what)
+                    self._wait(self.comm.Irecv(buffer, source=peer, tag=CLOCK_TAG), what, spin=True)
                     buffer[0] = time.perf_counter()
-                    self._wait(self.comm.Isend(buffer, dest=peer, tag=CLOCK_TAG), what)
+                    self._wait(self.comm.Isend(buffer, dest=peer, tag=CLOCK_TAG), what, spin=True)
                     continue
                 sent = time.perf_counter()
-                self._wait(self.comm.Isend(buffer, dest=0, tag=CLOCK_TAG), what)
-                self._wait(self.comm.Irecv(buffer, source=0, tag=CLOCK_TAG), what)
+                self._wait(self.comm.Isend(buffer, dest=0, tag=CLOCK_TAG), what, spin=True)
+                self._wait(self.comm.Irecv(buffer, source=0, tag=CLOCK_TAG), what, spin=True)
                 back = time.perf_counter()
                 best = min(best, (back - sent, (sent + back) / 2 - float(buffer[0])))
         self.barrier(what)
-        return best[1]
+        return (0.0, None) if hosts[self.rank] == hosts[0] else (best[1], best[0])
 
     def allgather(self, value: Any, what: str) -> list[Any]:
         """Every rank's ``value`` (pickled), in rank order, on every rank."""
@@ -180,9 +184,9 @@ class Guard:
             ranks = _rank_list([(rank, host) for rank, host, text in failures if text == message])
             print(f"{self.prog}: error: {ranks}, {what}: {message}", file=sys.stderr, flush=True)
 
-    def _wait(self, request: MPI.Request, what: str) -> None:
-        """Poll ``request`` until it completes; past ``timeout`` seconds (PEER_GRACE_S more on ranks other than 0), say
-        so and abort every rank."""
+    def _wait(self, request: MPI.Request, what: str, spin: bool = False) -> None:
+        """Poll ``request`` until it completes (sleeping between polls after SPIN_S, unless ``spin``); past ``timeout``
+        seconds (PEER_GRACE_S more on ranks other than 0), say so and abort every rank."""
         start = time.monotonic()
         while not request.Test():
             waited = time.monotonic() - start
@@ -192,7 +196,7 @@ class Guard:
                       "this cluster, raise --timeout)", file=sys.stderr, flush=True)
                 time.sleep(ABORT_DELAY_S)
                 self.comm.Abort(EXIT_TIMEOUT)
-            if waited > SPIN_S:
+            if waited > SPIN_S and not spin:
                 time.sleep(min(MAX_PAUSE_S, waited / 10))
 
 
@@ -294,12 +298,10 @@ class RankReader:
         return len(read), id_digest(read), error
 
 
-def drop_from_cache(directory: Path) -> float:
-    """Drop the store from this node's page cache; the share of its pages still cached, at most the suite's 5 %."""
-    resident = page_cache.evict(directory)
-    if resident > page_cache.MAX_RESIDENT_FRACTION:
-        raise ValueError(f"{resident:.1%} of the store stayed in this node's page cache after dropping it (at most "
-                         f"{page_cache.MAX_RESIDENT_FRACTION:.0%} allowed): does another process hold it open or mapped?")
+def check_resident(directory: Path) -> float:
+    """The share of the store's pages in this node's page cache once every rank has reopened it after the drop;
+    ValueError when it is more than a cold epoch may start with (benchmarks.cache.too_resident)."""
+    resident = page_cache.resident_fraction(directory)
+    if problem := page_cache.too_resident(directory, resident):
+        raise ValueError(f"on this node {problem}: does another process hold it open or mapped?")
     return resident
-
-

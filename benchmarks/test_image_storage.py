@@ -1,5 +1,6 @@
-"""The tutorial's four experiments, per storage method and image count (cutoff), and the cost
-of one write into a store that already holds ``cutoff`` images.
+"""The tutorial's four experiments, per storage method and image count (cutoff: the images a store holds; one
+image read or written per round for the single-image operations), and the cost of one write into a store that
+already holds ``cutoff`` images.
 
 Each cell times only the operation on an open store, then checks, untimed, that what was
 read (or what a store wrote, read back from disk) is exactly what was stored (for a lossy codec:
@@ -29,9 +30,17 @@ def test_store_single(measure, record, fresh_stores, dataset, expected, method, 
 
 
 def test_read_single(measure, record, read_store, expected, method, cutoff):
-    record(cutoff)
-    image, label = measure(lambda: read_store.read_single(0), lambda: ((), {}))
-    expected.check(f"{method} read_single", image[np.newaxis], np.array([label]), slice(0, 1))
+    """Each round reads one image, of an id drawn at random (seeded) from the cutoff's store, so that where an image
+    lies in a large store counts."""
+    rng, ids = np.random.default_rng(0), []
+
+    def next_id():
+        ids.append(int(rng.integers(0, cutoff)))
+        return (ids[-1],), {}
+
+    record(cutoff, images_per_round=1)
+    image, label = measure(read_store.read_single, next_id)
+    expected.check(f"{method} read_single", image[np.newaxis], np.array([label]), np.array(ids[-1:]))
 
 
 def test_store_many(measure, record, fresh_stores, dataset, expected, method, cutoff):

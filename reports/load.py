@@ -84,6 +84,11 @@ class Cell:
                          for field in ("codec", "dataset", "durable", "launcher")))
 
     @property
+    def images_per_round(self) -> int:
+        """Images one round reads or writes (extra_info.images_per_round): n_images, but for single-image cells."""
+        return int(self.extra_info.get("images_per_round", self.n_images))
+
+    @property
     def raw_bytes(self) -> int:
         """Pixel bytes one round moves (extra_info.raw_bytes, else computed from the shape)."""
         return int(self.extra_info.get("raw_bytes", self.n_images * math.prod(self.image_shape)))

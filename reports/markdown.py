@@ -109,7 +109,8 @@ def throughput_table(run: Run, mixed_shapes: bool) -> str:
         ("operation", "images", "method", "median", "images/s", "MB/s", "floor", "ours/floor", "speed-up vs slowest",
          "CPU s / 1000 images", "device read / image", "device write / image"),
         ((cell.operation, _images(cell.key, mixed_shapes), cell.method, format_seconds(cell.stats["median"]),
-          format_rate(cell.n_images / cell.stats["median"]), format_rate(cell.raw_bytes / 1e6 / cell.stats["median"]),
+          format_rate(cell.images_per_round / cell.stats["median"]),
+          format_rate(cell.raw_bytes * cell.images_per_round / cell.n_images / 1e6 / cell.stats["median"]),
           cell.extra_info.get("floor") or "–", _ratio(checks.get(cell.key)), f"{up[cell.key]:.2f}×", *_resources(cell))
          for cell in _ordered(method_cells(run))),
     )

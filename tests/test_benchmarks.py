@@ -37,7 +37,7 @@ def tiny_run(tmp_path_factory) -> dict:
 def test_every_cell_runs_with_params_and_extra_info(tiny_run):
     cells = {bench["name"]: bench for bench in tiny_run["benchmarks"]}
     expected = {f"test_{operation}[{method}-{cutoff}]" for method in ("disk", "lmdb", "hdf5")
-                for operation, cutoffs in (("store_single", (1,)), ("read_single", (1,)),
+                for operation, cutoffs in (("store_single", (1,)), ("read_single", (10, 20)),
                                            ("store_many", (10, 20)), ("read_many", (10, 20)),
                                            ("store_single_into", (10, 20)))
                 for cutoff in cutoffs}
@@ -45,6 +45,8 @@ def test_every_cell_runs_with_params_and_extra_info(tiny_run):
     into = cells["test_store_single_into[disk-20]"]
     assert into["extra_info"]["images_per_round"] == 2
     assert into["extra_info"]["images_per_s"] == pytest.approx(2 / into["stats"]["median"])
+    read_one = cells["test_read_single[hdf5-20]"]["extra_info"]  # one image of a random id of a store of 20
+    assert (read_one["n_images"], read_one["images_per_round"], read_one["floor_n_images"]) == (20, 1, 1)
     store = cells["test_store_many[lmdb-20]"]
     assert store["params"] == {"method": "lmdb", "cutoff": 20}
     info = store["extra_info"]
@@ -163,7 +165,7 @@ def test_a_broken_read_fails_its_cell():
                        "--benchmark-disable")
     assert result.returncode == 1
     assert "hdf5 read_many: 10 of 10 images differ from what was stored" in result.stdout
-    assert "hdf5 read_single: 1 of 1 images differ" in result.stdout
+    assert "hdf5 read_single: 1 of 1 images differ" in result.stdout and "test_read_single[hdf5-10]" in result.stdout
 
 
 def test_lossy_codecs_verify_against_pillow_and_record_psnr(tmp_path):
@@ -193,7 +195,7 @@ def test_a_decoder_returning_zeros_fails_every_lossy_cell_and_codec_floor(tmp_pa
     assert result.returncode == 1, result.stdout + result.stderr
     failed = set(re.findall(r"^FAILED \S+::(\S+)", result.stdout, re.MULTILINE))
     lossy = {f"{test}[{method}-{count}]" for method in ("disk:codec=jpeg-90", "lmdb:codec=webp-90")
-             for test, count in (("test_store_single", 1), ("test_read_single", 1), ("test_store_many", 10),
+             for test, count in (("test_store_single", 1), ("test_read_single", 10), ("test_store_many", 10),
                                  ("test_read_many", 10), ("test_store_single_into", 10))}
     lossy |= {f"test_read_random[{method}-10-b8-w1-warm]" for method in ("disk:codec=jpeg-90", "lmdb:codec=webp-90")}
     floors = {f"test_floor_{step}[{codec}-{count}]" for step in ("encode", "decode") for codec in ("jpeg-90", "webp-90")
@@ -255,8 +257,8 @@ def test_bad_options_are_usage_errors(args, env, message):
 def test_methods_take_variants_whose_options_may_contain_commas():
     result = run_suite("--methods", "lmdb, rocksdb:compression=zstd,bloom_bits=10", "--collect-only", "-q", "-k", "read_single")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "test_read_single[lmdb-1]" in result.stdout
-    assert "test_read_single[rocksdb:compression=zstd,bloom_bits=10-1]" in result.stdout
+    assert "test_read_single[lmdb-10]" in result.stdout
+    assert "test_read_single[rocksdb:compression=zstd,bloom_bits=10-10]" in result.stdout
 
 
 def test_options_are_documented_in_help():
