@@ -5,7 +5,8 @@ images: every id exactly once, in batches of 256 ids taken in order from a permu
 PERMUTATION_SEED (the same epoch every round, so rounds compare), by 2 reader processes (benchmarks/workers.py).
 
 Timed: one epoch, from the signal to the already started workers until the last batch is in. Untimed:
-starting the workers and opening their stores (``startup_s``), clearing the shared buffers before each
+starting the workers and opening their stores (``startup_s``; a method's own cache of the store's data, such as
+RocksDB's block cache, sized at 1/16 of the store: ``read_cache_bytes``), clearing the shared buffers before each
 round, and in cold cells closing the stores, dropping their files from the page cache (benchmarks/cache.py),
 reopening them, and then measuring what of the store is cached (``resident_fraction_before``). Afterwards, every epoch must have read every id exactly once, and the last epoch's
 images and labels must equal what was stored.
@@ -35,8 +36,14 @@ def store_dir(filled_store_dirs: Callable[[str, int], Path], method: str, n_imag
 
 
 @pytest.fixture
+def read_cache(store_class: type[ImageStore], method: str, store_dir: Path) -> dict[str, int]:
+    """The workers' store options: a cache of the method's own sized below the store (benchmarks.cache)."""
+    return page_cache.read_cache_options(store_class, method, store_dir)
+
+
+@pytest.fixture
 def reader_pool(request: pytest.FixtureRequest, store_class: type[ImageStore], method: str, store_dir: Path, dataset, n_images: int, batch_size: int,
-                workers: int, cache: str) -> Iterator[ReaderPool]:
+                workers: int, cache: str, read_cache: dict[str, int]) -> Iterator[ReaderPool]:
     """The cell's worker processes, started and their stores opened (untimed); stopped and cleaned up afterwards.
     (``store_class`` skips the cell when the method's package is missing.)"""
     if cache == "cold" and (reason := page_cache.supported()):
@@ -44,11 +51,13 @@ def reader_pool(request: pytest.FixtureRequest, store_class: type[ImageStore], m
     if store_class.slow_random_reads and not explicitly_named(request.config, method):
         pytest.skip(f"{method} runs read_random only when --methods names it: {store_class.slow_random_reads}")
     plan = EpochPlan.shuffled(n_images, batch_size, PERMUTATION_SEED)
-    with ReaderPool(method, store_dir, plan, dataset.images.shape[1:], workers, image_dtype=dataset.images.dtype) as pool:
+    with ReaderPool(method, store_dir, plan, dataset.images.shape[1:], workers, image_dtype=dataset.images.dtype,
+                    store_options=read_cache) as pool:
         yield pool
 
 
-def test_read_random(measure, record, benchmark, reader_pool, store_dir, expected, method, n_images, batch_size, workers, cache):
+def test_read_random(measure, record, benchmark, reader_pool, read_cache, store_dir, expected, method, n_images, batch_size,
+                     workers, cache):
     resident: list[float] = []
 
     def prepare():
@@ -67,7 +76,8 @@ def test_read_random(measure, record, benchmark, reader_pool, store_dir, expecte
     record(n_images)
     benchmark.group = f"read_random {n_images} b{batch_size} {cache}"
     benchmark.extra_info.update(batch_size=batch_size, workers=workers, cache=cache, permutation_seed=PERMUTATION_SEED,
-                                n_batches=reader_pool.plan.n_batches, startup_s=reader_pool.startup_s)
+                                n_batches=reader_pool.plan.n_batches, startup_s=reader_pool.startup_s,
+                                **({"read_cache_bytes": next(iter(read_cache.values()))} if read_cache else {}))
     measure(reader_pool.run_epoch, prepare)
 
     epochs = reader_pool.epochs()

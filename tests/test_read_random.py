@@ -304,3 +304,20 @@ def test_a_cold_round_is_refused_when_opening_left_much_of_a_large_store_cached(
     assert "10.0% of the store (10.5 MB) was in the page cache" in page_cache.too_resident(tmp_path / "big", 0.1)
     assert page_cache.too_resident(tmp_path / "big", 0.05) is None
     assert page_cache.too_resident(tmp_path / "small", 0.12) is None
+
+
+def test_a_methods_own_read_cache_is_sized_below_the_store(tmp_path, data):
+    """RocksDB's block cache (32 MiB by default, a whole 10 000-image store) is set to 1/16 of the store in shuffled
+    cells, unless the method spec sets it; methods without a cache of their own get no option."""
+    from storage_impls import get_store_class
+
+    rocksdb = get_store_class("rocksdb")
+    with rocksdb(tmp_path / "rocksdb") as store:
+        store.store_many(*data)
+    size = sum(path.stat().st_size for path in page_cache.store_files(tmp_path / "rocksdb"))
+    assert page_cache.read_cache_options(rocksdb, "rocksdb", tmp_path / "rocksdb") == {"block_cache": size // 16}
+    named = get_store_class("rocksdb:block_cache=1MiB")
+    assert page_cache.read_cache_options(named, "rocksdb:block_cache=1MiB", tmp_path / "rocksdb") == {}
+    assert page_cache.read_cache_options(Hdf5Store, "hdf5", tmp_path / "rocksdb") == {}
+    with rocksdb(tmp_path / "rocksdb", "r", block_cache=size // 16) as store:
+        assert store.settings["block_cache"] == size // 16
