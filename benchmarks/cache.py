@@ -142,7 +142,8 @@ def too_resident(directory: Path, fraction: float) -> str | None:
     size = sum(path.stat().st_size for path in store_files(directory))
     if fraction > MAX_RESIDENT_FRACTION and fraction * size > OPEN_ALLOWANCE_BYTES:
         return (f"{fraction:.1%} of the store ({fraction * size / 1e6:.1f} MB) was in the page cache once it had been "
-                f"dropped and opened again (at most {MAX_RESIDENT_FRACTION:.0%} or {OPEN_ALLOWANCE_BYTES >> 20} MiB allowed)")
+                f"dropped and opened again (at most {MAX_RESIDENT_FRACTION:.0%} or {OPEN_ALLOWANCE_BYTES >> 20} MiB "
+                "allowed)")
     return None
 
 

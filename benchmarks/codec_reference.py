@@ -24,7 +24,7 @@ from PIL import Image
 
 LOSSY = re.compile(r"(jpeg|webp)-(\d{1,3})")  # jpeg-1..jpeg-100, webp-1..webp-100
 LOSSLESS = re.compile(r"raw|png(-\d)?|webp-lossless")
-PSNR_FLOORS_DB = ((90, 28.0), (50, 23.0), (25, 21.0), (1, 13.0))  # (lowest quality, floor): the first that the quality reaches
+PSNR_FLOORS_DB = ((90, 28.0), (50, 23.0), (25, 21.0), (1, 13.0))  # (lowest quality, floor): the first tier reached
 MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 
 
@@ -57,8 +57,8 @@ def pillow_round_trip(spec: str, image: np.ndarray) -> np.ndarray:
         raise NoReferenceError(f"{spec} holds uint8 images of 1, 3 or 4 channels, not {image.dtype} {image.shape}")
     mode = MODES[channels]
     buffer = io.BytesIO()
-    Image.fromarray(image.reshape(image.shape[0], image.shape[1], -1).squeeze(axis=2) if channels == 1 else image, mode) \
-        .save(buffer, format=kind.upper(), quality=int(quality))
+    pixels = image.reshape(image.shape[0], image.shape[1]) if channels == 1 else image
+    Image.fromarray(pixels).save(buffer, format=kind.upper(), quality=int(quality))
     buffer.seek(0)
     with Image.open(buffer) as decoded:
         return np.asarray(decoded.convert(mode)).reshape(image.shape)

@@ -39,7 +39,7 @@ from typing import NoReturn
 import numpy as np
 
 from benchmarks import cache as page_cache
-from conftest import DatasetSpec, parse_dataset, parse_dtype, parse_shape  # the suite's option parsers (root conftest.py)
+from conftest import DatasetSpec, parse_dataset, parse_dtype, parse_shape  # the suite's option parsers
 from benchmarks.machine import describe_storage, library_versions
 from benchmarks.mpi_ranks import (ABORT_DELAY_S, Guard, RankFailure, RankReader, StoreInfo, check_memory, describe,
                                   check_resident, id_digest)
@@ -151,7 +151,8 @@ def prepare_store(args: argparse.Namespace, cls: type[ImageStore]) -> tuple[Stor
     shape = args.image_shape or (DEFAULT_SHAPE if args.dataset.name == "synthetic" else None)
     dtype = np.dtype(np.uint8) if args.dtype is None else args.dtype
     if shape is not None:
-        check_memory(2 * count * math.prod(shape) * dtype.itemsize, f"rank 0's copy of {describe_dataset(args.dataset)}")
+        check_memory(2 * count * math.prod(shape) * dtype.itemsize,
+                     f"rank 0's copy of {describe_dataset(args.dataset)}")
     images, labels = load_dataset(args.dataset, count, shape, dtype)
     info = StoreInfo(None, count, tuple(images.shape[1:]), str(images.dtype))
     prefix = "" if args.dataset.name == "synthetic" else f"{args.dataset.name}-"
@@ -197,7 +198,7 @@ def run(args: argparse.Namespace, cls: type[ImageStore], guard: Guard) -> None:
     reader = guard.run("opening the store", lambda: RankReader(cls, directory, info, args.batch_size, guard.rank, guard.size,
                                                                hosts.count(guard.host), hint), code=EXIT_BAD_INPUT)
     leader = hosts.index(guard.host) == guard.rank  # one rank per node drops the node's page cache
-    offset, round_trip = guard.clock_offset(hosts, "synchronising the clocks")  # this rank's perf_counter minus rank 0's
+    offset, round_trip = guard.clock_offset(hosts, "synchronising the clocks")  # perf_counter here minus rank 0's
     expected = id_digest(np.arange(info.n_images))
     epochs: list[dict] = []
     for epoch in range(args.rounds + 1):
@@ -222,10 +223,12 @@ def run(args: argparse.Namespace, cls: type[ImageStore], guard: Guard) -> None:
                            f"every id once gives {expected:#x}: ids were read twice or never")
         epochs.append({"seconds": [timing[0] for timing in timings], "first": [timing[1] for timing in timings],
                        "span": max(timing[3] for timing in timings) - min(timing[2] for timing in timings),
-                       "digests": [d for _, d in tallies], "batch_seconds": reader.seconds.copy(), "resident": resident})
+                       "digests": [d for _, d in tallies], "batch_seconds": reader.seconds.copy(),
+                       "resident": resident})
     reader.close()
     measured = epochs[1:]
-    mine = {"startup_s": reader.startup_s, "batches": reader.plan.n_batches, "images": len(reader.ids), "clock_offset_s": offset, "clock_round_trip_s": round_trip,
+    mine = {"startup_s": reader.startup_s, "batches": reader.plan.n_batches, "images": len(reader.ids),
+            "clock_offset_s": offset, "clock_round_trip_s": round_trip,
             "batch_seconds": np.concatenate([epoch["batch_seconds"] for epoch in measured]),
             "resident": None if measured[0]["resident"] is None else max(epoch["resident"] for epoch in measured)}
     figures = guard.allgather(mine, "collecting the per-rank figures")

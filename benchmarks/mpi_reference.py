@@ -33,7 +33,9 @@ def image_hashes(images: np.ndarray) -> np.ndarray:
 
 
 def describe_dataset(dataset: DatasetSpec) -> str:
-    return "the suite's synthetic images (seed 0)" if dataset.path is None else f"the {dataset.name} images in {dataset.path}"
+    if dataset.path is None:
+        return "the suite's synthetic images (seed 0)"
+    return f"the {dataset.name} images in {dataset.path}"
 
 
 def load_dataset(dataset: DatasetSpec, count: int, shape: tuple[int, ...] | None, dtype: np.dtype,
@@ -77,5 +79,6 @@ def check_content(store: ImageStore, hashes: np.ndarray, labels: np.ndarray, wha
     if digest != expected:
         wrong = np.flatnonzero((found_hashes != hashes) | (found_labels != labels))
         raise ValueError(f"{what} holds other images than the dataset (content digest {digest}, the dataset's "
-                         f"{expected}): {len(wrong)} of {len(hashes)} images or labels differ (the first: id {wrong[0]}); {hint}")
+                         f"{expected}): {len(wrong)} of {len(hashes)} images or labels differ (the first: id "
+                         f"{wrong[0]}); {hint}")
     return digest

@@ -101,7 +101,8 @@ def references(pytestconfig: pytest.Config, dataset) -> Callable[[str], Expected
             else:
                 with announce(pytestconfig, f"making the {spec} reference with Pillow", len(dataset.images)):
                     images = reference_images(spec, dataset.images)
-                made[spec] = Expected(images, dataset.labels, spec, dataset.images, psnr_db(dataset.images, images), floor)
+                made[spec] = Expected(images, dataset.labels, spec, dataset.images, psnr_db(dataset.images, images),
+                                      floor)
         return made[spec]
     return get
 

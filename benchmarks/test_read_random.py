@@ -8,8 +8,8 @@ Timed: one epoch, from the signal to the already started workers until the last 
 starting the workers and opening their stores (``startup_s``; a method's own cache of the store's data, such as
 RocksDB's block cache, sized at 1/16 of the store: ``read_cache_bytes``), clearing the shared buffers before each
 round, and in cold cells closing the stores, dropping their files from the page cache (benchmarks/cache.py),
-reopening them, and then measuring what of the store is cached (``resident_fraction_before``). Afterwards, every epoch must have read every id exactly once, and the last epoch's
-images and labels must equal what was stored.
+reopening them, then measuring what of the store is cached (``resident_fraction_before``). Afterwards, every
+epoch must have read every id exactly once, and the last epoch's images and labels must equal what was stored.
 """
 from __future__ import annotations
 
@@ -56,8 +56,8 @@ def reader_pool(request: pytest.FixtureRequest, store_class: type[ImageStore], m
         yield pool
 
 
-def test_read_random(measure, record, benchmark, reader_pool, read_cache, store_dir, expected, method, n_images, batch_size,
-                     workers, cache):
+def test_read_random(measure, record, benchmark, reader_pool, read_cache, store_dir, expected, method, n_images,
+                     batch_size, workers, cache):
     resident: list[float] = []
 
     def prepare():

@@ -38,5 +38,5 @@ def verify_psnr(what: str, images: np.ndarray, source: np.ndarray, floor_db: flo
         return
     measured = psnr_db(source, images)
     if measured < floor_db:
-        pytest.fail(f"{what}: PSNR {measured:.1f} dB against the source images, below {codec}'s floor of {floor_db:g} dB",
-                    pytrace=False)
+        pytest.fail(f"{what}: PSNR {measured:.1f} dB against the source images, below {codec}'s floor of "
+                    f"{floor_db:g} dB", pytrace=False)

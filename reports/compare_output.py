@@ -152,7 +152,8 @@ def to_json(base: Sequence[Run], head: Sequence[Run], args: argparse.Namespace, 
     def cell(comparison: Comparison) -> dict[str, Any]:
         key, verdict = comparison.key, comparison.verdict
         return {
-            "operation": key.operation, "method": key.method, "n_images": key.n_images, "image_shape": list(key.image_shape),
+            "operation": key.operation, "method": key.method, "n_images": key.n_images,
+            "image_shape": list(key.image_shape),
             **({"variant": key.variant} if key.variant else {}), "codec": key.codec, "dataset": key.dataset,
             "durable": key.durable, "launcher": key.launcher,
             "base": comparison.base_value, "head": comparison.head_value,

@@ -118,7 +118,8 @@ def identity_differences(base: Cell, head: Cell) -> list[str]:
     def shown(value: Any) -> str:
         return "x".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
-    return [f"{field}: {shown(ours[field])} != {shown(theirs[field])}" for field in ours if ours[field] != theirs[field]]
+    return [f"{field}: {shown(ours[field])} != {shown(theirs[field])}"
+            for field in ours if ours[field] != theirs[field]]
 
 
 @dataclass(frozen=True)

@@ -228,7 +228,7 @@ def test_cells_have_ids_params_and_extra_info(tiny_run):
     assert (info["batch_size"], info["workers"], info["cache"], info["n_batches"], info["permutation_seed"]) == (8, 2, "cold", 4, 0)
     assert 0 < info["batch_p50_s"] <= info["batch_p99_s"] <= info["batch_max_s"]
     assert 0 < info["first_batch_s"] and 0 < info["startup_s"]
-    assert 0 < info["resident_fraction_before"] <= 1  # measured once the workers had reopened it: a tiny store is all read
+    assert 0 < info["resident_fraction_before"] <= 1  # once the workers had reopened it: a tiny store is read whole
     assert info["images_per_s"] == pytest.approx(COUNT / cell["stats"]["median"])
     assert info["mb_per_s"] == pytest.approx(COUNT * 192 / 1e6 / cell["stats"]["median"])
     for bench in cells.values():

@@ -44,10 +44,10 @@ pytestmark = pytest.mark.skipif(STRACE is None, reason="strace is not installed:
 def sync_calls(tmp_path: Path, method: str, durable: bool) -> list[tuple[str, str]]:
     """(call, path) of every sync call between the markers, in every thread of the child."""
     log = tmp_path / "strace.log"
-    result = subprocess.run([STRACE, "-f", "-qq", "-y", "-o", str(log), "-e", f"trace={','.join(SYNC_CALLS)},write",
-                             sys.executable, "-c", CHILD, method, str(tmp_path / "store"), "durable" if durable else "-"],
-                            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
-                            timeout=120)
+    trace = [STRACE, "-f", "-qq", "-y", "-o", str(log), "-e", f"trace={','.join(SYNC_CALLS)},write"]
+    child = [sys.executable, "-c", CHILD, method, str(tmp_path / "store"), "durable" if durable else "-"]
+    result = subprocess.run([*trace, *child], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                            capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     between = log.read_text().split("MARK-START", 1)[1].split("MARK-END", 1)[0]
     pattern = re.compile(rf"\b({'|'.join(SYNC_CALLS)})\((?:\d+<([^>]*)>)?")
@@ -57,7 +57,8 @@ def sync_calls(tmp_path: Path, method: str, durable: bool) -> list[tuple[str, st
 @pytest.mark.parametrize("method", installed_methods())
 def test_a_non_durable_write_syncs_nothing_but_what_rocksdb_syncs_itself(tmp_path, method):
     calls = sync_calls(tmp_path, method, durable=False)
-    ours = [(call, path) for call, path in calls if not (method in LIBRARY_SYNCS and LIBRARY_SYNCS[method].search(path))]
+    library = LIBRARY_SYNCS.get(method)
+    ours = [(call, path) for call, path in calls if not (library and library.search(path))]
     assert ours == [], f"{method} synced {Counter(call for call, _ in ours)} in a non-durable write: {ours[:5]}"
     if method in LIBRARY_SYNCS:
         assert calls, f"{method}'s library no longer syncs: update README's durability paragraph"
