@@ -195,8 +195,12 @@ def run(args: argparse.Namespace, cls: type[ImageStore], guard: Guard) -> None:
     directory = Path(info.directory) if info.directory else args.store
     hint = ("--store must name a store that every rank sees, on a shared filesystem" if info.directory is None else
             "rank 0 built it under --scratch, which every rank must see: a folder on a shared filesystem")
+    read_cache = guard.bcast(guard.run("sizing the readers' own cache", lambda: None if guard.rank else
+                                       page_cache.read_cache_options(cls, args.method, directory)),
+                             "sending the readers' cache size")  # benchmarks.cache: below the store, as the suite's
     reader = guard.run("opening the store", lambda: RankReader(cls, directory, info, args.batch_size, guard.rank, guard.size,
-                                                               hosts.count(guard.host), hint), code=EXIT_BAD_INPUT)
+                                                               hosts.count(guard.host), hint, read_cache),
+                       code=EXIT_BAD_INPUT)
     leader = hosts.index(guard.host) == guard.rank  # one rank per node drops the node's page cache
     offset, round_trip = guard.clock_offset(hosts, "synchronising the clocks")  # perf_counter here minus rank 0's
     expected = id_digest(np.arange(info.n_images))
@@ -238,7 +242,8 @@ def run(args: argparse.Namespace, cls: type[ImageStore], guard: Guard) -> None:
         if guard.rank:
             return None
         document = build_document(args, info, directory, hosts, epochs, figures, expected, started, guard.timeout)
-        document["benchmarks"][0]["extra_info"]["store_digest"] = store_digest
+        document["benchmarks"][0]["extra_info"].update(
+            store_digest=store_digest, **({"read_cache_bytes": next(iter(read_cache.values()))} if read_cache else {}))
         if args.output is not None:
             write_output(args.output, document, args.append)
         return summary(document["benchmarks"][0], directory if info.directory else None, args.output)

@@ -225,8 +225,9 @@ class RankReader:
     """One rank's reading: its own read-only handle, its own buffer (its share of an epoch) and its records."""
 
     def __init__(self, cls: type[ImageStore], directory: Path, info: StoreInfo, batch_size: int, rank: int, ranks: int,
-                 node_ranks: int, hint: str) -> None:
+                 node_ranks: int, hint: str, store_options: dict | None = None) -> None:
         self.cls, self.directory, self.info, self.batch_size, self.hint = cls, directory, info, batch_size, hint
+        self.store_options = dict(store_options or {})
         self.rank, self.ranks = rank, ranks
         count = len(range(rank, info.n_images, ranks))
         check_memory(node_ranks * (count * (info.image_bytes + 8) + 16 * info.n_images),
@@ -240,7 +241,7 @@ class RankReader:
 
     def open(self) -> None:
         try:
-            store = self.cls(self.directory, "r")
+            store = self.cls(self.directory, "r", **self.store_options)
         except MissingStoreError as error:
             raise MissingStoreError(f"{error} ({self.hint})") from None
         seen = (len(store), store.image_shape, str(store.image_dtype))

@@ -129,6 +129,7 @@ def test_mpi_two_ranks_read_every_id_once_per_epoch(tmp_path, method):
     clocks = [(rank["clock_offset_s"], rank["clock_round_trip_s"]) for rank in info["per_rank"]]
     assert clocks == [(0, None)] * 2  # one machine, one clock
     assert info["dataset"] == "synthetic" and info["store_digest"].startswith("0x")
+    assert ("read_cache_bytes" in info) == (get_store_class(method).read_cache_option is not None)  # rocksdb
     assert document["machine_info"]["storage"]["filesystem"]
     (cell,) = load_run(tmp_path / "run.json").cells
     assert cell.variant == "b16-w2-warm" and cell.operation == "read_random"
