@@ -23,7 +23,7 @@ from benchmarks.floors import FLOOR_TEST, NoFloorError, floor_images, floor_name
 from benchmarks.machine import available_memory, describe_storage, library_versions
 from benchmarks.progress import SuiteClock, announce, rounds_reporter, say
 from benchmarks.resources import Meter
-from benchmarks.stored import decoded, expected, store_class, store_profiles  # noqa: F401 - fixtures
+from benchmarks.stored import expected, references, store_class, store_profiles  # noqa: F401 - fixtures
 from reports.floors import describe_implausible, floor_checks
 from reports.results import SUITE, Cell
 from storage_impls import ImageStore, get_store_class
@@ -69,7 +69,8 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Parametrise every cell over method, then cutoff (ids like ``test_read_many[hdf5-1000]``); floor cells over
+    """Parametrise every cell over method, then cutoff (ids like ``test_read_many[hdf5-1000]``; store_single writes one
+    image into an empty store, so it has cutoff 1 only); floor cells over
     every image count a cell may need (one image and each cutoff), gather also over --batch-sizes (as ``batch``)."""
     config = metafunc.config
     name = metafunc.definition.originalname
@@ -81,7 +82,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "method" in metafunc.fixturenames:
         metafunc.parametrize("method", config.getoption("methods"))
     if "cutoff" in metafunc.fixturenames:
-        metafunc.parametrize("cutoff", (1,) if name.endswith("_single") else config.getoption("cutoffs"))
+        metafunc.parametrize("cutoff", (1,) if name == "test_store_single" else config.getoption("cutoffs"))
 
 
 def _option(config: pytest.Config, name: str, default: tuple) -> tuple:
@@ -268,7 +269,7 @@ def record(benchmark, pytestconfig: pytest.Config, dataset: Dataset, operation: 
         benchmark.extra_info.update(
             suite=SUITE, operation=operation, method=method, n_images=n_images, image_shape=list(shape),
             dtype=str(dataset.images.dtype), raw_bytes=n_images * math.prod(shape) * dataset.images.itemsize,
-            dataset=dataset.name, durable=pytestconfig.getoption("durable"),
+            dataset=dataset.name, durable=pytestconfig.getoption("durable"), launcher="pytest",
             images_per_round=n_images if images_per_round is None else images_per_round,
         )
         params = request.node.callspec.params if hasattr(request.node, "callspec") else {}

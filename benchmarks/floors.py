@@ -22,8 +22,7 @@ from collections.abc import Iterable, Mapping
 from typing import Literal
 
 from reports.results import FLOOR_PREFIX
-from storage_impls.core.codecs import get_codec
-from storage_impls.registry import FILE_PER_IMAGE, get_store_class, has_trait, parse_spec
+from storage_impls.registry import FILE_PER_IMAGE, codec_of, has_trait
 
 Kind = Literal["write", "read", "random"]
 
@@ -46,18 +45,11 @@ class NoFloorError(LookupError):
 
 
 def codec_spec(method: str) -> str:
-    """The codec spec a method's store holds, spelled canonically: a variant's ``codec=`` option (``png-6`` ->
-    ``png``), else the class's ``DEFAULT_CODEC`` (a method whose package is missing: ``raw``; its cells skip)."""
+    """The codec spec a method's store holds (the registry's ``codec_of``); NoFloorError for an unknown method."""
     try:
-        name, options = parse_spec(method)
-        if "codec" in options:
-            return get_codec(options["codec"]).spec
+        return codec_of(method)
     except ValueError as error:
         raise NoFloorError(f"no floor for method {method!r}: {error}") from None
-    try:
-        return getattr(get_store_class(name), "DEFAULT_CODEC", "raw")
-    except ImportError:
-        return "raw"
 
 
 def floor_of_test(function: str, params: Mapping[str, object]) -> str:

@@ -21,8 +21,10 @@ The run is one read_random cell (workers = ranks) in pytest-benchmark JSON, whic
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
+import math
 import os
 import re
 import statistics
@@ -45,22 +47,19 @@ from benchmarks.mpi_ranks import (
     RankReader,
     StoreInfo,
     check_memory,
+    check_resident,
     describe,
-    drop_from_cache,
     id_digest,
-    image_hashes,
 )
-from benchmarks.options import parse_dtype, parse_shape
+from benchmarks.mpi_reference import check_content, describe_dataset, load_dataset, reference
+from benchmarks.options import DatasetSpec, parse_dataset, parse_dtype, parse_shape
 from reports.results import SUITE
 from storage_impls import ImageStore, MissingStoreError, get_store_class
-from storage_impls.core.codecs import get_codec
-from storage_impls.datasets import synthetic
 from storage_impls.registry import canonical_spec
 
 PROG = "python -m benchmarks.mpi"
 OPERATION = "read_random"
 DEFAULT_IMAGES, DEFAULT_SHAPE, DEFAULT_TIMEOUT = 10_000, (32, 32, 3), 600.0
-DATA_SEED = 0  # the seed of the suite's synthetic images
 EXIT_FAILED, EXIT_BAD_INPUT = 1, 2
 RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID")  # the launcher's rank, before MPI
 
@@ -111,6 +110,9 @@ def build_parser() -> _Parser:
                                                          "all it holds, or its ids 0..N-1)")
     parser.add_argument("--image-shape", type=parse_shape, help="shape of the synthetic images: HxW or HxWxC (default 32x32x3)")
     parser.add_argument("--dtype", type=parse_dtype, help="dtype of the synthetic images (default uint8)")
+    parser.add_argument("--dataset", type=parse_dataset, default=DatasetSpec("synthetic"),
+                        help="the images the store holds, which every read is checked against: synthetic (the suite's, "
+                             "seed 0; the default), cifar10:PATH, mnist:PATH or folder:PATH, as the suite takes them")
     parser.add_argument("--batch-size", type=_positive, default=256,
                         help="ids per read_batch call of each rank (default %(default)s)")
     parser.add_argument("--rounds", "--epochs", type=_positive, default=10,
@@ -140,38 +142,52 @@ def check_arguments(args: argparse.Namespace, rank: int) -> type[ImageStore]:
     return get_store_class(args.method)
 
 
-def prepare_store(args: argparse.Namespace, cls: type[ImageStore]) -> tuple[StoreInfo, np.ndarray, np.ndarray]:
-    """Rank 0: check --store, or build the synthetic store (reusing one an earlier run built); the description and
-    the reference (hash, label) of every image of the epoch."""
+def prepare_store(args: argparse.Namespace, cls: type[ImageStore]) -> tuple[StoreInfo, np.ndarray, np.ndarray, Path]:
+    """Rank 0: open --store, or build the store of --dataset under --scratch (reusing one an earlier run built);
+    its description, the reference (hash, label) of every image of the epoch, made from the dataset
+    (benchmarks.mpi_reference), and the store's path."""
     if args.store is not None:
         with cls(args.store, "r") as store:
-            count = len(store)
-            n_images = args.images or count
-            if not 1 <= n_images <= count:
-                raise ValueError(f"the {args.method} store at {args.store} holds {count} images, "
-                                 f"{'none to read' if not count else f'not --images {n_images}'}")
-            info = StoreInfo(None, n_images, tuple(store.image_shape), str(store.image_dtype))
-            check_memory(n_images * info.image_bytes, "rank 0's reference read of the store")
-            images, labels = store.read_many(n_images)
-        return info, image_hashes(images), labels
-    spec = canonical_spec(args.method)
-    info = StoreInfo(None, args.images or DEFAULT_IMAGES, args.image_shape or DEFAULT_SHAPE,
-                     str(np.dtype(np.uint8) if args.dtype is None else args.dtype))
-    name = f"{re.sub(r'[^A-Za-z0-9._=-]+', '_', spec)}-{info.n_images}-{'x'.join(map(str, info.image_shape))}-{info.dtype}"
+            count, shape, dtype, codec = len(store), tuple(store.image_shape), store.image_dtype, store.codec_spec
+        n_images = args.images or count
+        if not 1 <= n_images <= count:
+            raise ValueError(f"the {args.method} store at {args.store} holds {count} images, "
+                             f"{'none to read' if not count else f'not --images {n_images}'}")
+        made = count if args.dataset.name == "synthetic" else n_images
+        check_memory(2 * made * math.prod(shape) * dtype.itemsize, f"rank 0's copy of {describe_dataset(args.dataset)}")
+        images, labels = load_dataset(args.dataset, n_images, shape, dtype, made)
+        return StoreInfo(None, n_images, shape, str(dtype)), *reference(codec, images, labels), args.store
+    count = args.images or DEFAULT_IMAGES
+    shape = args.image_shape or (DEFAULT_SHAPE if args.dataset.name == "synthetic" else None)
+    dtype = np.dtype(np.uint8) if args.dtype is None else args.dtype
+    if shape is not None:
+        check_memory(2 * count * math.prod(shape) * dtype.itemsize,
+                     f"rank 0's copy of {describe_dataset(args.dataset)}")
+    images, labels = load_dataset(args.dataset, count, shape, dtype)
+    info = StoreInfo(None, count, tuple(images.shape[1:]), str(images.dtype))
+    prefix = "" if args.dataset.name == "synthetic" else f"{args.dataset.name}-"
+    name = (f"{re.sub(r'[^A-Za-z0-9._=-]+', '_', canonical_spec(args.method))}-{prefix}{count}-"
+            f"{'x'.join(map(str, info.image_shape))}-{info.dtype}")
     directory = (args.scratch / "image-storage-mpi" / name).resolve()
-    check_memory(info.n_images * info.image_bytes, "the synthetic images rank 0 makes")
-    images, labels = synthetic(info.n_images, info.image_shape, seed=DATA_SEED, dtype=info.dtype)
     try:
         with cls(directory, "r") as store:
-            holds = (len(store), store.image_shape, store.image_dtype) == (info.n_images, info.image_shape, images.dtype)
+            holds = (len(store), store.image_shape, store.image_dtype) == (count, info.image_shape, images.dtype)
     except MissingStoreError:
         holds = False
     with cls(directory, "r" if holds else "a") as store:
         if not holds:
             store.store_many(images, labels)
-        if not get_codec(store.codec_spec).lossless:  # reads give back decode(encode(x)), as read_many does
-            images, labels = store.read_many(info.n_images)
-    return StoreInfo(str(directory), info.n_images, info.image_shape, info.dtype), image_hashes(images), labels
+        codec = store.codec_spec
+    return dataclasses.replace(info, directory=str(directory)), *reference(codec, images, labels), directory
+
+
+def _check(cls: type[ImageStore], info: StoreInfo, hashes: np.ndarray, labels: np.ndarray, directory: Path,
+           dataset: DatasetSpec) -> str:
+    """Rank 0, untimed: the store's content digest, once its images and labels are the dataset's."""
+    hint = ("an earlier run built it: remove it and rank 0 builds it anew" if info.directory else
+            f"it was checked against {describe_dataset(dataset)}: name what it holds with --dataset")
+    with cls(directory, "r") as store:
+        return check_content(store, hashes, labels, f"the {cls.method} store at {directory}", hint)
 
 
 def run(args: argparse.Namespace, cls: type[ImageStore], guard: Guard) -> None:
@@ -180,41 +196,53 @@ def run(args: argparse.Namespace, cls: type[ImageStore], guard: Guard) -> None:
     hosts = guard.allgather(guard.host, "start-up")
     prepared = guard.run("preparing the store", lambda: prepare_store(args, cls) if guard.rank == 0 else None,
                          code=EXIT_BAD_INPUT)
-    info, hashes, labels = guard.bcast(prepared, "sending the store's description and reference")
+    info, hashes, labels = guard.bcast(prepared and prepared[:3], "sending the store's description and reference")
     if guard.size > info.n_images:
         guard.fail_all(f"{guard.size} ranks for {info.n_images} images: every rank needs at least one image per epoch; "
                        "run fewer ranks or more --images", code=EXIT_BAD_INPUT)
+    store_digest = guard.run("checking the store's content against the dataset", lambda: None if guard.rank else _check(
+        cls, *prepared, args.dataset))
     directory = Path(info.directory) if info.directory else args.store
     hint = ("--store must name a store that every rank sees, on a shared filesystem" if info.directory is None else
             "rank 0 built it under --scratch, which every rank must see: a folder on a shared filesystem")
+    read_cache = guard.bcast(guard.run("sizing the readers' own cache", lambda: None if guard.rank else
+                                       page_cache.read_cache_options(cls, args.method, directory)),
+                             "sending the readers' cache size")  # benchmarks.cache: below the store, as the suite's
     reader = guard.run("opening the store", lambda: RankReader(cls, directory, info, args.batch_size, guard.rank, guard.size,
-                                                               hosts.count(guard.host), hint), code=EXIT_BAD_INPUT)
+                                                               hosts.count(guard.host), hint, read_cache),
+                       code=EXIT_BAD_INPUT)
     leader = hosts.index(guard.host) == guard.rank  # one rank per node drops the node's page cache
+    offset, round_trip = guard.clock_offset(hosts, "synchronising the clocks")  # perf_counter here minus rank 0's
     expected = id_digest(np.arange(info.n_images))
     epochs: list[dict] = []
     for epoch in range(args.rounds + 1):
         resident = None
         if args.cache == "cold":
             guard.run(f"closing the stores before epoch {epoch}", reader.close)
-            resident = guard.run(f"dropping the store from the page cache before epoch {epoch}",
-                                 lambda: drop_from_cache(directory) if leader else None)
+            guard.run(f"dropping the store from the page cache before epoch {epoch}",
+                      lambda: page_cache.evict(directory) if leader else None)
             guard.run(f"reopening the stores before epoch {epoch}", reader.open)
+            resident = guard.run(f"measuring what stayed cached before epoch {epoch}",  # once every rank has opened
+                                 lambda: check_resident(directory) if leader else None)
         permutation = np.random.default_rng(args.permutation_seed + epoch).permutation(info.n_images)
         guard.run(f"preparing epoch {epoch}", functools.partial(reader.prepare, permutation))
-        guard.barrier(f"the start of epoch {epoch}")
-        seconds, first, error = reader.read()
-        timings = guard.exchange(f"reading epoch {epoch}", error, (seconds, first))
+        guard.barrier(f"the start of epoch {epoch}", spin=True)
+        start, end, first, error = reader.read()
+        timings = guard.exchange(f"reading epoch {epoch}", error, (end - start, first, start - offset, end - offset))
         count, digest, error = reader.check(hashes, labels)
         tallies = guard.exchange(f"checking epoch {epoch}", error, (count, digest))
         total, digests = sum(tally[0] for tally in tallies), sum(tally[1] for tally in tallies) % 2**64
         if (total, digests) != (info.n_images, expected):
             guard.fail_all(f"epoch {epoch}: the ranks read {total} ids of {info.n_images}, with digest {digests:#x} where "
                            f"every id once gives {expected:#x}: ids were read twice or never")
-        epochs.append({"seconds": [s for s, _ in timings], "first": [f for _, f in timings], "digests": [d for _, d in tallies],
-                       "batch_seconds": reader.seconds.copy(), "resident": resident})
+        epochs.append({"seconds": [timing[0] for timing in timings], "first": [timing[1] for timing in timings],
+                       "span": max(timing[3] for timing in timings) - min(timing[2] for timing in timings),
+                       "digests": [d for _, d in tallies], "batch_seconds": reader.seconds.copy(),
+                       "resident": resident})
     reader.close()
     measured = epochs[1:]
     mine = {"startup_s": reader.startup_s, "batches": reader.plan.n_batches, "images": len(reader.ids),
+            "clock_offset_s": offset, "clock_round_trip_s": round_trip,
             "batch_seconds": np.concatenate([epoch["batch_seconds"] for epoch in measured]),
             "resident": None if measured[0]["resident"] is None else max(epoch["resident"] for epoch in measured)}
     figures = guard.allgather(mine, "collecting the per-rank figures")
@@ -224,6 +252,8 @@ def run(args: argparse.Namespace, cls: type[ImageStore], guard: Guard) -> None:
         if guard.rank:
             return None
         document = build_document(args, info, directory, hosts, epochs, figures, expected, started, guard.timeout)
+        document["benchmarks"][0]["extra_info"].update(
+            store_digest=store_digest, **({"read_cache_bytes": next(iter(read_cache.values()))} if read_cache else {}))
         if args.output is not None:
             write_output(args.output, document, args.append)
         return summary(document["benchmarks"][0], directory if info.directory else None, args.output)
@@ -249,12 +279,14 @@ def build_document(args: argparse.Namespace, info: StoreInfo, directory: Path, h
     from pytest_benchmark.utils import get_commit_info
 
     spec, ranks, measured = canonical_spec(args.method), len(hosts), epochs[1:]
-    epoch_s = [max(epoch["seconds"]) for epoch in measured]
+    epoch_s = [epoch["span"] for epoch in measured]  # earliest start to latest end, on rank 0's clock
     stats = Stats()
     for seconds in epoch_s:
         stats.update(seconds)
     per_rank = [{"rank": rank, "host": hosts[rank], "images": figure["images"], "batches": figure["batches"],
-                 "startup_s": figure["startup_s"], "epoch_s": [epoch["seconds"][rank] for epoch in measured],
+                 "startup_s": figure["startup_s"], "clock_offset_s": figure["clock_offset_s"],
+                 "clock_round_trip_s": figure["clock_round_trip_s"],
+                 "epoch_s": [epoch["seconds"][rank] for epoch in measured],
                  "median_s": statistics.median(epoch["seconds"][rank] for epoch in measured),
                  "first_batch_s": statistics.median(epoch["first"][rank] for epoch in measured),
                  **_percentiles(figure["batch_seconds"]),
@@ -267,7 +299,7 @@ def build_document(args: argparse.Namespace, info: StoreInfo, directory: Path, h
     extra = {
         "suite": SUITE, "operation": OPERATION, "method": spec, "n_images": info.n_images, "image_shape": list(info.image_shape),
         "dtype": info.dtype, "raw_bytes": info.n_images * info.image_bytes,
-        **({"dataset": "synthetic"} if info.directory else {}), "durable": False, "images_per_round": info.n_images,
+        "dataset": args.dataset.name, "durable": False, "images_per_round": info.n_images,
         "images_per_s": info.n_images / median, "mb_per_s": info.n_images * info.image_bytes / 1e6 / median,
         "batch_size": args.batch_size, "workers": ranks, "cache": args.cache, "permutation_seed": args.permutation_seed,
         "n_batches": sum(figure["batches"] for figure in figures), "startup_s": max(figure["startup_s"] for figure in figures),

@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
-import xxhash
 
 from benchmarks import cache as page_cache
 from benchmarks.machine import available_memory
+from benchmarks.mpi_reference import image_hashes
 from benchmarks.workers import EpochPlan
 from storage_impls import ImageStore, MissingStoreError, StoreError
 
@@ -44,6 +44,7 @@ PEER_GRACE_S = 10.0  # ranks other than 0 wait this much longer: one message (ra
 ABORT_DELAY_S = 1.0  # between printing why and MPI_Abort: the launcher may drop output it has not forwarded yet
 SPIN_S = 0.001  # a wait polls without sleeping for this long (the barrier before a timed epoch is about this short)
 MAX_PAUSE_S = 0.01  # then it sleeps between polls: a tenth of the time waited so far, at most this
+CLOCK_PINGS, CLOCK_TAG = 16, 7  # Guard.clock_offset: pings per rank, and their MPI tag
 MEMORY_SHARE = 0.8  # a node's ranks may fill this share of its available memory with buffers and references
 MESSAGE_ERRORS = (OSError, ValueError, ImportError, MemoryError, StoreError)  # their message says it all
 _MIX = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
@@ -101,8 +102,32 @@ class Guard:
         self.rank, self.size, self.host = comm.Get_rank(), comm.Get_size(), platform.node()
         self.limit = timeout if self.rank == 0 else timeout + PEER_GRACE_S
 
-    def barrier(self, what: str) -> None:
-        self._wait(self.comm.Ibarrier(), what)
+    def barrier(self, what: str, spin: bool = False) -> None:
+        """Wait for every rank; ``spin``: poll without sleeping, so that all ranks leave within microseconds (the
+        start of a timed epoch), at the cost of a busy core while waiting."""
+        self._wait(self.comm.Ibarrier(), what, spin)
+
+    def clock_offset(self, hosts: Sequence[str], what: str, pings: int = CLOCK_PINGS) -> tuple[float, float | None]:
+        """(this rank's ``time.perf_counter`` minus rank 0's at the same instant, the round trip that measured it), so
+        that every rank's times go on rank 0's clock. On rank 0's node the offset is 0, measured by nothing:
+        ``perf_counter`` is CLOCK_MONOTONIC, one clock for the whole machine. A rank on another node pings rank 0
+        ``pings`` times (Cristian's algorithm; rank 0 answers each such rank in turn) and keeps the ping of the
+        shortest round trip, whose offset is off by at most half that round trip."""
+        buffer, best = np.zeros(1), (math.inf, 0.0)
+        for peer in (rank for rank, host in enumerate(hosts) if host != hosts[0]):
+            for _ in range(pings if self.rank in (0, peer) else 0):
+                if self.rank == 0:
+                    self._wait(self.comm.Irecv(buffer, source=peer, tag=CLOCK_TAG), what, spin=True)
+                    buffer[0] = time.perf_counter()
+                    self._wait(self.comm.Isend(buffer, dest=peer, tag=CLOCK_TAG), what, spin=True)
+                    continue
+                sent = time.perf_counter()
+                self._wait(self.comm.Isend(buffer, dest=0, tag=CLOCK_TAG), what, spin=True)
+                self._wait(self.comm.Irecv(buffer, source=0, tag=CLOCK_TAG), what, spin=True)
+                back = time.perf_counter()
+                best = min(best, (back - sent, (sent + back) / 2 - float(buffer[0])))
+        self.barrier(what)
+        return (0.0, None) if hosts[self.rank] == hosts[0] else (best[1], best[0])
 
     def allgather(self, value: Any, what: str) -> list[Any]:
         """Every rank's ``value`` (pickled), in rank order, on every rank."""
@@ -159,9 +184,9 @@ class Guard:
             ranks = _rank_list([(rank, host) for rank, host, text in failures if text == message])
             print(f"{self.prog}: error: {ranks}, {what}: {message}", file=sys.stderr, flush=True)
 
-    def _wait(self, request: MPI.Request, what: str) -> None:
-        """Poll ``request`` until it completes; past ``timeout`` seconds (PEER_GRACE_S more on ranks other than 0), say
-        so and abort every rank."""
+    def _wait(self, request: MPI.Request, what: str, spin: bool = False) -> None:
+        """Poll ``request`` until it completes (sleeping between polls after SPIN_S, unless ``spin``); past ``timeout``
+        seconds (PEER_GRACE_S more on ranks other than 0), say so and abort every rank."""
         start = time.monotonic()
         while not request.Test():
             waited = time.monotonic() - start
@@ -171,7 +196,7 @@ class Guard:
                       "this cluster, raise --timeout)", file=sys.stderr, flush=True)
                 time.sleep(ABORT_DELAY_S)
                 self.comm.Abort(EXIT_TIMEOUT)
-            if waited > SPIN_S:
+            if waited > SPIN_S and not spin:
                 time.sleep(min(MAX_PAUSE_S, waited / 10))
 
 
@@ -189,12 +214,6 @@ class StoreInfo:
         return math.prod(self.image_shape) * np.dtype(self.dtype).itemsize
 
 
-def image_hashes(images: np.ndarray) -> np.ndarray:
-    """xxh3_64 of each image's bytes."""
-    rows = images.reshape(len(images), math.prod(images.shape[1:])).view(np.uint8)
-    return np.fromiter((xxhash.xxh3_64_intdigest(row) for row in rows), np.uint64, count=len(rows))
-
-
 def check_memory(needed: int, what: str) -> None:
     """MemoryError unless ``needed`` bytes fit in this node's share for buffers (MEMORY_SHARE of what is available)."""
     if needed > MEMORY_SHARE * available_memory():
@@ -206,8 +225,9 @@ class RankReader:
     """One rank's reading: its own read-only handle, its own buffer (its share of an epoch) and its records."""
 
     def __init__(self, cls: type[ImageStore], directory: Path, info: StoreInfo, batch_size: int, rank: int, ranks: int,
-                 node_ranks: int, hint: str) -> None:
+                 node_ranks: int, hint: str, store_options: dict | None = None) -> None:
         self.cls, self.directory, self.info, self.batch_size, self.hint = cls, directory, info, batch_size, hint
+        self.store_options = dict(store_options or {})
         self.rank, self.ranks = rank, ranks
         count = len(range(rank, info.n_images, ranks))
         check_memory(node_ranks * (count * (info.image_bytes + 8) + 16 * info.n_images),
@@ -221,7 +241,7 @@ class RankReader:
 
     def open(self) -> None:
         try:
-            store = self.cls(self.directory, "r")
+            store = self.cls(self.directory, "r", **self.store_options)
         except MissingStoreError as error:
             raise MissingStoreError(f"{error} ({self.hint})") from None
         seen = (len(store), store.image_shape, str(store.image_dtype))
@@ -246,8 +266,9 @@ class RankReader:
         self.seconds = np.zeros(self.plan.n_batches)
         self.reads = np.zeros(self.plan.n_batches, np.int64)
 
-    def read(self) -> tuple[float, float, str | None]:
-        """The timed region: every batch of the share into the buffer. (seconds, first batch in, error)."""
+    def read(self) -> tuple[float, float, float, str | None]:
+        """The timed region: every batch of the share into the buffer. (start, end: this rank's perf_counter; seconds
+        to the first batch; error)."""
         start = time.perf_counter()
         first, error = math.nan, None
         try:
@@ -262,7 +283,7 @@ class RankReader:
                     first = end - start
         except Exception as exc:  # noqa: BLE001  (reported to every rank by the exchange that follows)
             error = describe(exc)
-        return time.perf_counter() - start, first, error
+        return start, time.perf_counter(), first, error
 
     def check(self, hashes: np.ndarray, labels: np.ndarray) -> tuple[int, int, str | None]:
         """Untimed: (ids read, their digest, error if an image or label read differs from the reference)."""
@@ -278,12 +299,10 @@ class RankReader:
         return len(read), id_digest(read), error
 
 
-def drop_from_cache(directory: Path) -> float:
-    """Drop the store from this node's page cache; the share of its pages still cached, at most the suite's 5 %."""
-    resident = page_cache.evict(directory)
-    if resident > page_cache.MAX_RESIDENT_FRACTION:
-        raise ValueError(f"{resident:.1%} of the store stayed in this node's page cache after dropping it (at most "
-                         f"{page_cache.MAX_RESIDENT_FRACTION:.0%} allowed): does another process hold it open or mapped?")
+def check_resident(directory: Path) -> float:
+    """The share of the store's pages in this node's page cache once every rank has reopened it after the drop;
+    ValueError when it is more than a cold epoch may start with (benchmarks.cache.too_resident)."""
+    resident = page_cache.resident_fraction(directory)
+    if problem := page_cache.too_resident(directory, resident):
+        raise ValueError(f"on this node {problem}: does another process hold it open or mapped?")
     return resident
-
-

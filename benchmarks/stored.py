@@ -1,10 +1,12 @@
 """What a method's store holds and gives back, asked of an empty store once per method (variant) and session:
-whether it can hold the session's images at all, and the images a correct read returns, which for a lossy
-codec are ``decode(encode(x))`` (made once per codec, untimed) rather than the source images.
+whether it can hold the session's images at all, and its codec; and the images a correct read returns, made
+independently of the code under test (benchmarks/codec_reference.py: the source images, or for a lossy codec
+Pillow's own encode and decode of them, once per codec and session, untimed).
 
 Fixtures, imported by benchmarks/conftest.py: ``store_class`` (the cell's class, or a skip saying what to
-install or what the method cannot hold), ``expected`` (the images and labels a cell verifies against; it
-records the codec, and for a lossy codec its PSNR against the source, in the cell's ``extra_info``).
+install or what the method cannot hold), ``expected`` (what a cell verifies against, with ``Expected.check``;
+it records the codec, and for a lossy codec its PSNR against the source and its floor, in the cell's
+``extra_info``), ``references`` (``get(codec)``, for the codec floors).
 """
 from __future__ import annotations
 
@@ -17,9 +19,11 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 
+from benchmarks.codec_reference import NoReferenceError, psnr_floor_db, reference_images
 from benchmarks.progress import announce
+from benchmarks.verify import verify, verify_images, verify_psnr
 from storage_impls import ImageStore, get_store_class
-from storage_impls.core.codecs import get_codec, psnr_db
+from storage_impls.core.codecs import psnr_db
 
 
 class Profile(NamedTuple):
@@ -30,12 +34,25 @@ class Profile(NamedTuple):
 
 
 class Expected(NamedTuple):
-    """The session's images as a store of one codec returns them, and the labels."""
+    """The session's images as a correct store of one codec returns them, the labels, and the source images."""
 
     images: np.ndarray
     labels: np.ndarray
     codec: str
+    source: np.ndarray
     psnr_db: float | None  # of the images against the source, for a lossy codec
+    psnr_floor_db: float | None  # the least PSNR a read of a lossy codec may have (codec_reference.psnr_floor_db)
+
+    def check(self, what: str, images: np.ndarray, labels: np.ndarray | None, where: slice | np.ndarray) -> None:
+        """Fail the cell unless ``images`` (and ``labels``, None for floors) are exactly the reference at ``where``
+        (a slice or an array of indexes of the session's images) and, for a lossy codec, reach its PSNR floor
+        against the source images (checked first: it names what a decoder returning garbage lost)."""
+        if self.psnr_floor_db is not None:
+            verify_psnr(what, images, self.source[where], self.psnr_floor_db, self.codec)
+        if labels is None:
+            verify_images(what, images, self.images[where])
+        else:
+            verify(what, images, labels, self.images[where], self.labels[where])
 
 
 @pytest.fixture(scope="session")
@@ -68,31 +85,34 @@ def store_class(method: str, store_profiles: Callable[[type[ImageStore]], Profil
 
 
 @pytest.fixture(scope="session")
-def decoded(pytestconfig: pytest.Config, dataset) -> Callable[[str], Expected]:
-    """``get(codec)``: the session's images as that codec gives them back, made once per codec."""
+def references(pytestconfig: pytest.Config, dataset) -> Callable[[str], Expected]:
+    """``get(codec)``: what a correct store of that codec returns for the session's images, made once per codec
+    with Pillow alone (benchmarks.codec_reference); a codec it does not know fails the cell."""
     made: dict[str, Expected] = {}
 
     def get(spec: str) -> Expected:
         if spec not in made:
-            codec = get_codec(spec)
-            if codec.lossless:
-                made[spec] = Expected(dataset.images, dataset.labels, spec, None)
+            try:
+                floor = psnr_floor_db(spec)
+            except NoReferenceError as error:
+                pytest.fail(str(error), pytrace=False)
+            if floor is None:
+                made[spec] = Expected(dataset.images, dataset.labels, spec, dataset.images, None, None)
             else:
-                images = np.empty_like(dataset.images)
-                with announce(pytestconfig, f"decoding the images as {spec} returns them", len(images)):
-                    for source, target in zip(dataset.images, images):
-                        codec.decode_into(codec.encode(source), target)
-                made[spec] = Expected(images, dataset.labels, spec, psnr_db(dataset.images, images))
+                with announce(pytestconfig, f"making the {spec} reference with Pillow", len(dataset.images)):
+                    images = reference_images(spec, dataset.images)
+                made[spec] = Expected(images, dataset.labels, spec, dataset.images, psnr_db(dataset.images, images),
+                                      floor)
         return made[spec]
     return get
 
 
 @pytest.fixture
 def expected(store_class: type[ImageStore], store_profiles: Callable[[type[ImageStore]], Profile],
-             decoded: Callable[[str], Expected], benchmark) -> Expected:
+             references: Callable[[str], Expected], benchmark) -> Expected:
     """What the cell's reads must return (exactly), recorded with the codec in the cell's extra_info."""
-    result = decoded(store_profiles(store_class).codec)
+    result = references(store_profiles(store_class).codec)
     benchmark.extra_info["codec"] = result.codec
     if result.psnr_db is not None:
-        benchmark.extra_info["psnr_db"] = round(result.psnr_db, 3)
+        benchmark.extra_info.update(psnr_db=round(result.psnr_db, 3), psnr_floor_db=result.psnr_floor_db)
     return result

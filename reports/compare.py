@@ -7,6 +7,10 @@ covers drift from one run to the next (reports.stats explains both). Exit status
 which compares each method's time relative to a reference method measured in the same run, because ratios survive
 a change of machine and absolute times do not. --normalise floor compares each cell's time over its floor's time
 in the same run (reports.floors), so that drift of the whole machine between runs cancels.
+
+Cells pair only when their identity (reports.results.cell_identity: operation, method, image count, shape, dtype,
+dataset, durable, launcher, codec, cache, batch size, workers) is the same; a cell whose counterpart on the other
+side differs in any of them is not compared, and the notes list the difference ("durable: False != True").
 """
 from __future__ import annotations
 
@@ -22,7 +26,16 @@ import numpy as np
 from reports import compare_output as output
 from reports.compare_output import Comparison, Mode, label, runs_are_replicates
 from reports.floors import divisor, floor_cells, floor_index, is_floor
-from reports.results import Cell, CellKey, ReportInputError, Run, load_run, resolve_inputs
+from reports.results import (
+    Cell,
+    CellKey,
+    ReportInputError,
+    Run,
+    cell_identity,  # noqa: F401  (the one identity of a cell, also imported from here)
+    identity_differences,
+    load_run,
+    resolve_inputs,
+)
 from reports.stats import Correction, RatioEstimate, judge_family, ratio_between_runs, ratio_of_medians
 from storage_impls.registry import REFERENCE_METHOD
 
@@ -127,8 +140,8 @@ def _divisors(cell: Cell, run_cells: Mapping[CellKey, Cell], index: Mapping[tupl
         floors = floor_cells(cell, index)
         return (floors, divisor(cell)) if floors else None
     if mode.name == "reference":
-        operation, _, n_images, shape, variant = cell.key
-        reference = run_cells.get((operation, mode.reference_method, n_images, shape, variant))
+        slot = cell.key._replace(method=mode.reference_method, codec="")
+        reference = next((other for key, other in run_cells.items() if key._replace(codec="") == slot), None)
         return ((reference,), 1) if reference else None
     return (), 1
 
@@ -151,14 +164,14 @@ def compare_runs(base: Sequence[Run], head: Sequence[Run], *, mode: Mode, min_ro
     in_any = {side: set().union(*side_cells) for side, side_cells in sides.items()}
     notes = [f"not in every {side} run: {', '.join(label(key) for key in sorted(keys))}"
              for side in sides if (keys := in_any[side] - in_all[side])]
-    notes += [f"only in {side}: {', '.join(label(key) for key in sorted(keys))}"
-              for side, other in (("base", "head"), ("head", "base")) if (keys := in_any[side] - in_any[other])]
+    notes += _unpaired_notes({key: _any(sides["base"], key) for key in in_any["base"] - in_any["head"]},
+                             {key: _any(sides["head"], key) for key in in_any["head"] - in_any["base"]})
     missing = "floor" if mode.name == "floor" else f"{mode.reference_method} cell"
     keys: list[CellKey] = []
     groups: list[tuple[RunCells, RunCells]] = []
     for key in sorted(in_all["base"] & in_all["head"]):
         cell = sides["base"][0][key]
-        if key[1] == mode.reference_method or (mode.name == "floor" and is_floor(cell)):
+        if key.method == mode.reference_method or (mode.name == "floor" and is_floor(cell)):
             continue
         pair = tuple([(cells[key], *divisors) for cells, index in zip(sides[side], indexes[side])
                       if (divisors := _divisors(cells[key], cells, index, mode)) is not None] for side in runs)
@@ -178,6 +191,31 @@ def compare_runs(base: Sequence[Run], head: Sequence[Run], *, mode: Mode, min_ro
     comparisons = [Comparison(key, float(np.exp(np.mean(base_logs))), float(np.exp(np.mean(head_logs))), verdict)
                    for key, (base_logs, head_logs), verdict in zip(keys, logs, verdicts)]
     return comparisons, level, notes
+
+
+def _any(side_cells: Sequence[Mapping[CellKey, Cell]], key: CellKey) -> Cell:
+    return next(cells[key] for cells in side_cells if key in cells)
+
+
+def _unpaired_notes(base_only: Mapping[CellKey, Cell], head_only: Mapping[CellKey, Cell]) -> list[str]:
+    """Notes on cells of one side only: each paired, where it can be, with the cell of the other side of the same
+    operation, method and image count that differs from it in the fewest identity fields, and listed under those
+    differences ("not comparable (durable: False != True): ..."); the rest as "only in base" or "only in head"."""
+    refused: dict[str, list[CellKey]] = {}
+    unmatched = dict(head_only)
+    alone: list[CellKey] = []
+    for key in sorted(base_only):
+        candidates = [(len(identity_differences(base_only[key], cell)), other) for other, cell in unmatched.items()
+                      if (other.operation, other.method, other.n_images) == (key.operation, key.method, key.n_images)]
+        if not candidates:
+            alone.append(key)
+            continue
+        _, other = min(candidates)
+        refused.setdefault("; ".join(identity_differences(base_only[key], unmatched.pop(other))), []).append(key)
+    notes = [f"not comparable ({differences}, base != head): {', '.join(label(key) for key in keys)}"
+             for differences, keys in refused.items()]
+    return notes + [f"only in {side}: {', '.join(label(key) for key in sorted(keys))}"
+                    for side, keys in (("base", alone), ("head", list(unmatched))) if keys]
 
 
 def _log_quantities(run_cells: RunCells) -> list[float]:

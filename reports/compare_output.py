@@ -64,8 +64,8 @@ class Mode:
 
 def label(key: CellKey) -> str:
     """"read_many lmdb n=1000 32x32x3", plus the variant (batch size, workers, cache) if any."""
-    operation, method, n_images, shape, variant = key
-    return f"{operation} {method} n={n_images} {'x'.join(map(str, shape))}" + (f" {variant}" if variant else "")
+    return (f"{key.operation} {key.method} n={key.n_images} {'x'.join(map(str, key.image_shape))}"
+            + (f" {key.variant}" if key.variant else ""))
 
 
 def rows(comparisons: Sequence[Comparison], mode: Mode) -> list[list[str]]:
@@ -150,11 +150,12 @@ def markdown(base: Sequence[Run], head: Sequence[Run], args: argparse.Namespace,
 def to_json(base: Sequence[Run], head: Sequence[Run], args: argparse.Namespace, mode: Mode, level: float,
             comparisons: Sequence[Comparison], notes: Sequence[str], differences: Mapping[str, Sequence[str]]) -> dict:
     def cell(comparison: Comparison) -> dict[str, Any]:
-        operation, method, n_images, shape, variant = comparison.key
-        verdict = comparison.verdict
+        key, verdict = comparison.key, comparison.verdict
         return {
-            "operation": operation, "method": method, "n_images": n_images, "image_shape": list(shape),
-            **({"variant": variant} if variant else {}),
+            "operation": key.operation, "method": key.method, "n_images": key.n_images,
+            "image_shape": list(key.image_shape),
+            **({"variant": key.variant} if key.variant else {}), "codec": key.codec, "dataset": key.dataset,
+            "durable": key.durable, "launcher": key.launcher,
             "base": comparison.base_value, "head": comparison.head_value,
             "ratio": verdict.estimate.ratio if verdict.estimate else None,
             "ci": list(verdict.ci) if verdict.ci else None,

@@ -43,8 +43,8 @@ def _ordered(cells: Iterable[Cell]) -> list[Cell]:
 
 def _images(key: CellKey, mixed_shapes: bool) -> str:
     """Image count, plus the shape when runs mix shapes and the variant (batch size, workers, cache) if any."""
-    count = f"{key[2]:,} of {'x'.join(map(str, key[3]))}" if mixed_shapes else f"{key[2]:,}"
-    return f"{count} {key[4]}" if key[4] else count
+    count = f"{key.n_images:,} of {'x'.join(map(str, key.image_shape))}" if mixed_shapes else f"{key.n_images:,}"
+    return f"{count} {key.variant}" if key.variant else count
 
 
 def _ratio(check: FloorCheck | None) -> str:
@@ -110,7 +110,8 @@ def throughput_table(run: Run, mixed_shapes: bool) -> str:
         ("operation", "images", "method", "median", "images/s", "MB/s", "floor", "ours/floor", "speed-up vs slowest",
          "CPU s / 1000 images", "device read / image", "device write / image"),
         ((cell.operation, _images(cell.key, mixed_shapes), cell.method, format_seconds(cell.stats["median"]),
-          format_rate(cell.n_images / cell.stats["median"]), format_rate(cell.raw_bytes / 1e6 / cell.stats["median"]),
+          format_rate(cell.images_per_round / cell.stats["median"]),
+          format_rate(cell.raw_bytes * cell.images_per_round / cell.n_images / 1e6 / cell.stats["median"]),
           cell.extra_info.get("floor") or "–", _ratio(checks.get(cell.key)), f"{up[cell.key]:.2f}×", *_resources(cell))
          for cell in _ordered(method_cells(run))),
     )
@@ -161,7 +162,7 @@ def comparison(runs: Sequence[Run], labels: Sequence[str], mixed_shapes: bool) -
     per_run = [ratios(runs[0], run) for run in runs[1:]]
     keys = [cell.key for cell in _ordered(runs[0].cells) if any(cell.key in run_ratios for run_ratios in per_run)]
     header = ("operation", "images", "method", f"median: {labels[0]}", *(f"{label} / first" for label in labels[1:]))
-    rows = [(key[0], _images(key, mixed_shapes), key[1], format_seconds(base[key].stats["median"]),
+    rows = [(key.operation, _images(key, mixed_shapes), key.method, format_seconds(base[key].stats["median"]),
              *(f"{run_ratios[key]:.2f}" if key in run_ratios else "–" for run_ratios in per_run)) for key in keys]
     means = [f"- **{label}**: geometric mean {geometric_mean(run_ratios.values()):.2f} over {len(run_ratios)} shared cells"
              if run_ratios else f"- **{label}**: no cells in common with the first run" for label, run_ratios in zip(labels[1:], per_run)]

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
+
+from storage_impls.registry import codec_of
 
 SUITE = "image-storage"  # extra_info["suite"] of every cell of this suite
 FLOOR_PREFIX = "floor-"  # the method name of a floor cell: "floor-file-read"
@@ -27,7 +29,26 @@ VARIANT_FIELDS = (("batch_size", "b"), ("workers", "w"), ("cache", ""))  # extra
 DEFAULT_DTYPE = "uint8"  # cells of other dtypes carry theirs in the variant; runs before dtypes recorded none
 REQUIRED_STATS = ("median", "min", "max", "q1", "q3")
 REQUIRED_EXTRA_INFO = ("operation", "method", "n_images", "image_shape")
-CellKey = tuple[str, str, int, tuple[int, ...], str]  # Cell.key
+# what a cell's identity holds besides operation, method, n_images and image_shape, with the value of runs made
+# before the field was recorded: every such run was a non-durable pytest run of the synthetic data; its codec was
+# the store's codec as the registry tells it (the method's ``codec=`` option, else its class's default)
+IDENTITY_DEFAULTS: Mapping[str, Any] = MappingProxyType({
+    "dtype": DEFAULT_DTYPE, "dataset": "synthetic", "durable": False, "launcher": "pytest", "codec": None,
+    "cache": None, "batch_size": None, "workers": None})
+
+
+class CellKey(NamedTuple):
+    """Cell.key: everything that changes what a cell measures (``cell_identity``), for pairing cells across runs."""
+
+    operation: str
+    method: str
+    n_images: int
+    image_shape: tuple[int, ...]
+    variant: str  # batch size, workers, cache, and the dtype unless uint8 (Cell.variant)
+    codec: str  # "" for floor cells, whose method names their codec
+    dataset: str
+    durable: bool
+    launcher: str  # "pytest" (the suite: in-process, or read_random's worker processes) or "mpi" (benchmarks/mpi.py)
 
 
 class ReportInputError(Exception):
@@ -60,13 +81,50 @@ class Cell:
 
     @property
     def key(self) -> CellKey:
-        """Identity of the cell across runs: (operation, method, n_images, image_shape, variant)."""
-        return (self.operation, self.method, self.n_images, self.image_shape, self.variant)
+        """Identity of the cell across runs, from ``cell_identity``: cells of different keys never compare."""
+        identity = cell_identity(self)
+        return CellKey(self.operation, self.method, self.n_images, self.image_shape, self.variant,
+                       *(identity[field] or "" if field == "codec" else identity[field]
+                         for field in ("codec", "dataset", "durable", "launcher")))
+
+    @property
+    def images_per_round(self) -> int:
+        """Images one round reads or writes (extra_info.images_per_round): n_images, but for single-image cells."""
+        return int(self.extra_info.get("images_per_round", self.n_images))
 
     @property
     def raw_bytes(self) -> int:
         """Pixel bytes one round moves (extra_info.raw_bytes, else computed from the shape)."""
         return int(self.extra_info.get("raw_bytes", self.n_images * math.prod(self.image_shape)))
+
+
+def cell_identity(cell: Cell) -> dict[str, Any]:
+    """Everything that changes what a cell measures: operation, method, image count and shape, dtype, dataset, durable,
+    launcher, codec, and for training reads cache, batch size and workers (None where a cell has none). A field a
+    run did not record takes the value runs had before it was recorded (IDENTITY_DEFAULTS). The one place that
+    decides which cells are the same cell: Cell.key, reports compare and reports history use it."""
+    info = cell.extra_info
+    identity = {"operation": cell.operation, "method": cell.method, "n_images": cell.n_images,
+                "image_shape": cell.image_shape}
+    for field, default in IDENTITY_DEFAULTS.items():
+        identity[field] = info.get(field, default)
+    if identity["codec"] is None and not cell.method.startswith("floor-"):
+        try:
+            identity["codec"] = codec_of(cell.method)
+        except ValueError:  # a method or codec this version does not know
+            identity["codec"] = "raw"
+    return identity
+
+
+def identity_differences(base: Cell, head: Cell) -> list[str]:
+    """The fields of ``cell_identity`` on which two cells differ, as "durable: False != True"."""
+    ours, theirs = cell_identity(base), cell_identity(head)
+
+    def shown(value: Any) -> str:
+        return "x".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+    return [f"{field}: {shown(ours[field])} != {shown(theirs[field])}"
+            for field in ours if ours[field] != theirs[field]]
 
 
 @dataclass(frozen=True)

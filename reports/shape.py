@@ -117,14 +117,14 @@ def method_cells(run: Run) -> list[Cell]:
 def missing_cells(runs: Sequence[Run]) -> tuple[tuple[tuple[str, str, int], ...], ...]:
     """Per run, the (operation, method, n_images) it lacks from the full grid.
 
-    The grid is every method seen in any run x every image count seen in any run for that kind of
-    operation (single-image or many) x both operations of that kind.
+    The grid is, per operation of the tutorial's four, every method seen in any run x every image count that
+    operation has in any run (store_single's is 1; the others' are the cutoffs, read_single's 1 in older runs).
     """
     methods = sorted({cell.method for run in runs for cell in method_cells(run)})
     grid = []
-    for kind in (SINGLE_OPERATIONS, MANY_OPERATIONS):
-        counts = sorted({cell.n_images for run in runs for cell in run.cells if cell.operation in kind})
-        grid += [(operation, method, count) for operation in kind for method in methods for count in counts]
+    for operation in (*SINGLE_OPERATIONS, *MANY_OPERATIONS):
+        counts = sorted({cell.n_images for run in runs for cell in run.cells if cell.operation == operation})
+        grid += [(operation, method, count) for method in methods for count in counts]
     present = [{(cell.operation, cell.method, cell.n_images) for cell in method_cells(run)} for run in runs]
     return tuple(tuple(slot for slot in grid if slot not in cells) for cells in present)
 

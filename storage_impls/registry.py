@@ -21,6 +21,7 @@ import os
 from typing import NamedTuple
 
 from storage_impls.core.base import ImageStore, Mode
+from storage_impls.core.codecs import get_codec
 from storage_impls.core.options import check_options
 from storage_impls.core.records import register_markers
 
@@ -69,6 +70,19 @@ for _name, _spec in _REGISTRY.items():
 def install_hint(method: str) -> str:
     """The command that installs what ``method`` (a name or a variant) needs."""
     return _REGISTRY[parse_spec(method)[0]].install_hint
+
+
+def codec_of(method: str) -> str:
+    """The codec spec a method's store holds, spelled canonically: a variant's ``codec=`` option (``png-6`` ->
+    ``png``), else the class's ``DEFAULT_CODEC`` (``raw`` where the method's package is missing); ValueError for an
+    unknown method or codec."""
+    name, options = parse_spec(method)
+    if "codec" in options:
+        return get_codec(options["codec"]).spec
+    try:
+        return getattr(_load_class(name), "DEFAULT_CODEC", "raw")
+    except ImportError:
+        return "raw"
 
 
 def has_trait(method: str, trait: str) -> bool:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks.codec_reference import NoReferenceError, psnr_floor_db, reference_images
 from benchmarks.floors import floors_of_cell
 from benchmarks.verify import verify, verify_images
 
@@ -17,8 +19,6 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def run_suite(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    import os
-
     return subprocess.run([sys.executable, "-m", "pytest", "benchmarks", "-p", "no:cacheprovider", *args],
                           cwd=REPO, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=300)
 
@@ -37,7 +37,7 @@ def tiny_run(tmp_path_factory) -> dict:
 def test_every_cell_runs_with_params_and_extra_info(tiny_run):
     cells = {bench["name"]: bench for bench in tiny_run["benchmarks"]}
     expected = {f"test_{operation}[{method}-{cutoff}]" for method in ("disk", "lmdb", "hdf5")
-                for operation, cutoffs in (("store_single", (1,)), ("read_single", (1,)),
+                for operation, cutoffs in (("store_single", (1,)), ("read_single", (10, 20)),
                                            ("store_many", (10, 20)), ("read_many", (10, 20)),
                                            ("store_single_into", (10, 20)))
                 for cutoff in cutoffs}
@@ -45,6 +45,8 @@ def test_every_cell_runs_with_params_and_extra_info(tiny_run):
     into = cells["test_store_single_into[disk-20]"]
     assert into["extra_info"]["images_per_round"] == 2
     assert into["extra_info"]["images_per_s"] == pytest.approx(2 / into["stats"]["median"])
+    read_one = cells["test_read_single[hdf5-20]"]["extra_info"]  # one image of a random id of a store of 20
+    assert (read_one["n_images"], read_one["images_per_round"], read_one["floor_n_images"]) == (20, 1, 1)
     store = cells["test_store_many[lmdb-20]"]
     assert store["params"] == {"method": "lmdb", "cutoff": 20}
     info = store["extra_info"]
@@ -163,17 +165,17 @@ def test_a_broken_read_fails_its_cell():
                        "--benchmark-disable")
     assert result.returncode == 1
     assert "hdf5 read_many: 10 of 10 images differ from what was stored" in result.stdout
-    assert "hdf5 read_single: 1 of 1 images differ" in result.stdout
+    assert "hdf5 read_single: 1 of 1 images differ" in result.stdout and "test_read_single[hdf5-10]" in result.stdout
 
 
-def test_lossy_codecs_verify_against_decode_of_encode_and_record_psnr(tmp_path):
+def test_lossy_codecs_verify_against_pillow_and_record_psnr(tmp_path):
     result = run_suite("--cutoffs", "10", "--methods", "disk:codec=jpeg-90,disk:codec=webp-lossless", "-k", "many",
                        "--benchmark-json", str(tmp_path / "run.json"), "--benchmark-max-time", "0.01")
     assert result.returncode == 0, result.stdout + result.stderr
     cells = {cell["name"]: cell["extra_info"] for cell in json.loads((tmp_path / "run.json").read_text())["benchmarks"]}
     jpeg, webp = cells["test_read_many[disk:codec=jpeg-90-10]"], cells["test_read_many[disk:codec=webp-lossless-10]"]
-    assert jpeg["codec"] == "jpeg-90" and 25 < jpeg["psnr_db"] < 60
-    assert webp["codec"] == "webp-lossless" and "psnr_db" not in webp
+    assert jpeg["codec"] == "jpeg-90" and 28 <= jpeg["psnr_db"] < 60 and jpeg["psnr_floor_db"] == 28
+    assert webp["codec"] == "webp-lossless" and "psnr_db" not in webp and "psnr_floor_db" not in webp
 
 
 def test_a_codec_returning_other_pixels_fails_its_cell():
@@ -181,6 +183,52 @@ def test_a_codec_returning_other_pixels_fails_its_cell():
                        "--benchmark-disable")
     assert result.returncode == 1
     assert re.search(r"disk:codec=jpeg-90 read_many: \d+ of 10 images differ from what was stored", result.stdout), result.stdout
+
+
+def test_a_decoder_returning_zeros_fails_every_lossy_cell_and_codec_floor(tmp_path):
+    """The reference is Pillow's, not the store's codec module: zeros from every lossy decode (tests/zeroing_codec.py,
+    imported by every process, read_random's workers too) fail each cell and floor of that codec on its PSNR floor."""
+    (tmp_path / "sitecustomize.py").write_text("import tests.zeroing_codec\n")
+    result = run_suite("--cutoffs", "10", "--methods", "disk:codec=jpeg-90,lmdb:codec=webp-90", "--workers", "1",
+                       "--batch-sizes", "8", "--benchmark-disable",
+                       env={"PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])})
+    assert result.returncode == 1, result.stdout + result.stderr
+    failed = set(re.findall(r"^FAILED \S+::(\S+)", result.stdout, re.MULTILINE))
+    lossy = {f"{test}[{method}-{count}]" for method in ("disk:codec=jpeg-90", "lmdb:codec=webp-90")
+             for test, count in (("test_store_single", 1), ("test_read_single", 10), ("test_store_many", 10),
+                                 ("test_read_many", 10), ("test_store_single_into", 10))}
+    lossy |= {f"test_read_random[{method}-10-b8-w1-warm]" for method in ("disk:codec=jpeg-90", "lmdb:codec=webp-90")}
+    floors = {f"test_floor_{step}[{codec}-{count}]" for step in ("encode", "decode") for codec in ("jpeg-90", "webp-90")
+              for count in (1, 10)}
+    assert failed == lossy | floors, result.stdout
+    assert ("disk:codec=jpeg-90 read_many: PSNR 5.7 dB against the source images, below jpeg-90's floor of 28 dB"
+            in result.stdout)
+
+
+def test_the_pillow_reference_is_what_the_stores_codecs_give_and_meets_its_floor():
+    """Pillow alone and storage_impls.core.codecs agree pixel for pixel on the suite's data; every lossy spec reaches its
+    PSNR floor there, image by image, and zeros do not."""
+    from storage_impls.core.codecs import get_codec, psnr_db
+    from storage_impls.datasets import synthetic
+
+    for shape in ((32, 32, 3), (28, 28), (16, 16, 4)):
+        images, _ = synthetic(40, shape, seed=0)
+        for spec in ("jpeg-1", "jpeg-25", "jpeg-50", "jpeg-90", "jpeg-100", "webp-1", "webp-50", "webp-90"):
+            codec = get_codec(spec)
+            if codec.limit(images.dtype, shape):
+                continue
+            reference, ours = reference_images(spec, images), np.empty_like(images)
+            for image, target in zip(images, ours):
+                codec.decode_into(codec.encode(image), target)
+            assert np.array_equal(reference, ours), (spec, shape)
+            least = min(psnr_db(image, back) for image, back in zip(images, reference))
+            assert least >= psnr_floor_db(spec), (spec, shape)
+            assert psnr_db(images, np.zeros_like(images)) < psnr_floor_db(spec)
+    assert reference_images("png", images) is images and psnr_floor_db("webp-lossless") is None
+    qualities = (100, 90, 89, 50, 49, 25, 24, 1)
+    assert [psnr_floor_db(f"jpeg-{quality}") for quality in qualities] == [28, 28, 23, 23, 21, 21, 13, 13]
+    with pytest.raises(NoReferenceError, match="no independent reference for codec 'avif-50'"):
+        psnr_floor_db("avif-50")
 
 
 @pytest.mark.parametrize(("args", "env", "message"), [
@@ -212,8 +260,8 @@ def test_bad_options_are_usage_errors(args, env, message):
 def test_methods_take_variants_whose_options_may_contain_commas():
     result = run_suite("--methods", "lmdb, rocksdb:compression=zstd,bloom_bits=10", "--collect-only", "-q", "-k", "read_single")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "test_read_single[lmdb-1]" in result.stdout
-    assert "test_read_single[rocksdb:compression=zstd,bloom_bits=10-1]" in result.stdout
+    assert "test_read_single[lmdb-10]" in result.stdout
+    assert "test_read_single[rocksdb:compression=zstd,bloom_bits=10-10]" in result.stdout
 
 
 def test_options_are_documented_in_help():

@@ -205,6 +205,50 @@ def test_cells_in_one_run_only_are_noted(tmp_path):
                                         "read_many lmdb n=100 32x32x3"]
 
 
+@pytest.mark.parametrize(("field", "base_value", "head_value", "shown"), [
+    ("durable", False, True, "durable: False != True"),
+    ("dataset", "synthetic", "cifar10", "dataset: synthetic != cifar10"),
+    ("dtype", "uint8", "uint16", "dtype: uint8 != uint16"),
+    ("launcher", "pytest", "mpi", "launcher: pytest != mpi"),
+    ("codec", "raw", "jpeg-90", "codec: raw != jpeg-90"),
+    ("image_shape", [32, 32, 3], [64, 64, 3], "image_shape: 32x32x3 != 64x64x3"),
+])
+def test_cells_that_differ_in_what_they_measure_are_refused_naming_the_difference(tmp_path, capsys, field, base_value,
+                                                                                    head_value, shown):
+    """A durable run against a non-durable one (or another dataset, dtype, launcher, codec, shape) pairs no cell:
+    compare exits 2, listing the difference; where only some cells differ, those are noted and the others compared."""
+    every = {key: {field: base_value} for key in grid()}
+    base = write_run(tmp_path / "base.json", grid(), seed=1, extra_info=every)
+    head = write_run(tmp_path / "head.json", grid(), seed=2, extra_info={key: {field: head_value} for key in grid()})
+    assert main([str(base), str(head)]) == 2
+    error = capsys.readouterr().err
+    assert f"not comparable ({shown}, base != head): read_many disk n=10" in error and error.count("\n") == 1
+    one = {**every, ("read_many", "lmdb", 100): {field: head_value}}
+    head = write_run(tmp_path / "head.json", grid(), seed=2, extra_info=one)
+    assert main([str(base), str(head), "--out", str(tmp_path)]) == 0
+    document = json.loads((tmp_path / "compare.json").read_text())
+    assert len(document["cells"]) == 5
+    assert document["not_compared"] == [f"not comparable ({shown}, base != head): read_many lmdb n=100 "
+                                        f"{'x'.join(map(str, base_value if field == 'image_shape' else SHAPE))}"]
+
+
+def test_fields_old_runs_did_not_record_take_the_values_those_runs_had(tmp_path):
+    """A run from before dtype, launcher and codec were recorded pairs with a new run of the same cells."""
+    from reports.results import cell_identity, load_run
+
+    base = write_run(tmp_path / "base.json", grid(), seed=1)
+    recorded = {key: {"dtype": "uint8", "launcher": "pytest", "codec": "png" if key[1] == "disk" else "raw"}
+                for key in grid()}
+    head = write_run(tmp_path / "head.json", grid(), seed=2, extra_info=recorded)
+    assert main([str(base), str(head), "--out", str(tmp_path)]) == 0
+    assert len(json.loads((tmp_path / "compare.json").read_text())["cells"]) == 6
+    old = next(cell for cell in load_run(Path(__file__).parent / "data" / "run-full.json").cells
+               if cell.method == "disk")
+    assert {field: value for field, value in cell_identity(old).items() if field not in ("operation", "n_images")} == {
+        "method": "disk", "image_shape": (32, 32, 3), "dtype": "uint8", "dataset": "synthetic", "durable": False,
+        "launcher": "pytest", "codec": "png", "cache": None, "batch_size": None, "workers": None}
+
+
 def test_invalid_settings_exit_2(tmp_path):
     base = write_run(tmp_path / "base.json", grid(), seed=1)
     with pytest.raises(SystemExit) as exit_info:

@@ -133,7 +133,7 @@ def test_load_keeps_only_suite_cells():
     run = load_run(DATA / "run-full.json")
     assert len(run.cells) == 3 * (2 + 2 * 5)
     assert all(isinstance(cell, Cell) and cell.image_shape == SHAPE for cell in run.cells)
-    cell = next(cell for cell in run.cells if cell.key == ("read_many", "lmdb", 1000, SHAPE, ""))
+    cell = next(cell for cell in run.cells if cell.key[:5] == ("read_many", "lmdb", 1000, SHAPE, ""))
     assert "data" not in cell.stats and cell.data and len(cell.data) == cell.stats["rounds"]
     assert run.label == "bench-a · 2026-11-21 10:03 · 0123456"
 
@@ -156,7 +156,7 @@ def test_resolve_inputs(tmp_path):
 def test_series_medians_land_in_their_slot():
     run = load_run(DATA / "run-full.json")
     shaped = shape([run])
-    by_key = {cell.key: cell for cell in run.cells}
+    by_key = {cell.key[:5]: cell for cell in run.cells}
     assert shaped.names == ("disk", "hdf5", "lmdb")
     for series in shaped.series:
         for x, y, lo, hi in zip(series.x, series.y, series.lo, series.hi):
@@ -182,7 +182,7 @@ def test_disk_stacks_are_running_totals():
 
 def test_speedups_ratios_and_labels():
     a, b = load_run(DATA / "pair-a.json"), load_run(DATA / "pair-b.json")
-    up = speedups(a)
+    up = {key[:5]: value for key, value in speedups(a).items()}
     assert up["store_many", "disk", 100000, SHAPE, ""] == 1.0  # disk is the slowest store
     assert up["store_many", "hdf5", 100000, SHAPE, ""] > 10
     assert statistics.median(ratios(a, b).values()) == pytest.approx(0.6, rel=0.1)

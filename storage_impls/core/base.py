@@ -181,6 +181,9 @@ class ImageStore(abc.ABC):
     method: str
     #: None, or why random reads (``read_batch`` of shuffled ids) are too slow for the benchmark suite's default run
     slow_random_reads: str | None = None
+    #: None, or the constructor option that sizes a reading handle's own cache of the store's data (RocksDB's block
+    #: cache), which shuffled-read benchmarks set below the store's size so that an epoch is not served from it
+    read_cache_option: str | None = None
     #: False for a method whose library breaks in a process forked after it was used (lance): its handles
     #: must be opened in spawned (or forkserver) processes, e.g. ``DataLoader(multiprocessing_context="spawn")``
     fork_safe: bool = True

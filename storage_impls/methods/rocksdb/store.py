@@ -112,6 +112,7 @@ class RocksdbStore(EncodedStore):
 
     method = "rocksdb"
     OPTIONS = {**OPTIONS, **EncodedStore.OPTIONS}
+    read_cache_option = "block_cache"
 
     def __init__(self, directory: str | os.PathLike, mode: str = "a", *, compression: str | None = None,
                  bloom_bits: int | None = None, block_cache: int | str | None = None, **options) -> None:
