@@ -1,0 +1,79 @@
+"""Load held: one writer process (``store_single`` appends and replacements, a ``store_many`` now and then, a
+``compact()`` every few dozen writes) and ``READERS`` reader processes reading random batches, on one store, for
+``--soak-seconds`` per method (``--soak-methods``: lmdb, hdf5, disk and npy-memmap by default, ``all`` for every
+installed method). Every batch must be one committed state's images and labels (tests/soak.py checks each), no
+reader may fail, readers' memory and open descriptors must stay flat once warm, and the writer must never wait
+anywhere near ``lock_timeout``. A reader told to open the store again (MissingStoreError, where a commit removed
+the files of its snapshot) is counted, not failed: that is the documented behaviour."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from storage_impls.registry import installed_methods
+from tests.faults import CHILD_TIMEOUT, REPO
+from tests.soak import LOCK_TIMEOUT
+
+pytestmark = pytest.mark.soak
+
+READERS = 8
+SEED = 21
+RSS_GROWTH_BOUND = 16 << 20  # bytes a reader may grow by once warm (allocator slack), whatever the run's length
+FD_GROWTH_BOUND = 2  # a library may open a descriptor once, lazily (lance: 1); never one per handle
+DEFAULT_METHODS = "lmdb,hdf5,disk,npy-memmap"
+
+
+def soak_methods(text: str) -> list[str]:
+    """``--soak-methods``: comma-separated methods, or ``all`` (every installed method)."""
+    if text.strip() == "all":
+        return list(installed_methods())
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "method" in metafunc.fixturenames:
+        metafunc.parametrize("method", soak_methods(metafunc.config.getoption("soak_methods") or DEFAULT_METHODS))
+
+
+def test_readers_read_committed_states_while_one_writer_writes(method, tmp_path, request, record_property):
+    seconds = request.config.getoption("soak_seconds")
+    if method not in installed_methods():
+        pytest.skip(f"{method} is not installed here")
+    directory, command = str(tmp_path / "store"), [sys.executable, "-m", "tests.soak"]
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, "cwd": REPO}
+    writer = subprocess.Popen([*command, "writer", method, directory, str(SEED)], stdin=subprocess.PIPE, **pipes)
+    processes = [writer]
+    try:
+        assert writer.stdout.readline() == "ready\n", writer.stderr.read()
+        until = time.time() + seconds
+        readers = [*command, "readers", method, directory, str(SEED), repr(until), str(READERS)]
+        processes.append(subprocess.Popen(readers, **pipes))
+        writer.stdin.write(f"{until!r}\n")
+        writer.stdin.flush()
+        outputs = [process.communicate(timeout=seconds + CHILD_TIMEOUT) for process in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    for process, (_, errors) in zip(processes, outputs):
+        assert process.returncode == 0, errors
+    wrote, read = (json.loads(output.splitlines()[-1]) for output, _ in outputs)
+    figures = {"seconds": seconds, **wrote, "readers": READERS, **{name: sum(reader[name] for reader in read)
+               for name in ("handles", "batches", "expired", "errors")},
+               "rss_baseline_mib": round(max(reader["rss_baseline"] for reader in read) / 2**20, 1),
+               "rss_growth_mib": round(max(reader["rss_growth"] for reader in read) / 2**20, 2),
+               "fds_baseline": max(reader["fds_baseline"] for reader in read),
+               "fds_growth": max(reader["fds_growth"] for reader in read),
+               "samples_per_reader": min(reader["samples"] for reader in read)}
+    record_property("soak", figures)
+    print(f"\nsoak {method}: {json.dumps(figures)}")
+    assert figures["errors"] == 0, [error for reader in read for error in reader["first_errors"]]
+    assert wrote["writes"] > 1 and figures["batches"] > 0 and figures["samples_per_reader"] >= 2
+    assert wrote["max_write_seconds"] < LOCK_TIMEOUT
+    assert max(reader["rss_growth"] for reader in read) <= RSS_GROWTH_BOUND
+    assert figures["fds_growth"] <= FD_GROWTH_BOUND
