@@ -12,11 +12,12 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from storage_impls.registry import installed_methods
 from tests.faults import CHILD_TIMEOUT, REPO
-from tests.soak import LOCK_TIMEOUT
+from tests.soak import LOCK_TIMEOUT, History, check_handle, images_for, label_of
 
 pytestmark = pytest.mark.soak
 
@@ -77,3 +78,26 @@ def test_readers_read_committed_states_while_one_writer_writes(method, tmp_path,
     assert wrote["max_write_seconds"] < LOCK_TIMEOUT
     assert max(reader["rss_growth"] for reader in read) <= RSS_GROWTH_BOUND
     assert figures["fds_growth"] <= FD_GROWTH_BOUND
+
+
+def test_the_check_refuses_a_mix_of_states_or_of_images_and_labels():
+    """Not vacuous: a batch holding one image from before a replacement beside another from after it, or an image
+    beside another write's label, fails the check that passes the same ids read from one state."""
+    history = History(SEED)
+    replaced = next(generation for generation in range(2, 100_000) if history.operation(generation)[0] == "single"
+                    and history.operation(generation)[1] < history.counts[generation - 1])
+    image_id = history.operation(replaced)[1]
+    later = replaced + 1  # a write of another id before any store_many
+    assert history.operation(later)[0] == "single" and history.operation(later)[1] != image_id
+
+    def read(ids: list[int], state: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        labels = np.array([label_of(history.version(one, state), one) for one in ids], np.int64)
+        return np.array(ids), images_for(labels), labels
+
+    other = history.operation(later)[1]
+    check_handle(history, [read([image_id], later), read([other], later)])
+    with pytest.raises(AssertionError, match="not one committed state"):
+        check_handle(history, [read([image_id], replaced - 1), read([other], later)])
+    ids, images, labels = read([image_id, other], later)
+    with pytest.raises(AssertionError, match="another write's label"):
+        check_handle(history, [(ids, images[::-1].copy(), labels)])
