@@ -31,7 +31,7 @@ MAX_COUNT = 2000  # appends stop here; replacements go on
 COMPACT_EVERY = 100  # the writer compacts after this many writes (the journal folds by itself past 256)
 BATCHES_PER_HANDLE, BATCH_SIZE = 2, 64
 WARM_UP = 0.25  # a reader's RSS and descriptors are taken as its baseline once this fraction of its time is over
-LOCK_TIMEOUT = 30.0
+LOCK_TIMEOUT = 5.0  # the writer's: readers never take the lock, so it never waits for it
 MAX_ERRORS_SHOWN = 5
 
 

@@ -3,8 +3,9 @@
 ``--soak-seconds`` per method (``--soak-methods``: lmdb, hdf5, disk and npy-memmap by default, ``all`` for every
 installed method). Every batch must be one committed state's images and labels (tests/soak.py checks each), no
 reader may fail, readers' memory and open descriptors must stay flat once warm, and the writer must never wait
-anywhere near ``lock_timeout``. A reader told to open the store again (MissingStoreError, where a commit removed
-the files of its snapshot) is counted, not failed: that is the documented behaviour."""
+out its ``lock_timeout`` (5 s; a StoreLockedError would fail it); its slowest write is reported. A reader told to
+open the store again (MissingStoreError, where a commit removed the files of its snapshot) is counted, not failed:
+that is the documented behaviour."""
 from __future__ import annotations
 
 import json
@@ -17,7 +18,7 @@ import pytest
 
 from storage_impls.registry import installed_methods
 from tests.faults import CHILD_TIMEOUT, REPO
-from tests.soak import LOCK_TIMEOUT, History, check_handle, images_for, label_of
+from tests.soak import History, check_handle, images_for, label_of
 
 pytestmark = pytest.mark.soak
 
@@ -75,7 +76,6 @@ def test_readers_read_committed_states_while_one_writer_writes(method, tmp_path,
     print(f"\nsoak {method}: {json.dumps(figures)}")
     assert figures["errors"] == 0, [error for reader in read for error in reader["first_errors"]]
     assert wrote["writes"] > 1 and figures["batches"] > 0 and figures["samples_per_reader"] >= 2
-    assert wrote["max_write_seconds"] < LOCK_TIMEOUT
     assert max(reader["rss_growth"] for reader in read) <= RSS_GROWTH_BOUND
     assert figures["fds_growth"] <= FD_GROWTH_BOUND
 

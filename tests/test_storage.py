@@ -152,15 +152,17 @@ class StoreTests:
 
     # -- compact: the files other tools read hold every write -----------------------------------
     def test_compact_puts_single_writes_where_other_tools_read_them(self, directory, filled):
-        """After appends and replacements (of a stored image and of an appended one), ``compact()``: the store and
-        the ecosystem's reader read exactly the same images and labels; a second compact changes nothing."""
+        """After appends and replacements (of a stored image and of an appended one), ``compact()`` by a handle opened
+        before them (it catches up first): the store and the ecosystem's reader read exactly the same images and
+        labels; a compact by the writing handle then finds nothing left to fold."""
         store, images, labels = filled
-        for image_id, source, label in ((10, 3, 77), (11, 4, 78), (4, 0, -4), (10, 1, 79)):
-            store.store_single(images[source], image_id, label)
-        expected, expected_labels = np.concatenate([images, images[[1, 4]]]), np.array([*labels, 79, 78])
-        expected[4], expected_labels[4] = images[0], -4
-        store.compact()
-        assert_bits_equal(store.read_many(12)[0], expected)
+        with open_store(self.method, directory) as other:
+            for image_id, source, label in ((10, 3, 77), (11, 4, 78), (4, 0, -4), (10, 1, 79)):
+                store.store_single(images[source], image_id, label)
+            expected, expected_labels = np.concatenate([images, images[[1, 4]]]), np.array([*labels, 79, 78])
+            expected[4], expected_labels[4] = images[0], -4
+            other.compact()
+            assert_bits_equal(other.read_many(12)[0], expected)
         before = listing(directory)
         store.compact()
         assert listing(directory) == before
