@@ -6,8 +6,8 @@ label is ``g << 32 | id`` and the pixels are that label's 8 bytes over and over.
 ``COMPACT_EVERY`` writes. Readers (processes forked from one) open a read-only handle, read a few batches of
 random ids, close it, and again. A reader replays the same history, so it checks every batch against the
 store's states: each image is its label's, each id is the one asked for, and every image of the batches read
-through one handle holds the version that one committed state (the newest generation the handle read) has for
-its id. Each process prints one JSON line of figures when its time is up.
+through one handle holds the version that one committed state has for its id, a state no older than the one the
+reader's previous handle read. Each process prints one JSON line of figures when its time is up.
 """
 from __future__ import annotations
 
@@ -16,8 +16,6 @@ import multiprocessing
 import os
 import sys
 import time
-from bisect import bisect_right
-from collections import defaultdict
 from collections.abc import Callable
 
 import numpy as np
@@ -46,54 +44,42 @@ def images_for(labels: np.ndarray) -> np.ndarray:
 
 
 class History:
-    """The writer's writes, generation 1, 2, ..., made from ``seed`` alone, so that a reader can replay them."""
+    """The writer's writes, generation 1, 2, ..., made from ``seed`` alone, so that a reader can replay them; it
+    keeps only the state after the last generation replayed (so its memory does not grow with the run)."""
 
     def __init__(self, seed: int) -> None:
         self._rng = np.random.default_rng(seed)
-        self.operations: list[tuple[str, int]] = [("none", 0)]  # generation -> ("many", count) or ("single", id)
-        self.counts = [0]  # images stored after each generation
-        self._many: list[int] = []  # the generations that were a store_many
-        self._singles: dict[int, list[int]] = defaultdict(list)  # id -> the generations that wrote it alone
+        self.generation, self.count = 0, 0
+        self.versions = np.zeros(max(MAX_COUNT, MANY_COUNTS[1]), np.int64)  # id -> the generation it holds
 
-    def operation(self, generation: int) -> tuple[str, int]:
-        while len(self.operations) <= generation:
-            self._next()
-        return self.operations[generation]
+    def advance(self) -> tuple[str, int]:
+        """Replay the next generation: ("many", count) or ("single", id)."""
+        self.generation += 1
+        if self.count == 0 or self._rng.integers(MANY_EVERY) == 0:
+            self.count = int(self._rng.integers(*MANY_COUNTS))
+            self.versions[:self.count] = self.generation
+            return "many", self.count
+        append = self.count < MAX_COUNT and self._rng.integers(2) == 0
+        image_id = self.count if append else int(self._rng.integers(self.count))
+        self.versions[image_id] = self.generation
+        self.count += append
+        return "single", image_id
 
-    def _next(self) -> None:
-        generation, count = len(self.operations), self.counts[-1]
-        if count == 0 or self._rng.integers(MANY_EVERY) == 0:
-            operation = ("many", int(self._rng.integers(*MANY_COUNTS)))
-            self._many.append(generation)
-            count = operation[1]
-        else:
-            append = count < MAX_COUNT and self._rng.integers(2) == 0
-            image_id = count if append else int(self._rng.integers(count))
-            operation = ("single", image_id)
-            self._singles[image_id].append(generation)
-            count += append
-        self.operations.append(operation)
-        self.counts.append(count)
-
-    def version(self, image_id: int, generation: int) -> int | None:
-        """The generation whose image ``image_id`` holds once ``generation`` has committed (None: no such id then)."""
-        self.operation(generation)
-        if image_id >= self.counts[generation]:
-            return None
-        newest = self._many[bisect_right(self._many, generation) - 1]
-        singles = self._singles[image_id]
-        position = bisect_right(singles, generation) - 1
-        return max(newest, singles[position]) if position >= 0 else newest
+    def state(self, generation: int) -> np.ndarray:
+        """The generation each id holds once ``generation`` (not before the last one replayed) has committed."""
+        while self.generation < generation:
+            self.advance()
+        return self.versions[:self.count]
 
 
 def write(method: str, directory: str, seed: int, ready: Callable[[], float]) -> dict:
     """Replay the history into the store: its first generation, then ``ready()`` gives the time.time() to stop at."""
     history, figures = History(seed), {"writes": 0, "store_many": 0, "compacts": 0, "max_write_seconds": 0.0}
     with open_store(method, directory, lock_timeout=LOCK_TIMEOUT) as store:
-        generation, until = 0, 0.0
-        while generation == 0 or time.time() < until:
-            generation += 1
-            kind, value = history.operation(generation)
+        until = 0.0
+        while history.generation == 0 or time.time() < until:
+            kind, value = history.advance()
+            generation = history.generation
             started = time.perf_counter()
             if kind == "many":
                 labels = np.array([label_of(generation, image_id) for image_id in range(value)], np.int64)
@@ -113,16 +99,21 @@ def write(method: str, directory: str, seed: int, ready: Callable[[], float]) ->
 
 
 def check_handle(history: History, reads: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
-    """Raise AssertionError unless the batches one handle read hold one committed state's images and labels."""
-    newest = 0
+    """Raise AssertionError unless the batches one handle read hold one committed state's images and labels, a
+    state no older than the one ``history`` was checked against last (a handle opened later never reads older
+    data). The state is taken at the newest generation read (or that last one): no write in between touched an id
+    read, or its version would have been read."""
+    newest = history.generation
     for ids, images, labels in reads:
         np.testing.assert_array_equal(labels & 0xFFFFFFFF, ids, err_msg="an image of another id")
         np.testing.assert_array_equal(images, images_for(labels), err_msg="an image beside another write's label")
         newest = max(newest, int((labels >> 32).max()))
+    state = history.state(newest)
     for ids, _, labels in reads:
-        expected = [history.version(image_id, newest) for image_id in ids.tolist()]
-        found = (labels >> 32).tolist()
-        assert found == expected, f"not one committed state (generation {newest}): read {found}, expected {expected}"
+        assert ids.max() < len(state), f"id {ids.max()} read, but generation {newest} holds {len(state)} images"
+        found, expected = labels >> 32, state[ids]
+        assert np.array_equal(found, expected), \
+            f"not one committed state (generation {newest}): read {found.tolist()}, expected {expected.tolist()}"
 
 
 def usage() -> tuple[int, int]:
