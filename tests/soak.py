@@ -103,7 +103,7 @@ def check_handle(history: History, reads: list[tuple[np.ndarray, np.ndarray, np.
     state no older than the one ``history`` was checked against last (a handle opened later never reads older
     data). The state is taken at the newest generation read (or that last one): no write in between touched an id
     read, or its version would have been read."""
-    newest = history.generation
+    newest = previous = history.generation
     for ids, images, labels in reads:
         np.testing.assert_array_equal(labels & 0xFFFFFFFF, ids, err_msg="an image of another id")
         np.testing.assert_array_equal(images, images_for(labels), err_msg="an image beside another write's label")
@@ -112,8 +112,10 @@ def check_handle(history: History, reads: list[tuple[np.ndarray, np.ndarray, np.
     for ids, _, labels in reads:
         assert ids.max() < len(state), f"id {ids.max()} read, but generation {newest} holds {len(state)} images"
         found, expected = labels >> 32, state[ids]
-        assert np.array_equal(found, expected), \
-            f"not one committed state (generation {newest}): read {found.tolist()}, expected {expected.tolist()}"
+        wrong = np.flatnonzero(found != expected)[:5]
+        assert not len(wrong), (f"not one committed state (generation {newest}; the previous handle's {previous}): "
+                                f"ids {ids[wrong].tolist()} hold generations {found[wrong].tolist()}, "
+                                f"expected {expected[wrong].tolist()}")
 
 
 def usage() -> tuple[int, int]:
