@@ -69,6 +69,14 @@ class TestLance(CodecTests, StoreTests):
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
         return CorruptStoreError
 
+    def ecosystem_read(self, directory):
+        dataset = lance.dataset(str(dataset_folder(directory)))
+        table = dataset.to_table().sort_by("id")
+        meta = dataset.schema.metadata
+        dtype, shape = np.dtype(meta[b"storage_impls.dtype"].decode()), tuple(json.loads(meta[b"storage_impls.shape"]))
+        assert table.column("id").to_pylist() == list(range(len(table)))
+        return pixels(table, dtype, shape), table.column("label").to_numpy()
+
     # -- interop: pylance reads what the store wrote ------------------------------------------
     def test_pylance_reads_the_same_rows(self, directory, filled):
         store, images, labels = filled

@@ -40,6 +40,8 @@ class NumpyStoreTests(StoreTests):
                 writer.read_many(1)
             with pytest.raises(CorruptStoreError):
                 writer.store_single(images[0], 0, 1)
+            with pytest.raises(CorruptStoreError, match="store_many replaces"):
+                writer.compact()
             writer.store_many(images[:3], labels[:3])
         with open_store(self.method, directory, "r") as reader:
             np.testing.assert_array_equal(reader.read_many(3)[0], images[:3])
@@ -91,6 +93,10 @@ class TestNpyMemmap(NumpyStoreTests):
         path = checkpoint(directory, self.method) / "images.npy"
         path.write_bytes(path.read_bytes()[:-1])
         return CorruptStoreError
+
+    def ecosystem_read(self, directory):
+        folder = checkpoint(directory, self.method)
+        return np.load(folder / "images.npy", mmap_mode="r"), np.load(folder / "labels.npy")
 
     def test_files_are_plain_npy_and_load_with_a_memory_map(self, directory, filled):
         _, images, labels = filled
@@ -164,6 +170,14 @@ class TestNpz(NumpyStoreTests):
         path.write_bytes(bytes(data))
         return CorruptStoreError
 
+    def ecosystem_read(self, directory):
+        images, labels = [], []
+        for path in sorted(checkpoint(directory, self.method).glob("shard-*.npz")):
+            with np.load(path) as shard:
+                images.append(shard["images"])
+                labels.append(shard["labels"])
+        return np.concatenate(images), np.concatenate(labels)
+
     def test_shards_load_with_np_load(self, directory, store):
         images, labels = make_batch(700, (64, 64, 3))
         store.store_many(images, labels)
@@ -192,6 +206,11 @@ class TestNpyFiles(NumpyStoreTests):
     def corrupt(self, directory):
         (checkpoint(directory, self.method) / "3.npy").write_bytes(b"not an npy file")
         return CorruptStoreError
+
+    def ecosystem_read(self, directory):
+        folder = checkpoint(directory, self.method)
+        labels = np.load(folder / "labels.npy")
+        return np.stack([np.load(folder / f"{image_id}.npy") for image_id in range(len(labels))]), labels
 
     def test_each_image_is_an_npy_file(self, directory, filled):
         _, images, labels = filled

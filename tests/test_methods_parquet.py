@@ -50,6 +50,13 @@ class TestParquet(CodecTests, NumpyStoreTests):
         path.write_bytes(path.read_bytes()[:-1])
         return CorruptStoreError
 
+    def ecosystem_read(self, directory):
+        table = pq.read_table(parquet_file(directory))
+        description = json.loads(table.schema.metadata[parquet.KEY])
+        assert table["id"].to_pylist() == list(range(table.num_rows))
+        pixels = np.frombuffer(table["image"].combine_chunks().buffers()[1], description["dtype"])
+        return pixels.reshape(-1, *description["image_shape"]), table["label"].to_numpy()
+
     # -- read by its own ecosystem --------------------------------------------------------------
     @pytest.mark.parametrize("reader", ["pyarrow", "pandas", "polars"])
     def test_other_readers_read_the_same_rows(self, directory, store, reader):

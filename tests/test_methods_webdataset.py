@@ -69,6 +69,11 @@ class TestWebDataset(CodecTests, StoreTests):
         path.write_bytes(bytes(data))
         return CorruptStoreError
 
+    def ecosystem_read(self, directory):
+        samples = list(wds.WebDataset(shards(directory), shardshuffle=False).decode())
+        assert [sample["__key__"] for sample in samples] == [key(image_id) for image_id in range(len(samples))]
+        return np.stack([sample["npy"]["image"] for sample in samples]), np.array([sample["npy"]["label"] for sample in samples])
+
     # -- what other tools read -----------------------------------------------------------------
     @pytest.mark.parametrize(("dtype", "shape"), [(np.uint8, (32, 32, 3)), (np.float32, (3, 16, 16)), (np.uint16, (8, 8))],
                              ids=["uint8-rgb", "float32-chips", "uint16-grey"])

@@ -50,6 +50,10 @@ class TestZarr(CodecTests, StoreTests):
         path.write_bytes(path.read_bytes()[:-1])  # the index at the end no longer matches its CRC-32C
         return CorruptStoreError
 
+    def ecosystem_read(self, directory):
+        group = zarr.open_group(live_group(directory), mode="r")
+        return group["images"][:], group["labels"][:]
+
     # -- zarr-python reads what the store wrote ---------------------------------------------------
     @pytest.mark.parametrize("spec", VARIANTS[::2])
     @pytest.mark.parametrize("checksum", [False, True])
@@ -387,6 +391,7 @@ class TestZarrThroughPread(StoreTests):
 
     method = "zarr:reader=pread"
     corrupt = TestZarr.corrupt
+    ecosystem_read = TestZarr.ecosystem_read
     test_killed_store_many_never_reads_as_complete = None  # the write path is the default's, tested there
 
 

@@ -75,6 +75,11 @@ class StoreTests:
         """Damage a filled store so that opening or reading it fails; return the expected error."""
         raise NotImplementedError
 
+    def ecosystem_read(self, directory: Path) -> tuple[np.ndarray, np.ndarray] | None:
+        """The images and labels, in id order, that the method's ecosystem reader (webdataset, pyarrow, lance,
+        zarr-python, h5py, numpy, Pillow on disk's files) reads from a closed store's files; None: no such reader."""
+        return None
+
     # -- round trips ------------------------------------------------------------------------
     @pytest.mark.parametrize(("shape", "count"), ROUND_TRIP, ids=lambda value: "x".join(map(str, value)) if isinstance(value, tuple) else str(value))
     def test_store_many_read_many_round_trip(self, store, shape, count):
@@ -144,6 +149,38 @@ class StoreTests:
         np.testing.assert_array_equal(image, images[9])
         assert label == -1 and len(store) == 10
         np.testing.assert_array_equal(store.read_many(10)[1], [*labels[:2], -1, *labels[3:]])
+
+    # -- compact: the files other tools read hold every write -----------------------------------
+    def test_compact_puts_single_writes_where_other_tools_read_them(self, directory, filled):
+        """After appends and replacements (of a stored image and of an appended one), ``compact()`` by a handle opened
+        before them (it catches up first): the store and the ecosystem's reader read exactly the same images and
+        labels; a compact by the writing handle then finds nothing left to fold."""
+        store, images, labels = filled
+        with open_store(self.method, directory) as other:
+            for image_id, source, label in ((10, 3, 77), (11, 4, 78), (4, 0, -4), (10, 1, 79)):
+                store.store_single(images[source], image_id, label)
+            expected, expected_labels = np.concatenate([images, images[[1, 4]]]), np.array([*labels, 79, 78])
+            expected[4], expected_labels[4] = images[0], -4
+            other.compact()
+            assert_bits_equal(other.read_many(12)[0], expected)
+        before = listing(directory)
+        store.compact()
+        assert listing(directory) == before
+        store.close()
+        with open_store(self.method, directory, "r") as reader:
+            read_images, read_labels = reader.read_batch(np.arange(12))
+        assert_bits_equal(read_images, expected)
+        np.testing.assert_array_equal(read_labels, expected_labels)
+        found = self.ecosystem_read(directory)
+        if found is None:
+            pytest.skip(f"{self.method} has no ecosystem reader here")
+        assert_bits_equal(found[0], expected)
+        np.testing.assert_array_equal(found[1], expected_labels)
+
+    def test_compact_of_an_empty_store_writes_nothing(self, store, directory):
+        before = listing(directory)
+        store.compact()
+        assert listing(directory) == before and len(store) == 0
 
     def test_durable_writes_round_trip(self, directory):
         images, labels = make_batch(5)
@@ -258,8 +295,11 @@ class StoreTests:
 
     def test_read_only_store_refuses_writes(self, directory, filled):
         filled[0].close()
-        with open_store(self.method, directory, "r") as store, pytest.raises(PermissionError, match="read-only"):
-            store.store_single(filled[1][0], 0, 1)
+        with open_store(self.method, directory, "r") as store:
+            with pytest.raises(PermissionError, match="read-only"):
+                store.store_single(filled[1][0], 0, 1)
+            with pytest.raises(PermissionError, match="read-only"):
+                store.compact()
 
     def test_closed_store_refuses_calls(self, filled):
         store, images, _ = filled
@@ -269,6 +309,8 @@ class StoreTests:
             store.read_many(1)
         with pytest.raises(ValueError, match="closed"):
             store.store_single(images[0], 0, 1)
+        with pytest.raises(ValueError, match="closed"):
+            store.compact()
 
     def test_missing_store_cannot_be_opened_for_reading(self, tmp_path):
         with pytest.raises(MissingStoreError, match="no .* store|missing|does not exist"):
@@ -401,6 +443,20 @@ class TestDisk(CodecTests, StoreTests):
         (generation / "3.png").write_bytes(b"not a png")
         return CorruptStoreError
 
+    def ecosystem_read(self, directory):
+        """A listing of the generation ``CURRENT`` names, each ``<id>.png`` opened by Pillow, labels.csv by csv."""
+        import csv
+
+        from PIL import Image
+
+        generation = directory / (directory / "CURRENT").read_text()
+        with open(generation / "labels.csv", newline="") as file:
+            rows = list(csv.DictReader(file))
+        assert [int(row["image_id"]) for row in rows] == list(range(len(rows)))
+        assert sorted(path.name for path in generation.glob("*.png")) == sorted(f"{image_id}.png" for image_id in range(len(rows)))
+        images = np.stack([np.asarray(Image.open(generation / f"{image_id}.png")) for image_id in range(len(rows))])
+        return images, np.array([int(row["label"]) for row in rows], np.int64)
+
     def test_missing_png_names_the_file(self, directory, filled):
         generation = directory / (directory / "CURRENT").read_text()
         (generation / "4.png").unlink()
@@ -496,8 +552,17 @@ class TestLmdb(CodecTests, StoreTests):
         assert int.from_bytes(value[24:32], "little", signed=True) == labels[2] and value[32:] == images[2].tobytes()
 
 
+def h5py_read(directory: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``images`` and ``labels`` of a closed hdf5 store's ``images.h5``, as plain h5py reads them."""
+    import h5py
+
+    with h5py.File(directory / "images.h5", "r") as file:
+        return file["images"][()], file["labels"][()]
+
+
 class TestHdf5(CodecTests, StoreTests):
     method = "hdf5"
+    ecosystem_read = staticmethod(h5py_read)
 
     def corrupt(self, directory):
         path = directory / "images.h5"
@@ -692,6 +757,7 @@ class TestHdf5Lzf(StoreTests):
     """Raw pixels in lzf-compressed chunks of 16 images (``hdf5:compression=...,chunks=...``), read through h5py."""
 
     method = "hdf5:compression=lzf,chunks=16"
+    ecosystem_read = staticmethod(h5py_read)
 
     def corrupt(self, directory):
         path = directory / "images.h5"
@@ -922,6 +988,7 @@ class TestHdf5Chunked(StoreTests):
 
     method = "hdf5:chunks=1"
     corrupt = TestHdf5Lzf.corrupt
+    ecosystem_read = staticmethod(h5py_read)
 
 
 def test_registry_names_the_methods():

@@ -309,6 +309,23 @@ class ImageStore(abc.ABC):
         with self._writing():
             self._replace_all(images, labels)
 
+    def compact(self) -> None:
+        """Fold pending single writes into the files other tools read, so that they hold exactly what this store
+        reads: the journal of ``store_single`` records goes into a new checkpoint (webdataset's shards, the Parquet
+        file, the zarr group, the numpy files, ``images.h5``) or generation (disk's image files and ``labels.csv``),
+        committed as ``store_many`` commits (all-or-nothing, under the writer lock); a reader opened before it
+        goes on as after a ``store_many`` (its snapshot, or MissingStoreError "open it again"). A no-op where the
+        container is always current: lmdb, rocksdb and lance commit every write into the database or dataset
+        other tools open. Costs O(N) where there is anything to fold."""
+        self._require_writable()
+        with self._writing():
+            if len(self):  # a damaged store raises here (store_many replaces it)
+                self._fold()
+
+    def _fold(self) -> None:
+        """Fold pending single writes into the container (under the writer lock, the store holding images); by
+        default nothing: the container takes each write itself."""
+
     def read_single(self, image_id: int) -> tuple[np.ndarray, int]:
         """Return (image, label) stored at ``image_id``."""
         self._require_open()

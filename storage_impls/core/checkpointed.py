@@ -15,7 +15,8 @@ Writes, under the store's writer lock:
 - ``store_single`` appends one journal record (O(1), CRC-checked; the commit word is the commit
   point). The first write to an empty store makes a checkpoint of that one image. Once the journal
   holds more than max(256, N/16) records, the next write first folds it into a new checkpoint
-  (amortised O(1) per write).
+  (amortised O(1) per write); ``compact()`` folds it at once, so that other tools reading the checkpoint's
+  files see every write.
 
 Reads overlay the journal's records on the checkpoint. A handle reads a snapshot: the metadata,
 the journal records committed when it opened, and the checkpoint's files that the method keeps
@@ -275,8 +276,7 @@ class CheckpointedStore(ImageStore):
             return
         codec = self._checkpoint.codec
         if self._journal.needs_compaction(self._checkpoint.count):
-            source = self._read_range if codec is RAW else self._read_payloads
-            self._commit(self.image_dtype, self.image_shape, self._count, source, self._meta["checksum"], codec)
+            self._fold()
         payload, spec = (image, None) if codec is RAW else (codec.encode(image), codec.spec)
         self._journal.append(image_id, label, payload, image.dtype, image.shape, durable=self.durable, codec=spec)
         if image_id == self._count:
@@ -284,6 +284,14 @@ class CheckpointedStore(ImageStore):
             self._in_journal = None
         elif self._in_journal is not None:
             self._in_journal[image_id] = True
+
+    def _fold(self) -> None:
+        """Commit this handle's view (the checkpoint, journal records over it) as a new checkpoint, if the journal
+        holds any; encoded images are copied as bytes, never encoded again."""
+        if self._journal.entries:
+            codec = self._checkpoint.codec
+            source = self._read_range if codec is RAW else self._read_payloads
+            self._commit(self.image_dtype, self.image_shape, self._count, source, self._meta["checksum"], codec)
 
     def _read_range(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """Images and labels start..stop-1 as this handle reads them (a fresh buffer)."""

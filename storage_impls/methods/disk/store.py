@@ -21,7 +21,8 @@ Writes, all under the store's writer lock (locking.py):
   journal, whose header carries the dtype, image shape and codec. Before an append, once the journal holds more
   than max(256, N/16) records, it is folded into a new generation that commits as ``store_many``
   does: the unchanged files are hard-linked (copied where the file system has no links), the
-  journal's written out (amortised O(1) per write).
+  journal's written out (amortised O(1) per write). ``compact()`` folds it at once, so that a listing of the
+  generation folder (and ``labels.csv``) holds every write.
 - A failed write (a full disk: NoSpaceError, errno ENOSPC) or a killed one leaves the store as it
   was. Temporaries (``.CURRENT.*.tmp``, ``.journal.*.tmp``) and folders ``CURRENT`` does not name
   are ignored by readers and removed by the next writer.
@@ -240,9 +241,14 @@ class DiskStore(EncodedStore):
         codec = self.codec
         encoded = codec.encode(image)
         if self._journal.needs_compaction(self._generation.count if self._generation else 0):
-            self._commit(self.image_dtype, self.image_shape, codec, self._fold_journal)
+            self._fold()
         self._journal.append(image_id, label, encoded, image.dtype, image.shape, durable=self.durable, codec=codec.spec)
         self._count = max(self._count, image_id + 1)
+
+    def _fold(self) -> None:
+        """Commit this handle's view as a new generation, if the journal holds any records."""
+        if self._journal.entries:
+            self._commit(self.image_dtype, self.image_shape, self.codec, self._fold_journal)
 
     def _fold_journal(self, old: Generation | None, folder: str) -> tuple[np.ndarray, np.ndarray]:
         """Fill a new generation with this handle's view: the old generation's files linked, the journal's written."""

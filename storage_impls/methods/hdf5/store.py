@@ -30,7 +30,7 @@ Writes, all under the store's writer lock (locking.py):
   commit word, is the commit point). A fresh store's first writes make only the journal, whose
   header carries the image shape. Before an append, once the journal holds more than
   max(256, N/16) records, they are folded into a new checkpoint as ``store_many`` commits one
-  (amortised O(1) per write).
+  (amortised O(1) per write). ``compact()`` folds them at once, so that h5py sees every write in ``images.h5``.
 - A failed write (a full disk: NoSpaceError, errno ENOSPC) or a killed one leaves the store as it
   was; temporary files (``.images.h5.*.tmp``) are ignored by readers and removed by the next write.
 
@@ -261,15 +261,24 @@ class Hdf5Store(EncodedStore):
         codec = self.codec
         payload, spec = (image, None) if codec is RAW else (codec.encode(image), codec.spec)
         if self._journal.needs_compaction(self._checkpoint.count if self._checkpoint else 0):
-            checksum = self._checkpoint.checksum if self._checkpoint else bool(self.checksum)
-            sizes, layout = None if codec is RAW else self._payload_sizes(), self._writing_layout(codec, replacing=False)
-            self._commit(self.image_dtype, self.image_shape, self._count, self._blocks(codec, layout), checksum, codec, layout, sizes)
+            self._fold()
         self._journal.append(image_id, label, payload, image.dtype, image.shape, durable=self.durable, codec=spec)
         if image_id == self._count:
             self._count += 1
             self._in_journal = None
         elif self._in_journal is not None:
             self._in_journal[image_id] = True
+
+    def _fold(self) -> None:
+        """Commit this handle's view (the checkpoint, journal records over it) as a new checkpoint of the store's
+        layout, if the journal holds any; encoded images are copied as bytes, never encoded again."""
+        if self._journal.entries:
+            codec = self.codec
+            checksum = self._checkpoint.checksum if self._checkpoint else bool(self.checksum)
+            sizes = None if codec is RAW else self._payload_sizes()
+            layout = self._writing_layout(codec, replacing=False)
+            self._commit(self.image_dtype, self.image_shape, self._count, self._blocks(codec, layout), checksum, codec,
+                         layout, sizes)
 
     def _blocks(self, codec: Codec, layout: Layout) -> Iterator[Block]:
         """The store's images (raw: one reused buffer; encoded: their bytes, never decoded) and labels, a block at a
