@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 from benchmarks.cache import start_write_round
-from benchmarks.floors import FLOOR_TEST, NoFloorError, floor_images, floor_names, floor_of_test, floors_of_cell
+from benchmarks.floors import (FLOOR_TEST, NoFloorError, floor_counts, floor_images, floor_names, floor_of_test,
+                               floors_of_cell)
 from benchmarks.machine import available_memory, describe_storage, library_versions
 from benchmarks.progress import ANNOUNCE_MIN_IMAGES, SuiteClock, announce, rounds_reporter, say
 from benchmarks.resources import Meter
@@ -134,7 +135,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     config = metafunc.config
     name = metafunc.definition.originalname
     if name.startswith(FLOOR_TEST):
-        metafunc.parametrize("cutoff", sorted({1, *config.getoption("cutoffs")}))
+        metafunc.parametrize("cutoff", floor_counts(config.getoption("cutoffs")))
         if "batch" in metafunc.fixturenames:
             metafunc.parametrize("batch", _option(config, "batch_sizes", (256,)), ids=lambda size: f"b{size}")
         return
@@ -192,7 +193,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     else:
         cold = "cold" in _option(config, "cache", ("warm",))
         floors = {floor: item for floor, item in floors.items()
-                  if floor[0] == "file-read-cold" and not cold and item in items}
+                  if floor[0].endswith("file-read-cold") and not cold and item in items}
         items[:] = [item for item in items if item not in floors.values()]
     if floors:
         config.hook.pytest_deselected(items=list(floors.values()))
@@ -296,15 +297,16 @@ class FreshStores:
     """Opens each round's store in a new, empty folder, closing and removing the previous one, with no dirty
     pages left (cache.start_write_round; all untimed)."""
 
-    def __init__(self, store_class: type[ImageStore], cell_dir: Path, durable: bool) -> None:
-        self.store_class, self.cell_dir, self.durable = store_class, cell_dir, durable
+    def __init__(self, store_class: type[ImageStore], cell_dir: Path, durable: bool, images: int) -> None:
+        self.store_class, self.cell_dir, self.durable, self.images = store_class, cell_dir, durable, images
         self.current: ImageStore | None = None
         self.rounds = 0
 
     def open_next(self) -> ImageStore:
         if self.current is not None:
             self.current.close()
-        start_write_round(self.current.directory if self.current is not None else None)
+        start_write_round(self.current.directory if self.current is not None else None, self.images,
+                          self.store_class.file_per_image)
         self.rounds += 1
         self.current = self.store_class(self.cell_dir / f"round-{self.rounds}", durable=self.durable)
         return self.current
@@ -317,9 +319,9 @@ class FreshStores:
 
 @pytest.fixture
 def fresh_stores(store_class: type[ImageStore], storage_root: Path, request: pytest.FixtureRequest,
-                 pytestconfig: pytest.Config) -> Iterator[FreshStores]:
+                 pytestconfig: pytest.Config, cutoff: int) -> Iterator[FreshStores]:
     cell_dir = storage_root / "store" / request.node.name.replace("/", "_")
-    stores = FreshStores(store_class, cell_dir, pytestconfig.getoption("durable"))
+    stores = FreshStores(store_class, cell_dir, pytestconfig.getoption("durable"), cutoff)
     yield stores
     if stores.current is not None:
         stores.current.close()
@@ -332,12 +334,13 @@ def measure(benchmark, pytestconfig: pytest.Config, request: pytest.FixtureReque
 
     Rounds: enough to fill --benchmark-max-time, at least --benchmark-min-rounds (unless given: MIN_ROUNDS,
     FLOOR_MIN_ROUNDS for floor cells, LONG_MIN_ROUNDS for a cell whose warm-up took LONG_ROUND_S or more, which
-    keeps the default run within its time budget), at most MAX_ROUNDS; ``setup`` runs before every round,
+    keeps the default run within its time budget), at most MAX_ROUNDS unless ``least_rounds`` asks for more (a cell
+    that must span whole cycles of periodic work); ``setup`` runs before every round,
     outside the timing. Returns the target's result.
     Around the timed rounds it measures what they cost (benchmarks.resources: CPU, peak memory, device bytes, minus
     the setups) into extra_info, and a cell whose rounds take long reports them on the terminal as they go.
     """
-    def run(target: Callable, setup: Callable[[], tuple[tuple, dict]]):
+    def run(target: Callable, setup: Callable[[], tuple[tuple, dict]], least_rounds: int = 0):
         args, kwargs = setup()
         start = time.perf_counter()
         target(*args, **kwargs)
@@ -346,7 +349,7 @@ def measure(benchmark, pytestconfig: pytest.Config, request: pytest.FixtureReque
         least = pytestconfig.stash[MIN_ROUNDS_KEY]["floor" if request.node.originalname.startswith(FLOOR_TEST) else "cell"]
         if warm_up >= LONG_ROUND_S:
             least = min(least, pytestconfig.stash[MIN_ROUNDS_KEY]["long"])
-        rounds = min(MAX_ROUNDS, max(least, math.ceil(budget / max(warm_up, 1e-9))))
+        rounds = max(least_rounds, min(MAX_ROUNDS, max(least, math.ceil(budget / max(warm_up, 1e-9)))))
         meter = Meter()
         result = benchmark.pedantic(target, setup=meter.wrap(rounds_reporter(pytestconfig, request.node.name, rounds, warm_up, setup)),
                                     rounds=rounds)
@@ -385,9 +388,11 @@ def record(benchmark, pytestconfig: pytest.Config, dataset: Dataset, operation: 
     yield describe
     if benchmark.stats is not None and benchmark.stats.stats.median > 0:
         median = benchmark.stats.stats.median
-        per_round = benchmark.extra_info["images_per_round"]
-        benchmark.extra_info["images_per_s"] = per_round / median
-        benchmark.extra_info["mb_per_s"] = per_round * benchmark.extra_info["raw_bytes"] / benchmark.extra_info["n_images"] / 1e6 / median
+        info = benchmark.extra_info
+        per_round = info["images_per_round"]
+        per_image = info["write_amortised_s"] if "write_amortised_s" in info else median / per_round  # single writes: amortised
+        info["images_per_s"] = 1 / per_image
+        info["mb_per_s"] = info["raw_bytes"] / info["n_images"] / 1e6 / per_image
         pytestconfig.stash.setdefault(TIMED_KEY, []).append(benchmark.stats)
         request.node.stash[ROUNDS_KEY] = (median, benchmark.stats.stats.rounds)
 

@@ -47,7 +47,7 @@ from storage_impls.base import ImageStore, fsync_path
 from storage_impls.codecs import Codec, get_codec
 from storage_impls.encoding import EncodedStore, decode
 from storage_impls.errors import CorruptStoreError, MissingStoreError, NoSpaceError, StoreLockedError, is_no_space, no_space_error
-from storage_impls.journal import Journal, gather_overlaid
+from storage_impls.journal import Journal, compaction_cycle, gather_overlaid
 from storage_impls.records import check_image_fields, current_token, remove_stale, read_meta, refuse_foreign, write_meta
 
 FORMAT_VERSION = 1
@@ -102,6 +102,7 @@ class CheckpointedStore(ImageStore):
     POINTER: str  # the metadata file, e.g. "npz.json"
     JOURNAL: str  # the journal file, e.g. "npz.journal"
     FORMAT: str  # e.g. "storage_impls.npz"
+    appends_single_writes = True  # a journal record
 
     @abc.abstractmethod
     def _write_checkpoint(self, folder: Path, dtype: np.dtype, shape: tuple[int, ...], count: int, source: Source,
@@ -254,12 +255,16 @@ class CheckpointedStore(ImageStore):
             source = lambda start, stop: ([codec.encode(image) for image in images[start:stop]], labels[start:stop])  # noqa: E731
         self._commit(images.dtype, images.shape[1:], len(images), source, checksum, codec)
 
+    def single_write_cycle(self) -> int:
+        return compaction_cycle(self._checkpoint.count if self._checkpoint else 0)
+
     def _put(self, image: np.ndarray, image_id: int, label: int) -> None:
         if self._meta is None:  # the first image of a store: a checkpoint of one
             self._replace_all(image[None], np.array([label], np.int64))
             return
         codec = self._checkpoint.codec
         if self._journal.needs_compaction(self._checkpoint.count):
+            self.upkeeps += 1
             source = self._read_range if codec is RAW else self._read_payloads
             self._commit(self.image_dtype, self.image_shape, self._count, source, self._meta["checksum"], codec)
         payload, spec = (image, None) if codec is RAW else (codec.encode(image), codec.spec)

@@ -61,7 +61,7 @@ from storage_impls.disk_format import (GENERATION, JOURNAL, LABELS, META, POINTE
                                        format_meta, image_crc, read_pointer)
 from storage_impls.encoding import EncodedStore, decode
 from storage_impls.errors import CorruptStoreError, MissingStoreError, StoreError, StoreLockedError, is_no_space, no_space_error
-from storage_impls.journal import Journal
+from storage_impls.journal import Journal, compaction_cycle
 from storage_impls.records import is_temporary, refuse_foreign, write_file_atomic
 
 OPEN_TRIES = 100  # a reader opens again when a writer commits while it opens
@@ -73,6 +73,7 @@ class DiskStore(EncodedStore):
     """One image file per image plus ``labels.csv``, in generation folders, plus a journal of single writes."""
 
     method = "disk"
+    file_per_image = appends_single_writes = True  # a journal record
     DEFAULT_CODEC = "png"
 
     def _open(self) -> None:
@@ -213,10 +214,14 @@ class DiskStore(EncodedStore):
 
         self._commit(images.dtype, images.shape[1:], codec, fill)
 
+    def single_write_cycle(self) -> int:
+        return compaction_cycle(self._generation.count if self._generation else 0)
+
     def _put(self, image: np.ndarray, image_id: int, label: int) -> None:
         codec = self.codec
         encoded = codec.encode(image)
         if self._journal.needs_compaction(self._generation.count if self._generation else 0):
+            self.upkeeps += 1
             self._commit(self.image_dtype, self.image_shape, codec, self._fold_journal)
         self._journal.append(image_id, label, encoded, image.dtype, image.shape, durable=self.durable, codec=codec.spec)
         self._count = max(self._count, image_id + 1)

@@ -77,7 +77,7 @@ from storage_impls.errors import CorruptStoreError, MissingStoreError, StoreLock
 from storage_impls.hdf5_chunked import CONTIGUOUS, Layout
 from storage_impls.hdf5_chunked import OPTIONS as LAYOUT_OPTIONS
 from storage_impls.hdf5_format import RAW, Block, ChangedError, Checkpoint, file_identity, write_checkpoint
-from storage_impls.journal import Journal, gather_overlaid
+from storage_impls.journal import Journal, compaction_cycle, gather_overlaid
 from storage_impls.records import refuse_foreign
 from storage_impls.registry import check_options
 
@@ -93,6 +93,7 @@ class Hdf5Store(EncodedStore):
     single-image writes."""
 
     method = "hdf5"
+    reads_through_map = appends_single_writes = True  # the checkpoint's map; a journal record
     OPTIONS = {**LAYOUT_OPTIONS, **EncodedStore.OPTIONS}
 
     def __init__(self, directory: str | os.PathLike, mode: str = "a", *, compression: str | None = None,
@@ -251,10 +252,14 @@ class Hdf5Store(EncodedStore):
         self._commit(images.dtype, images.shape[1:], len(images), [(0, payloads, labels)], checksum, codec, layout,
                      np.fromiter(map(len, payloads), np.int64, len(payloads)))
 
+    def single_write_cycle(self) -> int:
+        return compaction_cycle(self._checkpoint.count if self._checkpoint else 0)
+
     def _put(self, image: np.ndarray, image_id: int, label: int) -> None:
         codec = self.codec
         payload, spec = (image, None) if codec is RAW else (codec.encode(image), codec.spec)
         if self._journal.needs_compaction(self._checkpoint.count if self._checkpoint else 0):
+            self.upkeeps += 1
             checksum = self._checkpoint.checksum if self._checkpoint else bool(self.checksum)
             sizes, layout = None if codec is RAW else self._payload_sizes(), self._writing_layout(codec, replacing=False)
             self._commit(self.image_dtype, self.image_shape, self._count, self._blocks(codec, layout), checksum, codec, layout, sizes)

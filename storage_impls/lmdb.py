@@ -81,6 +81,7 @@ class LmdbStore(EncodedStore):
     """Images as raw bytes (or encoded: ``lmdb:codec=jpeg-90``) under one key each in an LMDB environment."""
 
     method = "lmdb"
+    reads_through_map = True  # LMDB maps its data file
 
     def __init__(self, directory: str | os.PathLike, mode: str = "a", *, readahead: bool = True, **options) -> None:
         self.readahead = readahead
