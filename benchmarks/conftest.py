@@ -414,19 +414,26 @@ def _checked_cells(config: pytest.Config) -> list[tuple[Cell, object]]:
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session) -> Iterator[None]:
-    """Before pytest-benchmark saves the run: each cell whose floor ran gets ``floor_ratio`` (ours/floor)."""
-    for cell, check in _checked_cells(session.config):
+    """Before pytest-benchmark saves the run: each cell whose floor ran gets ``floor_ratio`` (ours/floor); with
+    --strict-floors a flagged cell fails the run (exit status 1; the terminal summary names it)."""
+    checked = _checked_cells(session.config)
+    for cell, check in checked:
         cell.extra_info["floor_ratio"] = check.ratio  # the Metadata's own extra_info dict, saved as is
+    if session.config.getoption("strict_floors") and any(check.implausible for _, check in checked) \
+            and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
     yield
 
 
 def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
-    """Name every cell that beat its floor by more than the floor's spread: a bug until explained."""
+    """Name every cell that beat its floor beyond noise (reports.floors): a bug until explained."""
     flagged = [describe_implausible(cell, check) for cell, check in _checked_cells(config) if check.implausible]
     if flagged:
-        terminalreporter.section("image-storage: implausible cells (faster than their floor)", sep="-", red=True, bold=True)
+        strict = config.getoption("strict_floors")
+        title = "FAILED (--strict-floors): " if strict else ""
+        terminalreporter.section(f"image-storage: {title}implausible cells (faster than their floor)", sep="-", red=True, bold=True)
         for line in flagged:
-            terminalreporter.write_line(line)
+            terminalreporter.write_line(("FAILED " if strict else "") + line)
         terminalreporter.write_line("a cell below its floor did not do the work, or the floor is wrong: a bug until explained")
 
 

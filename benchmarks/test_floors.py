@@ -83,11 +83,14 @@ def out(source: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture
-def payload(codec: str, source: np.ndarray, floor_inputs: FloorInputs) -> Payload:
-    """The bytes the I/O floor moves: the raw pixels, or the images encoded as a store of ``codec`` holds them."""
+def payload(codec: str, source: np.ndarray, floor_inputs: FloorInputs, benchmark) -> Payload:
+    """The bytes the I/O floor moves: the raw pixels, or the images encoded as a store of ``codec`` holds them
+    (recorded as ``payload_bytes``)."""
     if codec != RAW:
         holding(codec, source)
-    return floor_inputs.payload(codec, len(source))
+    result = floor_inputs.payload(codec, len(source))
+    benchmark.extra_info["payload_bytes"] = int(result.whole.nbytes)
+    return result
 
 
 @pytest.fixture

@@ -1,14 +1,20 @@
 """Each cell against its floor measured in the same run: ours/floor, and whether the cell beat the floor implausibly.
 
-A cell names its floor in ``extra_info.floor`` (floor names joined by ``+``, e.g. ``files-read+png-decode``) and
+A cell names its floor in ``extra_info.floor`` (floor names joined by ``+``, e.g. ``png-files-read+png-decode``) and
 the image count the floor ran at in ``extra_info.floor_n_images``; the floor cells are this run's cells of method
 ``floor-<name>`` at that count and image shape (and the cell's ``batch_size``, where the floor has one). The
 floor's time is the sum of their medians, divided by the cell's ``workers`` (perfect scaling: a lower bound for
-a parallel cell). A cell is implausible when it is faster than that by more than the floor's own spread (the sum
-of the floors' interquartile ranges, scaled the same way): it did not do the work, or the floor is wrong.
+a parallel cell). A cell is implausible (flagged) only when it beat its floor beyond noise, by both of:
 
-Used by the suite at the end of a run (extra_info.floor_ratio, the terminal summary) and by the reports, which
-recompute from the cells so that a run edited by hand is judged on its numbers.
+* whole distributions apart: the cell's third quartile below the floor's first (the sum of the floors' first
+  quartiles, scaled the same way, which is below the first quartile of the sum);
+* a margin: the cell's median at least FLAG_MARGIN below the floor's.
+
+A floor timed against itself (A/A: the same floor from two runs, as cell and as floor) must not be flagged; how often
+it is, at the smoke pass's round counts and the default run's, is measured in docs/ci.md ("Floor flags").
+
+Used by the suite at the end of a run (extra_info.floor_ratio, the terminal summary, ``--strict-floors``) and by the
+reports, which recompute from the cells so that a run edited by hand is judged on its numbers.
 """
 from __future__ import annotations
 
@@ -18,16 +24,19 @@ from dataclasses import dataclass
 from reports.load import Cell
 
 FLOOR_PREFIX = "floor-"
+FLAG_MARGIN = 0.10  # a flagged cell's median is at least this far below its floor's
 
 
 @dataclass(frozen=True)
 class FloorCheck:
-    """A cell beside its floor: seconds per round of both, and the floor's spread in the same scale."""
+    """A cell beside its floor: seconds per round of both (the cell's median and third quartile, the floor's median
+    and first quartile), in the same scale."""
 
     floor: str
     median: float
     floor_seconds: float
-    floor_spread: float
+    q3: float
+    floor_q1: float
 
     @property
     def ratio(self) -> float:
@@ -36,7 +45,7 @@ class FloorCheck:
 
     @property
     def implausible(self) -> bool:
-        return self.floor_seconds - self.median > self.floor_spread
+        return self.q3 < self.floor_q1 and self.median < (1 - FLAG_MARGIN) * self.floor_seconds
 
 
 def is_floor(cell: Cell) -> bool:
@@ -77,7 +86,8 @@ def check(cell: Cell, floors: Sequence[Cell]) -> FloorCheck:
         floor=str(cell.extra_info["floor"]),
         median=cell.stats["median"],
         floor_seconds=sum(floor.stats["median"] for floor in floors) / scale,
-        floor_spread=sum(floor.stats["q3"] - floor.stats["q1"] for floor in floors) / scale,
+        q3=cell.stats["q3"],
+        floor_q1=sum(floor.stats["q1"] for floor in floors) / scale,
     )
 
 
@@ -93,9 +103,10 @@ def floor_checks(cells: Sequence[Cell]) -> dict[tuple, FloorCheck]:
 
 
 def describe_implausible(cell: Cell, result: FloorCheck) -> str:
-    """One line naming an implausible cell, its time, its floor and the floor's spread."""
+    """One line naming an implausible cell, its time, its floor and how far apart their distributions are."""
     from reports.shape import format_seconds  # shape draws on this module
 
     return (f"{cell.operation} {cell.method} n={cell.n_images}{' ' + cell.variant if cell.variant else ''}: "
             f"{format_seconds(cell.stats['median'])} is {1 / result.ratio:.3g}x faster than its floor {result.floor} "
-            f"({format_seconds(result.floor_seconds)}, spread {format_seconds(result.floor_spread)})")
+            f"({format_seconds(result.floor_seconds)}; the cell's q3 {format_seconds(result.q3)} is below the floor's "
+            f"q1 {format_seconds(result.floor_q1)})")
