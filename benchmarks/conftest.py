@@ -178,7 +178,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     benchmarks/test_floors.py``), -k and -m select floor cells, the cold one only when --cache asks for cold cells.
     Then the clock of the remaining time starts."""
     floors = {floor: item for item in items if (floor := _floor_cell(item)) is not None}
-    with_methods = len(floors) < len(items)
+    with_methods = any(_floor_cell(item) is None for item in items)
     if with_methods:
         items[:] = [item for item in items if _floor_cell(item) is None]
     yield
@@ -192,9 +192,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = ordered
     else:
         cold = "cold" in _option(config, "cache", ("warm",))
-        floors = {floor: item for floor, item in floors.items()
-                  if floor[0].endswith("file-read-cold") and not cold and item in items}
-        items[:] = [item for item in items if item not in floors.values()]
+        floors = {item.nodeid: item for item in items if not cold and _floor_cell(item)[0].endswith("file-read-cold")}
+        items[:] = [item for item in items if item.nodeid not in floors]
     if floors:
         config.hook.pytest_deselected(items=list(floors.values()))
     config.stash[CLOCK_KEY] = SuiteClock(items, float(config.getoption("benchmark_max_time")),

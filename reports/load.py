@@ -62,8 +62,25 @@ class Cell:
 
     @property
     def raw_bytes(self) -> int:
-        """Pixel bytes one round moves (extra_info.raw_bytes, else computed from the shape)."""
+        """Pixel bytes of the cell's ``n_images`` (extra_info.raw_bytes, else computed from the shape)."""
         return int(self.extra_info.get("raw_bytes", self.n_images * math.prod(self.image_shape)))
+
+    @property
+    def images_per_round(self) -> int:
+        """Images one round writes or reads: ``n_images``, except store_single_into (two writes into a store of
+        ``n_images``; runs that did not record it)."""
+        default = 2 if self.operation == "store_single_into" else self.n_images
+        return int(self.extra_info.get("images_per_round", default))
+
+    @property
+    def seconds_per_image(self) -> float:
+        """What one image costs: the median round over its images; single writes into a filled store amortised over
+        whole cycles of the method's upkeep (``write_amortised_s``), where the run recorded it."""
+        return float(self.extra_info.get("write_amortised_s", self.stats["median"] / self.images_per_round))
+
+    @property
+    def bytes_per_image(self) -> float:
+        return self.raw_bytes / self.n_images
 
 
 @dataclass(frozen=True)
