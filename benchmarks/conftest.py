@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 from benchmarks.cache import start_write_round
-from benchmarks.floors import (FLOOR_TEST, NoFloorError, floor_counts, floor_images, floor_names, floor_of_test,
+from benchmarks import interleave
+from benchmarks.floors import (FLOOR_PREFIX, FLOOR_TEST, NoFloorError, floor_counts, floor_images, floor_keys, floor_names, floor_of_test,
                                floors_of_cell)
 from benchmarks.machine import available_memory, describe_storage, library_versions
 from benchmarks.progress import ANNOUNCE_MIN_IMAGES, SuiteClock, announce, rounds_reporter, say
@@ -168,6 +169,14 @@ def _method_cell(item: pytest.Item) -> tuple[str, str, dict] | None:
     if params is None or "method" not in params.params or _floor_cell(item):
         return None
     return params.params["method"], item.originalname.removeprefix("test_"), params.params
+
+
+def _floor_keys(item: pytest.Item) -> tuple[tuple, ...]:
+    """The floor cells whose rounds a cell's rounds are interleaved with: its floors (a floor cell: memcpy)."""
+    if (floor := _floor_cell(item)) is not None:
+        return floor_keys(FLOOR_PREFIX + floor[0], "floor", item.callspec.params)
+    cell = _method_cell(item)
+    return floor_keys(*cell) if cell is not None else ()
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -336,6 +345,7 @@ def measure(benchmark, pytestconfig: pytest.Config, request: pytest.FixtureReque
     keeps the default run within its time budget), at most MAX_ROUNDS unless ``least_rounds`` asks for more (a cell
     that must span whole cycles of periodic work); ``setup`` runs before every round,
     outside the timing. Returns the target's result.
+    The rounds of the floors the cell is compared with run interleaved with its own (benchmarks/interleave.py).
     Around the timed rounds it measures what they cost (benchmarks.resources: CPU, peak memory, device bytes, minus
     the setups) into extra_info, and a cell whose rounds take long reports them on the terminal as they go.
     """
@@ -350,10 +360,17 @@ def measure(benchmark, pytestconfig: pytest.Config, request: pytest.FixtureReque
             least = min(least, pytestconfig.stash[MIN_ROUNDS_KEY]["long"])
         rounds = max(least_rounds, min(MAX_ROUNDS, max(least, math.ceil(budget / max(warm_up, 1e-9)))))
         meter = Meter()
-        result = benchmark.pedantic(target, setup=meter.wrap(rounds_reporter(pytestconfig, request.node.name, rounds, warm_up, setup)),
+        floors = interleave.rounds_of(pytestconfig, _floor_keys(request.node)) if benchmark.enabled else None
+        interleaved = interleave.Interleaved(floors, rounds) if floors else None
+        rounds_setup = setup if interleaved is None else interleaved.wrap(setup)
+        result = benchmark.pedantic(target, setup=meter.wrap(rounds_reporter(pytestconfig, request.node.name, rounds, warm_up, rounds_setup)),
                                     rounds=rounds)
         if benchmark.enabled:
             benchmark.extra_info.update(meter.per_round(rounds))
+            if interleaved is not None:
+                benchmark.extra_info["floor_interleaved"] = interleaved.stats(benchmark.stats.stats.data)
+            if (floor := _floor_cell(request.node)) is not None:
+                interleave.register(pytestconfig, floor, target, setup)
         return result
 
     return run

@@ -110,8 +110,10 @@ def floor_codecs(methods: Iterable[str]) -> tuple[str, ...]:
 
 def floor_names(method: str, operation: str, cache: str = "warm") -> tuple[str, ...]:
     """The floors whose times add up to the floor of ``method`` doing ``operation`` (floor cells: memcpy, or none)."""
-    if method.startswith(FLOOR_PREFIX):
-        return () if method == f"{FLOOR_PREFIX}memcpy" else ("memcpy",)
+    if method.startswith(FLOOR_PREFIX):  # memcpy of the same pixels; memcpy, and I/O floors on encoded bytes: none
+        name = method.removeprefix(FLOOR_PREFIX)
+        encoded_io = name not in IO_FLOORS and any(name.endswith(f"-{io}") for io in IO_FLOORS)
+        return () if name == "memcpy" or encoded_io else ("memcpy",)
     if operation not in OPERATIONS:
         raise NoFloorError(f"no floor for operation {operation!r}: add it to benchmarks.floors.OPERATIONS")
     kind, _, into_filled = OPERATIONS[operation]
@@ -149,11 +151,18 @@ def floor_counts(cutoffs: Iterable[int]) -> list[int]:
 FloorCell = tuple[str, int, "int | None"]  # (floor name, images, batch size for gather)
 
 
-def floors_of_cell(method: str, operation: str, params: dict) -> set[FloorCell]:
-    """The floor cells a method cell with these test parameters is compared with, memcpy included; none if it has no floor."""
+def floor_keys(method: str, operation: str, params: Mapping[str, object]) -> tuple[FloorCell, ...]:
+    """The floor cells whose medians add up to the floor of a cell with these test parameters (memcpy only for a
+    floor cell); none if it has no floor."""
     images = floor_images(operation, int(params.get("cutoff", params.get("n_images", 1))))
     try:
         names = floor_names(method, operation, params.get("cache", "warm"))
     except NoFloorError:
-        return set()
-    return {(name, images, params.get("batch_size") if name == "gather" else None) for name in names} | {("memcpy", images, None)}
+        return ()
+    return tuple((name, images, params.get("batch_size") if name.endswith("gather") else None) for name in names)
+
+
+def floors_of_cell(method: str, operation: str, params: dict) -> set[FloorCell]:
+    """The floor cells a method cell with these test parameters is compared with, memcpy included; none if it has no floor."""
+    keys = floor_keys(method, operation, params)
+    return set(keys) | {("memcpy", keys[0][1], None)} if keys else set()

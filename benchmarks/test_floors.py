@@ -13,8 +13,9 @@ cell: benchmarks/floors.py. Only the floors a selected cell needs run, each just
 """
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +99,14 @@ def out_bytes(payload: Payload) -> np.ndarray:
     return zeroed(payload.whole.shape, np.uint8)
 
 
+@pytest.fixture(scope="session")
+def held() -> Iterator[contextlib.ExitStack]:
+    """What a floor keeps open (descriptors) until the session ends: later cells interleave its rounds with theirs
+    (benchmarks/interleave.py)."""
+    with contextlib.ExitStack() as stack:
+        yield stack
+
+
 @pytest.fixture
 def durable(pytestconfig: pytest.Config) -> bool:
     return pytestconfig.getoption("durable")
@@ -121,12 +130,15 @@ def sync_folder(folder: Path | int) -> None:
 
 
 def test_floor_memcpy(measure, record, source, out):
+    """Timed: a copy of the images from a page-aligned array (made untimed) into the zeroed, page-aligned buffer."""
+    aligned = zeroed(source.shape, source.dtype)
+    np.copyto(aligned, source)
     record(len(source))
-    measure(lambda: np.copyto(out, source), zeroing(out))
+    measure(lambda: np.copyto(out, aligned), zeroing(out))
     verify_images("floor memcpy", out, source)
 
 
-def test_floor_file_write(measure, record, payload, cell_dir, durable):
+def test_floor_file_write(measure, record, payload, cell_dir, durable, held):
     """A new, empty file opened per round, the previous one removed (untimed); timed: writing the payload to it
     (and fsync when durable)."""
     paths: list[Path] = []
@@ -146,16 +158,13 @@ def test_floor_file_write(measure, record, payload, cell_dir, durable):
             os.fsync(fd)
             sync_folder(cell_dir)
 
+    held.callback(lambda: [os.close(fd) for fd in descriptors])
     record(len(payload.images))
-    try:
-        measure(write, open_next)
-    finally:
-        for fd in descriptors:
-            os.close(fd)
+    measure(write, open_next)
     payload.check("floor file-write", np.fromfile(paths[-1], np.uint8))
 
 
-def test_floor_file_append(measure, record, payload, cell_dir, durable):
+def test_floor_file_append(measure, record, payload, cell_dir, durable, held):
     """One file opened once (untimed); timed: each image's bytes appended to it with a write of its own, as single
     writes into a filled store append their records (an fdatasync after each when durable). Rounds start as the
     cells' do, with nothing but the ids drawn."""
@@ -168,24 +177,19 @@ def test_floor_file_append(measure, record, payload, cell_dir, durable):
             if durable:
                 os.fdatasync(fd)
 
+    held.callback(os.close, fd)
     record(len(payload.images))
-    try:
-        measure(append, lambda: ((), {}))
-        size = os.fstat(fd).st_size
-        last = np.frombuffer(os.pread(fd, payload.whole.nbytes, size - payload.whole.nbytes), np.uint8)
-    finally:
-        os.close(fd)
-    payload.check("floor file-append", last)
+    measure(append, lambda: ((), {}))
+    size = os.fstat(fd).st_size
+    payload.check("floor file-append", np.frombuffer(os.pread(fd, payload.whole.nbytes, size - payload.whole.nbytes), np.uint8))
 
 
-def test_floor_file_read(measure, record, payload, out_bytes, floor_inputs):
+def test_floor_file_read(measure, record, payload, out_bytes, floor_inputs, held):
     """Timed: one pread of the payload from an open file into a zeroed, page-aligned buffer."""
     fd = os.open(floor_inputs.file(payload), os.O_RDONLY)
+    held.callback(os.close, fd)
     record(len(payload.images))
-    try:
-        measure(lambda: read_into(fd, out_bytes), zeroing(out_bytes))
-    finally:
-        os.close(fd)
+    measure(lambda: read_into(fd, out_bytes), zeroing(out_bytes))
     payload.check("floor file-read", out_bytes)
 
 
@@ -197,7 +201,7 @@ def test_floor_mapped_copy(measure, record, payload, out_bytes, floor_inputs):
     payload.check("floor mapped-copy", out_bytes)
 
 
-def test_floor_file_read_cold(measure, record, benchmark, payload, out_bytes, floor_inputs):
+def test_floor_file_read_cold(measure, record, benchmark, payload, out_bytes, floor_inputs, held):
     """file-read after dropping the file from the page cache before each round (untimed, residency checked)."""
     if reason := page_cache.supported():
         pytest.skip(reason)
@@ -208,11 +212,9 @@ def test_floor_file_read_cold(measure, record, benchmark, payload, out_bytes, fl
         resident.append(page_cache.evict(path))
 
     fd = os.open(path, os.O_RDONLY)
+    held.callback(os.close, fd)
     record(len(payload.images))
-    try:
-        measure(lambda: read_into(fd, out_bytes), zeroing(out_bytes, drop))
-    finally:
-        os.close(fd)
+    measure(lambda: read_into(fd, out_bytes), zeroing(out_bytes, drop))
     payload.check("floor file-read-cold", out_bytes)
     benchmark.extra_info["resident_fraction_before"] = max(resident)
     if max(resident) > page_cache.MAX_RESIDENT_FRACTION:
@@ -251,7 +253,7 @@ def test_floor_files_write(measure, record, payload, cell_dir, durable):
     payload.check("floor files-write", np.concatenate([np.fromfile(folders[-1] / name, np.uint8) for name in names]))
 
 
-def test_floor_files_read(measure, record, payload, out_bytes, floor_inputs):
+def test_floor_files_read(measure, record, payload, out_bytes, floor_inputs, held):
     """Timed: open, read into its slot and close each image's file."""
     folder = os.open(floor_inputs.files(payload), os.O_RDONLY)
     slots = list(zip((str(image_id) for image_id in range(len(payload.images))),
@@ -263,11 +265,9 @@ def test_floor_files_read(measure, record, payload, out_bytes, floor_inputs):
             read_into(fd, target)
             os.close(fd)
 
+    held.callback(os.close, folder)
     record(len(payload.images))
-    try:
-        measure(read, zeroing(out_bytes))
-    finally:
-        os.close(folder)
+    measure(read, zeroing(out_bytes))
     payload.check("floor files-read", out_bytes)
 
 

@@ -3,12 +3,16 @@
 A cell names its floor in ``extra_info.floor`` (floor names joined by ``+``, e.g. ``png-files-read+png-decode``) and
 the image count the floor ran at in ``extra_info.floor_n_images``; the floor cells are this run's cells of method
 ``floor-<name>`` at that count and image shape (and the cell's ``batch_size``, where the floor has one). The
-floor's time is the sum of their medians, divided by the cell's ``workers`` (perfect scaling: a lower bound for
+floor's time is the sum of their medians or, where the suite interleaved rounds of those floors with the cell's
+(``extra_info.floor_interleaved``, benchmarks/interleave.py), the median of those rounds, so that a floor and its
+cell are timed at the same moments; either is divided by the cell's ``workers`` (perfect scaling: a lower bound for
 a parallel cell). A cell is implausible (flagged) only when it beat its floor beyond noise, by both of:
 
-* whole distributions apart: the cell's third quartile below the floor's first (the sum of the floors' first
-  quartiles, scaled the same way, which is below the first quartile of the sum);
-* a margin: the cell's median at least FLAG_MARGIN below the floor's.
+* whole distributions apart: the cell's third quartile below the floor's first (of the interleaved rounds; else
+  the sum of the floor cells' first quartiles, which is below the first quartile of the sum);
+* a margin: the cell's median at least FLAG_MARGIN below the floor's;
+* with interleaved rounds, round by round too: in three of four pairs (the third quartile of the ratios cell round
+  over the floor round just before it, times ``workers``) the cell at least FLAG_MARGIN below.
 
 A floor timed against itself (A/A: the same floor from two runs, as cell and as floor) must not be flagged; how often
 it is, at the smoke pass's round counts and the default run's, is measured in docs/ci.md ("Floor flags").
@@ -37,6 +41,7 @@ class FloorCheck:
     floor_seconds: float
     q3: float
     floor_q1: float
+    paired_q3: float | None = None  # interleaved rounds: the third quartile of cell round / floor round just before it
 
     @property
     def ratio(self) -> float:
@@ -45,7 +50,8 @@ class FloorCheck:
 
     @property
     def implausible(self) -> bool:
-        return self.q3 < self.floor_q1 and self.median < (1 - FLAG_MARGIN) * self.floor_seconds
+        apart = self.q3 < self.floor_q1 and self.median < (1 - FLAG_MARGIN) * self.floor_seconds
+        return apart and (self.paired_q3 is None or self.paired_q3 < 1 - FLAG_MARGIN)
 
 
 def is_floor(cell: Cell) -> bool:
@@ -81,14 +87,17 @@ def divisor(cell: Cell) -> int:
 
 
 def check(cell: Cell, floors: Sequence[Cell]) -> FloorCheck:
+    """The cell beside its floor: the floor rounds interleaved with the cell's where it has them (extra_info.
+    floor_interleaved), else the floor cells' own."""
     scale = divisor(cell)
-    return FloorCheck(
-        floor=str(cell.extra_info["floor"]),
-        median=cell.stats["median"],
-        floor_seconds=sum(floor.stats["median"] for floor in floors) / scale,
-        q3=cell.stats["q3"],
-        floor_q1=sum(floor.stats["q1"] for floor in floors) / scale,
-    )
+    interleaved = cell.extra_info.get("floor_interleaved")
+    if interleaved:
+        median, q1 = interleaved["median"], interleaved["q1"]
+    else:
+        median, q1 = (sum(floor.stats[name] for floor in floors) for name in ("median", "q1"))
+    paired = interleaved.get("ratio_q3") if interleaved else None
+    return FloorCheck(floor=str(cell.extra_info["floor"]), median=cell.stats["median"], floor_seconds=median / scale,
+                      q3=cell.stats["q3"], floor_q1=q1 / scale, paired_q3=None if paired is None else paired * scale)
 
 
 def floor_checks(cells: Sequence[Cell]) -> dict[tuple, FloorCheck]:

@@ -116,7 +116,9 @@ def test_every_floor_has_its_cell():
     ("lmdb:codec=png-6", "read_single", "warm", ("png-mapped-copy", "png-decode")),
     ("disk", "read_random", "cold", ("png-file-read-cold", "png-decode")),
     ("floor-file-read", "floor", "warm", ("memcpy",)),
+    ("floor-png-encode", "floor", "warm", ("memcpy",)),
     ("floor-memcpy", "floor", "warm", ()),
+    ("floor-jpeg-90-file-read", "floor", "warm", ()),  # moves fewer bytes than the pixels memcpy copies
 ])
 def test_the_rule(method, operation, cache, expected):
     assert floor_names(method, operation, cache) == expected
