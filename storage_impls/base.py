@@ -248,7 +248,8 @@ class ImageStore(abc.ABC):
 
     def single_write_cycle(self) -> int:
         """Single writes from one run of the method's periodic upkeep (a journal fold, a compaction) to the next,
-        for the store as it is now: the cost of a single write is only known over whole cycles. 1: no such upkeep."""
+        for the store as it is now: the cost of a single write is only known over whole cycles. A store ``store_many``
+        just wrote starts a cycle; ``upkeeps`` counts the runs. 1: no such upkeep."""
         return 1
 
     @abc.abstractmethod

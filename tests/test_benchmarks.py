@@ -46,9 +46,10 @@ def test_every_cell_runs_with_params_and_extra_info(tiny_run):
     assert into["extra_info"]["images_per_round"] == 2
     amortised = into["extra_info"]  # images/s counts the images written, at their cost amortised over two folds
     assert amortised["images_per_s"] == pytest.approx(1 / amortised["write_amortised_s"])
-    assert amortised["upkeep_cycles"] == 2 and amortised["amortised_writes"] == 2 * amortised["upkeep_cycle"] == 2 * 257
+    # a journal folds past 256 records: two folds in 2 * 257 + 1 writes, the first from the filled store on
+    assert amortised["upkeep_cycles"] == 2 and amortised["amortised_writes"] == 2 * amortised["upkeep_cycle"] + 1 == 2 * 257 + 1
     assert amortised["write_p50_s"] <= amortised["write_p99_s"] <= amortised["write_max_s"]
-    assert amortised["writes_timed"] == 2 * into["stats"]["rounds"] >= 3 * 257
+    assert amortised["writes_timed"] == 2 * (into["stats"]["rounds"] + 1) >= 2 * 257 + 1  # the warm-up round's writes too
     store = cells["test_store_many[lmdb-20]"]
     assert store["params"] == {"method": "lmdb", "cutoff": 20}
     info = store["extra_info"]
