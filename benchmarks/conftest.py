@@ -20,15 +20,13 @@ import numpy as np
 import pytest
 
 from benchmarks.cache import start_write_round
-from benchmarks import interleave
+from benchmarks import flags, interleave
 from benchmarks.floors import (FLOOR_PREFIX, FLOOR_TEST, NoFloorError, floor_counts, floor_images, floor_keys, floor_names, floor_of_test,
                                floors_of_cell)
 from benchmarks.machine import available_memory, describe_storage, library_versions
 from benchmarks.progress import ANNOUNCE_MIN_IMAGES, SuiteClock, announce, rounds_reporter, say
 from benchmarks.resources import Meter
 from benchmarks.stored import decoded, expected, store_class, store_profiles  # noqa: F401 - fixtures
-from reports.floors import describe_implausible, floor_checks
-from reports.load import Cell
 from storage_impls import ImageStore, get_store_class
 from storage_impls.datasets import (CIFAR10_IMAGES, CIFAR10_SHAPE, MNIST_SHAPE, MixedSizesError, folder_files, folder_mode,
                                    folder_shape, load_cifar10, load_folder, load_mnist, mnist_count, synthetic)
@@ -413,44 +411,15 @@ def record(benchmark, pytestconfig: pytest.Config, dataset: Dataset, operation: 
         request.node.stash[ROUNDS_KEY] = (median, benchmark.stats.stats.rounds)
 
 
-def _as_cell(metadata) -> Cell:
-    """A timed cell as reports.load reads it from the JSON, for reports.floors."""
-    info, stats = metadata.extra_info, metadata.stats
-    return Cell(operation=info["operation"], method=info["method"], n_images=info["n_images"],
-                image_shape=tuple(info["image_shape"]), stats={name: getattr(stats, name) for name in ("median", "q1", "q3")},
-                data=None, extra_info=info)
-
-
-def _checked_cells(config: pytest.Config) -> list[tuple[Cell, object]]:
-    """(cell, its FloorCheck) of every timed cell whose floor ran in this session."""
-    cells = [_as_cell(metadata) for metadata in config.stash.get(TIMED_KEY, [])]
-    checks = floor_checks(cells)
-    return [(cell, checks[cell.key]) for cell in cells if cell.key in checks]
-
-
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session) -> Iterator[None]:
-    """Before pytest-benchmark saves the run: each cell whose floor ran gets ``floor_ratio`` (ours/floor); with
-    --strict-floors a flagged cell fails the run (exit status 1; the terminal summary names it)."""
-    checked = _checked_cells(session.config)
-    for cell, check in checked:
-        cell.extra_info["floor_ratio"] = check.ratio  # the Metadata's own extra_info dict, saved as is
-    if session.config.getoption("strict_floors") and any(check.implausible for _, check in checked) \
-            and session.exitstatus == pytest.ExitCode.OK:
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    """Before pytest-benchmark saves the run: each cell's ``floor_ratio``; --strict-floors fails a run with a flag."""
+    flags.finish(session, session.config.stash.get(TIMED_KEY, []))
     yield
 
 
 def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
-    """Name every cell that beat its floor beyond noise (reports.floors): a bug until explained."""
-    flagged = [describe_implausible(cell, check) for cell, check in _checked_cells(config) if check.implausible]
-    if flagged:
-        strict = config.getoption("strict_floors")
-        title = "FAILED (--strict-floors): " if strict else ""
-        terminalreporter.section(f"image-storage: {title}implausible cells (faster than their floor)", sep="-", red=True, bold=True)
-        for line in flagged:
-            terminalreporter.write_line(("FAILED " if strict else "") + line)
-        terminalreporter.write_line("a cell below its floor did not do the work, or the floor is wrong: a bug until explained")
+    flags.summary(terminalreporter, config, config.stash.get(TIMED_KEY, []))
 
 
 @pytest.hookimpl(hookwrapper=True)
