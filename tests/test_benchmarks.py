@@ -20,7 +20,7 @@ def run_suite(*args: str, env: dict | None = None) -> subprocess.CompletedProces
     import os
 
     return subprocess.run([sys.executable, "-m", "pytest", "benchmarks", "-p", "no:cacheprovider", *args],
-                          cwd=REPO, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=300)
+                          cwd=REPO, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=900)
 
 
 @pytest.fixture(scope="module")
