@@ -130,11 +130,13 @@ def sync_folder(folder: Path | int) -> None:
 
 
 def test_floor_memcpy(measure, record, source, out):
-    """Timed: a copy of the images from a page-aligned array (made untimed) into the zeroed, page-aligned buffer."""
+    """Timed: a copy of the images' bytes from a page-aligned array (made untimed) into the zeroed, page-aligned
+    buffer, both seen as flat bytes (numpy sets up a copy of (N, H, W, C) arrays in about 0.6 us more here)."""
     aligned = zeroed(source.shape, source.dtype)
     np.copyto(aligned, source)
+    flat_in, flat_out = aligned.reshape(-1).view(np.uint8), out.reshape(-1).view(np.uint8)
     record(len(source))
-    measure(lambda: np.copyto(out, aligned), zeroing(out))
+    measure(lambda: np.copyto(flat_out, flat_in), zeroing(out))
     verify_images("floor memcpy", out, source)
 
 

@@ -3,13 +3,14 @@
 A cell names its floor in ``extra_info.floor`` (floor names joined by ``+``, e.g. ``png-files-read+png-decode``) and
 the image count the floor ran at in ``extra_info.floor_n_images``; the floor cells are this run's cells of method
 ``floor-<name>`` at that count and image shape (and the cell's ``batch_size``, where the floor has one). The
-floor's time is the sum of their medians or, where the suite interleaved rounds of those floors with the cell's
-(``extra_info.floor_interleaved``, benchmarks/interleave.py), the median of those rounds, so that a floor and its
-cell are timed at the same moments; either is divided by the cell's ``workers`` (perfect scaling: a lower bound for
-a parallel cell). A cell is implausible (flagged) only when it beat its floor beyond noise, by both of:
+floor's time is the sum of their medians or, where the suite also interleaved rounds of those floors with the
+cell's (``extra_info.floor_interleaved``, benchmarks/interleave.py) so that a floor and its cell are timed at the
+same moments, the smaller of that and the interleaved rounds' median (likewise the first quartile); it is divided
+by the cell's ``workers`` (perfect scaling: a lower bound for a parallel cell). A cell is implausible (flagged) only
+when it beat its floor beyond noise, by all of:
 
-* whole distributions apart: the cell's third quartile below the floor's first (of the interleaved rounds; else
-  the sum of the floor cells' first quartiles, which is below the first quartile of the sum);
+* whole distributions apart: the cell's third quartile below the floor's first (the sum of the floor cells' first
+  quartiles, which is below the first quartile of the sum, or the interleaved rounds' if smaller);
 * a margin: the cell's median at least FLAG_MARGIN below the floor's;
 * with interleaved rounds, round by round too: in three of four pairs (the third quartile of the ratios cell round
   over the floor round just before it, times ``workers``) the cell at least FLAG_MARGIN below.
@@ -87,14 +88,14 @@ def divisor(cell: Cell) -> int:
 
 
 def check(cell: Cell, floors: Sequence[Cell]) -> FloorCheck:
-    """The cell beside its floor: the floor rounds interleaved with the cell's where it has them (extra_info.
-    floor_interleaved), else the floor cells' own."""
+    """The cell beside its floor: the floor cells' own rounds and, where the cell has them, the floor rounds
+    interleaved with its own (extra_info.floor_interleaved); of the two timings of the floor, the faster (a floor
+    is the least work: what slowed one timing of it was not the floor), so a flag needs the cell below both."""
     scale = divisor(cell)
+    median, q1 = (sum(floor.stats[name] for floor in floors) for name in ("median", "q1"))
     interleaved = cell.extra_info.get("floor_interleaved")
     if interleaved:
-        median, q1 = interleaved["median"], interleaved["q1"]
-    else:
-        median, q1 = (sum(floor.stats[name] for floor in floors) for name in ("median", "q1"))
+        median, q1 = min(median, interleaved["median"]), min(q1, interleaved["q1"])
     paired = interleaved.get("ratio_q3") if interleaved else None
     return FloorCheck(floor=str(cell.extra_info["floor"]), median=cell.stats["median"], floor_seconds=median / scale,
                       q3=cell.stats["q3"], floor_q1=q1 / scale, paired_q3=None if paired is None else paired * scale)

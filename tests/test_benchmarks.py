@@ -82,10 +82,11 @@ def test_floors_run_beside_their_cells(tiny_run):
                   and floor["extra_info"]["n_images"] == info["floor_n_images"]
                   and floor["extra_info"].get("batch_size") in (None, info.get("batch_size"))]
         assert len(floors) == len(info["floor"].split("+"))
-        # the floor's rounds ran interleaved with the cell's: the ratio is over those (benchmarks/interleave.py)
+        # the floor's rounds also ran interleaved with the cell's (benchmarks/interleave.py)
         interleaved = info["floor_interleaved"]
         assert 0 < interleaved["rounds"] <= min(bench["stats"]["rounds"], 30) and interleaved["q1"] <= interleaved["median"]
-        assert info["floor_ratio"] == pytest.approx(bench["stats"]["median"] / (interleaved["median"] / info.get("workers", 1)))
+        floor = min(interleaved["median"], sum(floor["stats"]["median"] for floor in floors))  # the faster timing of it
+        assert info["floor_ratio"] == pytest.approx(bench["stats"]["median"] / (floor / info.get("workers", 1)))
     disk = cells_named(tiny_run, "test_read_many[disk-20]")["extra_info"]
     assert disk["floor"] == "files-read+png-decode" and disk["floor_n_images"] == 20
     assert cells_named(tiny_run, "test_store_single[lmdb-1]")["extra_info"]["floor"] == "file-write"
