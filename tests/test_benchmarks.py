@@ -88,7 +88,7 @@ def test_floors_run_beside_their_cells(tiny_run):
         floor = min(interleaved["median"], sum(floor["stats"]["median"] for floor in floors))  # the faster timing of it
         assert info["floor_ratio"] == pytest.approx(bench["stats"]["median"] / (floor / info.get("workers", 1)))
     disk = cells_named(tiny_run, "test_read_many[disk-20]")["extra_info"]
-    assert disk["floor"] == "files-read+png-decode" and disk["floor_n_images"] == 20
+    assert disk["floor"] == "png-files-read+png-decode" and disk["floor_n_images"] == 20
     assert cells_named(tiny_run, "test_store_single[lmdb-1]")["extra_info"]["floor"] == "file-write"
 
 
