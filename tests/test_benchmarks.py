@@ -104,7 +104,7 @@ def test_every_cell_records_what_it_cost(tiny_run):
         assert info["device_read_bytes"] >= 0 and info["device_write_bytes"] >= 0
     # a store dirties at least the pixel bytes it stores, which Linux counts as bytes to write to the device
     assert cells_named(tiny_run, "test_store_many[lmdb-20]")["extra_info"]["device_write_bytes"] >= 20 * 3072
-    assert cells_named(tiny_run, "test_floor_file_write[20]")["extra_info"]["device_write_bytes"] >= 20 * 3072
+    assert cells_named(tiny_run, "test_floor_file_write[raw-20]")["extra_info"]["device_write_bytes"] >= 20 * 3072
 
 
 def test_a_long_cell_reports_its_rounds_and_the_time_left():
