@@ -21,8 +21,8 @@ import pytest
 
 from benchmarks.cache import start_write_round
 from benchmarks import flags, interleave
-from benchmarks.floors import (FLOOR_PREFIX, FLOOR_TEST, NoFloorError, floor_counts, floor_images, floor_keys, floor_names, floor_of_test,
-                               floors_of_cell)
+from benchmarks.floors import (FLOOR_PREFIX, FLOOR_TEST, NoFloorError, floor_counts, floor_images, floor_keys,
+                               floor_names, floor_of_test, floors_of_cell)
 from benchmarks.machine import available_memory, describe_storage, library_versions
 from benchmarks.progress import ANNOUNCE_MIN_IMAGES, SuiteClock, announce, rounds_reporter, say
 from benchmarks.resources import Meter
@@ -361,8 +361,8 @@ def measure(benchmark, pytestconfig: pytest.Config, request: pytest.FixtureReque
         floors = interleave.rounds_of(pytestconfig, _floor_keys(request.node)) if benchmark.enabled else None
         interleaved = interleave.Interleaved(floors, rounds) if floors else None
         rounds_setup = setup if interleaved is None else interleaved.wrap(setup)
-        result = benchmark.pedantic(target, setup=meter.wrap(rounds_reporter(pytestconfig, request.node.name, rounds, warm_up, rounds_setup)),
-                                    rounds=rounds)
+        reporting = rounds_reporter(pytestconfig, request.node.name, rounds, warm_up, rounds_setup)
+        result = benchmark.pedantic(target, setup=meter.wrap(reporting), rounds=rounds)
         if benchmark.enabled:
             benchmark.extra_info.update(meter.per_round(rounds))
             if interleaved is not None:
@@ -404,7 +404,7 @@ def record(benchmark, pytestconfig: pytest.Config, dataset: Dataset, operation: 
         median = benchmark.stats.stats.median
         info = benchmark.extra_info
         per_round = info["images_per_round"]
-        per_image = info["write_amortised_s"] if "write_amortised_s" in info else median / per_round  # single writes: amortised
+        per_image = info.get("write_amortised_s", median / per_round)  # single writes into a store: amortised
         info["images_per_s"] = 1 / per_image
         info["mb_per_s"] = info["raw_bytes"] / info["n_images"] / 1e6 / per_image
         pytestconfig.stash.setdefault(TIMED_KEY, []).append(benchmark.stats)

@@ -14,7 +14,8 @@ def as_cell(metadata) -> Cell:
     """A timed cell as reports.load reads it from the JSON, for reports.floors."""
     info, stats = metadata.extra_info, metadata.stats
     return Cell(operation=info["operation"], method=info["method"], n_images=info["n_images"],
-                image_shape=tuple(info["image_shape"]), stats={name: getattr(stats, name) for name in ("median", "q1", "q3")},
+                image_shape=tuple(info["image_shape"]),
+                stats={name: getattr(stats, name) for name in ("median", "q1", "q3")},
                 data=None, extra_info=info)
 
 
@@ -42,7 +43,9 @@ def summary(terminalreporter, config: pytest.Config, timed: Sequence) -> None:
     if flagged:
         strict = config.getoption("strict_floors")
         title = "FAILED (--strict-floors): " if strict else ""
-        terminalreporter.section(f"image-storage: {title}implausible cells (faster than their floor)", sep="-", red=True, bold=True)
+        terminalreporter.section(f"image-storage: {title}implausible cells (faster than their floor)", sep="-",
+                                 red=True, bold=True)
         for line in flagged:
             terminalreporter.write_line(("FAILED " if strict else "") + line)
-        terminalreporter.write_line("a cell below its floor did not do the work, or the floor is wrong: a bug until explained")
+        terminalreporter.write_line("a cell below its floor did not do the work, or the floor is wrong: "
+                                    "a bug until explained")

@@ -34,7 +34,8 @@ from storage_impls.registry import get_store_class, parse_spec
 Kind = Literal["write", "read", "random"]
 
 # one test each (benchmarks/test_floors.py); every one but memcpy also runs on each codec's encoded bytes
-IO_FLOORS = ("file-write", "file-append", "file-read", "mapped-copy", "files-write", "files-read", "gather", "file-read-cold")
+IO_FLOORS = ("file-write", "file-append", "file-read", "mapped-copy", "files-write", "files-read", "gather",
+             "file-read-cold")
 FLOORS = ("memcpy", *IO_FLOORS)
 CODEC_STEPS: dict[Kind, str] = {"write": "encode", "read": "decode", "random": "decode"}  # test_floor_encode, _decode
 FLOOR_TEST = "test_floor_"  # benchmarks/test_floors.py: test_floor_file_write times the floor "file-write"
@@ -163,6 +164,7 @@ def floor_keys(method: str, operation: str, params: Mapping[str, object]) -> tup
 
 
 def floors_of_cell(method: str, operation: str, params: dict) -> set[FloorCell]:
-    """The floor cells a method cell with these test parameters is compared with, memcpy included; none if it has no floor."""
+    """The floor cells a method cell with these test parameters is compared with, memcpy included; none without a
+    floor."""
     keys = floor_keys(method, operation, params)
     return set(keys) | {("memcpy", keys[0][1], None)} if keys else set()

@@ -23,7 +23,8 @@ REGISTRY_KEY = pytest.StashKey[dict]()  # floor cell (name, images, batch) -> (t
 Round = tuple[Callable[..., Any], Callable[[], tuple[tuple, dict]]]
 
 
-def register(config: pytest.Config, key: tuple, target: Callable[..., Any], setup: Callable[[], tuple[tuple, dict]]) -> None:
+def register(config: pytest.Config, key: tuple, target: Callable[..., Any],
+             setup: Callable[[], tuple[tuple, dict]]) -> None:
     """Keep a floor cell's round for the cells timed after it (its inputs must stay valid until the session ends)."""
     config.stash.setdefault(REGISTRY_KEY, {})[key] = (target, setup)
 

@@ -183,7 +183,8 @@ def test_floor_file_append(measure, record, payload, cell_dir, durable, held):
     record(len(payload.images))
     measure(append, lambda: ((), {}))
     size = os.fstat(fd).st_size
-    payload.check("floor file-append", np.frombuffer(os.pread(fd, payload.whole.nbytes, size - payload.whole.nbytes), np.uint8))
+    last = os.pread(fd, payload.whole.nbytes, size - payload.whole.nbytes)
+    payload.check("floor file-append", np.frombuffer(last, np.uint8))
 
 
 def test_floor_file_read(measure, record, payload, out_bytes, floor_inputs, held):
@@ -318,7 +319,8 @@ def test_floor_gather(measure, record, benchmark, payload, out_bytes, floor_inpu
     else:
         sizes = np.diff(payload.offsets)[order]
         targets = np.concatenate([[0], np.cumsum(sizes)])
-        copies = [(out_bytes[targets[slot]:targets[slot + 1]], pages[payload.offsets[image_id]:payload.offsets[image_id + 1]])
+        offsets = payload.offsets
+        copies = [(out_bytes[targets[slot]:targets[slot + 1]], pages[offsets[image_id]:offsets[image_id + 1]])
                   for slot, image_id in enumerate(order.tolist())]
 
         def gather() -> None:

@@ -116,7 +116,8 @@ def test_store_single_into(measure, record, benchmark, store_filled_to_cutoff, d
     record(cutoff, images_per_round=2)
     cycle, first = store.single_write_cycle(), store.upkeeps
     # a round is two writes (the warm-up round's included): enough rounds for UPKEEP_CYCLES cycles of writes
-    measure(write, next_writes, least_rounds=math.ceil(CYCLE_MARGIN * (UPKEEP_CYCLES * cycle + 1) / 2) if cycle > 1 else 0)
+    least = math.ceil(CYCLE_MARGIN * (UPKEEP_CYCLES * cycle + 1) / 2) if cycle > 1 else 0
+    measure(write, next_writes, least_rounds=least)
     if benchmark.enabled:
         benchmark.extra_info.update(amortised(seconds, [first, *upkeeps]), upkeep_cycle=cycle)
     store.close()

@@ -36,7 +36,8 @@ def halves(path: str) -> list[Run] | None:
     """The two timings of a run made with ``-p tests.floor_twice`` as two runs (ids ``...-a]`` and ``...-b]``), or
     None for a run that timed each floor once."""
     document = json.loads(Path(path).read_text())
-    parts = {suffix: [bench for bench in document["benchmarks"] if bench["name"].endswith(f"-{suffix}]")] for suffix in "ab"}
+    parts = {suffix: [bench for bench in document["benchmarks"] if bench["name"].endswith(f"-{suffix}]")]
+             for suffix in "ab"}
     if not parts["b"]:
         return None
     runs = []
@@ -76,8 +77,8 @@ def judge(pairs_: Iterator[tuple[str, Cell, Cell]], interleaved: bool) -> tuple[
         check = FloorCheck(cell.method, cell.stats["median"], inter["median"], cell.stats["q3"], inter["q1"],
                            inter.get("ratio_q3")) if interleaved else pair(cell, floor)
         if check.implausible:
-            flagged.append(f"{cell.method} n={cell.n_images} ({where}): {check.median:.3g} s (q3 {check.q3:.3g}) against "
-                           f"{check.floor_seconds:.3g} s (q1 {check.floor_q1:.3g})")
+            flagged.append(f"{cell.method} n={cell.n_images} ({where}): {check.median:.3g} s (q3 {check.q3:.3g}) "
+                           f"against {check.floor_seconds:.3g} s (q1 {check.floor_q1:.3g})")
     return tries, earlier, flagged
 
 
@@ -93,7 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not tries:
             continue
         print(f"{title}: {tries} A/A pairs from {len(paths)} runs: {len(flagged)} flagged by the rule"
-              + ("" if interleaved else f", {earlier} by the earlier rule (median below the floor's by more than its IQR)"))
+              + ("" if interleaved else f", {earlier} by the earlier rule (median below the floor's by more than "
+                                         "its IQR)"))
         for line in flagged:
             print("  " + line)
         failed = failed or bool(flagged)

@@ -130,7 +130,8 @@ def single_writes_table(run: Run, mixed_shapes: bool) -> str | None:
         ((_images(cell.key, mixed_shapes), cell.method, *(seconds(cell, field) for field in
           ("write_amortised_s", "write_p50_s", "write_p99_s", "write_max_s")),
           str(cell.extra_info.get("writes_timed", "–")),
-          f"{cell.extra_info.get('amortised_writes', '–')} writes, {cell.extra_info.get('upkeep_cycles', 0)} upkeep cycles")
+          f"{cell.extra_info.get('amortised_writes', '–')} writes, "
+          f"{cell.extra_info.get('upkeep_cycles', 0)} upkeep cycles")
          for cell in cells),
     )
 
@@ -206,8 +207,8 @@ def render(shaped: Shaped, charts: Mapping[str, Path], sections: Sequence[str] =
     flagged = [(label, line) for run, label in zip(runs, labels) for line in implausible(run)]
     if flagged:
         parts += ["", "## ⚠ Implausible cells", "",
-                  "Faster than their floor (measured in the same run) beyond noise: the cell's q3 below the floor's q1 and "
-                  "its median 10 % or more below the floor's. The cell did not "
+                  "Faster than their floor (measured in the same run) beyond noise: the cell's q3 below the floor's "
+                  "q1 and its median 10 % or more below the floor's. The cell did not "
                   "do the work (a lazy read, a cache the benchmark did not intend) or the floor is wrong. A bug until explained.", ""]
         parts += [f"- **{label}**: {line}" for label, line in flagged]
     parts += ["", "## Charts", ""]
@@ -226,9 +227,9 @@ def render(shaped: Shaped, charts: Mapping[str, Path], sections: Sequence[str] =
                   "to the device are per round, measured around the timed rounds.", "", throughput_table(run, mixed_shapes), ""]
         single = single_writes_table(run, mixed_shapes)
         if single:
-            parts += ["### Single writes into a filled store", "", "Each write timed on its own; amortised: the mean over "
-                      "whole cycles of the method's periodic upkeep (journal folds, compactions), which the median leaves "
-                      "out. images/s above counts the images written.", "", single, ""]
+            parts += ["### Single writes into a filled store", "", "Each write timed on its own; amortised: the "
+                      "mean over whole cycles of the method's periodic upkeep (journal folds, compactions), which the "
+                      "median leaves out. images/s above counts the images written.", "", single, ""]
         floors = floor_table(run, mixed_shapes)
         if floors:
             parts += ["### Floors", "", "What the hardware or a library does alone with the same images in the same run "
