@@ -23,6 +23,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         group.addoption(option, type=parse, default=default, help=f"{help_text} [env {variable}{shown}]")
     group.addoption("--durable", action="store_true", default=parse_flag(os.environ.get("IMAGE_BENCH_DURABLE", "")),
                     help="fsync every store (files and folders) before it returns, for all methods [env IMAGE_BENCH_DURABLE=1]")
+    group.addoption("--strict-floors", action="store_true",
+                    default=parse_flag(os.environ.get("IMAGE_BENCH_STRICT_FLOORS", "")),
+                    help="fail the run when a cell is flagged below its floor (default: the summary names it) "
+                         "[env IMAGE_BENCH_STRICT_FLOORS=1]")
     soak = parser.getgroup("soak", "the soak test (tests/test_soak.py)")
     soak.addoption("--soak-seconds", type=float, default=8.0, help="seconds of load per method (default 8, as in CI)")
     soak.addoption("--soak-methods", default=None,

@@ -34,36 +34,25 @@ PAGE = mmap.PAGESIZE
 _PROT_READ, _MAP_SHARED = 0x1, 0x01
 _MAP_FAILED = ctypes.c_void_p(-1).value
 READ_CACHE_SHARE = 16  # a shuffled cell's reader may keep this fraction (1/16) of the store in a cache of its own
-REMOVE_MAX_FILES = 100  # start_write_round removes a previous round's output of at most this many files
+REMOVE_MAX_FILES = 100  # start_write_round keeps a previous round's output of more files per image than this
 _WRITE_AND_WAIT = 0x1 | 0x2 | 0x4  # SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER
 
 
-def start_write_round(previous: Path | None) -> None:
-    """Remove the previous round's output if it is a few files, then write back every dirty page, so that each write
-    round starts as every other one does. Measured here (157 MB written with one pwrite): 45-55 ms into page cache
-    that the previous round's removal freed, 250-350 ms when earlier rounds' files stay (new pages: on this VM the
-    first touch of guest memory is slow) and, once dirty pages pass the kernel's threshold, the disk's pace. An
-    output of more than REMOVE_MAX_FILES files stays until the cell ends: creating 20 000 files right after
-    deleting 20 000 took 8-11 s here, against 0.6-1.7 s with the old ones kept. Cells (conftest.FreshStores) and
-    write floors (test_floors.py) both start their rounds here."""
-    if previous is not None and previous.exists() and _count_files(previous, REMOVE_MAX_FILES + 1) <= REMOVE_MAX_FILES:
+def start_write_round(previous: Path | None, images: int, file_per_image: bool) -> None:
+    """Remove the previous round's output unless it is one file per image of more than REMOVE_MAX_FILES images, then
+    write back every dirty page, so that each write round starts as every other one does. Measured here (157 MB
+    written with one pwrite): 45-55 ms into page cache that the previous round's removal freed, 250-350 ms when
+    earlier rounds' files stay (new pages: on this VM the first touch of guest memory is slow) and, once dirty pages
+    pass the kernel's threshold, the disk's pace. Many files stay until the cell ends: creating 20 000 files right
+    after deleting 20 000 took 8-11 s here, against 0.6-1.7 s with the old ones kept. The choice depends on the
+    round's images and the layout only, so that a cell (conftest.FreshStores) and its write floor (test_floors.py)
+    start their rounds alike whatever extra files the method writes."""
+    if previous is not None and previous.exists() and not (file_per_image and images > REMOVE_MAX_FILES):
         if previous.is_dir():
             shutil.rmtree(previous)
         else:
             previous.unlink()
     os.sync()
-
-
-def _count_files(path: Path, enough: int) -> int:
-    """The number of files at or below ``path``, counting no further than ``enough``."""
-    if not path.is_dir():
-        return 1
-    count = 0
-    for _, _, files in os.walk(path):
-        count += len(files)
-        if count >= enough:
-            break
-    return count
 
 
 def supported() -> str | None:

@@ -17,15 +17,25 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import flags, interleave
 from benchmarks.cache import start_write_round
 from benchmarks.data import DATASET_KEY, Dataset, data_shape, load_dataset
-from benchmarks.floors import FLOOR_TEST, NoFloorError, floor_images, floor_names, floor_of_test, floors_of_cell
+from benchmarks.floors import (
+    FLOOR_PREFIX,
+    FLOOR_TEST,
+    NoFloorError,
+    floor_counts,
+    floor_images,
+    floor_keys,
+    floor_names,
+    floor_of_test,
+    floors_of_cell,
+)
 from benchmarks.machine import available_memory, describe_storage, library_versions
 from benchmarks.progress import SuiteClock, announce, rounds_reporter, say
 from benchmarks.resources import Meter
 from benchmarks.stored import expected, references, store_class, store_profiles  # noqa: F401 - fixtures
-from reports.floors import describe_implausible, floor_checks
-from reports.results import SUITE, Cell
+from reports.results import SUITE
 from storage_impls import ImageStore, get_store_class
 
 MIN_ROUNDS = 10  # the suite's default floor: at 5 rounds a lone 10 % regression escapes `reports compare` 1 time in 5
@@ -75,7 +85,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     config = metafunc.config
     name = metafunc.definition.originalname
     if name.startswith(FLOOR_TEST):
-        metafunc.parametrize("cutoff", sorted({1, *config.getoption("cutoffs")}))
+        metafunc.parametrize("cutoff", floor_counts(config.getoption("cutoffs")))
         if "batch" in metafunc.fixturenames:
             metafunc.parametrize("batch", _option(config, "batch_sizes", (256,)), ids=lambda size: f"b{size}")
         return
@@ -110,6 +120,14 @@ def _method_cell(item: pytest.Item) -> tuple[str, str, dict] | None:
     return params.params["method"], item.originalname.removeprefix("test_"), params.params
 
 
+def _floor_keys(item: pytest.Item) -> tuple[tuple, ...]:
+    """The floor cells whose rounds a cell's rounds are interleaved with: its floors (a floor cell: memcpy)."""
+    if (floor := _floor_cell(item)) is not None:
+        return floor_keys(FLOOR_PREFIX + floor[0], "floor", item.callspec.params)
+    cell = _method_cell(item)
+    return floor_keys(*cell) if cell is not None else ()
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> Iterator[None]:
     """Floor cells follow the cells they bound: -k and -m select the method cells, then exactly the floor cells
@@ -118,7 +136,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     benchmarks/test_floors.py``), -k and -m select floor cells, the cold one only when --cache asks for cold cells.
     Then the clock of the remaining time starts."""
     floors = {floor: item for item in items if (floor := _floor_cell(item)) is not None}
-    with_methods = len(floors) < len(items)
+    with_methods = any(_floor_cell(item) is None for item in items)
     if with_methods:
         items[:] = [item for item in items if _floor_cell(item) is None]
     yield
@@ -132,9 +150,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = ordered
     else:
         cold = "cold" in _option(config, "cache", ("warm",))
-        floors = {floor: item for floor, item in floors.items()
-                  if floor[0] == "file-read-cold" and not cold and item in items}
-        items[:] = [item for item in items if item not in floors.values()]
+        floors = {item.nodeid: item for item in items if not cold and _floor_cell(item)[0].endswith("file-read-cold")}
+        items[:] = [item for item in items if item.nodeid not in floors]
     if floors:
         config.hook.pytest_deselected(items=list(floors.values()))
     config.stash[CLOCK_KEY] = SuiteClock(items, float(config.getoption("benchmark_max_time")),
@@ -196,15 +213,16 @@ class FreshStores:
     """Opens each round's store in a new, empty folder, closing and removing the previous one, with no dirty
     pages left (cache.start_write_round; all untimed)."""
 
-    def __init__(self, store_class: type[ImageStore], cell_dir: Path, durable: bool) -> None:
-        self.store_class, self.cell_dir, self.durable = store_class, cell_dir, durable
+    def __init__(self, store_class: type[ImageStore], cell_dir: Path, durable: bool, images: int) -> None:
+        self.store_class, self.cell_dir, self.durable, self.images = store_class, cell_dir, durable, images
         self.current: ImageStore | None = None
         self.rounds = 0
 
     def open_next(self) -> ImageStore:
         if self.current is not None:
             self.current.close()
-        start_write_round(self.current.directory if self.current is not None else None)
+        start_write_round(self.current.directory if self.current is not None else None, self.images,
+                          self.store_class.file_per_image)
         self.rounds += 1
         self.current = self.store_class(self.cell_dir / f"round-{self.rounds}", durable=self.durable)
         return self.current
@@ -217,9 +235,9 @@ class FreshStores:
 
 @pytest.fixture
 def fresh_stores(store_class: type[ImageStore], storage_root: Path, request: pytest.FixtureRequest,
-                 pytestconfig: pytest.Config) -> Iterator[FreshStores]:
+                 pytestconfig: pytest.Config, cutoff: int) -> Iterator[FreshStores]:
     cell_dir = storage_root / "store" / request.node.name.replace("/", "_")
-    stores = FreshStores(store_class, cell_dir, pytestconfig.getoption("durable"))
+    stores = FreshStores(store_class, cell_dir, pytestconfig.getoption("durable"), cutoff)
     yield stores
     if stores.current is not None:
         stores.current.close()
@@ -232,12 +250,14 @@ def measure(benchmark, pytestconfig: pytest.Config, request: pytest.FixtureReque
 
     Rounds: enough to fill --benchmark-max-time, at least --benchmark-min-rounds (unless given: MIN_ROUNDS,
     FLOOR_MIN_ROUNDS for floor cells, LONG_MIN_ROUNDS for a cell whose warm-up took LONG_ROUND_S or more, which
-    keeps the default run within its time budget), at most MAX_ROUNDS; ``setup`` runs before every round,
+    keeps the default run within its time budget), at most MAX_ROUNDS unless ``least_rounds`` asks for more (a cell
+    that must span whole cycles of periodic work); ``setup`` runs before every round,
     outside the timing. Returns the target's result.
+    The rounds of the floors the cell is compared with run interleaved with its own (benchmarks/interleave.py).
     Around the timed rounds it measures what they cost (benchmarks.resources: CPU, peak memory, device bytes, minus
     the setups) into extra_info, and a cell whose rounds take long reports them on the terminal as they go.
     """
-    def run(target: Callable, setup: Callable[[], tuple[tuple, dict]]):
+    def run(target: Callable, setup: Callable[[], tuple[tuple, dict]], least_rounds: int = 0):
         args, kwargs = setup()
         start = time.perf_counter()
         target(*args, **kwargs)
@@ -246,12 +266,19 @@ def measure(benchmark, pytestconfig: pytest.Config, request: pytest.FixtureReque
         least = pytestconfig.stash[MIN_ROUNDS_KEY]["floor" if request.node.originalname.startswith(FLOOR_TEST) else "cell"]
         if warm_up >= LONG_ROUND_S:
             least = min(least, pytestconfig.stash[MIN_ROUNDS_KEY]["long"])
-        rounds = min(MAX_ROUNDS, max(least, math.ceil(budget / max(warm_up, 1e-9))))
+        rounds = max(least_rounds, min(MAX_ROUNDS, max(least, math.ceil(budget / max(warm_up, 1e-9)))))
         meter = Meter()
-        result = benchmark.pedantic(target, setup=meter.wrap(rounds_reporter(pytestconfig, request.node.name, rounds, warm_up, setup)),
-                                    rounds=rounds)
+        floors = interleave.rounds_of(pytestconfig, _floor_keys(request.node)) if benchmark.enabled else None
+        interleaved = interleave.Interleaved(floors, rounds) if floors else None
+        rounds_setup = setup if interleaved is None else interleaved.wrap(setup)
+        reporting = rounds_reporter(pytestconfig, request.node.name, rounds, warm_up, rounds_setup)
+        result = benchmark.pedantic(target, setup=meter.wrap(reporting), rounds=rounds)
         if benchmark.enabled:
             benchmark.extra_info.update(meter.per_round(rounds))
+            if interleaved is not None:
+                benchmark.extra_info["floor_interleaved"] = interleaved.stats(benchmark.stats.stats.data)
+            if (floor := _floor_cell(request.node)) is not None:
+                interleave.register(pytestconfig, floor, target, setup)
         return result
 
     return run
@@ -285,44 +312,24 @@ def record(benchmark, pytestconfig: pytest.Config, dataset: Dataset, operation: 
     yield describe
     if benchmark.stats is not None and benchmark.stats.stats.median > 0:
         median = benchmark.stats.stats.median
-        per_round = benchmark.extra_info["images_per_round"]
-        benchmark.extra_info["images_per_s"] = per_round / median
-        benchmark.extra_info["mb_per_s"] = per_round * benchmark.extra_info["raw_bytes"] / benchmark.extra_info["n_images"] / 1e6 / median
+        info = benchmark.extra_info
+        per_round = info["images_per_round"]
+        per_image = info.get("write_amortised_s", median / per_round)  # single writes into a store: amortised
+        info["images_per_s"] = 1 / per_image
+        info["mb_per_s"] = info["raw_bytes"] / info["n_images"] / 1e6 / per_image
         pytestconfig.stash.setdefault(TIMED_KEY, []).append(benchmark.stats)
         request.node.stash[ROUNDS_KEY] = (median, benchmark.stats.stats.rounds)
 
 
-def _as_cell(metadata) -> Cell:
-    """A timed cell as reports.results reads it from the JSON, for reports.floors."""
-    info, stats = metadata.extra_info, metadata.stats
-    return Cell(operation=info["operation"], method=info["method"], n_images=info["n_images"],
-                image_shape=tuple(info["image_shape"]), stats={name: getattr(stats, name) for name in ("median", "q1", "q3")},
-                data=None, extra_info=info)
-
-
-def _checked_cells(config: pytest.Config) -> list[tuple[Cell, object]]:
-    """(cell, its FloorCheck) of every timed cell whose floor ran in this session."""
-    cells = [_as_cell(metadata) for metadata in config.stash.get(TIMED_KEY, [])]
-    checks = floor_checks(cells)
-    return [(cell, checks[cell.key]) for cell in cells if cell.key in checks]
-
-
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session) -> Iterator[None]:
-    """Before pytest-benchmark saves the run: each cell whose floor ran gets ``floor_ratio`` (ours/floor)."""
-    for cell, check in _checked_cells(session.config):
-        cell.extra_info["floor_ratio"] = check.ratio  # the Metadata's own extra_info dict, saved as is
+    """Before pytest-benchmark saves the run: each cell's ``floor_ratio``; --strict-floors fails a run with a flag."""
+    flags.finish(session, session.config.stash.get(TIMED_KEY, []))
     yield
 
 
 def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
-    """Name every cell that beat its floor by more than the floor's spread: a bug until explained."""
-    flagged = [describe_implausible(cell, check) for cell, check in _checked_cells(config) if check.implausible]
-    if flagged:
-        terminalreporter.section("image-storage: implausible cells (faster than their floor)", sep="-", red=True, bold=True)
-        for line in flagged:
-            terminalreporter.write_line(line)
-        terminalreporter.write_line("a cell below its floor did not do the work, or the floor is wrong: a bug until explained")
+    flags.summary(terminalreporter, config, config.stash.get(TIMED_KEY, []))
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -1,14 +1,25 @@
 """Each cell against its floor measured in the same run: ours/floor, and whether the cell beat the floor implausibly.
 
-A cell names its floor in ``extra_info.floor`` (floor names joined by ``+``, e.g. ``files-read+png-decode``) and
+A cell names its floor in ``extra_info.floor`` (floor names joined by ``+``, e.g. ``png-files-read+png-decode``) and
 the image count the floor ran at in ``extra_info.floor_n_images``; the floor cells are this run's cells of method
 ``floor-<name>`` at that count and image shape (and the cell's ``batch_size``, where the floor has one). The
-floor's time is the sum of their medians, divided by the cell's ``workers`` (perfect scaling: a lower bound for
-a parallel cell). A cell is implausible when it is faster than that by more than the floor's own spread (the sum
-of the floors' interquartile ranges, scaled the same way): it did not do the work, or the floor is wrong.
+floor's time is the sum of their medians or, where the suite also interleaved rounds of those floors with the
+cell's (``extra_info.floor_interleaved``, benchmarks/interleave.py) so that a floor and its cell are timed at the
+same moments, the smaller of that and the interleaved rounds' median (likewise the first quartile); it is divided
+by the cell's ``workers`` (perfect scaling: a lower bound for a parallel cell). A cell is implausible (flagged) only
+when it beat its floor beyond noise, by all of:
 
-Used by the suite at the end of a run (extra_info.floor_ratio, the terminal summary) and by the reports, which
-recompute from the cells so that a run edited by hand is judged on its numbers.
+* whole distributions apart: the cell's third quartile below the floor's first (the sum of the floor cells' first
+  quartiles, which is below the first quartile of the sum, or the interleaved rounds' if smaller);
+* a margin: the cell's median at least FLAG_MARGIN below the floor's;
+* with interleaved rounds, round by round too: in three of four pairs (the third quartile of the ratios cell round
+  over the floor round just before it, times ``workers``) the cell at least FLAG_MARGIN below.
+
+A floor timed against itself (A/A: the same floor from two runs, as cell and as floor) must not be flagged; how often
+it is, at the smoke pass's round counts and the default run's, is measured in docs/ci.md ("Floor flags").
+
+Used by the suite at the end of a run (extra_info.floor_ratio, the terminal summary, ``--strict-floors``) and by the
+reports, which recompute from the cells so that a run edited by hand is judged on its numbers.
 """
 from __future__ import annotations
 
@@ -18,15 +29,20 @@ from dataclasses import dataclass
 from reports.results import FLOOR_PREFIX, Cell
 from reports.units import format_seconds
 
+FLAG_MARGIN = 0.10  # a flagged cell's median is at least this far below its floor's
+
 
 @dataclass(frozen=True)
 class FloorCheck:
-    """A cell beside its floor: seconds per round of both, and the floor's spread in the same scale."""
+    """A cell beside its floor: seconds per round of both (the cell's median and third quartile, the floor's median
+    and first quartile), in the same scale."""
 
     floor: str
     median: float
     floor_seconds: float
-    floor_spread: float
+    q3: float
+    floor_q1: float
+    paired_q3: float | None = None  # interleaved rounds: the third quartile of cell round / floor round just before it
 
     @property
     def ratio(self) -> float:
@@ -35,7 +51,8 @@ class FloorCheck:
 
     @property
     def implausible(self) -> bool:
-        return self.floor_seconds - self.median > self.floor_spread
+        apart = self.q3 < self.floor_q1 and self.median < (1 - FLAG_MARGIN) * self.floor_seconds
+        return apart and (self.paired_q3 is None or self.paired_q3 < 1 - FLAG_MARGIN)
 
 
 def is_floor(cell: Cell) -> bool:
@@ -71,13 +88,17 @@ def divisor(cell: Cell) -> int:
 
 
 def check(cell: Cell, floors: Sequence[Cell]) -> FloorCheck:
+    """The cell beside its floor: the floor cells' own rounds and, where the cell has them, the floor rounds
+    interleaved with its own (extra_info.floor_interleaved); of the two timings of the floor, the faster (a floor
+    is the least work: what slowed one timing of it was not the floor), so a flag needs the cell below both."""
     scale = divisor(cell)
-    return FloorCheck(
-        floor=str(cell.extra_info["floor"]),
-        median=cell.stats["median"],
-        floor_seconds=sum(floor.stats["median"] for floor in floors) / scale,
-        floor_spread=sum(floor.stats["q3"] - floor.stats["q1"] for floor in floors) / scale,
-    )
+    median, q1 = (sum(floor.stats[name] for floor in floors) for name in ("median", "q1"))
+    interleaved = cell.extra_info.get("floor_interleaved")
+    if interleaved:
+        median, q1 = min(median, interleaved["median"]), min(q1, interleaved["q1"])
+    paired = interleaved.get("ratio_q3") if interleaved else None
+    return FloorCheck(floor=str(cell.extra_info["floor"]), median=cell.stats["median"], floor_seconds=median / scale,
+                      q3=cell.stats["q3"], floor_q1=q1 / scale, paired_q3=None if paired is None else paired * scale)
 
 
 def floor_checks(cells: Sequence[Cell]) -> dict[tuple, FloorCheck]:
@@ -92,7 +113,8 @@ def floor_checks(cells: Sequence[Cell]) -> dict[tuple, FloorCheck]:
 
 
 def describe_implausible(cell: Cell, result: FloorCheck) -> str:
-    """One line naming an implausible cell, its time, its floor and the floor's spread."""
+    """One line naming an implausible cell, its time, its floor and how far apart their distributions are."""
     return (f"{cell.operation} {cell.method} n={cell.n_images}{' ' + cell.variant if cell.variant else ''}: "
             f"{format_seconds(cell.stats['median'])} is {1 / result.ratio:.3g}x faster than its floor {result.floor} "
-            f"({format_seconds(result.floor_seconds)}, spread {format_seconds(result.floor_spread)})")
+            f"({format_seconds(result.floor_seconds)}; the cell's q3 {format_seconds(result.q3)} is below the floor's "
+            f"q1 {format_seconds(result.floor_q1)})")

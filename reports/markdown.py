@@ -56,7 +56,7 @@ def _ratio(check: FloorCheck | None) -> str:
 def _per_image(cell: Cell, field: str, scale: float, unit: Callable[[float], str]) -> str:
     """A per-round resource of extra_info per image (times scale), or – when the run did not record it."""
     value = cell.extra_info.get(field)
-    return "–" if value is None else unit(value / cell.n_images * scale)
+    return "–" if value is None else unit(value / cell.images_per_round * scale)
 
 
 def provenance(run: Run, label: str) -> str:
@@ -110,10 +110,30 @@ def throughput_table(run: Run, mixed_shapes: bool) -> str:
         ("operation", "images", "method", "median", "images/s", "MB/s", "floor", "ours/floor", "speed-up vs slowest",
          "CPU s / 1000 images", "device read / image", "device write / image"),
         ((cell.operation, _images(cell.key, mixed_shapes), cell.method, format_seconds(cell.stats["median"]),
-          format_rate(cell.images_per_round / cell.stats["median"]),
-          format_rate(cell.raw_bytes * cell.images_per_round / cell.n_images / 1e6 / cell.stats["median"]),
+          format_rate(1 / cell.seconds_per_image), format_rate(cell.bytes_per_image / 1e6 / cell.seconds_per_image),
           cell.extra_info.get("floor") or "–", _ratio(checks.get(cell.key)), f"{up[cell.key]:.2f}×", *_resources(cell))
          for cell in _ordered(method_cells(run))),
+    )
+
+
+def single_writes_table(run: Run, mixed_shapes: bool) -> str | None:
+    """store_single_into cells: the cost of a write amortised over whole cycles of the method's upkeep (journal folds,
+    compactions), beside the median, p99 and max of the writes timed one by one."""
+    cells = [cell for cell in _ordered(method_cells(run)) if "write_amortised_s" in cell.extra_info]
+    if not cells:
+        return None
+
+    def seconds(cell: Cell, field: str) -> str:
+        return format_seconds(cell.extra_info[field]) if field in cell.extra_info else "–"
+
+    return markdown_table(
+        ("images in the store", "method", "amortised per write", "p50", "p99", "max", "writes timed", "amortised over"),
+        ((_images(cell.key, mixed_shapes), cell.method, *(seconds(cell, field) for field in
+          ("write_amortised_s", "write_p50_s", "write_p99_s", "write_max_s")),
+          str(cell.extra_info.get("writes_timed", "–")),
+          f"{cell.extra_info.get('amortised_writes', '–')} writes, "
+          f"{cell.extra_info.get('upkeep_cycles', 0)} upkeep cycles")
+         for cell in cells),
     )
 
 
@@ -188,7 +208,8 @@ def render(shaped: Shaped, charts: Mapping[str, Path], sections: Sequence[str] =
     flagged = [(label, line) for run, label in zip(runs, labels) for line in implausible(run)]
     if flagged:
         parts += ["", "## ⚠ Implausible cells", "",
-                  "Faster than their floor (measured in the same run) by more than the floor's own spread: the cell did not "
+                  "Faster than their floor (measured in the same run) beyond noise: the cell's q3 below the floor's "
+                  "q1 and its median 10 % or more below the floor's. The cell did not "
                   "do the work (a lazy read, a cache the benchmark did not intend) or the floor is wrong. A bug until explained.", ""]
         parts += [f"- **{label}**: {line}" for label, line in flagged]
     parts += ["", "## Charts", ""]
@@ -205,6 +226,11 @@ def render(shaped: Shaped, charts: Mapping[str, Path], sections: Sequence[str] =
                   "(⚠: implausibly below the floor); speed-up is how many times faster than the slowest method at the same "
                   "operation and image count; CPU (user + system, worker processes included) and bytes read from and written "
                   "to the device are per round, measured around the timed rounds.", "", throughput_table(run, mixed_shapes), ""]
+        single = single_writes_table(run, mixed_shapes)
+        if single:
+            parts += ["### Single writes into a filled store", "", "Each write timed on its own; amortised: the "
+                      "mean over whole cycles of the method's periodic upkeep (journal folds, compactions), which the "
+                      "median leaves out. images/s above counts the images written.", "", single, ""]
         floors = floor_table(run, mixed_shapes)
         if floors:
             parts += ["### Floors", "", "What the hardware or a library does alone with the same images in the same run "

@@ -88,14 +88,27 @@ class Cell:
                          for field in ("codec", "dataset", "durable", "launcher")))
 
     @property
-    def images_per_round(self) -> int:
-        """Images one round reads or writes (extra_info.images_per_round): n_images, but for single-image cells."""
-        return int(self.extra_info.get("images_per_round", self.n_images))
+    def raw_bytes(self) -> int:
+        """Pixel bytes of the cell's ``n_images`` (extra_info.raw_bytes, else computed from the shape)."""
+        return int(self.extra_info.get("raw_bytes", self.n_images * math.prod(self.image_shape)))
 
     @property
-    def raw_bytes(self) -> int:
-        """Pixel bytes one round moves (extra_info.raw_bytes, else computed from the shape)."""
-        return int(self.extra_info.get("raw_bytes", self.n_images * math.prod(self.image_shape)))
+    def images_per_round(self) -> int:
+        """Images one round writes or reads (extra_info.images_per_round): ``n_images``, except single-image cells
+        (read_single: one; store_single_into: two writes into a store of ``n_images``, also in runs that did not
+        record it)."""
+        default = 2 if self.operation == "store_single_into" else self.n_images
+        return int(self.extra_info.get("images_per_round", default))
+
+    @property
+    def seconds_per_image(self) -> float:
+        """What one image costs: the median round over its images; single writes into a filled store amortised over
+        whole cycles of the method's upkeep (``write_amortised_s``), where the run recorded it."""
+        return float(self.extra_info.get("write_amortised_s", self.stats["median"] / self.images_per_round))
+
+    @property
+    def bytes_per_image(self) -> float:
+        return self.raw_bytes / self.n_images
 
 
 def cell_identity(cell: Cell) -> dict[str, Any]:

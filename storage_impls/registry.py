@@ -1,5 +1,5 @@
 """The one table of storage methods: each method's name, where its class lives, the files that mark its
-stores, its traits and what to install; classes are imported lazily, so a missing optional package only
+stores and what to install; classes are imported lazily, so a missing optional package only
 matters to the method that needs it. Also method variants.
 
 A *method spec* is a method name, optionally with options: ``method:key=value,key=value``, for
@@ -25,18 +25,16 @@ from storage_impls.core.codecs import get_codec
 from storage_impls.core.options import check_options
 from storage_impls.core.records import register_markers
 
-FILE_PER_IMAGE = "file-per-image"  # trait: one file per image (floors compare with many-file I/O)
-
 
 class MethodSpec(NamedTuple):
     """One row: where a method's class lives, the files only its stores hold at their top (so that a
-    directory of another method's store is refused naming it), its traits, and what to install."""
+    directory of another method's store is refused naming it), and what to install. A method's traits
+    (``file_per_image``, ``reads_through_map``, ``fork_safe``...) are attributes of its class."""
 
     module: str
     class_name: str
     markers: tuple[str, ...]
     install_hint: str
-    traits: frozenset[str] = frozenset()
 
 
 def _extra(name: str) -> str:
@@ -45,13 +43,11 @@ def _extra(name: str) -> str:
 
 _METHODS = "storage_impls.methods"
 _REGISTRY: dict[str, MethodSpec] = {
-    "disk": MethodSpec(f"{_METHODS}.disk.store", "DiskStore", ("CURRENT",), "pip install Pillow",
-                       frozenset({FILE_PER_IMAGE})),
+    "disk": MethodSpec(f"{_METHODS}.disk.store", "DiskStore", ("CURRENT",), "pip install Pillow"),
     "lmdb": MethodSpec(f"{_METHODS}.lmdb.store", "LmdbStore", ("data.mdb",), "pip install lmdb"),
     "hdf5": MethodSpec(f"{_METHODS}.hdf5.store", "Hdf5Store", ("images.h5", "images.h5.journal"), "pip install h5py"),
     "rocksdb": MethodSpec(f"{_METHODS}.rocksdb.store", "RocksdbStore", ("rocksdb.json",), _extra("rocksdb")),
-    "npy-files": MethodSpec(f"{_METHODS}.npy_files", "NpyFilesStore", ("npy-files.json",), "pip install numpy",
-                            frozenset({FILE_PER_IMAGE})),
+    "npy-files": MethodSpec(f"{_METHODS}.npy_files", "NpyFilesStore", ("npy-files.json",), "pip install numpy"),
     "npz": MethodSpec(f"{_METHODS}.npz", "NpzStore", ("npz.json",), "pip install numpy"),
     "npy-memmap": MethodSpec(f"{_METHODS}.npy_memmap", "NpyMemmapStore", ("npy-memmap.json",), "pip install numpy"),
     "webdataset": MethodSpec(f"{_METHODS}.webdataset.store", "WebDatasetStore", ("webdataset.json",),
@@ -83,11 +79,6 @@ def codec_of(method: str) -> str:
         return getattr(_load_class(name), "DEFAULT_CODEC", "raw")
     except ImportError:
         return "raw"
-
-
-def has_trait(method: str, trait: str) -> bool:
-    """Whether ``method`` (a name or a variant) has ``trait`` (e.g. ``FILE_PER_IMAGE``)."""
-    return trait in _REGISTRY[parse_spec(method)[0]].traits
 
 
 # -- specs --------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from benchmarks.codec_reference import NoReferenceError, psnr_floor_db, reference_images
-from benchmarks.floors import floors_of_cell
+from benchmarks.floors import floor_names, floors_of_cell
 from benchmarks.verify import verify, verify_images
 
 REPO = Path(__file__).resolve().parent.parent
@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def run_suite(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pytest", "benchmarks", "-p", "no:cacheprovider", *args],
-                          cwd=REPO, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=300)
+                          cwd=REPO, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=900)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,12 @@ def test_every_cell_runs_with_params_and_extra_info(tiny_run):
     assert expected <= set(cells)
     into = cells["test_store_single_into[disk-20]"]
     assert into["extra_info"]["images_per_round"] == 2
-    assert into["extra_info"]["images_per_s"] == pytest.approx(2 / into["stats"]["median"])
+    amortised = into["extra_info"]  # images/s counts the images written, at their cost amortised over two folds
+    assert amortised["images_per_s"] == pytest.approx(1 / amortised["write_amortised_s"])
+    # a journal folds past 256 records: two folds in 2 * 257 + 1 writes, the first from the filled store on
+    assert amortised["upkeep_cycles"] == 2 and amortised["amortised_writes"] == 2 * amortised["upkeep_cycle"] + 1 == 2 * 257 + 1
+    assert amortised["write_p50_s"] <= amortised["write_p99_s"] <= amortised["write_max_s"]
+    assert amortised["writes_timed"] == 2 * (into["stats"]["rounds"] + 1) >= 2 * 257 + 1  # the warm-up round's writes too
     read_one = cells["test_read_single[hdf5-20]"]["extra_info"]  # one image of a random id of a store of 20
     assert (read_one["n_images"], read_one["images_per_round"], read_one["floor_n_images"]) == (20, 1, 1)
     store = cells["test_store_many[lmdb-20]"]
@@ -71,17 +76,21 @@ def test_floors_run_beside_their_cells(tiny_run):
                                    for bench in methods))
     for bench in tiny_run["benchmarks"]:
         info = bench["extra_info"]
-        if info["method"] == "floor-memcpy":
-            assert "floor" not in info
+        if not floor_names(info["method"], info["operation"]):
+            assert "floor" not in info  # memcpy, and I/O floors on PNG bytes (fewer bytes than memcpy's pixels)
             continue
-        assert info["floor_ratio"] == pytest.approx(bench["stats"]["median"] / (
-            sum(floor["stats"]["median"] for floor in tiny_run["benchmarks"]
-                if floor["extra_info"]["method"] in {f"floor-{name}" for name in info["floor"].split("+")}
-                and floor["extra_info"]["n_images"] == info["floor_n_images"]
-                and floor["extra_info"].get("batch_size") in (None, info.get("batch_size")))
-            / info.get("workers", 1)))
+        floors = [floor for floor in tiny_run["benchmarks"]
+                  if floor["extra_info"]["method"] in {f"floor-{name}" for name in info["floor"].split("+")}
+                  and floor["extra_info"]["n_images"] == info["floor_n_images"]
+                  and floor["extra_info"].get("batch_size") in (None, info.get("batch_size"))]
+        assert len(floors) == len(info["floor"].split("+"))
+        # the floor's rounds also ran interleaved with the cell's (benchmarks/interleave.py)
+        interleaved = info["floor_interleaved"]
+        assert 0 < interleaved["rounds"] <= min(bench["stats"]["rounds"], 30) and interleaved["q1"] <= interleaved["median"]
+        floor = min(interleaved["median"], sum(floor["stats"]["median"] for floor in floors))  # the faster timing of it
+        assert info["floor_ratio"] == pytest.approx(bench["stats"]["median"] / (floor / info.get("workers", 1)))
     disk = cells_named(tiny_run, "test_read_many[disk-20]")["extra_info"]
-    assert disk["floor"] == "files-read+png-decode" and disk["floor_n_images"] == 20
+    assert disk["floor"] == "png-files-read+png-decode" and disk["floor_n_images"] == 20
     assert cells_named(tiny_run, "test_store_single[lmdb-1]")["extra_info"]["floor"] == "file-write"
 
 
@@ -97,7 +106,7 @@ def test_every_cell_records_what_it_cost(tiny_run):
         assert info["device_read_bytes"] >= 0 and info["device_write_bytes"] >= 0
     # a store dirties at least the pixel bytes it stores, which Linux counts as bytes to write to the device
     assert cells_named(tiny_run, "test_store_many[lmdb-20]")["extra_info"]["device_write_bytes"] >= 20 * 3072
-    assert cells_named(tiny_run, "test_floor_file_write[20]")["extra_info"]["device_write_bytes"] >= 20 * 3072
+    assert cells_named(tiny_run, "test_floor_file_write[raw-20]")["extra_info"]["device_write_bytes"] >= 20 * 3072
 
 
 def test_a_long_cell_reports_its_rounds_and_the_time_left():
@@ -109,11 +118,15 @@ def test_a_long_cell_reports_its_rounds_and_the_time_left():
     assert "cells done" in result.stdout and " to go: about " in result.stdout
 
 
-def test_a_cell_beating_its_floor_is_flagged_at_the_end():
-    result = run_suite("--cutoffs", "10", "--methods", "hdf5", "-k", "read_many", "-p", "tests.slow_floor", "--benchmark-max-time", "0.01")
+def test_a_cell_beating_its_floor_is_flagged_at_the_end_and_fails_a_strict_run():
+    args = ("--cutoffs", "10", "--methods", "npy-files", "-k", "read_many", "-p", "tests.slow_floor", "--benchmark-max-time", "0.01")
+    result = run_suite(*args)
     assert result.returncode == 0, result.stdout + result.stderr
     summary = result.stdout.split("implausible cells (faster than their floor)")[1]
-    assert "read_many hdf5 n=10" in summary and "faster than its floor file-read" in summary
+    assert "read_many npy-files n=10" in summary and "faster than its floor files-read" in summary
+    strict = run_suite(*args, "--strict-floors")
+    assert strict.returncode == 1, strict.stdout + strict.stderr
+    assert "FAILED read_many npy-files n=10" in strict.stdout.split("FAILED (--strict-floors): implausible cells")[1]
 
 
 def collected(*args: str, path: str = "benchmarks") -> list[str]:
@@ -126,14 +139,14 @@ def collected(*args: str, path: str = "benchmarks") -> list[str]:
 def test_floor_cells_follow_the_cells_they_bound():
     """-k selects method cells; exactly their floors run, each just before its first cell; floors alone on request."""
     assert collected("--methods", "hdf5", "-k", "read_many") == [
-        "test_floor_memcpy[10]", "test_floor_file_read[10]", "test_read_many[hdf5-10]",
-        "test_floor_memcpy[100]", "test_floor_file_read[100]", "test_read_many[hdf5-100]"]
+        "test_floor_memcpy[10]", "test_floor_mapped_copy[raw-10]", "test_read_many[hdf5-10]",
+        "test_floor_memcpy[100]", "test_floor_mapped_copy[raw-100]", "test_read_many[hdf5-100]"]
     names = collected("-k", "not read_many and not read_single and not read_random")
     assert not any(name.startswith(("test_floor_file_read", "test_floor_decode", "test_floor_gather")) for name in names)
     assert names.index("test_floor_encode[png-1]") < names.index("test_store_single[disk-1]")
-    floors = collected(path="benchmarks/test_floors.py")
-    assert len(floors) == 8 * 3 and not any("cold" in name for name in floors)
-    assert sum("cold" in name for name in collected("--cache", "warm,cold", path="benchmarks/test_floors.py")) == 3
+    floors = collected(path="benchmarks/test_floors.py")  # at 1, 2 (store_single_into's two writes), 10 and 100 images
+    assert len(floors) == 4 * (1 + 7 * 2 + 2) and not any("cold" in name for name in floors)  # memcpy, I/O raw and png, codec
+    assert sum("cold" in name for name in collected("--cache", "warm,cold", path="benchmarks/test_floors.py")) == 4 * 2
 
 
 def test_machine_info_explains_storage_numbers(tiny_run):

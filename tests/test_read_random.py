@@ -278,22 +278,25 @@ def test_a_method_with_slow_random_reads_runs_them_only_when_named():
     assert named.returncode == 0 and "skipped" not in named.stdout and "test_read_random.py ." in named.stdout, named.stdout + named.stderr
 
 
-def test_a_write_round_removes_a_previous_output_of_few_files_and_keeps_many(tmp_path, monkeypatch):
-    """start_write_round: a file or a folder of few files goes (its pages are reused), a folder of many stays
-    (deleting many files slows creating the next ones tenfold on ext4); dirty pages are written back either way."""
+def test_a_write_round_removes_a_previous_output_unless_it_is_many_files_per_image(tmp_path, monkeypatch):
+    """start_write_round: a container's output goes, and one file per image of few images (its pages are reused);
+    one file per image of many images stays (deleting many files slows creating the next ones tenfold on ext4),
+    whatever extra files a method left beside them; dirty pages are written back either way."""
     synced = []
     monkeypatch.setattr(os, "sync", lambda: synced.append(True))
     monkeypatch.setattr(page_cache, "REMOVE_MAX_FILES", 3)
-    single, few, many = tmp_path / "round.raw", tmp_path / "few", tmp_path / "many"
+    single, container, few, many = tmp_path / "round.raw", tmp_path / "container", tmp_path / "few", tmp_path / "many"
     single.write_bytes(b"x")
-    for folder, count in ((few, 3), (many, 4)):
+    for folder, count in ((container, 5), (few, 5), (many, 4)):  # few: 3 images plus two files of the method's own
         (folder / "sub").mkdir(parents=True)
         for index in range(count):
             (folder / "sub" / f"{index}.png").write_bytes(b"x")
-    for previous in (single, few, many, None):
-        page_cache.start_write_round(previous)
-    assert not single.exists() and not few.exists() and len(list((many / "sub").iterdir())) == 4
-    assert len(synced) == 4
+    for previous, images, file_per_image in ((single, 100, False), (container, 100, False), (few, 3, True),
+                                             (many, 4, True), (None, 1, False)):
+        page_cache.start_write_round(previous, images, file_per_image)
+    assert not single.exists() and not container.exists() and not few.exists()
+    assert len(list((many / "sub").iterdir())) == 4
+    assert len(synced) == 5
 
 
 def test_a_cold_round_is_refused_when_opening_left_much_of_a_large_store_cached(tmp_path):

@@ -187,6 +187,16 @@ class ImageStore(abc.ABC):
     #: False for a method whose library breaks in a process forked after it was used (lance): its handles
     #: must be opened in spawned (or forkserver) processes, e.g. ``DataLoader(multiprocessing_context="spawn")``
     fork_safe: bool = True
+    # Traits the benchmark suite's floors read (benchmarks/floors.py), so that a method needs no entry there:
+    #: True for one file per image: its floors write and read one file per image
+    file_per_image: bool = False
+    #: True for a method whose reads may copy out of a memory map it keeps of its files: its read floor is such a copy
+    reads_through_map: bool = False
+    #: True for a method whose ``store_single`` into a filled store appends to a file it keeps open (a journal):
+    #: its floor is an append to an open file, not a new file
+    appends_single_writes: bool = False
+    #: how many times this handle has run the method's periodic upkeep (a journal fold, a compaction) in a single write
+    upkeeps: int = 0
 
     @classmethod
     def library_versions(cls) -> dict[str, str]:
@@ -250,6 +260,12 @@ class ImageStore(abc.ABC):
         images says what its codec holds (PNG: uint8/uint16 with 1, 3 or 4 channels). ``replacing``: as
         ``store_many`` would write them (with the codec this handle was opened with, where that differs)."""
         return None
+
+    def single_write_cycle(self) -> int:
+        """Single writes from one run of the method's periodic upkeep (a journal fold, a compaction) to the next,
+        for the store as it is now: the cost of a single write is only known over whole cycles. A store ``store_many``
+        just wrote starts a cycle; ``upkeeps`` counts the runs. 1: no such upkeep."""
+        return 1
 
     @abc.abstractmethod
     def _replace_all(self, images: np.ndarray, labels: np.ndarray) -> None:

@@ -56,7 +56,7 @@ from storage_impls.core.errors import (
     is_no_space,
     no_space_error,
 )
-from storage_impls.core.journal import Journal, gather_overlaid
+from storage_impls.core.journal import Journal, compaction_cycle, gather_overlaid
 from storage_impls.core.records import (
     check_image_fields,
     current_token,
@@ -118,6 +118,7 @@ class CheckpointedStore(ImageStore):
     POINTER: str  # the metadata file, e.g. "npz.json"
     JOURNAL: str  # the journal file, e.g. "npz.journal"
     FORMAT: str  # e.g. "storage_impls.npz"
+    appends_single_writes = True  # a journal record
 
     @abc.abstractmethod
     def _write_checkpoint(self, folder: Path, dtype: np.dtype, shape: tuple[int, ...], count: int, source: Source,
@@ -270,6 +271,9 @@ class CheckpointedStore(ImageStore):
             source = lambda start, stop: ([codec.encode(image) for image in images[start:stop]], labels[start:stop])  # noqa: E731
         self._commit(images.dtype, images.shape[1:], len(images), source, checksum, codec)
 
+    def single_write_cycle(self) -> int:
+        return compaction_cycle(self._checkpoint.count if self._checkpoint else 0)
+
     def _put(self, image: np.ndarray, image_id: int, label: int) -> None:
         if self._meta is None:  # the first image of a store: a checkpoint of one
             self._replace_all(image[None], np.array([label], np.int64))
@@ -289,6 +293,7 @@ class CheckpointedStore(ImageStore):
         """Commit this handle's view (the checkpoint, journal records over it) as a new checkpoint, if the journal
         holds any; encoded images are copied as bytes, never encoded again."""
         if self._journal.entries:
+            self.upkeeps += 1  # a fold: the periodic work single writes amortise
             codec = self._checkpoint.codec
             source = self._read_range if codec is RAW else self._read_payloads
             self._commit(self.image_dtype, self.image_shape, self._count, source, self._meta["checksum"], codec)

@@ -57,6 +57,12 @@ COMPACT_MIN_RECORDS = 256  # fold the journal into a new checkpoint past this ma
 COMPACT_FRACTION = 16  # ... or past 1/16 of the checkpoint's images, whichever is more: O(1) per write, amortised
 
 
+def compaction_cycle(checkpoint_count: int) -> int:
+    """Records a journal extending a checkpoint of ``checkpoint_count`` images holds when the next write folds it:
+    one fold per this many single writes (ImageStore.single_write_cycle)."""
+    return max(COMPACT_MIN_RECORDS, checkpoint_count // COMPACT_FRACTION) + 1
+
+
 class Entry(NamedTuple):
     """The newest record of one image id: its label and where its payload lies in the journal file."""
 
@@ -207,7 +213,7 @@ class Journal:
 
     def needs_compaction(self, checkpoint_count: int) -> bool:
         """True once folding the journal into a new checkpoint costs O(1) per record it held."""
-        return self.records > max(COMPACT_MIN_RECORDS, checkpoint_count // COMPACT_FRACTION)
+        return self.records >= compaction_cycle(checkpoint_count)
 
     # -- writing (under the store's writer lock) --------------------------------------------
     def append(self, image_id: int, label: int, payload: bytes | memoryview | np.ndarray,

@@ -81,6 +81,7 @@ class NpyFilesStore(CheckpointedStore):
     """One ``.npy`` file per image plus ``labels.npy``, and a journal."""
 
     method = "npy-files"
+    file_per_image = True
     POINTER, JOURNAL, FORMAT = "npy-files.json", "npy-files.journal", "storage_impls.npy_files"
 
     def _write_checkpoint(self, folder: Path, dtype: np.dtype, shape: tuple[int, ...], count: int, source: Source,

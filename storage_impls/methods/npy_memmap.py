@@ -88,6 +88,7 @@ class NpyMemmapStore(CheckpointedStore):
     """All images in one memory-mapped ``.npy`` file, labels in another, plus a journal."""
 
     method = "npy-memmap"
+    reads_through_map = True
     POINTER, JOURNAL, FORMAT = "npy-memmap.json", "npy-memmap.journal", "storage_impls.npy_memmap"
 
     def _write_checkpoint(self, folder: Path, dtype: np.dtype, shape: tuple[int, ...], count: int, source: Source,

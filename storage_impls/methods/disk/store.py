@@ -67,7 +67,7 @@ from storage_impls.core.errors import (
     is_no_space,
     no_space_error,
 )
-from storage_impls.core.journal import Journal
+from storage_impls.core.journal import Journal, compaction_cycle
 from storage_impls.core.records import is_temporary, refuse_foreign, write_file_atomic
 from storage_impls.methods.disk.format import (
     GENERATION,
@@ -91,6 +91,7 @@ class DiskStore(EncodedStore):
     """One image file per image plus ``labels.csv``, in generation folders, plus a journal of single writes."""
 
     method = "disk"
+    file_per_image = appends_single_writes = True  # a journal record
 
     @classmethod
     def library_reader(cls, directory: Path, image_shape: tuple[int, ...]) -> tuple[str, BatchReader]:
@@ -237,6 +238,9 @@ class DiskStore(EncodedStore):
 
         self._commit(images.dtype, images.shape[1:], codec, fill)
 
+    def single_write_cycle(self) -> int:
+        return compaction_cycle(self._generation.count if self._generation else 0)
+
     def _put(self, image: np.ndarray, image_id: int, label: int) -> None:
         codec = self.codec
         encoded = codec.encode(image)
@@ -248,6 +252,7 @@ class DiskStore(EncodedStore):
     def _fold(self) -> None:
         """Commit this handle's view as a new generation, if the journal holds any records."""
         if self._journal.entries:
+            self.upkeeps += 1  # a fold: the periodic work single writes amortise
             self._commit(self.image_dtype, self.image_shape, self.codec, self._fold_journal)
 
     def _fold_journal(self, old: Generation | None, folder: str) -> tuple[np.ndarray, np.ndarray]:

@@ -74,7 +74,7 @@ from storage_impls.core.base import fsync_path
 from storage_impls.core.codecs import Codec, get_codec
 from storage_impls.core.encoded import EncodedStore
 from storage_impls.core.errors import CorruptStoreError, MissingStoreError, StoreLockedError
-from storage_impls.core.journal import Journal, gather_overlaid
+from storage_impls.core.journal import Journal, compaction_cycle, gather_overlaid
 from storage_impls.core.options import check_options
 from storage_impls.core.records import refuse_foreign
 from storage_impls.methods.hdf5.chunked import CONTIGUOUS, Layout
@@ -93,6 +93,7 @@ class Hdf5Store(EncodedStore):
     single-image writes."""
 
     method = "hdf5"
+    reads_through_map = appends_single_writes = True  # the checkpoint's map; a journal record
 
     @classmethod
     def library_versions(cls) -> dict[str, str]:
@@ -257,6 +258,9 @@ class Hdf5Store(EncodedStore):
         self._commit(images.dtype, images.shape[1:], len(images), [(0, payloads, labels)], checksum, codec, layout,
                      np.fromiter(map(len, payloads), np.int64, len(payloads)))
 
+    def single_write_cycle(self) -> int:
+        return compaction_cycle(self._checkpoint.count if self._checkpoint else 0)
+
     def _put(self, image: np.ndarray, image_id: int, label: int) -> None:
         codec = self.codec
         payload, spec = (image, None) if codec is RAW else (codec.encode(image), codec.spec)
@@ -273,6 +277,7 @@ class Hdf5Store(EncodedStore):
         """Commit this handle's view (the checkpoint, journal records over it) as a new checkpoint of the store's
         layout, if the journal holds any; encoded images are copied as bytes, never encoded again."""
         if self._journal.entries:
+            self.upkeeps += 1  # a fold: the periodic work single writes amortise
             codec = self.codec
             checksum = self._checkpoint.checksum if self._checkpoint else bool(self.checksum)
             sizes = None if codec is RAW else self._payload_sizes()

@@ -252,12 +252,16 @@ class LanceStore(EncodedStore):
         self._snapshot = snapshot
         self._remove_stale()  # the old dataset
 
+    def single_write_cycle(self) -> int:
+        return COMPACT_VERSIONS
+
     def _put(self, image: np.ndarray, image_id: int, label: int) -> None:
         """Commit one Lance version holding the image: an Append, or an Update that also deletes the old row."""
         if self._snapshot is None:  # the first image of a store: a dataset of one
             self._replace_all(image[None], np.array([label], np.int64))
             return
         if len(_manifests(self._snapshot.folder)) > COMPACT_VERSIONS:
+            self.upkeeps += 1
             self._compact()
         snapshot = self._snapshot
         dataset, folder = snapshot.dataset, snapshot.folder

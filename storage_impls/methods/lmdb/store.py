@@ -82,6 +82,7 @@ class LmdbStore(EncodedStore):
     """Images as raw bytes (or encoded: ``lmdb:codec=jpeg-90``) under one key each in an LMDB environment."""
 
     method = "lmdb"
+    reads_through_map = True  # LMDB maps its data file
 
     @classmethod
     def library_versions(cls) -> dict[str, str]:

@@ -267,6 +267,9 @@ class RocksdbStore(EncodedStore):
         self._committed(meta | {"image_shape": layout.shape}, len(images))
         self._remove_stale()  # the old database
 
+    def single_write_cycle(self) -> int:
+        return L0_COMPACT_FILES  # each single write flushes one level-0 file
+
     @_typed("writing an image")
     def _put(self, image: np.ndarray, image_id: int, label: int) -> None:
         if self._meta is None:  # the first image of a store: a database of one
@@ -289,6 +292,7 @@ class RocksdbStore(EncodedStore):
             if len(level0) >= L0_COMPACT_FILES:  # merge them with the files below that overlap their keys (only)
                 merging = rocksdict.CompactOptions()
                 merging.set_bottommost_level_compaction(rocksdict.BottommostLevelCompaction.force_optimized())
+                self.upkeeps += 1
                 db.compact_range(min(file["start_key"] for file in level0), max(file["end_key"] for file in level0), merging)
         except Exception as error:  # noqa: BLE001
             if not is_rocks_error(error):
