@@ -17,7 +17,7 @@ from tests.test_storage import StoreTests, make_batch, random_layout
 
 def checkpoint(directory: Path, method: str) -> Path:
     """The live checkpoint folder of a numpy-method store."""
-    meta = json.loads((directory / f"{method}.json").read_text().splitlines()[0])
+    meta = json.loads((directory / f"{method.partition(':')[0]}.json").read_text().splitlines()[0])
     return directory / f"ckpt-{meta['token']}"
 
 
@@ -249,3 +249,9 @@ def test_durable_writes_fsync(tmp_path, monkeypatch):
                 store.store_many(*labelled_batch(range(3)))
                 store.store_single(pixels_for(3), 3, 3)
             assert bool(calls) == durable, method
+
+
+class TestNpyMemmapWillneed(TestNpyMemmap):
+    """Every npy-memmap test again with the per-batch prefetch (``advice=willneed``)."""
+
+    method = "npy-memmap:advice=willneed"

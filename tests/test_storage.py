@@ -968,3 +968,9 @@ def test_a_store_opened_by_another_method_is_refused_naming_its_method(stores_of
     with pytest.raises(CorruptStoreError, match=f"holds a {re.escape(writer)} store .*open it with method '{re.escape(writer)}'"):
         open_store(opener, directory, mode)
     assert listing(directory) == before
+
+
+class TestHdf5Willneed(TestHdf5):
+    """Every hdf5 test again with the per-batch prefetch (``advice=willneed``), raw and encoded."""
+
+    method = "hdf5:advice=willneed"

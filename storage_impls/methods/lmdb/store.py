@@ -58,6 +58,7 @@ import numpy as np
 from storage_impls.core.base import BatchReader, fsync_path
 from storage_impls.core.encoded import EncodedStore, decode
 from storage_impls.core.errors import CorruptStoreError, MissingStoreError, NoSpaceError, is_no_space, no_space_error
+from storage_impls.core.options import check_options, flag
 from storage_impls.core.records import refuse_foreign
 from storage_impls.methods.lmdb.env import (
     DATA_FILE,
@@ -75,6 +76,7 @@ from storage_impls.methods.lmdb.env import (
 from storage_impls.methods.lmdb.format import KEY, RAW, ValueLayout, checksum_of, parse_layout, put_all, put_value
 
 REBUILD_DIR = "rebuild.tmp"  # where store_many rebuilds a damaged store
+DEFAULT_READAHEAD = True  # the read-ahead table of docs/benchmarks.md ("Read-ahead") chose it
 
 
 
@@ -93,8 +95,12 @@ class LmdbStore(EncodedStore):
 
         return "raw py-lmdb txn.get loop", raw_reader(directory, image_shape)
 
-    def __init__(self, directory: str | os.PathLike, mode: str = "a", *, readahead: bool = True, **options) -> None:
-        self.readahead = readahead
+    OPTIONS = {**EncodedStore.OPTIONS, "readahead": flag()}
+
+    def __init__(self, directory: str | os.PathLike, mode: str = "a", *, readahead: bool | str | None = None,
+                 **options) -> None:
+        self.readahead = check_options(self.method, {"readahead": flag()}, {"readahead": readahead}).get(
+            "readahead", DEFAULT_READAHEAD)
         super().__init__(directory, mode, **options)
 
     # -- opening and catching up ------------------------------------------------------------
