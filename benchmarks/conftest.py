@@ -19,6 +19,7 @@ import pytest
 
 from benchmarks.cache import start_write_round
 from benchmarks.data import DATASET_KEY, Dataset, data_shape, load_dataset
+from benchmarks import memlimit
 from benchmarks.floors import FLOOR_TEST, NoFloorError, floor_images, floor_names, floor_of_test, floors_of_cell
 from benchmarks.machine import available_memory, describe_storage, library_versions
 from benchmarks.progress import SuiteClock, announce, rounds_reporter, say
@@ -50,6 +51,8 @@ def pytest_configure(config: pytest.Config) -> None:
     if getattr(config.option, "numprocesses", None):
         raise pytest.UsageError("the image storage benchmarks must not run under pytest-xdist (-n): "
                                 "parallel workers share the disk and the cores and spoil every time; drop -n")
+    if "limited" in _option(config, "cache", ("warm",)) and (missing := memlimit.unavailable()):
+        raise pytest.UsageError(f"--cache limited runs the readers in a memory cgroup, which cannot be made here: {missing}")
     cutoffs, shape, dtype = config.getoption("cutoffs"), data_shape(config), config.getoption("dtype")
     config.option.image_shape = shape  # from here on the shape of the session's images, whatever the dataset
     needed = 2 * max(cutoffs) * math.prod(shape) * dtype.itemsize  # the data plus one read buffer of the largest cell
@@ -130,7 +133,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             ordered.append(item)
         items[:] = ordered
     else:
-        cold = "cold" in _option(config, "cache", ("warm",))
+        cold = {"cold", "limited"} & set(_option(config, "cache", ("warm",)))
         floors = {floor: item for floor, item in floors.items()
                   if floor[0] == "file-read-cold" and not cold and item in items}
         items[:] = [item for item in items if item not in floors.values()]

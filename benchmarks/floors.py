@@ -91,7 +91,7 @@ def floor_names(method: str, operation: str, cache: str = "warm") -> tuple[str, 
     files = has_trait(method, FILE_PER_IMAGE)
     if kind == "write":
         io = "files-write" if files else "file-write"
-    elif cache == "cold":
+    elif cache in ("cold", "limited"):  # a sequential read reads each page once: a cache limit cannot slow it
         io = "file-read-cold"
     elif kind == "random" and not files:
         io = "gather"

@@ -7,8 +7,10 @@ PERMUTATION_SEED (the same epoch every round, so rounds compare), by 2 reader pr
 Timed: one epoch, from the signal to the already started workers until the last batch is in. Untimed:
 starting the workers and opening their stores (``startup_s``), clearing the shared buffers before each
 round, and in cold cells closing the stores, dropping their files from the page cache (benchmarks/cache.py)
-and reopening them. Afterwards, every epoch must have read every id exactly once, and the last epoch's
-images and labels must equal what was stored.
+and reopening them. Limited cells (``--cache limited``) are cold cells whose workers run in a memory cgroup
+holding a fraction of the store (benchmarks/memlimit.py): the dataset does not fit in their memory.
+Afterwards, every epoch must have read every id exactly once, and the last epoch's images and labels must
+equal what was stored.
 """
 from __future__ import annotations
 
@@ -18,11 +20,13 @@ from pathlib import Path
 import pytest
 
 from benchmarks import cache as page_cache
+from benchmarks import memlimit
 from benchmarks.verify import verify
 from benchmarks.workers import EpochPlan, ReaderPool, latency_summary
 from storage_impls import METHODS, ImageStore
 
 PERMUTATION_SEED = 0
+WORKER_SLACK_BYTES = 1 << 20  # a limited cell's allowance per worker for memory it allocates beyond what it did before
 
 
 def explicitly_named(config: pytest.Config, method: str) -> bool:
@@ -40,7 +44,7 @@ def reader_pool(request: pytest.FixtureRequest, store_class: type[ImageStore], m
                 workers: int, cache: str) -> Iterator[ReaderPool]:
     """The cell's worker processes, started and their stores opened (untimed); stopped and cleaned up afterwards.
     (``store_class`` skips the cell when the method's package is missing.)"""
-    if cache == "cold" and (reason := page_cache.supported()):
+    if cache != "warm" and (reason := page_cache.supported()):
         pytest.skip(reason)
     if store_class.slow_random_reads and not explicitly_named(request.config, method):
         pytest.skip(f"{method} runs read_random only when --methods names it: {store_class.slow_random_reads}")
@@ -49,19 +53,53 @@ def reader_pool(request: pytest.FixtureRequest, store_class: type[ImageStore], m
         yield pool
 
 
-def test_read_random(measure, record, benchmark, reader_pool, store_dir, expected, method, n_images, batch_size, workers, cache):
+@pytest.fixture
+def reader_cgroup(request: pytest.FixtureRequest, reader_pool: ReaderPool, store_dir: Path,
+                  cache: str) -> Iterator[memlimit.MemoryCgroup | None]:
+    """A limited cell's memory cgroup, holding its workers (None for other cells). Its limit is what the workers
+    need besides the page cache (measured after one untimed cold epoch in the cgroup, plus WORKER_SLACK_BYTES each)
+    plus --limited-fraction of the store's bytes. Removed before the workers stop: they go back to the parent."""
+    if cache != "limited":
+        yield None
+        return
+    with memlimit.MemoryCgroup() as cgroup:
+        for pid in reader_pool.pids:
+            cgroup.add(pid)
+        reader_pool.close_stores()
+        page_cache.evict(store_dir)
+        reader_pool.open_stores()
+        reader_pool.prepare_round()
+        reader_pool.run_epoch()  # untimed (checked like the others): the workers' own allocations settle in the cgroup
+        reader_pool.close_stores()
+        page_cache.evict(store_dir)  # what stays charged to the cgroup is the workers' own memory
+        store_bytes = sum(path.stat().st_size for path in page_cache.store_files(store_dir))
+        cgroup.limit(int(request.config.getoption("limited_fraction") * store_bytes),
+                     cgroup.usage_bytes() - cgroup.file_bytes() + WORKER_SLACK_BYTES * len(reader_pool.pids))
+        reader_pool.open_stores()
+        yield cgroup
+
+
+def test_read_random(request, measure, record, benchmark, reader_pool, reader_cgroup, store_dir, expected, method,
+                     n_images, batch_size, workers, cache):
     resident: list[float] = []
 
+    opened: list[float] = []  # limited: share of the store cached once the workers opened it, per round
+    after: list[float] = []  # limited: share cached at the end of each epoch
+
     def prepare():
-        """Untimed: clear the shared buffers; for a cold round, drop the closed store from the page cache."""
+        """Untimed: clear the shared buffers; for a cold or limited round, drop the closed store from the page cache."""
         reader_pool.prepare_round()
-        if cache == "cold":
+        if cache != "warm":
+            if cache == "limited" and resident:
+                after.append(page_cache.resident_fraction(store_dir))
             reader_pool.close_stores()
             resident.append(page_cache.evict(store_dir))
             if resident[-1] > page_cache.MAX_RESIDENT_FRACTION:
                 pytest.fail(f"{method} read_random: {resident[-1]:.1%} of the store stayed in the page cache after "
                             f"dropping it (at most {page_cache.MAX_RESIDENT_FRACTION:.0%} allowed)", pytrace=False)
             reader_pool.open_stores()
+            if cache == "limited":
+                opened.append(page_cache.resident_fraction(store_dir))
         return (), {}
 
     record(n_images)
@@ -79,5 +117,12 @@ def test_read_random(measure, record, benchmark, reader_pool, store_dir, expecte
     verify(f"{method} read_random", *reader_pool.read_back(), expected.images[:n_images], expected.labels[:n_images])
     timed = benchmark.stats.stats.rounds if benchmark.stats else 1  # the measured rounds are the last ones
     benchmark.extra_info.update(latency_summary(epochs[-timed:]))
-    if cache == "cold":
+    if cache != "warm":
         benchmark.extra_info["resident_fraction_before"] = max(resident[-timed:])
+    if cache == "limited":
+        after.append(page_cache.resident_fraction(store_dir))
+        benchmark.extra_info.update(
+            memory_limit_bytes=reader_cgroup.limit_bytes, memory_workers_bytes=reader_cgroup.other_bytes,
+            memory_cache_bytes=reader_cgroup.cache_bytes, memory_limit_fraction=request.config.getoption("limited_fraction"),
+            cgroup_version=reader_cgroup.version, cgroup_peak_bytes=reader_cgroup.peak_bytes(),
+            resident_fraction_opened=max(opened[-timed:]), resident_fraction_after=max(after[-timed:]))
