@@ -25,7 +25,7 @@ def test_options_are_variants_spelled_one_way(spec, canonical):
 
 
 @pytest.mark.parametrize(("spec", "message"), [
-    ("hdf5:advice=sequential", "hdf5: advice='sequential' is not allowed; use random, normal, willneed"),
+    ("hdf5:advice=sequential", "hdf5: advice='sequential' is not allowed; use auto, random, normal, willneed"),
     ("npy-memmap:advice=WILLNEED", "npy-memmap: advice='WILLNEED' is not allowed"),
     ("lmdb:readahead=maybe", "lmdb: readahead='maybe' is not allowed; use true or false"),
 ])
@@ -77,7 +77,20 @@ def test_lmdb_readahead_option_reaches_the_environment(tmp_path):
     images = np.zeros((3, 4, 4, 3), np.uint8)
     with open_store("lmdb", tmp_path) as store:
         store.store_many(images, np.arange(3))
-    for spec, expected in (("lmdb:readahead=false", False), ("lmdb", True)):
+    for spec, expected in (("lmdb:readahead=false", False), ("lmdb", True)):  # a tiny store fits: auto reads ahead
         with open_store(spec, tmp_path, "r") as store:
             assert store.readahead is expected
             np.testing.assert_array_equal(store.read_batch(np.array([2, 0]))[0], images[[2, 0]])
+
+
+def test_auto_reads_around_a_file_that_fits_and_prefetches_batches_of_one_that_does_not(monkeypatch):
+    monkeypatch.setattr(advice, "_available_memory", lambda: 100 << 20)
+    assert advice.resolve("auto", 50 << 20) == "normal" and advice.resolve("auto", (50 << 20) + 1) == "willneed"
+    assert advice.resolve("random", 1) == "random"
+    monkeypatch.setattr(advice, "_available_memory", lambda: None)
+    assert advice.resolve("auto", 1 << 50) == "normal"
+
+
+def test_available_memory_is_at_most_memavailable():
+    available = advice._available_memory()
+    assert available is None or 0 <= available <= os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

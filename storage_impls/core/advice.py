@@ -6,13 +6,15 @@ the ``advice`` variant option, the ``madvise`` call behind it and the per-batch 
 - ``normal`` (``MADV_NORMAL``): the kernel's read-around on a fault (up to the device's ``read_ahead_kb``: 8 MiB on
   the development VM). A cold epoch over a dataset that fits in memory then reads it in few large reads; over a
   dataset larger than the memory it may read, evict and read again most of each window for one image.
+- ``auto`` (the default): ``normal`` when the file fits in half the memory this process may use (the smaller of
+  the machine's ``MemAvailable`` and its memory cgroup's limit less its usage, read when the store opens),
+  else ``willneed``: each regime gets what the read-ahead table of docs/benchmarks.md measured best there.
 - ``willneed``: ``random``, plus, before each batch's gather, ``POSIX_FADV_WILLNEED`` over exactly the pages of
   the batch's images (sorted, adjacent pages merged), so the kernel starts all of a batch's reads at once
   instead of one fault after another, and reads nothing the batch does not need. Costs a system call per run of
   pages, also when the pages are cached.
 
-A read-time choice of the handle, not of the store: nothing is written, and any handle may pick another. The
-default is the one the read-ahead table of docs/benchmarks.md ("Read-ahead") measured best.
+A read-time choice of the handle, not of the store: nothing is written, and any handle may pick another.
 """
 from __future__ import annotations
 
@@ -23,14 +25,55 @@ import numpy as np
 
 from storage_impls.core.options import choice
 
-ADVICES = ("random", "normal", "willneed")
-DEFAULT_ADVICE = "normal"
+ADVICES = ("auto", "random", "normal", "willneed")
+DEFAULT_ADVICE = "auto"
+FITS_SHARE = 0.5  # auto: a file fits when it takes at most this share of the memory the process may use
 OPTIONS = {"advice": choice(*ADVICES)}
 PAGE = mmap.PAGESIZE
 
 
+def resolve(advice: str, size: int) -> str:
+    """The advice to apply to a file of ``size`` bytes: ``auto`` made ``normal`` or ``willneed``, others as given."""
+    if advice != "auto":
+        return advice
+    return "normal" if fits_in_memory(size) else "willneed"
+
+
+def fits_in_memory(size: int) -> bool:
+    """Whether ``size`` bytes take at most FITS_SHARE of the memory this process may use; True where unknown."""
+    available = _available_memory()
+    return available is None or size <= FITS_SHARE * available
+
+
+def _available_memory() -> int | None:
+    """The smaller of MemAvailable and this process's memory cgroup's room (limit less usage), None where unknown."""
+    room = []
+    try:
+        with open("/proc/meminfo") as meminfo:
+            room += [int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:")]
+        with open("/proc/self/cgroup") as cgroups:
+            lines = [line.rstrip("\n").split(":", 2) for line in cgroups]
+    except OSError:
+        return min(room, default=None)
+    for _, controllers, path in lines:
+        if controllers == "":  # cgroup v2
+            folder, names = f"/sys/fs/cgroup{path}", ("memory.max", "memory.current")
+        elif "memory" in controllers.split(","):  # cgroup v1
+            folder, names = f"/sys/fs/cgroup/memory{path}", ("memory.limit_in_bytes", "memory.usage_in_bytes")
+        else:
+            continue
+        try:
+            limit, usage = (open(f"{folder}/{name}").read().strip() for name in names)
+            if limit.isdigit():
+                room.append(max(0, int(limit) - int(usage)))
+        except (OSError, ValueError):
+            continue
+    return min(room, default=None)
+
+
 def advise(mapped: mmap.mmap, advice: str) -> None:
-    """Apply ``advice`` (one of ADVICES) to the whole of ``mapped``, where the platform has ``madvise``."""
+    """Apply ``advice`` (random, normal or willneed: ``resolve`` d) to the whole of ``mapped``, where the platform
+    has ``madvise``."""
     if hasattr(mapped, "madvise"):
         mapped.madvise(mmap.MADV_NORMAL if advice == "normal" else mmap.MADV_RANDOM)
 

@@ -16,7 +16,7 @@ with SIGBUS.
 Reads: the handle keeps ``images.npy`` open and mapped (a snapshot: a later commit renames other
 files into place and cannot change it), ``labels.npy`` in memory. ``read_many`` copies with one
 ``preadv`` (sequential, no page faults), ``read_batch`` gathers rows with ``numpy.take`` over the map,
-advised as ``npy-memmap:advice=random|normal|willneed`` says (core/advice.py). Files are checked at open:
+advised as ``npy-memmap:advice=auto|random|normal|willneed`` says (core/advice.py). Files are checked at open:
 exact header, exact size (a file cut short is refused before it is mapped); a file truncated *while* a
 handle has it mapped can still kill that process with SIGBUS, as with any memory map.
 """
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from storage_impls.core.advice import DEFAULT_ADVICE, advise, prefetch
+from storage_impls.core.advice import DEFAULT_ADVICE, advise, prefetch, resolve
 from storage_impls.core.advice import OPTIONS as ADVICE_OPTIONS
 from storage_impls.core.base import Mode
 from storage_impls.core.checkpointed import COPY_BLOCK_BYTES, Checkpoint, CheckpointedStore, Source
@@ -60,6 +60,7 @@ class MemmapCheckpoint(Checkpoint):
         except BaseException:
             os.close(self._fd)
             raise
+        advice = resolve(advice, len(self._map))
         advise(self._map, advice)
         self._prefetch = advice == "willneed"
         self.pixels = np.frombuffer(self._map, self.dtype, self.count * int(np.prod(self.shape)), self._offset).reshape(

@@ -43,7 +43,7 @@ import h5py
 import numpy as np
 import xxhash
 
-from storage_impls.core.advice import DEFAULT_ADVICE, advise, prefetch
+from storage_impls.core.advice import DEFAULT_ADVICE, advise, prefetch, resolve
 from storage_impls.core.base import check_dtype, check_image_shape
 from storage_impls.core.codecs import Codec, get_codec
 from storage_impls.core.encoded import decode
@@ -217,6 +217,7 @@ class Checkpoint:
         self._file = file if self.chunked else None  # chunked images are read through h5py
         if self._file is None:
             file.close()
+        advice = resolve(advice, len(self._map))
         advise(self._map, advice)
         self._prefetch = advice == "willneed"
         self.pixels = self.encoded = None

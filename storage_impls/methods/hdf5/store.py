@@ -36,7 +36,7 @@ Writes, all under the store's writer lock (locking.py):
 
 Reads overlay the journal's records on the checkpoint, which is read through its own file
 descriptor and memory map: ``read_many`` with one ``preadv``, ``read_single`` with one copy out of
-the map, ``read_batch`` with ``numpy.take`` over the map (``hdf5:advice=random|normal|willneed``: how the map
+the map, ``read_batch`` with ``numpy.take`` over the map (``hdf5:advice=auto|random|normal|willneed``: how the map
 is advised, core/advice.py), each journal record
 with one ``preadv`` (CRC-checked). Chunked images are read through the h5py file the handle keeps open (HDF5
 decompresses whole chunks): ``read_many`` and folds with one H5Dread into the caller's array (what
