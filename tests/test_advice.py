@@ -94,3 +94,16 @@ def test_auto_reads_around_a_file_that_fits_and_prefetches_batches_of_one_that_d
 def test_available_memory_is_at_most_memavailable():
     available = advice._available_memory()
     assert available is None or 0 <= available <= os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def test_windows_cover_the_batch_once_each_prefetched_before_it_is_gathered(monkeypatch):
+    calls = fadvised(monkeypatch)
+    row = 3 * PAGE
+    starts = np.arange(0, 40 * row, row)[::-1].copy()  # 40 rows of 12 KiB, in any order
+    monkeypatch.setattr(advice, "WINDOW_BYTES", 10 * row)
+    seen = []
+    for part in advice.windows(3, starts, starts + row):
+        prefetched = [range(offset, offset + length) for offset, length in calls]
+        assert all(any(start in done for done in prefetched) for start in starts[part].tolist())
+        seen += list(range(part.start, part.stop))
+    assert seen == list(range(40)) and len(calls) == 4  # four windows of ten adjacent rows, one run each

@@ -10,8 +10,10 @@ the ``advice`` variant option, the ``madvise`` call behind it and the per-batch 
   the machine's ``MemAvailable`` and its memory cgroup's limit less its usage, read when the store opens),
   else ``willneed``: each regime gets what the read-ahead table of docs/benchmarks.md measured best there.
 - ``willneed``: ``random``, plus, before each batch's gather, ``POSIX_FADV_WILLNEED`` over exactly the pages of
-  the batch's images (sorted, adjacent pages merged), so the kernel starts all of a batch's reads at once
-  instead of one fault after another, and reads nothing the batch does not need. Costs a system call per run of
+  the batch's images (sorted, adjacent pages merged), so the kernel starts a batch's reads at once instead of
+  one fault after another, and reads nothing the batch does not need. A batch larger than WINDOW_BYTES goes in
+  windows: the next one is prefetched while the current one is gathered, so that a batch larger than the
+  memory left for the cache is not read, evicted and read again. Costs a system call per run of
   pages, also when the pages are cached.
 
 A read-time choice of the handle, not of the store: nothing is written, and any handle may pick another.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import mmap
 import os
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -28,6 +31,7 @@ from storage_impls.core.options import choice
 ADVICES = ("auto", "random", "normal", "willneed")
 DEFAULT_ADVICE = "auto"
 FITS_SHARE = 0.5  # auto: a file fits when it takes at most this share of the memory the process may use
+WINDOW_BYTES = 4 << 20  # willneed: a batch is prefetched and gathered this many bytes at a time
 OPTIONS = {"advice": choice(*ADVICES)}
 PAGE = mmap.PAGESIZE
 
@@ -89,3 +93,19 @@ def prefetch(fd: int, starts: np.ndarray, stops: np.ndarray) -> None:
     breaks = np.flatnonzero(first[1:] > last[:-1] + 1) + 1  # where a run of pages ends
     for begin, end in zip(first[np.r_[0, breaks]].tolist(), last[np.r_[breaks - 1, len(last) - 1]].tolist()):
         os.posix_fadvise(fd, begin * PAGE, (end - begin + 1) * PAGE, os.POSIX_FADV_WILLNEED)
+
+
+def windows(fd: int, starts: np.ndarray, stops: np.ndarray) -> Iterator[slice]:
+    """Slices of the batch (positions in ``starts``/``stops``) of at most WINDOW_BYTES each (at least one image),
+    each yielded once it and the next one are prefetched, for the caller to gather."""
+    sizes = np.cumsum(np.asarray(stops) - np.asarray(starts))
+    ends = np.unique(np.r_[np.searchsorted(sizes, np.arange(WINDOW_BYTES, sizes[-1], WINDOW_BYTES), "right"),
+                           len(sizes)]) if len(sizes) else np.array([], np.int64)
+    parts = [slice(begin, end) for begin, end in zip(np.r_[0, ends[:-1]].tolist(), ends.tolist()) if end > begin]
+    for index, part in enumerate(parts):
+        if index == 0:
+            prefetch(fd, starts[part], stops[part])
+        if index + 1 < len(parts):
+            following = parts[index + 1]
+            prefetch(fd, starts[following], stops[following])
+        yield part

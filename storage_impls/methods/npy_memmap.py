@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from storage_impls.core.advice import DEFAULT_ADVICE, advise, prefetch, resolve
+from storage_impls.core.advice import DEFAULT_ADVICE, advise, resolve, windows
 from storage_impls.core.advice import OPTIONS as ADVICE_OPTIONS
 from storage_impls.core.base import Mode
 from storage_impls.core.checkpointed import COPY_BLOCK_BYTES, Checkpoint, CheckpointedStore, Source
@@ -72,9 +72,11 @@ class MemmapCheckpoint(Checkpoint):
         self._verify(np.arange(start, start + len(out)), out, labels)
 
     def take(self, ids: np.ndarray, out: np.ndarray, labels: np.ndarray) -> None:
-        if self._prefetch:
-            prefetch(self._fd, self._offset + ids * self.row, self._offset + (ids + 1) * self.row)
-        np.take(self.pixels, ids, axis=0, out=out, mode="clip")  # "clip": no buffering of out; ids are valid
+        if self._prefetch:  # willneed: gathered window by window, each prefetched ahead
+            for part in windows(self._fd, self._offset + ids * self.row, self._offset + (ids + 1) * self.row):
+                np.take(self.pixels, ids[part], axis=0, out=out[part], mode="clip")
+        else:
+            np.take(self.pixels, ids, axis=0, out=out, mode="clip")  # "clip": no buffering of out; ids are valid
         np.take(self.labels, ids, out=labels, mode="clip")
         self._verify(ids, out, labels)
 

@@ -43,7 +43,7 @@ import h5py
 import numpy as np
 import xxhash
 
-from storage_impls.core.advice import DEFAULT_ADVICE, advise, prefetch, resolve
+from storage_impls.core.advice import DEFAULT_ADVICE, advise, resolve, windows
 from storage_impls.core.base import check_dtype, check_image_shape
 from storage_impls.core.codecs import Codec, get_codec
 from storage_impls.core.encoded import decode
@@ -329,16 +329,20 @@ class Checkpoint:
 
     def take(self, ids: np.ndarray, out: np.ndarray, labels: np.ndarray) -> None:
         """Fill ``out[i]``/``labels[i]`` with image ``ids[i]`` (valid ids, any order), gathered from the map (or chunks)."""
-        if self._prefetch and self.codec is not RAW:
-            prefetch(self._fd, self._offset + self.offsets[ids], self._offset + self.offsets[ids + 1])
-        elif self._prefetch and not self.chunked:
-            prefetch(self._fd, self._offset + ids * self.row, self._offset + (ids + 1) * self.row)
+        if self._prefetch and self.codec is not RAW:  # willneed: decoded window by window, each prefetched ahead
+            for part in windows(self._fd, self._offset + self.offsets[ids], self._offset + self.offsets[ids + 1]):
+                payloads, labels[part] = self.payloads(ids[part])
+                self._decode(ids[part].tolist(), payloads, out[part])
+            return
         if self.codec is not RAW:
             payloads, labels[:] = self.payloads(ids)
             self._decode(ids.tolist(), payloads, out)
             return
         if self.chunked:
             self.chunked.take(ids, out)
+        elif self._prefetch:
+            for part in windows(self._fd, self._offset + ids * self.row, self._offset + (ids + 1) * self.row):
+                np.take(self.pixels, ids[part], axis=0, out=out[part], mode="clip")
         else:
             np.take(self.pixels, ids, axis=0, out=out, mode="clip")  # "clip": no buffering of out; ids are valid
         np.take(self.labels, ids, out=labels, mode="clip")
