@@ -52,7 +52,8 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError("the image storage benchmarks must not run under pytest-xdist (-n): "
                                 "parallel workers share the disk and the cores and spoil every time; drop -n")
     if "limited" in _option(config, "cache", ("warm",)) and (missing := memlimit.unavailable()):
-        raise pytest.UsageError(f"--cache limited runs the readers in a memory cgroup, which cannot be made here: {missing}")
+        raise pytest.UsageError(f"--cache limited runs the readers in a memory cgroup, which cannot be made here: "
+                                f"{missing}")
     cutoffs, shape, dtype = config.getoption("cutoffs"), data_shape(config), config.getoption("dtype")
     config.option.image_shape = shape  # from here on the shape of the session's images, whatever the dataset
     needed = 2 * max(cutoffs) * math.prod(shape) * dtype.itemsize  # the data plus one read buffer of the largest cell

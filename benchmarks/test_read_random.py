@@ -123,6 +123,7 @@ def test_read_random(request, measure, record, benchmark, reader_pool, reader_cg
         after.append(page_cache.resident_fraction(store_dir))
         benchmark.extra_info.update(
             memory_limit_bytes=reader_cgroup.limit_bytes, memory_workers_bytes=reader_cgroup.other_bytes,
-            memory_cache_bytes=reader_cgroup.cache_bytes, memory_limit_fraction=request.config.getoption("limited_fraction"),
+            memory_cache_bytes=reader_cgroup.cache_bytes,
+            memory_limit_fraction=request.config.getoption("limited_fraction"),
             cgroup_version=reader_cgroup.version, cgroup_peak_bytes=reader_cgroup.peak_bytes(),
             resident_fraction_opened=max(opened[-timed:]), resident_fraction_after=max(after[-timed:]))

@@ -303,7 +303,8 @@ def test_a_write_round_removes_a_previous_output_of_few_files_and_keeps_many(tmp
 @pytest.mark.skipif(bool(memlimit.unavailable()), reason=f"no memory cgroup here: {memlimit.unavailable()}")
 def test_limited_cells_run_in_a_memory_cgroup_and_record_limit_and_residency(tmp_path):
     result = run_suite("-k", "read_random", "--cutoffs", "10,400", "--image-shape", "64x64x3", "--batch-sizes", "64",
-                       "--methods", "hdf5:advice=willneed,lmdb:readahead=false", "--workers", "1", "--cache", "limited", "--limited-fraction", "1/4",
+                       "--methods", "hdf5:advice=willneed,lmdb:readahead=false", "--workers", "1",
+                       "--cache", "limited", "--limited-fraction", "1/4",
                        "--benchmark-max-time", "0.01", "--benchmark-json", str(tmp_path / "run.json"))
     assert result.returncode == 0, result.stdout + result.stderr
     cells = random_cells(json.loads((tmp_path / "run.json").read_text()))
