@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import flags, interleave
+from benchmarks import flags, interleave, memlimit
 from benchmarks.cache import start_write_round
 from benchmarks.data import DATASET_KEY, Dataset, data_shape, load_dataset
 from benchmarks.floors import (
@@ -60,6 +60,9 @@ def pytest_configure(config: pytest.Config) -> None:
     if getattr(config.option, "numprocesses", None):
         raise pytest.UsageError("the image storage benchmarks must not run under pytest-xdist (-n): "
                                 "parallel workers share the disk and the cores and spoil every time; drop -n")
+    if "limited" in _option(config, "cache", ("warm",)) and (missing := memlimit.unavailable()):
+        raise pytest.UsageError(f"--cache limited runs the readers in a memory cgroup, which cannot be made here: "
+                                f"{missing}")
     cutoffs, shape, dtype = config.getoption("cutoffs"), data_shape(config), config.getoption("dtype")
     config.option.image_shape = shape  # from here on the shape of the session's images, whatever the dataset
     needed = 2 * max(cutoffs) * math.prod(shape) * dtype.itemsize  # the data plus one read buffer of the largest cell
@@ -149,7 +152,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             ordered.append(item)
         items[:] = ordered
     else:
-        cold = "cold" in _option(config, "cache", ("warm",))
+        cold = bool({"cold", "limited"} & set(_option(config, "cache", ("warm",))))
         floors = {item.nodeid: item for item in items if not cold and _floor_cell(item)[0].endswith("file-read-cold")}
         items[:] = [item for item in items if item.nodeid not in floors]
     if floors:

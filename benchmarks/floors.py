@@ -114,7 +114,7 @@ def floor_names(method: str, operation: str, cache: str = "warm") -> tuple[str, 
     files = traits.file_per_image
     if kind == "write":
         io = "file-append" if into_filled and traits.appends_single_writes else "files-write" if files else "file-write"
-    elif cache == "cold":
+    elif cache in ("cold", "limited"):  # a sequential read reads each page once: a cache limit cannot slow it
         io = "file-read-cold"
     elif files:
         io = "files-read"

@@ -18,7 +18,7 @@ TUTORIAL_CUTOFFS = "10,100,1000,10000,100000"  # the tutorial's grid: `--cutoffs
 DEFAULT_CUTOFFS = "10,100,1000,10000"  # keeps the default run of every method within 20 minutes on 2 cores
 MAX_DEFAULT_WORKERS = 8  # the default --workers is 1 and the core count, capped here
 DEFAULT_WORKERS = ",".join(map(str, sorted({1, min(os.cpu_count() or 1, MAX_DEFAULT_WORKERS)})))
-CACHE_STATES = ("warm", "cold")
+CACHE_STATES = ("warm", "cold", "limited")
 DTYPE_NAMES = tuple(str(dtype) for dtype in SUPPORTED_DTYPES)  # --dtype's values
 DATASET_FOLDERS = {"cifar10": "CIFAR-10", "mnist": "MNIST", "folder": "image"}  # datasets read from a folder: NAME:PATH
 
@@ -58,13 +58,25 @@ def parse_workers(text: str) -> tuple[int, ...]:
 
 
 def parse_cache(text: str) -> tuple[str, ...]:
-    """``"warm,cold"`` -> ("warm", "cold"): page-cache state before each read_random round, warm first."""
+    """``"warm,cold"`` -> ("warm", "cold"): page-cache state before each read_random round, in CACHE_STATES order."""
     names = {part.strip() for part in text.split(",")}
     unknown = sorted(names - set(CACHE_STATES))
     if unknown or not text.strip():
         raise argparse.ArgumentTypeError(f"unknown cache state {', '.join(map(repr, unknown)) or repr(text)}; "
-                                         f"use warm, cold or warm,cold")
+                                         f"use warm, cold, limited or a list such as warm,cold")
     return tuple(state for state in CACHE_STATES if state in names)
+
+
+def parse_fraction(text: str) -> float:
+    """``"0.2"`` or ``"1/5"`` -> 0.2: the share of a store's bytes that ``--cache limited`` lets its readers cache."""
+    try:
+        numerator, _, denominator = text.partition("/")
+        value = float(numerator) / float(denominator or 1)
+    except (ValueError, ZeroDivisionError):
+        value = 0.0
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction above 0 and at most 1 (e.g. 0.2 or 1/5)")
+    return value
 
 
 def parse_methods(text: str) -> tuple[str, ...]:
@@ -155,5 +167,8 @@ OPTIONS = [
     ("--workers", "IMAGE_BENCH_WORKERS", DEFAULT_WORKERS, parse_workers,
      f"reader processes of the read_random cells, comma-separated (default: 1 and the core count, at most {MAX_DEFAULT_WORKERS})"),
     ("--cache", "IMAGE_BENCH_CACHE", "warm", parse_cache,
-     "page cache before each read_random round: warm, cold (the store's pages dropped, no root needed) or warm,cold"),
+     "page cache before each read_random round: warm, cold (the store's pages dropped, no root needed), limited "
+     "(dropped, and the readers in a memory cgroup holding --limited-fraction of the store: needs root) or a list"),
+    ("--limited-fraction", "IMAGE_BENCH_LIMITED_FRACTION", "1/5", parse_fraction,
+     "--cache limited: the share of the store's bytes its readers' memory cgroup holds (default 1/5, MLPerf's rule)"),
 ]

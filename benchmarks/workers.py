@@ -242,6 +242,11 @@ class ReaderPool:
             raise
         self.startup_s = time.perf_counter() - start  # spawning, imports and store open of every worker
 
+    @property
+    def pids(self) -> tuple[int, ...]:
+        """The worker processes' ids."""
+        return tuple(process.pid for process in self._processes)
+
     def prepare_round(self) -> None:
         """Untimed, before each epoch: record the previous epoch, then clear everything workers write, so that
         an epoch that skips work cannot pass on an earlier epoch's data."""

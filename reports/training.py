@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
 OPERATION = "read_random"
-CACHE_ORDER = ("warm", "cold")
+CACHE_ORDER = ("warm", "cold", "limited")
 Axis = Literal["batch_size", "workers"]
 AXIS_NAMES = {"batch_size": ("batch size (images)", "b"), "workers": ("worker processes", "w")}
 CHART_TITLES = {

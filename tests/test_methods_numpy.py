@@ -17,23 +17,28 @@ from tests.test_storage import StoreTests, make_batch, random_layout
 
 def checkpoint(directory: Path, method: str) -> Path:
     """The live checkpoint folder of a numpy-method store."""
-    meta = json.loads((directory / f"{method}.json").read_text().splitlines()[0])
+    meta = json.loads((directory / f"{method.partition(':')[0]}.json").read_text().splitlines()[0])
     return directory / f"ckpt-{meta['token']}"
 
 
 class NumpyStoreTests(StoreTests):
     """What the three numpy methods share beyond the conformance class."""
 
+    @property
+    def pointer(self) -> str:
+        """The store's metadata file (a variant's is its method's)."""
+        return f"{self.method.partition(':')[0]}.json"
+
     def test_metadata_records_dtype_shape_and_count(self, directory, filled):
-        meta = json.loads((directory / f"{self.method}.json").read_text().splitlines()[0])
+        meta = json.loads((directory / self.pointer).read_text().splitlines()[0])
         assert (meta["dtype"], meta["image_shape"], meta["count"]) == ("|u1", [32, 32, 3], 10)
 
     def test_damaged_metadata_is_corrupt_and_store_many_repairs_it(self, directory, filled):
         store, images, labels = filled
         store.close()
-        path = directory / f"{self.method}.json"
+        path = directory / self.pointer
         path.write_bytes(path.read_bytes().replace(b'"count":10', b'"count":11'))
-        with pytest.raises(CorruptStoreError, match=f"{self.method}.json.*fails its checksum"):
+        with pytest.raises(CorruptStoreError, match=f"{self.pointer}.*fails its checksum"):
             open_store(self.method, directory, "r")
         with open_store(self.method, directory) as writer:
             with pytest.raises(CorruptStoreError, match="store_many replaces"):
@@ -72,8 +77,8 @@ class NumpyStoreTests(StoreTests):
 
     def test_foreign_file_in_the_metadata_slot_is_corrupt(self, directory):
         directory.mkdir()
-        (directory / f"{self.method}.json").write_text('{"format": "something else"}\n')
-        with pytest.raises(CorruptStoreError, match=f"{self.method}.json"):
+        (directory / self.pointer).write_text('{"format": "something else"}\n')
+        with pytest.raises(CorruptStoreError, match=self.pointer):
             open_store(self.method, directory, "r")
 
     def test_write_after_a_commit_by_another_handle_catches_up(self, directory, filled):
@@ -268,3 +273,9 @@ def test_durable_writes_fsync(tmp_path, monkeypatch):
                 store.store_many(*labelled_batch(range(3)))
                 store.store_single(pixels_for(3), 3, 3)
             assert bool(calls) == durable, method
+
+
+class TestNpyMemmapWillneed(TestNpyMemmap):
+    """Every npy-memmap test again with the per-batch prefetch (``advice=willneed``)."""
+
+    method = "npy-memmap:advice=willneed"

@@ -1,5 +1,6 @@
 """The training-read cells: the reader pool (benchmarks/workers.py), the cold cache (benchmarks/cache.py), and
-test_read_random run in a subprocess at tiny cutoffs with workers 1,2 and cache warm,cold.
+test_read_random run in a subprocess at tiny cutoffs with workers 1,2 and cache warm,cold (limited: in a memory
+cgroup, where one can be made).
 
 Reads are broken inside the spawned workers through a ``sitecustomize`` module on PYTHONPATH, which every new
 Python process runs at start-up: READ_RANDOM_BREAK=zeros, fail or hang changes what hdf5's read_batch does,
@@ -11,6 +12,8 @@ import json
 import mmap
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -18,6 +21,7 @@ import numpy as np
 import pytest
 
 from benchmarks import cache as page_cache
+from benchmarks import memlimit
 from benchmarks.workers import EpochPlan, ReaderPool, WorkerError, latency_summary
 from storage_impls import METHODS
 from storage_impls.datasets import synthetic
@@ -324,3 +328,48 @@ def test_a_methods_own_read_cache_is_sized_below_the_store(tmp_path, data):
     assert page_cache.read_cache_options(Hdf5Store, "hdf5", tmp_path / "rocksdb") == {}
     with rocksdb(tmp_path / "rocksdb", "r", block_cache=size // 16) as store:
         assert store.settings["block_cache"] == size // 16
+
+
+@pytest.mark.skipif(bool(memlimit.unavailable()), reason=f"no memory cgroup here: {memlimit.unavailable()}")
+def test_limited_cells_run_in_a_memory_cgroup_and_record_limit_and_residency(tmp_path):
+    result = run_suite("-k", "read_random", "--cutoffs", "10,400", "--image-shape", "64x64x3", "--batch-sizes", "64",
+                       "--methods", "hdf5:advice=willneed,lmdb:readahead=false", "--workers", "1",
+                       "--cache", "limited", "--limited-fraction", "1/4",
+                       "--benchmark-max-time", "0.01", "--benchmark-json", str(tmp_path / "run.json"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    cells = random_cells(json.loads((tmp_path / "run.json").read_text()))
+    assert set(cells) == {f"test_read_random[{method}-400-b64-w1-limited]"
+                          for method in ("hdf5:advice=willneed", "lmdb:readahead=false")}
+    for cell in cells.values():
+        info = cell["extra_info"]
+        assert info["cache"] == "limited" and info["memory_limit_fraction"] == 0.25
+        store_bytes = info["memory_cache_bytes"] / 0.25  # a quarter of the store's files
+        assert info["raw_bytes"] <= store_bytes <= 1.5 * info["raw_bytes"]
+        assert info["memory_limit_bytes"] == info["memory_cache_bytes"] + info["memory_workers_bytes"]
+        assert info["cgroup_version"] in (1, 2) and (info["cgroup_peak_bytes"] or 0) <= info["memory_limit_bytes"]
+        assert info["resident_fraction_before"] == info["resident_fraction_opened"] <= 0.25  # what the open read
+        cached = info["resident_fraction_after"] * store_bytes
+        assert 0 < cached <= info["memory_limit_bytes"]  # the workers' slack may hold cache too (1 MiB each)
+
+
+def test_a_cgroup_holds_the_processes_added_and_goes_away(tmp_path):
+    if reason := memlimit.unavailable():
+        pytest.skip(reason)
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        with memlimit.MemoryCgroup() as cgroup:
+            cgroup.limit(48 << 20, 16 << 20)
+            cgroup.add(process.pid)
+            assert str(process.pid) in (cgroup.path / "cgroup.procs").read_text().split()
+            limit_file = "memory.max" if cgroup.version == 2 else "memory.limit_in_bytes"
+            assert int((cgroup.path / limit_file).read_text()) == 64 << 20
+        assert not cgroup.path.exists()
+    finally:
+        process.kill()
+        process.wait()
+
+
+@pytest.mark.parametrize("fraction", ["0", "1.5", "x", "1/0"])
+def test_a_bad_limited_fraction_is_a_usage_error(fraction):
+    result = run_suite("--limited-fraction", fraction, "--collect-only")
+    assert result.returncode == 4 and "is not a fraction above 0 and at most 1" in result.stderr, result.stderr

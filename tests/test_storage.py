@@ -641,7 +641,7 @@ class TestHdf5(CodecTests, StoreTests):
         directory.mkdir()
         with h5py.File(directory / "images.h5", "w") as file:
             file["something"] = np.zeros(3)
-        with pytest.raises(CorruptStoreError, match="not written by storage_impls.methods.hdf5.store"):
+        with pytest.raises(CorruptStoreError, match="not written by storage_impls.hdf5 version"):
             open_store("hdf5", directory, "r")
 
     # -- encoded images (hdf5:codec=...) ----------------------------------------------------------------
@@ -1035,3 +1035,9 @@ def test_a_store_opened_by_another_method_is_refused_naming_its_method(stores_of
     with pytest.raises(CorruptStoreError, match=f"holds a {re.escape(writer)} store .*open it with method '{re.escape(writer)}'"):
         open_store(opener, directory, mode)
     assert listing(directory) == before
+
+
+class TestHdf5Willneed(TestHdf5):
+    """Every hdf5 test again with the per-batch prefetch (``advice=willneed``), raw and encoded."""
+
+    method = "hdf5:advice=willneed"

@@ -43,6 +43,20 @@ def integer(low: int, high: int) -> Option:
     return Option(parse, f"an integer {low}..{high}")
 
 
+FLAG_TEXTS = {"true": True, "yes": True, "1": True, "on": True, "false": False, "no": False, "0": False, "off": False}
+
+
+def flag() -> Option:
+    """On or off: a bool, or true/false, yes/no, on/off, 1/0; spelled ``true`` or ``false``."""
+    def parse(value: object) -> bool:
+        if isinstance(value, bool):
+            return value
+        if not isinstance(value, str) or value.strip().lower() not in FLAG_TEXTS:
+            raise ValueError
+        return FLAG_TEXTS[value.strip().lower()]
+    return Option(parse, "true or false", lambda value: str(value).lower())
+
+
 def codec() -> Option:
     """An image codec (codecs.py), spelled canonically."""
     def parse(value: object) -> str:

@@ -16,9 +16,9 @@ with SIGBUS.
 Reads: the handle keeps ``images.npy`` open and mapped (a snapshot: a later commit renames other
 files into place and cannot change it), ``labels.npy`` in memory. ``read_many`` copies with one
 ``preadv`` (sequential, no page faults), ``read_batch`` gathers rows with ``numpy.take`` over the map,
-advised MADV_RANDOM (no readahead around each row). Files are checked at open: exact header, exact
-size (a file cut short is refused before it is mapped); a file truncated *while* a handle has it
-mapped can still kill that process with SIGBUS, as with any memory map.
+advised as ``npy-memmap:advice=auto|random|normal|willneed`` says (core/advice.py). Files are checked at open:
+exact header, exact size (a file cut short is refused before it is mapped); a file truncated *while* a
+handle has it mapped can still kill that process with SIGBUS, as with any memory map.
 """
 from __future__ import annotations
 
@@ -28,9 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
+from storage_impls.core.advice import DEFAULT_ADVICE, advise, resolve, windows
+from storage_impls.core.advice import OPTIONS as ADVICE_OPTIONS
+from storage_impls.core.base import Mode
 from storage_impls.core.checkpointed import COPY_BLOCK_BYTES, Checkpoint, CheckpointedStore, Source
 from storage_impls.core.codecs import Codec
 from storage_impls.core.journal import pwrite_all
+from storage_impls.core.options import check_options
 from storage_impls.core.records import image_checksums, verify_checksums
 from storage_impls.formats.npy import check_array, check_size, header, load, parse_header, pread_into, save
 
@@ -41,7 +45,7 @@ LABEL_DTYPE, CHECKSUM_DTYPE = np.dtype("<i8"), np.dtype("<u8")
 class MemmapCheckpoint(Checkpoint):
     """``images.npy`` open and mapped; labels and checksums in memory."""
 
-    def __init__(self, folder: Path, meta: dict) -> None:
+    def __init__(self, folder: Path, meta: dict, advice: str = DEFAULT_ADVICE) -> None:
         super().__init__(folder, meta)
         self.labels = load(folder / LABELS, LABEL_DTYPE, (self.count,)).astype(np.int64)
         self.sums = load(folder / CHECKSUMS, CHECKSUM_DTYPE, (self.count,)) if self.checksum else None
@@ -56,8 +60,9 @@ class MemmapCheckpoint(Checkpoint):
         except BaseException:
             os.close(self._fd)
             raise
-        if hasattr(self._map, "madvise"):
-            self._map.madvise(mmap.MADV_RANDOM)  # batches are random rows: no readahead around each
+        advice = resolve(advice, len(self._map))
+        advise(self._map, advice)
+        self._prefetch = advice == "willneed"
         self.pixels = np.frombuffer(self._map, self.dtype, self.count * int(np.prod(self.shape)), self._offset).reshape(
             self.count, *self.shape)
 
@@ -67,7 +72,11 @@ class MemmapCheckpoint(Checkpoint):
         self._verify(np.arange(start, start + len(out)), out, labels)
 
     def take(self, ids: np.ndarray, out: np.ndarray, labels: np.ndarray) -> None:
-        np.take(self.pixels, ids, axis=0, out=out, mode="clip")  # "clip": no buffering of out; ids are valid
+        if self._prefetch:  # willneed: gathered window by window, each prefetched ahead
+            for part in windows(self._fd, self._offset + ids * self.row, self._offset + (ids + 1) * self.row):
+                np.take(self.pixels, ids[part], axis=0, out=out[part], mode="clip")
+        else:
+            np.take(self.pixels, ids, axis=0, out=out, mode="clip")  # "clip": no buffering of out; ids are valid
         np.take(self.labels, ids, out=labels, mode="clip")
         self._verify(ids, out, labels)
 
@@ -90,6 +99,12 @@ class NpyMemmapStore(CheckpointedStore):
     method = "npy-memmap"
     reads_through_map = True
     POINTER, JOURNAL, FORMAT = "npy-memmap.json", "npy-memmap.journal", "storage_impls.npy_memmap"
+    OPTIONS = ADVICE_OPTIONS
+
+    def __init__(self, directory: str | os.PathLike, mode: Mode = "a", *, advice: str | None = None,
+                 **options: object) -> None:
+        self._advice = check_options(self.method, ADVICE_OPTIONS, {"advice": advice}).get("advice", DEFAULT_ADVICE)
+        super().__init__(directory, mode, **options)
 
     def _write_checkpoint(self, folder: Path, dtype: np.dtype, shape: tuple[int, ...], count: int, source: Source,
                           checksum: bool, codec: Codec) -> dict:
@@ -117,5 +132,5 @@ class NpyMemmapStore(CheckpointedStore):
         return {}
 
     def _open_checkpoint(self, folder: Path, meta: dict) -> Checkpoint:
-        return MemmapCheckpoint(folder, meta)
+        return MemmapCheckpoint(folder, meta, self._advice)
 

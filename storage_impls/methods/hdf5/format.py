@@ -43,6 +43,7 @@ import h5py
 import numpy as np
 import xxhash
 
+from storage_impls.core.advice import DEFAULT_ADVICE, advise, resolve, windows
 from storage_impls.core.base import check_dtype, check_image_shape
 from storage_impls.core.codecs import Codec, get_codec
 from storage_impls.core.encoded import decode
@@ -186,8 +187,9 @@ class Checkpoint:
     rename over the path does not change), the labels, checksums and encoded images' offsets in memory;
     chunked ``images``: the h5py file too."""
 
-    def __init__(self, path: Path, name: Path | None = None) -> None:
-        """Open ``path``; ``name`` is what error messages call it (the final name of a file still being committed).
+    def __init__(self, path: Path, name: Path | None = None, advice: str = DEFAULT_ADVICE) -> None:
+        """Open ``path``; ``name`` is what error messages call it (the final name of a file still being committed);
+        ``advice`` is how the map is read (core/advice.py).
         FileNotFoundError if it vanished; CorruptStoreError if it is not a valid checkpoint; ChangedError if
         ``path`` was replaced while it was being opened (open it again)."""
         self.name = name or path
@@ -215,8 +217,9 @@ class Checkpoint:
         self._file = file if self.chunked else None  # chunked images are read through h5py
         if self._file is None:
             file.close()
-        if hasattr(self._map, "madvise"):
-            self._map.madvise(mmap.MADV_RANDOM)  # batches are random rows: no readahead around each
+        advice = resolve(advice, len(self._map))
+        advise(self._map, advice)
+        self._prefetch = advice == "willneed"
         self.pixels = self.encoded = None
         if self.codec is not RAW:
             self.encoded = np.frombuffer(self._map, np.uint8, int(self.offsets[-1]), self._offset)
@@ -326,12 +329,20 @@ class Checkpoint:
 
     def take(self, ids: np.ndarray, out: np.ndarray, labels: np.ndarray) -> None:
         """Fill ``out[i]``/``labels[i]`` with image ``ids[i]`` (valid ids, any order), gathered from the map (or chunks)."""
+        if self._prefetch and self.codec is not RAW:  # willneed: decoded window by window, each prefetched ahead
+            for part in windows(self._fd, self._offset + self.offsets[ids], self._offset + self.offsets[ids + 1]):
+                payloads, labels[part] = self.payloads(ids[part])
+                self._decode(ids[part].tolist(), payloads, out[part])
+            return
         if self.codec is not RAW:
             payloads, labels[:] = self.payloads(ids)
             self._decode(ids.tolist(), payloads, out)
             return
         if self.chunked:
             self.chunked.take(ids, out)
+        elif self._prefetch:
+            for part in windows(self._fd, self._offset + ids * self.row, self._offset + (ids + 1) * self.row):
+                np.take(self.pixels, ids[part], axis=0, out=out[part], mode="clip")
         else:
             np.take(self.pixels, ids, axis=0, out=out, mode="clip")  # "clip": no buffering of out; ids are valid
         np.take(self.labels, ids, out=labels, mode="clip")

@@ -36,7 +36,8 @@ Writes, all under the store's writer lock (locking.py):
 
 Reads overlay the journal's records on the checkpoint, which is read through its own file
 descriptor and memory map: ``read_many`` with one ``preadv``, ``read_single`` with one copy out of
-the map, ``read_batch`` with ``numpy.take`` over the map (madvise MADV_RANDOM), each journal record
+the map, ``read_batch`` with ``numpy.take`` over the map (``hdf5:advice=auto|random|normal|willneed``: how the map
+is advised, core/advice.py), each journal record
 with one ``preadv`` (CRC-checked). Chunked images are read through the h5py file the handle keeps open (HDF5
 decompresses whole chunks): ``read_many`` and folds with one H5Dread into the caller's array (what
 ``read_direct`` does), ``read_batch`` with one H5Dread per chunk it touches (the span of its sorted unique ids),
@@ -70,6 +71,8 @@ from pathlib import Path
 
 import numpy as np
 
+from storage_impls.core.advice import DEFAULT_ADVICE
+from storage_impls.core.advice import OPTIONS as ADVICE_OPTIONS
 from storage_impls.core.base import fsync_path
 from storage_impls.core.codecs import Codec, get_codec
 from storage_impls.core.encoded import EncodedStore
@@ -100,10 +103,12 @@ class Hdf5Store(EncodedStore):
         import h5py
 
         return {"h5py": h5py.__version__, "hdf5": h5py.version.hdf5_version}
-    OPTIONS = {**LAYOUT_OPTIONS, **EncodedStore.OPTIONS}
+    OPTIONS = {**LAYOUT_OPTIONS, **EncodedStore.OPTIONS, **ADVICE_OPTIONS}
 
     def __init__(self, directory: str | os.PathLike, mode: str = "a", *, compression: str | None = None,
-                 chunks: int | str | None = None, codec: str | None = None, **options: object) -> None:
+                 chunks: int | str | None = None, codec: str | None = None, advice: str | None = None,
+                 **options: object) -> None:
+        self._advice = check_options(self.method, ADVICE_OPTIONS, {"advice": advice}).get("advice", DEFAULT_ADVICE)
         # neither given: the store's recorded layout (a new store: contiguous); either: the layout this handle's store_many
         # writes (the other option at its default)
         self._layout_options = check_options(self.method, LAYOUT_OPTIONS, {"compression": compression, "chunks": chunks})
@@ -160,7 +165,7 @@ class Hdf5Store(EncodedStore):
         """The checkpoint and its journal as they were at one moment (no commit in between)."""
         for _ in range(OPEN_TRIES):
             try:
-                checkpoint = Checkpoint(self._path)
+                checkpoint = Checkpoint(self._path, advice=self._advice)
             except FileNotFoundError:
                 checkpoint = None
             except ChangedError:
@@ -326,7 +331,8 @@ class Hdf5Store(EncodedStore):
         try:
             write_checkpoint(temporary, dtype, shape, count, blocks, token=token, checksum=checksum, durable=self.durable,
                              codec=codec, sizes=sizes, layout=layout)
-            checkpoint = Checkpoint(temporary, self._path)  # opened before the rename: nothing can fail after it
+            # opened before the rename: nothing can fail after it
+            checkpoint = Checkpoint(temporary, self._path, self._advice)
             try:
                 os.replace(temporary, self._path)
             except BaseException:

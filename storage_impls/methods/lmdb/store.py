@@ -27,9 +27,11 @@ share one LMDB environment (lmdb_env.py), which must not cross a fork.
 Readers' flags: the environment is opened writable where the files allow (a writing handle in the
 process may share it), ``readonly=True`` where they do not, and ``lock=False`` where not even
 ``lock.mdb`` can be opened or created (0444 files, a 0555 folder): safe only while nobody writes
-the store. ``readahead=False`` (set by the first handle on a store in a process) turns off the
-kernel's readahead, which helps random reads (``read_batch``) of a store larger than the page
-cache and hurts sequential ones.
+the store. ``lmdb:readahead=false`` (set by the first handle on a store in a process) turns off the
+kernel's readahead (LMDB's MDB_NORDAHEAD), which helps random reads (``read_batch``) of a store larger
+than the memory (with readahead, a cold epoch in a memory cgroup of a fifth of the store thrashed or was
+killed) and hurts those of a store that fits (a cold epoch 5-7x slower); by default (neither given) it is
+on when ``data.mdb`` fits in half the memory the process may use (core/advice.py's ``fits_in_memory``).
 
 Durability: by default commits do not fsync (``sync=False``, ``metasync=False``): data reach the
 OS at once. With ``durable=True`` LMDB fsyncs the data before writing the meta page and the meta
@@ -55,9 +57,11 @@ from pathlib import Path
 import lmdb
 import numpy as np
 
+from storage_impls.core.advice import fits_in_memory
 from storage_impls.core.base import BatchReader, fsync_path
 from storage_impls.core.encoded import EncodedStore, decode
 from storage_impls.core.errors import CorruptStoreError, MissingStoreError, NoSpaceError, is_no_space, no_space_error
+from storage_impls.core.options import check_options, flag
 from storage_impls.core.records import refuse_foreign
 from storage_impls.methods.lmdb.env import (
     DATA_FILE,
@@ -94,8 +98,12 @@ class LmdbStore(EncodedStore):
 
         return "raw py-lmdb txn.get loop", raw_reader(directory, image_shape)
 
-    def __init__(self, directory: str | os.PathLike, mode: str = "a", *, readahead: bool = True, **options) -> None:
-        self.readahead = readahead
+    OPTIONS = {**EncodedStore.OPTIONS, "readahead": flag()}
+
+    def __init__(self, directory: str | os.PathLike, mode: str = "a", *, readahead: bool | str | None = None,
+                 **options) -> None:
+        # None: read ahead when data.mdb fits in the memory this process may use (core/advice.py), decided at open
+        self.readahead = check_options(self.method, {"readahead": flag()}, {"readahead": readahead}).get("readahead")
         super().__init__(directory, mode, **options)
 
     # -- opening and catching up ------------------------------------------------------------
@@ -123,6 +131,9 @@ class LmdbStore(EncodedStore):
             fsync_path(self.directory)
 
     def _acquire(self) -> SharedEnv:
+        if self.readahead is None:
+            data = self.directory / DATA_FILE
+            self.readahead = fits_in_memory(data.stat().st_size if data.exists() else 0)
         return acquire(self.directory, create=self.mode == "a", writer=self.mode == "a",
                        durable=self.durable, readahead=self.readahead)
 
