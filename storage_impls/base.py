@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,9 +21,13 @@ from typing import Literal, NamedTuple
 import numpy as np
 
 from storage_impls.errors import ImageNotFoundError, MissingStoreError
+from storage_impls.fileio import check_tree, open_regular
 from storage_impls.locking import LOCK_FILE, writer_lock
 
 MAX_SIDE = 65535  # image sides are recorded as uint16 by some backends
+#: values (pixels x bands) of one image at most, 2**28 (16384 x 16384, or 9459 x 9459 x 3): a store declaring more is
+#: refused before anything is allocated, so that a small crafted store cannot make a reader allocate gigabytes
+MAX_IMAGE_VALUES = 1 << 28
 #: dtypes a store holds (native byte order; input of the other byte order is converted, values kept)
 SUPPORTED_DTYPES = tuple(np.dtype(name) for name in (
     "uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64", "float16", "float32", "float64"))
@@ -59,11 +64,13 @@ def check_images(images: object) -> np.ndarray:
 
 
 def check_image_shape(shape: tuple[int, ...], what: str) -> None:
-    """Raise ValueError unless ``shape`` has 2 or 3 dimensions, each 1..MAX_SIDE."""
+    """Raise ValueError unless ``shape`` has 2 or 3 dimensions, each 1..MAX_SIDE, and at most MAX_IMAGE_VALUES values."""
     if len(shape) not in (2, 3):
         raise ValueError(f"{what} must have 2 or 3 dimensions ((H, W), (H, W, C) or (C, H, W)), got shape {shape}")
     if not all(1 <= side <= MAX_SIDE for side in shape):
         raise ValueError(f"{what} must have every dimension 1..{MAX_SIDE}, got shape {shape}")
+    if math.prod(shape) > MAX_IMAGE_VALUES:
+        raise ValueError(f"{what} must hold at most {MAX_IMAGE_VALUES} values (2**28), got shape {shape}")
 
 
 def check_dtype(dtype: object, what: str) -> np.dtype:
@@ -197,7 +204,9 @@ class ImageStore(abc.ABC):
             raise MissingStoreError(f"no {self.method} store at {self.directory}: directory does not exist")
         if mode == "a":
             self.directory.mkdir(parents=True, exist_ok=True)
-            (self.directory / LOCK_FILE).touch()  # now, so that a refused write later creates nothing
+        check_tree(self.directory)  # a store is untrusted input: no link, FIFO or device anywhere in it (fileio.py)
+        if mode == "a":  # the lock file now, so that a refused write later creates nothing
+            os.close(open_regular(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT))
         self._closed = False
         self._open()
 
