@@ -69,6 +69,7 @@ from storage_impls.codecs import get_codec
 from storage_impls.encoding import EncodedStore
 from storage_impls.errors import (CorruptStoreError, MissingStoreError, NoSpaceError, StoreLockedError, is_no_space,
                                   no_space_error)
+from storage_impls.fileio import check_tree
 from storage_impls.lance_format import RAW, Snapshot, batch, encoded, lance_errors, listing, schema, sync_new
 from storage_impls.records import check_image_fields, current_token, remove_stale, missing_store, read_meta, refuse_foreign, write_meta
 
@@ -288,6 +289,7 @@ class LanceStore(EncodedStore):
                 Compaction.commit(dataset, rewrites, options)
                 if self.durable:
                     sync_new(folder, before)
+            check_tree(folder)  # its clean-up deletes what it does not know, wherever a link leads: none may be there
             lance.dataset(str(folder)).cleanup_old_versions(older_than=timedelta(0), delete_unverified=True,
                                                             error_if_tagged_old_versions=False)
         self._load()

@@ -27,7 +27,10 @@ share one LMDB environment (lmdb_env.py), which must not cross a fork.
 Readers' flags: the environment is opened writable where the files allow (a writing handle in the
 process may share it), ``readonly=True`` where they do not, and ``lock=False`` where not even
 ``lock.mdb`` can be opened or created (0444 files, a 0555 folder): safe only while nobody writes
-the store. ``readahead=False`` (set by the first handle on a store in a process) turns off the
+the store. ``readonly_media=True`` (mode "r" only) opens with ``lock=False`` at once, and so does any reader of
+a store on a read-only file system: nothing is written, ``lock.mdb`` included, for media no writer can change.
+Otherwise a reader uses ``lock.mdb`` (creating it if missing), the one file mode "r" writes: LMDB's reader table,
+which keeps a writer in another process from reusing the pages a reader reads. ``readahead=False`` (set by the first handle on a store in a process) turns off the
 kernel's readahead, which helps random reads (``read_batch``) of a store larger than the page
 cache and hurts sequential ones.
 
@@ -82,8 +85,11 @@ class LmdbStore(EncodedStore):
 
     method = "lmdb"
 
-    def __init__(self, directory: str | os.PathLike, mode: str = "a", *, readahead: bool = True, **options) -> None:
-        self.readahead = readahead
+    def __init__(self, directory: str | os.PathLike, mode: str = "a", *, readahead: bool = True,
+                 readonly_media: bool = False, **options) -> None:
+        if readonly_media and mode != "r":
+            raise ValueError("readonly_media=True is for read-only opens (mode='r') of stores nobody writes")
+        self.readahead, self.readonly_media = readahead, readonly_media
         super().__init__(directory, mode, **options)
 
     # -- opening and catching up ------------------------------------------------------------
@@ -112,7 +118,7 @@ class LmdbStore(EncodedStore):
 
     def _acquire(self) -> SharedEnv:
         return acquire(self.directory, create=self.mode == "a", writer=self.mode == "a",
-                       durable=self.durable, readahead=self.readahead)
+                       durable=self.durable, readahead=self.readahead, lockless=self.readonly_media)
 
     def _load(self) -> None:
         """Take a new snapshot (a read transaction on the newest commit) and read its count and value layout."""
