@@ -37,12 +37,15 @@ LANCE_FOLDERS = ("_indices", "_deletions", "_transactions", "_versions", "data")
 FILE_PLANTS = ("outside-copy", "dangling", "dev-zero", "fifo")
 
 
-def make_store(method: str, directory: Path) -> list[int]:
+def make_store(method: str, directory: Path, singles: bool = True) -> list[int]:
     """A store of 21 images with a replaced one (lance: past 16 versions, so that the next write cleans up);
-    the labels it holds."""
-    labels = list(range(20))
+    the labels it holds. Without ``singles``: written by one store_many (no journal, whose checks a crafted
+    checkpoint would meet first)."""
+    labels = list(range(20 + (not singles)))
     with open_store(method, directory) as store:
         store.store_many(*labelled_batch(labels))
+        if not singles:
+            return labels
         store.store_single(pixels_for(20), 20, 20)
         labels.append(20)
         for version in range(17 if method == "lance" else 1):
@@ -106,9 +109,21 @@ def pristine(tmp_path_factory) -> dict[str, tuple[Path, list[int]]]:
     return made
 
 
-def run_plants(method: str, plants: list[tuple[str, str, list[int]]], timeout: float = TIMEOUT) -> list[dict]:
-    """Run tests/untrusted_child.py on ``plants``; its outcomes, one per plant (fails on a hang or a signal)."""
-    command = [sys.executable, "-m", "tests.untrusted_child", method, str(LIMIT), json.dumps(plants)]
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict[str, tuple[Path, list[int]]]:
+    """A store of every method written by one store_many, made once: (its folder, the labels it holds)."""
+    made = {}
+    for method in METHODS:
+        folder = tmp_path_factory.mktemp("checkpoint") / method
+        made[method] = folder, make_store(method, folder, singles=False)
+    return made
+
+
+def run_plants(method: str, plants: list[tuple[str, str, list[int]]], *, write: bool = True) -> list[dict]:
+    """Run tests/untrusted_child.py on ``plants`` (reads, and a write if ``write``); its outcomes, one per plant
+    (fails on a hang or a signal)."""
+    command = [sys.executable, "-m", "tests.untrusted_child", method, str(LIMIT), str(int(write)), json.dumps(plants)]
+    timeout = TIMEOUT
     try:
         result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as error:
@@ -145,3 +160,155 @@ def test_planted_links_and_fifos_are_refused(method, pristine, tmp_path):
     wrong = [outcome for outcome in outcomes
              if {outcome["read"], outcome["write"]} != {"typed CorruptStoreError"}]
     assert not wrong, f"{method}: {len(wrong)} of {len(outcomes)} planted stores not refused: {wrong[:5]}"
+
+
+# -- crafted contents: each format's own ways to reach outside or to make a reader allocate -------------------
+RSS_MB = 400  # peak memory of a child reading a crafted store (about 150 MB is the interpreter and its imports)
+RECORD_METHODS = [method for method in METHODS if method not in ("disk", "lmdb", "hdf5")]  # metadata: records.py
+
+
+def crafted(method: str, store: Path, labels: list[int]) -> dict:
+    """Run the child on one crafted store; assert it is refused (typed) or read right, in bounded memory."""
+    outcome = run_plants(method, [("crafted", str(store), labels)], write=False)[0]
+    assert outcome["read"] in ("typed CorruptStoreError", "same"), outcome
+    assert outcome["rss_mb"] < RSS_MB, f"{method}: reading a crafted store took {outcome['rss_mb']} MB"
+    return outcome
+
+
+def rewrite_meta(path: Path, **fields: object) -> None:
+    """Change ``fields`` of a records.py metadata file, with a valid CRC (as a crafted store would)."""
+    from storage_impls.records import write_meta
+    meta = json.loads(path.read_bytes().partition(b"\n")[0])
+    write_meta(path, {**meta, **fields}, durable=False)
+
+
+def copy_of(stores, method: str, tmp_path: Path) -> tuple[Path, list[int]]:
+    source, labels = stores[method]
+    store = tmp_path / method
+    shutil.copytree(source, store)
+    return store, labels
+
+
+@pytest.mark.parametrize("method", RECORD_METHODS)
+@pytest.mark.parametrize("fields", [{"count": 10**9}, {"image_shape": [60000, 60000, 3]}], ids=["count", "shape"])
+def test_absurd_declared_sizes_are_refused_unallocated(method, fields, checkpoints, tmp_path):
+    """Metadata declaring 10**9 images, or images of 10**10 values, in a store of a few kB: a typed error,
+    in bounded memory (zarr built a path per declared shard, npy_format allocated before its size check)."""
+    store, labels = copy_of(checkpoints, method, tmp_path)
+    rewrite_meta(store / f"{method}.json", **fields)
+    if method == "zarr" and "count" in fields:  # and the arrays' own metadata, which the store checks against its own
+        for array in store.glob("ckpt-*/*/zarr.json"):
+            node = json.loads(array.read_bytes())
+            node["shape"][0] = fields["count"]
+            array.write_text(json.dumps(node))
+    crafted(method, store, labels)
+
+
+def test_disk_png_bomb_over_the_maximum_image_size(checkpoints, tmp_path):
+    """A disk store whose images are 12000 x 12000 x 3 (over MAX_IMAGE_VALUES): refused at open, not decoded."""
+    import zlib
+    from storage_impls.disk_format import LABELS_HEADER, image_crc
+    store, labels = copy_of(checkpoints, "disk", tmp_path)
+    generation = store / (store / "CURRENT").read_text()
+    side = 12000
+    compressor, rows = zlib.compressobj(9), b"\0" * (side * 3 + 1)
+    pixels = b"".join(compressor.compress(rows) for _ in range(side)) + compressor.flush()
+    chunk = lambda kind, data: (len(data).to_bytes(4, "big") + kind + data  # noqa: E731
+                                + zlib.crc32(kind + data).to_bytes(4, "big"))
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", side.to_bytes(4, "big") * 2 + bytes([8, 2, 0, 0, 0])) \
+        + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+    meta = json.loads((generation / "meta.json").read_bytes())
+    (generation / "meta.json").write_text(json.dumps({**meta, "image_shape": [side, side, 3]}))
+    for image_id in range(len(labels)):
+        (generation / f"{image_id}.png").write_bytes(png)
+    rows_text = "".join(f"{image_id},{label},{image_crc(png, label)}\n" for image_id, label in enumerate(labels))
+    (generation / "labels.csv").write_bytes(LABELS_HEADER + rows_text.encode())
+    crafted("disk", store, labels)
+
+
+def test_disk_pointer_error_quotes_no_content(checkpoints, tmp_path):
+    """A CURRENT holding something else (a secret, in a crafted store linked or copied): the error does not show it."""
+    from storage_impls import CorruptStoreError
+    store, _ = copy_of(checkpoints, "disk", tmp_path)
+    (store / "CURRENT").write_bytes(b"root:x:0:0:the-secret\n")
+    with pytest.raises(CorruptStoreError) as raised:
+        open_store("disk", store, "r")
+    assert "secret" not in str(raised.value) and "CURRENT" in str(raised.value)
+
+
+@pytest.mark.skipif("npz" not in METHODS, reason="npz is not installed")
+def test_npz_member_inflating_past_its_declared_size(checkpoints, tmp_path):
+    """An npz shard whose images member inflates to 600 MB from under 1 MB: refused before inflating."""
+    import zipfile
+    store, labels = copy_of(checkpoints, "npz", tmp_path)
+    shard = next(store.glob("ckpt-*/shard-000000.npz"))
+    with zipfile.ZipFile(shard) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    with zipfile.ZipFile(shard, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            if name != "images.npy":
+                archive.writestr(name, data)
+        with archive.open("images.npy", "w", force_zip64=True) as member:
+            block = bytes(8 << 20)
+            for _ in range(75):
+                member.write(block)
+    crafted("npz", store, labels)
+
+
+@pytest.mark.skipif("hdf5" not in METHODS, reason="h5py is not installed")
+@pytest.mark.parametrize("link", ["external", "soft"])
+def test_hdf5_links_in_place_of_datasets(link, checkpoints, tmp_path):
+    """``images`` replaced by an external link to another file's pixels (or a soft link): refused, not followed."""
+    import h5py
+    store, labels = copy_of(checkpoints, "hdf5", tmp_path)
+    outside = tmp_path / "outside.h5"
+    with h5py.File(store / "images.h5", "a") as file:
+        images = file["images"][()]
+        with h5py.File(outside, "w") as other:
+            other["images"] = images[::-1]  # another file's pixels: the wrong images if followed
+        file.move("images", "original")
+        file["images"] = h5py.ExternalLink(str(outside), "images") if link == "external" else h5py.SoftLink("/original")
+    crafted("hdf5", store, labels)
+
+
+# -- read-only means read-only ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", METHODS)
+def test_mode_r_writes_nothing(method, pristine, tmp_path):
+    """Opening and reading in mode "r" leaves every file as it was (LMDB: lock.mdb is its readers' table, used
+    where a writer may run; with readonly_media=True not even that)."""
+    store, labels = copy_of(pristine, method, tmp_path)
+    before = snapshot(store)
+    assert run_plants(method, [("read", str(store), labels)], write=False)[0]["read"] == "same"
+    after = snapshot(store)
+    if method == "lmdb":
+        for state in before, after:
+            state.pop("lock.mdb", None)
+    assert after == before
+    if method == "lmdb":
+        (store / "lock.mdb").unlink()
+        with open_store("lmdb", store, "r", readonly_media=True) as reader:
+            assert len(reader) == len(labels)
+        assert not (store / "lock.mdb").exists()
+
+
+def read_only_mount_unavailable() -> str | None:
+    if shutil.which("unshare") is None:
+        return "unshare (util-linux) is not installed"
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount --bind /tmp /tmp && mount -o remount,bind,ro /tmp"],
+                           capture_output=True, text=True)
+    return None if probe.returncode == 0 else f"no read-only bind mount in a user namespace: {probe.stderr.strip()}"
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_reads_a_store_on_a_read_only_file_system(method, pristine, tmp_path):
+    """Every method opens and reads a store on a read-only bind mount (EROFS for any write), in a user namespace."""
+    why = read_only_mount_unavailable()
+    if why:
+        pytest.skip(why)
+    store, labels = copy_of(pristine, method, tmp_path)
+    code = ("import json, sys; from tests.untrusted_child import outcome, read_all; "
+            f"print(outcome(read_all, {method!r}, {str(store)!r}, {labels!r}))")
+    mount = f'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"'
+    result = subprocess.run(["unshare", "-rm", "sh", "-c", mount, str(store), sys.executable, "-c", code],
+                            cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.stdout.strip() == "same", result.stderr[-3000:]

@@ -1,9 +1,9 @@
-"""The child side of tests/test_untrusted.py: ``python -m tests.untrusted_child METHOD LIMIT JSON``.
+"""The child side of tests/test_untrusted.py: ``python -m tests.untrusted_child METHOD LIMIT WRITE JSON``.
 
 Under an address-space limit of LIMIT bytes, for each planted store in JSON (a list of [name, path, expected
 labels]): open it read-only and read everything back (read_many, read_batch, read_single), compared with the
-images the labels say (faults.pixels_for); then open it to add one image. Print one JSON line per store as it
-finishes: {"name", "read", "write"}, each "same", "typed <StoreError subclass>", "WRONG DATA" or "UNTYPED ...".
+images the labels say (faults.pixels_for); then, if WRITE is 1, open it to add one image. Print one JSON line per store as it
+finishes: {"name", "read", "write", "rss_mb"}, each "same", "typed <StoreError subclass>", "WRONG DATA" or "UNTYPED ...".
 """
 from __future__ import annotations
 
@@ -47,12 +47,13 @@ def outcome(operation, *args: object) -> str:
 
 
 def main() -> None:
-    method, limit, plants = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
+    method, limit, write, plants = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", json.loads(sys.argv[4])
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     for name, path, expected in plants:
         read = outcome(read_all, method, path, expected)
-        write = outcome(add_one, method, path, expected)
-        print(json.dumps({"name": name, "read": read, "write": write}), flush=True)
+        write = outcome(add_one, method, path, expected) if write else None
+        rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024  # the peak so far, of every plant
+        print(json.dumps({"name": name, "read": read, "write": write, "rss_mb": rss_mb}), flush=True)
 
 
 if __name__ == "__main__":
