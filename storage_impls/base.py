@@ -181,7 +181,9 @@ class ImageStore(abc.ABC):
     A store is a handle on a snapshot: it sees the store as it was when opened, plus its own
     writes (a writer catches up with other writers' changes before it writes). Close it (or use
     ``with``) to release files, and open it anew in each process (handles must not cross a fork).
-    The directory is made absolute once, at open, so a later ``os.chdir`` cannot redirect it.
+    The directory is made absolute once, at open, so a later ``os.chdir`` cannot redirect it. A store
+    directory is untrusted input: every open first checks its whole tree (fileio.check_tree: no symbolic
+    link, FIFO or device anywhere in it), docs/security.md.
     """
 
     method: str

@@ -47,6 +47,7 @@ from storage_impls.base import check_dtype, check_image_shape
 from storage_impls.codecs import Codec, get_codec
 from storage_impls.encoding import decode
 from storage_impls.errors import NO_SPACE_ERRNOS, CorruptStoreError, is_no_space, no_space_error
+from storage_impls.fileio import READ_FLAGS
 from storage_impls.hdf5_chunked import CONTIGUOUS, ChunkedImages, Layout, hdf5_writing
 from storage_impls.journal import pwrite_all
 
@@ -199,7 +200,7 @@ class Checkpoint:
             raise CorruptStoreError(f"{self.name} is not a readable HDF5 file: {error}") from None
         self._fd, self.chunked = None, None
         try:
-            self._fd = os.open(path, os.O_RDONLY)
+            self._fd = os.open(path, READ_FLAGS)
             info = os.fstat(self._fd)
             self.identity: Identity = (info.st_dev, info.st_ino)
             seen = os.fstat(file.id.get_vfd_handle())

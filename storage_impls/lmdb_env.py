@@ -11,7 +11,8 @@ asking for another setting gets ValueError).
 
 Opening checks ``data.mdb``'s meta pages first (lmdb_format.check_data_file), then opens
 writable; where the files cannot be written it falls back to ``readonly=True``, and where not
-even ``lock.mdb`` can be opened for writing (0444 files, a 0555 folder) to ``lock=False``. A
+even ``lock.mdb`` can be opened for writing (0444 files, a 0555 folder) to ``lock=False``; a ``lockless``
+environment (``readonly_media=True``, or a store on a read-only file system) opens so at once. A
 lockless reader is not in LMDB's reader table, so a writer that could write the store anyway
 (its owner, root) might reuse pages it is reading: lockless is only safe on a store nobody
 writes while it is open, which is what unwritable files normally mean.

@@ -30,6 +30,7 @@ import numpy as np
 
 from storage_impls.checkpointed import COPY_BLOCK_BYTES, Checkpoint, CheckpointedStore, Source
 from storage_impls.codecs import Codec
+from storage_impls.fileio import READ_FLAGS
 from storage_impls.journal import pwrite_all
 from storage_impls.npy_format import check_array, check_size, header, load, parse_header, pread_into, save
 from storage_impls.records import image_checksums, verify_checksums
@@ -46,7 +47,7 @@ class MemmapCheckpoint(Checkpoint):
         self.labels = load(folder / LABELS, LABEL_DTYPE, (self.count,)).astype(np.int64)
         self.sums = load(folder / CHECKSUMS, CHECKSUM_DTYPE, (self.count,)) if self.checksum else None
         self.path = folder / IMAGES
-        self._fd = os.open(self.path, os.O_RDONLY)
+        self._fd = os.open(self.path, READ_FLAGS)
         try:
             with os.fdopen(os.dup(self._fd), "rb") as file:
                 shape, dtype, self._offset = parse_header(file, self.path)

@@ -72,6 +72,7 @@ from storage_impls.base import Mode
 from storage_impls.checkpointed import RAW, Checkpoint, EncodedCheckpointedStore, Source
 from storage_impls.codecs import Codec
 from storage_impls.errors import CorruptStoreError
+from storage_impls.fileio import READ_FLAGS
 from storage_impls.npy_format import load, save
 from storage_impls.records import image_checksums, refuse_foreign, verify_checksums
 from storage_impls.registry import byte_size, check_options
@@ -170,7 +171,7 @@ class TarCheckpoint(Checkpoint):
         if fd is not None:
             self._fds.move_to_end(shard)
             return fd
-        fd = os.open(self.path(shard), os.O_RDONLY)
+        fd = os.open(self.path(shard), READ_FLAGS)
         try:
             self._check_size(shard, os.fstat(fd).st_size)
         except BaseException:

@@ -70,6 +70,7 @@ from storage_impls.base import Mode, fsync_path
 from storage_impls.checkpointed import FOLDER, Checkpoint, EncodedCheckpointedStore, Source
 from storage_impls.codecs import Codec
 from storage_impls.errors import CorruptStoreError, MissingStoreError, StoreError
+from storage_impls.fileio import READ_FLAGS
 from storage_impls.records import read_meta
 from storage_impls.registry import check_options, choice
 from storage_impls.zarr_format import (
@@ -129,7 +130,7 @@ class ZarrCheckpoint(Checkpoint):
         try:
             for path in self.paths:  # pread: kept open; zarr: only checked here, zarr opens them per read
                 if reader == "pread":
-                    self.fds.append(os.open(path, os.O_RDONLY))
+                    self.fds.append(os.open(path, READ_FLAGS))
                 else:
                     os.stat(path)
             self.labels = read_labels(labels, folder)
