@@ -64,7 +64,7 @@ def check_images(images: object) -> np.ndarray:
 
 
 def check_image_shape(shape: tuple[int, ...], what: str) -> None:
-    """Raise ValueError unless ``shape`` has 2 or 3 dimensions, each 1..MAX_SIDE, and at most MAX_IMAGE_VALUES values."""
+    """ValueError unless ``shape`` has 2 or 3 dimensions, each 1..MAX_SIDE, and MAX_IMAGE_VALUES values at most."""
     if len(shape) not in (2, 3):
         raise ValueError(f"{what} must have 2 or 3 dimensions ((H, W), (H, W, C) or (C, H, W)), got shape {shape}")
     if not all(1 <= side <= MAX_SIDE for side in shape):

@@ -126,13 +126,15 @@ class Generation:
             raise MissingStoreError(f"{path} is missing (image {image_id}): the store was replaced since this handle "
                                     "opened it (open it again) or the file was deleted") from None
         except OSError as error:
-            raise CorruptStoreError(f"{path} (image {image_id}) cannot be read as a file of the store ({error.strerror})") from None
+            raise CorruptStoreError(f"{path} (image {image_id}) cannot be read as a file of the store "
+                                    f"({error.strerror})") from None
         try:
             data = os.read(fd, self.max_bytes + 1)  # bounded: a file larger than any encoding of the image is refused
         finally:
             os.close(fd)
         if len(data) > self.max_bytes:
-            raise CorruptStoreError(f"{path}: image {image_id} is over {self.max_bytes} bytes, more than its codec makes")
+            raise CorruptStoreError(f"{path}: image {image_id} is over {self.max_bytes} bytes, more than its codec "
+                                    "makes")
         if image_crc(data, int(self.labels[image_id])) != self.crcs[image_id]:
             raise CorruptStoreError(f"{path}: image {image_id} fails its checksum (bit rot or a damaged copy)")
         return data

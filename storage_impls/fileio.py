@@ -69,16 +69,20 @@ def open_regular(path: str | os.PathLike, flags: int = os.O_RDONLY, mode: int = 
         fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
     except OSError as error:
         if error.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR, errno.ENOTDIR):  # a link, a socket, a folder
-            raise CorruptStoreError(f"{path} is {_kind(os.fspath(path))}, expected a regular file of the store") from None
+            raise _not_regular(path) from None
         raise
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise CorruptStoreError(f"{path} is {_kind(os.fspath(path))}, expected a regular file of the store")
+            raise _not_regular(path)
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def _not_regular(path: str | os.PathLike) -> CorruptStoreError:
+    return CorruptStoreError(f"{path} is {_kind(os.fspath(path))}, expected a regular file of the store")
 
 
 def read_bounded(path: str | os.PathLike, limit: int) -> bytes:

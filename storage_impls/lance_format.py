@@ -74,8 +74,9 @@ def batch(table_schema: pa.Schema, first_id: int, payloads: np.ndarray | list[by
 
 
 def check_paths(dataset: lance.LanceDataset, folder: Path) -> None:
-    """CorruptStoreError unless every file the open version names lies in ``folder``: no base path (a manifest can
-    name other folders, anywhere, for its data files), data and deletion files by plain names (no ``..``, not absolute)."""
+    """CorruptStoreError unless every file the open version names lies in ``folder``: no base path (a manifest
+    can name other folders, anywhere, for its data files), data and deletion files by plain names (no ``..``,
+    not absolute)."""
     if dataset.base_paths():
         raise CorruptStoreError(f"{folder}: version {dataset.version} names base paths outside the dataset "
                                 f"({len(dataset.base_paths())}): a store keeps every file in its own folder")

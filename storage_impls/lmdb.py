@@ -28,9 +28,10 @@ Readers' flags: the environment is opened writable where the files allow (a writ
 process may share it), ``readonly=True`` where they do not, and ``lock=False`` where not even
 ``lock.mdb`` can be opened or created (0444 files, a 0555 folder): safe only while nobody writes
 the store. ``readonly_media=True`` (mode "r" only) opens with ``lock=False`` at once, and so does any reader of
-a store on a read-only file system: nothing is written, ``lock.mdb`` included, for media no writer can change.
-Otherwise a reader uses ``lock.mdb`` (creating it if missing), the one file mode "r" writes: LMDB's reader table,
-which keeps a writer in another process from reusing the pages a reader reads. ``readahead=False`` (set by the first handle on a store in a process) turns off the
+a store on a read-only file system: nothing is written, ``lock.mdb`` included, for media no writer can
+change. Otherwise a reader uses ``lock.mdb`` (creating it if missing), the one file mode "r" writes: LMDB's
+reader table, which keeps a writer in another process from reusing the pages a reader reads.
+``readahead=False`` (set by the first handle on a store in a process) turns off the
 kernel's readahead, which helps random reads (``read_batch``) of a store larger than the page
 cache and hurts sequential ones.
 

@@ -60,7 +60,8 @@ class NpzCheckpoint(Checkpoint):
             raise CorruptStoreError(f"{folder}: {self.per_shard!r} images per shard, expected {expected}")
         if not (folder / SHARD.format(index=0)).is_file():
             raise FileNotFoundError(2, "no such shard", str(folder / SHARD.format(index=0)))
-        shards, present = -(-self.count // self.per_shard), sum(bool(SHARD_NAME.fullmatch(name)) for name in os.listdir(folder))
+        shards = -(-self.count // self.per_shard)
+        present = sum(bool(SHARD_NAME.fullmatch(name)) for name in os.listdir(folder))
         if present != shards:  # before anything of the declared count is allocated
             raise CorruptStoreError(f"{folder}: {self.count} images make {shards} shards of {self.per_shard}, "
                                     f"{present} are there")

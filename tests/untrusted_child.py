@@ -2,8 +2,9 @@
 
 Under an address-space limit of LIMIT bytes, for each planted store in JSON (a list of [name, path, expected
 labels]): open it read-only and read everything back (read_many, read_batch, read_single), compared with the
-images the labels say (faults.pixels_for); then, if WRITE is 1, open it to add one image. Print one JSON line per store as it
-finishes: {"name", "read", "write", "rss_mb"}, each "same", "typed <StoreError subclass>", "WRONG DATA" or "UNTYPED ...".
+images the labels say (faults.pixels_for); then, if WRITE is 1, open it to add one image. Print one JSON line
+per store as it finishes: {"name", "read", "write", "rss_mb"}, each of the two "same", "typed <StoreError
+subclass>", "WRONG DATA" or "UNTYPED ..." (write None when not asked), and the peak RSS so far.
 """
 from __future__ import annotations
 
