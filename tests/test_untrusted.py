@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -35,6 +36,7 @@ PER_FOLDER = 3
 TIMEOUT = 240 if SWEEP else 90
 LANCE_FOLDERS = ("_indices", "_deletions", "_transactions", "_versions", "data")  # planted whether there or not
 FILE_PLANTS = ("outside-copy", "dangling", "dev-zero", "fifo")
+NAMED = re.compile(r"[^0-9]*|(OPTIONS|MANIFEST)-\d+")  # a file a format names, not one of its numbered data files
 
 
 def make_store(method: str, directory: Path, singles: bool = True) -> list[int]:
@@ -67,12 +69,15 @@ def snapshot(folder: Path) -> dict[str, tuple]:
 
 
 def targets(store: Path) -> tuple[list[str], list[str]]:
-    """(files, folders) of ``store`` to plant on, relative to it."""
+    """(files, folders) of ``store`` to plant on, relative to it: every file when SWEEP; else the top level's,
+    the named ones (a library's own: CURRENT, OPTIONS-*, meta.json, ...) and PER_FOLDER numbered ones a folder."""
     files, folders = [], []
     for root, dirs, names in os.walk(store):
         relative = Path(root).relative_to(store)
         folders += [str(relative / name) for name in sorted(dirs)]
-        chosen = sorted(names) if SWEEP or relative == Path(".") else sorted(names)[:PER_FOLDER]
+        named = [name for name in sorted(names) if NAMED.fullmatch(name)]
+        numbered = [name for name in sorted(names) if name not in named]
+        chosen = sorted(names) if SWEEP or relative == Path(".") else named + numbered[:PER_FOLDER]
         files += [str(relative / name) for name in chosen]
     return files, folders
 
