@@ -25,9 +25,9 @@ from storage_impls.fileio import check_tree, open_regular
 from storage_impls.locking import LOCK_FILE, writer_lock
 
 MAX_SIDE = 65535  # image sides are recorded as uint16 by some backends
-#: values (pixels x bands) of one image at most, 2**28 (16384 x 16384, or 9459 x 9459 x 3): a store declaring more is
-#: refused before anything is allocated, so that a small crafted store cannot make a reader allocate gigabytes
-MAX_IMAGE_VALUES = 1 << 28
+#: values (pixels x bands) of one image at most, 2**30 (32768 x 32768, or 18918 x 18918 x 3): a store declaring more
+#: is refused before anything is allocated, so that a small crafted store cannot make a reader allocate gigabytes
+MAX_IMAGE_VALUES = 1 << 30
 #: dtypes a store holds (native byte order; input of the other byte order is converted, values kept)
 SUPPORTED_DTYPES = tuple(np.dtype(name) for name in (
     "uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64", "float16", "float32", "float64"))
@@ -70,7 +70,7 @@ def check_image_shape(shape: tuple[int, ...], what: str) -> None:
     if not all(1 <= side <= MAX_SIDE for side in shape):
         raise ValueError(f"{what} must have every dimension 1..{MAX_SIDE}, got shape {shape}")
     if math.prod(shape) > MAX_IMAGE_VALUES:
-        raise ValueError(f"{what} must hold at most {MAX_IMAGE_VALUES} values (2**28), got shape {shape}")
+        raise ValueError(f"{what} must hold at most {MAX_IMAGE_VALUES} values (2**30), got shape {shape}")
 
 
 def check_dtype(dtype: object, what: str) -> np.dtype:
