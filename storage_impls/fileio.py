@@ -24,7 +24,6 @@ import errno
 import fcntl
 import os
 import stat
-from pathlib import Path
 
 from storage_impls.errors import CorruptStoreError
 

@@ -20,9 +20,9 @@ import re
 import shutil
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from storage_impls import open_store
@@ -212,19 +212,20 @@ def test_absurd_declared_sizes_are_refused_unallocated(method, fields, checkpoin
     crafted(method, store, labels)
 
 
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+
 def test_disk_png_bomb_over_the_maximum_image_size(checkpoints, tmp_path):
     """A disk store whose images are 20000 x 20000 x 3 (over MAX_IMAGE_VALUES): refused at open, not decoded."""
-    import zlib
     from storage_impls.disk_format import LABELS_HEADER, image_crc
     store, labels = copy_of(checkpoints, "disk", tmp_path)
     generation = store / (store / "CURRENT").read_text()
     side = 20000
     compressor, rows = zlib.compressobj(1), b"\0" * (side * 3 + 1)
     pixels = b"".join(compressor.compress(rows) for _ in range(side)) + compressor.flush()
-    chunk = lambda kind, data: (len(data).to_bytes(4, "big") + kind + data  # noqa: E731
-                                + zlib.crc32(kind + data).to_bytes(4, "big"))
-    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", side.to_bytes(4, "big") * 2 + bytes([8, 2, 0, 0, 0])) \
-        + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+    png = b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", side.to_bytes(4, "big") * 2 + bytes([8, 2, 0, 0, 0])) \
+        + png_chunk(b"IDAT", pixels) + png_chunk(b"IEND", b"")
     meta = json.loads((generation / "meta.json").read_bytes())
     (generation / "meta.json").write_text(json.dumps({**meta, "image_shape": [side, side, 3]}))
     for image_id in range(len(labels)):
@@ -316,7 +317,7 @@ def test_reads_a_store_on_a_read_only_file_system(method, pristine, tmp_path):
     store, labels = copy_of(pristine, method, tmp_path)
     code = ("import json, sys; from tests.untrusted_child import outcome, read_all; "
             f"print(outcome(read_all, {method!r}, {str(store)!r}, {labels!r}))")
-    mount = f'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"'
+    mount = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"'
     result = subprocess.run(["unshare", "-rm", "sh", "-c", mount, str(store), sys.executable, "-c", code],
                             cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT)
     assert result.stdout.strip() == "same", result.stderr[-3000:]
