@@ -168,7 +168,7 @@ def parse_layout(value: bytes | memoryview) -> ValueLayout:
     except (TypeError, ValueError, UnicodeDecodeError):
         valid = False
     if not valid:
-        raise CorruptStoreError(f"a value has an invalid header {bytes(value[:PREFIX_SIZE])!r} "
+        raise CorruptStoreError(f"a value of {len(value)} bytes has an invalid header "
                                 "(not an image written by storage_impls, or damaged)")
     if not layout.fits(value):
         raise CorruptStoreError(f"a value of {len(value)} bytes does not match its header ({describe(layout)}: "
