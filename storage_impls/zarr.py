@@ -115,11 +115,11 @@ class ZarrCheckpoint(Checkpoint):
                                     f"and compression {self.compression!r} do not fit a store of {self.count} images")
         layout = Layout(self.dtype, self.shape, self.count, self.per_shard, self.label_chunk, self.compression,
                         self.checksum, self.codec.spec)
+        self.images, labels = open_group(folder, layout)  # the metadata only: nothing of the declared count yet
         shards, present = -(-self.count // self.per_shard), len(os.listdir(folder / "images" / "c"))
         if present != shards:  # before a path per declared shard, or an array of the declared count, is made
             raise CorruptStoreError(f"{folder}: {self.count} images make {shards} shards of {self.per_shard}, "
                                     f"{present} are there")
-        self.images, labels = open_group(folder, layout)
         self.paths = [layout.shard_path(folder, index) for index in range(-(-self.count // self.per_shard))]
         self.decoder = ChunkDecoder(self.compression, self.checksum, self.row, layout.encoded)
         self.reader = reader
