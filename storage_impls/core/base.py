@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import math
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,9 +21,13 @@ from typing import Literal, NamedTuple
 import numpy as np
 
 from storage_impls.core.errors import ImageNotFoundError, MissingStoreError
+from storage_impls.core.fileio import check_tree, open_regular
 from storage_impls.core.locking import LOCK_FILE, writer_lock
 
 MAX_SIDE = 65535  # image sides are recorded as uint16 by some backends
+#: values (pixels x bands) of one image at most, 2**30 (32768 x 32768, or 18918 x 18918 x 3): a store declaring more
+#: is refused before anything is allocated, so that a small crafted store cannot make a reader allocate gigabytes
+MAX_IMAGE_VALUES = 1 << 30
 #: dtypes a store holds (native byte order; input of the other byte order is converted, values kept)
 SUPPORTED_DTYPES = tuple(np.dtype(name) for name in (
     "uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64", "float16", "float32", "float64"))
@@ -60,11 +65,13 @@ def check_images(images: object) -> np.ndarray:
 
 
 def check_image_shape(shape: tuple[int, ...], what: str) -> None:
-    """Raise ValueError unless ``shape`` has 2 or 3 dimensions, each 1..MAX_SIDE."""
+    """ValueError unless ``shape`` has 2 or 3 dimensions, each 1..MAX_SIDE, and MAX_IMAGE_VALUES values at most."""
     if len(shape) not in (2, 3):
         raise ValueError(f"{what} must have 2 or 3 dimensions ((H, W), (H, W, C) or (C, H, W)), got shape {shape}")
     if not all(1 <= side <= MAX_SIDE for side in shape):
         raise ValueError(f"{what} must have every dimension 1..{MAX_SIDE}, got shape {shape}")
+    if math.prod(shape) > MAX_IMAGE_VALUES:
+        raise ValueError(f"{what} must hold at most {MAX_IMAGE_VALUES} values (2**30), got shape {shape}")
 
 
 def check_dtype(dtype: object, what: str) -> np.dtype:
@@ -148,15 +155,6 @@ def directory_usage(directory: Path) -> DiskUsage:
     return DiskUsage(allocated, apparent)
 
 
-def fsync_path(path: Path) -> None:
-    """fsync a file or directory so that its contents (or entries) survive a power cut."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class ImageStore(abc.ABC):
     """One storage method bound to one directory.
 
@@ -175,7 +173,9 @@ class ImageStore(abc.ABC):
     A store is a handle on a snapshot: it sees the store as it was when opened, plus its own
     writes (a writer catches up with other writers' changes before it writes). Close it (or use
     ``with``) to release files, and open it anew in each process (handles must not cross a fork).
-    The directory is made absolute once, at open, so a later ``os.chdir`` cannot redirect it.
+    The directory is made absolute once, at open, so a later ``os.chdir`` cannot redirect it. A store
+    directory is untrusted input: every open first checks its whole tree (fileio.check_tree: no symbolic
+    link, FIFO or device anywhere in it), docs/security.md.
     """
 
     method: str
@@ -222,7 +222,9 @@ class ImageStore(abc.ABC):
             raise MissingStoreError(f"no {self.method} store at {self.directory}: directory does not exist")
         if mode == "a":
             self.directory.mkdir(parents=True, exist_ok=True)
-            (self.directory / LOCK_FILE).touch()  # now, so that a refused write later creates nothing
+        check_tree(self.directory)  # a store is untrusted input: no link, FIFO or device anywhere in it (fileio.py)
+        if mode == "a":  # the lock file now, so that a refused write later creates nothing
+            os.close(open_regular(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT))
         self._closed = False
         self._open()
 

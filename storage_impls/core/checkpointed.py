@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from storage_impls.core.base import ImageStore, fsync_path
+from storage_impls.core.base import ImageStore
 from storage_impls.core.codecs import Codec, get_codec
 from storage_impls.core.encoded import EncodedStore, decode
 from storage_impls.core.errors import (
@@ -56,6 +56,7 @@ from storage_impls.core.errors import (
     is_no_space,
     no_space_error,
 )
+from storage_impls.core.fileio import fsync_path
 from storage_impls.core.journal import Journal, compaction_cycle, gather_overlaid
 from storage_impls.core.records import (
     check_image_fields,

@@ -40,10 +40,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from storage_impls.core.base import check_dtype, fsync_path
+from storage_impls.core.base import check_dtype, check_image_shape
 from storage_impls.core.codecs import Codec
 from storage_impls.core.encoded import decode
 from storage_impls.core.errors import CorruptStoreError, is_no_space, no_space_error
+from storage_impls.core.fileio import fsync_path, open_regular
 
 FORMAT = "storage_impls.journal"
 FORMAT_VERSION = 2
@@ -98,7 +99,7 @@ class Journal:
         self.entries, self.image_shape, self.image_dtype, self.records, self._end, self._identity = {}, None, None, 0, 0, None
         self.codec = None
         try:
-            fd = os.open(self.path, os.O_RDONLY)
+            fd = open_regular(self.path)
         except FileNotFoundError:
             return
         try:
@@ -368,6 +369,10 @@ def _read_header(fd: int, path: Path) -> tuple[str, np.dtype, tuple[int, ...], s
         codec = header.get("codec")
         if codec is not None and not isinstance(codec, str):
             raise ValueError(f"codec {codec!r}")
-        return str(header["checkpoint"]), dtype, tuple(int(side) for side in header["image_shape"]), codec, commit_at
+        shape = tuple(header["image_shape"])
+        if not all(type(side) is int for side in shape):
+            raise ValueError(f"image_shape {header['image_shape']!r}")
+        check_image_shape(shape, "the journal's images")  # before any record of that shape is read
+        return str(header["checkpoint"]), dtype, shape, codec, commit_at
     except (ValueError, KeyError, TypeError) as error:  # check_dtype raises TypeError
         raise CorruptStoreError(f"{path}: not a journal written by {FORMAT} version {FORMAT_VERSION} ({error})") from None

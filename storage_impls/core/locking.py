@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from storage_impls.core.errors import StoreLockedError
+from storage_impls.core.fileio import open_regular
 
 LOCK_FILE = ".writer.lock"
 POLL_SECONDS = 0.005
@@ -26,7 +27,7 @@ POLL_SECONDS = 0.005
 def writer_lock(directory: Path, timeout: float) -> Iterator[None]:
     """Hold the writer lock of the store in ``directory``; wait up to ``timeout`` s, else StoreLockedError."""
     path = os.path.join(directory, LOCK_FILE)  # a str join: this runs on every write
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = open_regular(path, os.O_RDWR | os.O_CREAT)  # never through a link, never a FIFO
     try:
         deadline = time.monotonic() + timeout
         while True:

@@ -31,8 +31,9 @@ from pathlib import Path
 import numpy as np
 import xxhash
 
-from storage_impls.core.base import check_dtype, check_image_shape, fsync_path
+from storage_impls.core.base import check_dtype, check_image_shape
 from storage_impls.core.errors import CorruptStoreError, MissingStoreError, is_no_space, no_space_error
+from storage_impls.core.fileio import fsync_path, read_bounded
 
 DTYPE = "|u1"  # the only dtype stores hold today; recorded everywhere so that more need no format break
 HEADER = struct.Struct("<2sBB4sB3xIIIq")  # magic, version, flags, dtype, ndim, 3 dims, label
@@ -41,6 +42,7 @@ MAGIC, VERSION = b"IV", 1
 CHECKSUMMED = 0x01  # flag: an xxh3_64 trailer follows the pixels
 ENCODED = 0x02  # flag: encoded bytes instead of raw pixels (variable length)
 TRAILER = 8
+META_MAX_BYTES = 1 << 20  # a metadata file is one line of JSON (a few hundred bytes): larger ones are refused unread
 KEY = struct.Struct(">Q")  # image id as 8 big-endian bytes: keys sort in id order
 checksum_of = xxhash.xxh3_64_intdigest
 
@@ -167,7 +169,7 @@ def parse_layout(value: bytes | memoryview) -> ValueLayout:
     except (TypeError, ValueError, UnicodeDecodeError):
         valid = False
     if not valid:
-        raise CorruptStoreError(f"a value has an invalid header {bytes(value[:PREFIX_SIZE])!r} "
+        raise CorruptStoreError(f"a value of {len(value)} bytes has an invalid header "
                                 "(not an image written by storage_impls, or damaged)")
     if not layout.fits(value):
         raise CorruptStoreError(f"a value of {len(value)} bytes does not match its header ({describe(layout)}: "
@@ -228,7 +230,7 @@ def read_meta(path: Path, fmt: str) -> dict | None:
     """The metadata in ``path`` (None if it does not exist); CorruptStoreError naming the file unless it is
     intact and written for format ``fmt``."""
     try:
-        data = path.read_bytes()
+        data = read_bounded(path, META_MAX_BYTES)
     except FileNotFoundError:
         return None
     body, _, rest = data.partition(b"\n")

@@ -13,6 +13,7 @@ from typing import BinaryIO
 import numpy as np
 
 from storage_impls.core.errors import CorruptStoreError
+from storage_impls.core.fileio import open_regular
 
 
 def header(dtype: np.dtype | str, shape: tuple[int, ...]) -> bytes:
@@ -48,8 +49,8 @@ def read_array(file: BinaryIO, name: object, dtype: np.dtype | str, shape: tuple
     """The whole array of the .npy file open in ``file`` (``size`` bytes), which must be ``dtype`` of ``shape``."""
     found_shape, found_dtype, offset = parse_header(file, name)
     check_array(name, (found_shape, found_dtype), dtype, shape)
+    check_size(name, size, offset + math.prod(shape) * np.dtype(dtype).itemsize)  # before allocating what it declares
     array = np.empty(shape, dtype)
-    check_size(name, size, offset + array.nbytes)
     if file.readinto(memoryview(array).cast("B")) != array.nbytes:
         raise CorruptStoreError(f"{name} ends before its data does")
     return array
@@ -57,7 +58,7 @@ def read_array(file: BinaryIO, name: object, dtype: np.dtype | str, shape: tuple
 
 def load(path: Path, dtype: np.dtype | str, shape: tuple[int, ...]) -> np.ndarray:
     """The array in the .npy file ``path``; FileNotFoundError if it is missing, CorruptStoreError unless it is exactly as expected."""
-    with open(path, "rb") as file:
+    with os.fdopen(open_regular(path), "rb") as file:
         return read_array(file, path, dtype, shape, os.fstat(file.fileno()).st_size)
 
 

@@ -24,6 +24,7 @@ import numpy as np
 from storage_impls.core.checkpointed import COPY_BLOCK_BYTES, Checkpoint, CheckpointedStore, Source
 from storage_impls.core.codecs import Codec
 from storage_impls.core.errors import CorruptStoreError
+from storage_impls.core.fileio import READ_FLAGS
 from storage_impls.core.records import image_checksums, verify_checksums
 from storage_impls.formats.npy import check_array, header, load, parse_header, save, write_file
 
@@ -44,7 +45,7 @@ class FilesCheckpoint(Checkpoint):
 
     def _read_file(self, image_id: int, target: np.ndarray) -> None:
         path = self.folder / f"{image_id}.npy"
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, READ_FLAGS)
         try:
             read = os.readv(fd, [self._head, target, self._tail])
         finally:

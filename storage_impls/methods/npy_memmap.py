@@ -33,6 +33,7 @@ from storage_impls.core.advice import OPTIONS as ADVICE_OPTIONS
 from storage_impls.core.base import Mode
 from storage_impls.core.checkpointed import COPY_BLOCK_BYTES, Checkpoint, CheckpointedStore, Source
 from storage_impls.core.codecs import Codec
+from storage_impls.core.fileio import READ_FLAGS
 from storage_impls.core.journal import pwrite_all
 from storage_impls.core.options import check_options
 from storage_impls.core.records import image_checksums, verify_checksums
@@ -50,7 +51,7 @@ class MemmapCheckpoint(Checkpoint):
         self.labels = load(folder / LABELS, LABEL_DTYPE, (self.count,)).astype(np.int64)
         self.sums = load(folder / CHECKSUMS, CHECKSUM_DTYPE, (self.count,)) if self.checksum else None
         self.path = folder / IMAGES
-        self._fd = os.open(self.path, os.O_RDONLY)
+        self._fd = os.open(self.path, READ_FLAGS)
         try:
             with os.fdopen(os.dup(self._fd), "rb") as file:
                 shape, dtype, self._offset = parse_header(file, self.path)

@@ -21,7 +21,9 @@ raise MissingStoreError ("open it again"), never other data.
 from __future__ import annotations
 
 import io
+import math
 import os
+import re
 import zipfile
 import zlib
 from pathlib import Path
@@ -36,6 +38,8 @@ from storage_impls.formats.npy import read_array
 
 SHARD_BYTES = 1 << 20  # pixels per shard: a read of one image decompresses at most this much
 SHARD = "shard-{index:06d}.npz"
+SHARD_NAME = re.compile(r"shard-\d{6,}\.npz")
+NPY_HEADER_MAX = 1 << 16  # a .npy header's bytes at most (format 1.0 spells its length in 2 bytes)
 LABEL_DTYPE, CHECKSUM_DTYPE = np.dtype("<i8"), np.dtype("<u8")
 ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, KeyError, ValueError, NotImplementedError, RuntimeError)
 
@@ -56,6 +60,11 @@ class NpzCheckpoint(Checkpoint):
             raise CorruptStoreError(f"{folder}: {self.per_shard!r} images per shard, expected {expected}")
         if not (folder / SHARD.format(index=0)).is_file():
             raise FileNotFoundError(2, "no such shard", str(folder / SHARD.format(index=0)))
+        shards = -(-self.count // self.per_shard)
+        present = sum(bool(SHARD_NAME.fullmatch(name)) for name in os.listdir(folder))
+        if present != shards:  # before anything of the declared count is allocated
+            raise CorruptStoreError(f"{folder}: {self.count} images make {shards} shards of {self.per_shard}, "
+                                    f"{present} are there")
         self._cached: tuple[int, np.ndarray, np.ndarray] | None = None
 
     def shard(self, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -71,12 +80,17 @@ class NpzCheckpoint(Checkpoint):
         count = min(self.per_shard, self.count - first)
         path = self.folder / SHARD.format(index=index)
         names = ["images", "labels"] + ["checksums"] * self.checksum
+        shapes = {"images": (count, *self.shape), "labels": (count,), "checksums": (count,)}
+        dtypes = {"images": self.dtype, "labels": LABEL_DTYPE, "checksums": CHECKSUM_DTYPE}
         try:
             with zipfile.ZipFile(path) as archive:
+                for name in names:  # a member inflates to the size its entry declares: at most what the shard holds
+                    declared = archive.getinfo(f"{name}.npy").file_size
+                    if declared > math.prod(shapes[name]) * dtypes[name].itemsize + NPY_HEADER_MAX:
+                        raise CorruptStoreError(f"{path}: {name}.npy declares {declared} bytes, more than "
+                                                f"{shapes[name]} {dtypes[name]} take")
                 members = {name: archive.read(f"{name}.npy") for name in names}  # read whole: CRC-32 checked
-            arrays = [self._member(path, members, name, dtype, shape) for name, dtype, shape in
-                      (("images", self.dtype, (count, *self.shape)), ("labels", LABEL_DTYPE, (count,)),
-                       ("checksums", CHECKSUM_DTYPE, (count,)))[:len(names)]]
+            arrays = [self._member(path, members, name, dtypes[name], shapes[name]) for name in names]
         except FileNotFoundError:
             raise
         except ZIP_ERRORS + (OSError,) as error:

@@ -50,10 +50,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from storage_impls.core.base import fsync_path
 from storage_impls.core.checkpointed import COPY_BLOCK_BYTES, Checkpoint, EncodedCheckpointedStore, Source
 from storage_impls.core.codecs import Codec
 from storage_impls.core.errors import CorruptStoreError
+from storage_impls.core.fileio import fsync_path
 from storage_impls.core.options import check_options, choice
 from storage_impls.formats.arrow import binary_values
 

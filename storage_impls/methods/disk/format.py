@@ -19,6 +19,7 @@ planted "bomb" included) raises CorruptStoreError.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import struct
@@ -30,6 +31,7 @@ import numpy as np
 from storage_impls.core.base import check_dtype, check_image_shape
 from storage_impls.core.codecs import Codec, get_codec
 from storage_impls.core.errors import CorruptStoreError, MissingStoreError
+from storage_impls.core.fileio import READ_FLAGS, open_regular, read_bounded
 
 FORMAT = "storage_impls.disk"
 FORMAT_VERSION = 2
@@ -39,6 +41,7 @@ LABELS_HEADER = b"image_id,label,crc32\n"
 META_MAX_BYTES = 4096
 POINTER_MAX_BYTES = 256  # CURRENT holds one generation name (40 bytes)
 LABEL = struct.Struct("<q")
+LABEL_ROW_MAX_BYTES = 20 + 1 + 20 + 1 + 10 + 1  # id, label (int64 with its sign), crc32, two commas and a newline
 def image_crc(png: bytes | memoryview, label: int) -> int:
     """The CRC-32 labels.csv keeps for one image: of its PNG bytes, seeded with its label."""
     return zlib.crc32(png, zlib.crc32(LABEL.pack(label)))
@@ -48,20 +51,17 @@ def read_pointer(directory: Path) -> str | None:
     """The generation ``CURRENT`` names, None if there is no CURRENT; CorruptStoreError if it names none."""
     path = directory / POINTER
     try:
-        fd = os.open(path, os.O_RDONLY)  # no buffered file object: this runs before every write
+        fd = open_regular(path)  # no buffered file object: this runs before every write
     except FileNotFoundError:
         return None
-    except (IsADirectoryError, NotADirectoryError):
-        raise CorruptStoreError(f"{path} is not a file naming the live generation folder") from None
     try:
         data = os.read(fd, POINTER_MAX_BYTES)
-    except IsADirectoryError:
-        raise CorruptStoreError(f"{path} is not a file naming the live generation folder") from None
     finally:
         os.close(fd)
     name = data.decode("ascii", "replace")
-    if not GENERATION.fullmatch(name):
-        raise CorruptStoreError(f"{path} does not name a generation folder (gen-<32 hex digits>): {data[:80]!r}")
+    if not GENERATION.fullmatch(name):  # its content is not quoted: a crafted CURRENT could be a link to a secret
+        raise CorruptStoreError(f"{path} does not name a generation folder (gen-<32 hex digits>): {len(data)} bytes "
+                                "of something else")
     return name
 
 
@@ -87,6 +87,7 @@ class Generation:
         self.dtype, self.shape, self.codec, self.labels, self.crcs = loaded or self._read()
         self._suffix = f".{self.codec.extension}"
         self.count = len(self.labels)
+        self.max_bytes = max_file_bytes(self.dtype, self.shape)
 
     def _read(self) -> tuple[np.dtype, tuple[int, ...], Codec, np.ndarray, np.ndarray]:
         dtype, shape, codec, count = self._read_meta(self.path / META)
@@ -96,11 +97,7 @@ class Generation:
     @staticmethod
     def _read_meta(path: Path) -> tuple[np.dtype, tuple[int, ...], Codec, int]:
         try:
-            with open(path, "rb") as file:
-                data = file.read(META_MAX_BYTES + 1)
-            if len(data) > META_MAX_BYTES:
-                raise ValueError(f"it is over {META_MAX_BYTES} bytes")
-            meta = json.loads(data.decode("utf-8"))
+            meta = json.loads(read_bounded(path, META_MAX_BYTES).decode("utf-8"))
             if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
                 raise ValueError(f"it was not written by {FORMAT} version {FORMAT_VERSION}")
             shape, count = meta["image_shape"], meta["count"]
@@ -112,7 +109,9 @@ class Generation:
             limit = codec.limit(dtype, tuple(shape))
             if limit:
                 raise ValueError(limit)
-        except (IsADirectoryError, NotADirectoryError, ValueError, KeyError, TypeError) as error:  # JSON and UTF-8 errors are ValueErrors
+        except CorruptStoreError:
+            raise
+        except (ValueError, KeyError, TypeError) as error:  # JSON and UTF-8 errors are ValueErrors
             raise CorruptStoreError(f"{path} is not a disk store's metadata ({type(error).__name__}: {error})") from None
         return dtype, tuple(shape), codec, count
 
@@ -122,21 +121,37 @@ class Generation:
     def encoded(self, image_id: int) -> bytes:
         """The file of ``image_id``, checked against its CRC; MissingStoreError naming it if it is gone."""
         path = self.file(image_id)
-        try:
-            with open(path, "rb", buffering=0) as file:
-                data = file.readall()
+        try:  # no fstat: the store's tree was checked at open (fileio.check_tree); O_NONBLOCK, a FIFO reads as empty
+            fd = os.open(path, READ_FLAGS)
         except FileNotFoundError:
             raise MissingStoreError(f"{path} is missing (image {image_id}): the store was replaced since this handle "
                                     "opened it (open it again) or the file was deleted") from None
+        except OSError as error:
+            raise CorruptStoreError(f"{path} (image {image_id}) cannot be read as a file of the store "
+                                    f"({error.strerror})") from None
+        try:
+            data = os.read(fd, self.max_bytes + 1)  # bounded: a file larger than any encoding of the image is refused
+        finally:
+            os.close(fd)
+        if len(data) > self.max_bytes:
+            raise CorruptStoreError(f"{path}: image {image_id} is over {self.max_bytes} bytes, more than its codec "
+                                    "makes")
         if image_crc(data, int(self.labels[image_id])) != self.crcs[image_id]:
             raise CorruptStoreError(f"{path}: image {image_id} fails its checksum (bit rot or a damaged copy)")
         return data
 
 
+def max_file_bytes(dtype: np.dtype, shape: tuple[int, ...]) -> int:
+    """The most bytes an image file of ``dtype`` and ``shape`` may take: twice its raw pixels and 64 KiB (headers,
+    tables), above what any codec makes of noise (PNG and WebP lossless add a little to raw, JPEG at quality 100
+    of noise about half)."""
+    return 2 * math.prod(shape) * dtype.itemsize + (1 << 16)
+
+
 def _parse_labels(path: Path, count: int) -> tuple[np.ndarray, np.ndarray]:
     """(labels, crcs) from ``path``, which must hold exactly ``count`` well-formed rows."""
     try:
-        data = path.read_bytes()
+        data = read_bounded(path, len(LABELS_HEADER) + count * LABEL_ROW_MAX_BYTES)
         if not data.startswith(LABELS_HEADER) or not data.endswith(b"\n"):
             raise ValueError(f"it does not start with {LABELS_HEADER!r} or is cut short")
         body = data[len(LABELS_HEADER):].decode("ascii")
@@ -147,6 +162,8 @@ def _parse_labels(path: Path, count: int) -> tuple[np.ndarray, np.ndarray]:
             raise ValueError(f"image ids are not 0..{count - 1} in order or a crc32 is out of range")
     except FileNotFoundError:
         raise
-    except (IsADirectoryError, NotADirectoryError, ValueError, OverflowError) as error:
+    except CorruptStoreError:
+        raise
+    except (ValueError, OverflowError) as error:
         raise CorruptStoreError(f"{path} is not a disk store's labels file ({type(error).__name__}: {error})") from None
     return rows[:, 1].copy(), rows[:, 2].astype(np.uint32)

@@ -56,7 +56,7 @@ from pathlib import Path
 
 import numpy as np
 
-from storage_impls.core.base import BatchReader, fsync_path
+from storage_impls.core.base import BatchReader
 from storage_impls.core.codecs import Codec
 from storage_impls.core.encoded import EncodedStore, decode
 from storage_impls.core.errors import (
@@ -67,6 +67,7 @@ from storage_impls.core.errors import (
     is_no_space,
     no_space_error,
 )
+from storage_impls.core.fileio import fsync_path
 from storage_impls.core.journal import Journal, compaction_cycle
 from storage_impls.core.records import is_temporary, refuse_foreign, write_file_atomic
 from storage_impls.methods.disk.format import (

@@ -48,6 +48,7 @@ from storage_impls.core.base import check_dtype, check_image_shape
 from storage_impls.core.codecs import Codec, get_codec
 from storage_impls.core.encoded import decode
 from storage_impls.core.errors import NO_SPACE_ERRNOS, CorruptStoreError, is_no_space, no_space_error
+from storage_impls.core.fileio import READ_FLAGS
 from storage_impls.core.journal import pwrite_all
 from storage_impls.methods.hdf5.chunked import CONTIGUOUS, ChunkedImages, Layout, hdf5_writing
 
@@ -201,7 +202,7 @@ class Checkpoint:
             raise CorruptStoreError(f"{self.name} is not a readable HDF5 file: {error}") from None
         self._fd, self.chunked = None, None
         try:
-            self._fd = os.open(path, os.O_RDONLY)
+            self._fd = os.open(path, READ_FLAGS)
             info = os.fstat(self._fd)
             self.identity: Identity = (info.st_dev, info.st_ino)
             seen = os.fstat(file.id.get_vfd_handle())
@@ -239,11 +240,11 @@ class Checkpoint:
             self.codec = get_codec(bytes(attrs["codec"]).decode("ascii")) if "codec" in attrs else RAW
             self.layout = Layout.recorded(attrs)
             if self.codec is RAW:
-                images = file["images"]
+                images = self._dataset(file, "images")
                 self.count, self.shape, found = len(images), tuple(images.shape[1:]), images.dtype
             else:
                 self.shape, found = tuple(int(side) for side in attrs["image_shape"]), np.dtype(bytes(attrs["dtype"]).decode("ascii"))
-                self.count = len(file["offsets"]) - 1
+                self.count = len(self._dataset(file, "offsets")) - 1
             check_image_shape(self.shape, f"{self.name}: each image")
             self.dtype = check_dtype(found, f"{self.name}: images")
             if found != self.dtype or self.count < 1 or ("codec" in attrs) != (self.codec is not RAW) or \
@@ -270,15 +271,29 @@ class Checkpoint:
     def _read_encoded_layout(self, file: h5py.File, size: int) -> None:
         """``offsets`` (count+1, from 0, never decreasing, to the end of ``encoded``) and where ``encoded`` lies."""
         self.offsets = self._read_array(file, "offsets", LABEL_DTYPE, size, self.count + 1).astype(np.int64)
-        encoded = file["encoded"]
+        encoded = self._dataset(file, "encoded")
         if encoded.dtype != np.uint8 or encoded.ndim != 1 or self.offsets[0] != 0 or \
                 (np.diff(self.offsets) < 0).any() or self.offsets[-1] != len(encoded):
             raise CorruptStoreError(f"{self.name}: offsets {self.offsets[0]}..{self.offsets[-1]} (ascending?) do not "
                                     f"divide encoded, {encoded.dtype} {encoded.shape}, into {self.count} images")
         self._offset = _raw_offset(encoded, len(encoded), size, self.name)
 
-    def _read_array(self, file: h5py.File, name: str, dtype: np.dtype, size: int, length: int) -> np.ndarray:
+    def _dataset(self, file: h5py.File, name: str) -> h5py.Dataset:
+        """The dataset ``name`` of this file's root, stored in this file: an external or soft link in its place, a
+        virtual dataset, or one whose data lies in external files would read outside the store (CorruptStoreError)."""
+        link = file.get(name, getlink=True)
+        if link is None:
+            raise KeyError(name)
+        if not isinstance(link, h5py.HardLink):
+            raise CorruptStoreError(f"{self.name}: {name} is an {type(link).__name__}, not a dataset of this file")
         dataset = file[name]
+        if not isinstance(dataset, h5py.Dataset) or dataset.is_virtual or dataset.external:
+            raise CorruptStoreError(f"{self.name}: {name} is not a dataset whose data lies in this file "
+                                    "(a group, a virtual dataset or external storage)")
+        return dataset
+
+    def _read_array(self, file: h5py.File, name: str, dtype: np.dtype, size: int, length: int) -> np.ndarray:
+        dataset = self._dataset(file, name)
         if dataset.dtype != dtype or dataset.shape != (length,):
             raise CorruptStoreError(f"{self.name}: {name} is {dataset.dtype} {dataset.shape}, expected {dtype} ({length},)")
         array = np.empty(length, dtype)

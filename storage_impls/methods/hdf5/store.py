@@ -73,10 +73,10 @@ import numpy as np
 
 from storage_impls.core.advice import DEFAULT_ADVICE
 from storage_impls.core.advice import OPTIONS as ADVICE_OPTIONS
-from storage_impls.core.base import fsync_path
 from storage_impls.core.codecs import Codec, get_codec
 from storage_impls.core.encoded import EncodedStore
 from storage_impls.core.errors import CorruptStoreError, MissingStoreError, StoreLockedError
+from storage_impls.core.fileio import fsync_path
 from storage_impls.core.journal import Journal, compaction_cycle, gather_overlaid
 from storage_impls.core.options import check_options
 from storage_impls.core.records import refuse_foreign

@@ -16,6 +16,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,12 +24,14 @@ import lance
 import numpy as np
 import pyarrow as pa
 
-from storage_impls.core.base import fsync_path
 from storage_impls.core.codecs import Codec, get_codec
 from storage_impls.core.encoded import decode
 from storage_impls.core.errors import CorruptStoreError, StoreError, is_no_space, no_space_error
+from storage_impls.core.fileio import fsync_path
 from storage_impls.core.records import image_checksums, verify_checksums
 from storage_impls.formats.arrow import binary_values
+
+LOCAL_NAME = re.compile(r"(_deletions/)?[\w-]+\.(lance|arrow|bin)")  # a data file, or a deletion file in _deletions/
 
 DTYPE_KEY, SHAPE_KEY, CODEC_KEY = b"storage_impls.dtype", b"storage_impls.shape", b"storage_impls.codec"
 RAW = get_codec("raw")
@@ -70,6 +73,21 @@ def batch(table_schema: pa.Schema, first_id: int, payloads: np.ndarray | list[by
     return pa.RecordBatch.from_arrays(columns, schema=table_schema)
 
 
+def check_paths(dataset: lance.LanceDataset, folder: Path) -> None:
+    """CorruptStoreError unless every file the open version names lies in ``folder``: no base path (a manifest
+    can name other folders, anywhere, for its data files), data and deletion files by plain names (no ``..``,
+    not absolute)."""
+    if dataset.base_paths():
+        raise CorruptStoreError(f"{folder}: version {dataset.version} names base paths outside the dataset "
+                                f"({len(dataset.base_paths())}): a store keeps every file in its own folder")
+    for fragment in dataset.get_fragments():
+        names = [(data.path, data.base_id) for data in fragment.data_files()] + [(fragment.deletion_file(), None)]
+        for name, base in names:
+            if name is not None and (base is not None or not LOCAL_NAME.fullmatch(name)):
+                raise CorruptStoreError(f"{folder}: version {dataset.version} names a file outside the dataset "
+                                        f"(fragment {fragment.fragment_id})")
+
+
 class Snapshot:
     """One version of the dataset in ``folder``, open for reading: labels (and checksums) in memory, and the
     row address (fragment id << 32 | row in fragment) of every id, read once when it opens."""
@@ -84,6 +102,7 @@ class Snapshot:
             if not (folder / "_versions").is_dir():  # lance.dataset says "not found" for damage and absence alike
                 raise FileNotFoundError(2, "no such Lance dataset", str(folder))
             self.dataset = lance.dataset(str(folder))
+            check_paths(self.dataset, folder)
             found = self.dataset.schema
             if _fields(found) != _fields(self.schema) or found.metadata != self.schema.metadata:  # nulls: on read
                 stored = "" if self.codec is RAW else f" in {self.codec.spec}"

@@ -75,6 +75,7 @@ from storage_impls.core.errors import (
     is_no_space,
     no_space_error,
 )
+from storage_impls.core.fileio import check_tree
 from storage_impls.core.records import (
     check_image_fields,
     current_token,
@@ -306,6 +307,7 @@ class LanceStore(EncodedStore):
                 Compaction.commit(dataset, rewrites, options)
                 if self.durable:
                     sync_new(folder, before)
+            check_tree(folder)  # its clean-up deletes what it does not know, wherever a link leads: none may be there
             lance.dataset(str(folder)).cleanup_old_versions(older_than=timedelta(0), delete_unverified=True,
                                                             error_if_tagged_old_versions=False)
         self._load()

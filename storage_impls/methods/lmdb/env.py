@@ -11,7 +11,8 @@ asking for another setting gets ValueError).
 
 Opening checks ``data.mdb``'s meta pages first (lmdb_format.check_data_file), then opens
 writable; where the files cannot be written it falls back to ``readonly=True``, and where not
-even ``lock.mdb`` can be opened for writing (0444 files, a 0555 folder) to ``lock=False``. A
+even ``lock.mdb`` can be opened for writing (0444 files, a 0555 folder) to ``lock=False``; a ``lockless``
+environment (``readonly_media=True``, or a store on a read-only file system) opens so at once. A
 lockless reader is not in LMDB's reader table, so a writer that could write the store anyway
 (its owner, root) might reuse pages it is reading: lockless is only safe on a store nobody
 writes while it is open, which is what unwritable files normally mean.
@@ -41,7 +42,6 @@ from pathlib import Path
 
 import lmdb
 
-from storage_impls.core.base import fsync_path
 from storage_impls.core.errors import (
     CorruptStoreError,
     MissingStoreError,
@@ -50,6 +50,7 @@ from storage_impls.core.errors import (
     is_no_space,
     no_space_error,
 )
+from storage_impls.core.fileio import fsync_path, open_regular
 from storage_impls.methods.lmdb.file import check_data_file
 
 DATA_FILE, LMDB_LOCK_FILE = "data.mdb", "lock.mdb"
@@ -166,7 +167,7 @@ def reserve_lock_file(directory: Path) -> None:
     of read-only stores fall back to lock=False) or exists at full size."""
     path = directory / LMDB_LOCK_FILE
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_regular(path, os.O_RDWR | os.O_CREAT)  # LMDB opens it next: a regular file of the store, no link
     except OSError as error:
         if error.errno in UNWRITABLE:
             return
@@ -201,6 +202,7 @@ class SharedEnv:
     directory: Path
     durable: bool
     readahead: bool
+    lockless: bool = False  # asked for (readonly_media), or found (a read-only file system): open with lock=False
     env: lmdb.Environment | None = None
     writable: bool = False
     data_identity: tuple[int, int] | None = None  # of the data.mdb this environment maps
@@ -215,9 +217,11 @@ class SharedEnv:
             committed = check_data_file(data).committed_bytes
         elif not create:
             raise MissingStoreError(f"no lmdb store at {self.directory}: {DATA_FILE} does not exist")
+        lockless = self.lockless or bool(os.statvfs(self.directory).f_flag & os.ST_RDONLY)
         try:
-            reserve_lock_file(self.directory)
-            for readonly, lock in ((False, True), (True, True), (True, False)):
+            if not lockless:
+                reserve_lock_file(self.directory)
+            for readonly, lock in ((True, False),) if lockless else ((False, True), (True, True), (True, False)):
                 try:
                     self.env = self._open_env(committed, readonly=readonly, lock=lock, create=create and not readonly)
                     break
@@ -254,14 +258,16 @@ _shared: dict[tuple[int, int], SharedEnv] = {}
 _guard = threading.Lock()
 
 
-def acquire(directory: Path, *, create: bool, writer: bool, durable: bool, readahead: bool) -> SharedEnv:
-    """The shared environment of the store in ``directory`` (opened if no handle in this process has it),
-    counted as used by one more handle; ``release`` it when done. CorruptStoreError if ``data.mdb`` is damaged."""
+def acquire(directory: Path, *, create: bool, writer: bool, durable: bool, readahead: bool,
+            lockless: bool = False) -> SharedEnv:
+    """The shared environment of the store in ``directory`` (opened if no handle in this process has it; ``lockless``:
+    read-only without lock.mdb), counted as used by one more handle; ``release`` it when done. CorruptStoreError if
+    ``data.mdb`` is damaged."""
     key = file_identity(directory)
     with _guard:
         shared = _shared.get(key)
         if shared is None:
-            shared = SharedEnv(directory, durable, readahead)
+            shared = SharedEnv(directory, durable, readahead, lockless=lockless)
             shared.open(create)
             _shared[key] = shared
         else:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from storage_impls.core.errors import CorruptStoreError
+from storage_impls.core.fileio import open_regular
 
 META = struct.Struct("=IIQQ48s48sQQ")  # mm_magic, mm_version, mm_address, mm_mapsize, mm_dbs[2], mm_last_pg, mm_txnid
 DB = struct.Struct("=IHHQQQQQ")  # md_pad (the page size, in the free DB's record), flags, depth, 3 page counts, entries, root
@@ -80,12 +81,12 @@ def check_data_file(path: Path) -> DataFile:
 
 def _meta_records(path: Path) -> bytes:
     """The bytes that hold the meta records, wherever the page size puts the second one."""
-    with open(path, "rb") as file:
+    with os.fdopen(open_regular(path), "rb") as file:
         return b"".join(os.pread(file.fileno(), 24 + META.size, offset) for offset in META_OFFSETS)
 
 
 def _check_once(path: Path) -> DataFile:
-    with open(path, "rb") as file:
+    with os.fdopen(open_regular(path), "rb") as file:
         fd = file.fileno()
         head, size = os.pread(fd, 24 + META.size, 0), os.fstat(fd).st_size
         engine = next((engine for engine in ENGINES if len(head) >= engine.header + 4

@@ -159,7 +159,7 @@ def parse_layout(value: memoryview | bytes, *, whole: bool = True) -> ValueLayou
     try:
         layout = _claimed_layout(value)
     except (ValueError, TypeError, struct.error):
-        raise CorruptStoreError(f"a value has an invalid header {bytes(value[:WIDE_PREFIX.size])!r} "
+        raise CorruptStoreError(f"a value of {len(value)} bytes has an invalid header "
                                 "(not an image written by storage_impls.methods.lmdb.store, or damaged)") from None
     if whole and not layout.fits(value):
         raise CorruptStoreError(f"a value of {len(value)} bytes does not match its header ({describe(layout)}: "

@@ -32,6 +32,10 @@ kernel's readahead (LMDB's MDB_NORDAHEAD), which helps random reads (``read_batc
 than the memory (with readahead, a cold epoch in a memory cgroup of a fifth of the store thrashed or was
 killed) and hurts those of a store that fits (a cold epoch 5-7x slower); by default (neither given) it is
 on when ``data.mdb`` fits in half the memory the process may use (core/advice.py's ``fits_in_memory``).
+``readonly_media=True`` (mode "r" only) opens with ``lock=False`` at once, and so does any reader of
+a store on a read-only file system: nothing is written, ``lock.mdb`` included, for media no writer can
+change. Otherwise a reader uses ``lock.mdb`` (creating it if missing), the one file mode "r" writes: LMDB's
+reader table, which keeps a writer in another process from reusing the pages a reader reads.
 
 Durability: by default commits do not fsync (``sync=False``, ``metasync=False``): data reach the
 OS at once. With ``durable=True`` LMDB fsyncs the data before writing the meta page and the meta
@@ -58,9 +62,10 @@ import lmdb
 import numpy as np
 
 from storage_impls.core.advice import fits_in_memory
-from storage_impls.core.base import BatchReader, fsync_path
+from storage_impls.core.base import BatchReader
 from storage_impls.core.encoded import EncodedStore, decode
 from storage_impls.core.errors import CorruptStoreError, MissingStoreError, NoSpaceError, is_no_space, no_space_error
+from storage_impls.core.fileio import fsync_path
 from storage_impls.core.options import check_options, flag
 from storage_impls.core.records import refuse_foreign
 from storage_impls.methods.lmdb.env import (
@@ -101,7 +106,10 @@ class LmdbStore(EncodedStore):
     OPTIONS = {**EncodedStore.OPTIONS, "readahead": flag()}
 
     def __init__(self, directory: str | os.PathLike, mode: str = "a", *, readahead: bool | str | None = None,
-                 **options) -> None:
+                 readonly_media: bool = False, **options) -> None:
+        if readonly_media and mode != "r":
+            raise ValueError("readonly_media=True is for read-only opens (mode='r') of stores nobody writes")
+        self.readonly_media = readonly_media
         # None: read ahead when data.mdb fits in the memory this process may use (core/advice.py), decided at open
         self.readahead = check_options(self.method, {"readahead": flag()}, {"readahead": readahead}).get("readahead")
         super().__init__(directory, mode, **options)
@@ -135,7 +143,7 @@ class LmdbStore(EncodedStore):
             data = self.directory / DATA_FILE
             self.readahead = fits_in_memory(data.stat().st_size if data.exists() else 0)
         return acquire(self.directory, create=self.mode == "a", writer=self.mode == "a",
-                       durable=self.durable, readahead=self.readahead)
+                       durable=self.durable, readahead=self.readahead, lockless=self.readonly_media)
 
     def _load(self) -> None:
         """Take a new snapshot (a read transaction on the newest commit) and read its count and value layout."""

@@ -33,6 +33,8 @@ STAGING_BYTES = 8 << 20  # values assembled at a time
 L0_COMPACT_FILES = 16  # a store_single session that leaves this many level-0 files compacts them
 KEEP_INFO_LOGS = 1
 CONFIG = "rocksdict-config.json"  # rocksdict's own file, which it rewrites at every open (never read here)
+SMALL_FILE = re.compile(r"CURRENT|IDENTITY|OPTIONS-\d+")  # files RocksDB reads whole at open
+SMALL_FILE_BYTES = 1 << 20  # they hold a name, a UUID, the options (about 8 KB)
 
 OPTIONS = {"compression": choice("none", "lz4", "zstd"), "bloom_bits": integer(0, 64), "block_cache": byte_size()}
 DEFAULTS = {"compression": "none", "bloom_bits": 10, "block_cache": 32 << 20}
@@ -66,26 +68,38 @@ def db_options(settings: dict, *, read_only: bool) -> rocksdict.Options:
 
 
 def open_db(folder: Path, settings: dict, *, read_only: bool) -> rocksdict.Rdict:
-    """The database in ``folder``: read-only (no lock; RocksDB writes nothing) or a writer's session.
+    """The database in ``folder``: read-only (no lock; nothing written in the store) or a writer's session.
 
-    rocksdict (re)writes its ``rocksdict-config.json`` beside the database at every open, read-only
-    included, and fails in a folder the reader cannot write: there, a reader opens through a private
-    folder of symbolic links to the database's files (removed once open: a read-only instance has
-    read its logs and opened every SST file by then)."""
+    RocksDB reads its small files (CURRENT, IDENTITY, OPTIONS-*) whole: each is checked against SMALL_FILE_BYTES
+    first. rocksdict (re)writes its ``rocksdict-config.json`` beside the database at every open, read-only
+    included (strace shows nothing else written by a read-only open), so a reader opens through a private
+    folder of symbolic links to the database's files but that one and the info logs (removed once open: a
+    read-only instance has read its logs and opened every SST file by then): mode "r" writes nothing into
+    the store, and opens stores it cannot write."""
     options = db_options(settings, read_only=read_only)
+    names = checked_names(folder)
     if not read_only:
         return rocksdict.Rdict(str(folder), options, access_type=rocksdict.AccessType.read_write())
+    links = Path(tempfile.mkdtemp(prefix="rocksdb-reader-"))
     try:
-        return rocksdict.Rdict(str(folder), options, access_type=rocksdict.AccessType.read_only())
-    except PermissionError:
-        links = Path(tempfile.mkdtemp(prefix="rocksdb-reader-"))
-        try:
-            for name in os.listdir(folder):
-                if name != CONFIG:
-                    (links / name).symlink_to(folder / name)
-            return rocksdict.Rdict(str(links), options, access_type=rocksdict.AccessType.read_only())
-        finally:
-            shutil.rmtree(links, ignore_errors=True)
+        for name in names:
+            if name != CONFIG and not name.startswith("LOG"):
+                (links / name).symlink_to(folder / name)
+        return rocksdict.Rdict(str(links), options, access_type=rocksdict.AccessType.read_only())
+    finally:
+        shutil.rmtree(links, ignore_errors=True)
+
+
+def checked_names(folder: Path) -> list[str]:
+    """The names in the database folder ``folder``; CorruptStoreError if a file RocksDB reads whole is over
+    SMALL_FILE_BYTES (FileNotFoundError if the folder is gone)."""
+    names = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if SMALL_FILE.fullmatch(entry.name) and entry.stat(follow_symlinks=False).st_size > SMALL_FILE_BYTES:
+                raise CorruptStoreError(f"{entry.path} is over {SMALL_FILE_BYTES} bytes: not a RocksDB {entry.name}")
+            names.append(entry.name)
+    return names
 
 
 def close_db(db: rocksdict.Rdict | None) -> None:

@@ -50,7 +50,6 @@ from pathlib import Path
 import numpy as np
 import rocksdict
 
-from storage_impls.core.base import fsync_path
 from storage_impls.core.encoded import EncodedStore, decode
 from storage_impls.core.errors import (
     CorruptStoreError,
@@ -61,6 +60,7 @@ from storage_impls.core.errors import (
     is_no_space,
     no_space_error,
 )
+from storage_impls.core.fileio import fsync_path
 from storage_impls.core.options import check_options
 from storage_impls.core.records import HEADER, KEY, ValueLayout, is_temporary, missing_store, refuse_foreign, write_meta
 from storage_impls.methods.rocksdb.format import (

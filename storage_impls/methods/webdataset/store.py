@@ -72,6 +72,7 @@ from storage_impls.core.base import Mode
 from storage_impls.core.checkpointed import RAW, Checkpoint, EncodedCheckpointedStore, Source
 from storage_impls.core.codecs import Codec
 from storage_impls.core.errors import CorruptStoreError
+from storage_impls.core.fileio import READ_FLAGS
 from storage_impls.core.options import byte_size, check_options
 from storage_impls.core.records import image_checksums, refuse_foreign, verify_checksums
 from storage_impls.formats.npy import load, save
@@ -170,7 +171,7 @@ class TarCheckpoint(Checkpoint):
         if fd is not None:
             self._fds.move_to_end(shard)
             return fd
-        fd = os.open(self.path(shard), os.O_RDONLY)
+        fd = os.open(self.path(shard), READ_FLAGS)
         try:
             self._check_size(shard, os.fstat(fd).st_size)
         except BaseException:

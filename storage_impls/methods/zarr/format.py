@@ -37,6 +37,8 @@ from zarr.core.dtype.common import UnstableSpecificationWarning
 from zarr.storage import LocalStore, MemoryStore
 
 from storage_impls.core.errors import CorruptStoreError, StoreError
+from storage_impls.core.fileio import read_bounded
+from storage_impls.core.records import META_MAX_BYTES
 
 FORMAT = "storage_impls.zarr"
 GROUP_ATTRIBUTES = {"format": FORMAT, "format_version": 1}  # a group without them was written by another tool
@@ -274,7 +276,7 @@ def foreign_metadata(directory: Path) -> str | None:
         if (directory / name).exists():
             return f"{directory / name} (zarr v2 metadata)"
     try:
-        node = json.loads((directory / "zarr.json").read_bytes())
+        node = json.loads(read_bounded(directory / "zarr.json", META_MAX_BYTES))
     except (FileNotFoundError, NotADirectoryError, ValueError):
         return None
     if isinstance(node, dict) and ("zarr_format" in node or "node_type" in node):

@@ -66,10 +66,11 @@ import numpy as np
 import zarr
 from zarr.core.buffer.cpu import NDBuffer
 
-from storage_impls.core.base import Mode, fsync_path
+from storage_impls.core.base import Mode
 from storage_impls.core.checkpointed import FOLDER, Checkpoint, EncodedCheckpointedStore, Source
 from storage_impls.core.codecs import Codec
 from storage_impls.core.errors import CorruptStoreError, MissingStoreError, StoreError
+from storage_impls.core.fileio import READ_FLAGS, fsync_path
 from storage_impls.core.options import check_options, choice
 from storage_impls.core.records import read_meta
 from storage_impls.methods.zarr.format import (
@@ -114,7 +115,11 @@ class ZarrCheckpoint(Checkpoint):
                                     f"and compression {self.compression!r} do not fit a store of {self.count} images")
         layout = Layout(self.dtype, self.shape, self.count, self.per_shard, self.label_chunk, self.compression,
                         self.checksum, self.codec.spec)
-        self.images, labels = open_group(folder, layout)
+        self.images, labels = open_group(folder, layout)  # the metadata only: nothing of the declared count yet
+        shards, present = -(-self.count // self.per_shard), len(os.listdir(folder / "images" / "c"))
+        if present != shards:  # before a path per declared shard, or an array of the declared count, is made
+            raise CorruptStoreError(f"{folder}: {self.count} images make {shards} shards of {self.per_shard}, "
+                                    f"{present} are there")
         self.paths = [layout.shard_path(folder, index) for index in range(-(-self.count // self.per_shard))]
         self.decoder = ChunkDecoder(self.compression, self.checksum, self.row, layout.encoded)
         self.reader = reader
@@ -125,7 +130,7 @@ class ZarrCheckpoint(Checkpoint):
         try:
             for path in self.paths:  # pread: kept open; zarr: only checked here, zarr opens them per read
                 if reader == "pread":
-                    self.fds.append(os.open(path, os.O_RDONLY))
+                    self.fds.append(os.open(path, READ_FLAGS))
                 else:
                     os.stat(path)
             self.labels = read_labels(labels, folder)
