@@ -89,7 +89,7 @@ def loader_rows(points: Sequence[LoaderPoint]) -> list[LoaderRow]:
 
 def _setting_title(setting: tuple, run_labels: Sequence[str]) -> str:
     run_index, n_images, shape, batch_size = setting
-    run = f"{run_labels[run_index]}: " if len(run_labels) > 1 else ""
+    run = f"{run_labels[run_index]}:\n" if len(run_labels) > 1 else ""
     return f"{run}{n_images:,} images of {'x'.join(map(str, shape))}, batches of {batch_size}"
 
 
@@ -171,6 +171,6 @@ def loader_section(points: Sequence[LoaderPoint], run_labels: Sequence[str], cha
         parts += [f"![loaders]({charts['loaders'].name})", "", CAPTION, ""]
     rows = loader_rows(points)
     for setting in dict.fromkeys(row.setting for row in rows):
-        parts += [f"### {_setting_title(setting, run_labels)}", "",
+        parts += [f"### {_setting_title(setting, run_labels).replace(chr(10), ' ')}", "",
                   loader_table([row for row in rows if row.setting == setting]), ""]
     return "\n".join(parts)
