@@ -23,6 +23,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         group.addoption(option, type=parse, default=default, help=f"{help_text} [env {variable}{shown}]")
     group.addoption("--durable", action="store_true", default=parse_flag(os.environ.get("IMAGE_BENCH_DURABLE", "")),
                     help="fsync every store (files and folders) before it returns, for all methods [env IMAGE_BENCH_DURABLE=1]")
+    group.addoption("--loaders", action="store_true", default=parse_flag(os.environ.get("IMAGE_BENCH_LOADERS", "")),
+                    help="also run the loader cells (benchmarks/test_loader.py: ours and the peers through a "
+                         "DataLoader; needs the [torch] and [peers] extras; not in the default run) "
+                         "[env IMAGE_BENCH_LOADERS=1]")
     group.addoption("--strict-floors", action="store_true",
                     default=parse_flag(os.environ.get("IMAGE_BENCH_STRICT_FLOORS", "")),
                     help="fail the run when a cell is flagged below its floor (default: the summary names it) "
@@ -43,7 +47,8 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.hookimpl(trylast=True)  # after benchmarks/conftest.py has parametrised the method, so ids start with it
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Parametrise the training-read cells of the suite: the largest cutoff (``n_images``), then batch size, workers
-    and cache, giving ids like ``test_read_random[lmdb-100000-b256-w1-warm]``."""
+    and cache, giving ids like ``test_read_random[lmdb-100000-b256-w1-warm]`` and
+    ``test_loader[lmdb-10000-b256-w0]``."""
     if BENCHMARKS_DIR not in metafunc.definition.path.parents:
         return
     option = metafunc.config.getoption
@@ -51,6 +56,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         ("n_images", (max(option("cutoffs")),), str),
         ("batch_size", option("batch_sizes"), lambda size: f"b{size}"),
         ("workers", option("workers"), lambda count: f"w{count}"),
+        ("loader_workers", option("loader_workers"), lambda count: f"w{count}"),
         ("cache", option("cache"), str),
     )
     for name, values, ids in axes:

@@ -31,6 +31,7 @@ from benchmarks.floors import (
     floor_of_test,
     floors_of_cell,
 )
+from benchmarks.loaders import order_loader_cells
 from benchmarks.machine import available_memory, describe_storage, library_versions
 from benchmarks.progress import SuiteClock, announce, rounds_reporter, say
 from benchmarks.resources import Meter
@@ -92,7 +93,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         if "batch" in metafunc.fixturenames:
             metafunc.parametrize("batch", _option(config, "batch_sizes", (256,)), ids=lambda size: f"b{size}")
         return
-    if "method" in metafunc.fixturenames:
+    if "method" in metafunc.fixturenames and "peer" not in metafunc.fixturenames:  # a peer is not a method
         metafunc.parametrize("method", config.getoption("methods"))
     if "cutoff" in metafunc.fixturenames:
         metafunc.parametrize("cutoff", (1,) if name == "test_store_single" else config.getoption("cutoffs"))
@@ -135,7 +136,8 @@ def _floor_keys(item: pytest.Item) -> tuple[tuple, ...]:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> Iterator[None]:
     """Floor cells follow the cells they bound: -k and -m select the method cells, then exactly the floor cells
     that those need run, each just before the first cell that needs it (memcpy first), so that a floor and its
-    cells see the machine in the same state. Where no method cell was collected (``pytest
+    cells see the machine in the same state. The loader cells run only when asked for, last (benchmarks/loaders.py).
+    Where no method cell was collected (``pytest
     benchmarks/test_floors.py``), -k and -m select floor cells, the cold one only when --cache asks for cold cells.
     Then the clock of the remaining time starts."""
     floors = {floor: item for item in items if (floor := _floor_cell(item)) is not None}
@@ -155,8 +157,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         cold = bool({"cold", "limited"} & set(_option(config, "cache", ("warm",))))
         floors = {item.nodeid: item for item in items if not cold and _floor_cell(item)[0].endswith("file-read-cold")}
         items[:] = [item for item in items if item.nodeid not in floors]
-    if floors:
-        config.hook.pytest_deselected(items=list(floors.values()))
+    unasked = order_loader_cells(config, items)
+    if floors or unasked:
+        config.hook.pytest_deselected(items=[*floors.values(), *unasked])
     config.stash[CLOCK_KEY] = SuiteClock(items, float(config.getoption("benchmark_max_time")),
                                          int(config.getoption("benchmark_min_rounds")), MAX_ROUNDS)
 

@@ -32,12 +32,14 @@ class DatasetSpec:
     path: Path | None = None
 
 
-def _positive_ints(text: str, what: str, example: str) -> tuple[int, ...]:
-    """``"10,100"`` -> (10, 100): positive, sorted, distinct; the error names the bad value and gives ``example``."""
+def _positive_ints(text: str, what: str, example: str, least: int = 1) -> tuple[int, ...]:
+    """``"10,100"`` -> (10, 100): at least ``least`` (default: positive), sorted, distinct; the error names the bad
+    value and gives ``example``."""
     values = []
     for part in text.split(","):
-        if not part.strip().isdigit() or int(part) < 1:
-            raise argparse.ArgumentTypeError(f"{part.strip()!r} is not a positive whole number of {what} (e.g. {example})")
+        if not part.strip().isdigit() or int(part) < least:
+            kind = "positive whole number" if least == 1 else f"whole number (at least {least})"
+            raise argparse.ArgumentTypeError(f"{part.strip()!r} is not a {kind} of {what} (e.g. {example})")
         values.append(int(part))
     return tuple(sorted(set(values)))
 
@@ -55,6 +57,11 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
 def parse_workers(text: str) -> tuple[int, ...]:
     """``"1,2"`` -> (1, 2): reader processes of the read_random cells (a DataLoader's num_workers, at least 1)."""
     return _positive_ints(text, "worker processes", "--workers 1,2")
+
+
+def parse_loader_workers(text: str) -> tuple[int, ...]:
+    """``"0,2"`` -> (0, 2): a DataLoader's num_workers in the loader cells (0: batches read in the training process)."""
+    return _positive_ints(text, "worker processes", "--loader-workers 0,2", least=0)
 
 
 def parse_cache(text: str) -> tuple[str, ...]:
@@ -166,6 +173,8 @@ OPTIONS = [
     ("--batch-sizes", "IMAGE_BENCH_BATCH_SIZES", "256", parse_batch_sizes, "images per batch of the read_random cells, comma-separated"),
     ("--workers", "IMAGE_BENCH_WORKERS", DEFAULT_WORKERS, parse_workers,
      f"reader processes of the read_random cells, comma-separated (default: 1 and the core count, at most {MAX_DEFAULT_WORKERS})"),
+    ("--loader-workers", "IMAGE_BENCH_LOADER_WORKERS", "0,2", parse_loader_workers,
+     "num_workers of the DataLoader in the loader cells (--loaders), comma-separated, 0 allowed"),
     ("--cache", "IMAGE_BENCH_CACHE", "warm", parse_cache,
      "page cache before each read_random round: warm, cold (the store's pages dropped, no root needed), limited "
      "(dropped, and the readers in a memory cgroup holding --limited-fraction of the store: needs root) or a list"),

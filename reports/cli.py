@@ -60,20 +60,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     from reports.codecs import codec_section, codec_views, write_codec_charts
     from reports.draw import write_charts
     from reports.html import report_page
+    from reports.loaders import loader_points, loader_section, write_loader_charts
     from reports.markdown import write_report
     from reports.training import training_points, training_section, write_training_charts
 
     points = training_points(runs)
+    loaders = loader_points(runs)
     views = codec_views(runs, args.disk)
     try:
         charts = write_charts(shaped, args.out)
         training_charts = write_training_charts(points, shaped.labels, args.out)
         codec_charts = write_codec_charts(views, shaped.labels, args.out)
+        loader_charts = write_loader_charts(loaders, shaped.labels, args.out)
         report = write_report(shaped, charts, args.out, [training_section(points, shaped.labels, training_charts),
+                                                         loader_section(loaders, shaped.labels, loader_charts),
                                                          codec_section(views, shaped.labels, codec_charts)])
         report.with_suffix(".html").write_text(report_page(report), encoding="utf-8")
     except OSError as err:
         print(f"storage-report: error: cannot write to {args.out}: {err.strerror or err}", file=sys.stderr)
         return 2
-    print(f"wrote {report}, report.html and {2 * (len(charts) + len(training_charts) + len(codec_charts))} chart files")
+    drawn = len(charts) + len(training_charts) + len(loader_charts) + len(codec_charts)
+    print(f"wrote {report}, report.html and {2 * drawn} chart files")
     return 0

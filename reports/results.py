@@ -24,7 +24,9 @@ from storage_impls.registry import codec_of
 
 SUITE = "image-storage"  # extra_info["suite"] of every cell of this suite
 FLOOR_PREFIX = "floor-"  # the method name of a floor cell: "floor-file-read"
-OPERATIONS = ("store_single", "store_single_into", "read_single", "store_many", "read_many", "read_random", "floor")
+OPERATIONS = ("store_single", "store_single_into", "read_single", "store_many", "read_many", "read_random", "floor",
+              "read_batches", "loader", "loader_peer")  # the last three: benchmarks/test_loader.py (--loaders)
+PEER_OPERATIONS = ("loader_peer",)  # cells whose "method" names another project's loader, not a storage method
 VARIANT_FIELDS = (("batch_size", "b"), ("workers", "w"), ("cache", ""))  # extra_info fields that tell cells apart
 DEFAULT_DTYPE = "uint8"  # cells of other dtypes carry theirs in the variant; runs before dtypes recorded none
 REQUIRED_STATS = ("median", "min", "max", "q1", "q3")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from itertools import accumulate
 
 from reports.floors import floor_checks, is_floor
-from reports.results import OPERATIONS, Cell, CellKey, Run
+from reports.results import OPERATIONS, PEER_OPERATIONS, Cell, CellKey, Run
 
 SINGLE_OPERATIONS = ("store_single", "read_single")
 MANY_OPERATIONS = ("store_many", "read_many")
@@ -120,7 +120,8 @@ def missing_cells(runs: Sequence[Run]) -> tuple[tuple[tuple[str, str, int], ...]
     The grid is, per operation of the tutorial's four, every method seen in any run x every image count that
     operation has in any run (store_single's is 1; the others' are the cutoffs, read_single's 1 in older runs).
     """
-    methods = sorted({cell.method for run in runs for cell in method_cells(run)})
+    methods = sorted({cell.method for run in runs for cell in method_cells(run)
+                      if cell.operation not in PEER_OPERATIONS})
     grid = []
     for operation in (*SINGLE_OPERATIONS, *MANY_OPERATIONS):
         counts = sorted({cell.n_images for run in runs for cell in run.cells if cell.operation == operation})

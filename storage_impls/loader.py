@@ -1,10 +1,16 @@
 """A map-style dataset over any store, for training code: ``ImageDataset("lmdb", "stores/lmdb")``.
 
-It needs no torch (and imports none), yet ``torch.utils.data.DataLoader`` takes it as it is:
-``len(dataset)``, ``dataset[i] -> (image, label)``, and ``dataset.__getitems__(ids)``, which a DataLoader
-with batching calls with a whole batch of indices (torch 2.0 and later) and which this class answers with one
-``read_batch``. ``__getitems__`` returns a list of (image, label) pairs, what the default collate
-function takes: the images are views of one batch array, which the collate copies into the batch tensor.
+It needs no torch (and imports none), yet ``torch.utils.data.DataLoader`` takes it as it is, two ways:
+
+- whole batches (the fast way, ``batch_loader``): ``dataset[ids]`` with a sequence of ids returns the batch as one
+  images array and one labels array, from one ``read_batch``; a DataLoader with a batch sampler and
+  ``batch_size=None`` asks exactly that and passes the arrays on as tensors without copying them. ``batch_loader``
+  builds that DataLoader (importing torch only when called); in a worker process it reads each batch straight
+  into shared memory, so the batch crosses to the training process without a copy either.
+- per sample (the protocol of any map-style dataset): ``len(dataset)``, ``dataset[i] -> (image, label)``, and
+  ``dataset.__getitems__(ids)``, which a DataLoader with ``batch_size`` calls with a whole batch of indices
+  (torch 2.0 and later) and which this class answers with one ``read_batch``, as a list of (image, label)
+  pairs: what the default collate function takes, which then copies the images into a new batch tensor.
 
 The dataset carries the method, the directory and the store options, never an open handle, so it
 pickles into spawned workers; each process opens its own read-only handle on first use (a process
@@ -16,6 +22,7 @@ forked process: give the DataLoader ``multiprocessing_context="spawn"``.
 """
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,16 +54,28 @@ class ImageDataset:
     def __len__(self) -> int:
         return len(self._handle())
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
-        """(image, label) of id ``index``; IndexError outside 0..len-1, so that iteration stops."""
+    def __getitem__(self, index: int | Sequence[int]) -> tuple[np.ndarray, int] | tuple[np.ndarray, np.ndarray]:
+        """(image, label) of id ``index``, IndexError outside 0..len-1 (so that iteration stops); for a sequence of
+        ids, the whole batch: (images, labels) arrays from one ``read_batch``."""
+        if not isinstance(index, (int, np.integer)):
+            return self.read_batch(index)
         store = self._handle()
         if not 0 <= index < len(store):
             raise IndexError(f"index {index} is out of range: {self.directory} holds ids 0..{len(store) - 1}")
         return store.read_single(index)
 
+    def read_batch(self, ids: Sequence[int], out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(images, labels) of ``ids``, in order, as ``ImageStore.read_batch`` (``out``: where to put the images)."""
+        return self._handle().read_batch(np.asarray(ids, dtype=np.int64), out=out)
+
+    def batch_shape(self, count: int) -> tuple[tuple[int, ...], np.dtype]:
+        """Shape and dtype of the images array of a batch of ``count`` ids."""
+        store = self._handle()
+        return (count, *store.image_shape), store.image_dtype
+
     def __getitems__(self, indices: Sequence[int]) -> list[tuple[np.ndarray, int]]:
         """(image, label) of each of ``indices``, in order, read with one ``read_batch`` call."""
-        images, labels = self._handle().read_batch(np.asarray(indices, dtype=np.int64))
+        images, labels = self.read_batch(indices)
         return list(zip(images, labels.tolist()))
 
     def close(self) -> None:
@@ -80,3 +99,40 @@ class ImageDataset:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.method!r}, {str(self.directory)!r})"
+
+
+class TensorBatches:
+    """``dataset``'s batches as torch tensors: ``batches[ids] -> (images, labels)``, read in a DataLoader worker
+    straight into shared memory (which then crosses to the training process without a copy), in the training
+    process into a tensor of its own. Imports torch on first use."""
+
+    def __init__(self, dataset: ImageDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, ids: Sequence[int]):  # -> tuple[torch.Tensor, torch.Tensor]
+        import torch  # only here: the package never imports torch at import
+
+        shape, dtype = self.dataset.batch_shape(len(ids))
+        if torch.utils.data.get_worker_info() is None:
+            images = torch.from_numpy(np.empty(shape, dtype))
+        else:  # shared memory, as the default collate allocates its batch in a worker
+            empty = torch.from_numpy(np.empty(0, dtype))
+            images = empty.new(empty._typed_storage()._new_shared(math.prod(shape))).view(shape)
+        labels = self.dataset.read_batch(ids, out=images.numpy())[1]
+        return images, torch.from_numpy(labels)
+
+
+def batch_loader(dataset: ImageDataset, batch_size: int, *, shuffle: bool = True, drop_last: bool = False,
+                 generator=None, **loader_options):  # -> torch.utils.data.DataLoader
+    """The DataLoader that hands ``dataset``'s batches over whole: ``for images, labels in batch_loader(dataset, 256,
+    num_workers=2)``, images a uint8 (N, H, W, C) tensor as the default collate would give, each batch read with one
+    ``read_batch`` and never copied again. ``loader_options`` go to the DataLoader (``num_workers``,
+    ``pin_memory``, ``multiprocessing_context``, ...); ``generator`` seeds the shuffle."""
+    from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+
+    order = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+    return DataLoader(TensorBatches(dataset), sampler=BatchSampler(order, batch_size, drop_last), batch_size=None,
+                      **loader_options)

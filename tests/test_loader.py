@@ -1,10 +1,14 @@
-"""storage_impls.loader.ImageDataset: map-style access, pickling into spawned processes, a handle per process,
-an epoch that yields every sample exactly once, and a real torch DataLoader when torch is installed."""
+"""storage_impls.loader.ImageDataset: map-style access, whole batches by a list of ids, pickling into spawned
+processes, a handle per process, an epoch that yields every sample exactly once, no torch imported by the package,
+and a real torch DataLoader when torch is installed: the batch recipe (batch_loader, no second copy) and the
+per-sample protocol."""
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
 import pickle
+import subprocess
 import sys
 
 import numpy as np
@@ -12,7 +16,7 @@ import pytest
 
 from storage_impls import METHODS, get_store_class, open_store
 from storage_impls.datasets import synthetic
-from storage_impls.loader import ImageDataset
+from storage_impls.loader import ImageDataset, TensorBatches, batch_loader
 
 COUNT = 50
 
@@ -62,6 +66,26 @@ def test_map_style_access(dataset, images):
     with pytest.raises(IndexError, match="out of range"):
         dataset[COUNT]
     assert len(list(iter(dataset))) == COUNT  # the sequence protocol stops at IndexError
+
+
+def test_a_list_of_ids_is_one_batch(dataset, images):
+    for ids in ([9, 2, 9], np.array([4, 0]), (COUNT - 1,)):
+        batch_images, batch_labels = dataset[ids]
+        assert isinstance(batch_images, np.ndarray) and batch_images.shape == (len(ids), *images.shape[1:])
+        np.testing.assert_array_equal(batch_images, images[list(ids)])
+        assert batch_labels.dtype == np.int64 and batch_labels.tolist() == list(ids)
+    out = np.empty((2, *images.shape[1:]), images.dtype)
+    assert dataset.read_batch([5, 6], out=out)[0] is out
+    np.testing.assert_array_equal(out, images[5:7])
+
+
+def test_the_package_never_imports_torch(dataset):
+    code = ("import sys, storage_impls, storage_impls.loader as loader; "
+            f"dataset = loader.ImageDataset({dataset.method!r}, {str(dataset.directory)!r}); "
+            "dataset[[0, 1]]; dataset[0]; loader.TensorBatches(dataset); assert 'torch' not in sys.modules")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert result.returncode == 0, result.stderr
 
 
 def test_pickles_without_a_handle_and_reopens(dataset, images):
@@ -138,3 +162,49 @@ def test_torch_dataloader_reads_whole_batches(dataset, monkeypatch):
     monkeypatch.setattr(ImageDataset, "__getitem__", one_at_a_time)
     batches = list(torch.utils.data.DataLoader(dataset, batch_size=16))
     assert sum(len(labels) for _, labels in batches) == COUNT
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batch_loader_reads_an_epoch_exactly_once_bit_exact(dataset, images, workers):
+    torch = pytest.importorskip("torch")
+    context = "spawn" if workers and not get_store_class(dataset.method).fork_safe else None
+    loader = batch_loader(dataset, 16, num_workers=workers, multiprocessing_context=context,
+                          generator=torch.Generator().manual_seed(0))
+    assert len(loader) == math.ceil(COUNT / 16)
+    samples, orders = [], []
+    for _ in range(2):
+        for batch_images, batch_labels in loader:
+            assert batch_images.dtype == torch.uint8 and batch_images.shape[1:] == images.shape[1:]
+            assert batch_labels.dtype == torch.int64 and len(batch_labels) == len(batch_images) <= 16
+            assert batch_images.is_shared() == (workers > 0)  # a worker reads into shared memory: no copy to cross
+            samples += zip(batch_images.numpy(), batch_labels.tolist())
+        check_epoch(samples, images)
+        orders.append([label for _, label in samples])
+        samples = []
+    assert orders[0] != orders[1]  # shuffled anew each epoch
+
+
+def test_batch_loader_keeps_the_batch_read_batch_filled(dataset, monkeypatch):
+    """At num_workers=0 the tensor the loop gets is the very array read_batch filled: one read, no copy."""
+    torch = pytest.importorskip("torch")
+    filled = []
+    original = ImageDataset.read_batch
+
+    def spy(self, ids, out=None):
+        filled.append(out)
+        return original(self, ids, out=out)
+
+    monkeypatch.setattr(ImageDataset, "read_batch", spy)
+    batches = list(batch_loader(dataset, 16, shuffle=False))
+    assert len(filled) == len(batches) == math.ceil(COUNT / 16)
+    for (batch_images, _), out in zip(batches, filled):
+        assert isinstance(batch_images, torch.Tensor) and np.shares_memory(batch_images.numpy(), out)
+    assert torch.cat([labels for _, labels in batches]).tolist() == list(range(COUNT))
+
+
+def test_tensor_batches_follow_any_batch_sampler(dataset, images):
+    torch = pytest.importorskip("torch")
+    batches = [[3, 1], [0, 2, 4]]
+    loader = torch.utils.data.DataLoader(TensorBatches(dataset), sampler=batches, batch_size=None)
+    assert [labels.tolist() for _, labels in loader] == batches
+    assert len(TensorBatches(dataset)) == COUNT
