@@ -21,10 +21,12 @@ import os
 from typing import NamedTuple
 
 from storage_impls.core.base import ImageStore, Mode
+from storage_impls.core.errors import LocalOnlyError
 from storage_impls.core.options import check_options
 from storage_impls.core.records import register_markers
 
 FILE_PER_IMAGE = "file-per-image"  # trait: one file per image (floors compare with many-file I/O)
+READS_REMOTE = "reads-remote"  # trait: reads a store from an object store by URL (the class's remote_reader)
 
 
 class MethodSpec(NamedTuple):
@@ -36,6 +38,9 @@ class MethodSpec(NamedTuple):
     markers: tuple[str, ...]
     install_hint: str
     traits: frozenset[str] = frozenset()
+
+
+REMOTE_HINT = "pip install image-storage-bench[s3]"  # the object-store client remote reads use
 
 
 def _extra(name: str) -> str:
@@ -54,7 +59,7 @@ _REGISTRY: dict[str, MethodSpec] = {
     "npz": MethodSpec(f"{_METHODS}.npz", "NpzStore", ("npz.json",), "pip install numpy"),
     "npy-memmap": MethodSpec(f"{_METHODS}.npy_memmap", "NpyMemmapStore", ("npy-memmap.json",), "pip install numpy"),
     "webdataset": MethodSpec(f"{_METHODS}.webdataset.store", "WebDatasetStore", ("webdataset.json",),
-                             _extra("webdataset")),
+                             _extra("webdataset"), frozenset({READS_REMOTE})),
     "parquet": MethodSpec(f"{_METHODS}.parquet", "ParquetStore", ("parquet.json",), _extra("parquet")),
     "lance": MethodSpec(f"{_METHODS}.lance.store", "LanceStore", ("lance.json",), _extra("lance")),
     "zarr": MethodSpec(f"{_METHODS}.zarr.store", "ZarrStore", ("zarr.json",), _extra("zarr")),
@@ -142,7 +147,23 @@ def _variant(cls: type[ImageStore], options: tuple[tuple[str, object], ...]) -> 
 
 def open_store(spec: str, directory: str | os.PathLike, mode: Mode = "a", **options: object) -> ImageStore:
     """Open the store of ``spec`` (a method, or a variant) in ``directory``; ``options`` (``durable``,
-    ``checksum``, ``lock_timeout``, and the method's own) as for its class."""
+    ``checksum``, ``lock_timeout``, and the method's own) as for its class. ``directory`` may be an object-store
+    URL (``s3://bucket/prefix``, ``gs://``, ``az://``, ``http(s)://``; then mode "r" and ``storage_options``, see
+    docs/remote.md) for a method with the ``reads-remote`` trait; LocalOnlyError for the others."""
+    if isinstance(directory, str) and "://" in directory:
+        method, texts = parse_spec(spec)
+        if not has_trait(method, READS_REMOTE):
+            raise LocalOnlyError(f"{method} reads local files only, not {directory}: stage the store first "
+                                 f"(storage_impls.remote.stage(url, folder), or `python -m storage_impls stage URL "
+                                 f"FOLDER`), then open the folder")
+        cls = _load_class(method)
+        options = {**check_options(method, getattr(cls, "OPTIONS", {}), texts), **options}
+        try:
+            reader = cls.remote_reader()
+        except ImportError as error:
+            raise ImportError(f"reading {directory} needs the package {error.name!r}: {REMOTE_HINT}",
+                              name=error.name) from error
+        return reader(directory, mode, **options)
     return get_store_class(spec)(directory, mode, **options)
 
 

@@ -1,0 +1,114 @@
+"""A local mirror of a remote store that a method's own read path runs on unchanged: its small files (metadata,
+journal, index, labels) downloaded whole at open, its large ones (shards, Parquet files) sparse files of the
+remote sizes, into which a read first writes exactly the byte ranges it needs, fetched concurrently (coalesced
+where they touch, in offset order); the method's local code then reads and checks them as it reads a local store,
+and the ranges are dropped again. So a remote read makes the requests a range-reading client makes, and no second
+parser of any format exists.
+
+The mirror lives in /dev/shm where there is one (memory, never written back), else the temporary folder; it is
+removed when the handle closes. Errors name the remote objects, not the mirror's files.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from storage_impls.core.errors import CorruptStoreError, MissingStoreError, StoreError
+from storage_impls.core.records import MARKERS
+from storage_impls.remote.client import Location
+from storage_impls.remote.ranges import Span
+
+SHM = Path("/dev/shm")
+
+
+class StagedFolder:
+    """The mirror of ``location`` in a fresh local folder (``root``)."""
+
+    def __init__(self, location: Location) -> None:
+        self.location = location
+        self.root = Path(tempfile.mkdtemp(prefix="storage-remote-", dir=SHM if os.access(SHM, os.W_OK) else None))
+        self._sizes: dict[str, int] = {}  # sparse files and their remote sizes
+
+    def download(self, key: str, *, required: bool = True) -> Path | None:
+        """Object ``key`` downloaded whole to the same name in the mirror (None if absent and not ``required``)."""
+        try:
+            data = self.location.get(key)
+        except MissingStoreError:
+            if required:
+                raise
+            return None
+        path = self.root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return path
+
+    def download_store_file(self, key: str, method: str) -> None:
+        """A store's top-level file that must exist; if it does not, the error says whose store is there, if any."""
+        try:
+            self.download(key)
+        except MissingStoreError:
+            found = sorted(set(self.location.list()) & set(MARKERS))
+            owners = [MARKERS[name] for name in found if MARKERS[name] != method]
+            if owners:
+                raise CorruptStoreError(f"{self.location.url} holds a {owners[0]} store, not a {method} store: open it "
+                                        f"with method {owners[0]!r}") from None
+            raise MissingStoreError(f"no {method} store at {self.location.url}: {key} does not exist") from None
+
+    def sparse(self, folder: str, names: Sequence[str]) -> None:
+        """Files ``folder/name`` in the mirror, sparse, of their remote sizes (one listing); MissingStoreError naming
+        the first that does not exist."""
+        sizes = self.location.list(folder)
+        (self.root / folder).mkdir(parents=True, exist_ok=True)
+        for name in names:
+            key = f"{folder}/{name}"
+            if key not in sizes:  # with the file name, which the checkpointed stores' messages name
+                raise MissingStoreError(errno.ENOENT, "does not exist", self.location.name(key))
+            os.truncate(_create(self.root / key), sizes[key])
+            self._sizes[key] = sizes[key]
+
+    @contextlib.contextmanager
+    def filled(self, spans: Sequence[Span]) -> Iterator[None]:
+        """Within the block, the mirror's sparse files hold the remote bytes of ``spans``; dropped after."""
+        spans = [span for span in spans if span.stop > span.start]
+        try:
+            for span, data in zip(spans, self.location.fetch(spans) if spans else []):
+                fd = os.open(self.root / span.key, os.O_WRONLY)
+                try:
+                    _pwrite_all(fd, data, span.start)
+                finally:
+                    os.close(fd)
+            yield
+        finally:
+            for key in {span.key for span in spans}:  # drop the pages: the file reads as zeros again
+                os.truncate(self.root / key, 0)
+                os.truncate(self.root / key, self._sizes[key])
+
+    @contextlib.contextmanager
+    def naming(self) -> Iterator[None]:
+        """Errors raised within name the remote objects instead of the mirror's files."""
+        try:
+            yield
+        except StoreError as error:
+            text = str(error).replace(str(self.root), self.location.url)
+            if text == str(error):
+                raise
+            raise type(error)(text) from None
+
+    def close(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _create(path: Path) -> Path:
+    path.touch()
+    return path
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        written = os.pwrite(fd, data, offset)
+        data, offset = data[written:], offset + written
