@@ -55,7 +55,7 @@ _REGISTRY: dict[str, MethodSpec] = {
     "hdf5": MethodSpec(f"{_METHODS}.hdf5.store", "Hdf5Store", ("images.h5", "images.h5.journal"), "pip install h5py"),
     "rocksdb": MethodSpec(f"{_METHODS}.rocksdb.store", "RocksdbStore", ("rocksdb.json",), _extra("rocksdb")),
     "npy-files": MethodSpec(f"{_METHODS}.npy_files", "NpyFilesStore", ("npy-files.json",), "pip install numpy",
-                            frozenset({FILE_PER_IMAGE})),
+                            frozenset({FILE_PER_IMAGE, READS_REMOTE})),
     "npz": MethodSpec(f"{_METHODS}.npz", "NpzStore", ("npz.json",), "pip install numpy"),
     "npy-memmap": MethodSpec(f"{_METHODS}.npy_memmap", "NpyMemmapStore", ("npy-memmap.json",), "pip install numpy"),
     "webdataset": MethodSpec(f"{_METHODS}.webdataset.store", "WebDatasetStore", ("webdataset.json",),

@@ -11,6 +11,7 @@ Errors: a missing object is MissingStoreError, an object shorter than a range as
 """
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from collections.abc import Sequence
@@ -19,9 +20,13 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from urllib.parse import urlsplit
 
-import obstore
-from obstore.exceptions import BaseError, NotFoundError
-from obstore.store import from_url
+try:  # optional (the [s3] extra): the methods import this package, and only a remote read needs the client
+    import obstore
+    from obstore.exceptions import BaseError, NotFoundError
+    from obstore.store import from_url
+except ImportError:
+    obstore = None
+    BaseError = NotFoundError = type("NoClient", (Exception,), {})  # never raised: nothing is requested without it
 
 from storage_impls.core.errors import CorruptStoreError, MissingStoreError, RemoteError
 from storage_impls.remote.ranges import Span, coalesce
@@ -86,6 +91,8 @@ class Location:
     def __init__(self, url: str, storage_options: dict | None = None) -> None:
         if not is_url(url):
             raise ValueError(f"{url!r} is not an object-store URL ({', '.join(f'{s}://' for s in SCHEMES)})")
+        if obstore is None:
+            raise ImportError(f"reaching {url} needs obstore: pip install image-storage-bench[s3]", name="obstore")
         self.url = url.rstrip("/")
         self.storage_options = dict(storage_options or {})
 
@@ -128,6 +135,10 @@ class Location:
         finally:
             STATS.finished(len(data))
         return memoryview(data)
+
+    def get_many(self, keys: Sequence[str]) -> list[memoryview]:
+        """Whole objects ``keys``, one GET each, all in flight at once (up to CONCURRENCY)."""
+        return list(_pool().map(self.get, keys)) if len(keys) > 1 else [self.get(key) for key in keys]
 
     def size(self, key: str) -> int:
         """The size of object ``key`` (one HEAD)."""
@@ -181,7 +192,7 @@ class Location:
         try:
             return request()
         except (NotFoundError, FileNotFoundError):
-            raise MissingStoreError(f"{self.name(key)} does not exist") from None
+            raise MissingStoreError(errno.ENOENT, "does not exist", self.name(key)) from None
         except BaseError as error:
             raise RemoteError(f"{self.name(key)}: {_first_line(error)}") from None
         except OSError as error:  # obstore's I/O errors: a connection cut, a timeout

@@ -11,6 +11,7 @@ removed when the handle closes. Errors name the remote objects, not the mirror's
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
 import shutil
@@ -66,27 +67,52 @@ class StagedFolder:
         (self.root / folder).mkdir(parents=True, exist_ok=True)
         for name in names:
             key = f"{folder}/{name}"
-            if key not in sizes:  # with the file name, which the checkpointed stores' messages name
-                raise MissingStoreError(errno.ENOENT, "does not exist", self.location.name(key))
+            if key not in sizes:
+                raise self.missing(key)
             os.truncate(_create(self.root / key), sizes[key])
             self._sizes[key] = sizes[key]
 
+    def missing(self, key: str) -> MissingStoreError:
+        """The error for a missing object, with its mirror's name as the file name (which some stores' messages
+        name, and ``naming`` turns into the object's URL)."""
+        return MissingStoreError(errno.ENOENT, "does not exist", str(self.root / key))
+
+    def fill(self, spans: Sequence[Span]) -> None:
+        """Write the remote bytes of ``spans`` into the mirror's sparse files (kept until ``drop``)."""
+        spans = [span for span in spans if span.stop > span.start]
+        for span, data in zip(spans, self.location.fetch(spans) if spans else []):
+            fd = os.open(self.root / span.key, os.O_WRONLY)
+            try:
+                _pwrite_all(fd, data, span.start)
+            finally:
+                os.close(fd)
+
     @contextlib.contextmanager
     def filled(self, spans: Sequence[Span]) -> Iterator[None]:
-        """Within the block, the mirror's sparse files hold the remote bytes of ``spans``; dropped after."""
-        spans = [span for span in spans if span.stop > span.start]
+        """Within the block, the mirror's sparse files hold the remote bytes of ``spans``; dropped after (the rest
+        of the file, e.g. a footer filled at open, stays)."""
         try:
-            for span, data in zip(spans, self.location.fetch(spans) if spans else []):
-                fd = os.open(self.root / span.key, os.O_WRONLY)
-                try:
-                    _pwrite_all(fd, data, span.start)
-                finally:
-                    os.close(fd)
+            self.fill(spans)
             yield
         finally:
-            for key in {span.key for span in spans}:  # drop the pages: the file reads as zeros again
-                os.truncate(self.root / key, 0)
-                os.truncate(self.root / key, self._sizes[key])
+            for span in spans:
+                _punch_hole(self.root / span.key, span.start, span.stop - span.start)
+
+    @contextlib.contextmanager
+    def downloaded(self, keys: Sequence[str]) -> Iterator[None]:
+        """Within the block, the objects ``keys`` are whole files in the mirror (one GET each, all in flight at
+        once: the file-per-image methods' requests); removed after."""
+        try:
+            for key, data in zip(keys, self.location.get_many(keys)):
+                path = self.root / key
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
+            yield
+        except MissingStoreError as error:
+            raise self.missing(str(error.filename).removeprefix(f"{self.location.url}/")) from None
+        finally:
+            for key in keys:
+                (self.root / key).unlink(missing_ok=True)
 
     @contextlib.contextmanager
     def naming(self) -> Iterator[None]:
@@ -101,6 +127,23 @@ class StagedFolder:
 
     def close(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_PUNCH_HOLE = 0x02 | 0x01  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+
+
+def _punch_hole(path: Path, offset: int, length: int) -> None:
+    """Drop bytes ``offset`` .. + ``length`` of ``path`` (they read as zeros again; the size stays)."""
+    if length <= 0:
+        return
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        if _LIBC.fallocate(fd, _PUNCH_HOLE, ctypes.c_int64(offset), ctypes.c_int64(length)) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, f"cannot drop bytes of the mirror's {path}: {os.strerror(code)}")
+    finally:
+        os.close(fd)
 
 
 def _create(path: Path) -> Path:
