@@ -60,7 +60,8 @@ _REGISTRY: dict[str, MethodSpec] = {
     "npy-memmap": MethodSpec(f"{_METHODS}.npy_memmap", "NpyMemmapStore", ("npy-memmap.json",), "pip install numpy"),
     "webdataset": MethodSpec(f"{_METHODS}.webdataset.store", "WebDatasetStore", ("webdataset.json",),
                              _extra("webdataset"), frozenset({READS_REMOTE})),
-    "parquet": MethodSpec(f"{_METHODS}.parquet", "ParquetStore", ("parquet.json",), _extra("parquet")),
+    "parquet": MethodSpec(f"{_METHODS}.parquet", "ParquetStore", ("parquet.json",), _extra("parquet"),
+                           frozenset({READS_REMOTE})),
     "lance": MethodSpec(f"{_METHODS}.lance.store", "LanceStore", ("lance.json",), _extra("lance")),
     "zarr": MethodSpec(f"{_METHODS}.zarr.store", "ZarrStore", ("zarr.json",), _extra("zarr")),
 }

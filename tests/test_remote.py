@@ -21,7 +21,8 @@ from storage_impls.remote.ranges import Span, coalesce
 REMOTE = [method for method in METHODS if has_trait(method, READS_REMOTE)]
 LOCAL_ONLY = [method for method in METHODS if not has_trait(method, READS_REMOTE)]
 # variants read remotely besides the plain methods: an encoded layout where the method has codecs
-VARIANTS = {"webdataset": ["webdataset:codec=png", "webdataset:shard_size=64KiB"]}
+VARIANTS = {"webdataset": ["webdataset:codec=png", "webdataset:shard_size=64KiB"],
+            "parquet": ["parquet:codec=png,compression=zstd"]}
 COUNT, SHAPE = 60, (8, 8, 3)
 
 

@@ -72,6 +72,16 @@ class StagedFolder:
             os.truncate(_create(self.root / key), sizes[key])
             self._sizes[key] = sizes[key]
 
+    def size(self, key: str) -> int:
+        """The remote size of the sparse file ``key``."""
+        return self._sizes[key]
+
+    def read(self, key: str, start: int, stop: int) -> bytes:
+        """Bytes of the mirror's file ``key`` (filled ones, or zeros)."""
+        with open(self.root / key, "rb") as file:
+            file.seek(start)
+            return file.read(stop - start)
+
     def missing(self, key: str) -> MissingStoreError:
         """The error for a missing object, with its mirror's name as the file name (which some stores' messages
         name, and ``naming`` turns into the object's URL)."""
