@@ -34,13 +34,18 @@ class RemoteReads:
         self.staged = StagedFolder(self.location)
         try:
             with self.staged.naming():
-                self.staged.download_store_file(self.STAGED[0], self.method)
-                for name in self.STAGED[1:]:
-                    self.staged.download(name, required=False)
+                self._stage()
                 super().__init__(self.staged.root, "r", **options)
         except BaseException:
             self.staged.close()
             raise
+
+    def _stage(self) -> None:
+        """Put the store's top-level files in the mirror before the method's class opens it: by default ``STAGED``,
+        downloaded whole (the first must exist)."""
+        self.staged.download_store_file(self.STAGED[0], self.method)
+        for name in self.STAGED[1:]:
+            self.staged.download(name, required=False)
 
     def _get(self, image_id: int) -> tuple[np.ndarray, int]:
         with self.staged.naming():

@@ -53,20 +53,23 @@ class StagedFolder:
         try:
             self.download(key)
         except MissingStoreError:
-            found = sorted(set(self.location.list()) & set(MARKERS))
-            owners = [MARKERS[name] for name in found if MARKERS[name] != method]
-            if owners:
-                raise CorruptStoreError(f"{self.location.url} holds a {owners[0]} store, not a {method} store: open it "
-                                        f"with method {owners[0]!r}") from None
-            raise MissingStoreError(f"no {method} store at {self.location.url}: {key} does not exist") from None
+            raise self.not_a_store(method, key, self.location.list()) from None
 
-    def sparse(self, folder: str, names: Sequence[str]) -> None:
-        """Files ``folder/name`` in the mirror, sparse, of their remote sizes (one listing); MissingStoreError naming
-        the first that does not exist."""
-        sizes = self.location.list(folder)
+    def not_a_store(self, method: str, key: str, listed: dict[str, int]) -> StoreError:
+        """The error for a location without ``method``'s file ``key``: whose store it holds, or that none is there."""
+        owners = [MARKERS[name] for name in sorted(set(listed) & set(MARKERS)) if MARKERS[name] != method]
+        if owners:
+            return CorruptStoreError(f"{self.location.url} holds a {owners[0]} store, not a {method} store: open it "
+                                     f"with method {owners[0]!r}")
+        return MissingStoreError(f"no {method} store at {self.location.url}: {key} does not exist")
+
+    def sparse(self, folder: str, names: Sequence[str], sizes: dict[str, int] | None = None) -> None:
+        """Files ``folder/name`` in the mirror, sparse, of their remote sizes (``sizes``, else one listing);
+        MissingStoreError naming the first that does not exist."""
+        sizes = self.location.list(folder) if sizes is None else sizes
         (self.root / folder).mkdir(parents=True, exist_ok=True)
         for name in names:
-            key = f"{folder}/{name}"
+            key = f"{folder}/{name}" if folder else name
             if key not in sizes:
                 raise self.missing(key)
             os.truncate(_create(self.root / key), sizes[key])
