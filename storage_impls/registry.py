@@ -63,7 +63,8 @@ _REGISTRY: dict[str, MethodSpec] = {
                              _extra("webdataset"), frozenset({READS_REMOTE})),
     "parquet": MethodSpec(f"{_METHODS}.parquet", "ParquetStore", ("parquet.json",), _extra("parquet"),
                            frozenset({READS_REMOTE})),
-    "lance": MethodSpec(f"{_METHODS}.lance.store", "LanceStore", ("lance.json",), _extra("lance")),
+    "lance": MethodSpec(f"{_METHODS}.lance.store", "LanceStore", ("lance.json",), _extra("lance"),
+                         frozenset({READS_REMOTE})),
     "zarr": MethodSpec(f"{_METHODS}.zarr.store", "ZarrStore", ("zarr.json",), _extra("zarr")),
 }
 
