@@ -50,7 +50,7 @@ def _extra(name: str) -> str:
 _METHODS = "storage_impls.methods"
 _REGISTRY: dict[str, MethodSpec] = {
     "disk": MethodSpec(f"{_METHODS}.disk.store", "DiskStore", ("CURRENT",), "pip install Pillow",
-                       frozenset({FILE_PER_IMAGE})),
+                       frozenset({FILE_PER_IMAGE, READS_REMOTE})),
     "lmdb": MethodSpec(f"{_METHODS}.lmdb.store", "LmdbStore", ("data.mdb",), "pip install lmdb"),
     "hdf5": MethodSpec(f"{_METHODS}.hdf5.store", "Hdf5Store", ("images.h5", "images.h5.journal"), "pip install h5py",
                        frozenset({READS_REMOTE})),

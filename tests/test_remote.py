@@ -22,7 +22,8 @@ REMOTE = [method for method in METHODS if has_trait(method, READS_REMOTE)]
 LOCAL_ONLY = [method for method in METHODS if not has_trait(method, READS_REMOTE)]
 # variants read remotely besides the plain methods: an encoded layout where the method has codecs
 VARIANTS = {"webdataset": ["webdataset:codec=png", "webdataset:shard_size=64KiB"],
-            "parquet": ["parquet:codec=png,compression=zstd"], "hdf5": ["hdf5:codec=png"]}
+            "parquet": ["parquet:codec=png,compression=zstd"], "hdf5": ["hdf5:codec=png"],
+            "disk": ["disk:codec=raw"]}
 COUNT, SHAPE = 60, (8, 8, 3)
 
 
