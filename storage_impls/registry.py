@@ -65,7 +65,8 @@ _REGISTRY: dict[str, MethodSpec] = {
                            frozenset({READS_REMOTE})),
     "lance": MethodSpec(f"{_METHODS}.lance.store", "LanceStore", ("lance.json",), _extra("lance"),
                          frozenset({READS_REMOTE})),
-    "zarr": MethodSpec(f"{_METHODS}.zarr.store", "ZarrStore", ("zarr.json",), _extra("zarr")),
+    "zarr": MethodSpec(f"{_METHODS}.zarr.store", "ZarrStore", ("zarr.json",), _extra("zarr"),
+                        frozenset({READS_REMOTE})),
 }
 
 METHODS: tuple[str, ...] = tuple(_REGISTRY)

@@ -91,12 +91,13 @@ class RemoteCheckpoint(abc.ABC):
     key: str  # the checkpoint's folder, relative to the location
 
     @classmethod
-    def open_remote(cls, staged: StagedFolder, key: str, meta: dict) -> Checkpoint:
-        """Download the checkpoint's small files, make its large ones sparse, then open it as the local class does."""
+    def open_remote(cls, staged: StagedFolder, key: str, meta: dict, *args: object) -> Checkpoint:
+        """Download the checkpoint's small files, make its large ones sparse, then open it as the local class does
+        (``args``: the class's own after the folder and metadata)."""
         checkpoint = cls.__new__(cls)
         checkpoint.staged, checkpoint.key = staged, key
         checkpoint.stage(meta)
-        checkpoint.__init__(staged.root / key, meta)
+        checkpoint.__init__(staged.root / key, meta, *args)
         return checkpoint
 
     @abc.abstractmethod

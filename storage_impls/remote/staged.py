@@ -48,6 +48,13 @@ class StagedFolder:
         path.write_bytes(data)
         return path
 
+    def download_many(self, keys: Sequence[str]) -> None:
+        """Objects ``keys`` downloaded whole into the mirror, all in flight at once."""
+        for key, data in zip(keys, self.location.get_many(keys)):
+            path = self.root / key
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+
     def download_store_file(self, key: str, method: str) -> None:
         """A store's top-level file that must exist; if it does not, the error says whose store is there, if any."""
         try:
@@ -67,7 +74,6 @@ class StagedFolder:
         """Files ``folder/name`` in the mirror, sparse, of their remote sizes (``sizes``, else one listing);
         MissingStoreError naming the first that does not exist."""
         sizes = self.location.list(folder) if sizes is None else sizes
-        (self.root / folder).mkdir(parents=True, exist_ok=True)
         for name in names:
             key = f"{folder}/{name}" if folder else name
             if key not in sizes:
@@ -116,10 +122,7 @@ class StagedFolder:
         """Within the block, the objects ``keys`` are whole files in the mirror (one GET each, all in flight at
         once: the file-per-image methods' requests); removed after."""
         try:
-            for key, data in zip(keys, self.location.get_many(keys)):
-                path = self.root / key
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(data)
+            self.download_many(keys)
             yield
         except MissingStoreError as error:
             raise self.missing(str(error.filename).removeprefix(f"{self.location.url}/")) from None
@@ -160,6 +163,7 @@ def _punch_hole(path: Path, offset: int, length: int) -> None:
 
 
 def _create(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.touch()
     return path
 
