@@ -183,3 +183,24 @@ def test_a_server_that_cuts_responses_gives_a_typed_error_or_the_right_bytes(cut
     finally:
         local.close()
         proxy.close()
+
+
+def test_another_methods_store_is_refused_naming_it(tmp_path, bucket):  # noqa: F811
+    installed("webdataset")
+    url, local = published("webdataset", tmp_path, bucket, journal=False)
+    local.close()
+    with pytest.raises(CorruptStoreError, match="holds a webdataset store"):
+        open_store("npy-files", url, "r")
+
+
+def test_hdf5s_chunked_layout_refuses_with_the_stage_hint(tmp_path, bucket):  # noqa: F811
+    url, local = published("hdf5:chunks=4", tmp_path, bucket, journal=False)
+    local.close()
+    with pytest.raises(LocalOnlyError, match="stage"):
+        open_store("hdf5", url, "r")
+
+
+def test_remote_stores_are_read_only(tmp_path, bucket):  # noqa: F811
+    installed("webdataset")
+    with pytest.raises(PermissionError, match="read-only"):
+        open_store("webdataset", bucket.url("any"), "a")

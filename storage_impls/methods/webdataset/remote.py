@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from storage_impls.core.checkpointed import RAW
-from storage_impls.methods.webdataset.format import SampleLayout
+from storage_impls.methods.webdataset.format import sample_bytes
 from storage_impls.methods.webdataset.store import CHECKSUMS, INDEX, SHARD, TarCheckpoint, WebDatasetStore
 from storage_impls.remote.checkpointed import RemoteCheckpoint, RemoteCheckpointed
 from storage_impls.remote.ranges import Span
@@ -25,9 +25,10 @@ class RemoteTarCheckpoint(RemoteCheckpoint, TarCheckpoint):
         self.staged.sparse(self.key, [SHARD.format(index=shard) for shard in range(int(meta["shards"]))])
 
     def _spans(self, ids: np.ndarray) -> list[Span]:
-        """The bytes of each of ``ids``' member (raw) or sample (encoded: up to the end of its encoded file)."""
+        """The bytes of each of ``ids``' member (raw) or sample (encoded: both members, padding included, so that
+        neighbours touch and coalesce)."""
         where = self.index[ids]
-        sizes = SampleLayout.HEAD + where[:, 2] if self.codec is not RAW else np.full(len(ids), self.layout.size)
+        sizes = sample_bytes(where[:, 2]) if self.codec is not RAW else np.full(len(ids), self.layout.size)
         return [self.span(SHARD.format(index=shard), offset, offset + size)
                 for (shard, offset), size in zip(where[:, :2].tolist(), sizes.tolist())]
 
