@@ -126,6 +126,17 @@ def test_image_dataset_reads_a_remote_store_in_spawned_workers(tmp_path, bucket)
             assert np.array_equal(images, expected) and labels == expected_labels.tolist()
 
 
+def test_a_forked_worker_refuses_and_leaves_the_parents_handle_working(tmp_path, bucket):  # noqa: F811
+    installed("npy-files")
+    url, local = published("npy-files", tmp_path, bucket)
+    with local, ImageDataset("npy-files", url) as dataset:
+        first = dataset[3]  # the parent's handle and mirror, inherited by the fork
+        with multiprocessing.get_context("fork").Pool(1) as pool, pytest.raises(RuntimeError, match="spawn"):
+            pool.apply(_read_in_worker, (dataset, [1, 2, 3]))
+        again = dataset[3]  # the child's close of its copy left the parent's mirror in place
+        assert np.array_equal(first[0], again[0]) and first[1] == again[1]
+
+
 def test_upload_verifies_sizes_and_the_cli_publishes(tmp_path, bucket):  # noqa: F811
     installed("webdataset")
     from storage_impls.__main__ import main

@@ -25,6 +25,7 @@ class RemoteReads:
 
     STAGED: tuple[str, ...]
     method: str
+    fork_safe = False  # the client's runtime does not survive a fork (client.py): readers are spawned
 
     def __init__(self, url: str | Location, mode: Mode = "r", *, storage_options: dict | None = None,
                  **options: object) -> None:

@@ -2,6 +2,9 @@
 timeouts) and the requests every remote reader makes: a whole object, a batch of byte ranges fetched concurrently
 (coalesced where they touch, in offset order), a listing, an upload.
 
+Processes: obstore's runtime hangs in a process forked after it ran, so a forked child of a process that made a
+client gets RuntimeError (start readers with spawn, as for lance); each spawned process makes its own client.
+
 A ``Location`` is a URL (``s3://bucket/prefix``, ``gs://``, ``az://``, ``http(s)://``) plus ``storage_options``
 (obstore's configuration keys, e.g. ``endpoint``, ``region``, ``access_key_id``; for S3 anything not given comes
 from the usual ``AWS_*`` variables: ``AWS_ENDPOINT_URL``, ``AWS_REGION``, ``AWS_ACCESS_KEY_ID``, ...). It pickles
@@ -74,6 +77,7 @@ class Stats:
 
 STATS = Stats()  # this process's, for the suite's requests per image and read amplification
 _CLIENTS: dict[tuple, object] = {}
+_CLIENT_PID: int | None = None  # the process that first made a client: obstore's runtime does not survive a fork
 _POOL: tuple[int, ThreadPoolExecutor] | None = None
 
 
@@ -109,9 +113,16 @@ class Location:
     @property
     def store(self) -> object:
         """This process's client for the location (built on first use in each process)."""
+        global _CLIENT_PID
         ident = (os.getpid(), self.url, tuple(sorted(self.storage_options.items())))
         client = _CLIENTS.get(ident)
         if client is None:
+            if _CLIENT_PID not in (None, os.getpid()):
+                raise RuntimeError(f"reading {self.url} in a process forked from process {_CLIENT_PID}, which had "
+                                   "used the object-store client (whose runtime hangs after a fork): start readers "
+                                   "with spawn or forkserver (multiprocessing.get_context('spawn'), "
+                                   "DataLoader(multiprocessing_context='spawn'))")
+            _CLIENT_PID = os.getpid()
             config = {k: v for k, v in self.storage_options.items() if k not in CLIENT_KEYS}
             options = {**CLIENT_OPTIONS, **{k: v for k, v in self.storage_options.items() if k in CLIENT_KEYS}}
             endpoint = config.get("endpoint") or config.get("aws_endpoint") or os.environ.get("AWS_ENDPOINT_URL", "")

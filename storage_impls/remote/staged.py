@@ -34,6 +34,7 @@ class StagedFolder:
         self.location = location
         self.root = Path(tempfile.mkdtemp(prefix="storage-remote-", dir=SHM if os.access(SHM, os.W_OK) else None))
         self._sizes: dict[str, int] = {}  # sparse files and their remote sizes
+        self._pid = os.getpid()  # a forked child closing its inherited copy must not remove its parent's mirror
 
     def download(self, key: str, *, required: bool = True) -> Path | None:
         """Object ``key`` downloaded whole to the same name in the mirror (None if absent and not ``required``)."""
@@ -142,7 +143,8 @@ class StagedFolder:
             raise type(error)(text) from None
 
     def close(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
+        if os.getpid() == self._pid:
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 _LIBC = ctypes.CDLL(None, use_errno=True)
