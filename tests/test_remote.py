@@ -23,7 +23,8 @@ LOCAL_ONLY = [method for method in METHODS if not has_trait(method, READS_REMOTE
 # variants read remotely besides the plain methods: an encoded layout where the method has codecs
 VARIANTS = {"webdataset": ["webdataset:codec=png", "webdataset:shard_size=64KiB"],
             "parquet": ["parquet:codec=png,compression=zstd"], "hdf5": ["hdf5:codec=png"],
-            "disk": ["disk:codec=raw"], "zarr": ["zarr:reader=pread", "zarr:codec=png,compression=zstd,reader=pread", "zarr:compression=blosc"]}
+            "disk": ["disk:codec=raw"],
+            "zarr": ["zarr:reader=pread", "zarr:codec=png,compression=zstd,reader=pread", "zarr:compression=blosc"]}
 COUNT, SHAPE = 60, (8, 8, 3)
 
 
