@@ -47,9 +47,9 @@ def s3_endpoint():
 def bucket(s3_endpoint):
     """A fresh bucket; the module's tests run with the AWS variables pointing at the server."""
     with pytest.MonkeyPatch.context() as patch:
-        for name in [name for name in os.environ if name.startswith("AWS_")]:
-            patch.delenv(name)
-        for name, value in {**CREDENTIALS, "AWS_ENDPOINT_URL": s3_endpoint}.items():
+        for name in [name for name in os.environ if name.startswith("AWS_") or name.lower().endswith("_proxy")]:
+            patch.delenv(name)  # no profile, no other endpoint, no proxy between the client and 127.0.0.1
+        for name, value in {**CREDENTIALS, "AWS_ENDPOINT_URL": s3_endpoint, "NO_PROXY": "127.0.0.1"}.items():
             patch.setenv(name, value)
         found = Bucket(s3_endpoint, f"test-{uuid.uuid4().hex[:12]}")
         found.client().create_bucket(Bucket=found.name, CreateBucketConfiguration={"LocationConstraint": REGION})

@@ -9,7 +9,6 @@ import uuid
 
 import numpy as np
 import pytest
-from s3_server import CuttingProxy, bucket, s3_endpoint  # noqa: F401  (fixtures)
 
 from storage_impls import METHODS, open_store
 from storage_impls.core.errors import CorruptStoreError, LocalOnlyError, MissingStoreError, RemoteError
@@ -17,6 +16,7 @@ from storage_impls.loader import ImageDataset
 from storage_impls.registry import READS_REMOTE, _load_class, has_trait, installed_methods
 from storage_impls.remote import STATS, stage, upload
 from storage_impls.remote.ranges import Span, coalesce
+from tests.s3_server import CuttingProxy, bucket, s3_endpoint  # noqa: F401  (fixtures)
 
 REMOTE = [method for method in METHODS if has_trait(method, READS_REMOTE)]
 LOCAL_ONLY = [method for method in METHODS if not has_trait(method, READS_REMOTE)]
