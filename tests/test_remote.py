@@ -4,6 +4,7 @@ a missing or truncated object and a server that cuts responses raise typed error
 from __future__ import annotations
 
 import multiprocessing
+import socket
 import time
 import uuid
 
@@ -216,3 +217,26 @@ def test_remote_stores_are_read_only(tmp_path, bucket):  # noqa: F811
     installed("webdataset")
     with pytest.raises(PermissionError, match="read-only"):
         open_store("webdataset", bucket.url("any"), "a")
+
+
+def test_recorded_requests_replay_as_plain_gets(tmp_path, bucket):  # noqa: F811
+    installed("webdataset")
+    url, local = published("webdataset", tmp_path, bucket, journal=False)
+    local.close()
+    with open_store("webdataset", url, "r") as remote:
+        STATS.reset(record=True)
+        remote.read_batch(np.arange(0, COUNT, 3))
+        recorded, fetched = list(STATS.recorded), STATS.bytes
+        STATS.reset()
+        assert remote.location.replay(recorded) == fetched and STATS.requests == len(recorded) == COUNT // 3
+
+
+def test_an_endpoint_that_refuses_connections_is_a_remote_error_soon(tmp_path, bucket):  # noqa: F811
+    installed("webdataset")
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]  # closed again before the client connects: refused
+    started = time.monotonic()
+    with pytest.raises(RemoteError):
+        open_store("webdataset", bucket.url("any"), "r", storage_options={"endpoint": f"http://127.0.0.1:{port}"})
+    assert time.monotonic() - started < 60

@@ -51,16 +51,22 @@ def is_url(location: object) -> bool:
 
 @dataclass
 class Stats:
-    """What this process's client has fetched: GET requests, bytes, and the most requests in flight at once."""
+    """What this process's client has fetched: GET requests, bytes, the most requests in flight at once, and (after
+    ``reset(record=True)``) each request's span (stop -1: a whole object), which ``Location.replay(STATS.recorded)``
+    makes again as plain concurrent GETs (a floor: the same ranges, no format's work).
+    Counted per process: each reader process reports its own."""
 
     requests: int = 0
     bytes: int = 0
     peak_concurrent: int = 0
+    recorded: list[Span] | None = None
     _in_flight: int = field(default=0, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def started(self) -> None:
+    def started(self, span: Span) -> None:
         with self._lock:
+            if self.recorded is not None:
+                self.recorded.append(span)
             self.requests += 1
             self._in_flight += 1
             self.peak_concurrent = max(self.peak_concurrent, self._in_flight)
@@ -70,9 +76,11 @@ class Stats:
             self._in_flight -= 1
             self.bytes += size
 
-    def reset(self) -> None:
+    def reset(self, *, record: bool = False) -> None:
+        """Zero the counts; ``record``: keep each request's span from now on (else stop keeping them)."""
         with self._lock:
             self.requests = self.bytes = self.peak_concurrent = 0
+            self.recorded = [] if record else None
 
 
 STATS = Stats()  # this process's, for the suite's requests per image and read amplification
@@ -139,7 +147,7 @@ class Location:
     # -- requests --------------------------------------------------------------------------------
     def get(self, key: str) -> memoryview:
         """The whole object ``key``."""
-        STATS.started()
+        STATS.started(Span(key, 0, -1))  # a whole object (its size unknown before the GET)
         data = b""
         try:
             data = self._call(key, lambda: obstore.get(self.store, key).bytes())
@@ -171,6 +179,13 @@ class Location:
                 found[item["path"]] = int(item["size"])
         return found
 
+    def replay(self, spans: Sequence[Span]) -> int:
+        """Fetch ``spans`` as recorded (whole objects for stop -1), all in flight at once, uncoalesced; the bytes."""
+        whole = [span.key for span in spans if span.stop < 0]
+        ranged = [span for span in spans if span.stop >= 0]
+        parts = list(_pool().map(self._range, ranged)) + self.get_many(whole)
+        return sum(len(part) for part in parts)
+
     def fetch(self, spans: Sequence[Span]) -> list[memoryview]:
         """The bytes of each of ``spans``: touching spans coalesced into one request, requests in offset order,
         all in flight at once (up to CONCURRENCY); CorruptStoreError if an object ends before a span does."""
@@ -182,7 +197,7 @@ class Location:
     def _range(self, span: Span) -> memoryview:
         if span.stop == span.start:
             return memoryview(b"")
-        STATS.started()
+        STATS.started(span)
         data = b""
         try:
             data = self._call(span.key, lambda: obstore.get_range(self.store, span.key, start=span.start,
