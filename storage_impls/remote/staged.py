@@ -44,17 +44,26 @@ class StagedFolder:
             if required:
                 raise
             return None
-        path = self.root / key
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        return path
+        return self._write(key, data)
 
     def download_many(self, keys: Sequence[str]) -> None:
         """Objects ``keys`` downloaded whole into the mirror, all in flight at once."""
         for key, data in zip(keys, self.location.get_many(keys)):
-            path = self.root / key
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
+            self._write(key, data)
+
+    def path(self, key: str) -> Path:
+        """The mirror's file of object ``key``; CorruptStoreError for a key that would leave the mirror (a bucket is
+        untrusted input: a listed name such as ``a/../../x``)."""
+        path = self.root / key
+        if ".." in Path(key).parts or Path(key).is_absolute():
+            raise CorruptStoreError(f"{self.location.name(key)}: an object name this package never writes")
+        return path
+
+    def _write(self, key: str, data: memoryview) -> Path:
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return path
 
     def download_store_file(self, key: str, method: str) -> None:
         """A store's top-level file that must exist; if it does not, the error says whose store is there, if any."""
@@ -79,7 +88,7 @@ class StagedFolder:
             key = f"{folder}/{name}" if folder else name
             if key not in sizes:
                 raise self.missing(key)
-            os.truncate(_create(self.root / key), sizes[key])
+            os.truncate(_create(self.path(key)), sizes[key])
             self._sizes[key] = sizes[key]
 
     def size(self, key: str) -> int:
@@ -98,7 +107,7 @@ class StagedFolder:
         return MissingStoreError(errno.ENOENT, "does not exist", str(self.root / key))
 
     def fill(self, spans: Sequence[Span]) -> None:
-        """Write the remote bytes of ``spans`` into the mirror's sparse files (kept until ``drop``)."""
+        """Write the remote bytes of ``spans`` into the mirror's sparse files (kept: ``filled`` drops its own)."""
         spans = [span for span in spans if span.stop > span.start]
         for span, data in zip(spans, self.location.fetch(spans) if spans else []):
             fd = os.open(self.root / span.key, os.O_WRONLY)
