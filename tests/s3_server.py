@@ -3,6 +3,7 @@ module with credentials and a non-default region set in the environment for that
 cuts responses short. Every socket is on 127.0.0.1; every loop is bounded."""
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -36,6 +37,7 @@ class Bucket:
 
 @pytest.fixture(scope="session")
 def s3_endpoint():
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not a line per request
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

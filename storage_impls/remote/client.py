@@ -190,6 +190,8 @@ class Location:
         """The bytes of each of ``spans``: touching spans coalesced into one request, requests in offset order,
         all in flight at once (up to CONCURRENCY); CorruptStoreError if an object ends before a span does."""
         requests, where = coalesce(spans)
+        if not requests:
+            return []
         results = list(_pool().map(self._range, requests)) if len(requests) > 1 else [self._range(requests[0])]
         return [results[request][offset:offset + spans[index].stop - spans[index].start]
                 for index, (request, offset) in enumerate(where)]
