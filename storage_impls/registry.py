@@ -158,8 +158,8 @@ def open_store(spec: str, directory: str | os.PathLike, mode: Mode = "a", **opti
         method, texts = parse_spec(spec)
         if not has_trait(method, READS_REMOTE):
             raise LocalOnlyError(f"{method} reads local files only, not {directory}: stage the store first "
-                                 f"(storage_impls.remote.stage(url, folder), or `python -m storage_impls stage URL "
-                                 f"FOLDER`), then open the folder")
+                                 f"(storage_impls.registry.open_staged(spec, url, folder), or `python -m "
+                                 f"storage_impls stage URL FOLDER`), then open the folder")
         cls = _load_class(method)
         options = {**check_options(method, getattr(cls, "OPTIONS", {}), texts), **options}
         try:
@@ -169,6 +169,14 @@ def open_store(spec: str, directory: str | os.PathLike, mode: Mode = "a", **opti
                               name=error.name) from error
         return reader(directory, mode, **options)
     return get_store_class(spec)(directory, mode, **options)
+
+
+def open_staged(spec: str, url: str, folder: str | os.PathLike, storage_options: dict | None = None,
+                **options: object) -> ImageStore:
+    """Stage then read: download the store at ``url`` into ``folder`` (new or empty), then open it read-only."""
+    from storage_impls.remote import stage  # the object-store client: only when staging
+
+    return open_store(spec, stage(url, folder, storage_options), "r", **options)
 
 
 def installed_methods() -> tuple[str, ...]:

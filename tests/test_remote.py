@@ -14,8 +14,8 @@ import pytest
 from storage_impls import METHODS, open_store
 from storage_impls.core.errors import CorruptStoreError, LocalOnlyError, MissingStoreError, RemoteError
 from storage_impls.loader import ImageDataset
-from storage_impls.registry import READS_REMOTE, _load_class, has_trait, installed_methods
-from storage_impls.remote import STATS, stage, upload
+from storage_impls.registry import READS_REMOTE, _load_class, has_trait, installed_methods, open_staged
+from storage_impls.remote import STATS, upload
 from storage_impls.remote.ranges import Span, coalesce
 from tests.s3_server import CuttingProxy, bucket, s3_endpoint  # noqa: F401  (fixtures)
 
@@ -107,7 +107,7 @@ def test_local_only_methods_refuse_and_read_once_staged(method, tmp_path, bucket
     url, local = published(method, tmp_path, bucket, journal=False)
     with pytest.raises(LocalOnlyError, match="stage"):
         open_store(method, url, "r")
-    with local, open_store(method, stage(url, tmp_path / "staged"), "r") as staged:
+    with local, open_staged(method, url, tmp_path / "staged") as staged:
         for got, expected in zip(staged.read_many(COUNT), local.read_many(COUNT)):
             assert np.array_equal(got, expected)
 
