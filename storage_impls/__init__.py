@@ -9,8 +9,10 @@ from storage_impls.core.base import DiskUsage, ImageStore
 from storage_impls.core.errors import (
     CorruptStoreError,
     ImageNotFoundError,
+    LocalOnlyError,
     MissingStoreError,
     NoSpaceError,
+    RemoteError,
     StoreError,
     StoreLockedError,
 )
@@ -24,8 +26,10 @@ __all__ = [
     "DiskUsage",
     "ImageNotFoundError",
     "ImageStore",
+    "LocalOnlyError",
     "MissingStoreError",
     "NoSpaceError",
+    "RemoteError",
     "StoreError",
     "StoreLockedError",
     "get_store_class",

@@ -38,7 +38,9 @@ class ImageDataset:
 
     def __init__(self, method: str, directory: str | os.PathLike, **store_options: object) -> None:
         self.method = method
-        self.directory = Path(os.path.abspath(directory))
+        # an object-store URL stays as given (store_options then carry storage_options: docs/remote.md)
+        remote = isinstance(directory, str) and "://" in directory
+        self.directory = directory if remote else Path(os.path.abspath(directory))
         self.store_options = store_options
         self._store: ImageStore | None = None
         self._pid: int | None = None

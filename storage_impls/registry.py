@@ -22,19 +22,27 @@ from typing import NamedTuple
 
 from storage_impls.core.base import ImageStore, Mode
 from storage_impls.core.codecs import get_codec
+from storage_impls.core.errors import LocalOnlyError
 from storage_impls.core.options import check_options
 from storage_impls.core.records import register_markers
+
+READS_REMOTE = "reads-remote"  # trait: reads a store from an object store by URL (the class's remote_reader)
 
 
 class MethodSpec(NamedTuple):
     """One row: where a method's class lives, the files only its stores hold at their top (so that a
-    directory of another method's store is refused naming it), and what to install. A method's traits
-    (``file_per_image``, ``reads_through_map``, ``fork_safe``...) are attributes of its class."""
+    directory of another method's store is refused naming it), what to install, and the traits the registry
+    itself acts on before importing the class (``READS_REMOTE``). Traits the suite reads (``file_per_image``,
+    ``reads_through_map``, ``fork_safe``...) are attributes of the class."""
 
     module: str
     class_name: str
     markers: tuple[str, ...]
     install_hint: str
+    traits: frozenset[str] = frozenset()
+
+
+REMOTE_HINT = "pip install image-storage-bench[s3]"  # the object-store client remote reads use
 
 
 def _extra(name: str) -> str:
@@ -43,18 +51,24 @@ def _extra(name: str) -> str:
 
 _METHODS = "storage_impls.methods"
 _REGISTRY: dict[str, MethodSpec] = {
-    "disk": MethodSpec(f"{_METHODS}.disk.store", "DiskStore", ("CURRENT",), "pip install Pillow"),
+    "disk": MethodSpec(f"{_METHODS}.disk.store", "DiskStore", ("CURRENT",), "pip install Pillow",
+                       frozenset({READS_REMOTE})),
     "lmdb": MethodSpec(f"{_METHODS}.lmdb.store", "LmdbStore", ("data.mdb",), "pip install lmdb"),
-    "hdf5": MethodSpec(f"{_METHODS}.hdf5.store", "Hdf5Store", ("images.h5", "images.h5.journal"), "pip install h5py"),
+    "hdf5": MethodSpec(f"{_METHODS}.hdf5.store", "Hdf5Store", ("images.h5", "images.h5.journal"), "pip install h5py",
+                       frozenset({READS_REMOTE})),
     "rocksdb": MethodSpec(f"{_METHODS}.rocksdb.store", "RocksdbStore", ("rocksdb.json",), _extra("rocksdb")),
-    "npy-files": MethodSpec(f"{_METHODS}.npy_files", "NpyFilesStore", ("npy-files.json",), "pip install numpy"),
+    "npy-files": MethodSpec(f"{_METHODS}.npy_files", "NpyFilesStore", ("npy-files.json",), "pip install numpy",
+                            frozenset({READS_REMOTE})),
     "npz": MethodSpec(f"{_METHODS}.npz", "NpzStore", ("npz.json",), "pip install numpy"),
     "npy-memmap": MethodSpec(f"{_METHODS}.npy_memmap", "NpyMemmapStore", ("npy-memmap.json",), "pip install numpy"),
     "webdataset": MethodSpec(f"{_METHODS}.webdataset.store", "WebDatasetStore", ("webdataset.json",),
-                             _extra("webdataset")),
-    "parquet": MethodSpec(f"{_METHODS}.parquet", "ParquetStore", ("parquet.json",), _extra("parquet")),
-    "lance": MethodSpec(f"{_METHODS}.lance.store", "LanceStore", ("lance.json",), _extra("lance")),
-    "zarr": MethodSpec(f"{_METHODS}.zarr.store", "ZarrStore", ("zarr.json",), _extra("zarr")),
+                             _extra("webdataset"), frozenset({READS_REMOTE})),
+    "parquet": MethodSpec(f"{_METHODS}.parquet", "ParquetStore", ("parquet.json",), _extra("parquet"),
+                           frozenset({READS_REMOTE})),
+    "lance": MethodSpec(f"{_METHODS}.lance.store", "LanceStore", ("lance.json",), _extra("lance"),
+                         frozenset({READS_REMOTE})),
+    "zarr": MethodSpec(f"{_METHODS}.zarr.store", "ZarrStore", ("zarr.json",), _extra("zarr"),
+                        frozenset({READS_REMOTE})),
 }
 
 METHODS: tuple[str, ...] = tuple(_REGISTRY)
@@ -66,6 +80,11 @@ for _name, _spec in _REGISTRY.items():
 def install_hint(method: str) -> str:
     """The command that installs what ``method`` (a name or a variant) needs."""
     return _REGISTRY[parse_spec(method)[0]].install_hint
+
+
+def has_trait(method: str, trait: str) -> bool:
+    """Whether ``method`` (a name or a variant) has ``trait`` (``READS_REMOTE``)."""
+    return trait in _REGISTRY[parse_spec(method)[0]].traits
 
 
 def codec_of(method: str) -> str:
@@ -147,8 +166,32 @@ def _variant(cls: type[ImageStore], options: tuple[tuple[str, object], ...]) -> 
 
 def open_store(spec: str, directory: str | os.PathLike, mode: Mode = "a", **options: object) -> ImageStore:
     """Open the store of ``spec`` (a method, or a variant) in ``directory``; ``options`` (``durable``,
-    ``checksum``, ``lock_timeout``, and the method's own) as for its class."""
+    ``checksum``, ``lock_timeout``, and the method's own) as for its class. ``directory`` may be an object-store
+    URL (``s3://bucket/prefix``, ``gs://``, ``az://``, ``http(s)://``; then mode "r" and ``storage_options``, see
+    docs/remote.md) for a method with the ``reads-remote`` trait; LocalOnlyError for the others."""
+    if isinstance(directory, str) and "://" in directory:
+        method, texts = parse_spec(spec)
+        if not has_trait(method, READS_REMOTE):
+            raise LocalOnlyError(f"{method} reads local files only, not {directory}: stage the store first "
+                                 f"(storage_impls.registry.open_staged(spec, url, folder), or `python -m "
+                                 f"storage_impls stage URL FOLDER`), then open the folder")
+        cls = _load_class(method)
+        options = {**check_options(method, getattr(cls, "OPTIONS", {}), texts), **options}
+        try:
+            reader = cls.remote_reader()
+        except ImportError as error:
+            raise ImportError(f"reading {directory} needs the package {error.name!r}: {REMOTE_HINT}",
+                              name=error.name) from error
+        return reader(directory, mode, **options)
     return get_store_class(spec)(directory, mode, **options)
+
+
+def open_staged(spec: str, url: str, folder: str | os.PathLike, storage_options: dict | None = None,
+                **options: object) -> ImageStore:
+    """Stage then read: download the store at ``url`` into ``folder`` (new or empty), then open it read-only."""
+    from storage_impls.remote import stage  # the object-store client: only when staging
+
+    return open_store(spec, stage(url, folder, storage_options), "r", **options)
 
 
 def installed_methods() -> tuple[str, ...]:

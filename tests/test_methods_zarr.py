@@ -361,7 +361,7 @@ def _replace_images(folder, **spec):
 def test_missing_zarr_names_what_to_install(monkeypatch, tmp_path):
     import sys
 
-    for module in [name for name in sys.modules if name.startswith("storage_impls.zarr")]:
+    for module in [name for name in sys.modules if name.startswith("storage_impls.methods.zarr")]:
         monkeypatch.delitem(sys.modules, module)
     monkeypatch.setitem(sys.modules, "zarr", None)
     with pytest.raises(ImportError, match=r"needs the package 'zarr'.*pip install image-storage-bench\[zarr\]"):

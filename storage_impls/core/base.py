@@ -209,6 +209,12 @@ class ImageStore(abc.ABC):
         images (``read(ids, out)``), and its name; None where the suite's memmap gather is the reference."""
         return None
 
+    @classmethod
+    def remote_reader(cls) -> type[ImageStore] | None:
+        """The read-only class that reads this method's stores from an object store (its constructor takes the URL
+        and ``storage_options``), None where the method reads local files only (registry trait ``reads-remote``)."""
+        return None
+
     def __init__(self, directory: str | os.PathLike, mode: Mode = "a", *, durable: bool = False,
                  checksum: bool | None = None, lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> None:
         if mode not in ("r", "a"):

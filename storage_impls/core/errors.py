@@ -44,3 +44,12 @@ def no_space_error(directory: os.PathLike | str, error: OSError) -> NoSpaceError
 def is_no_space(error: BaseException) -> bool:
     """True for an OSError that means the device (or a quota or size limit) is full."""
     return isinstance(error, OSError) and error.errno in NO_SPACE_ERRNOS
+
+
+class RemoteError(StoreError, ConnectionError):
+    """A request to an object store failed after the client's bounded retries (network, server, credentials)."""
+
+
+class LocalOnlyError(StoreError, NotImplementedError):
+    """A method whose library reads only local files was asked to read from an object store: stage the store's
+    files to a local folder first (``storage_impls.remote.stage``), then open that folder."""

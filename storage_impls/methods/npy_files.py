@@ -21,12 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
+from storage_impls.core.base import ImageStore
 from storage_impls.core.checkpointed import COPY_BLOCK_BYTES, Checkpoint, CheckpointedStore, Source
 from storage_impls.core.codecs import Codec
 from storage_impls.core.errors import CorruptStoreError
 from storage_impls.core.fileio import READ_FLAGS
 from storage_impls.core.records import image_checksums, verify_checksums
 from storage_impls.formats.npy import check_array, header, load, parse_header, save, write_file
+from storage_impls.remote.checkpointed import RemoteCheckpoint, RemoteCheckpointed
 
 LABELS, CHECKSUMS = "labels.npy", "checksums.npy"
 LABEL_DTYPE, CHECKSUM_DTYPE = np.dtype("<i8"), np.dtype("<u8")
@@ -105,3 +107,31 @@ class NpyFilesStore(CheckpointedStore):
 
     def _open_checkpoint(self, folder: Path, meta: dict) -> Checkpoint:
         return FilesCheckpoint(folder, meta)
+
+    @classmethod
+    def remote_reader(cls) -> type[ImageStore]:
+        return RemoteNpyFilesStore
+
+
+# -- from an object store (remote/): labels and checksums at open, then one GET per image, in flight at once ----
+class RemoteFilesCheckpoint(RemoteCheckpoint, FilesCheckpoint):
+    def stage(self, meta: dict) -> None:
+        for name in (LABELS, CHECKSUMS) if meta.get("checksum") else (LABELS,):
+            self.staged.download(f"{self.key}/{name}")
+
+    def read_rows(self, start: int, out: np.ndarray, labels: np.ndarray) -> None:
+        step = max(1, COPY_BLOCK_BYTES // self.row)
+        for first in range(0, len(out), step):
+            block = slice(first, first + step)
+            with self.staged.downloaded([f"{self.key}/{start + first + row}.npy" for row in range(len(out[block]))]):
+                super().read_rows(start + first, out[block], labels[block])
+
+    def take(self, ids: np.ndarray, out: np.ndarray, labels: np.ndarray) -> None:
+        with self.staged.downloaded([f"{self.key}/{image_id}.npy" for image_id in np.unique(ids).tolist()]):
+            super().take(ids, out, labels)
+
+
+class RemoteNpyFilesStore(RemoteCheckpointed, NpyFilesStore):
+    """An npy-files store read from an object store (read-only): one GET per image, a batch's all in flight."""
+
+    CHECKPOINT = RemoteFilesCheckpoint

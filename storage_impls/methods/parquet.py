@@ -50,12 +50,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from storage_impls.core.base import ImageStore
 from storage_impls.core.checkpointed import COPY_BLOCK_BYTES, Checkpoint, EncodedCheckpointedStore, Source
 from storage_impls.core.codecs import Codec
 from storage_impls.core.errors import CorruptStoreError
 from storage_impls.core.fileio import fsync_path
 from storage_impls.core.options import check_options, choice
 from storage_impls.formats.arrow import binary_values
+from storage_impls.remote.checkpointed import RemoteCheckpoint, RemoteCheckpointed
 
 FORMAT = "storage_impls.parquet"
 IMAGES = "images.parquet"
@@ -256,3 +258,40 @@ class ParquetStore(EncodedCheckpointedStore):
 
     def _open_checkpoint(self, folder: Path, meta: dict) -> Checkpoint:
         return ParquetCheckpoint(folder, meta)
+
+    @classmethod
+    def remote_reader(cls) -> type[ImageStore]:
+        return RemoteParquetStore
+
+
+# -- from an object store (remote/): the footer at open, then the label and image column chunks of the row groups a
+# read touches, by range (a shuffled batch: two ranges per row group, all in flight at once) -----------------------
+FOOTER_GUESS = 64 << 10  # bytes fetched from the end at open: the footer of most stores, else one more request
+
+
+class RemoteParquetCheckpoint(RemoteCheckpoint, ParquetCheckpoint):
+    def stage(self, meta: dict) -> None:
+        name = f"{self.key}/{IMAGES}"
+        self.staged.sparse(self.key, [IMAGES])
+        size = self.staged.size(name)
+        tail = min(size, FOOTER_GUESS)
+        self.staged.fill([self.span(IMAGES, size - tail, size)])
+        footer = int.from_bytes(self.staged.read(name, size - 8, size - 4) if size >= 8 else b"", "little")
+        if tail < footer + 8 <= size:
+            self.staged.fill([self.span(IMAGES, size - footer - 8, size - tail)])
+
+    def _read(self, groups: list[int]) -> pa.Table:
+        metadata, spans = self._file.metadata, []
+        for group in groups:
+            for column in (1, 2):  # label, image
+                chunk = metadata.row_group(group).column(column)
+                start = min(offset for offset in (chunk.dictionary_page_offset, chunk.data_page_offset) if offset)
+                spans.append(self.span(IMAGES, start, start + chunk.total_compressed_size))
+        with self.staged.filled(spans):
+            return super()._read(groups)
+
+
+class RemoteParquetStore(RemoteCheckpointed, ParquetStore):
+    """A parquet store read from an object store (read-only)."""
+
+    CHECKPOINT = RemoteParquetCheckpoint

@@ -56,7 +56,7 @@ from pathlib import Path
 
 import numpy as np
 
-from storage_impls.core.base import BatchReader
+from storage_impls.core.base import BatchReader, ImageStore
 from storage_impls.core.codecs import Codec
 from storage_impls.core.encoded import EncodedStore, decode
 from storage_impls.core.errors import (
@@ -346,3 +346,8 @@ class DiskStore(EncodedStore):
 
     def _close(self) -> None:
         self._release()
+
+    @classmethod
+    def remote_reader(cls) -> type[ImageStore]:
+        from storage_impls.methods.disk.remote import RemoteDiskStore  # it imports this module
+        return RemoteDiskStore

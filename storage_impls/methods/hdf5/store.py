@@ -73,6 +73,7 @@ import numpy as np
 
 from storage_impls.core.advice import DEFAULT_ADVICE
 from storage_impls.core.advice import OPTIONS as ADVICE_OPTIONS
+from storage_impls.core.base import ImageStore
 from storage_impls.core.codecs import Codec, get_codec
 from storage_impls.core.encoded import EncodedStore
 from storage_impls.core.errors import CorruptStoreError, MissingStoreError, StoreLockedError
@@ -383,4 +384,9 @@ class Hdf5Store(EncodedStore):
 
     def _close(self) -> None:
         self._release()
+
+    @classmethod
+    def remote_reader(cls) -> type[ImageStore]:
+        from storage_impls.methods.hdf5.remote import RemoteHdf5Store  # it imports this module
+        return RemoteHdf5Store
 

@@ -99,10 +99,7 @@ class Snapshot:
         self.schema = schema(self.dtype, self.shape, self.checksum, self.codec)
         self.row = int(np.prod(self.shape)) * self.dtype.itemsize  # bytes of an image's pixels
         with lance_errors(folder):
-            if not (folder / "_versions").is_dir():  # lance.dataset says "not found" for damage and absence alike
-                raise FileNotFoundError(2, "no such Lance dataset", str(folder))
-            self.dataset = lance.dataset(str(folder))
-            check_paths(self.dataset, folder)
+            self.dataset = self._open_dataset()
             found = self.dataset.schema
             if _fields(found) != _fields(self.schema) or found.metadata != self.schema.metadata:  # nulls: on read
                 stored = "" if self.codec is RAW else f" in {self.codec.spec}"
@@ -125,6 +122,13 @@ class Snapshot:
         if self.checksum:
             self.sums = np.empty(count, np.uint64)
             self.sums[ids] = _column(table, "checksum", np.uint64, folder)
+
+    def _open_dataset(self) -> lance.LanceDataset:
+        if not (self.folder / "_versions").is_dir():  # lance.dataset says "not found" for damage and absence alike
+            raise FileNotFoundError(2, "no such Lance dataset", str(self.folder))
+        dataset = lance.dataset(str(self.folder))
+        check_paths(dataset, self.folder)  # no base path or file outside the store
+        return dataset
 
     def __len__(self) -> int:
         return len(self.labels)

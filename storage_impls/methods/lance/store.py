@@ -65,6 +65,7 @@ import pyarrow as pa
 from lance.fragment import write_fragments
 from lance.optimize import Compaction
 
+from storage_impls.core.base import ImageStore
 from storage_impls.core.codecs import get_codec
 from storage_impls.core.encoded import EncodedStore
 from storage_impls.core.errors import (
@@ -354,6 +355,11 @@ class LanceStore(EncodedStore):
 
     def _close(self) -> None:
         self._release()
+
+    @classmethod
+    def remote_reader(cls) -> type[ImageStore]:
+        from storage_impls.methods.lance.remote import RemoteLanceStore  # it imports this module
+        return RemoteLanceStore
 
 
 def _manifests(folder: Path) -> set[str]:

@@ -68,7 +68,7 @@ from pathlib import Path
 
 import numpy as np
 
-from storage_impls.core.base import Mode
+from storage_impls.core.base import ImageStore, Mode
 from storage_impls.core.checkpointed import RAW, Checkpoint, EncodedCheckpointedStore, Source
 from storage_impls.core.codecs import Codec
 from storage_impls.core.errors import CorruptStoreError
@@ -369,3 +369,8 @@ class WebDatasetStore(EncodedCheckpointedStore):
 
     def _open_checkpoint(self, folder: Path, meta: dict) -> Checkpoint:
         return TarCheckpoint(folder, meta)
+
+    @classmethod
+    def remote_reader(cls) -> type[ImageStore]:
+        from storage_impls.methods.webdataset.remote import RemoteWebDatasetStore  # it imports this module
+        return RemoteWebDatasetStore

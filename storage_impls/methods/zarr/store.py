@@ -66,7 +66,7 @@ import numpy as np
 import zarr
 from zarr.core.buffer.cpu import NDBuffer
 
-from storage_impls.core.base import Mode
+from storage_impls.core.base import ImageStore, Mode
 from storage_impls.core.checkpointed import FOLDER, Checkpoint, EncodedCheckpointedStore, Source
 from storage_impls.core.codecs import Codec
 from storage_impls.core.errors import CorruptStoreError, MissingStoreError, StoreError
@@ -292,3 +292,8 @@ class ZarrStore(EncodedCheckpointedStore):
 
     def _open_checkpoint(self, folder: Path, meta: dict) -> Checkpoint:
         return ZarrCheckpoint(folder, meta, self.settings.get("reader", DEFAULTS["reader"]))
+
+    @classmethod
+    def remote_reader(cls) -> type[ImageStore]:
+        from storage_impls.methods.zarr.remote import RemoteZarrStore  # it imports this module
+        return RemoteZarrStore

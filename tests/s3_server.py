@@ -1,0 +1,119 @@
+"""A real S3 endpoint for tests: moto's server on 127.0.0.1 (as s3fs's own tests use it), a fresh bucket per test
+module with credentials and a non-default region set in the environment for that module only, and a proxy that
+cuts responses short. Every socket is on 127.0.0.1; every loop is bounded."""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from dataclasses import dataclass
+
+import pytest
+
+pytest.importorskip("obstore", reason="remote reads need obstore: pip install image-storage-bench[s3]")
+moto_server = pytest.importorskip("moto.server", reason="the S3 server needs moto: pip install image-storage-bench[s3]")
+boto3 = pytest.importorskip("boto3", reason="moto brings boto3: pip install image-storage-bench[s3]")
+
+REGION = "eu-west-3"  # not the default us-east-1: the client must take the region from the environment
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test-key", "AWS_SECRET_ACCESS_KEY": "test-secret", "AWS_REGION": REGION,
+               "AWS_DEFAULT_REGION": REGION}
+
+
+@dataclass
+class Bucket:
+    """A bucket on the test server: ``url(prefix)`` names a store in it."""
+
+    endpoint: str
+    name: str
+
+    def url(self, prefix: str) -> str:
+        return f"s3://{self.name}/{prefix}"
+
+    def client(self):
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name=REGION)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not a line per request
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def bucket(s3_endpoint):
+    """A fresh bucket; the module's tests run with the AWS variables pointing at the server."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in [name for name in os.environ if name.startswith("AWS_") or name.lower().endswith("_proxy")]:
+            patch.delenv(name)  # no profile, no other endpoint, no proxy between the client and 127.0.0.1
+        for name, value in {**CREDENTIALS, "AWS_ENDPOINT_URL": s3_endpoint, "NO_PROXY": "127.0.0.1"}.items():
+            patch.setenv(name, value)
+        found = Bucket(s3_endpoint, f"test-{uuid.uuid4().hex[:12]}")
+        found.client().create_bucket(Bucket=found.name, CreateBucketConfiguration={"LocationConstraint": REGION})
+        yield found
+
+
+class CuttingProxy:
+    """A TCP proxy on 127.0.0.1 in front of ``target`` (host, port) that closes each connection after relaying
+    ``cut_after`` bytes of the response (None: relays all), for the first ``cuts`` connections (None: all)."""
+
+    MAX_CONNECTIONS = 500  # the accept loop ends after this many
+
+    def __init__(self, target: tuple[str, int], cut_after: int | None, cuts: int | None = None) -> None:
+        self.target, self.cut_after, self.cuts = target, cut_after, cuts
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.2)
+        self.connections = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+
+    def _accept(self) -> None:
+        while not self._stop.is_set() and self.connections < self.MAX_CONNECTIONS:
+            try:
+                client, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            self.connections += 1
+            cut = self.cut_after if self.cuts is None or self.connections <= self.cuts else None
+            threading.Thread(target=self._relay, args=(client, cut), daemon=True).start()
+
+    def _relay(self, client: socket.socket, cut: int | None) -> None:
+        upstream = socket.create_connection(self.target, timeout=10)
+        client.settimeout(10)
+        threading.Thread(target=self._pipe, args=(client, upstream, None), daemon=True).start()
+        self._pipe(upstream, client, cut)
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket, limit: int | None) -> None:
+        sent = 0
+        try:
+            while limit is None or sent < limit:
+                data = source.recv(65536 if limit is None else min(65536, limit - sent))
+                if not data:
+                    break
+                sink.sendall(data)
+                sent += len(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                try:
+                    end.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                end.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.listener.close()
