@@ -3,6 +3,7 @@
 Every option can also be set with an environment variable (named in ``pytest --help``);
 the command line wins. ``pytest`` alone runs ``tests/``; ``pytest benchmarks`` runs the suite.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,20 +22,34 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default = os.environ.get(variable, default)
         shown = "" if default is None else f"; default {default}"
         group.addoption(option, type=parse, default=default, help=f"{help_text} [env {variable}{shown}]")
-    group.addoption("--durable", action="store_true", default=parse_flag(os.environ.get("IMAGE_BENCH_DURABLE", "")),
-                    help="fsync every store (files and folders) before it returns, for all methods [env IMAGE_BENCH_DURABLE=1]")
-    group.addoption("--loaders", action="store_true", default=parse_flag(os.environ.get("IMAGE_BENCH_LOADERS", "")),
-                    help="also run the loader cells (benchmarks/test_loader.py: ours and the peers through a "
-                         "DataLoader; needs the [torch] and [peers] extras; not in the default run) "
-                         "[env IMAGE_BENCH_LOADERS=1]")
-    group.addoption("--strict-floors", action="store_true",
-                    default=parse_flag(os.environ.get("IMAGE_BENCH_STRICT_FLOORS", "")),
-                    help="fail the run when a cell is flagged below its floor (default: the summary names it) "
-                         "[env IMAGE_BENCH_STRICT_FLOORS=1]")
+    group.addoption(
+        "--durable",
+        action="store_true",
+        default=parse_flag(os.environ.get("IMAGE_BENCH_DURABLE", "")),
+        help="fsync every store (files and folders) before it returns, for all methods [env IMAGE_BENCH_DURABLE=1]",
+    )
+    group.addoption(
+        "--loaders",
+        action="store_true",
+        default=parse_flag(os.environ.get("IMAGE_BENCH_LOADERS", "")),
+        help="also run the loader cells (benchmarks/test_loader.py: ours and the peers through a "
+        "DataLoader; needs the [torch] and [peers] extras; not in the default run) "
+        "[env IMAGE_BENCH_LOADERS=1]",
+    )
+    group.addoption(
+        "--strict-floors",
+        action="store_true",
+        default=parse_flag(os.environ.get("IMAGE_BENCH_STRICT_FLOORS", "")),
+        help="fail the run when a cell is flagged below its floor (default: the summary names it) "
+        "[env IMAGE_BENCH_STRICT_FLOORS=1]",
+    )
     soak = parser.getgroup("soak", "the soak test (tests/test_soak.py)")
     soak.addoption("--soak-seconds", type=float, default=8.0, help="seconds of load per method (default 8, as in CI)")
-    soak.addoption("--soak-methods", default=None,
-                   help="methods to soak, comma-separated, or all (every installed one; default lmdb,hdf5,disk,npy-memmap)")
+    soak.addoption(
+        "--soak-methods",
+        default=None,
+        help="methods to soak, comma-separated, or all (every installed one; default lmdb,hdf5,disk,npy-memmap)",
+    )
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -1,4 +1,5 @@
 """Output buffers of the timed reads, allocated as an expert's loader would: starting on a page boundary."""
+
 from __future__ import annotations
 
 import math
@@ -21,4 +22,4 @@ def page_aligned_empty(shape: tuple[int, ...], dtype: DTypeLike) -> np.ndarray:
     size = math.prod(shape) * dtype.itemsize
     raw = np.empty(size + PAGE, np.uint8)
     start = -raw.ctypes.data % PAGE
-    return raw[start:start + size].view(dtype).reshape(shape)
+    return raw[start : start + size].view(dtype).reshape(shape)

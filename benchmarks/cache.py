@@ -13,6 +13,7 @@ On a virtual machine this empties the guest's cache only: the host may still cac
 so a "cold" read can be served from the host's memory and look faster than a real cold disk.
 Linux only (macOS has neither ``posix_fadvise`` nor ``sync_file_range``).
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -109,7 +110,9 @@ def _fraction(directory: Path, drop: bool) -> float:
         try:
             if drop:
                 if libc.sync_file_range(fd, 0, 0, _WRITE_AND_WAIT) != 0:
-                    raise OSError(ctypes.get_errno(), f"sync_file_range of {path} failed: {os.strerror(ctypes.get_errno())}")
+                    raise OSError(
+                        ctypes.get_errno(), f"sync_file_range of {path} failed: {os.strerror(ctypes.get_errno())}"
+                    )
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             cached, pages = _resident(fd, os.fstat(fd).st_size, libc)
         finally:
@@ -130,9 +133,11 @@ def too_resident(directory: Path, fraction: float) -> str | None:
     whose open reads its first and last records with the kernel's readahead on."""
     size = sum(path.stat().st_size for path in store_files(directory))
     if fraction > MAX_RESIDENT_FRACTION and fraction * size > OPEN_ALLOWANCE_BYTES:
-        return (f"{fraction:.1%} of the store ({fraction * size / 1e6:.1f} MB) was in the page cache once it had been "
-                f"dropped and opened again (at most {MAX_RESIDENT_FRACTION:.0%} or {OPEN_ALLOWANCE_BYTES >> 20} MiB "
-                "allowed)")
+        return (
+            f"{fraction:.1%} of the store ({fraction * size / 1e6:.1f} MB) was in the page cache once it had been "
+            f"dropped and opened again (at most {MAX_RESIDENT_FRACTION:.0%} or {OPEN_ALLOWANCE_BYTES >> 20} MiB "
+            "allowed)"
+        )
     return None
 
 

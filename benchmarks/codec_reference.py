@@ -14,6 +14,7 @@ least PSNR any single image reached at the tier's lowest quality on the suite's 
 higher), less 2 dB, rounded down. Photographs score higher (jpeg-90: 37 dB on 256x256x3 crops); a decoder that
 returns zeros scores 5-6 dB (docs/benchmarks.md, "Lossy codecs").
 """
+
 from __future__ import annotations
 
 import io

@@ -6,6 +6,7 @@ empty folder opened in the round's setup. Folders of earlier rounds are removed 
 cell, never where the next round writes (on ext4, creating many files right after deleting
 many is several times slower). Every cell checks what it read or stored afterwards.
 """
+
 from __future__ import annotations
 
 import math
@@ -59,17 +60,22 @@ def pytest_configure(config: pytest.Config) -> None:
     else:
         config.stash[MIN_ROUNDS_KEY] = {"cell": given, "floor": given, "long": given}
     if getattr(config.option, "numprocesses", None):
-        raise pytest.UsageError("the image storage benchmarks must not run under pytest-xdist (-n): "
-                                "parallel workers share the disk and the cores and spoil every time; drop -n")
+        raise pytest.UsageError(
+            "the image storage benchmarks must not run under pytest-xdist (-n): "
+            "parallel workers share the disk and the cores and spoil every time; drop -n"
+        )
     if "limited" in _option(config, "cache", ("warm",)) and (missing := memlimit.unavailable()):
-        raise pytest.UsageError(f"--cache limited runs the readers in a memory cgroup, which cannot be made here: "
-                                f"{missing}")
+        raise pytest.UsageError(
+            f"--cache limited runs the readers in a memory cgroup, which cannot be made here: {missing}"
+        )
     cutoffs, shape, dtype = config.getoption("cutoffs"), data_shape(config), config.getoption("dtype")
     config.option.image_shape = shape  # from here on the shape of the session's images, whatever the dataset
     needed = 2 * max(cutoffs) * math.prod(shape) * dtype.itemsize  # the data plus one read buffer of the largest cell
     if needed > 0.8 * available_memory():
-        raise pytest.UsageError(f"--cutoffs {max(cutoffs)} of {'x'.join(map(str, shape))} {dtype} images need {needed / 1e9:.1f} GB "
-                                f"of memory, {available_memory() / 1e9:.1f} GB is available: lower --cutoffs, --image-shape or --dtype")
+        raise pytest.UsageError(
+            f"--cutoffs {max(cutoffs)} of {'x'.join(map(str, shape))} {dtype} images need {needed / 1e9:.1f} GB "
+            f"of memory, {available_memory() / 1e9:.1f} GB is available: lower --cutoffs, --image-shape or --dtype"
+        )
 
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
@@ -160,8 +166,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     unasked = order_loader_cells(config, items)
     if floors or unasked:
         config.hook.pytest_deselected(items=[*floors.values(), *unasked])
-    config.stash[CLOCK_KEY] = SuiteClock(items, float(config.getoption("benchmark_max_time")),
-                                         int(config.getoption("benchmark_min_rounds")), MAX_ROUNDS)
+    config.stash[CLOCK_KEY] = SuiteClock(
+        items, float(config.getoption("benchmark_max_time")), int(config.getoption("benchmark_min_rounds")), MAX_ROUNDS
+    )
 
 
 @pytest.fixture(scope="session")
@@ -208,8 +215,9 @@ def filled_store_dirs(pytestconfig: pytest.Config, storage_root: Path, dataset: 
 
 
 @pytest.fixture
-def read_store(store_class: type[ImageStore], method: str, cutoff: int,
-               filled_store_dirs: Callable[[str, int], Path]) -> Iterator[ImageStore]:
+def read_store(
+    store_class: type[ImageStore], method: str, cutoff: int, filled_store_dirs: Callable[[str, int], Path]
+) -> Iterator[ImageStore]:
     """A read-only handle on a store holding the cell's images."""
     with store_class(filled_store_dirs(method, cutoff), "r") as store:
         yield store
@@ -227,8 +235,9 @@ class FreshStores:
     def open_next(self) -> ImageStore:
         if self.current is not None:
             self.current.close()
-        start_write_round(self.current.directory if self.current is not None else None, self.images,
-                          self.store_class.file_per_image)
+        start_write_round(
+            self.current.directory if self.current is not None else None, self.images, self.store_class.file_per_image
+        )
         self.rounds += 1
         self.current = self.store_class(self.cell_dir / f"round-{self.rounds}", durable=self.durable)
         return self.current
@@ -240,8 +249,13 @@ class FreshStores:
 
 
 @pytest.fixture
-def fresh_stores(store_class: type[ImageStore], storage_root: Path, request: pytest.FixtureRequest,
-                 pytestconfig: pytest.Config, cutoff: int) -> Iterator[FreshStores]:
+def fresh_stores(
+    store_class: type[ImageStore],
+    storage_root: Path,
+    request: pytest.FixtureRequest,
+    pytestconfig: pytest.Config,
+    cutoff: int,
+) -> Iterator[FreshStores]:
     cell_dir = storage_root / "store" / request.node.name.replace("/", "_")
     stores = FreshStores(store_class, cell_dir, pytestconfig.getoption("durable"), cutoff)
     yield stores
@@ -263,13 +277,16 @@ def measure(benchmark, pytestconfig: pytest.Config, request: pytest.FixtureReque
     Around the timed rounds it measures what they cost (benchmarks.resources: CPU, peak memory, device bytes, minus
     the setups) into extra_info, and a cell whose rounds take long reports them on the terminal as they go.
     """
+
     def run(target: Callable, setup: Callable[[], tuple[tuple, dict]], least_rounds: int = 0):
         args, kwargs = setup()
         start = time.perf_counter()
         target(*args, **kwargs)
         warm_up = time.perf_counter() - start
         budget = float(pytestconfig.getoption("benchmark_max_time"))
-        least = pytestconfig.stash[MIN_ROUNDS_KEY]["floor" if request.node.originalname.startswith(FLOOR_TEST) else "cell"]
+        least = pytestconfig.stash[MIN_ROUNDS_KEY][
+            "floor" if request.node.originalname.startswith(FLOOR_TEST) else "cell"
+        ]
         if warm_up >= LONG_ROUND_S:
             least = min(least, pytestconfig.stash[MIN_ROUNDS_KEY]["long"])
         rounds = max(least_rounds, min(MAX_ROUNDS, max(least, math.ceil(budget / max(warm_up, 1e-9)))))
@@ -291,18 +308,32 @@ def measure(benchmark, pytestconfig: pytest.Config, request: pytest.FixtureReque
 
 
 @pytest.fixture
-def record(benchmark, pytestconfig: pytest.Config, dataset: Dataset, operation: str, method: str,
-           request: pytest.FixtureRequest) -> Iterator[Callable]:
+def record(
+    benchmark,
+    pytestconfig: pytest.Config,
+    dataset: Dataset,
+    operation: str,
+    method: str,
+    request: pytest.FixtureRequest,
+) -> Iterator[Callable]:
     """``record(n_images, disk_usage=None, images_per_round=None)``: what a reader of the JSON needs, set before
     the timed run, with the floor the cell is compared with (benchmarks.floors); throughput (images_per_round,
     default n_images, per median round) is added once the rounds are done."""
+
     def describe(n_images: int, disk_usage=None, images_per_round: int | None = None) -> None:
         shape = dataset.images.shape[1:]
         benchmark.group = f"{operation} {n_images}"
         benchmark.extra_info.update(
-            suite=SUITE, operation=operation, method=method, n_images=n_images, image_shape=list(shape),
-            dtype=str(dataset.images.dtype), raw_bytes=n_images * math.prod(shape) * dataset.images.itemsize,
-            dataset=dataset.name, durable=pytestconfig.getoption("durable"), launcher="pytest",
+            suite=SUITE,
+            operation=operation,
+            method=method,
+            n_images=n_images,
+            image_shape=list(shape),
+            dtype=str(dataset.images.dtype),
+            raw_bytes=n_images * math.prod(shape) * dataset.images.itemsize,
+            dataset=dataset.name,
+            durable=pytestconfig.getoption("durable"),
+            launcher="pytest",
             images_per_round=n_images if images_per_round is None else images_per_round,
         )
         params = request.node.callspec.params if hasattr(request.node, "callspec") else {}
@@ -313,7 +344,10 @@ def record(benchmark, pytestconfig: pytest.Config, dataset: Dataset, operation: 
         if floors:
             benchmark.extra_info.update(floor="+".join(floors), floor_n_images=floor_images(operation, n_images))
         if disk_usage is not None:
-            benchmark.extra_info["disk_usage"] = {"allocated_bytes": disk_usage.allocated, "apparent_bytes": disk_usage.apparent}
+            benchmark.extra_info["disk_usage"] = {
+                "allocated_bytes": disk_usage.allocated,
+                "apparent_bytes": disk_usage.apparent,
+            }
 
     yield describe
     if benchmark.stats is not None and benchmark.stats.stats.median > 0:

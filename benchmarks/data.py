@@ -1,5 +1,6 @@
 """The images of a benchmark session: which dataset the options name, its image shape (checked before any
 cell runs), and loading or making it once."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -46,7 +47,9 @@ def data_shape(config: pytest.Config) -> tuple[int, ...]:
         return folder_data_shape(dataset.path, shape, dtype, max(cutoffs))
     own_shape, title = {"cifar10": (CIFAR10_SHAPE, "CIFAR-10"), "mnist": (MNIST_SHAPE, "MNIST")}[dataset.name]
     if shape not in (None, own_shape):
-        raise pytest.UsageError(f"--image-shape applies to synthetic data only: {title} images are {'x'.join(map(str, own_shape))}")
+        raise pytest.UsageError(
+            f"--image-shape applies to synthetic data only: {title} images are {'x'.join(map(str, own_shape))}"
+        )
     if dtype != np.uint8:
         raise pytest.UsageError(f"--dtype applies to synthetic data only: {title} images are uint8")
     if dataset.name == "cifar10":
@@ -76,8 +79,10 @@ def folder_data_shape(path: Path, shape: tuple[int, ...] | None, dtype: np.dtype
             raise pytest.UsageError(f"--cutoffs {count} exceeds the {len(files)} images in {path}")
         return shape or folder_shape(files, count)
     except MixedSizesError as error:
-        raise pytest.UsageError(f"--dataset folder:{path}: {error}: pass --image-shape (HxW, HxWx3 or HxWx4) "
-                                "to resize and center-crop them to one shape") from None
+        raise pytest.UsageError(
+            f"--dataset folder:{path}: {error}: pass --image-shape (HxW, HxWx3 or HxWx4) "
+            "to resize and center-crop them to one shape"
+        ) from None
     except (OSError, ValueError) as error:
         raise pytest.UsageError(f"--dataset folder:{path}: {error}") from None
 
@@ -106,6 +111,7 @@ def load_folder_dataset(config: pytest.Config, path: Path, shape: tuple[int, ...
     """The first ``count`` readable images of an image folder at ``shape``, with a progress bar from
     ANNOUNCE_MIN_IMAGES images on. Skipped files and the class-to-label table are printed and kept for
     machine_info; too few readable images end the run as a usage error."""
+
     def progress(loaded: int, wanted: int) -> None:
         if wanted >= ANNOUNCE_MIN_IMAGES and loaded % (wanted // 10) == 0:
             say(config, f"{100 * loaded // wanted}% ", newline=False)
@@ -117,12 +123,21 @@ def load_folder_dataset(config: pytest.Config, path: Path, shape: tuple[int, ...
     if folder.skipped:
         say(config, f"image-storage: {len(folder.skipped)} unreadable files skipped in {path}")
     if len(folder.images) < count:
-        pytest.exit(f"--cutoffs {count} exceeds the {len(folder.images)} readable images in {path}",
-                    returncode=pytest.ExitCode.USAGE_ERROR)
+        pytest.exit(
+            f"--cutoffs {count} exceeds the {len(folder.images)} readable images in {path}",
+            returncode=pytest.ExitCode.USAGE_ERROR,
+        )
     table = dict(zip(folder.classes, range(len(folder.classes))))
-    config.stash[DATASET_KEY] = {"name": "folder", "path": str(path), "classes": table,
-                                 "skipped": [str(file.relative_to(path)) for file, _reason in folder.skipped]}
+    config.stash[DATASET_KEY] = {
+        "name": "folder",
+        "path": str(path),
+        "classes": table,
+        "skipped": [str(file.relative_to(path)) for file, _reason in folder.skipped],
+    }
     shown = ", ".join(f"{label} {name}" for name, label in list(table.items())[:SHOWN_NAMES])
-    say(config, f"image-storage: {count} images of {'x'.join(map(str, shape))} from {path}, labels of its "
-                f"{len(table)} classes: {shown}{', ...' if len(table) > SHOWN_NAMES else ''}")
+    say(
+        config,
+        f"image-storage: {count} images of {'x'.join(map(str, shape))} from {path}, labels of its "
+        f"{len(table)} classes: {shown}{', ...' if len(table) > SHOWN_NAMES else ''}",
+    )
     return Dataset("folder", folder.images, folder.labels)

@@ -1,5 +1,6 @@
 """The floor checks at the end of a run (reports.floors): each cell's ``floor_ratio``, the flagged cells named in the
 terminal summary, and with ``--strict-floors`` a flagged cell failing the run."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -13,10 +14,15 @@ from reports.results import Cell
 def as_cell(metadata) -> Cell:
     """A timed cell as reports.results reads it from the JSON, for reports.floors."""
     info, stats = metadata.extra_info, metadata.stats
-    return Cell(operation=info["operation"], method=info["method"], n_images=info["n_images"],
-                image_shape=tuple(info["image_shape"]),
-                stats={name: getattr(stats, name) for name in ("median", "q1", "q3")},
-                data=None, extra_info=info)
+    return Cell(
+        operation=info["operation"],
+        method=info["method"],
+        n_images=info["n_images"],
+        image_shape=tuple(info["image_shape"]),
+        stats={name: getattr(stats, name) for name in ("median", "q1", "q3")},
+        data=None,
+        extra_info=info,
+    )
 
 
 def checked_cells(timed: Sequence) -> list[tuple[Cell, FloorCheck]]:
@@ -32,8 +38,11 @@ def finish(session: pytest.Session, timed: Sequence) -> None:
     checked = checked_cells(timed)
     for cell, check in checked:
         cell.extra_info["floor_ratio"] = check.ratio  # the Metadata's own extra_info dict, saved as is
-    if session.config.getoption("strict_floors") and any(check.implausible for _, check in checked) \
-            and session.exitstatus == pytest.ExitCode.OK:
+    if (
+        session.config.getoption("strict_floors")
+        and any(check.implausible for _, check in checked)
+        and session.exitstatus == pytest.ExitCode.OK
+    ):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
@@ -43,9 +52,11 @@ def summary(terminalreporter, config: pytest.Config, timed: Sequence) -> None:
     if flagged:
         strict = config.getoption("strict_floors")
         title = "FAILED (--strict-floors): " if strict else ""
-        terminalreporter.section(f"image-storage: {title}implausible cells (faster than their floor)", sep="-",
-                                 red=True, bold=True)
+        terminalreporter.section(
+            f"image-storage: {title}implausible cells (faster than their floor)", sep="-", red=True, bold=True
+        )
         for line in flagged:
             terminalreporter.write_line(("FAILED " if strict else "") + line)
-        terminalreporter.write_line("a cell below its floor did not do the work, or the floor is wrong: "
-                                    "a bug until explained")
+        terminalreporter.write_line(
+            "a cell below its floor did not do the work, or the floor is wrong: a bug until explained"
+        )

@@ -1,5 +1,6 @@
 """What the floors of benchmarks/test_floors.py move and read, made once per session, untimed: each image's bytes as a
 store of one codec holds them (raw pixels, or encoded), as one file or one file per image."""
+
 from __future__ import annotations
 
 import mmap
@@ -21,7 +22,7 @@ def write_all(fd: int, data: np.ndarray) -> None:
     """Write the whole array at the descriptor's position (os.write may write less than asked)."""
     view = memoryview(data).cast("B")
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def read_into(fd: int, out: np.ndarray, offset: int = 0) -> None:
@@ -62,7 +63,7 @@ class Payload(NamedTuple):
         if self.codec == RAW:
             verify_images(what, got.view(self.images.dtype).reshape(self.images.shape), self.images[ids])
             return
-        expected = np.concatenate([self.whole[self.offsets[i]:self.offsets[i + 1]] for i in ids])
+        expected = np.concatenate([self.whole[self.offsets[i] : self.offsets[i + 1]] for i in ids])
         if got.shape != expected.shape or not np.array_equal(got, expected):
             pytest.fail(f"{what}: the bytes differ from what was written", pytrace=False)
 
@@ -96,6 +97,7 @@ class FloorInputs:
 
     def file(self, payload: Payload, name: str = "") -> Path:
         """The payload as one file (fsynced, so that the cold floor can drop it), from its first byte."""
+
         def make() -> Path:
             self.root.mkdir(parents=True, exist_ok=True)
             path = self.root / f"{payload.codec}-{len(payload.images)}{name}.bin"
@@ -108,6 +110,7 @@ class FloorInputs:
 
     def files(self, payload: Payload) -> Path:
         """A folder of one file per image of the payload, named by id."""
+
         def make() -> Path:
             folder = self.root / f"files-{payload.codec}-{len(payload.images)}"
             folder.mkdir(parents=True)

@@ -21,6 +21,7 @@ method's class (storage_impls.core.base.ImageStore), never its name, so a new me
 
 Floor cells are bounded by ``memcpy`` of the same bytes, which has no floor.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
@@ -33,8 +34,16 @@ from storage_impls.registry import codec_of, get_store_class, parse_spec
 Kind = Literal["write", "read", "random"]
 
 # one test each (benchmarks/test_floors.py); every one but memcpy also runs on each codec's encoded bytes
-IO_FLOORS = ("file-write", "file-append", "file-read", "mapped-copy", "files-write", "files-read", "gather",
-             "file-read-cold")
+IO_FLOORS = (
+    "file-write",
+    "file-append",
+    "file-read",
+    "mapped-copy",
+    "files-write",
+    "files-read",
+    "gather",
+    "file-read-cold",
+)
 FLOORS = ("memcpy", *IO_FLOORS)
 CODEC_STEPS: dict[Kind, str] = {"write": "encode", "read": "decode", "random": "decode"}  # test_floor_encode, _decode
 FLOOR_TEST = "test_floor_"  # benchmarks/test_floors.py: test_floor_file_write times the floor "file-write"

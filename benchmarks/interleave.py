@@ -8,6 +8,7 @@ cell that its floor includes runs one round of each of its floors in the untimed
 interleaved floor rounds, recorded in ``extra_info.floor_interleaved``, and round by round: each cell round over the
 floor round just before it (``ratio_q1``, ``ratio_median``, ``ratio_q3``), which cancels what drifts between rounds.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,8 +24,9 @@ REGISTRY_KEY = pytest.StashKey[dict]()  # floor cell (name, images, batch) -> (t
 Round = tuple[Callable[..., Any], Callable[[], tuple[tuple, dict]]]
 
 
-def register(config: pytest.Config, key: tuple, target: Callable[..., Any],
-             setup: Callable[[], tuple[tuple, dict]]) -> None:
+def register(
+    config: pytest.Config, key: tuple, target: Callable[..., Any], setup: Callable[[], tuple[tuple, dict]]
+) -> None:
     """Keep a floor cell's round for the cells timed after it (its inputs must stay valid until the session ends)."""
     config.stash.setdefault(REGISTRY_KEY, {})[key] = (target, setup)
 
@@ -63,8 +65,16 @@ class Interleaved:
         the quartiles of the paired ratios: each cell round over the floor round run just before it."""
         data = np.array(self.seconds)
         q1, median, q3 = np.percentile(data, [25, 50, 75])
-        paired = np.array(cell_rounds[::self.every][:len(data)]) / data[:len(cell_rounds[::self.every])]
+        paired = np.array(cell_rounds[:: self.every][: len(data)]) / data[: len(cell_rounds[:: self.every])]
         ratio_q1, ratio_median, ratio_q3 = np.percentile(paired, [25, 50, 75])
-        return {"median": float(median), "q1": float(q1), "q3": float(q3), "min": float(data.min()),
-                "max": float(data.max()), "rounds": len(data), "ratio_q1": float(ratio_q1),
-                "ratio_median": float(ratio_median), "ratio_q3": float(ratio_q3)}
+        return {
+            "median": float(median),
+            "q1": float(q1),
+            "q3": float(q3),
+            "min": float(data.min()),
+            "max": float(data.max()),
+            "rounds": len(data),
+            "ratio_q1": float(ratio_q1),
+            "ratio_median": float(ratio_median),
+            "ratio_q3": float(ratio_q3),
+        }

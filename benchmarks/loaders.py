@@ -10,6 +10,7 @@ them. Untimed: everything else, the workers' start (persistent workers, started 
 Before each round and after the last one, the previous epoch is checked: every id exactly once, each image bit for
 bit and each label what was stored.
 """
+
 from __future__ import annotations
 
 import math
@@ -49,7 +50,7 @@ class EpochBatches:
     def __iter__(self) -> Iterator[list[int]]:
         self.permutation = self._generator.permutation(self.n_images)
         for start in range(0, self.n_images, self.batch_size):
-            yield self.permutation[start:start + self.batch_size].tolist()
+            yield self.permutation[start : start + self.batch_size].tolist()
 
 
 @dataclass
@@ -85,8 +86,11 @@ class Epochs:
             ids = np.asarray(self.under_test.ids(self.batches), dtype=np.int64)
             counts = np.bincount(ids, minlength=len(self.images))
             if len(counts) != len(self.images) or not np.all(counts == 1):
-                pytest.fail(f"{self.what}: epoch {self.checked} read {int(np.count_nonzero(counts != 1))} of "
-                            f"{len(self.images)} ids other than once", pytrace=False)
+                pytest.fail(
+                    f"{self.what}: epoch {self.checked} read {int(np.count_nonzero(counts != 1))} of "
+                    f"{len(self.images)} ids other than once",
+                    pytrace=False,
+                )
             images = np.concatenate([np.asarray(batch[0]) for batch in self.batches])
             second = np.concatenate([np.asarray(batch[1]) for batch in self.batches]).astype(np.int64)
             verify(self.what, images, second, self.images[ids], self.labels[ids] if self.under_test.labels else ids)
@@ -100,8 +104,9 @@ def run_cell(measure: Callable, benchmark, epochs: Epochs) -> None:
     before = os.getloadavg()[0]
     measure(epochs.run, epochs.check)
     epochs.check()
-    benchmark.extra_info.update(load_average_before=before, load_average_after=os.getloadavg()[0],
-                                epochs_checked=epochs.checked)
+    benchmark.extra_info.update(
+        load_average_before=before, load_average_after=os.getloadavg()[0], epochs_checked=epochs.checked
+    )
 
 
 def is_loader_cell(item: pytest.Item) -> bool:
@@ -137,5 +142,5 @@ def order_loader_cells(config: pytest.Config, items: list[pytest.Item]) -> list[
     for ours, peers in groups.values():
         units = [sorted(cells, key=lambda item: item.originalname != "test_read_batches") for cells in ours.values()]
         for turn in range(max(len(units), len(peers))):
-            items += [*(units[turn] if turn < len(units) else ()), *peers[turn:turn + 1]]
+            items += [*(units[turn] if turn < len(units) else ()), *peers[turn : turn + 1]]
     return []

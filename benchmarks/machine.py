@@ -1,4 +1,5 @@
 """Facts about this machine that explain storage numbers, recorded in every run's machine_info."""
+
 from __future__ import annotations
 
 import math

@@ -18,6 +18,7 @@ page cache they fill during an epoch, and any memory they allocate reading, is. 
 with the cache: a method that allocates more than the limit while reading is killed by the cgroup's OOM killer
 (the cell then fails with SIGKILL). The epoch's shared memory is charged to the parent, which zeroes it.
 """
+
 from __future__ import annotations
 
 import os
@@ -75,19 +76,24 @@ def _locate() -> tuple[int, Path]:
         if kind == "cgroup2" and "memory" in (Path(point) / "cgroup.controllers").read_text().split():
             parent = _v2_parent(Path(point))
             if parent is None:
-                raise CgroupUnavailable(f"cgroup v2 at {point} has the memory controller, but it cannot be enabled for "
-                                        f"children of this process's cgroup or of the root (cgroup.subtree_control: "
-                                        f"needs root, or a delegated cgroup without processes)")
+                raise CgroupUnavailable(
+                    f"cgroup v2 at {point} has the memory controller, but it cannot be enabled for "
+                    f"children of this process's cgroup or of the root (cgroup.subtree_control: "
+                    f"needs root, or a delegated cgroup without processes)"
+                )
             return 2, parent
     for kind, point, options in mounts:
         if kind == "cgroup" and "memory" in options:
             parent = Path(point) / _own_path(1)
             if not os.access(parent, os.W_OK):
-                raise CgroupUnavailable(f"cgroup v1 memory hierarchy at {point}: no permission to make a cgroup in "
-                                        f"{parent} (run as root)")
+                raise CgroupUnavailable(
+                    f"cgroup v1 memory hierarchy at {point}: no permission to make a cgroup in {parent} (run as root)"
+                )
             return 1, parent
-    raise CgroupUnavailable("no memory cgroup is mounted: neither cgroup v2 with the memory controller nor cgroup v1's "
-                            "memory hierarchy (see /proc/mounts)")
+    raise CgroupUnavailable(
+        "no memory cgroup is mounted: neither cgroup v2 with the memory controller nor cgroup v1's "
+        "memory hierarchy (see /proc/mounts)"
+    )
 
 
 def unavailable() -> str | None:

@@ -18,6 +18,7 @@ The run is one read_random cell (workers = ranks) in pytest-benchmark JSON, whic
 ``python -m reports compare`` read; ``--append`` adds it to an earlier run's file, so that runs with R = 1, 2,
 4, ... make one scaling chart. Every wait between ranks is bounded by --timeout (benchmarks.mpi_ranks).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -98,34 +99,75 @@ def _seconds(text: str) -> float:
 
 
 def build_parser() -> _Parser:
-    parser = _Parser(prog=PROG, description="Read shuffled epochs of one store with every MPI rank (run under mpiexec, "
-                                            "mpirun or srun) and write the run as pytest-benchmark JSON.")
+    parser = _Parser(
+        prog=PROG,
+        description="Read shuffled epochs of one store with every MPI rank (run under mpiexec, "
+        "mpirun or srun) and write the run as pytest-benchmark JSON.",
+    )
     parser.add_argument("--method", required=True, help="storage method or variant (lmdb, hdf5, disk:codec=png, ...)")
-    parser.add_argument("--store", type=Path, help="read this existing store of --method, at a path every rank sees "
-                                                   "(default: rank 0 builds one of synthetic images under --scratch)")
-    parser.add_argument("--scratch", type=Path, default=Path("."),
-                        help="where rank 0 builds the store, on a filesystem every rank sees; the store is kept and "
-                             "reused by later runs (default: the current directory)")
-    parser.add_argument("--images", type=_positive, help=f"images per epoch (default {DEFAULT_IMAGES:,}; with --store "
-                                                         "all it holds, or its ids 0..N-1)")
-    parser.add_argument("--image-shape", type=parse_shape, help="shape of the synthetic images: HxW or HxWxC (default 32x32x3)")
+    parser.add_argument(
+        "--store",
+        type=Path,
+        help="read this existing store of --method, at a path every rank sees "
+        "(default: rank 0 builds one of synthetic images under --scratch)",
+    )
+    parser.add_argument(
+        "--scratch",
+        type=Path,
+        default=Path("."),
+        help="where rank 0 builds the store, on a filesystem every rank sees; the store is kept and "
+        "reused by later runs (default: the current directory)",
+    )
+    parser.add_argument(
+        "--images",
+        type=_positive,
+        help=f"images per epoch (default {DEFAULT_IMAGES:,}; with --store all it holds, or its ids 0..N-1)",
+    )
+    parser.add_argument(
+        "--image-shape", type=parse_shape, help="shape of the synthetic images: HxW or HxWxC (default 32x32x3)"
+    )
     parser.add_argument("--dtype", type=parse_dtype, help="dtype of the synthetic images (default uint8)")
-    parser.add_argument("--dataset", type=parse_dataset, default=DatasetSpec("synthetic"),
-                        help="the images the store holds, which every read is checked against: synthetic (the suite's, "
-                             "seed 0; the default), cifar10:PATH, mnist:PATH or folder:PATH, as the suite takes them")
-    parser.add_argument("--batch-size", type=_positive, default=256,
-                        help="ids per read_batch call of each rank (default %(default)s)")
-    parser.add_argument("--rounds", "--epochs", type=_positive, default=10,
-                        help="measured epochs, after one untimed warm-up epoch (default %(default)s)")
-    parser.add_argument("--cache", choices=("warm", "cold"), default="warm",
-                        help="cold: drop the store from each node's page cache before every epoch (default %(default)s)")
-    parser.add_argument("--permutation-seed", type=int, default=0,
-                        help="epoch e reads the permutation of seed + e (default %(default)s)")
+    parser.add_argument(
+        "--dataset",
+        type=parse_dataset,
+        default=DatasetSpec("synthetic"),
+        help="the images the store holds, which every read is checked against: synthetic (the suite's, "
+        "seed 0; the default), cifar10:PATH, mnist:PATH or folder:PATH, as the suite takes them",
+    )
+    parser.add_argument(
+        "--batch-size", type=_positive, default=256, help="ids per read_batch call of each rank (default %(default)s)"
+    )
+    parser.add_argument(
+        "--rounds",
+        "--epochs",
+        type=_positive,
+        default=10,
+        help="measured epochs, after one untimed warm-up epoch (default %(default)s)",
+    )
+    parser.add_argument(
+        "--cache",
+        choices=("warm", "cold"),
+        default="warm",
+        help="cold: drop the store from each node's page cache before every epoch (default %(default)s)",
+    )
+    parser.add_argument(
+        "--permutation-seed",
+        type=int,
+        default=0,
+        help="epoch e reads the permutation of seed + e (default %(default)s)",
+    )
     parser.add_argument("--output", type=Path, help="write the run here as pytest-benchmark JSON")
-    parser.add_argument("--append", action="store_true",
-                        help="add the cell to the --output file of earlier runs (replacing one of the same name)")
-    parser.add_argument("--timeout", type=_seconds, default=DEFAULT_TIMEOUT,
-                        help="seconds a rank waits for the others at any one step before it ends the job (default %(default)g)")
+    parser.add_argument(
+        "--append",
+        action="store_true",
+        help="add the cell to the --output file of earlier runs (replacing one of the same name)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=DEFAULT_TIMEOUT,
+        help="seconds a rank waits for the others at any one step before it ends the job (default %(default)g)",
+    )
     return parser
 
 
@@ -151,8 +193,10 @@ def prepare_store(args: argparse.Namespace, cls: type[ImageStore]) -> tuple[Stor
             count, shape, dtype, codec = len(store), tuple(store.image_shape), store.image_dtype, store.codec_spec
         n_images = args.images or count
         if not 1 <= n_images <= count:
-            raise ValueError(f"the {args.method} store at {args.store} holds {count} images, "
-                             f"{'none to read' if not count else f'not --images {n_images}'}")
+            raise ValueError(
+                f"the {args.method} store at {args.store} holds {count} images, "
+                f"{'none to read' if not count else f'not --images {n_images}'}"
+            )
         made = count if args.dataset.name == "synthetic" else n_images
         check_memory(2 * made * math.prod(shape) * dtype.itemsize, f"rank 0's copy of {describe_dataset(args.dataset)}")
         images, labels = load_dataset(args.dataset, n_images, shape, dtype, made)
@@ -161,13 +205,16 @@ def prepare_store(args: argparse.Namespace, cls: type[ImageStore]) -> tuple[Stor
     shape = args.image_shape or (DEFAULT_SHAPE if args.dataset.name == "synthetic" else None)
     dtype = np.dtype(np.uint8) if args.dtype is None else args.dtype
     if shape is not None:
-        check_memory(2 * count * math.prod(shape) * dtype.itemsize,
-                     f"rank 0's copy of {describe_dataset(args.dataset)}")
+        check_memory(
+            2 * count * math.prod(shape) * dtype.itemsize, f"rank 0's copy of {describe_dataset(args.dataset)}"
+        )
     images, labels = load_dataset(args.dataset, count, shape, dtype)
     info = StoreInfo(None, count, tuple(images.shape[1:]), str(images.dtype))
     prefix = "" if args.dataset.name == "synthetic" else f"{args.dataset.name}-"
-    name = (f"{re.sub(r'[^A-Za-z0-9._=-]+', '_', canonical_spec(args.method))}-{prefix}{count}-"
-            f"{'x'.join(map(str, info.image_shape))}-{info.dtype}")
+    name = (
+        f"{re.sub(r'[^A-Za-z0-9._=-]+', '_', canonical_spec(args.method))}-{prefix}{count}-"
+        f"{'x'.join(map(str, info.image_shape))}-{info.dtype}"
+    )
     directory = (args.scratch / "image-storage-mpi" / name).resolve()
     try:
         with cls(directory, "r") as store:
@@ -181,11 +228,20 @@ def prepare_store(args: argparse.Namespace, cls: type[ImageStore]) -> tuple[Stor
     return dataclasses.replace(info, directory=str(directory)), *reference(codec, images, labels), directory
 
 
-def _check(cls: type[ImageStore], info: StoreInfo, hashes: np.ndarray, labels: np.ndarray, directory: Path,
-           dataset: DatasetSpec) -> str:
+def _check(
+    cls: type[ImageStore],
+    info: StoreInfo,
+    hashes: np.ndarray,
+    labels: np.ndarray,
+    directory: Path,
+    dataset: DatasetSpec,
+) -> str:
     """Rank 0, untimed: the store's content digest, once its images and labels are the dataset's."""
-    hint = ("an earlier run built it: remove it and rank 0 builds it anew" if info.directory else
-            f"it was checked against {describe_dataset(dataset)}: name what it holds with --dataset")
+    hint = (
+        "an earlier run built it: remove it and rank 0 builds it anew"
+        if info.directory
+        else f"it was checked against {describe_dataset(dataset)}: name what it holds with --dataset"
+    )
     with cls(directory, "r") as store:
         return check_content(store, hashes, labels, f"the {cls.method} store at {directory}", hint)
 
@@ -194,23 +250,40 @@ def run(args: argparse.Namespace, cls: type[ImageStore], guard: Guard) -> None:
     """Every step of the run, on every rank; rank 0 writes the output."""
     started = datetime.now(timezone.utc).isoformat()
     hosts = guard.allgather(guard.host, "start-up")
-    prepared = guard.run("preparing the store", lambda: prepare_store(args, cls) if guard.rank == 0 else None,
-                         code=EXIT_BAD_INPUT)
+    prepared = guard.run(
+        "preparing the store", lambda: prepare_store(args, cls) if guard.rank == 0 else None, code=EXIT_BAD_INPUT
+    )
     info, hashes, labels = guard.bcast(prepared and prepared[:3], "sending the store's description and reference")
     if guard.size > info.n_images:
-        guard.fail_all(f"{guard.size} ranks for {info.n_images} images: every rank needs at least one image per epoch; "
-                       "run fewer ranks or more --images", code=EXIT_BAD_INPUT)
-    store_digest = guard.run("checking the store's content against the dataset", lambda: None if guard.rank else _check(
-        cls, *prepared, args.dataset))
+        guard.fail_all(
+            f"{guard.size} ranks for {info.n_images} images: every rank needs at least one image per epoch; "
+            "run fewer ranks or more --images",
+            code=EXIT_BAD_INPUT,
+        )
+    store_digest = guard.run(
+        "checking the store's content against the dataset",
+        lambda: None if guard.rank else _check(cls, *prepared, args.dataset),
+    )
     directory = Path(info.directory) if info.directory else args.store
-    hint = ("--store must name a store that every rank sees, on a shared filesystem" if info.directory is None else
-            "rank 0 built it under --scratch, which every rank must see: a folder on a shared filesystem")
-    read_cache = guard.bcast(guard.run("sizing the readers' own cache", lambda: None if guard.rank else
-                                       page_cache.read_cache_options(cls, args.method, directory)),
-                             "sending the readers' cache size")  # benchmarks.cache: below the store, as the suite's
-    reader = guard.run("opening the store", lambda: RankReader(cls, directory, info, args.batch_size, guard.rank, guard.size,
-                                                               hosts.count(guard.host), hint, read_cache),
-                       code=EXIT_BAD_INPUT)
+    hint = (
+        "--store must name a store that every rank sees, on a shared filesystem"
+        if info.directory is None
+        else "rank 0 built it under --scratch, which every rank must see: a folder on a shared filesystem"
+    )
+    read_cache = guard.bcast(
+        guard.run(
+            "sizing the readers' own cache",
+            lambda: None if guard.rank else page_cache.read_cache_options(cls, args.method, directory),
+        ),
+        "sending the readers' cache size",
+    )  # benchmarks.cache: below the store, as the suite's
+    reader = guard.run(
+        "opening the store",
+        lambda: RankReader(
+            cls, directory, info, args.batch_size, guard.rank, guard.size, hosts.count(guard.host), hint, read_cache
+        ),
+        code=EXIT_BAD_INPUT,
+    )
     leader = hosts.index(guard.host) == guard.rank  # one rank per node drops the node's page cache
     offset, round_trip = guard.clock_offset(hosts, "synchronising the clocks")  # perf_counter here minus rank 0's
     expected = id_digest(np.arange(info.n_images))
@@ -219,11 +292,15 @@ def run(args: argparse.Namespace, cls: type[ImageStore], guard: Guard) -> None:
         resident = None
         if args.cache == "cold":
             guard.run(f"closing the stores before epoch {epoch}", reader.close)
-            guard.run(f"dropping the store from the page cache before epoch {epoch}",
-                      lambda: page_cache.evict(directory) if leader else None)
+            guard.run(
+                f"dropping the store from the page cache before epoch {epoch}",
+                lambda: page_cache.evict(directory) if leader else None,
+            )
             guard.run(f"reopening the stores before epoch {epoch}", reader.open)
-            resident = guard.run(f"measuring what stayed cached before epoch {epoch}",  # once every rank has opened
-                                 lambda: check_resident(directory) if leader else None)
+            resident = guard.run(
+                f"measuring what stayed cached before epoch {epoch}",  # once every rank has opened
+                lambda: check_resident(directory) if leader else None,
+            )
         permutation = np.random.default_rng(args.permutation_seed + epoch).permutation(info.n_images)
         guard.run(f"preparing epoch {epoch}", functools.partial(reader.prepare, permutation))
         guard.barrier(f"the start of epoch {epoch}", spin=True)
@@ -233,18 +310,31 @@ def run(args: argparse.Namespace, cls: type[ImageStore], guard: Guard) -> None:
         tallies = guard.exchange(f"checking epoch {epoch}", error, (count, digest))
         total, digests = sum(tally[0] for tally in tallies), sum(tally[1] for tally in tallies) % 2**64
         if (total, digests) != (info.n_images, expected):
-            guard.fail_all(f"epoch {epoch}: the ranks read {total} ids of {info.n_images}, with digest {digests:#x} where "
-                           f"every id once gives {expected:#x}: ids were read twice or never")
-        epochs.append({"seconds": [timing[0] for timing in timings], "first": [timing[1] for timing in timings],
-                       "span": max(timing[3] for timing in timings) - min(timing[2] for timing in timings),
-                       "digests": [d for _, d in tallies], "batch_seconds": reader.seconds.copy(),
-                       "resident": resident})
+            guard.fail_all(
+                f"epoch {epoch}: the ranks read {total} ids of {info.n_images}, with digest {digests:#x} where "
+                f"every id once gives {expected:#x}: ids were read twice or never"
+            )
+        epochs.append(
+            {
+                "seconds": [timing[0] for timing in timings],
+                "first": [timing[1] for timing in timings],
+                "span": max(timing[3] for timing in timings) - min(timing[2] for timing in timings),
+                "digests": [d for _, d in tallies],
+                "batch_seconds": reader.seconds.copy(),
+                "resident": resident,
+            }
+        )
     reader.close()
     measured = epochs[1:]
-    mine = {"startup_s": reader.startup_s, "batches": reader.plan.n_batches, "images": len(reader.ids),
-            "clock_offset_s": offset, "clock_round_trip_s": round_trip,
-            "batch_seconds": np.concatenate([epoch["batch_seconds"] for epoch in measured]),
-            "resident": None if measured[0]["resident"] is None else max(epoch["resident"] for epoch in measured)}
+    mine = {
+        "startup_s": reader.startup_s,
+        "batches": reader.plan.n_batches,
+        "images": len(reader.ids),
+        "clock_offset_s": offset,
+        "clock_round_trip_s": round_trip,
+        "batch_seconds": np.concatenate([epoch["batch_seconds"] for epoch in measured]),
+        "resident": None if measured[0]["resident"] is None else max(epoch["resident"] for epoch in measured),
+    }
     figures = guard.allgather(mine, "collecting the per-rank figures")
 
     def finish() -> str | None:
@@ -253,7 +343,8 @@ def run(args: argparse.Namespace, cls: type[ImageStore], guard: Guard) -> None:
             return None
         document = build_document(args, info, directory, hosts, epochs, figures, expected, started, guard.timeout)
         document["benchmarks"][0]["extra_info"].update(
-            store_digest=store_digest, **({"read_cache_bytes": next(iter(read_cache.values()))} if read_cache else {}))
+            store_digest=store_digest, **({"read_cache_bytes": next(iter(read_cache.values()))} if read_cache else {})
+        )
         if args.output is not None:
             write_output(args.output, document, args.append)
         return summary(document["benchmarks"][0], directory if info.directory else None, args.output)
@@ -264,12 +355,24 @@ def run(args: argparse.Namespace, cls: type[ImageStore], guard: Guard) -> None:
 
 
 def _percentiles(seconds: np.ndarray) -> dict[str, float]:
-    return {"batch_p50_s": float(np.percentile(seconds, 50)), "batch_p99_s": float(np.percentile(seconds, 99)),
-            "batch_max_s": float(seconds.max())}
+    return {
+        "batch_p50_s": float(np.percentile(seconds, 50)),
+        "batch_p99_s": float(np.percentile(seconds, 99)),
+        "batch_max_s": float(seconds.max()),
+    }
 
 
-def build_document(args: argparse.Namespace, info: StoreInfo, directory: Path, hosts: list[str], epochs: list[dict],
-                   figures: list[dict], expected: int, started: str, timeout: float) -> dict:
+def build_document(
+    args: argparse.Namespace,
+    info: StoreInfo,
+    directory: Path,
+    hosts: list[str],
+    epochs: list[dict],
+    figures: list[dict],
+    expected: int,
+    started: str,
+    timeout: float,
+) -> dict:
     """The run as pytest-benchmark JSON: machine and commit as pytest-benchmark records them, one read_random cell."""
     import mpi4py
     import pytest_benchmark
@@ -283,56 +386,105 @@ def build_document(args: argparse.Namespace, info: StoreInfo, directory: Path, h
     stats = Stats()
     for seconds in epoch_s:
         stats.update(seconds)
-    per_rank = [{"rank": rank, "host": hosts[rank], "images": figure["images"], "batches": figure["batches"],
-                 "startup_s": figure["startup_s"], "clock_offset_s": figure["clock_offset_s"],
-                 "clock_round_trip_s": figure["clock_round_trip_s"],
-                 "epoch_s": [epoch["seconds"][rank] for epoch in measured],
-                 "median_s": statistics.median(epoch["seconds"][rank] for epoch in measured),
-                 "first_batch_s": statistics.median(epoch["first"][rank] for epoch in measured),
-                 **_percentiles(figure["batch_seconds"]),
-                 "ids_digests": [f"{epoch['digests'][rank]:#018x}" for epoch in epochs],
-                 **({"resident_fraction_before": figure["resident"]} if args.cache == "cold" else {})}
-                for rank, figure in enumerate(figures)]
+    per_rank = [
+        {
+            "rank": rank,
+            "host": hosts[rank],
+            "images": figure["images"],
+            "batches": figure["batches"],
+            "startup_s": figure["startup_s"],
+            "clock_offset_s": figure["clock_offset_s"],
+            "clock_round_trip_s": figure["clock_round_trip_s"],
+            "epoch_s": [epoch["seconds"][rank] for epoch in measured],
+            "median_s": statistics.median(epoch["seconds"][rank] for epoch in measured),
+            "first_batch_s": statistics.median(epoch["first"][rank] for epoch in measured),
+            **_percentiles(figure["batch_seconds"]),
+            "ids_digests": [f"{epoch['digests'][rank]:#018x}" for epoch in epochs],
+            **({"resident_fraction_before": figure["resident"]} if args.cache == "cold" else {}),
+        }
+        for rank, figure in enumerate(figures)
+    ]
     resident = [figure["resident"] for figure in figures if figure["resident"] is not None]
     median = statistics.median(epoch_s)
     variant = f"{spec}-{info.n_images}-b{args.batch_size}-r{ranks}-{args.cache}"
     extra = {
-        "suite": SUITE, "operation": OPERATION, "method": spec, "n_images": info.n_images, "image_shape": list(info.image_shape),
-        "dtype": info.dtype, "raw_bytes": info.n_images * info.image_bytes,
-        "dataset": args.dataset.name, "durable": False, "images_per_round": info.n_images,
-        "images_per_s": info.n_images / median, "mb_per_s": info.n_images * info.image_bytes / 1e6 / median,
-        "batch_size": args.batch_size, "workers": ranks, "cache": args.cache, "permutation_seed": args.permutation_seed,
-        "n_batches": sum(figure["batches"] for figure in figures), "startup_s": max(figure["startup_s"] for figure in figures),
+        "suite": SUITE,
+        "operation": OPERATION,
+        "method": spec,
+        "n_images": info.n_images,
+        "image_shape": list(info.image_shape),
+        "dtype": info.dtype,
+        "raw_bytes": info.n_images * info.image_bytes,
+        "dataset": args.dataset.name,
+        "durable": False,
+        "images_per_round": info.n_images,
+        "images_per_s": info.n_images / median,
+        "mb_per_s": info.n_images * info.image_bytes / 1e6 / median,
+        "batch_size": args.batch_size,
+        "workers": ranks,
+        "cache": args.cache,
+        "permutation_seed": args.permutation_seed,
+        "n_batches": sum(figure["batches"] for figure in figures),
+        "startup_s": max(figure["startup_s"] for figure in figures),
         **_percentiles(np.concatenate([figure["batch_seconds"] for figure in figures])),
         "first_batch_s": statistics.median(max(epoch["first"]) for epoch in measured),
         **({"resident_fraction_before": max(resident)} if resident else {}),
-        "launcher": "mpi", "ranks": ranks, "nodes": len(set(hosts)), "hosts": sorted(set(hosts)),
+        "launcher": "mpi",
+        "ranks": ranks,
+        "nodes": len(set(hosts)),
+        "hosts": sorted(set(hosts)),
         "rank_spread": statistics.median(max(epoch["seconds"]) / min(epoch["seconds"]) for epoch in measured),
-        "store": str(directory.resolve()), "timeout_s": timeout, "warmup_epochs": 1,
-        "ids_digest_expected": f"{expected:#018x}", "per_rank": per_rank,
+        "store": str(directory.resolve()),
+        "timeout_s": timeout,
+        "warmup_epochs": 1,
+        "ids_digest_expected": f"{expected:#018x}",
+        "per_rank": per_rank,
     }
-    bench = {"group": f"{OPERATION} {info.n_images} b{args.batch_size} {args.cache}", "name": f"mpi_read_random[{variant}]",
-             "fullname": f"benchmarks/mpi.py::read_random[{variant}]", "param": variant,
-             "params": {"method": spec, "n_images": info.n_images, "batch_size": args.batch_size, "workers": ranks,
-                        "cache": args.cache},
-             "extra_info": extra, "options": {"timer": "perf_counter", "warmup_rounds": 1, "rounds": args.rounds},
-             "stats": {**stats.as_dict(), "data": epoch_s}}
-    library = " ".join(MPI.Get_library_version().split("\n", 1)[0].split())  # "MPICH Version: 5.0.2", "Open MPI v5.0.5, ..."
-    machine = {**pytest_benchmark_generate_machine_info(), "storage": describe_storage(directory),
-               "libraries": library_versions(), "mpi": {"library": library, "mpi4py": mpi4py.__version__}}
-    return {"machine_info": machine, "commit_info": get_commit_info(), "benchmarks": [bench], "datetime": started,
-            "version": pytest_benchmark.__version__}
+    bench = {
+        "group": f"{OPERATION} {info.n_images} b{args.batch_size} {args.cache}",
+        "name": f"mpi_read_random[{variant}]",
+        "fullname": f"benchmarks/mpi.py::read_random[{variant}]",
+        "param": variant,
+        "params": {
+            "method": spec,
+            "n_images": info.n_images,
+            "batch_size": args.batch_size,
+            "workers": ranks,
+            "cache": args.cache,
+        },
+        "extra_info": extra,
+        "options": {"timer": "perf_counter", "warmup_rounds": 1, "rounds": args.rounds},
+        "stats": {**stats.as_dict(), "data": epoch_s},
+    }
+    library = " ".join(
+        MPI.Get_library_version().split("\n", 1)[0].split()
+    )  # "MPICH Version: 5.0.2", "Open MPI v5.0.5, ..."
+    machine = {
+        **pytest_benchmark_generate_machine_info(),
+        "storage": describe_storage(directory),
+        "libraries": library_versions(),
+        "mpi": {"library": library, "mpi4py": mpi4py.__version__},
+    }
+    return {
+        "machine_info": machine,
+        "commit_info": get_commit_info(),
+        "benchmarks": [bench],
+        "datetime": started,
+        "version": pytest_benchmark.__version__,
+    }
 
 
 def summary(bench: dict, built: Path | None, output: Path | None) -> str:
     """What rank 0 prints at the end."""
     info = bench["extra_info"]
-    lines = [f"{info['method']}: {info['ranks']} rank(s) on {info['nodes']} node(s), {info['n_images']:,} images of "
-             f"{'x'.join(map(str, info['image_shape']))} {info['dtype']}, batch {info['batch_size']}, {info['cache']} cache, "
-             f"{bench['stats']['rounds']} measured epoch(s): median {bench['stats']['median']:.4g} s, "
-             f"{info['images_per_s']:,.0f} images/s, {info['mb_per_s']:,.1f} MB/s; batch p50 "
-             f"{info['batch_p50_s'] * 1e3:.3g} ms, p99 {info['batch_p99_s'] * 1e3:.3g} ms; slowest/fastest rank "
-             f"{info['rank_spread']:.2f}x; every id read once per epoch"]
+    lines = [
+        f"{info['method']}: {info['ranks']} rank(s) on {info['nodes']} node(s), {info['n_images']:,} images of "
+        f"{'x'.join(map(str, info['image_shape']))} {info['dtype']}, batch {info['batch_size']}, {info['cache']} cache, "
+        f"{bench['stats']['rounds']} measured epoch(s): median {bench['stats']['median']:.4g} s, "
+        f"{info['images_per_s']:,.0f} images/s, {info['mb_per_s']:,.1f} MB/s; batch p50 "
+        f"{info['batch_p50_s'] * 1e3:.3g} ms, p99 {info['batch_p99_s'] * 1e3:.3g} ms; slowest/fastest rank "
+        f"{info['rank_spread']:.2f}x; every id read once per epoch"
+    ]
     if built is not None:
         lines.append(f"store: {built} (kept: later runs reuse it)")
     if output is not None:
@@ -355,7 +507,9 @@ def write_output(path: Path, document: dict, append: bool) -> None:
     """Write ``document``; with ``append`` and an existing file, add its cell there in place of one of the same name."""
     if append and path.exists():
         earlier, names = read_document(path), {bench["name"] for bench in document["benchmarks"]}
-        kept = [bench for bench in earlier["benchmarks"] if not isinstance(bench, dict) or bench.get("name") not in names]
+        kept = [
+            bench for bench in earlier["benchmarks"] if not isinstance(bench, dict) or bench.get("name") not in names
+        ]
         earlier["benchmarks"] = kept + document["benchmarks"]
         document = earlier
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -373,8 +527,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from mpi4py import MPI
     except (ImportError, RuntimeError) as error:
         if _launcher_rank() in (None, "0"):
-            print(f"{PROG}: error: cannot use MPI ({error}): pip install 'image-storage-bench[mpi]' installs mpi4py and "
-                  "MPICH's mpiexec", file=sys.stderr)
+            print(
+                f"{PROG}: error: cannot use MPI ({error}): pip install 'image-storage-bench[mpi]' installs mpi4py and "
+                "MPICH's mpiexec",
+                file=sys.stderr,
+            )
         return EXIT_BAD_INPUT
     comm = MPI.COMM_WORLD
     parser = build_parser()

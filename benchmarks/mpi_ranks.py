@@ -14,6 +14,7 @@ and the label of every image), and the ids read, whose count and ``id_digest`` t
 was read exactly once. This module does not import mpi4py (the communicator is passed in), so that tests can use
 ``id_digest`` and ``share`` without starting MPI.
 """
+
 from __future__ import annotations
 
 import math
@@ -86,7 +87,7 @@ def id_digest(ids: np.ndarray) -> int:
 
 
 def _rank_list(failures: Sequence[tuple[int, str]]) -> str:
-    """"rank 1 on node3", "ranks 1, 4 on node3, node7", "ranks 1, 2, 3, ... (40 ranks) on ..."."""
+    """ "rank 1 on node3", "ranks 1, 4 on node3, node7", "ranks 1, 2, 3, ... (40 ranks) on ..."."""
     ranks = [str(rank) for rank, _ in failures]
     shown = ", ".join(ranks) if len(ranks) <= 8 else f"{', '.join(ranks[:3])}, ... ({len(ranks)} ranks)"
     hosts = list(dict.fromkeys(host for _, host in failures))
@@ -137,7 +138,9 @@ class Guard:
         offsets = np.concatenate(([0], np.cumsum(sizes)[:-1]))
         received = np.empty(int(sizes.sum()), np.uint8)
         self._wait(self.comm.Iallgatherv(data, [received, (sizes.tolist(), offsets.tolist())]), what)
-        return [pickle.loads(received[start:start + size].tobytes()) for start, size in zip(offsets, sizes, strict=True)]
+        return [
+            pickle.loads(received[start : start + size].tobytes()) for start, size in zip(offsets, sizes, strict=True)
+        ]
 
     def bcast(self, value: Any, what: str) -> Any:
         """Rank 0's ``value`` (pickled) on every rank."""
@@ -191,9 +194,13 @@ class Guard:
         while not request.Test():
             waited = time.monotonic() - start
             if waited > self.limit:
-                print(f"{self.prog}: error: rank {self.rank} on {self.host} waited {self.limit:g} s for the other "
-                      f"ranks at {what}: a rank is stuck or gone; ending every rank (if this step takes longer on "
-                      "this cluster, raise --timeout)", file=sys.stderr, flush=True)
+                print(
+                    f"{self.prog}: error: rank {self.rank} on {self.host} waited {self.limit:g} s for the other "
+                    f"ranks at {what}: a rank is stuck or gone; ending every rank (if this step takes longer on "
+                    "this cluster, raise --timeout)",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 time.sleep(ABORT_DELAY_S)
                 self.comm.Abort(EXIT_TIMEOUT)
             if waited > SPIN_S and not spin:
@@ -217,21 +224,35 @@ class StoreInfo:
 def check_memory(needed: int, what: str) -> None:
     """MemoryError unless ``needed`` bytes fit in this node's share for buffers (MEMORY_SHARE of what is available)."""
     if needed > MEMORY_SHARE * available_memory():
-        raise MemoryError(f"{what} need {needed / 1e9:.2f} GB, this node has {available_memory() / 1e9:.2f} GB "
-                          "available: lower --images (or run fewer ranks per node)")
+        raise MemoryError(
+            f"{what} need {needed / 1e9:.2f} GB, this node has {available_memory() / 1e9:.2f} GB "
+            "available: lower --images (or run fewer ranks per node)"
+        )
 
 
 class RankReader:
     """One rank's reading: its own read-only handle, its own buffer (its share of an epoch) and its records."""
 
-    def __init__(self, cls: type[ImageStore], directory: Path, info: StoreInfo, batch_size: int, rank: int, ranks: int,
-                 node_ranks: int, hint: str, store_options: dict | None = None) -> None:
+    def __init__(
+        self,
+        cls: type[ImageStore],
+        directory: Path,
+        info: StoreInfo,
+        batch_size: int,
+        rank: int,
+        ranks: int,
+        node_ranks: int,
+        hint: str,
+        store_options: dict | None = None,
+    ) -> None:
         self.cls, self.directory, self.info, self.batch_size, self.hint = cls, directory, info, batch_size, hint
         self.store_options = dict(store_options or {})
         self.rank, self.ranks = rank, ranks
         count = len(range(rank, info.n_images, ranks))
-        check_memory(node_ranks * (count * (info.image_bytes + 8) + 16 * info.n_images),
-                      f"the buffers and references of the {node_ranks} ranks on this node")
+        check_memory(
+            node_ranks * (count * (info.image_bytes + 8) + 16 * info.n_images),
+            f"the buffers and references of the {node_ranks} ranks on this node",
+        )
         self.images = np.zeros((count, *info.image_shape), info.dtype)
         self.labels = np.full(count, -1, np.int64)
         self.store: ImageStore | None = None
@@ -247,9 +268,11 @@ class RankReader:
         seen = (len(store), store.image_shape, str(store.image_dtype))
         if seen[0] < self.info.n_images or seen[1:] != (self.info.image_shape, self.info.dtype):
             store.close()
-            raise ValueError(f"the store at {self.directory} holds {seen[0]} images of {seen[1]} {seen[2]} here, rank 0 "
-                             f"saw {self.info.n_images} of {self.info.image_shape} {self.info.dtype}: the path names different "
-                             "stores on different nodes")
+            raise ValueError(
+                f"the store at {self.directory} holds {seen[0]} images of {seen[1]} {seen[2]} here, rank 0 "
+                f"saw {self.info.n_images} of {self.info.image_shape} {self.info.dtype}: the path names different "
+                "stores on different nodes"
+            )
         self.store = store
 
     def close(self) -> None:
@@ -292,8 +315,10 @@ class RankReader:
         wrong = (image_hashes(self.images) != hashes[self.ids]) | (self.labels != labels[self.ids])
         error = None
         if wrong.any():
-            error = (f"{np.count_nonzero(wrong)} of {len(wrong)} images or labels read differ from what was stored "
-                     f"(the first: id {self.ids[wrong][0]})")
+            error = (
+                f"{np.count_nonzero(wrong)} of {len(wrong)} images or labels read differ from what was stored "
+                f"(the first: id {self.ids[wrong][0]})"
+            )
             if self.info.directory:
                 error += f"; if an earlier run built {self.directory}, remove it and rank 0 builds it anew"
         return len(read), id_digest(read), error

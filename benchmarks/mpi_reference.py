@@ -7,6 +7,7 @@ image (xxh3_64). Before the epochs, untimed, it reads the whole store once and c
 image hashes and labels, in id order) with the dataset's: a reused store, built by an earlier run or named by
 ``--store``, that holds other images fails there, saying how many differ and the first, rather than every epoch.
 """
+
 from __future__ import annotations
 
 import math
@@ -38,8 +39,9 @@ def describe_dataset(dataset: DatasetSpec) -> str:
     return f"the {dataset.name} images in {dataset.path}"
 
 
-def load_dataset(dataset: DatasetSpec, count: int, shape: tuple[int, ...] | None, dtype: np.dtype,
-                 made: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def load_dataset(
+    dataset: DatasetSpec, count: int, shape: tuple[int, ...] | None, dtype: np.dtype, made: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """The first ``count`` images and labels of ``dataset``: of the ``made`` (default ``count``) synthetic ones of
     ``shape`` and ``dtype`` (which differ with ``made``: a store of N holds the N that a run made); CIFAR-10 and
     MNIST as they are; an image folder's at ``shape`` (its own if None). ValueError when it holds fewer."""
@@ -78,7 +80,9 @@ def check_content(store: ImageStore, hashes: np.ndarray, labels: np.ndarray, wha
     digest, expected = content_digest(found_hashes, found_labels), content_digest(hashes, labels)
     if digest != expected:
         wrong = np.flatnonzero((found_hashes != hashes) | (found_labels != labels))
-        raise ValueError(f"{what} holds other images than the dataset (content digest {digest}, the dataset's "
-                         f"{expected}): {len(wrong)} of {len(hashes)} images or labels differ (the first: id "
-                         f"{wrong[0]}); {hint}")
+        raise ValueError(
+            f"{what} holds other images than the dataset (content digest {digest}, the dataset's "
+            f"{expected}): {len(wrong)} of {len(hashes)} images or labels differ (the first: id "
+            f"{wrong[0]}); {hint}"
+        )
     return digest

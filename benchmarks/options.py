@@ -1,6 +1,7 @@
 """The benchmark suite's options: what each accepts, its environment variable and default, and the
 parsers that check them (also used by the MPI runner, benchmarks/mpi.py). The root conftest.py adds
 them to pytest."""
+
 from __future__ import annotations
 
 import argparse
@@ -46,7 +47,9 @@ def _positive_ints(text: str, what: str, example: str, least: int = 1) -> tuple[
 
 def parse_cutoffs(text: str) -> tuple[int, ...]:
     """``"10,100"`` -> (10, 100): image counts, positive, sorted, distinct; ``tutorial`` is the tutorial's grid."""
-    return _positive_ints(TUTORIAL_CUTOFFS if text.strip() == "tutorial" else text, "images", "--cutoffs 10,100,1000 or tutorial")
+    return _positive_ints(
+        TUTORIAL_CUTOFFS if text.strip() == "tutorial" else text, "images", "--cutoffs 10,100,1000 or tutorial"
+    )
 
 
 def parse_batch_sizes(text: str) -> tuple[int, ...]:
@@ -69,8 +72,10 @@ def parse_cache(text: str) -> tuple[str, ...]:
     names = {part.strip() for part in text.split(",")}
     unknown = sorted(names - set(CACHE_STATES))
     if unknown or not text.strip():
-        raise argparse.ArgumentTypeError(f"unknown cache state {', '.join(map(repr, unknown)) or repr(text)}; "
-                                         f"use warm, cold, limited or a list such as warm,cold")
+        raise argparse.ArgumentTypeError(
+            f"unknown cache state {', '.join(map(repr, unknown)) or repr(text)}; "
+            f"use warm, cold, limited or a list such as warm,cold"
+        )
     return tuple(state for state in CACHE_STATES if state in names)
 
 
@@ -121,7 +126,9 @@ def parse_dataset(text: str) -> DatasetSpec:
         return DatasetSpec("synthetic")
     name, _, path = text.partition(":")
     if name not in DATASET_FOLDERS or not path:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a dataset: use synthetic, cifar10:PATH, mnist:PATH or folder:PATH")
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a dataset: use synthetic, cifar10:PATH, mnist:PATH or folder:PATH"
+        )
     if not Path(path).is_dir():
         raise argparse.ArgumentTypeError(f"{DATASET_FOLDERS[name]} folder {path!r} does not exist")
     return DatasetSpec(name, Path(path))
@@ -156,28 +163,86 @@ def parse_flag(text: str) -> bool:
 
 OPTIONS = [
     # (option, environment variable, default, parser, help)
-    ("--cutoffs", "IMAGE_BENCH_CUTOFFS", DEFAULT_CUTOFFS, parse_cutoffs, "image counts of the *_many cells, comma-separated, or `tutorial` for 10,100,1000,10000,100000"),
-    ("--methods", "IMAGE_BENCH_METHODS", ",".join(METHODS), parse_methods, "storage methods to time, comma-separated (default: all)"),
-    ("--dataset", "IMAGE_BENCH_DATASET", "synthetic", parse_dataset,
-     "synthetic (made on the spot, no download), cifar10:PATH (CIFAR-10 python batches; doubled past 50000 images), "
-     "mnist:PATH (MNIST idx files, plain or .gz: train, then t10k if there; 70000 images) "
-     "or folder:PATH (your images, one sub-folder per class: .png .jpg .jpeg .webp .bmp .tif .tiff .gif)"),
-    ("--image-shape", "IMAGE_BENCH_SHAPE", None, parse_shape,
-     "shape of the synthetic images, HxW, HxWxC (any C) or CxHxW, e.g. 28x28 or 3x128x128 (default 32x32x3; "
-     "cifar10 and mnist images have their own, 32x32x3 and 28x28; folder images are resized and center-cropped "
-     "to HxW, HxWx3 or HxWx4, by default their own size)"),
-    ("--dtype", "IMAGE_BENCH_DTYPE", "uint8", parse_dtype,
-     f"dtype of the synthetic images: {', '.join(DTYPE_NAMES)} (cifar10, mnist and folder images are uint8)"),
-    ("--storage-dir", "IMAGE_BENCH_STORAGE_DIR", None, Path,
-     "folder to write the stores in (default: pytest's temporary folder); a run folder inside it is removed at the end"),
-    ("--batch-sizes", "IMAGE_BENCH_BATCH_SIZES", "256", parse_batch_sizes, "images per batch of the read_random cells, comma-separated"),
-    ("--workers", "IMAGE_BENCH_WORKERS", DEFAULT_WORKERS, parse_workers,
-     f"reader processes of the read_random cells, comma-separated (default: 1 and the core count, at most {MAX_DEFAULT_WORKERS})"),
-    ("--loader-workers", "IMAGE_BENCH_LOADER_WORKERS", "0,2", parse_loader_workers,
-     "num_workers of the DataLoader in the loader cells (--loaders), comma-separated, 0 allowed"),
-    ("--cache", "IMAGE_BENCH_CACHE", "warm", parse_cache,
-     "page cache before each read_random round: warm, cold (the store's pages dropped, no root needed), limited "
-     "(dropped, and the readers in a memory cgroup holding --limited-fraction of the store: needs root) or a list"),
-    ("--limited-fraction", "IMAGE_BENCH_LIMITED_FRACTION", "1/5", parse_fraction,
-     "--cache limited: the share of the store's bytes its readers' memory cgroup holds (default 1/5, MLPerf's rule)"),
+    (
+        "--cutoffs",
+        "IMAGE_BENCH_CUTOFFS",
+        DEFAULT_CUTOFFS,
+        parse_cutoffs,
+        "image counts of the *_many cells, comma-separated, or `tutorial` for 10,100,1000,10000,100000",
+    ),
+    (
+        "--methods",
+        "IMAGE_BENCH_METHODS",
+        ",".join(METHODS),
+        parse_methods,
+        "storage methods to time, comma-separated (default: all)",
+    ),
+    (
+        "--dataset",
+        "IMAGE_BENCH_DATASET",
+        "synthetic",
+        parse_dataset,
+        "synthetic (made on the spot, no download), cifar10:PATH (CIFAR-10 python batches; doubled past 50000 images), "
+        "mnist:PATH (MNIST idx files, plain or .gz: train, then t10k if there; 70000 images) "
+        "or folder:PATH (your images, one sub-folder per class: .png .jpg .jpeg .webp .bmp .tif .tiff .gif)",
+    ),
+    (
+        "--image-shape",
+        "IMAGE_BENCH_SHAPE",
+        None,
+        parse_shape,
+        "shape of the synthetic images, HxW, HxWxC (any C) or CxHxW, e.g. 28x28 or 3x128x128 (default 32x32x3; "
+        "cifar10 and mnist images have their own, 32x32x3 and 28x28; folder images are resized and center-cropped "
+        "to HxW, HxWx3 or HxWx4, by default their own size)",
+    ),
+    (
+        "--dtype",
+        "IMAGE_BENCH_DTYPE",
+        "uint8",
+        parse_dtype,
+        f"dtype of the synthetic images: {', '.join(DTYPE_NAMES)} (cifar10, mnist and folder images are uint8)",
+    ),
+    (
+        "--storage-dir",
+        "IMAGE_BENCH_STORAGE_DIR",
+        None,
+        Path,
+        "folder to write the stores in (default: pytest's temporary folder); a run folder inside it is removed at the end",
+    ),
+    (
+        "--batch-sizes",
+        "IMAGE_BENCH_BATCH_SIZES",
+        "256",
+        parse_batch_sizes,
+        "images per batch of the read_random cells, comma-separated",
+    ),
+    (
+        "--workers",
+        "IMAGE_BENCH_WORKERS",
+        DEFAULT_WORKERS,
+        parse_workers,
+        f"reader processes of the read_random cells, comma-separated (default: 1 and the core count, at most {MAX_DEFAULT_WORKERS})",
+    ),
+    (
+        "--loader-workers",
+        "IMAGE_BENCH_LOADER_WORKERS",
+        "0,2",
+        parse_loader_workers,
+        "num_workers of the DataLoader in the loader cells (--loaders), comma-separated, 0 allowed",
+    ),
+    (
+        "--cache",
+        "IMAGE_BENCH_CACHE",
+        "warm",
+        parse_cache,
+        "page cache before each read_random round: warm, cold (the store's pages dropped, no root needed), limited "
+        "(dropped, and the readers in a memory cgroup holding --limited-fraction of the store: needs root) or a list",
+    ),
+    (
+        "--limited-fraction",
+        "IMAGE_BENCH_LIMITED_FRACTION",
+        "1/5",
+        parse_fraction,
+        "--cache limited: the share of the store's bytes its readers' memory cgroup holds (default 1/5, MLPerf's rule)",
+    ),
 ]

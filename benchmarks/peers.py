@@ -16,6 +16,7 @@ The per-sample peers (TensorDataset, ImageFolder) get the cell's batch sampler a
 ``DataLoader(batch_size=256, shuffle=True)`` would; litdata and webdataset shuffle by themselves, so their samples
 carry their ids in place of the label. A peer whose package is missing is skipped with the install hint.
 """
+
 from __future__ import annotations
 
 import functools
@@ -66,12 +67,16 @@ def prepare(peer: str, images: np.ndarray, labels: np.ndarray, directory: Path) 
     return Prepared(directory, images)
 
 
-def loader(peer: str, prepared: Prepared, images: np.ndarray, labels: np.ndarray, batch_size: int,
-           workers: int) -> LoaderUnderTest:
+def loader(
+    peer: str, prepared: Prepared, images: np.ndarray, labels: np.ndarray, batch_size: int, workers: int
+) -> LoaderUnderTest:
     """``peer``'s loader over its prepared files, ``workers`` worker processes, batches of ``batch_size``."""
     make: Callable[..., LoaderUnderTest] = {
-        "tensordataset": _tensordataset, "imagefolder-png": _image_folder, "imagefolder-jpeg": _image_folder,
-        "litdata": _litdata, "wds-pipeline": _wds_pipeline,
+        "tensordataset": _tensordataset,
+        "imagefolder-png": _image_folder,
+        "imagefolder-jpeg": _image_folder,
+        "litdata": _litdata,
+        "wds-pipeline": _wds_pipeline,
     }[peer]
     return make(prepared=prepared, images=images, labels=labels, batch_size=batch_size, workers=workers)
 
@@ -88,8 +93,9 @@ def _tensordataset(*, images, labels, batch_size, workers, **_) -> LoaderUnderTe
     torch = require_torch()
     sampler = EpochBatches(len(images), batch_size)
     data = torch.utils.data.TensorDataset(torch.from_numpy(images), torch.from_numpy(labels))
-    return LoaderUnderTest(torch.utils.data.DataLoader(data, batch_sampler=sampler, **_worker_options(workers)),
-                           sampled_ids(sampler))
+    return LoaderUnderTest(
+        torch.utils.data.DataLoader(data, batch_sampler=sampler, **_worker_options(workers)), sampled_ids(sampler)
+    )
 
 
 # -- torchvision ImageFolder ------------------------------------------------------------------------------------
@@ -122,8 +128,10 @@ def _image_folder(*, prepared, images, batch_size, workers, **_) -> LoaderUnderT
         pytest.skip("ImageFolder numbers its classes by folder: the session's labels must be 0..k-1, all present")
     sampler = EpochBatches(len(images), batch_size)
     index_to_id = np.array([int(Path(path).stem) for path, _ in data.samples])
-    return LoaderUnderTest(torch.utils.data.DataLoader(data, batch_sampler=sampler, **_worker_options(workers)),
-                           sampled_ids(sampler, index_to_id))
+    return LoaderUnderTest(
+        torch.utils.data.DataLoader(data, batch_sampler=sampler, **_worker_options(workers)),
+        sampled_ids(sampler, index_to_id),
+    )
 
 
 # -- litdata ----------------------------------------------------------------------------------------------------
@@ -136,8 +144,13 @@ def _write_litdata(images: np.ndarray, directory: Path) -> None:
     litdata = _import("litdata")
     source = directory / "source.npy"
     np.save(source, images)
-    litdata.optimize(fn=functools.partial(_litdata_sample, str(source)), inputs=list(range(len(images))),
-                     output_dir=str(directory / "optimized"), chunk_bytes=LITDATA_CHUNK_BYTES, num_workers=1)
+    litdata.optimize(
+        fn=functools.partial(_litdata_sample, str(source)),
+        inputs=list(range(len(images))),
+        output_dir=str(directory / "optimized"),
+        chunk_bytes=LITDATA_CHUNK_BYTES,
+        num_workers=1,
+    )
     source.unlink()
 
 
@@ -168,7 +181,13 @@ def _write_shards(images: np.ndarray, directory: Path) -> None:
 
 def _wds_pipeline(*, prepared, batch_size, workers, **_) -> LoaderUnderTest:
     wds = _import("webdataset")
-    pipeline = (wds.WebDataset(_shard_paths(prepared.directory), shardshuffle=WDS_SHARDS, empty_check=False)
-                .shuffle(WDS_SHUFFLE_BUFFER).decode().to_tuple("npy", "cls").batched(batch_size, partial=True))
-    return LoaderUnderTest(wds.WebLoader(pipeline, batch_size=None, **_worker_options(workers)), _carried_ids,
-                           labels=False)
+    pipeline = (
+        wds.WebDataset(_shard_paths(prepared.directory), shardshuffle=WDS_SHARDS, empty_check=False)
+        .shuffle(WDS_SHUFFLE_BUFFER)
+        .decode()
+        .to_tuple("npy", "cls")
+        .batched(batch_size, partial=True)
+    )
+    return LoaderUnderTest(
+        wds.WebLoader(pipeline, batch_size=None, **_worker_options(workers)), _carried_ids, labels=False
+    )

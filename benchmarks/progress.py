@@ -1,5 +1,6 @@
 """Signs of life on the terminal, past pytest's capture: long setup steps, the rounds of long cells, and an
 estimate of the time the rest of the suite will take."""
+
 from __future__ import annotations
 
 import contextlib
@@ -42,8 +43,9 @@ def announce(config: pytest.Config, what: str, count: int) -> Iterator[None]:
     say(config, f"{time.perf_counter() - start:.1f} s")
 
 
-def rounds_reporter(config: pytest.Config, name: str, rounds: int, round_s: float,
-                    setup: Callable[[], Any]) -> Callable[[], Any]:
+def rounds_reporter(
+    config: pytest.Config, name: str, rounds: int, round_s: float, setup: Callable[[], Any]
+) -> Callable[[], Any]:
     """``setup`` that also reports "round k of n" before each round (untimed) when the rounds will take long."""
     if rounds * round_s <= LONG_CELL_S:
         return setup
@@ -56,8 +58,11 @@ def rounds_reporter(config: pytest.Config, name: str, rounds: int, round_s: floa
         if now - state["said"] >= ROUND_EVERY_S:
             done = state["round"] - 1
             left = (now - start) / done * (rounds - done) if done else rounds * round_s
-            say(config, f"image-storage: {name}: round {state['round']} of {rounds}, {now - start:.0f} s elapsed, "
-                        f"about {left:.0f} s left")
+            say(
+                config,
+                f"image-storage: {name}: round {state['round']} of {rounds}, {now - start:.0f} s elapsed, "
+                f"about {left:.0f} s left",
+            )
             state["said"] = now
         return setup()
 
@@ -99,8 +104,10 @@ class SuiteClock:
             return None
         self.said = now
         left = sum(self.predict(kind, images) for kind, images in self.pending.values())
-        return (f"image-storage: {len(self.walls)} cells done, {len(self.pending)} to go: about "
-                f"{_minutes(left)} left (estimated from the cells so far)")
+        return (
+            f"image-storage: {len(self.walls)} cells done, {len(self.pending)} to go: about "
+            f"{_minutes(left)} left (estimated from the cells so far)"
+        )
 
     def predict(self, kind: tuple, images: int) -> float:
         """Seconds of wall time the cell ``kind`` at ``images`` images is expected to take."""

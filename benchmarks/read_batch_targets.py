@@ -8,6 +8,7 @@ without this package, in one process on the same stores, for the targets of docs
 Warm page cache, batches of ``--batch`` ids from a seeded permutation, one epoch per repeat, median of
 ``--repeats``; every batch is checked against the source once, outside the timing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,17 +54,21 @@ def gather_reference(images: np.ndarray, folder: Path) -> Reader:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.read_batch_targets", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.read_batch_targets", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--images", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--methods", default=",".join(method for method in installed_methods()
-                                                      if not get_store_class(method).slow_random_reads),
-                        help="comma-separated (default: every installed method whose random reads are not slow)")
+    parser.add_argument(
+        "--methods",
+        default=",".join(method for method in installed_methods() if not get_store_class(method).slow_random_reads),
+        help="comma-separated (default: every installed method whose random reads are not slow)",
+    )
     args = parser.parse_args(argv)
     images, labels = synthetic(args.images)
     order = np.random.default_rng(0).permutation(args.images)
-    batches = [order[start:start + args.batch] for start in range(0, args.images, args.batch)]
+    batches = [order[start : start + args.batch] for start in range(0, args.images, args.batch)]
     out = np.empty((args.batch, *images.shape[1:]), np.uint8)
     with tempfile.TemporaryDirectory(prefix="read-batch-targets-") as scratch:
         root = Path(scratch)
@@ -79,11 +84,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ours = checked(lambda ids, out_: store.read_batch(ids, out=out_), batches, out, images, method)
                 ours_s = epoch_seconds(ours, batches, out, args.repeats)
             name, reference = get_store_class(method).library_reader(root / method, images.shape[1:]) or (
-                "memmap gather", None)
-            reference_s = gather_s if reference is None else epoch_seconds(
-                checked(reference, batches, out, images, name), batches, out, args.repeats)
-            print(f"{method:<12} {args.images / ours_s:>17,.0f} {name:<28} {args.images / reference_s:>11,.0f} "
-                  f"{reference_s / ours_s:>5.2f}x")
+                "memmap gather",
+                None,
+            )
+            reference_s = (
+                gather_s
+                if reference is None
+                else epoch_seconds(checked(reference, batches, out, images, name), batches, out, args.repeats)
+            )
+            print(
+                f"{method:<12} {args.images / ours_s:>17,.0f} {name:<28} {args.images / reference_s:>11,.0f} "
+                f"{reference_s / ours_s:>5.2f}x"
+            )
     return 0
 
 

@@ -7,6 +7,7 @@ write, its waited-for children included; Linux only), the peak from ``VmHWM`` af
 ``/proc/self/clear_refs`` (Linux; elsewhere the growth of ``ru_maxrss``, which only moves when the process's
 lifetime peak grows).
 """
+
 from __future__ import annotations
 
 import math
@@ -145,7 +146,9 @@ class Meter:
     def per_round(self, rounds: int) -> dict[str, Any]:
         """extra_info fields: each counter's mean per timed round, and the peak memory increase."""
         ended = [*_cpu(), *_other_counters(self.children)]
-        user, system, child_user, child_system, read, write = (a - b - c for a, b, c in zip(ended, self.started, self.in_setups))
+        user, system, child_user, child_system, read, write = (
+            a - b - c for a, b, c in zip(ended, self.started, self.in_setups)
+        )
         user, system = user + child_user, system + child_system
         fields: dict[str, Any] = {
             "cpu_s": (user + system) / rounds,

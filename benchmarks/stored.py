@@ -8,6 +8,7 @@ install or what the method cannot hold), ``expected`` (what a cell verifies agai
 it records the codec, and for a lossy codec its PSNR against the source and its floor, in the cell's
 ``extra_info``), ``references`` (``get(codec)``, for the codec floors).
 """
+
 from __future__ import annotations
 
 import shutil
@@ -63,10 +64,12 @@ def store_profiles(storage_root: Path, dataset) -> Callable[[type[ImageStore]], 
         if cls not in profiles:
             probe = storage_root / f"probe-{uuid.uuid4().hex[:8]}"
             with cls(probe) as store:
-                profiles[cls] = Profile(store.layout_limit(dataset.images.dtype, dataset.images.shape[1:], replacing=True),
-                                        store.codec_spec)
+                profiles[cls] = Profile(
+                    store.layout_limit(dataset.images.dtype, dataset.images.shape[1:], replacing=True), store.codec_spec
+                )
             shutil.rmtree(probe, ignore_errors=True)
         return profiles[cls]
+
     return profile
 
 
@@ -101,15 +104,21 @@ def references(pytestconfig: pytest.Config, dataset) -> Callable[[str], Expected
             else:
                 with announce(pytestconfig, f"making the {spec} reference with Pillow", len(dataset.images)):
                     images = reference_images(spec, dataset.images)
-                made[spec] = Expected(images, dataset.labels, spec, dataset.images, psnr_db(dataset.images, images),
-                                      floor)
+                made[spec] = Expected(
+                    images, dataset.labels, spec, dataset.images, psnr_db(dataset.images, images), floor
+                )
         return made[spec]
+
     return get
 
 
 @pytest.fixture
-def expected(store_class: type[ImageStore], store_profiles: Callable[[type[ImageStore]], Profile],
-             references: Callable[[str], Expected], benchmark) -> Expected:
+def expected(
+    store_class: type[ImageStore],
+    store_profiles: Callable[[type[ImageStore]], Profile],
+    references: Callable[[str], Expected],
+    benchmark,
+) -> Expected:
     """What the cell's reads must return (exactly), recorded with the codec in the cell's extra_info."""
     result = references(store_profiles(store_class).codec)
     benchmark.extra_info["codec"] = result.codec

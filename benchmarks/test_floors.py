@@ -11,6 +11,7 @@ run once per such spec, each through ``codecs.get_codec(spec)``, the code the st
 cell: benchmarks/floors.py. Only the floors a selected cell needs run, each just before the first cell that needs it
 (benchmarks/conftest.py); ``pytest benchmarks/test_floors.py`` runs them all.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -114,6 +115,7 @@ def durable(pytestconfig: pytest.Config) -> bool:
 
 def zeroing(out: np.ndarray, then: Callable[[], object] = lambda: None) -> Callable[[], tuple[tuple, dict]]:
     """A round's setup: zero the output (so only this round's reads can fill it), then ``then``."""
+
     def setup() -> tuple[tuple, dict]:
         out.fill(0)
         then()
@@ -221,8 +223,11 @@ def test_floor_file_read_cold(measure, record, benchmark, payload, out_bytes, fl
     payload.check("floor file-read-cold", out_bytes)
     benchmark.extra_info["resident_fraction_before"] = max(resident)
     if max(resident) > page_cache.MAX_RESIDENT_FRACTION:
-        pytest.fail(f"floor file-read-cold: {max(resident):.1%} of the file stayed in the page cache after dropping it "
-                    f"(at most {page_cache.MAX_RESIDENT_FRACTION:.0%} allowed)", pytrace=False)
+        pytest.fail(
+            f"floor file-read-cold: {max(resident):.1%} of the file stayed in the page cache after dropping it "
+            f"(at most {page_cache.MAX_RESIDENT_FRACTION:.0%} allowed)",
+            pytrace=False,
+        )
 
 
 def test_floor_files_write(measure, record, payload, cell_dir, durable):
@@ -259,8 +264,12 @@ def test_floor_files_write(measure, record, payload, cell_dir, durable):
 def test_floor_files_read(measure, record, payload, out_bytes, floor_inputs, held):
     """Timed: open, read into its slot and close each image's file."""
     folder = os.open(floor_inputs.files(payload), os.O_RDONLY)
-    slots = list(zip((str(image_id) for image_id in range(len(payload.images))),
-                     (out_bytes[start:stop] for start, stop in zip(payload.offsets[:-1], payload.offsets[1:]))))
+    slots = list(
+        zip(
+            (str(image_id) for image_id in range(len(payload.images))),
+            (out_bytes[start:stop] for start, stop in zip(payload.offsets[:-1], payload.offsets[1:])),
+        )
+    )
 
     def read() -> None:
         for name, target in slots:
@@ -308,7 +317,7 @@ def test_floor_gather(measure, record, benchmark, payload, out_bytes, floor_inpu
     ``np.take`` per batch; encoded bytes: a copy per image)."""
     count = len(payload.images)
     order = np.random.default_rng(GATHER_SEED).permutation(count)
-    batches = [order[start:start + batch] for start in range(0, count, batch)]
+    batches = [order[start : start + batch] for start in range(0, count, batch)]
     pages = mapped(floor_inputs.file(payload))
     if payload.codec == RAW:
         rows, out_rows = pages.reshape(count, -1), out_bytes.reshape(count, -1)
@@ -316,13 +325,17 @@ def test_floor_gather(measure, record, benchmark, payload, out_bytes, floor_inpu
 
         def gather() -> None:
             for start, ids in zip(starts, batches):
-                np.take(rows, ids, axis=0, out=out_rows[start:start + len(ids)], mode="clip")  # "clip": out unbuffered
+                np.take(
+                    rows, ids, axis=0, out=out_rows[start : start + len(ids)], mode="clip"
+                )  # "clip": out unbuffered
     else:
         sizes = np.diff(payload.offsets)[order]
         targets = np.concatenate([[0], np.cumsum(sizes)])
         offsets = payload.offsets
-        copies = [(out_bytes[targets[slot]:targets[slot + 1]], pages[offsets[image_id]:offsets[image_id + 1]])
-                  for slot, image_id in enumerate(order.tolist())]
+        copies = [
+            (out_bytes[targets[slot] : targets[slot + 1]], pages[offsets[image_id] : offsets[image_id + 1]])
+            for slot, image_id in enumerate(order.tolist())
+        ]
 
         def gather() -> None:
             for target, blob in copies:

@@ -7,6 +7,7 @@ read (or what a store wrote, read back from disk) is exactly what was stored (fo
 exactly what Pillow's own encode and decode give, and no further from the source than the codec's
 PSNR floor: benchmarks/codec_reference.py).
 """
+
 from __future__ import annotations
 
 import math
@@ -69,7 +70,9 @@ def test_read_many(measure, record, read_store, dataset, expected, method, cutof
 
 
 @pytest.fixture
-def store_filled_to_cutoff(store_class: type[ImageStore], storage_root, dataset, cutoff, request, pytestconfig) -> Iterator[ImageStore]:
+def store_filled_to_cutoff(
+    store_class: type[ImageStore], storage_root, dataset, cutoff, request, pytestconfig
+) -> Iterator[ImageStore]:
     """A writable store of its own holding the first ``cutoff`` images (filled untimed, removed after the cell)."""
     directory = storage_root / "into" / request.node.name.replace("/", "_")
     with store_class(directory, durable=pytestconfig.getoption("durable")) as store:
@@ -89,11 +92,17 @@ def amortised(seconds: list[float], upkeeps: list[int]) -> dict[str, float | int
     upkeep; every write when the method had fewer upkeeps), with the median, p99 and max of all the writes."""
     runs = [index for index in range(len(seconds)) if upkeeps[index + 1] > upkeeps[index]]
     whole = len(runs) >= UPKEEP_CYCLES
-    window = seconds[:runs[UPKEEP_CYCLES - 1] + 1] if whole else seconds
-    return {"write_amortised_s": float(np.mean(window)), "write_p50_s": float(np.median(seconds)),
-            "write_p99_s": float(np.percentile(seconds, 99)), "write_max_s": float(max(seconds)),
-            "writes_timed": len(seconds), "amortised_writes": len(window), "upkeeps": len(runs),
-            "upkeep_cycles": UPKEEP_CYCLES if whole else 0}
+    window = seconds[: runs[UPKEEP_CYCLES - 1] + 1] if whole else seconds
+    return {
+        "write_amortised_s": float(np.mean(window)),
+        "write_p50_s": float(np.median(seconds)),
+        "write_p99_s": float(np.percentile(seconds, 99)),
+        "write_max_s": float(max(seconds)),
+        "writes_timed": len(seconds),
+        "amortised_writes": len(window),
+        "upkeeps": len(runs),
+        "upkeep_cycles": UPKEEP_CYCLES if whole else 0,
+    }
 
 
 def test_store_single_into(measure, record, benchmark, store_filled_to_cutoff, dataset, expected, method, cutoff):

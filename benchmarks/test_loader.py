@@ -10,6 +10,7 @@
 Every loader reads the largest cutoff's images in batches of --batch-sizes, the same seeded epochs
 (benchmarks/loaders.py); each epoch is checked afterwards, untimed: every id once, every image bit for bit.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
@@ -32,8 +33,9 @@ from storage_impls.loader import ImageDataset, TensorBatches
 
 
 @pytest.fixture
-def image_dataset(store_class: type[ImageStore], filled_store_dirs: Callable[[str, int], Path], method: str,
-                  n_images: int) -> Iterator[ImageDataset]:
+def image_dataset(
+    store_class: type[ImageStore], filled_store_dirs: Callable[[str, int], Path], method: str, n_images: int
+) -> Iterator[ImageDataset]:
     """(``store_class`` skips the cell when the method's package is missing.)"""
     with ImageDataset(method, filled_store_dirs(method, n_images)) as dataset:
         yield dataset
@@ -49,14 +51,16 @@ def peer_files(storage_root: Path, dataset) -> Callable[[str, int], peers.Prepar
             directory = storage_root / "peers" / f"{peer}-{count}"
             made[peer, count] = peers.prepare(peer, dataset.images[:count], dataset.labels[:count], directory)
         return made[peer, count]
+
     return get
 
 
 def _describe(benchmark, record, n_images: int, batch_size: int, workers: int | None = None) -> None:
     record(n_images)
     benchmark.group = f"loader {n_images} b{batch_size}" + ("" if workers is None else f" w{workers}")
-    benchmark.extra_info.update(batch_size=batch_size, permutation_seed=PERMUTATION_SEED,
-                                **({} if workers is None else {"workers": workers}))
+    benchmark.extra_info.update(
+        batch_size=batch_size, permutation_seed=PERMUTATION_SEED, **({} if workers is None else {"workers": workers})
+    )
 
 
 class _ReadBatches:
@@ -73,21 +77,38 @@ def test_read_batches(measure, record, benchmark, image_dataset, expected, metho
     sampler = EpochBatches(n_images, batch_size)
     _describe(benchmark, record, n_images, batch_size)
     under_test = LoaderUnderTest(_ReadBatches(image_dataset, sampler), sampled_ids(sampler))
-    run_cell(measure, benchmark, Epochs(f"{method} read_batches", under_test, expected.images[:n_images],
-                                        expected.labels[:n_images]))
+    run_cell(
+        measure,
+        benchmark,
+        Epochs(f"{method} read_batches", under_test, expected.images[:n_images], expected.labels[:n_images]),
+    )
 
 
-def test_loader(measure, record, benchmark, image_dataset, store_class, expected, method, n_images, batch_size,
-                loader_workers):
+def test_loader(
+    measure, record, benchmark, image_dataset, store_class, expected, method, n_images, batch_size, loader_workers
+):
     torch = require_torch()
     sampler = EpochBatches(n_images, batch_size)
     _describe(benchmark, record, n_images, batch_size, loader_workers)
     context = "spawn" if loader_workers and not store_class.fork_safe else None
-    loader = torch.utils.data.DataLoader(TensorBatches(image_dataset), sampler=sampler, batch_size=None,
-                                         num_workers=loader_workers, persistent_workers=loader_workers > 0,
-                                         multiprocessing_context=context)
-    run_cell(measure, benchmark, Epochs(f"{method} loader", LoaderUnderTest(loader, sampled_ids(sampler)),
-                                        expected.images[:n_images], expected.labels[:n_images]))
+    loader = torch.utils.data.DataLoader(
+        TensorBatches(image_dataset),
+        sampler=sampler,
+        batch_size=None,
+        num_workers=loader_workers,
+        persistent_workers=loader_workers > 0,
+        multiprocessing_context=context,
+    )
+    run_cell(
+        measure,
+        benchmark,
+        Epochs(
+            f"{method} loader",
+            LoaderUnderTest(loader, sampled_ids(sampler)),
+            expected.images[:n_images],
+            expected.labels[:n_images],
+        ),
+    )
 
 
 class TestPeers:
@@ -98,8 +119,9 @@ class TestPeers:
         return peer
 
     @pytest.mark.parametrize("peer", peers.PEERS)
-    def test_loader_peer(self, measure, record, benchmark, peer_files, dataset, peer, n_images, batch_size,
-                         loader_workers):
+    def test_loader_peer(
+        self, measure, record, benchmark, peer_files, dataset, peer, n_images, batch_size, loader_workers
+    ):
         require_torch()
         if reason := peers.supports(peer, dataset.images):
             pytest.skip(reason)

@@ -13,6 +13,7 @@ reopening them, then measuring what of the store is cached (``resident_fraction_
 (benchmarks/memlimit.py): the dataset does not fit in their memory. Afterwards, every
 epoch must have read every id exactly once, and the last epoch's images and labels must equal what was stored.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
@@ -46,8 +47,18 @@ def read_cache(store_class: type[ImageStore], method: str, store_dir: Path) -> d
 
 
 @pytest.fixture
-def reader_pool(request: pytest.FixtureRequest, store_class: type[ImageStore], method: str, store_dir: Path, dataset, n_images: int, batch_size: int,
-                workers: int, cache: str, read_cache: dict[str, int]) -> Iterator[ReaderPool]:
+def reader_pool(
+    request: pytest.FixtureRequest,
+    store_class: type[ImageStore],
+    method: str,
+    store_dir: Path,
+    dataset,
+    n_images: int,
+    batch_size: int,
+    workers: int,
+    cache: str,
+    read_cache: dict[str, int],
+) -> Iterator[ReaderPool]:
     """The cell's worker processes, started and their stores opened (untimed); stopped and cleaned up afterwards.
     (``store_class`` skips the cell when the method's package is missing.)"""
     if cache != "warm" and (reason := page_cache.supported()):
@@ -55,14 +66,22 @@ def reader_pool(request: pytest.FixtureRequest, store_class: type[ImageStore], m
     if store_class.slow_random_reads and not explicitly_named(request.config, method):
         pytest.skip(f"{method} runs read_random only when --methods names it: {store_class.slow_random_reads}")
     plan = EpochPlan.shuffled(n_images, batch_size, PERMUTATION_SEED)
-    with ReaderPool(method, store_dir, plan, dataset.images.shape[1:], workers, image_dtype=dataset.images.dtype,
-                    store_options=read_cache) as pool:
+    with ReaderPool(
+        method,
+        store_dir,
+        plan,
+        dataset.images.shape[1:],
+        workers,
+        image_dtype=dataset.images.dtype,
+        store_options=read_cache,
+    ) as pool:
         yield pool
 
 
 @pytest.fixture
-def reader_cgroup(request: pytest.FixtureRequest, reader_pool: ReaderPool, store_dir: Path,
-                  cache: str) -> Iterator[memlimit.MemoryCgroup | None]:
+def reader_cgroup(
+    request: pytest.FixtureRequest, reader_pool: ReaderPool, store_dir: Path, cache: str
+) -> Iterator[memlimit.MemoryCgroup | None]:
     """A limited cell's memory cgroup, holding its workers (None for other cells). Its limit is what the workers
     need besides the page cache (measured after one untimed cold epoch in the cgroup, plus WORKER_SLACK_BYTES each)
     plus --limited-fraction of the store's bytes. Removed before the workers stop: they go back to the parent."""
@@ -80,14 +99,30 @@ def reader_cgroup(request: pytest.FixtureRequest, reader_pool: ReaderPool, store
         reader_pool.close_stores()
         page_cache.evict(store_dir)  # what stays charged to the cgroup is the workers' own memory
         store_bytes = sum(path.stat().st_size for path in page_cache.store_files(store_dir))
-        cgroup.limit(int(request.config.getoption("limited_fraction") * store_bytes),
-                     cgroup.usage_bytes() - cgroup.file_bytes() + WORKER_SLACK_BYTES * len(reader_pool.pids))
+        cgroup.limit(
+            int(request.config.getoption("limited_fraction") * store_bytes),
+            cgroup.usage_bytes() - cgroup.file_bytes() + WORKER_SLACK_BYTES * len(reader_pool.pids),
+        )
         reader_pool.open_stores()
         yield cgroup
 
 
-def test_read_random(request, measure, record, benchmark, reader_pool, reader_cgroup, read_cache, store_dir, expected,
-                     method, n_images, batch_size, workers, cache):
+def test_read_random(
+    request,
+    measure,
+    record,
+    benchmark,
+    reader_pool,
+    reader_cgroup,
+    read_cache,
+    store_dir,
+    expected,
+    method,
+    n_images,
+    batch_size,
+    workers,
+    cache,
+):
     resident: list[float] = []
 
     opened: list[float] = []  # limited: share of the store cached once the workers opened it, per round
@@ -112,17 +147,26 @@ def test_read_random(request, measure, record, benchmark, reader_pool, reader_cg
 
     record(n_images)
     benchmark.group = f"read_random {n_images} b{batch_size} {cache}"
-    benchmark.extra_info.update(batch_size=batch_size, workers=workers, cache=cache, permutation_seed=PERMUTATION_SEED,
-                                n_batches=reader_pool.plan.n_batches, startup_s=reader_pool.startup_s,
-                                **({"read_cache_bytes": next(iter(read_cache.values()))} if read_cache else {}))
+    benchmark.extra_info.update(
+        batch_size=batch_size,
+        workers=workers,
+        cache=cache,
+        permutation_seed=PERMUTATION_SEED,
+        n_batches=reader_pool.plan.n_batches,
+        startup_s=reader_pool.startup_s,
+        **({"read_cache_bytes": next(iter(read_cache.values()))} if read_cache else {}),
+    )
     measure(reader_pool.run_epoch, prepare)
 
     epochs = reader_pool.epochs()
     for number, epoch in enumerate(epochs):
         if not epoch.exactly_once:
             counts = epoch.reads_per_id
-            pytest.fail(f"{method} read_random: epoch {number} read {int((counts != 1).sum())} of {len(counts)} ids other "
-                        f"than once (from {counts.min()} to {counts.max()} times)", pytrace=False)
+            pytest.fail(
+                f"{method} read_random: epoch {number} read {int((counts != 1).sum())} of {len(counts)} ids other "
+                f"than once (from {counts.min()} to {counts.max()} times)",
+                pytrace=False,
+            )
     expected.check(f"{method} read_random", *reader_pool.read_back(), slice(0, n_images))
     timed = benchmark.stats.stats.rounds if benchmark.stats else 1  # the measured rounds are the last ones
     benchmark.extra_info.update(latency_summary(epochs[-timed:]))
@@ -131,8 +175,12 @@ def test_read_random(request, measure, record, benchmark, reader_pool, reader_cg
     if cache == "limited":
         after.append(page_cache.resident_fraction(store_dir))
         benchmark.extra_info.update(
-            memory_limit_bytes=reader_cgroup.limit_bytes, memory_workers_bytes=reader_cgroup.other_bytes,
+            memory_limit_bytes=reader_cgroup.limit_bytes,
+            memory_workers_bytes=reader_cgroup.other_bytes,
             memory_cache_bytes=reader_cgroup.cache_bytes,
             memory_limit_fraction=request.config.getoption("limited_fraction"),
-            cgroup_version=reader_cgroup.version, cgroup_peak_bytes=reader_cgroup.peak_bytes(),
-            resident_fraction_opened=max(opened[-timed:]), resident_fraction_after=max(after[-timed:]))
+            cgroup_version=reader_cgroup.version,
+            cgroup_peak_bytes=reader_cgroup.peak_bytes(),
+            resident_fraction_opened=max(opened[-timed:]),
+            resident_fraction_after=max(after[-timed:]),
+        )

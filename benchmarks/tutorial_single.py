@@ -7,6 +7,7 @@ one-row CSV of the label; lmdb opens an environment (default flags: it fsyncs on
 image-and-label object in one write transaction and closes; hdf5 creates a file with an image dataset and a
 label dataset and closes it. Each call writes into a new folder; medians of ``--repeats`` calls.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,13 +50,17 @@ def tutorial_hdf5(folder: Path, image: np.ndarray, image_id: int, label: int) ->
 
 
 TUTORIAL: dict[str, Callable[[Path, np.ndarray, int, int], None]] = {
-    "disk": tutorial_disk, "lmdb": tutorial_lmdb, "hdf5": tutorial_hdf5}
+    "disk": tutorial_disk,
+    "lmdb": tutorial_lmdb,
+    "hdf5": tutorial_hdf5,
+}
 
 
 def ours(method: str) -> Callable[[Path, np.ndarray, int, int], None]:
     def store(folder: Path, image: np.ndarray, image_id: int, label: int) -> None:
         with open_store(method, folder / "store") as store_:
             store_.store_single(image, image_id, label)
+
     return store
 
 
@@ -78,7 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=200)
     args = parser.parse_args(argv)
     image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
-    print(f"{'method':<8} {'tutorial':>10} {'ours: open+store+close':>23} {'ratio':>6} {'ours: store_single':>19} {'ratio':>6}")
+    print(
+        f"{'method':<8} {'tutorial':>10} {'ours: open+store+close':>23} {'ratio':>6} {'ours: store_single':>19} {'ratio':>6}"
+    )
     with tempfile.TemporaryDirectory(prefix="tutorial-single-") as scratch:
         for method, tutorial in TUTORIAL.items():
             results: dict[str, list[float]] = {"ours": [], "tutorial": [], "store": []}
@@ -90,8 +97,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results["tutorial"].append(seconds(tutorial, folders["tutorial"], image))
                 results["store"].append(seconds_on_open_store(method, folders["store"], image))
             tutorial_s, ours_s, store_s = (statistics.median(results[name]) for name in ("tutorial", "ours", "store"))
-            print(f"{method:<8} {tutorial_s * 1e3:>7.3f} ms {ours_s * 1e3:>20.3f} ms {ours_s / tutorial_s:>5.2f}x "
-                  f"{store_s * 1e3:>16.3f} ms {store_s / tutorial_s:>5.2f}x")
+            print(
+                f"{method:<8} {tutorial_s * 1e3:>7.3f} ms {ours_s * 1e3:>20.3f} ms {ours_s / tutorial_s:>5.2f}x "
+                f"{store_s * 1e3:>16.3f} ms {store_s / tutorial_s:>5.2f}x"
+            )
     return 0
 
 

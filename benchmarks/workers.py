@@ -17,6 +17,7 @@ traceback. ``close`` stops the workers (killing them if they do not stop) and un
 Batch times are ``time.perf_counter`` readings, which Linux and macOS take from one system-wide clock,
 so the parent can compare them with its own.
 """
+
 from __future__ import annotations
 
 import math
@@ -106,8 +107,9 @@ def latency_summary(epochs: list[Epoch]) -> dict[str, float]:
 Layout = dict[str, tuple[tuple[int, ...], str, int]]  # name -> (shape, dtype, byte offset)
 
 
-def _layout(n_images: int, image_shape: tuple[int, ...], image_dtype: np.dtype, n_batches: int,
-            workers: int) -> tuple[Layout, int]:
+def _layout(
+    n_images: int, image_shape: tuple[int, ...], image_dtype: np.dtype, n_batches: int, workers: int
+) -> tuple[Layout, int]:
     """The arrays the workers fill, packed into one block (64-byte aligned), and the block's size."""
     fields = {
         "images": ((n_images, *image_shape), np.dtype(image_dtype).str),
@@ -124,7 +126,9 @@ def _layout(n_images: int, image_shape: tuple[int, ...], image_dtype: np.dtype, 
 
 
 def _views(buffer: memoryview, layout: Layout) -> dict[str, np.ndarray]:
-    return {name: np.ndarray(shape, dtype, buffer=buffer, offset=offset) for name, (shape, dtype, offset) in layout.items()}
+    return {
+        name: np.ndarray(shape, dtype, buffer=buffer, offset=offset) for name, (shape, dtype, offset) in layout.items()
+    }
 
 
 @dataclass(frozen=True)
@@ -207,16 +211,27 @@ class ReaderPool:
     ``epochs()`` returns what every finished epoch recorded; ``read_back()`` the last epoch's pixels.
     """
 
-    def __init__(self, method: str, directory: Path, plan: EpochPlan, image_shape: tuple[int, ...],
-                 workers: int, *, image_dtype: np.dtype | str = np.uint8, store_options: dict | None = None,
-                 timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        method: str,
+        directory: Path,
+        plan: EpochPlan,
+        image_shape: tuple[int, ...],
+        workers: int,
+        *,
+        image_dtype: np.dtype | str = np.uint8,
+        store_options: dict | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
         self.plan, self.workers, self.timeout = plan, workers, timeout
         layout, size = _layout(len(plan.permutation), tuple(image_shape), image_dtype, plan.n_batches, workers)
         if SHM_DIR.is_dir() and size > shutil.disk_usage(SHM_DIR).free:
-            raise MemoryError(f"the epoch buffer needs {size / 1e9:.2f} GB of shared memory, {SHM_DIR} has "
-                              f"{shutil.disk_usage(SHM_DIR).free / 1e9:.2f} GB free: lower --cutoffs or --image-shape")
+            raise MemoryError(
+                f"the epoch buffer needs {size / 1e9:.2f} GB of shared memory, {SHM_DIR} has "
+                f"{shutil.disk_usage(SHM_DIR).free / 1e9:.2f} GB free: lower --cutoffs or --image-shape"
+            )
         self._shm = shared_memory.SharedMemory(create=True, size=size)
         self._arrays = _views(self._shm.buf, layout)
         self._processes: list[multiprocessing.process.BaseProcess] = []
@@ -227,11 +242,20 @@ class ReaderPool:
         start = time.perf_counter()
         try:
             for index in range(workers):
-                spec = _WorkerSpec(index, method, str(directory), dict(store_options or {}), self._shm.name, layout,
-                                   plan, plan.share(index, workers))
+                spec = _WorkerSpec(
+                    index,
+                    method,
+                    str(directory),
+                    dict(store_options or {}),
+                    self._shm.name,
+                    layout,
+                    plan,
+                    plan.share(index, workers),
+                )
                 parent_end, child_end = CONTEXT.Pipe()
-                process = CONTEXT.Process(target=_worker_main, args=(spec, child_end), name=f"image-storage-reader-{index}",
-                                          daemon=True)
+                process = CONTEXT.Process(
+                    target=_worker_main, args=(spec, child_end), name=f"image-storage-reader-{index}", daemon=True
+                )
                 process.start()
                 child_end.close()  # so that the parent sees EOF if the worker dies
                 self._processes.append(process)
@@ -314,11 +338,13 @@ class ReaderPool:
         if self._started is None:
             return
         finished = self._arrays["finished"]
-        self._epochs.append(Epoch(
-            batch_seconds=self._arrays["batch_seconds"].copy(),
-            first_batch_s=float(finished.min() - self._started),
-            reads_per_id=self.plan.reads_per_id(self._arrays["reads"].sum(axis=0)),
-        ))
+        self._epochs.append(
+            Epoch(
+                batch_seconds=self._arrays["batch_seconds"].copy(),
+                first_batch_s=float(finished.min() - self._started),
+                reads_per_id=self.plan.reads_per_id(self._arrays["reads"].sum(axis=0)),
+            )
+        )
         self._started = None
 
     def _broadcast(self, command: str, reply: str, progress: Callable[[], int] = lambda: 0) -> None:
@@ -348,8 +374,9 @@ class ReaderPool:
             elif (now_progress := progress()) != last_progress:
                 last_progress, deadline = now_progress, time.monotonic() + self.timeout
             elif time.monotonic() >= deadline:
-                raise WorkerError(f"worker(s) {sorted(pending)} sent no {expected!r} and made no progress for "
-                                  f"{self.timeout:.0f} s")
+                raise WorkerError(
+                    f"worker(s) {sorted(pending)} sent no {expected!r} and made no progress for {self.timeout:.0f} s"
+                )
 
     def _receive(self, index: int) -> str:
         """Worker ``index``'s reply; WorkerError (with its exit code and traceback) if it failed or died."""
@@ -367,4 +394,6 @@ class ReaderPool:
         process = self._processes[index]
         process.join(STOP_TIMEOUT)
         detail = f":\n{error}" if error else " without a word"
-        return WorkerError(f"reader worker {index} (pid {process.pid}) failed and {_describe_exit(process.exitcode)}{detail}")
+        return WorkerError(
+            f"reader worker {index} (pid {process.pid}) failed and {_describe_exit(process.exitcode)}{detail}"
+        )

@@ -11,6 +11,7 @@ The method (docs/reports.md, "Change points"), on the log of each commit's value
   Student t interval of reports.stats (ratio after/before and its CI at 1 - alpha); splits smaller than
   ``threshold`` still bound their neighbours' segments but are not reported as steps.
 """
+
 from __future__ import annotations
 
 import math
@@ -59,8 +60,9 @@ def permutation_p(segment: np.ndarray, permutations: int, rng: np.random.Generat
     return (1 + int(np.count_nonzero(_split_statistic(shuffled) >= observed * (1 - 1e-12)))) / (permutations + 1)
 
 
-def change_points(signal: np.ndarray, *, alpha: float, permutations: int,
-                  rng: np.random.Generator) -> list[tuple[int, float]]:
+def change_points(
+    signal: np.ndarray, *, alpha: float, permutations: int, rng: np.random.Generator
+) -> list[tuple[int, float]]:
     """Significant splits of ``signal`` (one value per commit) as (index of the first point after, p-value)."""
     n = len(signal)
     if n < 2 * MIN_SEGMENT:
@@ -87,8 +89,9 @@ def _logs(points: Sequence[Point]) -> list[float]:
     return [math.log(value) for point in points for value in point.runs]
 
 
-def series_steps(series: CellSeries, mode: str, *, alpha: float, threshold: float, permutations: int,
-                 rng: np.random.Generator) -> list[Step]:
+def series_steps(
+    series: CellSeries, mode: str, *, alpha: float, threshold: float, permutations: int, rng: np.random.Generator
+) -> list[Step]:
     """The steps of one cell's series in ``mode`` at least ``threshold`` large, oldest first."""
     points = series.points[mode]
     signal = np.array([math.log(point.value) for point in points])
@@ -100,16 +103,40 @@ def series_steps(series: CellSeries, mode: str, *, alpha: float, threshold: floa
         if abs(math.log(estimate.ratio)) < math.log1p(threshold):
             continue
         before = math.exp(float(np.mean(_logs(points[start:index]))))
-        steps.append(Step(series.key, series.label, points[index].commit, estimate.ratio,
-                          estimate.ci(1 - alpha), p_value, before, before * estimate.ratio))
+        steps.append(
+            Step(
+                series.key,
+                series.label,
+                points[index].commit,
+                estimate.ratio,
+                estimate.ci(1 - alpha),
+                p_value,
+                before,
+                before * estimate.ratio,
+            )
+        )
     return steps
 
 
-def find_steps(history: History, *, alpha: float = 0.01, threshold: float = 0.05, permutations: int = 999,
-               seed: int = 0) -> dict[str, dict[CellKey, list[Step]]]:
+def find_steps(
+    history: History, *, alpha: float = 0.01, threshold: float = 0.05, permutations: int = 999, seed: int = 0
+) -> dict[str, dict[CellKey, list[Step]]]:
     """Per mode, per cell with at least one step, its steps; each cell's permutations come from the seed and its
     label, so the answer for a cell does not depend on the other cells."""
-    return {mode: {series.key: found for series in history.cells
-                   if (found := series_steps(series, mode, alpha=alpha, threshold=threshold, permutations=permutations,
-                                             rng=np.random.default_rng([seed, zlib.crc32(series.label.encode())])))}
-            for mode in MODES}
+    return {
+        mode: {
+            series.key: found
+            for series in history.cells
+            if (
+                found := series_steps(
+                    series,
+                    mode,
+                    alpha=alpha,
+                    threshold=threshold,
+                    permutations=permutations,
+                    rng=np.random.default_rng([seed, zlib.crc32(series.label.encode())]),
+                )
+            )
+        }
+        for mode in MODES
+    }

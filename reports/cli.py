@@ -3,6 +3,7 @@
 `python -m reports compare BASE HEAD` is handed to reports.compare, `python -m reports history RUNS...` to
 reports.history.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,19 +19,37 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="storage-report",
         description="Write charts (PNG and SVG) and report.md from image-storage benchmark runs. "
-                    "Several runs (other machines or commits) are drawn together and compared with the first. "
-                    "`storage-report compare BASE HEAD` checks for regressions instead.",
+        "Several runs (other machines or commits) are drawn together and compared with the first. "
+        "`storage-report compare BASE HEAD` checks for regressions instead.",
     )
-    parser.add_argument("inputs", nargs="*", metavar="RUN",
-                        help="pytest-benchmark JSON file, directory (all *.json in it), glob, or run id such as 0003; "
-                             "default: the latest run in --benchmarks-dir")
-    parser.add_argument("--out", type=Path, default=Path("reports/out"), help="folder to write into (default: %(default)s)")
-    parser.add_argument("--benchmarks-dir", type=Path, default=Path(".benchmarks"),
-                        help="where autosaved runs are looked up (default: %(default)s)")
-    parser.add_argument("--disk", choices=DISK_KINDS, default="allocated",
-                        help="disk usage to chart: allocated blocks (du) or apparent size (du --apparent-size); default: %(default)s")
-    parser.add_argument("--spread", choices=sorted(SPREADS), default="iqr",
-                        help="error bars: iqr (q1..q3) or range (min..max); default: %(default)s")
+    parser.add_argument(
+        "inputs",
+        nargs="*",
+        metavar="RUN",
+        help="pytest-benchmark JSON file, directory (all *.json in it), glob, or run id such as 0003; "
+        "default: the latest run in --benchmarks-dir",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("reports/out"), help="folder to write into (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--benchmarks-dir",
+        type=Path,
+        default=Path(".benchmarks"),
+        help="where autosaved runs are looked up (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--disk",
+        choices=DISK_KINDS,
+        default="allocated",
+        help="disk usage to chart: allocated blocks (du) or apparent size (du --apparent-size); default: %(default)s",
+    )
+    parser.add_argument(
+        "--spread",
+        choices=sorted(SPREADS),
+        default="iqr",
+        help="error bars: iqr (q1..q3) or range (min..max); default: %(default)s",
+    )
     return parser
 
 
@@ -55,8 +74,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     shaped = shape(runs, spread=args.spread, disk_kind=args.disk)
     for run, missing in zip(runs, shaped.missing):
         if missing:
-            print(f"storage-report: warning: {run.path}: missing {len(missing)} cells of the full grid: {describe_missing(missing)}",
-                  file=sys.stderr)
+            print(
+                f"storage-report: warning: {run.path}: missing {len(missing)} cells of the full grid: {describe_missing(missing)}",
+                file=sys.stderr,
+            )
     from reports.codecs import codec_section, codec_views, write_codec_charts
     from reports.draw import write_charts
     from reports.html import report_page
@@ -72,9 +93,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         training_charts = write_training_charts(points, shaped.labels, args.out)
         codec_charts = write_codec_charts(views, shaped.labels, args.out)
         loader_charts = write_loader_charts(loaders, shaped.labels, args.out)
-        report = write_report(shaped, charts, args.out, [training_section(points, shaped.labels, training_charts),
-                                                         loader_section(loaders, shaped.labels, loader_charts),
-                                                         codec_section(views, shaped.labels, codec_charts)])
+        report = write_report(
+            shaped,
+            charts,
+            args.out,
+            [
+                training_section(points, shaped.labels, training_charts),
+                loader_section(loaders, shaped.labels, loader_charts),
+                codec_section(views, shaped.labels, codec_charts),
+            ],
+        )
         report.with_suffix(".html").write_text(report_page(report), encoding="utf-8")
     except OSError as err:
         print(f"storage-report: error: cannot write to {args.out}: {err.strerror or err}", file=sys.stderr)

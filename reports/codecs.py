@@ -6,6 +6,7 @@ method variant (``disk:codec=jpeg-90``): its codec, the store_many bytes on disk
 ``plot_bytes_vs_speed(ax, view, read)`` and ``write_codec_charts(views, labels, out_dir)``. Text:
 ``codec_section(views, labels, charts)``, the Markdown section.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -31,8 +32,11 @@ SHUFFLED_SETTINGS = {"workers": 1, "cache": "warm"}
 LOG_SPREAD = 10  # an axis turns logarithmic when its largest value is this many times its smallest
 LOSSY_MARKER, LOSSLESS_MARKER = "^", "o"
 # label offsets in points (and whether to draw a leader line), tried in order: close to the point, then farther out
-LABEL_OFFSETS = [(dx * reach, dy * reach, reach > 1) for reach in (1, 3)
-                 for dx, dy in ((5, 4), (5, -4), (-5, 4), (-5, -4), (0, 7), (0, -7))]
+LABEL_OFFSETS = [
+    (dx * reach, dy * reach, reach > 1)
+    for reach in (1, 3)
+    for dx, dy in ((5, 4), (5, -4), (-5, 4), (-5, -4), (0, 7), (0, -7))
+]
 MARKER_PIXELS = 5  # half the side of the box kept free around each point
 
 
@@ -116,14 +120,20 @@ def _first(cells: Sequence[Cell], field: str) -> object:
 
 def _charted_shuffled(cells: Sequence[Cell]) -> list[Cell]:
     """The read_random cells with the settings the chart compares (1 worker, warm cache), any batch size."""
-    return [cell for cell in cells if cell.operation == READS["shuffled"]
-            and all(cell.extra_info.get(key) == value for key, value in SHUFFLED_SETTINGS.items())]
+    return [
+        cell
+        for cell in cells
+        if cell.operation == READS["shuffled"]
+        and all(cell.extra_info.get(key) == value for key, value in SHUFFLED_SETTINGS.items())
+    ]
 
 
 def _row(method: str, cells: Sequence[Cell], disk_kind: str, batch_size: int | None) -> VariantRow:
     """The variant's numbers: sizes from its largest measured store_many, speeds from its largest reads."""
     field = f"{disk_kind}_bytes"
-    store = _largest([cell for cell in cells if cell.operation == "store_many" and field in cell.extra_info.get("disk_usage", {})])
+    store = _largest(
+        [cell for cell in cells if cell.operation == "store_many" and field in cell.extra_info.get("disk_usage", {})]
+    )
     shuffled = [cell for cell in _charted_shuffled(cells) if int(cell.extra_info["batch_size"]) == batch_size]
     codec, psnr = _first(cells, "codec"), _first(cells, "psnr_db")
     return VariantRow(
@@ -147,7 +157,9 @@ def codec_views(runs: Sequence[Run], disk_kind: str = "allocated") -> tuple[Code
             if cell.operation in operations:
                 groups[cell.image_shape, str(cell.extra_info.get("dtype", DEFAULT_DTYPE))][cell.method].append(cell)
         for (image_shape, dtype), by_method in sorted(groups.items()):
-            batch_size = _shuffled_batch_size([cell for cells in by_method.values() for cell in _charted_shuffled(cells)])
+            batch_size = _shuffled_batch_size(
+                [cell for cells in by_method.values() for cell in _charted_shuffled(cells)]
+            )
             rows = tuple(_row(method, cells, disk_kind, batch_size) for method, cells in sorted(by_method.items()))
             views.append(CodecView(run_index, image_shape, dtype, disk_kind, batch_size, rows))
     return tuple(views)
@@ -156,7 +168,9 @@ def codec_views(runs: Sequence[Run], disk_kind: str = "allocated") -> tuple[Code
 def _counts(rows: Sequence[VariantRow], read: Read) -> str:
     """The image count the variants read, "10,000 images", or its range when they differ."""
     counts = sorted({speed.n_images for row in rows if (speed := row.speed(read))})
-    return f"{counts[0]:,} images" if len(counts) == 1 else f"{counts[0]:,}–{counts[-1]:,} images (each variant's largest)"
+    return (
+        f"{counts[0]:,} images" if len(counts) == 1 else f"{counts[0]:,}–{counts[-1]:,} images (each variant's largest)"
+    )
 
 
 def panel_title(view: CodecView, read: Read) -> str:
@@ -181,14 +195,24 @@ def place_labels(ax: Axes, xs: Sequence[float], ys: Sequence[float], names: Sequ
     renderer = ax.figure.canvas.get_renderer()
     frame = ax.get_window_extent(renderer)
     centres = ax.transData.transform(list(zip(xs, ys)))
-    taken = [Bbox.from_extents(x - MARKER_PIXELS, y - MARKER_PIXELS, x + MARKER_PIXELS, y + MARKER_PIXELS) for x, y in centres]
+    taken = [
+        Bbox.from_extents(x - MARKER_PIXELS, y - MARKER_PIXELS, x + MARKER_PIXELS, y + MARKER_PIXELS)
+        for x, y in centres
+    ]
     placed = []
     for x, y, name in zip(xs, ys, names):
         best = None
         for dx, dy, far in LABEL_OFFSETS:
-            text = ax.annotate(name, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize="x-small",
-                               ha="left" if dx > 0 else "right" if dx < 0 else "center", va="bottom" if dy > 0 else "top",
-                               arrowprops={"arrowstyle": "-", "color": "grey", "linewidth": 0.5, "shrinkB": 3} if far else None)
+            text = ax.annotate(
+                name,
+                (x, y),
+                xytext=(dx, dy),
+                textcoords="offset points",
+                fontsize="x-small",
+                ha="left" if dx > 0 else "right" if dx < 0 else "center",
+                va="bottom" if dy > 0 else "top",
+                arrowprops={"arrowstyle": "-", "color": "grey", "linewidth": 0.5, "shrinkB": 3} if far else None,
+            )
             box = text.get_window_extent(renderer)
             cost = sum(_overlap(box, other) for other in taken) + box.width * box.height - _overlap(box, frame)
             if best is None or cost < best[0]:
@@ -217,8 +241,14 @@ def plot_bytes_vs_speed(ax: Axes, view: CodecView, read: Read, *, legend: bool =
     sizes = [row.disk_bytes_per_image for row in rows]
     unit, scale = byte_unit(sizes)
     for row in rows:
-        ax.scatter(row.disk_bytes_per_image / scale, row.speed(read).images_per_s, s=36, zorder=3,
-                   color=colours[row.method.split(":")[0]], marker=LOSSY_MARKER if row.psnr_db is not None else LOSSLESS_MARKER)
+        ax.scatter(
+            row.disk_bytes_per_image / scale,
+            row.speed(read).images_per_s,
+            s=36,
+            zorder=3,
+            color=colours[row.method.split(":")[0]],
+            marker=LOSSY_MARKER if row.psnr_db is not None else LOSSLESS_MARKER,
+        )
     speeds = [row.speed(read).images_per_s for row in rows]
     for values, set_scale in ((sizes, ax.set_xscale), (speeds, ax.set_yscale)):
         if max(values) > LOG_SPREAD * min(values):
@@ -229,8 +259,10 @@ def plot_bytes_vs_speed(ax: Axes, view: CodecView, read: Read, *, legend: bool =
     ax.set_title(panel_title(view, read), fontsize="medium")
     if legend:
         handles = [Line2D([], [], color=colours[name], marker="s", linestyle="none", label=name) for name in containers]
-        handles += [Line2D([], [], color="grey", marker=marker, linestyle="none", label=label)
-                    for marker, label in ((LOSSLESS_MARKER, "lossless"), (LOSSY_MARKER, "lossy (PSNR in the table)"))]
+        handles += [
+            Line2D([], [], color="grey", marker=marker, linestyle="none", label=label)
+            for marker, label in ((LOSSLESS_MARKER, "lossless"), (LOSSY_MARKER, "lossy (PSNR in the table)"))
+        ]
         _legend(ax, handles)
 
 
@@ -258,8 +290,12 @@ def write_codec_charts(views: Sequence[CodecView], run_labels: Sequence[str], ou
             for ax, read in zip(axes, view.panels):
                 rows = view.points(read)
                 _, scale = byte_unit(row.disk_bytes_per_image for row in rows)
-                place_labels(ax, [row.disk_bytes_per_image / scale for row in rows], [row.speed(read).images_per_s for row in rows],
-                             [row.method for row in rows])
+                place_labels(
+                    ax,
+                    [row.disk_bytes_per_image / scale for row in rows],
+                    [row.speed(read).images_per_s for row in rows],
+                    [row.method for row in rows],
+                )
             figure.savefig(out_dir / f"{name}.png", metadata={"Software": None})
             figure.savefig(out_dir / f"{name}.svg", metadata={"Date": None, "Creator": None})
             plt.close(figure)
@@ -284,22 +320,43 @@ def _psnr(row: VariantRow) -> str:
 def codec_table(view: CodecView) -> str:
     """A row per method variant: codec, bytes on disk per image and its ratio to raw pixels, read speeds, PSNR."""
     return markdown_table(
-        ("method variant", "codec", "bytes on disk per image", "ratio to raw pixels", "sequential images/s",
-         "shuffled images/s", "PSNR dB"),
-        ((f"`{row.method}`", row.codec or "–", _dash(row.disk_bytes_per_image, format_bytes), _dash(row.ratio, lambda r: f"{r:.3g}×"),
-          _rate(row.sequential), _rate(row.shuffled), _psnr(row))
-         for row in view.rows),
+        (
+            "method variant",
+            "codec",
+            "bytes on disk per image",
+            "ratio to raw pixels",
+            "sequential images/s",
+            "shuffled images/s",
+            "PSNR dB",
+        ),
+        (
+            (
+                f"`{row.method}`",
+                row.codec or "–",
+                _dash(row.disk_bytes_per_image, format_bytes),
+                _dash(row.ratio, lambda r: f"{r:.3g}×"),
+                _rate(row.sequential),
+                _rate(row.shuffled),
+                _psnr(row),
+            )
+            for row in view.rows
+        ),
     )
 
 
 def _chart_note(view: CodecView) -> str:
     """Why a chart or one of its panels is missing, or ""."""
     if not view.panels:
-        return ("No chart: fewer than two method variants have both bytes on disk (a store_many cell with disk usage) "
-                "and a read speed.")
+        return (
+            "No chart: fewer than two method variants have both bytes on disk (a store_many cell with disk usage) "
+            "and a read speed."
+        )
     left_out = [read for read in READS if read not in view.panels]
-    return "".join(f"The {read} panel is left out: fewer than two method variants have both bytes on disk and a "
-                   f"{READS[read]} cell{' with 1 worker and a warm cache' if read == 'shuffled' else ''}." for read in left_out)
+    return "".join(
+        f"The {read} panel is left out: fewer than two method variants have both bytes on disk and a "
+        f"{READS[read]} cell{' with 1 worker and a warm cache' if read == 'shuffled' else ''}."
+        for read in left_out
+    )
 
 
 def codec_section(views: Sequence[CodecView], run_labels: Sequence[str], charts: Mapping[str, Path]) -> str:
@@ -307,13 +364,15 @@ def codec_section(views: Sequence[CodecView], run_labels: Sequence[str], charts:
     if not views:
         return ""
     parts = [
-        "## Bytes on disk against read speed", "",
+        "## Bytes on disk against read speed",
+        "",
         "One point and one row per method variant (a method with its options, such as `disk:codec=jpeg-90`). Bytes on disk "
         f"per image: the {views[0].disk_kind} size of the variant's store_many store at the largest image count it stored, "
         "divided by that count; the ratio divides it by the raw pixel bytes of one image (below 1: the store compresses). "
         "Sequential: images/s of read_many at the variant's largest image count; shuffled: images/s of read_random (one "
         "shuffled epoch) with 1 worker, a warm page cache and the run's default batch size. PSNR (dB) is what a lossy codec "
-        "lost against the source images; the reads are checked against the decoded images exactly.", "",
+        "lost against the source images; the reads are checked against the decoded images exactly.",
+        "",
     ]
     several_runs = len(run_labels) > 1
     for view in views:

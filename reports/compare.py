@@ -12,6 +12,7 @@ Cells pair only when their identity (reports.results.cell_identity: operation, m
 dataset, durable, launcher, codec, cache, batch size, workers) is the same; a cell whose counterpart on the other
 side differs in any of them is not compared, and the notes list the difference ("durable: False != True").
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,36 +48,75 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Compare BASE and HEAD (one or several benchmark runs each) cell by cell; "
-                    "exit 1 when any cell is slower, 2 on bad input.",
+        "exit 1 when any cell is slower, 2 on bad input.",
     )
-    parser.add_argument("base", help="the earlier run(s): pytest-benchmark JSON file, run id such as 0003, "
-                                     "or a directory or glob naming several runs of the same code")
+    parser.add_argument(
+        "base",
+        help="the earlier run(s): pytest-benchmark JSON file, run id such as 0003, "
+        "or a directory or glob naming several runs of the same code",
+    )
     parser.add_argument("head", help="the run(s) to check, same forms as BASE")
-    parser.add_argument("--threshold", type=float, default=0.05,
-                        help="practical change that counts, as a fraction (default: %(default)s = 5%%)")
-    parser.add_argument("--alpha", type=float, default=0.05,
-                        help="significance level after correcting for the number of cells (default: %(default)s)")
-    parser.add_argument("--correction", choices=("bh", "holm"), default="bh",
-                        help="multiple-comparison correction: Benjamini-Hochberg or Holm (default: %(default)s)")
-    parser.add_argument("--min-rounds", type=int, default=5,
-                        help="cells with fewer rounds in any run are inconclusive (default: %(default)s)")
-    parser.add_argument("--normalise", choices=("none", "floor"), default="none",
-                        help="floor: compare each cell's time over its floor's time in the same run, so that drift of "
-                             "the whole machine cancels (floor cells themselves are not compared); default: %(default)s")
-    parser.add_argument("--cross-machine", action="store_true",
-                        help="allow runs from different machines: compare each method relative to --reference-method "
-                             "(or to its floor with --normalise floor)")
-    parser.add_argument("--reference-method", default=REFERENCE_METHOD,
-                        help="method the others are divided by with --cross-machine (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the bootstrap used with one run per side; same inputs and seed, same output")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=0.05,
+        help="practical change that counts, as a fraction (default: %(default)s = 5%%)",
+    )
+    parser.add_argument(
+        "--alpha",
+        type=float,
+        default=0.05,
+        help="significance level after correcting for the number of cells (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--correction",
+        choices=("bh", "holm"),
+        default="bh",
+        help="multiple-comparison correction: Benjamini-Hochberg or Holm (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--min-rounds",
+        type=int,
+        default=5,
+        help="cells with fewer rounds in any run are inconclusive (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--normalise",
+        choices=("none", "floor"),
+        default="none",
+        help="floor: compare each cell's time over its floor's time in the same run, so that drift of "
+        "the whole machine cancels (floor cells themselves are not compared); default: %(default)s",
+    )
+    parser.add_argument(
+        "--cross-machine",
+        action="store_true",
+        help="allow runs from different machines: compare each method relative to --reference-method "
+        "(or to its floor with --normalise floor)",
+    )
+    parser.add_argument(
+        "--reference-method",
+        default=REFERENCE_METHOD,
+        help="method the others are divided by with --cross-machine (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the bootstrap used with one run per side; same inputs and seed, same output",
+    )
     parser.add_argument("--out", type=Path, help="also write compare.md and compare.json into this folder")
-    parser.add_argument("--benchmarks-dir", type=Path, default=Path(".benchmarks"),
-                        help="where run ids are looked up (default: %(default)s)")
+    parser.add_argument(
+        "--benchmarks-dir",
+        type=Path,
+        default=Path(".benchmarks"),
+        help="where run ids are looked up (default: %(default)s)",
+    )
     return parser
 
 
-def load_sides(base_text: str, head_text: str, benchmarks_dir: Path, cross_machine: bool) -> tuple[list[Run], list[Run]]:
+def load_sides(
+    base_text: str, head_text: str, benchmarks_dir: Path, cross_machine: bool
+) -> tuple[list[Run], list[Run]]:
     """The runs BASE and HEAD name, checked: no run on both sides, one run each or at least two each, and (unless
     cross_machine) every run on the machine of the first base run."""
     paths = [resolve_inputs([text], benchmarks_dir) for text in (base_text, head_text)]
@@ -84,13 +124,19 @@ def load_sides(base_text: str, head_text: str, benchmarks_dir: Path, cross_machi
     if shared:
         raise ReportInputError(head_text, f"names the same run as BASE: {', '.join(sorted(map(str, shared)))}")
     if len(paths[0]) != len(paths[1]) and min(map(len, paths)) < 2:
-        raise ReportInputError(head_text, f"BASE names {len(paths[0])} run(s) and HEAD {len(paths[1])}: give one run "
-                                          "per side, or at least two per side so that both sides show their spread")
+        raise ReportInputError(
+            head_text,
+            f"BASE names {len(paths[0])} run(s) and HEAD {len(paths[1])}: give one run "
+            "per side, or at least two per side so that both sides show their spread",
+        )
     base, head = ([load_run(path) for path in side] for side in paths)
     odd = next((run for run in head + base if _fingerprint(run) != _fingerprint(base[0])), None)
     if odd is not None and not cross_machine:
-        raise ReportInputError(odd.path, f"not the machine of {base[0].path} ({'; '.join(fingerprint_differences([base[0], odd]))}); "
-                                         f"pass --cross-machine to compare ratios to --reference-method instead")
+        raise ReportInputError(
+            odd.path,
+            f"not the machine of {base[0].path} ({'; '.join(fingerprint_differences([base[0], odd]))}); "
+            f"pass --cross-machine to compare ratios to --reference-method instead",
+        )
     return base, head
 
 
@@ -107,18 +153,24 @@ def _fingerprint(run: Run) -> tuple[str, ...]:
 def fingerprint_differences(runs: Sequence[Run]) -> list[str]:
     """Machine fingerprint fields on which the runs disagree, as "field: value != other value"."""
     values = [list(dict.fromkeys(column)) for column in zip(*map(_fingerprint, runs))]
-    return [f"{field}: {' != '.join(distinct)}" for field, distinct in zip(FINGERPRINT_FIELDS, values) if len(distinct) > 1]
+    return [
+        f"{field}: {' != '.join(distinct)}" for field, distinct in zip(FINGERPRINT_FIELDS, values) if len(distinct) > 1
+    ]
 
 
 def library_differences(base: Sequence[Run], head: Sequence[Run]) -> list[str]:
     """Library versions (machine_info.libraries) that differ between the sides, as "name: base -> head"."""
+
     def versions(runs: Sequence[Run], name: str) -> str:
         found = dict.fromkeys(str((run.machine_info.get("libraries") or {}).get(name, "missing")) for run in runs)
         return "/".join(found)
 
     names = sorted({name for run in [*base, *head] for name in run.machine_info.get("libraries") or {}})
-    return [f"{name}: {versions(base, name)} -> {versions(head, name)}" for name in names
-            if versions(base, name) != versions(head, name)]
+    return [
+        f"{name}: {versions(base, name)} -> {versions(head, name)}"
+        for name in names
+        if versions(base, name) != versions(head, name)
+    ]
 
 
 def _untestable_reason(cells: Sequence[Cell], min_rounds: int) -> str | None:
@@ -134,7 +186,9 @@ def _untestable_reason(cells: Sequence[Cell], min_rounds: int) -> str | None:
 RunCells = list[tuple[Cell, tuple[Cell, ...], int]]
 
 
-def _divisors(cell: Cell, run_cells: Mapping[CellKey, Cell], index: Mapping[tuple, Cell], mode: Mode) -> tuple[tuple[Cell, ...], int] | None:
+def _divisors(
+    cell: Cell, run_cells: Mapping[CellKey, Cell], index: Mapping[tuple, Cell], mode: Mode
+) -> tuple[tuple[Cell, ...], int] | None:
     """What ``cell`` is divided by in its run under ``mode``, or None when that run lacks it."""
     if mode.name == "floor":
         floors = floor_cells(cell, index)
@@ -146,8 +200,17 @@ def _divisors(cell: Cell, run_cells: Mapping[CellKey, Cell], index: Mapping[tupl
     return (), 1
 
 
-def compare_runs(base: Sequence[Run], head: Sequence[Run], *, mode: Mode, min_rounds: int, alpha: float,
-                 threshold: float, correction: Correction, seed: int) -> tuple[list[Comparison], float, list[str]]:
+def compare_runs(
+    base: Sequence[Run],
+    head: Sequence[Run],
+    *,
+    mode: Mode,
+    min_rounds: int,
+    alpha: float,
+    threshold: float,
+    correction: Correction,
+    seed: int,
+) -> tuple[list[Comparison], float, list[str]]:
     """Compared cells (sorted by key), the CI level used, and notes on cells that could not be paired.
 
     A cell is compared when every run of both sides has it (and, unless times are absolute, what it is divided
@@ -162,10 +225,15 @@ def compare_runs(base: Sequence[Run], head: Sequence[Run], *, mode: Mode, min_ro
     indexes = {side: [floor_index(run.cells) for run in side_runs] for side, side_runs in runs.items()}
     in_all = {side: set.intersection(*(set(cells) for cells in side_cells)) for side, side_cells in sides.items()}
     in_any = {side: set().union(*side_cells) for side, side_cells in sides.items()}
-    notes = [f"not in every {side} run: {', '.join(label(key) for key in sorted(keys))}"
-             for side in sides if (keys := in_any[side] - in_all[side])]
-    notes += _unpaired_notes({key: _any(sides["base"], key) for key in in_any["base"] - in_any["head"]},
-                             {key: _any(sides["head"], key) for key in in_any["head"] - in_any["base"]})
+    notes = [
+        f"not in every {side} run: {', '.join(label(key) for key in sorted(keys))}"
+        for side in sides
+        if (keys := in_any[side] - in_all[side])
+    ]
+    notes += _unpaired_notes(
+        {key: _any(sides["base"], key) for key in in_any["base"] - in_any["head"]},
+        {key: _any(sides["head"], key) for key in in_any["head"] - in_any["base"]},
+    )
     missing = "floor" if mode.name == "floor" else f"{mode.reference_method} cell"
     keys: list[CellKey] = []
     groups: list[tuple[RunCells, RunCells]] = []
@@ -173,23 +241,41 @@ def compare_runs(base: Sequence[Run], head: Sequence[Run], *, mode: Mode, min_ro
         cell = sides["base"][0][key]
         if key.method == mode.reference_method or (mode.name == "floor" and is_floor(cell)):
             continue
-        pair = tuple([(cells[key], *divisors) for cells, index in zip(sides[side], indexes[side])
-                      if (divisors := _divisors(cells[key], cells, index, mode)) is not None] for side in runs)
+        pair = tuple(
+            [
+                (cells[key], *divisors)
+                for cells, index in zip(sides[side], indexes[side])
+                if (divisors := _divisors(cells[key], cells, index, mode)) is not None
+            ]
+            for side in runs
+        )
         if any(len(run_cells) != len(runs[side]) for run_cells, side in zip(pair, runs)):
             notes.append(f"not compared, no {missing} in all runs: {label(key)}")
             continue
         keys.append(key)
         groups.append(pair)
     if not keys:
-        raise ReportInputError(head[0].path, f"no cell to compare with {base[0].path}" + (f" ({'; '.join(notes)})" if notes else ""))
+        raise ReportInputError(
+            head[0].path, f"no cell to compare with {base[0].path}" + (f" ({'; '.join(notes)})" if notes else "")
+        )
     rng = np.random.default_rng(seed)
     logs = [(_log_quantities(base_cells), _log_quantities(head_cells)) for base_cells, head_cells in groups]
-    estimates = [_untestable_reason([cell for cell, divisors, _ in base_cells + head_cells for cell in (cell, *divisors)], min_rounds)
-                 or (ratio_between_runs(*cell_logs) if runs_are_replicates(base) else _bootstrap(base_cells[0], head_cells[0], rng))
-                 for (base_cells, head_cells), cell_logs in zip(groups, logs)]
+    estimates = [
+        _untestable_reason(
+            [cell for cell, divisors, _ in base_cells + head_cells for cell in (cell, *divisors)], min_rounds
+        )
+        or (
+            ratio_between_runs(*cell_logs)
+            if runs_are_replicates(base)
+            else _bootstrap(base_cells[0], head_cells[0], rng)
+        )
+        for (base_cells, head_cells), cell_logs in zip(groups, logs)
+    ]
     verdicts, level = judge_family(estimates, alpha=alpha, threshold=threshold, correction=correction)
-    comparisons = [Comparison(key, float(np.exp(np.mean(base_logs))), float(np.exp(np.mean(head_logs))), verdict)
-                   for key, (base_logs, head_logs), verdict in zip(keys, logs, verdicts)]
+    comparisons = [
+        Comparison(key, float(np.exp(np.mean(base_logs))), float(np.exp(np.mean(head_logs))), verdict)
+        for key, (base_logs, head_logs), verdict in zip(keys, logs, verdicts)
+    ]
     return comparisons, level, notes
 
 
@@ -205,27 +291,41 @@ def _unpaired_notes(base_only: Mapping[CellKey, Cell], head_only: Mapping[CellKe
     unmatched = dict(head_only)
     alone: list[CellKey] = []
     for key in sorted(base_only):
-        candidates = [(len(identity_differences(base_only[key], cell)), other) for other, cell in unmatched.items()
-                      if (other.operation, other.method, other.n_images) == (key.operation, key.method, key.n_images)]
+        candidates = [
+            (len(identity_differences(base_only[key], cell)), other)
+            for other, cell in unmatched.items()
+            if (other.operation, other.method, other.n_images) == (key.operation, key.method, key.n_images)
+        ]
         if not candidates:
             alone.append(key)
             continue
         _, other = min(candidates)
         refused.setdefault("; ".join(identity_differences(base_only[key], unmatched.pop(other))), []).append(key)
-    notes = [f"not comparable ({differences}, base != head): {', '.join(label(key) for key in keys)}"
-             for differences, keys in refused.items()]
-    return notes + [f"only in {side}: {', '.join(label(key) for key in sorted(keys))}"
-                    for side, keys in (("base", alone), ("head", list(unmatched))) if keys]
+    notes = [
+        f"not comparable ({differences}, base != head): {', '.join(label(key) for key in keys)}"
+        for differences, keys in refused.items()
+    ]
+    return notes + [
+        f"only in {side}: {', '.join(label(key) for key in sorted(keys))}"
+        for side, keys in (("base", alone), ("head", list(unmatched)))
+        if keys
+    ]
 
 
 def _log_quantities(run_cells: RunCells) -> list[float]:
     """Per run: log of the median time, or of the median time over what it is divided by."""
-    return [float(np.log(cell.stats["median"]) - (np.log(sum(d.stats["median"] for d in divisors) / scale) if divisors else 0.0))
-            for cell, divisors, scale in run_cells]
+    return [
+        float(
+            np.log(cell.stats["median"])
+            - (np.log(sum(d.stats["median"] for d in divisors) / scale) if divisors else 0.0)
+        )
+        for cell, divisors, scale in run_cells
+    ]
 
 
-def _bootstrap(base: tuple[Cell, tuple[Cell, ...], int], head: tuple[Cell, tuple[Cell, ...], int],
-               rng: np.random.Generator) -> RatioEstimate:
+def _bootstrap(
+    base: tuple[Cell, tuple[Cell, ...], int], head: tuple[Cell, tuple[Cell, ...], int], rng: np.random.Generator
+) -> RatioEstimate:
     """HEAD/BASE from one run per side, its rounds bootstrapped (the workers' scale cancels between the sides)."""
     (base_cell, base_divisors, _), (head_cell, head_divisors, _) = base, head
 
@@ -260,9 +360,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     mode = _mode(args)
     try:
         base, head = load_sides(args.base, args.head, args.benchmarks_dir, args.cross_machine)
-        differences = {"fingerprint": fingerprint_differences([*base, *head]), "libraries": library_differences(base, head)}
-        comparisons, level, notes = compare_runs(base, head, mode=mode, min_rounds=args.min_rounds, alpha=args.alpha,
-                                                 threshold=args.threshold, correction=args.correction, seed=args.seed)
+        differences = {
+            "fingerprint": fingerprint_differences([*base, *head]),
+            "libraries": library_differences(base, head),
+        }
+        comparisons, level, notes = compare_runs(
+            base,
+            head,
+            mode=mode,
+            min_rounds=args.min_rounds,
+            alpha=args.alpha,
+            threshold=args.threshold,
+            correction=args.correction,
+            seed=args.seed,
+        )
     except ReportInputError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
@@ -270,8 +381,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{name} {runs[0].label}" + (f" and {len(runs) - 1} more runs" if len(runs) > 1 else ""))
     print(f"{output.settings_line(args, mode, level)}\n{output.model(base, head)}\n")
     print(output.text_table(output.headers(mode), output.rows(comparisons, mode)))
-    for title, items in (("machine fingerprint differs", differences["fingerprint"]),
-                         ("library versions differ", differences["libraries"]), ("not compared", notes)):
+    for title, items in (
+        ("machine fingerprint differs", differences["fingerprint"]),
+        ("library versions differ", differences["libraries"]),
+        ("not compared", notes),
+    ):
         if items:
             print(f"\n{title}:\n" + "\n".join(f"  {item}" for item in items))
     summary = output.summary(comparisons)
@@ -281,7 +395,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             args.out.mkdir(parents=True, exist_ok=True)
             (args.out / "compare.md").write_text(output.markdown(*report), encoding="utf-8")
-            (args.out / "compare.json").write_text(json.dumps(output.to_json(*report), indent=2) + "\n", encoding="utf-8")
+            (args.out / "compare.json").write_text(
+                json.dumps(output.to_json(*report), indent=2) + "\n", encoding="utf-8"
+            )
         except OSError as err:
             print(f"{PROG}: error: cannot write to {args.out}: {err.strerror or err}", file=sys.stderr)
             return 2

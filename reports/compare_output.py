@@ -2,6 +2,7 @@
 
 Formatting only; reports.compare decides what is compared and how.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,9 +64,10 @@ class Mode:
 
 
 def label(key: CellKey) -> str:
-    """"read_many lmdb n=1000 32x32x3", plus the variant (batch size, workers, cache) if any."""
-    return (f"{key.operation} {key.method} n={key.n_images} {'x'.join(map(str, key.image_shape))}"
-            + (f" {key.variant}" if key.variant else ""))
+    """ "read_many lmdb n=1000 32x32x3", plus the variant (batch size, workers, cache) if any."""
+    return f"{key.operation} {key.method} n={key.n_images} {'x'.join(map(str, key.image_shape))}" + (
+        f" {key.variant}" if key.variant else ""
+    )
 
 
 def rows(comparisons: Sequence[Comparison], mode: Mode) -> list[list[str]]:
@@ -76,16 +78,18 @@ def rows(comparisons: Sequence[Comparison], mode: Mode) -> list[list[str]]:
     for comparison in comparisons:
         verdict = comparison.verdict
         tested = verdict.estimate is not None
-        rows.append([
-            comparison.label,
-            quantity(comparison.base_value),
-            quantity(comparison.head_value),
-            f"{verdict.estimate.ratio:.3f}" if tested else "-",
-            f"{verdict.ci[0]:.3f}..{verdict.ci[1]:.3f}" if tested else "-",
-            f"{verdict.p_adjusted:.2g}" if tested else "-",
-            verdict.verdict,
-            verdict.reason,
-        ])
+        rows.append(
+            [
+                comparison.label,
+                quantity(comparison.base_value),
+                quantity(comparison.head_value),
+                f"{verdict.estimate.ratio:.3f}" if tested else "-",
+                f"{verdict.ci[0]:.3f}..{verdict.ci[1]:.3f}" if tested else "-",
+                f"{verdict.p_adjusted:.2g}" if tested else "-",
+                verdict.verdict,
+                verdict.reason,
+            ]
+        )
     return rows
 
 
@@ -95,7 +99,9 @@ def headers(mode: Mode) -> list[str]:
 
 def text_table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(row[column]) for row in [headers, *rows]) for column in range(len(headers))]
-    return "\n".join("  ".join(text.ljust(width) for text, width in zip(row, widths)).rstrip() for row in [headers, *rows])
+    return "\n".join(
+        "  ".join(text.ljust(width) for text, width in zip(row, widths)).rstrip() for row in [headers, *rows]
+    )
 
 
 def summary(comparisons: Sequence[Comparison]) -> dict[str, int]:
@@ -106,15 +112,21 @@ def summary(comparisons: Sequence[Comparison]) -> dict[str, int]:
 def model(base: Sequence[Run], head: Sequence[Run]) -> str:
     """How the uncertainty was estimated, in words."""
     if not runs_are_replicates(base):
-        return ("one run per side: its rounds are bootstrapped as independent draws, so drift between runs is not "
-                "covered; give several runs per side where runs drift (docs/ci.md)")
-    return (f"{len(base)} base and {len(head)} head runs: each run counts once, spread between runs "
-            f"(Student t, {len(base) + len(head) - 2} degrees of freedom)")
+        return (
+            "one run per side: its rounds are bootstrapped as independent draws, so drift between runs is not "
+            "covered; give several runs per side where runs drift (docs/ci.md)"
+        )
+    return (
+        f"{len(base)} base and {len(head)} head runs: each run counts once, spread between runs "
+        f"(Student t, {len(base) + len(head) - 2} degrees of freedom)"
+    )
 
 
 def settings_line(args: argparse.Namespace, mode: Mode, level: float) -> str:
-    return (f"{mode.describe()}; threshold {args.threshold:.0%}, alpha {args.alpha:g} with {args.correction.upper()} correction, "
-            f"CI level {level:.2%}, min rounds {args.min_rounds}, seed {args.seed}")
+    return (
+        f"{mode.describe()}; threshold {args.threshold:.0%}, alpha {args.alpha:g} with {args.correction.upper()} correction, "
+        f"CI level {level:.2%}, min rounds {args.min_rounds}, seed {args.seed}"
+    )
 
 
 def _run_lines(name: str, runs: Sequence[Run]) -> list[str]:
@@ -123,9 +135,16 @@ def _run_lines(name: str, runs: Sequence[Run]) -> list[str]:
     return [f"- {name}: {len(runs)} runs", *(f"  - `{run.path}` ({run.label})" for run in runs)]
 
 
-def markdown(base: Sequence[Run], head: Sequence[Run], args: argparse.Namespace, mode: Mode,
-             level: float, comparisons: Sequence[Comparison], notes: Sequence[str],
-             differences: Mapping[str, Sequence[str]]) -> str:
+def markdown(
+    base: Sequence[Run],
+    head: Sequence[Run],
+    args: argparse.Namespace,
+    mode: Mode,
+    level: float,
+    comparisons: Sequence[Comparison],
+    notes: Sequence[str],
+    differences: Mapping[str, Sequence[str]],
+) -> str:
     heads, table = headers(mode), rows(comparisons, mode)
     lines = [
         "# Benchmark comparison",
@@ -140,28 +159,46 @@ def markdown(base: Sequence[Run], head: Sequence[Run], args: argparse.Namespace,
         "|" + "---|" * len(heads),
         *("| " + " | ".join(row) + " |" for row in table),
     ]
-    for title, items in (("Machine fingerprint differences", differences["fingerprint"]),
-                         ("Library version differences", differences["libraries"]), ("Not compared", notes)):
+    for title, items in (
+        ("Machine fingerprint differences", differences["fingerprint"]),
+        ("Library version differences", differences["libraries"]),
+        ("Not compared", notes),
+    ):
         if items:
             lines += ["", f"## {title}", "", *(f"- {item}" for item in items)]
     return "\n".join(lines) + "\n"
 
 
-def to_json(base: Sequence[Run], head: Sequence[Run], args: argparse.Namespace, mode: Mode, level: float,
-            comparisons: Sequence[Comparison], notes: Sequence[str], differences: Mapping[str, Sequence[str]]) -> dict:
+def to_json(
+    base: Sequence[Run],
+    head: Sequence[Run],
+    args: argparse.Namespace,
+    mode: Mode,
+    level: float,
+    comparisons: Sequence[Comparison],
+    notes: Sequence[str],
+    differences: Mapping[str, Sequence[str]],
+) -> dict:
     def cell(comparison: Comparison) -> dict[str, Any]:
         key, verdict = comparison.key, comparison.verdict
         return {
-            "operation": key.operation, "method": key.method, "n_images": key.n_images,
+            "operation": key.operation,
+            "method": key.method,
+            "n_images": key.n_images,
             "image_shape": list(key.image_shape),
-            **({"variant": key.variant} if key.variant else {}), "codec": key.codec, "dataset": key.dataset,
-            "durable": key.durable, "launcher": key.launcher,
-            "base": comparison.base_value, "head": comparison.head_value,
+            **({"variant": key.variant} if key.variant else {}),
+            "codec": key.codec,
+            "dataset": key.dataset,
+            "durable": key.durable,
+            "launcher": key.launcher,
+            "base": comparison.base_value,
+            "head": comparison.head_value,
             "ratio": verdict.estimate.ratio if verdict.estimate else None,
             "ci": list(verdict.ci) if verdict.ci else None,
             "p_value": verdict.estimate.p_value if verdict.estimate else None,
             "p_adjusted": verdict.p_adjusted,
-            "verdict": verdict.verdict, "reason": verdict.reason,
+            "verdict": verdict.verdict,
+            "reason": verdict.reason,
         }
 
     return {
@@ -172,13 +209,15 @@ def to_json(base: Sequence[Run], head: Sequence[Run], args: argparse.Namespace, 
         "uncertainty": "runs" if runs_are_replicates(base) else "rounds",
         "model": model(base, head),
         "reference_method": mode.reference_method,
-        "threshold": args.threshold, "alpha": args.alpha, "correction": args.correction, "ci_level": level,
-        "min_rounds": args.min_rounds, "seed": args.seed,
+        "threshold": args.threshold,
+        "alpha": args.alpha,
+        "correction": args.correction,
+        "ci_level": level,
+        "min_rounds": args.min_rounds,
+        "seed": args.seed,
         "summary": summary(comparisons),
         "fingerprint_differences": list(differences["fingerprint"]),
         "library_differences": list(differences["libraries"]),
         "not_compared": list(notes),
         "cells": [cell(comparison) for comparison in comparisons],
     }
-
-

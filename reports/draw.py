@@ -3,6 +3,7 @@
 Plot functions take shaped data and an Axes; write_charts lays them out in figures and saves
 them. Colour encodes the method, marker and line style the run, so several runs share a chart.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,19 +37,34 @@ SPREAD_NAMES = {"iqr": "q1–q3", "range": "min–max"}
 def _colours(names: Sequence[str]) -> dict[str, str]:
     """A distinct colour per name: matplotlib's ten default colours first, then their paler twins, then 40 more."""
     tab20 = matplotlib.colormaps["tab20"].colors
-    palette = [to_hex(colour) for colour in (*tab20[0::2], *tab20[1::2], *matplotlib.colormaps["tab20b"].colors,
-                                             *matplotlib.colormaps["tab20c"].colors)]
+    palette = [
+        to_hex(colour)
+        for colour in (
+            *tab20[0::2],
+            *tab20[1::2],
+            *matplotlib.colormaps["tab20b"].colors,
+            *matplotlib.colormaps["tab20c"].colors,
+        )
+    ]
     return {name: palette[index % len(palette)] for index, name in enumerate(names)}
 
 
 def _run_style(run_index: int) -> dict[str, str]:
-    return {"marker": RUN_MARKERS[run_index % len(RUN_MARKERS)], "linestyle": RUN_LINESTYLES[run_index % len(RUN_LINESTYLES)]}
+    return {
+        "marker": RUN_MARKERS[run_index % len(RUN_MARKERS)],
+        "linestyle": RUN_LINESTYLES[run_index % len(RUN_LINESTYLES)],
+    }
 
 
 def _legend(ax: Axes, handles: Sequence[Artist]) -> None:
     """One legend outside the plot on the right, so it never hides data (in columns of LEGEND_ROWS entries)."""
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0,
-              ncols=math.ceil(len(handles) / LEGEND_ROWS))
+    ax.legend(
+        handles=handles,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1),
+        borderaxespad=0,
+        ncols=math.ceil(len(handles) / LEGEND_ROWS),
+    )
 
 
 def _method_handles(names: Sequence[str]) -> list[Artist]:
@@ -61,10 +77,20 @@ def _run_handles(shaped: Shaped, hatched: bool = False, linestyle: str | None = 
     if len(shaped.labels) < 2:
         return []
     if hatched:
-        return [Patch(facecolor="grey", edgecolor="white", hatch=RUN_HATCHES[index % len(RUN_HATCHES)], label=label)
-                for index, label in enumerate(shaped.labels)]
-    return [Line2D([], [], color="grey", **{**_run_style(index), **({"linestyle": linestyle} if linestyle else {})}, label=label)
-            for index, label in enumerate(shaped.labels)]
+        return [
+            Patch(facecolor="grey", edgecolor="white", hatch=RUN_HATCHES[index % len(RUN_HATCHES)], label=label)
+            for index, label in enumerate(shaped.labels)
+        ]
+    return [
+        Line2D(
+            [],
+            [],
+            color="grey",
+            **{**_run_style(index), **({"linestyle": linestyle} if linestyle else {})},
+            label=label,
+        )
+        for index, label in enumerate(shaped.labels)
+    ]
 
 
 def _bar_width(shaped: Shaped) -> float:
@@ -88,8 +114,10 @@ def plot_time(ax: Axes, shaped: Shaped, operations: Sequence[str], *, loglog: bo
     unit, scale = time_unit(value for series in series_list for value in series.hi)
     for series in series_list:
         y = [value / scale for value in series.y]
-        errors = [[(mid - lo) / scale for mid, lo in zip(series.y, series.lo)],
-                  [(hi - mid) / scale for mid, hi in zip(series.y, series.hi)]]
+        errors = [
+            [(mid - lo) / scale for mid, lo in zip(series.y, series.lo)],
+            [(hi - mid) / scale for mid, hi in zip(series.y, series.hi)],
+        ]
         style = _run_style(series.run_index)
         if by_operation:
             style["linestyle"] = OPERATION_LINESTYLES[series.operation]
@@ -101,8 +129,10 @@ def plot_time(ax: Axes, shaped: Shaped, operations: Sequence[str], *, loglog: bo
     ax.set_ylabel(f"median time per round ({unit})")
     handles = _method_handles(shaped.names) + _run_handles(shaped, linestyle="none" if by_operation else None)
     if by_operation:
-        handles += [Line2D([], [], color="grey", linestyle=OPERATION_LINESTYLES[operation], label=operation.replace("_", " "))
-                    for operation in operations]
+        handles += [
+            Line2D([], [], color="grey", linestyle=OPERATION_LINESTYLES[operation], label=operation.replace("_", " "))
+            for operation in operations
+        ]
     _legend(ax, handles)
 
 
@@ -113,9 +143,17 @@ def plot_single(ax: Axes, shaped: Shaped, operation: str, *, legend: bool = True
     unit, scale = time_unit(value for series in series_list for value in series.hi)
     for series in series_list:
         median, lo, hi = series.y[0], series.lo[0], series.hi[0]
-        ax.bar(_bar_x(shaped, series.name, series.run_index), median / scale, width=_bar_width(shaped), color=colours[series.name], hatch=RUN_HATCHES[series.run_index % len(RUN_HATCHES)],
-               edgecolor="white", yerr=[[(median - lo) / scale], [(hi - median) / scale]], capsize=4,
-               error_kw={"ecolor": "black", "elinewidth": 1})
+        ax.bar(
+            _bar_x(shaped, series.name, series.run_index),
+            median / scale,
+            width=_bar_width(shaped),
+            color=colours[series.name],
+            hatch=RUN_HATCHES[series.run_index % len(RUN_HATCHES)],
+            edgecolor="white",
+            yerr=[[(median - lo) / scale], [(hi - median) / scale]],
+            capsize=4,
+            error_kw={"ecolor": "black", "elinewidth": 1},
+        )
     ax.set_xticks(range(len(shaped.names)), shaped.names)
     ax.set_ylabel(f"median time per image ({unit})")
     ax.set_title(operation.replace("_", " "))
@@ -132,13 +170,29 @@ def plot_disk_stacked(ax: Axes, shaped: Shaped) -> None:
     for stack in shaped.disk:
         x = _bar_x(shaped, stack.name, stack.run_index)
         for cutoff, size, bottom in zip(stack.cutoffs, stack.segments, stack.bottoms):
-            ax.bar(x, size / scale, bottom=bottom / scale, width=_bar_width(shaped), color=cutoff_colours[cutoff], edgecolor="white",
-                   hatch=RUN_HATCHES[stack.run_index % len(RUN_HATCHES)])
-        ax.annotate(f"{stack.tops[-1] / scale:.3g}", (x, stack.tops[-1] / scale), ha="center", va="bottom",
-                    xytext=(0, 2), textcoords="offset points", fontsize="small")
+            ax.bar(
+                x,
+                size / scale,
+                bottom=bottom / scale,
+                width=_bar_width(shaped),
+                color=cutoff_colours[cutoff],
+                edgecolor="white",
+                hatch=RUN_HATCHES[stack.run_index % len(RUN_HATCHES)],
+            )
+        ax.annotate(
+            f"{stack.tops[-1] / scale:.3g}",
+            (x, stack.tops[-1] / scale),
+            ha="center",
+            va="bottom",
+            xytext=(0, 2),
+            textcoords="offset points",
+            fontsize="small",
+        )
     ax.set_xticks(range(len(shaped.names)), shaped.names)
     ax.set_ylabel(f"{shaped.disk_kind} size, all cutoffs stacked ({unit})")
-    cutoff_handles = [Patch(color=cutoff_colours[cutoff], label=f"store of {cutoff:,} images") for cutoff in reversed(cutoffs)]
+    cutoff_handles = [
+        Patch(color=cutoff_colours[cutoff], label=f"store of {cutoff:,} images") for cutoff in reversed(cutoffs)
+    ]
     _legend(ax, cutoff_handles + _run_handles(shaped, hatched=True))
     ax.margins(y=0.08)
 
@@ -149,7 +203,12 @@ def plot_bytes_per_image(ax: Axes, shaped: Shaped) -> None:
     sizes = [value for stack in shaped.disk for value in stack.per_image]
     unit, scale = byte_unit(sizes)
     for stack in shaped.disk:
-        ax.plot(stack.cutoffs, [value / scale for value in stack.per_image], color=colours[stack.name], **_run_style(stack.run_index))
+        ax.plot(
+            stack.cutoffs,
+            [value / scale for value in stack.per_image],
+            color=colours[stack.name],
+            **_run_style(stack.run_index),
+        )
     ax.set_xscale("log")
     if max(sizes) > 10 * min(sizes):  # log only when overhead makes the range wide; small ranges read better from 0
         ax.set_yscale("log")
@@ -194,17 +253,51 @@ def _single_chart(figure: Figure, shaped: Shaped) -> None:
 
 # name -> (title, what it needs to have data, how to draw it)
 CHARTS: dict[str, tuple[str, Callable[[Shaped], bool], Callable[[Figure, Shaped], None]]] = {
-    "store_many_linear": ("Store many images: median time per round (bars {spread})", lambda s: bool(s.of("store_many")), _time_chart(["store_many"], False)),
-    "store_many_loglog": ("Store many images: median time per round, log-log (bars {spread})", lambda s: bool(s.of("store_many")), _time_chart(["store_many"], True)),
-    "read_many_linear": ("Read many images: median time per round (bars {spread})", lambda s: bool(s.of("read_many")), _time_chart(["read_many"], False)),
-    "read_many_loglog": ("Read many images: median time per round, log-log (bars {spread})", lambda s: bool(s.of("read_many")), _time_chart(["read_many"], True)),
-    "read_store_loglog": ("Store (solid) and read (dashed) many images, log-log (bars {spread})", lambda s: bool(s.of("store_many", "read_many")),
-                          _time_chart(["store_many", "read_many"], True)),
-    "single_image": ("One image at a time: median time (bars {spread})", lambda s: bool(s.of("store_single", "read_single")), _single_chart),
-    "disk_usage_stacked": ("Disk usage after store_many, each cutoff stacked on the running total", lambda s: bool(s.disk), lambda f, s: plot_disk_stacked(f.subplots(), s)),
-    "disk_bytes_per_image": ("Disk usage per image", lambda s: bool(s.disk), lambda f, s: plot_bytes_per_image(f.subplots(), s)),
-    "floor_ratio": ("Each cell over its floor in the same run (1.0: the hardware or library alone)", lambda s: bool(s.floor_series),
-                    _floor_chart),
+    "store_many_linear": (
+        "Store many images: median time per round (bars {spread})",
+        lambda s: bool(s.of("store_many")),
+        _time_chart(["store_many"], False),
+    ),
+    "store_many_loglog": (
+        "Store many images: median time per round, log-log (bars {spread})",
+        lambda s: bool(s.of("store_many")),
+        _time_chart(["store_many"], True),
+    ),
+    "read_many_linear": (
+        "Read many images: median time per round (bars {spread})",
+        lambda s: bool(s.of("read_many")),
+        _time_chart(["read_many"], False),
+    ),
+    "read_many_loglog": (
+        "Read many images: median time per round, log-log (bars {spread})",
+        lambda s: bool(s.of("read_many")),
+        _time_chart(["read_many"], True),
+    ),
+    "read_store_loglog": (
+        "Store (solid) and read (dashed) many images, log-log (bars {spread})",
+        lambda s: bool(s.of("store_many", "read_many")),
+        _time_chart(["store_many", "read_many"], True),
+    ),
+    "single_image": (
+        "One image at a time: median time (bars {spread})",
+        lambda s: bool(s.of("store_single", "read_single")),
+        _single_chart,
+    ),
+    "disk_usage_stacked": (
+        "Disk usage after store_many, each cutoff stacked on the running total",
+        lambda s: bool(s.disk),
+        lambda f, s: plot_disk_stacked(f.subplots(), s),
+    ),
+    "disk_bytes_per_image": (
+        "Disk usage per image",
+        lambda s: bool(s.disk),
+        lambda f, s: plot_bytes_per_image(f.subplots(), s),
+    ),
+    "floor_ratio": (
+        "Each cell over its floor in the same run (1.0: the hardware or library alone)",
+        lambda s: bool(s.floor_series),
+        _floor_chart,
+    ),
 }
 
 
@@ -217,7 +310,11 @@ def write_charts(shaped: Shaped, out_dir: Path) -> dict[str, Path]:
             if not has_data(shaped):
                 continue
             wide = len(shaped.labels) > 1 or name == "single_image"
-            width = max(11 if wide else 8, 3.5 * len(shaped.floor_operations) + 2.5) if name == "floor_ratio" else (11 if wide else 8)
+            width = (
+                max(11 if wide else 8, 3.5 * len(shaped.floor_operations) + 2.5)
+                if name == "floor_ratio"
+                else (11 if wide else 8)
+            )
             entries = len(shaped.floor_names) if name == "floor_ratio" else len(shaped.names)
             width += 3.2 * (math.ceil(entries / LEGEND_ROWS) - 1)  # each further legend column
             figure = plt.figure(figsize=(width, 5.5 if wide else 5), layout="constrained")

@@ -8,6 +8,7 @@ alarm: nothing differs but the moment. It prints the tries, the flags (each name
 earlier rule (median below the floor's by more than the floor's interquartile range) would have raised. Exit status
 1 when the rule flagged any pair.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -23,8 +24,13 @@ from reports.results import Cell, Run, load_run
 
 def pair(cell: Cell, floor: Cell) -> FloorCheck:
     """``cell`` judged against ``floor`` as the suite judges a cell against its floor."""
-    return FloorCheck(floor=floor.method, median=cell.stats["median"], floor_seconds=floor.stats["median"],
-                      q3=cell.stats["q3"], floor_q1=floor.stats["q1"])
+    return FloorCheck(
+        floor=floor.method,
+        median=cell.stats["median"],
+        floor_seconds=floor.stats["median"],
+        q3=cell.stats["q3"],
+        floor_q1=floor.stats["q1"],
+    )
 
 
 def earlier_rule(cell: Cell, floor: Cell) -> bool:
@@ -36,8 +42,9 @@ def halves(path: str) -> list[Run] | None:
     """The two timings of a run made with ``-p tests.floor_twice`` as two runs (ids ``...-a]`` and ``...-b]``), or
     None for a run that timed each floor once."""
     document = json.loads(Path(path).read_text())
-    parts = {suffix: [bench for bench in document["benchmarks"] if bench["name"].endswith(f"-{suffix}]")]
-             for suffix in "ab"}
+    parts = {
+        suffix: [bench for bench in document["benchmarks"] if bench["name"].endswith(f"-{suffix}]")] for suffix in "ab"
+    }
     if not parts["b"]:
         return None
     runs = []
@@ -74,11 +81,18 @@ def judge(pairs_: Iterator[tuple[str, Cell, Cell]], interleaved: bool) -> tuple[
             continue
         tries += 1
         earlier += earlier_rule(cell, floor)
-        check = FloorCheck(cell.method, cell.stats["median"], inter["median"], cell.stats["q3"], inter["q1"],
-                           inter.get("ratio_q3")) if interleaved else pair(cell, floor)
+        check = (
+            FloorCheck(
+                cell.method, cell.stats["median"], inter["median"], cell.stats["q3"], inter["q1"], inter.get("ratio_q3")
+            )
+            if interleaved
+            else pair(cell, floor)
+        )
         if check.implausible:
-            flagged.append(f"{cell.method} n={cell.n_images} ({where}): {check.median:.3g} s (q3 {check.q3:.3g}) "
-                           f"against {check.floor_seconds:.3g} s (q1 {check.floor_q1:.3g})")
+            flagged.append(
+                f"{cell.method} n={cell.n_images} ({where}): {check.median:.3g} s (q3 {check.q3:.3g}) "
+                f"against {check.floor_seconds:.3g} s (q1 {check.floor_q1:.3g})"
+            )
     return tries, earlier, flagged
 
 
@@ -93,9 +107,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         tries, earlier, flagged = judge(pairs(paths), interleaved)
         if not tries:
             continue
-        print(f"{title}: {tries} A/A pairs from {len(paths)} runs: {len(flagged)} flagged by the rule"
-              + ("" if interleaved else f", {earlier} by the earlier rule (median below the floor's by more than "
-                                         "its IQR)"))
+        print(
+            f"{title}: {tries} A/A pairs from {len(paths)} runs: {len(flagged)} flagged by the rule"
+            + (
+                ""
+                if interleaved
+                else f", {earlier} by the earlier rule (median below the floor's by more than its IQR)"
+            )
+        )
         for line in flagged:
             print("  " + line)
         failed = failed or bool(flagged)

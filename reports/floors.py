@@ -21,6 +21,7 @@ it is, at the smoke pass's round counts and the default run's, is measured in do
 Used by the suite at the end of a run (extra_info.floor_ratio, the terminal summary, ``--strict-floors``) and by the
 reports, which recompute from the cells so that a run edited by hand is judged on its numbers.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
@@ -61,8 +62,11 @@ def is_floor(cell: Cell) -> bool:
 
 def floor_index(cells: Iterable[Cell]) -> dict[tuple, Cell]:
     """The floor cells of one run by (method, n_images, image_shape, batch_size), for floor_cells."""
-    return {(cell.method, cell.n_images, cell.image_shape, cell.extra_info.get("batch_size")): cell
-            for cell in cells if is_floor(cell)}
+    return {
+        (cell.method, cell.n_images, cell.image_shape, cell.extra_info.get("batch_size")): cell
+        for cell in cells
+        if is_floor(cell)
+    }
 
 
 def floor_cells(cell: Cell, index: Mapping[tuple, Cell]) -> tuple[Cell, ...] | None:
@@ -75,7 +79,9 @@ def floor_cells(cell: Cell, index: Mapping[tuple, Cell]) -> tuple[Cell, ...] | N
     found = []
     for name in str(names).split("+"):
         method = FLOOR_PREFIX + name
-        floor = index.get((method, count, cell.image_shape, batch)) or index.get((method, count, cell.image_shape, None))
+        floor = index.get((method, count, cell.image_shape, batch)) or index.get(
+            (method, count, cell.image_shape, None)
+        )
         if floor is None:
             return None
         found.append(floor)
@@ -97,8 +103,14 @@ def check(cell: Cell, floors: Sequence[Cell]) -> FloorCheck:
     if interleaved:
         median, q1 = min(median, interleaved["median"]), min(q1, interleaved["q1"])
     paired = interleaved.get("ratio_q3") if interleaved else None
-    return FloorCheck(floor=str(cell.extra_info["floor"]), median=cell.stats["median"], floor_seconds=median / scale,
-                      q3=cell.stats["q3"], floor_q1=q1 / scale, paired_q3=None if paired is None else paired * scale)
+    return FloorCheck(
+        floor=str(cell.extra_info["floor"]),
+        median=cell.stats["median"],
+        floor_seconds=median / scale,
+        q3=cell.stats["q3"],
+        floor_q1=q1 / scale,
+        paired_q3=None if paired is None else paired * scale,
+    )
 
 
 def floor_checks(cells: Sequence[Cell]) -> dict[tuple, FloorCheck]:
@@ -114,7 +126,9 @@ def floor_checks(cells: Sequence[Cell]) -> dict[tuple, FloorCheck]:
 
 def describe_implausible(cell: Cell, result: FloorCheck) -> str:
     """One line naming an implausible cell, its time, its floor and how far apart their distributions are."""
-    return (f"{cell.operation} {cell.method} n={cell.n_images}{' ' + cell.variant if cell.variant else ''}: "
-            f"{format_seconds(cell.stats['median'])} is {1 / result.ratio:.3g}x faster than its floor {result.floor} "
-            f"({format_seconds(result.floor_seconds)}; the cell's q3 {format_seconds(result.q3)} is below the floor's "
-            f"q1 {format_seconds(result.floor_q1)})")
+    return (
+        f"{cell.operation} {cell.method} n={cell.n_images}{' ' + cell.variant if cell.variant else ''}: "
+        f"{format_seconds(cell.stats['median'])} is {1 / result.ratio:.3g}x faster than its floor {result.floor} "
+        f"({format_seconds(result.floor_seconds)}; the cell's q3 {format_seconds(result.q3)} is below the floor's "
+        f"q1 {format_seconds(result.floor_q1)})"
+    )

@@ -6,6 +6,7 @@ in two modes: "raw" (median seconds) and "floor" (median over the cell's floor i
 reports.changepoints finds the steps, reports.history_output writes history.json and history.md, reports.html
 the pages; the report of the newest commit's runs (report.md and report.html) is written beside them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -77,8 +78,9 @@ def group_commits(runs: Sequence[Run]) -> tuple[Commit, ...]:
     for run in sorted(runs, key=lambda run: (run.started, str(run.path))):
         commit_id = str(run.commit_info.get("id") or f"unknown:{run.path}")
         groups.setdefault((commit_id, bool(run.commit_info.get("dirty"))), []).append(run)
-    commits = [Commit(commit_id, _commit_time(group), dirty, tuple(group))
-               for (commit_id, dirty), group in groups.items()]
+    commits = [
+        Commit(commit_id, _commit_time(group), dirty, tuple(group)) for (commit_id, dirty), group in groups.items()
+    ]
     return tuple(sorted(commits, key=lambda commit: (commit.time, commit.runs[0].started)))
 
 
@@ -109,10 +111,19 @@ def build_history(runs: Sequence[Run]) -> History:
                 modes["raw"].setdefault(index, []).append(cell.stats["median"])
                 if cell.key in checks:
                     modes["floor"].setdefault(index, []).append(checks[cell.key].ratio)
-    cells = [CellSeries(key, label(key), cell.operation, cell.method, cell.n_images, cell.image_shape, cell.variant,
-                        {mode: tuple(_point(index, found) for index, found in sorted(values[key][mode].items()))
-                         for mode in MODES})
-             for key, cell in first.items()]
+    cells = [
+        CellSeries(
+            key,
+            label(key),
+            cell.operation,
+            cell.method,
+            cell.n_images,
+            cell.image_shape,
+            cell.variant,
+            {mode: tuple(_point(index, found) for index, found in sorted(values[key][mode].items())) for mode in MODES},
+        )
+        for key, cell in first.items()
+    ]
     cells.sort(key=lambda cell: (cell.operation, cell.method, cell.image_shape, cell.n_images, cell.variant))
     return History(commits, tuple(cells))
 
@@ -121,24 +132,46 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Every cell over the commits of many runs (several runs of one commit are replicates), the steps "
-                    "found in each series, and history.json, history.md, history.html plus the newest commit's report.",
+        "found in each series, and history.json, history.md, history.html plus the newest commit's report.",
     )
-    parser.add_argument("inputs", nargs="+", metavar="RUN",
-                        help="pytest-benchmark JSON file, directory (all *.json in it), glob, or run id such as 0003")
-    parser.add_argument("--out", type=Path, default=Path("reports/history"),
-                        help="folder to write into (default: %(default)s)")
-    parser.add_argument("--alpha", type=float, default=0.01,
-                        help="significance level of each split's permutation test; the step's CI is at 1 - alpha "
-                             "(default: %(default)s, at most 1 false step per 100 cell-histories, docs/ci.md)")
-    parser.add_argument("--threshold", type=float, default=0.05,
-                        help="smallest step reported, as a fraction (default: %(default)s = 5%%, as compare's)")
-    parser.add_argument("--normalise", choices=("none", "floor"), default="none",
-                        help="steps listed in history.md and the page's first view: raw times or times over floors")
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="RUN",
+        help="pytest-benchmark JSON file, directory (all *.json in it), glob, or run id such as 0003",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("reports/history"), help="folder to write into (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--alpha",
+        type=float,
+        default=0.01,
+        help="significance level of each split's permutation test; the step's CI is at 1 - alpha "
+        "(default: %(default)s, at most 1 false step per 100 cell-histories, docs/ci.md)",
+    )
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=0.05,
+        help="smallest step reported, as a fraction (default: %(default)s = 5%%, as compare's)",
+    )
+    parser.add_argument(
+        "--normalise",
+        choices=("none", "floor"),
+        default="none",
+        help="steps listed in history.md and the page's first view: raw times or times over floors",
+    )
     parser.add_argument("--permutations", type=int, default=999, help="permutations per test (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the permutations; same inputs and seed, same output")
-    parser.add_argument("--benchmarks-dir", type=Path, default=Path(".benchmarks"),
-                        help="where run ids are looked up (default: %(default)s)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the permutations; same inputs and seed, same output"
+    )
+    parser.add_argument(
+        "--benchmarks-dir",
+        type=Path,
+        default=Path(".benchmarks"),
+        help="where run ids are looked up (default: %(default)s)",
+    )
     return parser
 
 
@@ -161,8 +194,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
     history = build_history(runs)
-    steps = changepoints.find_steps(history, alpha=args.alpha, threshold=args.threshold,
-                                    permutations=args.permutations, seed=args.seed)
+    steps = changepoints.find_steps(
+        history, alpha=args.alpha, threshold=args.threshold, permutations=args.permutations, seed=args.seed
+    )
     document = history_output.to_json(history, steps, vars(args))
     mode = "floor" if args.normalise == "floor" else "raw"
     try:
@@ -173,6 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: cannot write to {args.out}: {err.strerror or err}", file=sys.stderr)
         return 2
     newest = history.commits[-1]
-    print(f"{len(history.commits)} commits, {len(runs)} runs, {len(history.cells)} cells; "
-          f"{sum(len(found) for found in steps[mode].values())} steps ({mode}) in {args.out / 'history.md'}")
+    print(
+        f"{len(history.commits)} commits, {len(runs)} runs, {len(history.cells)} cells; "
+        f"{sum(len(found) for found in steps[mode].values())} steps ({mode}) in {args.out / 'history.md'}"
+    )
     return report_main([str(run.path) for run in newest.runs] + ["--out", str(args.out)])

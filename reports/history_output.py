@@ -3,6 +3,7 @@ history.md (the steps, newest commit first, the cells that moved together at eac
 
 Formatting only: reports.history builds the series, reports.changepoints finds the steps.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,28 +27,67 @@ def _step_groups(history: History, steps: Mapping[CellKey, list[Step]]) -> list[
     for found in steps.values():
         for step in found:
             by_commit.setdefault(step.commit, []).append(step)
-    return [{"commit": index, "commit_id": history.commits[index].id,
-             "cells": [{"cell": step.label, "ratio": step.ratio, "ci": list(step.ci), "p_value": step.p_value,
-                        "before": step.before, "after": step.after}
-                       for step in sorted(by_commit[index], key=lambda step: step.label)]}
-            for index in sorted(by_commit, reverse=True)]
+    return [
+        {
+            "commit": index,
+            "commit_id": history.commits[index].id,
+            "cells": [
+                {
+                    "cell": step.label,
+                    "ratio": step.ratio,
+                    "ci": list(step.ci),
+                    "p_value": step.p_value,
+                    "before": step.before,
+                    "after": step.after,
+                }
+                for step in sorted(by_commit[index], key=lambda step: step.label)
+            ],
+        }
+        for index in sorted(by_commit, reverse=True)
+    ]
 
 
-def to_json(history: History, steps: Mapping[str, Mapping[CellKey, list[Step]]],
-            settings: Mapping[str, Any]) -> dict[str, Any]:
+def to_json(
+    history: History, steps: Mapping[str, Mapping[CellKey, list[Step]]], settings: Mapping[str, Any]
+) -> dict[str, Any]:
     """The whole history as plain JSON values."""
     return {
         "schema": SCHEMA,
         "settings": {**{name: settings[name] for name in SETTINGS}, "min_segment": MIN_SEGMENT},
-        "commits": [{"id": commit.id, "short": commit.short, "time": commit.time.isoformat(), "dirty": commit.dirty,
-                     "runs": [{"path": str(run.path), "datetime": run.datetime, "label": run.label}
-                              for run in commit.runs]}
-                    for commit in history.commits],
-        "cells": [{"id": cell.label, "operation": cell.operation, "method": cell.method, "n_images": cell.n_images,
-                   "image_shape": list(cell.image_shape), "variant": cell.variant,
-                   "series": {mode: [{"commit": point.commit, "value": point.value, "lo": point.lo, "hi": point.hi,
-                                      "runs": list(point.runs)} for point in cell.points[mode]] for mode in MODES}}
-                  for cell in history.cells],
+        "commits": [
+            {
+                "id": commit.id,
+                "short": commit.short,
+                "time": commit.time.isoformat(),
+                "dirty": commit.dirty,
+                "runs": [{"path": str(run.path), "datetime": run.datetime, "label": run.label} for run in commit.runs],
+            }
+            for commit in history.commits
+        ],
+        "cells": [
+            {
+                "id": cell.label,
+                "operation": cell.operation,
+                "method": cell.method,
+                "n_images": cell.n_images,
+                "image_shape": list(cell.image_shape),
+                "variant": cell.variant,
+                "series": {
+                    mode: [
+                        {
+                            "commit": point.commit,
+                            "value": point.value,
+                            "lo": point.lo,
+                            "hi": point.hi,
+                            "runs": list(point.runs),
+                        }
+                        for point in cell.points[mode]
+                    ]
+                    for mode in MODES
+                },
+            }
+            for cell in history.cells
+        ],
         "steps": {mode: _step_groups(history, steps[mode]) for mode in MODES},
     }
 
@@ -63,12 +103,26 @@ def _steps_section(document: Mapping[str, Any], mode: str) -> list[str]:
         return lines + ["No step found.", ""]
     for group in groups:
         commit = document["commits"][group["commit"]]
-        lines += [f"### Commit {commit['short']} ({commit['time']}, commit {group['commit'] + 1} of "
-                  f"{len(document['commits'])}): {len(group['cells'])} cell{'s' * (len(group['cells']) > 1)}", "",
-                  markdown_table(("cell", "before", "after", "after / before", "CI", "p"),
-                                 ((f"`{cell['cell']}`", _value(mode, cell["before"]), _value(mode, cell["after"]),
-                                   f"{cell['ratio']:.3f}", f"{cell['ci'][0]:.3f}..{cell['ci'][1]:.3f}",
-                                   f"{cell['p_value']:.3g}") for cell in group["cells"])), ""]
+        lines += [
+            f"### Commit {commit['short']} ({commit['time']}, commit {group['commit'] + 1} of "
+            f"{len(document['commits'])}): {len(group['cells'])} cell{'s' * (len(group['cells']) > 1)}",
+            "",
+            markdown_table(
+                ("cell", "before", "after", "after / before", "CI", "p"),
+                (
+                    (
+                        f"`{cell['cell']}`",
+                        _value(mode, cell["before"]),
+                        _value(mode, cell["after"]),
+                        f"{cell['ratio']:.3f}",
+                        f"{cell['ci'][0]:.3f}..{cell['ci'][1]:.3f}",
+                        f"{cell['p_value']:.3g}",
+                    )
+                    for cell in group["cells"]
+                ),
+            ),
+            "",
+        ]
     return lines
 
 
@@ -76,14 +130,18 @@ def markdown(document: Mapping[str, Any], mode: str) -> str:
     """history.md: the settings, then the steps of ``mode`` and of the other mode, newest commit first."""
     settings, commits = document["settings"], document["commits"]
     runs = sum(len(commit["runs"]) for commit in commits)
-    lines = ["# Benchmark history", "",
-             f"{len(commits)} commits ({commits[0]['short']} .. {commits[-1]['short']}), {runs} runs, "
-             f"{len(document['cells'])} cells. A step is a split of a cell's series (one point per commit: the median "
-             f"of its runs) that passed a permutation test at alpha {settings['alpha']:g} with at least "
-             f"{settings['min_segment']} commits on each side, and moved the cell by at least "
-             f"{settings['threshold']:.0%}; "
-             f"after / before compares the runs of the segments on either side, with a {1 - settings['alpha']:.0%} "
-             "Student t interval (runs as replicates). Charts: history.html.", ""]
+    lines = [
+        "# Benchmark history",
+        "",
+        f"{len(commits)} commits ({commits[0]['short']} .. {commits[-1]['short']}), {runs} runs, "
+        f"{len(document['cells'])} cells. A step is a split of a cell's series (one point per commit: the median "
+        f"of its runs) that passed a permutation test at alpha {settings['alpha']:g} with at least "
+        f"{settings['min_segment']} commits on each side, and moved the cell by at least "
+        f"{settings['threshold']:.0%}; "
+        f"after / before compares the runs of the segments on either side, with a {1 - settings['alpha']:.0%} "
+        "Student t interval (runs as replicates). Charts: history.html.",
+        "",
+    ]
     for shown in (mode, *(other for other in MODES if other != mode)):
         lines += _steps_section(document, shown)
     return "\n".join(lines)

@@ -3,6 +3,7 @@
 Both open from the file system with no network: the data, the style and the scripts (reports/assets/, small
 vanilla JavaScript drawing inline SVG) are written into the page. docs/reports.md says why no plotting library.
 """
+
 from __future__ import annotations
 
 import html
@@ -22,14 +23,17 @@ def _asset(name: str) -> str:
 
 
 def _page(title: str, body: str, script: str) -> str:
-    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{html.escape(title)}</title>\n'
-            f"<style>\n{_asset('page.css')}</style>\n</head>\n<body>\n{body}\n"
-            f"<script>\n{script}</script>\n</body>\n</html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{html.escape(title)}</title>\n'
+        f"<style>\n{_asset('page.css')}</style>\n</head>\n<body>\n{body}\n"
+        f"<script>\n{script}</script>\n</body>\n</html>\n"
+    )
 
 
 def _select(name: str, label: str, options: Mapping[str, str]) -> str:
-    choices = "".join(f'<option value="{html.escape(value)}">{html.escape(text)}</option>'
-                      for value, text in options.items())
+    choices = "".join(
+        f'<option value="{html.escape(value)}">{html.escape(text)}</option>' for value, text in options.items()
+    )
     return f'<label>{label} <select id="{name}">{choices}</select></label>'
 
 
@@ -38,18 +42,24 @@ def history_page(document: Mapping[str, Any], mode: str = "raw") -> str:
     commits = document["commits"]
     data = json.dumps(document, separators=(",", ":")).replace("</", "<\\/")
     modes = {"raw": "raw times", "floor": "over floor"}
-    controls = "\n".join([
-        _select("mode", "values", {mode: modes[mode], **{key: text for key, text in modes.items() if key != mode}}),
-        _select("scale", "y axis", {"log": "log", "linear": "linear"}),
-        _select("method", "method", {"": "all"}), _select("operation", "operation", {"": "all"}),
-        _select("size", "images", {"": "all"}), '<span id="summary"></span>',
-    ])
-    body = (f"<h1>Benchmark history</h1>\n<p>{len(commits)} commits from {html.escape(commits[0]['short'])} to "
-            f"{html.escape(commits[-1]['short'])}; one point per commit (the median of its runs, bars: min–max "
-            "of the "
-            "runs); dashed red lines mark the steps found (history.md lists them). Hover a point for its commit.</p>\n"
-            f'<div class="controls">{controls}</div>\n<div id="charts"></div>\n<div id="tip"></div>\n'
-            f'<script type="application/json" id="history-data">{data}</script>')
+    controls = "\n".join(
+        [
+            _select("mode", "values", {mode: modes[mode], **{key: text for key, text in modes.items() if key != mode}}),
+            _select("scale", "y axis", {"log": "log", "linear": "linear"}),
+            _select("method", "method", {"": "all"}),
+            _select("operation", "operation", {"": "all"}),
+            _select("size", "images", {"": "all"}),
+            '<span id="summary"></span>',
+        ]
+    )
+    body = (
+        f"<h1>Benchmark history</h1>\n<p>{len(commits)} commits from {html.escape(commits[0]['short'])} to "
+        f"{html.escape(commits[-1]['short'])}; one point per commit (the median of its runs, bars: min–max "
+        "of the "
+        "runs); dashed red lines mark the steps found (history.md lists them). Hover a point for its commit.</p>\n"
+        f'<div class="controls">{controls}</div>\n<div id="charts"></div>\n<div id="tip"></div>\n'
+        f'<script type="application/json" id="history-data">{data}</script>'
+    )
     return _page("Benchmark history", body, _asset("history.js"))
 
 

@@ -6,6 +6,7 @@ Shape: ``loader_rows(points)`` puts them in a table, a row per loader and a colu
 image count and shape, and batch size. Draw: ``plot_loaders(ax, rows, ...)`` and ``write_loader_charts``. Text:
 ``loader_section``. Runs without loader cells give no points, no charts and an empty section.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -21,9 +22,11 @@ if TYPE_CHECKING:
 
 OURS, PEER, READ_BATCH = "loader", "loader_peer", "read_batches"
 KINDS = {OURS: "ImageDataset", READ_BATCH: "read_batch alone", PEER: "peer"}
-CAPTION = ("Images per second of one shuffled epoch through torch's DataLoader, a panel per image size: ours "
-           "(ImageDataset handing whole batches over) in blue, the peers in grey, read_batch alone (no DataLoader, "
-           "the same batches) as a hatched bar; a bar per worker count.")
+CAPTION = (
+    "Images per second of one shuffled epoch through torch's DataLoader, a panel per image size: ours "
+    "(ImageDataset handing whole batches over) in blue, the peers in grey, read_batch alone (no DataLoader, "
+    "the same batches) as a hatched bar; a bar per worker count."
+)
 
 
 @dataclass(frozen=True)
@@ -57,14 +60,26 @@ class LoaderPoint:
 def loader_points(runs: Sequence[Run]) -> tuple[LoaderPoint, ...]:
     """Every loader cell of every run, ours first, then read_batch alone, then the peers."""
     points = [
-        LoaderPoint(run_index=run_index, kind=cell.operation, name=cell.method, n_images=cell.n_images,
-                    image_shape=cell.image_shape, batch_size=int(cell.extra_info["batch_size"]),
-                    workers=None if cell.operation == READ_BATCH else int(cell.extra_info["workers"]),
-                    median_s=cell.stats["median"], load_average=cell.extra_info.get("load_average_before"))
-        for run_index, run in enumerate(runs) for cell in run.cells if cell.operation in KINDS
+        LoaderPoint(
+            run_index=run_index,
+            kind=cell.operation,
+            name=cell.method,
+            n_images=cell.n_images,
+            image_shape=cell.image_shape,
+            batch_size=int(cell.extra_info["batch_size"]),
+            workers=None if cell.operation == READ_BATCH else int(cell.extra_info["workers"]),
+            median_s=cell.stats["median"],
+            load_average=cell.extra_info.get("load_average_before"),
+        )
+        for run_index, run in enumerate(runs)
+        for cell in run.cells
+        if cell.operation in KINDS
     ]
-    return tuple(sorted(points, key=lambda point: (*point.setting, list(KINDS).index(point.kind), point.name,
-                                                    point.workers or 0)))
+    return tuple(
+        sorted(
+            points, key=lambda point: (*point.setting, list(KINDS).index(point.kind), point.name, point.workers or 0)
+        )
+    )
 
 
 @dataclass(frozen=True)
@@ -105,16 +120,27 @@ def plot_loaders(ax: Axes, rows: Sequence[LoaderRow], title: str) -> None:
     for position, row in enumerate(rows):
         for index, (count, rate) in enumerate(sorted(row.images_per_s.items(), key=lambda item: item[0] or 0)):
             offset = 0.0 if count is None else (index - (len(row.images_per_s) - 1) / 2) * height
-            ax.barh(position + offset, rate, height=height, color=colours[row.kind],
-                    alpha=1.0 if count is None else 0.45 + 0.55 * workers.index(count) / max(1, len(workers) - 1),
-                    hatch="//" if row.kind == READ_BATCH else None, edgecolor="white")
+            ax.barh(
+                position + offset,
+                rate,
+                height=height,
+                color=colours[row.kind],
+                alpha=1.0 if count is None else 0.45 + 0.55 * workers.index(count) / max(1, len(workers) - 1),
+                hatch="//" if row.kind == READ_BATCH else None,
+                edgecolor="white",
+            )
     ax.set_yticks(range(len(rows)), [row.label for row in rows])
     ax.invert_yaxis()
     ax.set_xscale("log")
     ax.set_xlabel("images per second (median epoch)")
     ax.set_title(title)
-    _legend(ax, [Patch(color="tab:blue", alpha=0.45 + 0.55 * index / max(1, len(workers) - 1), label=f"w{count}")
-                 for index, count in enumerate(workers)])
+    _legend(
+        ax,
+        [
+            Patch(color="tab:blue", alpha=0.45 + 0.55 * index / max(1, len(workers) - 1), label=f"w{count}")
+            for index, count in enumerate(workers)
+        ],
+    )
 
 
 def write_loader_charts(points: Sequence[LoaderPoint], run_labels: Sequence[str], out_dir: Path) -> dict[str, Path]:
@@ -146,9 +172,18 @@ def loader_table(rows: Sequence[LoaderRow]) -> str:
     workers = sorted({count for row in rows for count in row.images_per_s if count is not None})
     return markdown_table(
         ("loader", *(f"images/s, num_workers={count}" for count in workers)),
-        ((row.label, *(format_rate(row.images_per_s[key]) if (key := None if row.kind == READ_BATCH and count == 0
-                                                              else count) in row.images_per_s else "–"
-                       for count in workers)) for row in rows),
+        (
+            (
+                row.label,
+                *(
+                    format_rate(row.images_per_s[key])
+                    if (key := None if row.kind == READ_BATCH and count == 0 else count) in row.images_per_s
+                    else "–"
+                    for count in workers
+                ),
+            )
+            for row in rows
+        ),
     )
 
 
@@ -158,19 +193,28 @@ def loader_section(points: Sequence[LoaderPoint], run_labels: Sequence[str], cha
         return ""
     loads = [point.load_average for point in points if point.load_average is not None]
     parts = [
-        "## Loaders: ours beside the usual ones", "",
+        "## Loaders: ours beside the usual ones",
+        "",
         "Each cell is one shuffled epoch through `torch.utils.data.DataLoader`, every id read once, checked bit for "
         "bit after the timing. Ours is `ImageDataset` handing whole batches over "
         "(`storage_impls.loader.batch_loader`); "
         "read_batch alone reads the same batches in the training process without a DataLoader; the peers read their "
         "own files of the same images (benchmarks/peers.py)."
-        + (f" The machine's 1-minute load average before the cells: {min(loads):.1f} to {max(loads):.1f}." if loads
-           else ""), "",
+        + (
+            f" The machine's 1-minute load average before the cells: {min(loads):.1f} to {max(loads):.1f}."
+            if loads
+            else ""
+        ),
+        "",
     ]
     if "loaders" in charts:
         parts += [f"![loaders]({charts['loaders'].name})", "", CAPTION, ""]
     rows = loader_rows(points)
     for setting in dict.fromkeys(row.setting for row in rows):
-        parts += [f"### {_setting_title(setting, run_labels).replace(chr(10), ' ')}", "",
-                  loader_table([row for row in rows if row.setting == setting]), ""]
+        parts += [
+            f"### {_setting_title(setting, run_labels).replace(chr(10), ' ')}",
+            "",
+            loader_table([row for row in rows if row.setting == setting]),
+            "",
+        ]
     return "\n".join(parts)

@@ -6,6 +6,7 @@ Only the fields documented in docs/benchmark-json.md are relied on. Every proble
 is raised as a ReportInputError whose message is one line naming the file, so the command line
 can print it without a traceback.
 """
+
 from __future__ import annotations
 
 import glob
@@ -24,8 +25,18 @@ from storage_impls.registry import codec_of
 
 SUITE = "image-storage"  # extra_info["suite"] of every cell of this suite
 FLOOR_PREFIX = "floor-"  # the method name of a floor cell: "floor-file-read"
-OPERATIONS = ("store_single", "store_single_into", "read_single", "store_many", "read_many", "read_random", "floor",
-              "read_batches", "loader", "loader_peer")  # the last three: benchmarks/test_loader.py (--loaders)
+OPERATIONS = (
+    "store_single",
+    "store_single_into",
+    "read_single",
+    "store_many",
+    "read_many",
+    "read_random",
+    "floor",
+    "read_batches",
+    "loader",
+    "loader_peer",
+)  # the last three: benchmarks/test_loader.py (--loaders)
 PEER_OPERATIONS = ("loader_peer",)  # cells whose "method" names another project's loader, not a storage method
 VARIANT_FIELDS = (("batch_size", "b"), ("workers", "w"), ("cache", ""))  # extra_info fields that tell cells apart
 DEFAULT_DTYPE = "uint8"  # cells of other dtypes carry theirs in the variant; runs before dtypes recorded none
@@ -34,9 +45,18 @@ REQUIRED_EXTRA_INFO = ("operation", "method", "n_images", "image_shape")
 # what a cell's identity holds besides operation, method, n_images and image_shape, with the value of runs made
 # before the field was recorded: every such run was a non-durable pytest run of the synthetic data; its codec was
 # the store's codec as the registry tells it (the method's ``codec=`` option, else its class's default)
-IDENTITY_DEFAULTS: Mapping[str, Any] = MappingProxyType({
-    "dtype": DEFAULT_DTYPE, "dataset": "synthetic", "durable": False, "launcher": "pytest", "codec": None,
-    "cache": None, "batch_size": None, "workers": None})
+IDENTITY_DEFAULTS: Mapping[str, Any] = MappingProxyType(
+    {
+        "dtype": DEFAULT_DTYPE,
+        "dataset": "synthetic",
+        "durable": False,
+        "launcher": "pytest",
+        "codec": None,
+        "cache": None,
+        "batch_size": None,
+        "workers": None,
+    }
+)
 
 
 class CellKey(NamedTuple):
@@ -85,9 +105,17 @@ class Cell:
     def key(self) -> CellKey:
         """Identity of the cell across runs, from ``cell_identity``: cells of different keys never compare."""
         identity = cell_identity(self)
-        return CellKey(self.operation, self.method, self.n_images, self.image_shape, self.variant,
-                       *(identity[field] or "" if field == "codec" else identity[field]
-                         for field in ("codec", "dataset", "durable", "launcher")))
+        return CellKey(
+            self.operation,
+            self.method,
+            self.n_images,
+            self.image_shape,
+            self.variant,
+            *(
+                identity[field] or "" if field == "codec" else identity[field]
+                for field in ("codec", "dataset", "durable", "launcher")
+            ),
+        )
 
     @property
     def raw_bytes(self) -> int:
@@ -119,8 +147,12 @@ def cell_identity(cell: Cell) -> dict[str, Any]:
     run did not record takes the value runs had before it was recorded (IDENTITY_DEFAULTS). The one place that
     decides which cells are the same cell: Cell.key, reports compare and reports history use it."""
     info = cell.extra_info
-    identity = {"operation": cell.operation, "method": cell.method, "n_images": cell.n_images,
-                "image_shape": cell.image_shape}
+    identity = {
+        "operation": cell.operation,
+        "method": cell.method,
+        "n_images": cell.n_images,
+        "image_shape": cell.image_shape,
+    }
     for field, default in IDENTITY_DEFAULTS.items():
         identity[field] = info.get(field, default)
     if identity["codec"] is None and not cell.method.startswith("floor-"):
@@ -138,8 +170,9 @@ def identity_differences(base: Cell, head: Cell) -> list[str]:
     def shown(value: Any) -> str:
         return "x".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
-    return [f"{field}: {shown(ours[field])} != {shown(theirs[field])}"
-            for field in ours if ours[field] != theirs[field]]
+    return [
+        f"{field}: {shown(ours[field])} != {shown(theirs[field])}" for field in ours if ours[field] != theirs[field]
+    ]
 
 
 @dataclass(frozen=True)
@@ -217,7 +250,9 @@ def _parse_cell(path: Path, index: int, bench: Any) -> Cell | None:
     try:
         n_images = int(extra["n_images"])
         image_shape = tuple(int(dim) for dim in extra["image_shape"])
-        numbers = {name: float(value) for name, value in stats.items() if name != "data" and isinstance(value, (int, float))}
+        numbers = {
+            name: float(value) for name, value in stats.items() if name != "data" and isinstance(value, (int, float))
+        }
         data = tuple(float(value) for value in stats["data"]) if stats.get("data") else None
     except (TypeError, ValueError):
         raise ReportInputError(path, f"{where}: n_images, image_shape or stats are not numbers") from None
@@ -293,7 +328,10 @@ def resolve_inputs(inputs: Sequence[str], benchmarks_dir: str | os.PathLike = ".
     benchmarks_dir = Path(benchmarks_dir)
     if not inputs:
         if not benchmarks_dir.is_dir():
-            raise ReportInputError(benchmarks_dir, "no such directory (run `pytest benchmarks --benchmark-autosave` first, or name JSON files)")
+            raise ReportInputError(
+                benchmarks_dir,
+                "no such directory (run `pytest benchmarks --benchmark-autosave` first, or name JSON files)",
+            )
         files = _json_files(benchmarks_dir)
         if not files:
             raise ReportInputError(benchmarks_dir, "no benchmark runs (*.json) found")
@@ -309,7 +347,11 @@ def resolve_inputs(inputs: Sequence[str], benchmarks_dir: str | os.PathLike = ".
             found = [path]
         elif re.fullmatch(r"\d+", text):
             prefix = f"{int(text):04d}_"
-            found = [file for file in _json_files(benchmarks_dir) if file.name.startswith(prefix)] if benchmarks_dir.is_dir() else []
+            found = (
+                [file for file in _json_files(benchmarks_dir) if file.name.startswith(prefix)]
+                if benchmarks_dir.is_dir()
+                else []
+            )
             if not found:
                 raise ReportInputError(text, f"no run with id {text} (no {prefix}*.json under {benchmarks_dir})")
         elif glob.has_magic(text):

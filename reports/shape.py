@@ -3,6 +3,7 @@
 Nothing here reads files or draws; every function takes Runs (or shaped data) and returns plain
 values, so the shaping can be tested with numbers alone.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -17,6 +18,8 @@ SINGLE_OPERATIONS = ("store_single", "read_single")
 MANY_OPERATIONS = ("store_many", "read_many")
 SPREADS = {"iqr": ("q1", "q3"), "range": ("min", "max")}
 DISK_KINDS = ("allocated", "apparent")
+
+
 @dataclass(frozen=True)
 class Series:
     """Median seconds per round of one operation by one method in one run, against image count."""
@@ -90,7 +93,9 @@ class Shaped:
     @property
     def floor_operations(self) -> list[str]:
         """Operations with at least one ours/floor ratio, in the suite's order."""
-        return [operation for operation in OPERATIONS if any(series.operation == operation for series in self.floor_series)]
+        return [
+            operation for operation in OPERATIONS if any(series.operation == operation for series in self.floor_series)
+        ]
 
 
 def unique_labels(runs: Sequence[Run]) -> tuple[str, ...]:
@@ -120,8 +125,9 @@ def missing_cells(runs: Sequence[Run]) -> tuple[tuple[tuple[str, str, int], ...]
     The grid is, per operation of the tutorial's four, every method seen in any run x every image count that
     operation has in any run (store_single's is 1; the others' are the cutoffs, read_single's 1 in older runs).
     """
-    methods = sorted({cell.method for run in runs for cell in method_cells(run)
-                      if cell.operation not in PEER_OPERATIONS})
+    methods = sorted(
+        {cell.method for run in runs for cell in method_cells(run) if cell.operation not in PEER_OPERATIONS}
+    )
     grid = []
     for operation in (*SINGLE_OPERATIONS, *MANY_OPERATIONS):
         counts = sorted({cell.n_images for run in runs for cell in run.cells if cell.operation == operation})
@@ -154,30 +160,38 @@ def shape(runs: Sequence[Run], spread: str = "iqr", disk_kind: str = "allocated"
             groups[run_index, _series_name(cell, mixed_shapes), cell.operation].append(cell)
     checks = [floor_checks(run.cells) for run in runs]
     series, disk, floor_series = [], [], []
-    for (run_index, name, operation), cells in sorted(groups.items(), key=lambda item: (item[0][0], item[0][1], OPERATIONS.index(item[0][2]))):
+    for (run_index, name, operation), cells in sorted(
+        groups.items(), key=lambda item: (item[0][0], item[0][1], OPERATIONS.index(item[0][2]))
+    ):
         cells.sort(key=lambda cell: cell.n_images)
-        checked = [(cell.n_images, checks[run_index][cell.key].ratio) for cell in cells if cell.key in checks[run_index]]
+        checked = [
+            (cell.n_images, checks[run_index][cell.key].ratio) for cell in cells if cell.key in checks[run_index]
+        ]
         if checked:
             floor_series.append(FloorSeries(run_index, name, operation, *map(tuple, zip(*checked))))
         if cells[0].variant:  # read_random and the like: charted by reports.training, not against image count here
             continue
-        series.append(Series(
-            run_index=run_index,
-            name=name,
-            operation=operation,
-            x=tuple(cell.n_images for cell in cells),
-            y=tuple(cell.stats["median"] for cell in cells),
-            lo=tuple(cell.stats[low_stat] for cell in cells),
-            hi=tuple(cell.stats[high_stat] for cell in cells),
-        ))
-        measured = [cell for cell in cells if f"{disk_kind}_bytes" in cell.extra_info.get("disk_usage", {})]
-        if operation == "store_many" and measured:
-            disk.append(DiskStack(
+        series.append(
+            Series(
                 run_index=run_index,
                 name=name,
-                cutoffs=tuple(cell.n_images for cell in measured),
-                segments=tuple(int(cell.extra_info["disk_usage"][f"{disk_kind}_bytes"]) for cell in measured),
-            ))
+                operation=operation,
+                x=tuple(cell.n_images for cell in cells),
+                y=tuple(cell.stats["median"] for cell in cells),
+                lo=tuple(cell.stats[low_stat] for cell in cells),
+                hi=tuple(cell.stats[high_stat] for cell in cells),
+            )
+        )
+        measured = [cell for cell in cells if f"{disk_kind}_bytes" in cell.extra_info.get("disk_usage", {})]
+        if operation == "store_many" and measured:
+            disk.append(
+                DiskStack(
+                    run_index=run_index,
+                    name=name,
+                    cutoffs=tuple(cell.n_images for cell in measured),
+                    segments=tuple(int(cell.extra_info["disk_usage"][f"{disk_kind}_bytes"]) for cell in measured),
+                )
+            )
     return Shaped(
         runs=tuple(runs),
         labels=unique_labels(runs),
@@ -202,7 +216,10 @@ def speedups(run: Run) -> dict[CellKey, float]:
     for cell in cells:
         slot = (cell.operation, cell.n_images, cell.image_shape, cell.variant)
         slowest[slot] = max(slowest[slot], cell.stats["median"])
-    return {cell.key: slowest[cell.operation, cell.n_images, cell.image_shape, cell.variant] / cell.stats["median"] for cell in cells}
+    return {
+        cell.key: slowest[cell.operation, cell.n_images, cell.image_shape, cell.variant] / cell.stats["median"]
+        for cell in cells
+    }
 
 
 def ratios(base: Run, other: Run) -> dict[CellKey, float]:

@@ -15,6 +15,7 @@ Pure functions on arrays, no I/O. The method (see docs/ci.md):
 * verdict: a cell is slower/faster when its adjusted p-value is below alpha AND its ratio is beyond the practical
   threshold, unchanged when its CI at the corrected level lies inside [1/(1+t), 1+t], inconclusive otherwise.
 """
+
 from __future__ import annotations
 
 import math
@@ -134,7 +135,9 @@ def ratio_of_medians(
             replicates += sign * np.log(sum(bootstrap_medians(sample, draws, rng) for sample in samples))
     below = (1 + np.count_nonzero(replicates <= 0)) / (draws + 1)
     above = (1 + np.count_nonzero(replicates >= 0)) / (draws + 1)
-    return BootstrapRatio(ratio=float(np.exp(point)), p_value=min(1.0, 2 * min(below, above)), log_replicates=replicates)
+    return BootstrapRatio(
+        ratio=float(np.exp(point)), p_value=min(1.0, 2 * min(below, above)), log_replicates=replicates
+    )
 
 
 def ratio_between_runs(base: Sequence[float], head: Sequence[float]) -> StudentRatio:
@@ -152,7 +155,9 @@ def ratio_between_runs(base: Sequence[float], head: Sequence[float]) -> StudentR
     point = float(sides[1].mean() - sides[0].mean())
     standard_error = math.sqrt(pooled_variance * sum(1.0 / side.size for side in sides))
     t = point / standard_error if standard_error else (math.inf if point else 0.0)
-    return StudentRatio(ratio=math.exp(point), p_value=student_t_two_sided_p(t, dof), standard_error=standard_error, dof=dof)
+    return StudentRatio(
+        ratio=math.exp(point), p_value=student_t_two_sided_p(t, dof), standard_error=standard_error, dof=dof
+    )
 
 
 def holm(p_values: Sequence[float]) -> np.ndarray:
@@ -233,11 +238,15 @@ def judge_family(
             continue
         ci = estimate.ci(level)
         verdict = classify(estimate.ratio, ci, p, alpha, threshold)
-        verdicts.append(Verdict(verdict, _reason(verdict, estimate.ratio, ci, p, alpha, threshold), estimate, float(p), ci))
+        verdicts.append(
+            Verdict(verdict, _reason(verdict, estimate.ratio, ci, p, alpha, threshold), estimate, float(p), ci)
+        )
     return verdicts, level
 
 
-def _reason(verdict: str, ratio: float, ci: tuple[float, float], p_adjusted: float, alpha: float, threshold: float) -> str:
+def _reason(
+    verdict: str, ratio: float, ci: tuple[float, float], p_adjusted: float, alpha: float, threshold: float
+) -> str:
     if verdict in ("slower", "faster"):
         return f"adjusted p {p_adjusted:.2g} < {alpha:g} and ratio beyond ±{threshold:.0%}"
     if verdict == "unchanged":

@@ -7,6 +7,7 @@ same run's sequential read_many at the same image count, per-batch latency, time
 ``training_section(points, labels, charts)``, the Markdown section. Runs without read_random cells give no
 points, no charts and an empty section.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -33,9 +34,9 @@ CHART_TITLES = {
 }
 CAPTIONS = {
     "read_random_batch_size": "Images per second of one shuffled epoch against the batch size, a panel per page-cache state; "
-                              "colour is the method, line style the worker count, marker the run.",
+    "colour is the method, line style the worker count, marker the run.",
     "read_random_workers": "Images per second of one shuffled epoch against the number of reader processes (w1 is one worker "
-                           "process, like num_workers=1), a panel per page-cache state; line style is the batch size.",
+    "process, like num_workers=1), a panel per page-cache state; line style is the batch size.",
 }
 
 
@@ -86,20 +87,39 @@ def training_points(runs: Sequence[Run]) -> tuple[TrainingPoint, ...]:
     points = []
     for run_index, run in enumerate(runs):
         cells = method_cells(run)
-        sequential = {(cell.method, cell.n_images, cell.image_shape): cell.n_images / cell.stats["median"]
-                      for cell in cells if cell.operation == "read_many"}
+        sequential = {
+            (cell.method, cell.n_images, cell.image_shape): cell.n_images / cell.stats["median"]
+            for cell in cells
+            if cell.operation == "read_many"
+        }
         for cell in cells:
             if cell.operation != OPERATION:
                 continue
             info = cell.extra_info
-            points.append(TrainingPoint(
-                run_index=run_index, method=cell.method, n_images=cell.n_images, image_shape=cell.image_shape,
-                batch_size=int(info["batch_size"]), workers=int(info["workers"]), cache=str(info["cache"]),
-                median_s=cell.stats["median"], mb_per_s=cell.raw_bytes / 1e6 / cell.stats["median"],
-                sequential_images_per_s=sequential.get((cell.method, cell.n_images, cell.image_shape)),
-                **{field: _number(info.get(field)) for field in
-                   ("batch_p50_s", "batch_p99_s", "first_batch_s", "startup_s", "resident_fraction_before")},
-            ))
+            points.append(
+                TrainingPoint(
+                    run_index=run_index,
+                    method=cell.method,
+                    n_images=cell.n_images,
+                    image_shape=cell.image_shape,
+                    batch_size=int(info["batch_size"]),
+                    workers=int(info["workers"]),
+                    cache=str(info["cache"]),
+                    median_s=cell.stats["median"],
+                    mb_per_s=cell.raw_bytes / 1e6 / cell.stats["median"],
+                    sequential_images_per_s=sequential.get((cell.method, cell.n_images, cell.image_shape)),
+                    **{
+                        field: _number(info.get(field))
+                        for field in (
+                            "batch_p50_s",
+                            "batch_p99_s",
+                            "first_batch_s",
+                            "startup_s",
+                            "resident_fraction_before",
+                        )
+                    },
+                )
+            )
     return tuple(sorted(points, key=_order))
 
 
@@ -125,20 +145,39 @@ def throughput_curves(points: Sequence[TrainingPoint], against: Axis) -> list[Cu
     curves = []
     for (run_index, method, cache, fixed), line in grouped.items():
         line.sort(key=lambda point: getattr(point, against))
-        curves.append(Curve(run_index, method, cache, fixed, tuple(getattr(point, against) for point in line),
-                            tuple(point.images_per_s for point in line)))
+        curves.append(
+            Curve(
+                run_index,
+                method,
+                cache,
+                fixed,
+                tuple(getattr(point, against) for point in line),
+                tuple(point.images_per_s for point in line),
+            )
+        )
     return curves
 
 
 def chart_axes(points: Sequence[TrainingPoint]) -> list[Axis]:
     """The settings worth a chart: those with at least two values in some run (one value is no trend)."""
     runs = {point.run_index for point in points}
-    return [axis for axis in AXIS_NAMES
-            if any(len({getattr(point, axis) for point in points if point.run_index == run}) > 1 for run in runs)]
+    return [
+        axis
+        for axis in AXIS_NAMES
+        if any(len({getattr(point, axis) for point in points if point.run_index == run}) > 1 for run in runs)
+    ]
 
 
-def plot_throughput(ax: Axes, curves: Sequence[Curve], against: Axis, cache: str, methods: Sequence[str],
-                    run_labels: Sequence[str], *, legend: bool = True) -> None:
+def plot_throughput(
+    ax: Axes,
+    curves: Sequence[Curve],
+    against: Axis,
+    cache: str,
+    methods: Sequence[str],
+    run_labels: Sequence[str],
+    *,
+    legend: bool = True,
+) -> None:
     """Images/s (log axis) against batch size or workers for one cache state: colour = method, line style = the
     fixed setting, marker = run."""
     from matplotlib.lines import Line2D
@@ -150,8 +189,14 @@ def plot_throughput(ax: Axes, curves: Sequence[Curve], against: Axis, cache: str
     styles = {fixed: RUN_LINESTYLES[index % len(RUN_LINESTYLES)] for index, fixed in enumerate(fixed_values)}
     for curve in curves:
         if curve.cache == cache:
-            ax.plot(curve.x, curve.y, color=colours[curve.method], linestyle=styles[curve.fixed],
-                    marker=RUN_MARKERS[curve.run_index % len(RUN_MARKERS)], markersize=5)
+            ax.plot(
+                curve.x,
+                curve.y,
+                color=colours[curve.method],
+                linestyle=styles[curve.fixed],
+                marker=RUN_MARKERS[curve.run_index % len(RUN_MARKERS)],
+                markersize=5,
+            )
     ax.set_yscale("log")
     if against == "batch_size":
         ax.set_xscale("log", base=2)
@@ -164,8 +209,12 @@ def plot_throughput(ax: Axes, curves: Sequence[Curve], against: Axis, cache: str
         handles = [Line2D([], [], color=colours[method], linewidth=2.5, label=method) for method in methods]
         handles += [Line2D([], [], color="grey", linestyle=styles[fixed], label=fixed) for fixed in fixed_values]
         if len(run_labels) > 1:
-            handles += [Line2D([], [], color="grey", linestyle="none", marker=RUN_MARKERS[index % len(RUN_MARKERS)], label=label)
-                        for index, label in enumerate(run_labels)]
+            handles += [
+                Line2D(
+                    [], [], color="grey", linestyle="none", marker=RUN_MARKERS[index % len(RUN_MARKERS)], label=label
+                )
+                for index, label in enumerate(run_labels)
+            ]
         _legend(ax, handles)
 
 
@@ -204,14 +253,39 @@ def training_table(points: Sequence[TrainingPoint]) -> str:
     """A row per read_random cell: throughput, ratio to the sequential read, per-batch latency, first batch, start-up."""
     mixed_counts = len({(point.n_images, point.image_shape) for point in points}) > 1
     return markdown_table(
-        (*(("images",) if mixed_counts else ()), "method", "cache", "batch", "workers", "images/s", "MB/s", "random / sequential",
-         "batch p50", "batch p99", "first batch", "start-up", "cached before"),
-        ((*((f"{point.n_images:,} of {'x'.join(map(str, point.image_shape))}",) if mixed_counts else ()), point.method, point.cache,
-          point.batch_size, point.workers, format_rate(point.images_per_s), format_rate(point.mb_per_s),
-          "–" if point.random_over_sequential is None else f"{point.random_over_sequential:.2f}×",
-          _seconds(point.batch_p50_s), _seconds(point.batch_p99_s), _seconds(point.first_batch_s), _seconds(point.startup_s),
-          "–" if point.resident_fraction_before is None else f"{point.resident_fraction_before:.1%}")
-         for point in points),
+        (
+            *(("images",) if mixed_counts else ()),
+            "method",
+            "cache",
+            "batch",
+            "workers",
+            "images/s",
+            "MB/s",
+            "random / sequential",
+            "batch p50",
+            "batch p99",
+            "first batch",
+            "start-up",
+            "cached before",
+        ),
+        (
+            (
+                *((f"{point.n_images:,} of {'x'.join(map(str, point.image_shape))}",) if mixed_counts else ()),
+                point.method,
+                point.cache,
+                point.batch_size,
+                point.workers,
+                format_rate(point.images_per_s),
+                format_rate(point.mb_per_s),
+                "–" if point.random_over_sequential is None else f"{point.random_over_sequential:.2f}×",
+                _seconds(point.batch_p50_s),
+                _seconds(point.batch_p99_s),
+                _seconds(point.first_batch_s),
+                _seconds(point.startup_s),
+                "–" if point.resident_fraction_before is None else f"{point.resident_fraction_before:.1%}",
+            )
+            for point in points
+        ),
     )
 
 
@@ -220,7 +294,8 @@ def training_section(points: Sequence[TrainingPoint], run_labels: Sequence[str],
     if not points:
         return ""
     parts = [
-        "## Training reads: shuffled epochs", "",
+        "## Training reads: shuffled epochs",
+        "",
         "Each `read_random` cell reads every stored image exactly once, in batches taken in order from a seeded permutation, "
         "with `read_batch` in reader processes (w1 is one worker process, like a DataLoader's `num_workers=1`; the parent only "
         "coordinates). Images/s is the image count over the median epoch; random / sequential divides it by the same run's "
@@ -228,7 +303,8 @@ def training_section(points: Sequence[TrainingPoint], run_labels: Sequence[str],
         "single `read_batch` calls in the measured epochs; first batch is from the start of an epoch to the first batch in "
         "(a median over epochs); start-up (starting the workers and opening their stores) comes before the first epoch and is "
         "not in images/s. Cold rounds start with the store dropped from the page cache; cached before is the largest share "
-        "still cached at the start of a measured round (a virtual machine's host may still cache what the guest dropped).", "",
+        "still cached at the start of a measured round (a virtual machine's host may still cache what the guest dropped).",
+        "",
     ]
     for name, path in charts.items():
         if name in CAPTIONS:

@@ -1,4 +1,5 @@
 """Readable units for times and sizes, shared by every table and chart."""
+
 from __future__ import annotations
 
 from collections.abc import Iterable

@@ -5,6 +5,7 @@
 ...     store.store_many(images, labels)
 ...     images, labels = store.read_many(len(images))
 """
+
 from storage_impls.core.base import DiskUsage, ImageStore
 from storage_impls.core.errors import (
     CorruptStoreError,

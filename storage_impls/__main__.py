@@ -1,6 +1,7 @@
 """``python -m storage_impls upload DIR URL`` publishes a local store to an object store; ``stage URL DIR`` downloads
 one to a local folder (for methods that read local files only). Endpoint and credentials: the usual ``AWS_*``
 variables (docs/remote.md), or ``--option key=value`` (obstore's configuration keys, e.g. ``endpoint=...``)."""
+
 from __future__ import annotations
 
 import argparse
@@ -17,8 +18,13 @@ def main(argv: list[str] | None = None) -> int:
     stage.add_argument("url")
     stage.add_argument("directory")
     for command in (upload, stage):
-        command.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                             help="a storage option (obstore configuration key), e.g. endpoint=http://127.0.0.1:9000")
+        command.add_argument(
+            "--option",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="a storage option (obstore configuration key), e.g. endpoint=http://127.0.0.1:9000",
+        )
     args = parser.parse_args(argv)
     options = dict(item.split("=", 1) for item in args.option)
     from storage_impls import remote  # noqa: PLC0415  (needs the [s3] extra only when run)

@@ -4,6 +4,7 @@ your own images.
 Each returns ``(images, labels)`` (a folder also its classes and skipped files): a C-contiguous array (N, ...)
 of images (CIFAR-10, MNIST and folders: uint8; synthetic: any dtype a store holds) and an int64 array (N,).
 """
+
 from __future__ import annotations
 
 import gzip
@@ -25,7 +26,10 @@ CIFAR10_SHAPE = (32, 32, 3)
 CIFAR10_IMAGES = 50_000  # in the five training batches
 MNIST_SHAPE = (28, 28)
 #: MNIST's idx files, (images, labels) of the training set, then of the test set ("t10k", optional)
-MNIST_PARTS = (("train-images-idx3-ubyte", "train-labels-idx1-ubyte"), ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"))
+MNIST_PARTS = (
+    ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+)
 IDX_IMAGES, IDX_LABELS = 0x00000803, 0x00000801  # magic numbers: unsigned bytes (0x08) in 3 or 1 dimensions
 SYNTHETIC_NOISE = 16  # uniform pixel noise 0..15 over smooth content: ~2.2 KB PNG per 32x32x3 image
 SYNTHETIC_CONTROL_POINTS = 6  # control grid per 32 pixels: the scale of the smooth content
@@ -33,13 +37,16 @@ SYNTHETIC_BLOCK_BYTES = 16 << 20  # 8-bit pixels made per step (and widened per 
 FOLDER_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")  # any case
 FOLDER_MODES = {(): "L", (3,): "RGB", (4,): "RGBA"}  # channel axis of a folder's image shape -> Pillow mode
 FOLDER_RESAMPLE = Image.Resampling.LANCZOS  # the sharpest of Pillow's antialiased filters: photos stay photo-like
-FOLDER_REDUCING_GAP = 3.0  # box-reduce first to 3x the target: 4x faster from 12 MP, ~0.6 grey levels RMS from pure LANCZOS
+FOLDER_REDUCING_GAP = (
+    3.0  # box-reduce first to 3x the target: 4x faster from 12 MP, ~0.6 grey levels RMS from pure LANCZOS
+)
 #: what decoding a bad file raises: Pillow's open/load errors, truncation, a decompression bomb
 UNREADABLE = (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError)
 
 
-def synthetic(n: int, shape: tuple[int, ...] = CIFAR10_SHAPE, seed: int = 0,
-              dtype: DTypeLike = np.uint8) -> tuple[np.ndarray, np.ndarray]:
+def synthetic(
+    n: int, shape: tuple[int, ...] = CIFAR10_SHAPE, seed: int = 0, dtype: DTypeLike = np.uint8
+) -> tuple[np.ndarray, np.ndarray]:
     """``n`` deterministic images of ``dtype`` that compress like photographs, with labels 0..9.
 
     Each image is a random coarse grid of colours, bilinearly upsampled (smooth regions and
@@ -71,13 +78,15 @@ def synthetic(n: int, shape: tuple[int, ...] = CIFAR10_SHAPE, seed: int = 0,
     fine = np.random.default_rng([seed, 1])
     for start in range(0, n, block):
         count = min(n, start + block) - start
-        grid = rng.integers(0, 256 - SYNTHETIC_NOISE, size=(count, channels, rows.shape[1], cols.shape[0]), dtype=np.uint8)
+        grid = rng.integers(
+            0, 256 - SYNTHETIC_NOISE, size=(count, channels, rows.shape[1], cols.shape[0]), dtype=np.uint8
+        )
         smooth = rows @ grid.astype(np.float32) @ cols  # (count, channels, height, width)
         smooth += rng.integers(0, SYNTHETIC_NOISE, size=smooth.shape, dtype=np.uint8)
         if dtype == np.uint8:
-            images[start:start + count] = smooth.transpose(0, 2, 3, 1)
+            images[start : start + count] = smooth.transpose(0, 2, 3, 1)
         else:
-            _widen(smooth.transpose(0, 2, 3, 1).astype(np.uint8), images[start:start + count], fine)
+            _widen(smooth.transpose(0, 2, 3, 1).astype(np.uint8), images[start : start + count], fine)
     labels = rng.integers(0, 10, size=n, dtype=np.int64)
     return images.reshape((n, *shape)), labels
 
@@ -88,7 +97,7 @@ def _widen(content: np.ndarray, out: np.ndarray, rng: np.random.Generator) -> No
     step = max(1, SYNTHETIC_BLOCK_BYTES // (8 * content[0].size))
     kind, shift = out.dtype.kind, 8 * out.dtype.itemsize - 8
     for start in range(0, len(out), step):
-        values, part = content[start:start + step], out[start:start + step]
+        values, part = content[start : start + step], out[start : start + step]
         if kind == "f":
             part[...] = (values + rng.random(values.shape)) / 256
             np.minimum(part, np.nextafter(out.dtype.type(1), out.dtype.type(0)), out=part)  # rounding may reach 1
@@ -114,8 +123,11 @@ class _CifarUnpickler(pickle.Unpickler):
     """Loads the CIFAR-10 batch dicts and refuses any other object a tampered file may name."""
 
     ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),  # protocol-2 bytes under Python 3
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),  # protocol-2 bytes under Python 3
     }
 
     def find_class(self, module: str, name: str) -> object:
@@ -158,8 +170,10 @@ def _load_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     data = np.asarray(batch[b"data"])
     labels = np.asarray(batch[b"labels"], dtype=np.int64)
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
-        raise ValueError(f"{path}: b'data' must be uint8 (N, 3072) with one label per row, "
-                         f"got {data.dtype} {data.shape} and {len(labels)} labels")
+        raise ValueError(
+            f"{path}: b'data' must be uint8 (N, 3072) with one label per row, "
+            f"got {data.dtype} {data.shape} and {len(labels)} labels"
+        )
     return data, labels
 
 
@@ -176,7 +190,9 @@ def load_mnist(directory: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         part_images = _read_idx(images_path, IDX_IMAGES)
         part_labels = _read_idx(labels_path, IDX_LABELS)
         if len(part_images) != len(part_labels):
-            raise ValueError(f"{images_path} holds {len(part_images)} images but {labels_path} {len(part_labels)} labels")
+            raise ValueError(
+                f"{images_path} holds {len(part_images)} images but {labels_path} {len(part_labels)} labels"
+            )
         images.append(part_images)
         labels.append(part_labels)
     return np.concatenate(images), np.concatenate(labels).astype(np.int64)
@@ -198,7 +214,10 @@ def _mnist_files(directory: str | os.PathLike) -> list[tuple[Path, Path]]:
         raise FileNotFoundError(f"MNIST directory {directory} does not exist")
     parts = []
     for number, names in enumerate(MNIST_PARTS):
-        found = [next((path for path in (directory / name, directory / f"{name}.gz") if path.is_file()), None) for name in names]
+        found = [
+            next((path for path in (directory / name, directory / f"{name}.gz") if path.is_file()), None)
+            for name in names
+        ]
         if number and found == [None, None]:
             continue  # no test set: the training set alone
         missing = [name for name, path in zip(names, found) if path is None]
@@ -240,7 +259,7 @@ def _idx_dims(path: Path, data: bytes, magic: int) -> tuple[int, ...]:
     found = int.from_bytes(data[:4], "big")
     if found != magic:
         raise ValueError(f"{path}: magic number 0x{found:08x}, expected 0x{magic:08x} (idx {what} of unsigned bytes)")
-    return tuple(int.from_bytes(data[4 + 4 * axis:8 + 4 * axis], "big") for axis in range(ndim))
+    return tuple(int.from_bytes(data[4 + 4 * axis : 8 + 4 * axis], "big") for axis in range(ndim))
 
 
 class FolderImages(NamedTuple):
@@ -260,7 +279,9 @@ def folder_mode(shape: Sequence[int]) -> str:
     """The Pillow mode images of ``shape`` are converted to: HxW "L", HxWx3 "RGB", HxWx4 "RGBA"; ValueError otherwise."""
     mode = FOLDER_MODES.get(tuple(shape[2:])) if len(shape) in (2, 3) else None
     if mode is None:
-        raise ValueError(f"images from a folder are HxW (grey), HxWx3 (RGB) or HxWx4 (RGBA), not {'x'.join(map(str, shape))}")
+        raise ValueError(
+            f"images from a folder are HxW (grey), HxWx3 (RGB) or HxWx4 (RGBA), not {'x'.join(map(str, shape))}"
+        )
     return mode
 
 
@@ -277,13 +298,21 @@ def folder_files(directory: str | os.PathLike) -> tuple[list[str], list[tuple[Pa
     if not directory.is_dir():
         raise FileNotFoundError(f"image folder {directory} does not exist")
     classes = sorted(entry.name for entry in directory.iterdir() if entry.is_dir() and not entry.name.startswith("."))
-    files = [(path, label) for label, name in enumerate(classes) for path in sorted(
-        path for path in (directory / name).rglob("*")
-        if path.suffix.lower() in FOLDER_EXTENSIONS and path.is_file()
-        and not any(part.startswith(".") for part in path.relative_to(directory).parts))]
+    files = [
+        (path, label)
+        for label, name in enumerate(classes)
+        for path in sorted(
+            path
+            for path in (directory / name).rglob("*")
+            if path.suffix.lower() in FOLDER_EXTENSIONS
+            and path.is_file()
+            and not any(part.startswith(".") for part in path.relative_to(directory).parts)
+        )
+    ]
     if not files:
-        raise ValueError(f"no images in {directory}: expected one sub-folder per class holding "
-                         f"{' '.join(FOLDER_EXTENSIONS)} files")
+        raise ValueError(
+            f"no images in {directory}: expected one sub-folder per class holding {' '.join(FOLDER_EXTENSIONS)} files"
+        )
     return classes, files
 
 
@@ -309,16 +338,21 @@ def folder_shape(files: Sequence[tuple[Path, int]], limit: int | None = None) ->
             first = path, size
         elif size != first[1]:
             (width, height), (other_width, other_height) = first[1], size
-            raise MixedSizesError(f"images of different sizes: {first[0]} is {height}x{width}, "
-                                  f"{path} is {other_height}x{other_width}")
+            raise MixedSizesError(
+                f"images of different sizes: {first[0]} is {height}x{width}, {path} is {other_height}x{other_width}"
+            )
     if first is None:
         raise ValueError(f"none of the images is readable ({len(files)} files, e.g. {files[0][0]})")
     width, height = first[1]
     return (height, width) if channels == 1 else (height, width, channels)
 
 
-def load_folder(directory: str | os.PathLike, shape: Sequence[int] | None = None, limit: int | None = None,
-                progress: Callable[[int, int], None] | None = None) -> FolderImages:
+def load_folder(
+    directory: str | os.PathLike,
+    shape: Sequence[int] | None = None,
+    limit: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> FolderImages:
     """Decode the images of an image folder (see ``folder_files``) with Pillow: the first ``limit`` readable
     ones, or all, as uint8 of ``shape``.
 
@@ -357,6 +391,10 @@ def _decode(path: Path, mode: str, height: int, width: int) -> np.ndarray:
         if image.size != (width, height):
             scale = max(width / image.width, height / image.height)
             left, top = (image.width - width / scale) / 2, (image.height - height / scale) / 2
-            image = image.resize((width, height), FOLDER_RESAMPLE, box=(left, top, image.width - left, image.height - top),
-                                 reducing_gap=FOLDER_REDUCING_GAP)
+            image = image.resize(
+                (width, height),
+                FOLDER_RESAMPLE,
+                box=(left, top, image.width - left, image.height - top),
+                reducing_gap=FOLDER_REDUCING_GAP,
+            )
         return np.asarray(image)

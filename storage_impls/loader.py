@@ -20,6 +20,7 @@ path that is open in the process, and a forked child counts the parent's environ
 A method whose library is not fork-safe (``ImageStore.fork_safe`` False: lance) refuses to run in a
 forked process: give the DataLoader ``multiprocessing_context="spawn"``.
 """
+
 from __future__ import annotations
 
 import math
@@ -127,8 +128,15 @@ class TensorBatches:
         return images, torch.from_numpy(labels)
 
 
-def batch_loader(dataset: ImageDataset, batch_size: int, *, shuffle: bool = True, drop_last: bool = False,
-                 generator=None, **loader_options):  # -> torch.utils.data.DataLoader
+def batch_loader(
+    dataset: ImageDataset,
+    batch_size: int,
+    *,
+    shuffle: bool = True,
+    drop_last: bool = False,
+    generator=None,
+    **loader_options,
+):  # -> torch.utils.data.DataLoader
     """The DataLoader that hands ``dataset``'s batches over whole: ``for images, labels in batch_loader(dataset, 256,
     num_workers=2)``, images a uint8 (N, H, W, C) tensor as the default collate would give, each batch read with one
     ``read_batch`` and never copied again. ``loader_options`` go to the DataLoader (``num_workers``,
@@ -136,5 +144,6 @@ def batch_loader(dataset: ImageDataset, batch_size: int, *, shuffle: bool = True
     from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 
     order = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
-    return DataLoader(TensorBatches(dataset), sampler=BatchSampler(order, batch_size, drop_last), batch_size=None,
-                      **loader_options)
+    return DataLoader(
+        TensorBatches(dataset), sampler=BatchSampler(order, batch_size, drop_last), batch_size=None, **loader_options
+    )

@@ -13,6 +13,7 @@ order), for run names and report labels.
 Adding a method: its module or package under ``storage_impls/methods/``, one row here, one test module,
 one extra in pyproject.toml (docs/architecture.md walks through it).
 """
+
 from __future__ import annotations
 
 import functools
@@ -51,24 +52,39 @@ def _extra(name: str) -> str:
 
 _METHODS = "storage_impls.methods"
 _REGISTRY: dict[str, MethodSpec] = {
-    "disk": MethodSpec(f"{_METHODS}.disk.store", "DiskStore", ("CURRENT",), "pip install Pillow",
-                       frozenset({READS_REMOTE})),
+    "disk": MethodSpec(
+        f"{_METHODS}.disk.store", "DiskStore", ("CURRENT",), "pip install Pillow", frozenset({READS_REMOTE})
+    ),
     "lmdb": MethodSpec(f"{_METHODS}.lmdb.store", "LmdbStore", ("data.mdb",), "pip install lmdb"),
-    "hdf5": MethodSpec(f"{_METHODS}.hdf5.store", "Hdf5Store", ("images.h5", "images.h5.journal"), "pip install h5py",
-                       frozenset({READS_REMOTE})),
+    "hdf5": MethodSpec(
+        f"{_METHODS}.hdf5.store",
+        "Hdf5Store",
+        ("images.h5", "images.h5.journal"),
+        "pip install h5py",
+        frozenset({READS_REMOTE}),
+    ),
     "rocksdb": MethodSpec(f"{_METHODS}.rocksdb.store", "RocksdbStore", ("rocksdb.json",), _extra("rocksdb")),
-    "npy-files": MethodSpec(f"{_METHODS}.npy_files", "NpyFilesStore", ("npy-files.json",), "pip install numpy",
-                            frozenset({READS_REMOTE})),
+    "npy-files": MethodSpec(
+        f"{_METHODS}.npy_files", "NpyFilesStore", ("npy-files.json",), "pip install numpy", frozenset({READS_REMOTE})
+    ),
     "npz": MethodSpec(f"{_METHODS}.npz", "NpzStore", ("npz.json",), "pip install numpy"),
     "npy-memmap": MethodSpec(f"{_METHODS}.npy_memmap", "NpyMemmapStore", ("npy-memmap.json",), "pip install numpy"),
-    "webdataset": MethodSpec(f"{_METHODS}.webdataset.store", "WebDatasetStore", ("webdataset.json",),
-                             _extra("webdataset"), frozenset({READS_REMOTE})),
-    "parquet": MethodSpec(f"{_METHODS}.parquet", "ParquetStore", ("parquet.json",), _extra("parquet"),
-                           frozenset({READS_REMOTE})),
-    "lance": MethodSpec(f"{_METHODS}.lance.store", "LanceStore", ("lance.json",), _extra("lance"),
-                         frozenset({READS_REMOTE})),
-    "zarr": MethodSpec(f"{_METHODS}.zarr.store", "ZarrStore", ("zarr.json",), _extra("zarr"),
-                        frozenset({READS_REMOTE})),
+    "webdataset": MethodSpec(
+        f"{_METHODS}.webdataset.store",
+        "WebDatasetStore",
+        ("webdataset.json",),
+        _extra("webdataset"),
+        frozenset({READS_REMOTE}),
+    ),
+    "parquet": MethodSpec(
+        f"{_METHODS}.parquet", "ParquetStore", ("parquet.json",), _extra("parquet"), frozenset({READS_REMOTE})
+    ),
+    "lance": MethodSpec(
+        f"{_METHODS}.lance.store", "LanceStore", ("lance.json",), _extra("lance"), frozenset({READS_REMOTE})
+    ),
+    "zarr": MethodSpec(
+        f"{_METHODS}.zarr.store", "ZarrStore", ("zarr.json",), _extra("zarr"), frozenset({READS_REMOTE})
+    ),
 }
 
 METHODS: tuple[str, ...] = tuple(_REGISTRY)
@@ -114,7 +130,9 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
         for item in rest.split(","):
             name, equals, value = (part.strip() for part in item.partition("="))
             if not name or not equals or not value:
-                raise ValueError(f"{spec!r}: options are written method:key=value,key=value; {item.strip()!r} is not key=value")
+                raise ValueError(
+                    f"{spec!r}: options are written method:key=value,key=value; {item.strip()!r} is not key=value"
+                )
             if name in options:
                 raise ValueError(f"{spec!r}: option {name!r} is given twice")
             options[name] = value
@@ -128,7 +146,8 @@ def _load_class(method: str) -> type[ImageStore]:
     except ImportError as error:
         raise ImportError(
             f"storage method {method!r} needs the package {error.name!r}, which is not installed: {spec.install_hint}",
-            name=error.name) from error
+            name=error.name,
+        ) from error
     return getattr(module, spec.class_name)
 
 
@@ -160,8 +179,16 @@ def _variant(cls: type[ImageStore], options: tuple[tuple[str, object], ...]) -> 
             raise TypeError(f"{spec} already sets {', '.join(clash)}")
         cls.__init__(self, directory, mode, **bound, **keywords)
 
-    return type(cls.__name__, (cls,), {"__init__": __init__, "__module__": cls.__module__,
-                                       "__qualname__": f"{cls.__qualname__}[{spec}]", "variant": spec})
+    return type(
+        cls.__name__,
+        (cls,),
+        {
+            "__init__": __init__,
+            "__module__": cls.__module__,
+            "__qualname__": f"{cls.__qualname__}[{spec}]",
+            "variant": spec,
+        },
+    )
 
 
 def open_store(spec: str, directory: str | os.PathLike, mode: Mode = "a", **options: object) -> ImageStore:
@@ -172,22 +199,26 @@ def open_store(spec: str, directory: str | os.PathLike, mode: Mode = "a", **opti
     if isinstance(directory, str) and "://" in directory:
         method, texts = parse_spec(spec)
         if not has_trait(method, READS_REMOTE):
-            raise LocalOnlyError(f"{method} reads local files only, not {directory}: stage the store first "
-                                 f"(storage_impls.registry.open_staged(spec, url, folder), or `python -m "
-                                 f"storage_impls stage URL FOLDER`), then open the folder")
+            raise LocalOnlyError(
+                f"{method} reads local files only, not {directory}: stage the store first "
+                f"(storage_impls.registry.open_staged(spec, url, folder), or `python -m "
+                f"storage_impls stage URL FOLDER`), then open the folder"
+            )
         cls = _load_class(method)
         options = {**check_options(method, getattr(cls, "OPTIONS", {}), texts), **options}
         try:
             reader = cls.remote_reader()
         except ImportError as error:
-            raise ImportError(f"reading {directory} needs the package {error.name!r}: {REMOTE_HINT}",
-                              name=error.name) from error
+            raise ImportError(
+                f"reading {directory} needs the package {error.name!r}: {REMOTE_HINT}", name=error.name
+            ) from error
         return reader(directory, mode, **options)
     return get_store_class(spec)(directory, mode, **options)
 
 
-def open_staged(spec: str, url: str, folder: str | os.PathLike, storage_options: dict | None = None,
-                **options: object) -> ImageStore:
+def open_staged(
+    spec: str, url: str, folder: str | os.PathLike, storage_options: dict | None = None, **options: object
+) -> ImageStore:
     """Stage then read: download the store at ``url`` into ``folder`` (new or empty), then open it read-only."""
     from storage_impls.remote import stage  # the object-store client: only when staging
 

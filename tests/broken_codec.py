@@ -1,5 +1,6 @@
 """A pytest plugin for tests/test_benchmarks.py: every third JPEG decode is one pixel off, as a codec that is
 not deterministic would be."""
+
 from storage_impls.core.codecs import PillowLossy
 
 

@@ -1,4 +1,5 @@
 """A pytest plugin for tests/test_benchmarks.py: makes every HDF5 read return zeros, as a broken method would."""
+
 import numpy as np
 
 from storage_impls.methods.hdf5.store import Hdf5Store

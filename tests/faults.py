@@ -7,6 +7,7 @@ process, read-only files. Anything that could kill an interpreter runs in a chil
 which must exit normally. Images are made from their labels (``pixels_for``), so a store
 that pairs an image with another write's label is caught wherever it is read.
 """
+
 from __future__ import annotations
 
 import errno
@@ -60,7 +61,9 @@ def check_consistent(store) -> int:
         return 0
     images, labels = store.read_many(count)
     for image, label in zip(images, labels):
-        np.testing.assert_array_equal(image, pixels_for(int(label), image.shape), err_msg=f"label {label} has another write's image")
+        np.testing.assert_array_equal(
+            image, pixels_for(int(label), image.shape), err_msg=f"label {label} has another write's image"
+        )
     ids = np.random.default_rng(count).permutation(count)
     batch, batch_labels = store.read_batch(ids)
     np.testing.assert_array_equal(batch, images[ids])
@@ -71,15 +74,24 @@ def check_consistent(store) -> int:
     return count
 
 
-def run_child(code: str, *, timeout: float = CHILD_TIMEOUT, unprivileged: bool = False,
-              small_fs: tuple[Path, str] | None = None) -> subprocess.CompletedProcess:
+def run_child(
+    code: str, *, timeout: float = CHILD_TIMEOUT, unprivileged: bool = False, small_fs: tuple[Path, str] | None = None
+) -> subprocess.CompletedProcess:
     """Run Python ``code`` in a child; fail the test if it died of a signal. ``unprivileged``: as root,
     drop every capability, so that permission bits bind as they do for any user. ``small_fs``:
     (directory, size) mounts a tmpfs of that size there, in a user and mount namespace of the child's own."""
     command = [sys.executable, "-c", textwrap.dedent(code)]
     if small_fs is not None:
         directory, size = small_fs
-        command = ["unshare", "-rm", "sh", "-c", f'mount -t tmpfs -o size={size} tmpfs "$0" && exec "$@"', str(directory), *command]
+        command = [
+            "unshare",
+            "-rm",
+            "sh",
+            "-c",
+            f'mount -t tmpfs -o size={size} tmpfs "$0" && exec "$@"',
+            str(directory),
+            *command,
+        ]
     if unprivileged and os.geteuid() == 0:
         command = ["setpriv", "--bounding-set", "-all", "--", *command]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
@@ -92,7 +104,9 @@ def small_fs_unavailable() -> str | None:
     """Why a tmpfs cannot be mounted in a user namespace here, or None when it can."""
     if shutil.which("unshare") is None:
         return "unshare (util-linux) is not installed"
-    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /tmp"], capture_output=True, text=True)
+    probe = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /tmp"], capture_output=True, text=True
+    )
     return None if probe.returncode == 0 else f"the OS refuses a tmpfs in a user namespace: {probe.stderr.strip()}"
 
 
@@ -115,7 +129,11 @@ def damage_cases(directory: Path) -> list[tuple[str, str, int]]:
     cases = []
     for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != LOCK_FILE):
         size, name = path.stat().st_size, str(path.relative_to(directory))
-        cases += [(name, "truncate", length) for length in sorted({0, min(4096, size // 2), size // 2, max(0, size - 4096), max(0, size - 1)}) if length < size]
+        cases += [
+            (name, "truncate", length)
+            for length in sorted({0, min(4096, size // 2), size // 2, max(0, size - 4096), max(0, size - 1)})
+            if length < size
+        ]
         offsets = {0, size // 2, size - 1, *random.Random(name).sample(range(size), min(3, size))} if size else set()
         cases += [(name, "flip", offset) for offset in sorted(offsets)]
     return cases
@@ -215,12 +233,15 @@ class FaultTests:
         for path in [directory, *directory.rglob("*")]:
             path.chmod(0o555 if path.is_dir() else 0o444)
         try:
-            result = run_child(f"""
+            result = run_child(
+                f"""
                 from storage_impls import open_store
                 from tests.faults import check_consistent
                 with open_store({self.method!r}, {str(directory)!r}, "r") as store:
                     print(check_consistent(store))
-            """, unprivileged=True)
+            """,
+                unprivileged=True,
+            )
         finally:
             for path in [directory, *directory.rglob("*")]:
                 path.chmod(stat.S_IRWXU)
@@ -229,14 +250,23 @@ class FaultTests:
     # -- writers ------------------------------------------------------------------------------
     def test_second_writer_times_out_and_readers_go_on(self, directory):
         self.fill(directory, range(5))
-        holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        holder = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                textwrap.dedent(f"""
             import time
             from pathlib import Path
             from storage_impls.core.locking import writer_lock
             with writer_lock(Path({str(directory)!r}), 10):
                 print("holding", flush=True)
                 time.sleep(30)
-        """)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+        """),
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         try:
             assert holder.stdout.readline() == "holding\n"
             with open_store(self.method, directory, lock_timeout=0.2) as store:
@@ -268,8 +298,19 @@ class FaultTests:
                         label = int(rng.integers(0, 2**40))  # ids 0..20 exist or append whatever the other writer did:
                         store.store_single(pixels_for(label), int(rng.integers(0, 21)), label)  # len() may be stale
         """
-        children = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(writer.format(seed=seed, method=self.method, directory=str(directory)))],
-                                     cwd=REPO, stderr=subprocess.PIPE, text=True) for seed in (1, 2)]
+        children = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    textwrap.dedent(writer.format(seed=seed, method=self.method, directory=str(directory))),
+                ],
+                cwd=REPO,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for seed in (1, 2)
+        ]
         for child in children:
             _, errors = child.communicate(timeout=CHILD_TIMEOUT)
             assert child.returncode == 0, errors
@@ -282,7 +323,11 @@ class FaultTests:
     def test_reader_during_every_commit(self, directory):
         """Readers open and read while a writer commits over and over: the writer never fails, readers never see a mix."""
         self.fill(directory, range(30))
-        writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        writer = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                textwrap.dedent(f"""
             import numpy as np
             from storage_impls import open_store
             from tests.faults import labelled_batch, pixels_for
@@ -292,7 +337,12 @@ class FaultTests:
                         store.store_many(*labelled_batch(np.arange(30) + 1000 * step))
                     else:
                         store.store_single(pixels_for(step), step % 30, step)
-        """)], cwd=REPO, stderr=subprocess.PIPE, text=True)
+        """),
+            ],
+            cwd=REPO,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         reads = 0
         while writer.poll() is None:
             try:
@@ -312,8 +362,11 @@ class FaultTests:
             pytest.skip(f"{self.method}: compact() has nothing to fold (every write goes into the container)")
         self.fill(directory, range(50))
         single = "store.store_single(pixels_for(label), int(rng.integers(0, len(store) + 1)), label)"
-        loop = {"store_single": single, "store_many": "store.store_many(*labelled_batch(np.arange(200) + label))",
-                "compact": f"{single}; store.compact()"}[operation]
+        loop = {
+            "store_single": single,
+            "store_many": "store.store_many(*labelled_batch(np.arange(200) + label))",
+            "compact": f"{single}; store.compact()",
+        }[operation]
         code = textwrap.dedent(f"""
             import sys
             import numpy as np
@@ -328,7 +381,9 @@ class FaultTests:
         """)
         delays = random.Random(operation).choices([0.0, 0.001, 0.005, 0.02, 0.05, 0.1], k=KILLS)
         for kill, delay in enumerate(delays):
-            child = subprocess.Popen([sys.executable, "-c", code, str(kill)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+            child = subprocess.Popen(
+                [sys.executable, "-c", code, str(kill)], cwd=REPO, stdout=subprocess.PIPE, text=True
+            )
             assert child.stdout.readline() == "ready\n"
             kill_after(child, delay + random.Random(kill).random() * 0.02)
             with open_store(self.method, directory, "r") as store:
@@ -347,7 +402,9 @@ class FaultTests:
             store.store_single(pixels_for(99), 3, 99)
             store.store_single(pixels_for(98), 12, 98)
         cases = damage_cases(pristine)
-        result = run_child(DAMAGE_CHILD.format(method=self.method, pristine=str(pristine), work=str(tmp_path / "work"), cases=cases))
+        result = run_child(
+            DAMAGE_CHILD.format(method=self.method, pristine=str(pristine), work=str(tmp_path / "work"), cases=cases)
+        )
         assert result.returncode == 0, result.stderr
         outcomes = json.loads(result.stdout)
         bad = [(case, outcome) for case, outcome in zip(cases, outcomes) if outcome.startswith(("WRONG", "UNTYPED"))]
@@ -379,7 +436,8 @@ class FaultTests:
             pytest.skip(reason)
         mount = tmp_path / "small"
         mount.mkdir()
-        result = run_child(f"""
+        result = run_child(
+            f"""
             import errno, json
             import numpy as np
             from storage_impls import NoSpaceError, open_store
@@ -408,7 +466,9 @@ class FaultTests:
                 report["reopened"] = check_consistent(store)
             report["leftovers"] = leftovers(directory)
             print(json.dumps(report))
-        """, small_fs=(mount, "1m"))
+        """,
+            small_fs=(mount, "1m"),
+        )
         assert result.returncode == 0, result.stderr
         report = json.loads(result.stdout)
         assert report["store_many"][0] == errno.ENOSPC and "no space left" in report["store_many"][1]

@@ -3,6 +3,7 @@ row (ids ``...-a]`` and ``...-b]``), and the second's rounds are interleaved wit
 rounds are with its floor's (benchmarks/interleave.py), so that ``python -m reports.floor_aa`` can judge the floor
 against itself both ways: timed back to back, and interleaved. Use: ``pytest benchmarks/test_floors.py -p
 tests.floor_twice``."""
+
 import pytest
 
 from benchmarks import conftest as suite

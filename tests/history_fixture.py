@@ -8,6 +8,7 @@ shared by the whole run (the machine being faster or slower: sigma 2 %), by the 
 outlying 1.1-1.4x; each of its 10 rounds adds 5 % lognormal noise. Commits are numbered 1 to 30; STEPS multiply
 a cell's time from the given commit on. `python -m tests.history_fixture DIR [--aa] [--seed N]` writes one.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,19 +42,31 @@ def commit_id(number: int, seed: int) -> str:
 
 def _stats(data: np.ndarray) -> dict:
     q1, q3 = np.percentile(data, [25, 75])
-    return {"median": float(np.median(data)), "min": float(data.min()), "max": float(data.max()),
-            "mean": float(data.mean()), "stddev": float(data.std(ddof=1)), "q1": float(q1), "q3": float(q3),
-            "iqr": float(q3 - q1), "rounds": int(data.size), "iterations": 1, "data": data.tolist()}
+    return {
+        "median": float(np.median(data)),
+        "min": float(data.min()),
+        "max": float(data.max()),
+        "mean": float(data.mean()),
+        "stddev": float(data.std(ddof=1)),
+        "q1": float(q1),
+        "q3": float(q3),
+        "iqr": float(q3 - q1),
+        "rounds": int(data.size),
+        "iterations": 1,
+        "data": data.tolist(),
+    }
 
 
-def write_history(directory: Path, *, seed: int = 0, steps: dict[str, tuple[int, float]] | None = None,
-                  commits: int = COMMITS) -> list[Path]:
+def write_history(
+    directory: Path, *, seed: int = 0, steps: dict[str, tuple[int, float]] | None = None, commits: int = COMMITS
+) -> list[Path]:
     """Write commits x RUNS run files into ``directory`` (steps=None: STEPS; {}: an A/A history); their paths."""
     steps = STEPS if steps is None else steps
     document = json.loads(BASE.read_text(encoding="utf-8"))
     labels = [label(cell.key) for cell in load_run(BASE).cells]
-    suite = [bench for bench in document["benchmarks"]
-             if (bench.get("extra_info") or {}).get("suite") == "image-storage"]
+    suite = [
+        bench for bench in document["benchmarks"] if (bench.get("extra_info") or {}).get("suite") == "image-storage"
+    ]
     assert len(suite) == len(labels) and set(steps) <= set(labels), "the base run no longer has the stepped cells"
     rng = np.random.default_rng(seed)
     directory.mkdir(parents=True, exist_ok=True)
@@ -69,10 +82,17 @@ def write_history(directory: Path, *, seed: int = 0, steps: dict[str, tuple[int,
                 centre = bench["stats"]["median"] * machine * rng.lognormal(0.0, DRIFT_SIGMA) * outlier
                 centre *= factor if number >= first else 1.0
                 benchmarks.append({**bench, "stats": _stats(centre * rng.lognormal(0.0, ROUND_SIGMA, ROUNDS))})
-            run = {**document, "benchmarks": benchmarks,
-                   "commit_info": {**document["commit_info"], "id": commit_id(number, seed), "dirty": False,
-                                   "time": committed.isoformat()},
-                   "datetime": (committed + timedelta(minutes=10 * (replicate + 1))).isoformat()}
+            run = {
+                **document,
+                "benchmarks": benchmarks,
+                "commit_info": {
+                    **document["commit_info"],
+                    "id": commit_id(number, seed),
+                    "dirty": False,
+                    "time": committed.isoformat(),
+                },
+                "datetime": (committed + timedelta(minutes=10 * (replicate + 1))).isoformat(),
+            }
             path = directory / f"{number:04d}-{replicate}_{commit_id(number, seed)[:8]}.json"
             path.write_text(json.dumps(run), encoding="utf-8")
             paths.append(path)

@@ -1,6 +1,7 @@
 """A real S3 endpoint for tests: moto's server on 127.0.0.1 (as s3fs's own tests use it), a fresh bucket per test
 module with credentials and a non-default region set in the environment for that module only, and a proxy that
 cuts responses short. Every socket is on 127.0.0.1; every loop is bounded."""
+
 from __future__ import annotations
 
 import logging
@@ -17,8 +18,12 @@ moto_server = pytest.importorskip("moto.server", reason="the S3 server needs mot
 boto3 = pytest.importorskip("boto3", reason="moto brings boto3: pip install image-storage-bench[s3]")
 
 REGION = "eu-west-3"  # not the default us-east-1: the client must take the region from the environment
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test-key", "AWS_SECRET_ACCESS_KEY": "test-secret", "AWS_REGION": REGION,
-               "AWS_DEFAULT_REGION": REGION}
+CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "test-key",
+    "AWS_SECRET_ACCESS_KEY": "test-secret",
+    "AWS_REGION": REGION,
+    "AWS_DEFAULT_REGION": REGION,
+}
 
 
 @dataclass

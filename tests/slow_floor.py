@@ -1,5 +1,6 @@
 """A pytest plugin for tests/test_benchmarks.py: the file-read floor sleeps 50 ms per read, so the cells it bounds
 beat it by far more than its spread, as a cell that skipped its work would: the run must flag them."""
+
 import time
 
 from benchmarks import test_floors

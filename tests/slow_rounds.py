@@ -1,5 +1,6 @@
 """A pytest plugin for tests/test_benchmarks.py: HDF5 read_many takes 0.1 s longer, and progress is reported from
 cells of half a second on, so that a tiny run shows the progress lines of a long cell and the remaining time."""
+
 import functools
 import time
 

@@ -3,6 +3,7 @@
 Each wrapped call busy-waits after returning until 1.1x its own duration has passed, so the slowdown is a
 real, proportional one on this machine: `pytest benchmarks -p tests.slowdown ...`.
 """
+
 import functools
 import time
 

@@ -9,6 +9,7 @@ store's states: each image is its label's, each id is the one asked for, and eve
 through one handle holds the version that one committed state has for its id, a state no older than the one the
 reader's previous handle read. Each process prints one JSON line of figures when its time is up.
 """
+
 from __future__ import annotations
 
 import json
@@ -57,7 +58,7 @@ class History:
         self.generation += 1
         if self.count == 0 or self._rng.integers(MANY_EVERY) == 0:
             self.count = int(self._rng.integers(*MANY_COUNTS))
-            self.versions[:self.count] = self.generation
+            self.versions[: self.count] = self.generation
             return "many", self.count
         append = self.count < MAX_COUNT and self._rng.integers(2) == 0
         image_id = self.count if append else int(self._rng.integers(self.count))
@@ -69,7 +70,7 @@ class History:
         """The generation each id holds once ``generation`` (not before the last one replayed) has committed."""
         while self.generation < generation:
             self.advance()
-        return self.versions[:self.count]
+        return self.versions[: self.count]
 
 
 def write(method: str, directory: str, seed: int, ready: Callable[[], float]) -> dict:
@@ -113,9 +114,11 @@ def check_handle(history: History, reads: list[tuple[np.ndarray, np.ndarray, np.
         assert ids.max() < len(state), f"id {ids.max()} read, but generation {newest} holds {len(state)} images"
         found, expected = labels >> 32, state[ids]
         wrong = np.flatnonzero(found != expected)[:5]
-        assert not len(wrong), (f"not one committed state (generation {newest}; the previous handle's {previous}): "
-                                f"ids {ids[wrong].tolist()} hold generations {found[wrong].tolist()}, "
-                                f"expected {expected[wrong].tolist()}")
+        assert not len(wrong), (
+            f"not one committed state (generation {newest}; the previous handle's {previous}): "
+            f"ids {ids[wrong].tolist()} hold generations {found[wrong].tolist()}, "
+            f"expected {expected[wrong].tolist()}"
+        )
 
 
 def usage() -> tuple[int, int]:

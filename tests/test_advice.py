@@ -1,4 +1,5 @@
 """The read-ahead options: ``advice`` of the memory-mapped methods (core/advice.py) and lmdb's ``readahead``."""
+
 from __future__ import annotations
 
 import os
@@ -13,22 +14,28 @@ from storage_impls.registry import canonical_spec, get_store_class
 PAGE = advice.PAGE
 
 
-@pytest.mark.parametrize(("spec", "canonical"), [
-    ("hdf5:advice=willneed", "hdf5:advice=willneed"),
-    ("hdf5:advice=random,codec=png", "hdf5:codec=png,advice=random"),
-    ("npy-memmap:advice=normal", "npy-memmap:advice=normal"),
-    ("lmdb:readahead=off", "lmdb:readahead=false"),
-    ("lmdb:readahead=1,codec=jpeg-90", "lmdb:codec=jpeg-90,readahead=true"),
-])
+@pytest.mark.parametrize(
+    ("spec", "canonical"),
+    [
+        ("hdf5:advice=willneed", "hdf5:advice=willneed"),
+        ("hdf5:advice=random,codec=png", "hdf5:codec=png,advice=random"),
+        ("npy-memmap:advice=normal", "npy-memmap:advice=normal"),
+        ("lmdb:readahead=off", "lmdb:readahead=false"),
+        ("lmdb:readahead=1,codec=jpeg-90", "lmdb:codec=jpeg-90,readahead=true"),
+    ],
+)
 def test_options_are_variants_spelled_one_way(spec, canonical):
     assert canonical_spec(spec) == canonical
 
 
-@pytest.mark.parametrize(("spec", "message"), [
-    ("hdf5:advice=sequential", "hdf5: advice='sequential' is not allowed; use auto, random, normal, willneed"),
-    ("npy-memmap:advice=WILLNEED", "npy-memmap: advice='WILLNEED' is not allowed"),
-    ("lmdb:readahead=maybe", "lmdb: readahead='maybe' is not allowed; use true or false"),
-])
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("hdf5:advice=sequential", "hdf5: advice='sequential' is not allowed; use auto, random, normal, willneed"),
+        ("npy-memmap:advice=WILLNEED", "npy-memmap: advice='WILLNEED' is not allowed"),
+        ("lmdb:readahead=maybe", "lmdb: readahead='maybe' is not allowed; use true or false"),
+    ],
+)
 def test_bad_values_name_what_is_allowed(spec, message):
     with pytest.raises(ValueError, match=message):
         get_store_class(spec)

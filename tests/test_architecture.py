@@ -1,5 +1,6 @@
 """The layout's rules that no import contract can check: a method is known only to its own folder, the
 registry and tests; product modules stay small. (Import layers: `lint-imports`, pyproject.toml.)"""
+
 from __future__ import annotations
 
 import io

@@ -1,5 +1,6 @@
 """reports/codecs.py on fabricated runs: method variants with lossless and lossy codecs, whose bytes on disk and
 read speeds are set here, so the table's numbers are known; a run without shuffled reads; a run of one variant."""
+
 from __future__ import annotations
 
 import json
@@ -34,11 +35,24 @@ VARIANTS = {
 def bench(operation: str, method: str, n_images: int, seconds: float, **extra) -> dict:
     """One benchmark entry as the suite writes it, every round taking `seconds`."""
     codec, psnr, *_ = VARIANTS[method]
-    info = {"suite": "image-storage", "operation": operation, "method": method, "n_images": n_images, "image_shape": list(SHAPE),
-            "dtype": "uint8", "raw_bytes": n_images * RAW, "codec": codec, "images_per_s": n_images / seconds, **extra}
+    info = {
+        "suite": "image-storage",
+        "operation": operation,
+        "method": method,
+        "n_images": n_images,
+        "image_shape": list(SHAPE),
+        "dtype": "uint8",
+        "raw_bytes": n_images * RAW,
+        "codec": codec,
+        "images_per_s": n_images / seconds,
+        **extra,
+    }
     if psnr is not None:
         info["psnr_db"] = psnr
-    stats = {name: seconds for name in ("median", "min", "max", "q1", "q3", "mean")} | {"rounds": 3, "data": [seconds] * 3}
+    stats = {name: seconds for name in ("median", "min", "max", "q1", "q3", "mean")} | {
+        "rounds": 3,
+        "data": [seconds] * 3,
+    }
     return {"name": f"test_{operation}[{method}-{n_images}]", "extra_info": info, "stats": stats}
 
 
@@ -53,12 +67,24 @@ def make_run(variants=tuple(VARIANTS), shuffled: bool = True) -> dict:
             benchmarks.append(bench("read_many", method, n, sequential * n * (2 if n == CUTOFFS[0] else 1)))
         if shuffled:
             n = CUTOFFS[-1]
-            for batch, workers, cache, factor in ((256, 1, "warm", 1), (64, 1, "warm", 3), (256, 2, "warm", 0.5), (256, 1, "cold", 4)):
-                benchmarks.append(bench("read_random", method, n, random * n * factor, batch_size=batch, workers=workers, cache=cache))
+            for batch, workers, cache, factor in (
+                (256, 1, "warm", 1),
+                (64, 1, "warm", 3),
+                (256, 2, "warm", 0.5),
+                (256, 1, "cold", 4),
+            ):
+                benchmarks.append(
+                    bench("read_random", method, n, random * n * factor, batch_size=batch, workers=workers, cache=cache)
+                )
     floor = bench("floor", "disk", 1000, 1e-3)
     floor["extra_info"]["method"] = "floor-files-read"
     benchmarks.append(floor)
-    return {"machine_info": {"node": "bench"}, "commit_info": {}, "datetime": "2026-11-21T10:00:00+00:00", "benchmarks": benchmarks}
+    return {
+        "machine_info": {"node": "bench"},
+        "commit_info": {},
+        "datetime": "2026-11-21T10:00:00+00:00",
+        "benchmarks": benchmarks,
+    }
 
 
 def write(path: Path, document: dict) -> Path:
@@ -68,7 +94,9 @@ def write(path: Path, document: dict) -> Path:
 
 def table_rows(text: str) -> dict[str, list[str]]:
     """The rows of the section's table, by method variant, cells stripped."""
-    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in text.splitlines() if line.startswith("| `")]
+    rows = [
+        [cell.strip() for cell in line.strip("|").split("|")] for line in text.splitlines() if line.startswith("| `")
+    ]
     return {row[0].strip("`"): row[1:] for row in rows}
 
 
@@ -122,15 +150,29 @@ def test_labels_do_not_overlap_when_points_crowd():
 
     from reports.codecs import CodecView, Speed, VariantRow
 
-    rows = tuple(VariantRow(f"method{index}:codec=jpeg-{90 - index}", f"jpeg-{90 - index}", 2000 + 10 * index, RAW,
-                            Speed(10_000 + 50 * index, 1000), None, 30.0) for index in range(6))
+    rows = tuple(
+        VariantRow(
+            f"method{index}:codec=jpeg-{90 - index}",
+            f"jpeg-{90 - index}",
+            2000 + 10 * index,
+            RAW,
+            Speed(10_000 + 50 * index, 1000),
+            None,
+            30.0,
+        )
+        for index in range(6)
+    )
     view = CodecView(0, SHAPE, "uint8", "allocated", None, rows)
     figure = plt.figure(figsize=(8, 5))
     ax = figure.subplots()
     plot_bytes_vs_speed(ax, view, "sequential")
     figure.canvas.draw()
-    labels = place_labels(ax, [row.disk_bytes_per_image / 1000 for row in rows], [row.sequential.images_per_s for row in rows],
-                          [row.method for row in rows])
+    labels = place_labels(
+        ax,
+        [row.disk_bytes_per_image / 1000 for row in rows],
+        [row.sequential.images_per_s for row in rows],
+        [row.method for row in rows],
+    )
     renderer = figure.canvas.get_renderer()
     boxes = [label.get_window_extent(renderer) for label in labels]
     plt.close(figure)
@@ -164,7 +206,9 @@ def test_the_default_batch_size_or_else_the_largest(tmp_path):
     document["benchmarks"] = [entry for entry in document["benchmarks"] if entry["extra_info"].get("batch_size") != 256]
     (view,) = codec_views([load_run(write(tmp_path / "run.json", document))])
     assert view.batch_size == 64
-    assert {row.method: row.shuffled.images_per_s for row in view.rows} == pytest.approx({m: 1 / (3 * v[4]) for m, v in VARIANTS.items()})
+    assert {row.method: row.shuffled.images_per_s for row in view.rows} == pytest.approx(
+        {m: 1 / (3 * v[4]) for m, v in VARIANTS.items()}
+    )
 
 
 def test_runs_without_codec_fields_show_dashes(tmp_path):

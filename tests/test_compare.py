@@ -1,4 +1,5 @@
 """`python -m reports compare` on small runs written to tmp_path following docs/benchmark-json.md."""
+
 from __future__ import annotations
 
 import json
@@ -11,16 +12,27 @@ from reports.compare import main
 
 SHAPE = [32, 32, 3]
 MACHINE = {
-    "node": "ci-runner", "machine": "x86_64", "system": "Linux", "release": "6.5.0",
-    "python_version": "3.11.9", "python_implementation": "CPython",
+    "node": "ci-runner",
+    "machine": "x86_64",
+    "system": "Linux",
+    "release": "6.5.0",
+    "python_version": "3.11.9",
+    "python_implementation": "CPython",
     "cpu": {"brand_raw": "AMD EPYC 7763", "count": 4},
     "storage": {"path": "/tmp", "filesystem": "ext4", "mount_point": "/", "device": "/dev/sda1", "free_bytes": 10**10},
     "libraries": {"numpy": "2.4.6", "h5py": "3.12.1", "lmdb": "1.5.1"},
 }
 
 
-def write_run(path: Path, seconds: dict[tuple[str, str, int], float], *, rounds: int = 10, seed: int = 0,
-              machine: dict | None = None, extra_info: dict[tuple[str, str, int], dict] | None = None) -> Path:
+def write_run(
+    path: Path,
+    seconds: dict[tuple[str, str, int], float],
+    *,
+    rounds: int = 10,
+    seed: int = 0,
+    machine: dict | None = None,
+    extra_info: dict[tuple[str, str, int], dict] | None = None,
+) -> Path:
     """A pytest-benchmark JSON file whose cell (operation, method, cutoff) has lognormal rounds around seconds[...]
     and, where given, more extra_info."""
     rng = np.random.default_rng(seed)
@@ -28,19 +40,39 @@ def write_run(path: Path, seconds: dict[tuple[str, str, int], float], *, rounds:
     for (operation, method, cutoff), median in seconds.items():
         data = (median * rng.lognormal(0.0, 0.02, rounds)).tolist()
         q1, q3 = np.percentile(data, [25, 75])
-        benchmarks.append({
-            "name": f"test_{operation}[{method}-{cutoff}]", "group": f"{operation} {cutoff}",
-            "params": {"method": method, "cutoff": cutoff},
-            "extra_info": {"suite": "image-storage", "operation": operation, "method": method, "n_images": cutoff,
-                           "image_shape": SHAPE, "dataset": "synthetic", "durable": False,
-                           **(extra_info or {}).get((operation, method, cutoff), {})},
-            "stats": {"median": float(np.median(data)), "min": min(data), "max": max(data), "mean": float(np.mean(data)),
-                      "q1": float(q1), "q3": float(q3), "rounds": rounds, "data": data},
-        })
+        benchmarks.append(
+            {
+                "name": f"test_{operation}[{method}-{cutoff}]",
+                "group": f"{operation} {cutoff}",
+                "params": {"method": method, "cutoff": cutoff},
+                "extra_info": {
+                    "suite": "image-storage",
+                    "operation": operation,
+                    "method": method,
+                    "n_images": cutoff,
+                    "image_shape": SHAPE,
+                    "dataset": "synthetic",
+                    "durable": False,
+                    **(extra_info or {}).get((operation, method, cutoff), {}),
+                },
+                "stats": {
+                    "median": float(np.median(data)),
+                    "min": min(data),
+                    "max": max(data),
+                    "mean": float(np.mean(data)),
+                    "q1": float(q1),
+                    "q3": float(q3),
+                    "rounds": rounds,
+                    "data": data,
+                },
+            }
+        )
     document = {
         "machine_info": machine or MACHINE,
         "commit_info": {"id": f"{seed:040x}", "branch": "main", "dirty": False},
-        "datetime": "2025-01-01T00:00:00+00:00", "version": "5.3.1", "benchmarks": benchmarks,
+        "datetime": "2025-01-01T00:00:00+00:00",
+        "version": "5.3.1",
+        "benchmarks": benchmarks,
     }
     path.write_text(json.dumps(document), encoding="utf-8")
     return path
@@ -49,8 +81,11 @@ def write_run(path: Path, seconds: dict[tuple[str, str, int], float], *, rounds:
 def grid(scale: float = 1.0, **slower: float) -> dict[tuple[str, str, int], float]:
     """read_many times for three methods at two cutoffs; slower={"lmdb": 1.3} multiplies one method's times."""
     base = {"disk": 2e-3, "lmdb": 5e-4, "hdf5": 4e-4}
-    return {("read_many", method, cutoff): scale * seconds * cutoff / 10 * slower.get(method, 1.0)
-            for method, seconds in base.items() for cutoff in (10, 100)}
+    return {
+        ("read_many", method, cutoff): scale * seconds * cutoff / 10 * slower.get(method, 1.0)
+        for method, seconds in base.items()
+        for cutoff in (10, 100)
+    }
 
 
 def other_machine(**changes) -> dict:
@@ -90,7 +125,9 @@ def test_speedup_exits_0(tmp_path):
     base = write_run(tmp_path / "base.json", grid(), seed=1)
     head = write_run(tmp_path / "head.json", grid(disk=0.7), seed=2)
     assert main([str(base), str(head), "--out", str(tmp_path)]) == 0
-    verdicts = {cell["method"]: cell["verdict"] for cell in json.loads((tmp_path / "compare.json").read_text())["cells"]}
+    verdicts = {
+        cell["method"]: cell["verdict"] for cell in json.loads((tmp_path / "compare.json").read_text())["cells"]
+    }
     assert verdicts["disk"] == "faster"
 
 
@@ -119,7 +156,9 @@ def test_missing_raw_data_is_inconclusive(tmp_path):
     base.write_text(json.dumps(document))
     head = write_run(tmp_path / "head.json", grid(lmdb=1.5), seed=2)
     assert main([str(base), str(head), "--out", str(tmp_path)]) == 0
-    assert all("no raw timings" in cell["reason"] for cell in json.loads((tmp_path / "compare.json").read_text())["cells"])
+    assert all(
+        "no raw timings" in cell["reason"] for cell in json.loads((tmp_path / "compare.json").read_text())["cells"]
+    )
 
 
 @pytest.mark.parametrize("problem", ["missing", "not json", "other suite"])
@@ -129,8 +168,11 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, problem):
     if problem == "not json":
         head.write_text("{")
     elif problem == "other suite":
-        head.write_text(json.dumps({"machine_info": MACHINE, "commit_info": {}, "datetime": "2025-01-01T00:00:00",
-                                    "benchmarks": []}))
+        head.write_text(
+            json.dumps(
+                {"machine_info": MACHINE, "commit_info": {}, "datetime": "2025-01-01T00:00:00", "benchmarks": []}
+            )
+        )
     assert main([str(base), str(head)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("python -m reports compare: error: ") and str(head) in err
@@ -148,8 +190,12 @@ def test_run_ids_are_looked_up_in_the_benchmarks_dir(tmp_path):
 
 def test_other_machine_is_refused_naming_the_fields(tmp_path, capsys):
     base = write_run(tmp_path / "base.json", grid(), seed=1)
-    head = write_run(tmp_path / "head.json", grid(), seed=2,
-                     machine=other_machine(cpu={"brand_raw": "Intel Xeon", "count": 8}, release="6.8.0"))
+    head = write_run(
+        tmp_path / "head.json",
+        grid(),
+        seed=2,
+        machine=other_machine(cpu={"brand_raw": "Intel Xeon", "count": 8}, release="6.8.0"),
+    )
     assert main([str(base), str(head)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--cross-machine" in err
@@ -160,8 +206,12 @@ def test_other_machine_is_refused_naming_the_fields(tmp_path, capsys):
 def test_cross_machine_compares_ratios_to_the_reference_method(tmp_path):
     """HEAD's machine is 2x slower overall and its lmdb 1.3x slower still: only lmdb is flagged, hdf5 is not compared."""
     base = write_run(tmp_path / "base.json", grid(), seed=1)
-    head = write_run(tmp_path / "head.json", grid(scale=2.0, lmdb=1.3), seed=2,
-                     machine=other_machine(cpu={"brand_raw": "Intel Xeon"}, storage={**MACHINE["storage"], "filesystem": "xfs"}))
+    head = write_run(
+        tmp_path / "head.json",
+        grid(scale=2.0, lmdb=1.3),
+        seed=2,
+        machine=other_machine(cpu={"brand_raw": "Intel Xeon"}, storage={**MACHINE["storage"], "filesystem": "xfs"}),
+    )
     assert main([str(base), str(head), "--out", str(tmp_path)]) == 2  # absolute times would be meaningless
     assert main([str(base), str(head), "--cross-machine", "--out", str(tmp_path)]) == 1
     document = json.loads((tmp_path / "compare.json").read_text())
@@ -184,8 +234,12 @@ def test_cross_machine_without_reference_cells_is_bad_input(tmp_path, capsys):
 
 def test_library_version_differences_are_listed_not_refused(tmp_path, capsys):
     base = write_run(tmp_path / "base.json", grid(), seed=1)
-    head = write_run(tmp_path / "head.json", grid(), seed=2,
-                     machine=other_machine(libraries={**MACHINE["libraries"], "h5py": "3.13.0", "zarr": "3.0.0"}))
+    head = write_run(
+        tmp_path / "head.json",
+        grid(),
+        seed=2,
+        machine=other_machine(libraries={**MACHINE["libraries"], "h5py": "3.13.0", "zarr": "3.0.0"}),
+    )
     assert main([str(base), str(head), "--out", str(tmp_path)]) == 0
     expected = ["h5py: 3.12.1 -> 3.13.0", "zarr: missing -> 3.0.0"]
     assert json.loads((tmp_path / "compare.json").read_text())["library_differences"] == expected
@@ -201,20 +255,25 @@ def test_cells_in_one_run_only_are_noted(tmp_path):
     assert main([str(base), str(head), "--out", str(tmp_path)]) == 0
     document = json.loads((tmp_path / "compare.json").read_text())
     assert len(document["cells"]) == 3
-    assert document["not_compared"] == ["only in base: read_many disk n=100 32x32x3, read_many hdf5 n=100 32x32x3, "
-                                        "read_many lmdb n=100 32x32x3"]
+    assert document["not_compared"] == [
+        "only in base: read_many disk n=100 32x32x3, read_many hdf5 n=100 32x32x3, read_many lmdb n=100 32x32x3"
+    ]
 
 
-@pytest.mark.parametrize(("field", "base_value", "head_value", "shown"), [
-    ("durable", False, True, "durable: False != True"),
-    ("dataset", "synthetic", "cifar10", "dataset: synthetic != cifar10"),
-    ("dtype", "uint8", "uint16", "dtype: uint8 != uint16"),
-    ("launcher", "pytest", "mpi", "launcher: pytest != mpi"),
-    ("codec", "raw", "jpeg-90", "codec: raw != jpeg-90"),
-    ("image_shape", [32, 32, 3], [64, 64, 3], "image_shape: 32x32x3 != 64x64x3"),
-])
-def test_cells_that_differ_in_what_they_measure_are_refused_naming_the_difference(tmp_path, capsys, field, base_value,
-                                                                                    head_value, shown):
+@pytest.mark.parametrize(
+    ("field", "base_value", "head_value", "shown"),
+    [
+        ("durable", False, True, "durable: False != True"),
+        ("dataset", "synthetic", "cifar10", "dataset: synthetic != cifar10"),
+        ("dtype", "uint8", "uint16", "dtype: uint8 != uint16"),
+        ("launcher", "pytest", "mpi", "launcher: pytest != mpi"),
+        ("codec", "raw", "jpeg-90", "codec: raw != jpeg-90"),
+        ("image_shape", [32, 32, 3], [64, 64, 3], "image_shape: 32x32x3 != 64x64x3"),
+    ],
+)
+def test_cells_that_differ_in_what_they_measure_are_refused_naming_the_difference(
+    tmp_path, capsys, field, base_value, head_value, shown
+):
     """A durable run against a non-durable one (or another dataset, dtype, launcher, codec, shape) pairs no cell:
     compare exits 2, listing the difference; where only some cells differ, those are noted and the others compared."""
     every = {key: {field: base_value} for key in grid()}
@@ -228,8 +287,10 @@ def test_cells_that_differ_in_what_they_measure_are_refused_naming_the_differenc
     assert main([str(base), str(head), "--out", str(tmp_path)]) == 0
     document = json.loads((tmp_path / "compare.json").read_text())
     assert len(document["cells"]) == 5
-    assert document["not_compared"] == [f"not comparable ({shown}, base != head): read_many lmdb n=100 "
-                                        f"{'x'.join(map(str, base_value if field == 'image_shape' else SHAPE))}"]
+    assert document["not_compared"] == [
+        f"not comparable ({shown}, base != head): read_many lmdb n=100 "
+        f"{'x'.join(map(str, base_value if field == 'image_shape' else SHAPE))}"
+    ]
 
 
 def test_fields_old_runs_did_not_record_take_the_values_those_runs_had(tmp_path):
@@ -237,16 +298,27 @@ def test_fields_old_runs_did_not_record_take_the_values_those_runs_had(tmp_path)
     from reports.results import cell_identity, load_run
 
     base = write_run(tmp_path / "base.json", grid(), seed=1)
-    recorded = {key: {"dtype": "uint8", "launcher": "pytest", "codec": "png" if key[1] == "disk" else "raw"}
-                for key in grid()}
+    recorded = {
+        key: {"dtype": "uint8", "launcher": "pytest", "codec": "png" if key[1] == "disk" else "raw"} for key in grid()
+    }
     head = write_run(tmp_path / "head.json", grid(), seed=2, extra_info=recorded)
     assert main([str(base), str(head), "--out", str(tmp_path)]) == 0
     assert len(json.loads((tmp_path / "compare.json").read_text())["cells"]) == 6
-    old = next(cell for cell in load_run(Path(__file__).parent / "data" / "run-full.json").cells
-               if cell.method == "disk")
+    old = next(
+        cell for cell in load_run(Path(__file__).parent / "data" / "run-full.json").cells if cell.method == "disk"
+    )
     assert {field: value for field, value in cell_identity(old).items() if field not in ("operation", "n_images")} == {
-        "method": "disk", "image_shape": (32, 32, 3), "dtype": "uint8", "dataset": "synthetic", "durable": False,
-        "launcher": "pytest", "codec": "png", "cache": None, "batch_size": None, "workers": None}
+        "method": "disk",
+        "image_shape": (32, 32, 3),
+        "dtype": "uint8",
+        "dataset": "synthetic",
+        "durable": False,
+        "launcher": "pytest",
+        "codec": "png",
+        "cache": None,
+        "batch_size": None,
+        "workers": None,
+    }
 
 
 def test_invalid_settings_exit_2(tmp_path):
@@ -297,7 +369,11 @@ def test_several_runs_per_side_across_machines_compare_ratios_to_the_reference(t
     head = write_runs(tmp_path / "head", [2.0, 2.1, 1.9], seed=20, machine=other_machine(cpu={"count": 8}), lmdb=1.3)
     assert main([str(base), str(head), "--cross-machine", "--out", str(tmp_path)]) == 1
     cells = json.loads((tmp_path / "compare.json").read_text())["cells"]
-    assert {(cell["method"], cell["verdict"]) for cell in cells} <= {("lmdb", "slower"), ("disk", "unchanged"), ("disk", "inconclusive")}
+    assert {(cell["method"], cell["verdict"]) for cell in cells} <= {
+        ("lmdb", "slower"),
+        ("disk", "unchanged"),
+        ("disk", "inconclusive"),
+    }
     assert all(cell["verdict"] == "slower" for cell in cells if cell["method"] == "lmdb")
 
 
@@ -309,10 +385,13 @@ def test_runs_can_be_named_by_glob(tmp_path):
     assert len(document["base"]) == 3 and len(document["head"]) == 2 and "3 degrees of freedom" in document["model"]
 
 
-@pytest.mark.parametrize(("base_scales", "head_scales", "message"), [
-    ([1.0, 1.0, 1.0], [1.0], "BASE names 3 run(s) and HEAD 1: give one run per side, or at least two per side"),
-    ([1.0], [1.0, 1.0], "BASE names 1 run(s) and HEAD 2"),
-])
+@pytest.mark.parametrize(
+    ("base_scales", "head_scales", "message"),
+    [
+        ([1.0, 1.0, 1.0], [1.0], "BASE names 3 run(s) and HEAD 1: give one run per side, or at least two per side"),
+        ([1.0], [1.0, 1.0], "BASE names 1 run(s) and HEAD 2"),
+    ],
+)
 def test_one_run_against_several_is_refused(tmp_path, capsys, base_scales, head_scales, message):
     """A lone run's own drift cannot be told from a change, whatever the other side shows."""
     base = write_runs(tmp_path / "base", base_scales, seed=10)
@@ -334,7 +413,9 @@ def test_a_run_from_another_machine_among_several_is_refused_by_name(tmp_path, c
     head = write_runs(tmp_path / "head", [1.0, 1.0], seed=20)
     assert main([str(base), str(head)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"python -m reports compare: error: {base / 'run-2.json'}: not the machine of {base / 'run-0.json'}")
+    assert err.startswith(
+        f"python -m reports compare: error: {base / 'run-2.json'}: not the machine of {base / 'run-0.json'}"
+    )
     assert "cpu.count: 4 != 8" in err
 
 
@@ -345,8 +426,10 @@ def test_cells_missing_from_some_runs_are_noted_not_compared(tmp_path):
     assert main([str(base), str(head), "--out", str(tmp_path)]) == 0
     document = json.loads((tmp_path / "compare.json").read_text())
     assert len(document["cells"]) == 3
-    assert document["not_compared"] == ["not in every base run: read_many disk n=100 32x32x3, read_many hdf5 n=100 32x32x3, "
-                                        "read_many lmdb n=100 32x32x3"]
+    assert document["not_compared"] == [
+        "not in every base run: read_many disk n=100 32x32x3, read_many hdf5 n=100 32x32x3, "
+        "read_many lmdb n=100 32x32x3"
+    ]
 
 
 # --- --normalise floor ----------------------------------------------------------------------
@@ -359,7 +442,9 @@ def floor_grid(machine: float = 1.0, **slower: float) -> tuple[dict, dict]:
     seconds = grid(scale=machine, **slower)
     floors = {"file-read": 1e-4, "files-read": 5e-4, "png-decode": 1e-3}
     for cutoff in (10, 100):
-        seconds.update({("floor", f"floor-{name}", cutoff): machine * value * cutoff / 10 for name, value in floors.items()})
+        seconds.update(
+            {("floor", f"floor-{name}", cutoff): machine * value * cutoff / 10 for name, value in floors.items()}
+        )
     extra = {key: {"floor": FLOOR_OF[key[1]], "floor_n_images": key[2]} for key in seconds if key[0] == "read_many"}
     return seconds, extra
 
@@ -376,7 +461,9 @@ def test_floor_normalisation_cancels_a_slower_machine(tmp_path, capsys):
     assert document["mode"] == "floor" and document["summary"]["slower"] == 0
     assert {cell["method"] for cell in document["cells"]} == {"disk", "lmdb", "hdf5"}  # floor cells are not compared
     disk = next(cell for cell in document["cells"] if (cell["method"], cell["n_images"]) == ("disk", 100))
-    assert disk["base"] == pytest.approx(2e-2 / (5e-3 + 1e-2), rel=0.05) and disk["ratio"] == pytest.approx(1.0, abs=0.05)
+    assert disk["base"] == pytest.approx(2e-2 / (5e-3 + 1e-2), rel=0.05) and disk["ratio"] == pytest.approx(
+        1.0, abs=0.05
+    )
 
 
 def test_floor_normalisation_finds_a_slowdown_of_one_method(tmp_path):
@@ -409,4 +496,6 @@ def test_cells_without_their_floor_are_noted(tmp_path):
     assert main([str(base), str(head), "--normalise", "floor", "--out", str(tmp_path)]) == 0
     document = json.loads((tmp_path / "compare.json").read_text())
     assert {cell["method"] for cell in document["cells"]} == {"lmdb", "hdf5"}
-    assert any(note.startswith("not compared, no floor in all runs: read_many disk n=10") for note in document["not_compared"])
+    assert any(
+        note.startswith("not compared, no floor in all runs: read_many disk n=10") for note in document["not_compared"]
+    )

@@ -1,5 +1,6 @@
 """The data sources: synthetic images of every dtype, the CIFAR-10 and MNIST loaders, on files fabricated
 in their exact formats, and the image-folder loader on a fabricated folder."""
+
 from __future__ import annotations
 
 import gzip
@@ -30,16 +31,26 @@ from storage_impls.datasets import (
 # sha256 of the images and of the labels synthetic() made before it took a dtype: uint8 stays byte-identical,
 # so earlier benchmark runs remain comparable. (20, 1024, 1024, 1) spans two of its blocks.
 UINT8_CHECKSUMS = {
-    (50, (32, 32, 3), 0): ("934cf9e206b0a97d61afeda217e8fcc3a859c2a5444100f84b0c910b08a7d53c",
-                           "2ca9df4e281e1c7985de4c4111100aa36b4b45346a12665579bc734dcb4e55cb"),
-    (7, (8, 8), 3): ("3d14662eaa76b3ea9d70ef6bc5cc572445cd27310bd9131e42bd98977310c29d",
-                     "9d51599d7f0d246e3ef473dc37462d50eaf30698d760a3fc7f540fff693ee1c2"),
-    (5, (16, 12, 4), 1): ("aac19fd12ec5aadd9aaa2ded05c001c876b997fa1b6514d8301232eb9c4a19f0",
-                          "970bc1008c3c3ef9e284493ebab5009f6f12ed5e9de9cfecc78bd7734777a6f3"),
-    (2000, (32, 32, 3), 0): ("fe25a97a6d728059c2b56cc3e101a1d16b01435b3889ff109eea6f29174eb03a",
-                             "f430110f4dd95349eea3a4f43ffa0f86c53b4cf4bce6948baeb02073019872f0"),
-    (20, (1024, 1024, 1), 5): ("5253b78896558c29c4b2b0c755c7d343429f2c129561ffe3b04bb75eac26a295",
-                               "538621f10178a20f2843b4796767bd205bad8f9a53df5a00b043c73ca9bd226b"),
+    (50, (32, 32, 3), 0): (
+        "934cf9e206b0a97d61afeda217e8fcc3a859c2a5444100f84b0c910b08a7d53c",
+        "2ca9df4e281e1c7985de4c4111100aa36b4b45346a12665579bc734dcb4e55cb",
+    ),
+    (7, (8, 8), 3): (
+        "3d14662eaa76b3ea9d70ef6bc5cc572445cd27310bd9131e42bd98977310c29d",
+        "9d51599d7f0d246e3ef473dc37462d50eaf30698d760a3fc7f540fff693ee1c2",
+    ),
+    (5, (16, 12, 4), 1): (
+        "aac19fd12ec5aadd9aaa2ded05c001c876b997fa1b6514d8301232eb9c4a19f0",
+        "970bc1008c3c3ef9e284493ebab5009f6f12ed5e9de9cfecc78bd7734777a6f3",
+    ),
+    (2000, (32, 32, 3), 0): (
+        "fe25a97a6d728059c2b56cc3e101a1d16b01435b3889ff109eea6f29174eb03a",
+        "f430110f4dd95349eea3a4f43ffa0f86c53b4cf4bce6948baeb02073019872f0",
+    ),
+    (20, (1024, 1024, 1), 5): (
+        "5253b78896558c29c4b2b0c755c7d343429f2c129561ffe3b04bb75eac26a295",
+        "538621f10178a20f2843b4796767bd205bad8f9a53df5a00b043c73ca9bd226b",
+    ),
 }
 
 
@@ -58,7 +69,10 @@ def test_synthetic_is_deterministic_and_typed():
 def test_synthetic_uint8_is_unchanged(n, shape, seed):
     images, labels = synthetic(n, shape, seed=seed)
     assert images.dtype == np.uint8 and images.shape == (n, *shape)
-    assert (hashlib.sha256(images.tobytes()).hexdigest(), hashlib.sha256(labels.tobytes()).hexdigest()) == UINT8_CHECKSUMS[n, shape, seed]
+    assert (
+        hashlib.sha256(images.tobytes()).hexdigest(),
+        hashlib.sha256(labels.tobytes()).hexdigest(),
+    ) == UINT8_CHECKSUMS[n, shape, seed]
     np.testing.assert_array_equal(synthetic(n, shape, seed=seed, dtype="uint8")[0], images)
 
 
@@ -144,8 +158,12 @@ def write_cifar_batches(directory, per_batch=4):
         batch_images = rng.integers(0, 256, (per_batch, 32, 32, 3), dtype=np.uint8)
         batch_labels = [int(x) for x in rng.integers(0, 10, per_batch)]
         rows = batch_images.transpose(0, 3, 1, 2).reshape(per_batch, 3072)  # R plane, G plane, B plane
-        batch = {b"batch_label": f"training batch {number} of 5".encode(), b"labels": batch_labels,
-                 b"data": rows, b"filenames": [b"x.png"] * per_batch}
+        batch = {
+            b"batch_label": f"training batch {number} of 5".encode(),
+            b"labels": batch_labels,
+            b"data": rows,
+            b"filenames": [b"x.png"] * per_batch,
+        }
         with open(directory / f"data_batch_{number}", "wb") as file:
             pickle.dump(batch, file, protocol=2)
         images.append(batch_images)
@@ -212,7 +230,9 @@ def write_idx(path, array: np.ndarray, magic: int | None = None, count: int | No
     override the header's."""
     magic = magic if magic is not None else 0x0800 | array.ndim
     dims = (count if count is not None else len(array), *array.shape[1:])
-    data = magic.to_bytes(4, "big") + b"".join(side.to_bytes(4, "big") for side in dims) + array.astype(np.uint8).tobytes()
+    data = (
+        magic.to_bytes(4, "big") + b"".join(side.to_bytes(4, "big") for side in dims) + array.astype(np.uint8).tobytes()
+    )
     path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
 
 
@@ -237,7 +257,12 @@ def write_mnist(directory, train=5, test=3, gz=False):
 def test_load_mnist_reads_train_then_test(tmp_path, gz):
     expected_images, expected_labels = write_mnist(tmp_path, gz=gz)
     images, labels = load_mnist(tmp_path)
-    assert images.shape == (8, 28, 28) and images.dtype == np.uint8 and images.flags.c_contiguous and images.flags.writeable
+    assert (
+        images.shape == (8, 28, 28)
+        and images.dtype == np.uint8
+        and images.flags.c_contiguous
+        and images.flags.writeable
+    )
     assert labels.dtype == np.int64
     np.testing.assert_array_equal(images, expected_images)
     np.testing.assert_array_equal(labels, expected_labels)
@@ -270,17 +295,24 @@ def test_load_mnist_missing_directory_or_file(tmp_path):
         mnist_count(tmp_path)
 
 
-@pytest.mark.parametrize(("damage", "file", "message"), [
-    ("truncated", "train-images-idx3-ubyte", r"3935 bytes, but its header \(5 images of 28x28\) needs 3936"),
-    ("truncated-gz", "train-images-idx3-ubyte.gz", "not a readable gzip file"),
-    ("not-gz", "t10k-labels-idx1-ubyte.gz", "not a readable gzip file"),
-    ("header-only", "train-labels-idx1-ubyte", "shorter than the 8-byte header of idx labels"),
-    ("wrong-magic", "train-images-idx3-ubyte", "magic number 0x00000801, expected 0x00000803"),
-    ("images-as-labels", "train-labels-idx1-ubyte", "magic number 0x00000803, expected 0x00000801"),
-    ("count-mismatch", "t10k-labels-idx1-ubyte", "t10k-images-idx3-ubyte holds 3 images but .*t10k-labels-idx1-ubyte 2 labels"),
-    ("extra-bytes", "t10k-labels-idx1-ubyte", r"12 bytes, but its header \(3 labels\) needs 11"),
-    ("not-28x28", "train-images-idx3-ubyte", "images of 32x24 pixels, MNIST's are 28x28"),
-])
+@pytest.mark.parametrize(
+    ("damage", "file", "message"),
+    [
+        ("truncated", "train-images-idx3-ubyte", r"3935 bytes, but its header \(5 images of 28x28\) needs 3936"),
+        ("truncated-gz", "train-images-idx3-ubyte.gz", "not a readable gzip file"),
+        ("not-gz", "t10k-labels-idx1-ubyte.gz", "not a readable gzip file"),
+        ("header-only", "train-labels-idx1-ubyte", "shorter than the 8-byte header of idx labels"),
+        ("wrong-magic", "train-images-idx3-ubyte", "magic number 0x00000801, expected 0x00000803"),
+        ("images-as-labels", "train-labels-idx1-ubyte", "magic number 0x00000803, expected 0x00000801"),
+        (
+            "count-mismatch",
+            "t10k-labels-idx1-ubyte",
+            "t10k-images-idx3-ubyte holds 3 images but .*t10k-labels-idx1-ubyte 2 labels",
+        ),
+        ("extra-bytes", "t10k-labels-idx1-ubyte", r"12 bytes, but its header \(3 labels\) needs 11"),
+        ("not-28x28", "train-images-idx3-ubyte", "images of 32x24 pixels, MNIST's are 28x28"),
+    ],
+)
 def test_load_mnist_damaged_file(tmp_path, damage, file, message):
     write_mnist(tmp_path, gz=file.endswith(".gz"))
     path = tmp_path / file
@@ -338,8 +370,14 @@ def write_image_folder(directory, wide: bool = True) -> dict[str, np.ndarray]:
     return written
 
 
-FOLDER_ORDER = ["cat/b_grey.png", "cat/c_broken.jpg", "cat/d_photo.jpg", "cat/more/e_photo.webp",
-                "dog/f_alpha.PNG", "dog/g_photo.jpeg"]  # load order without the wide image, which comes first
+FOLDER_ORDER = [
+    "cat/b_grey.png",
+    "cat/c_broken.jpg",
+    "cat/d_photo.jpg",
+    "cat/more/e_photo.webp",
+    "dog/f_alpha.PNG",
+    "dog/g_photo.jpeg",
+]  # load order without the wide image, which comes first
 
 
 def test_folder_files_are_class_by_class_sorted_and_ignore_the_rest(tmp_path):
@@ -347,17 +385,27 @@ def test_folder_files_are_class_by_class_sorted_and_ignore_the_rest(tmp_path):
     classes, files = folder_files(tmp_path)
     assert classes == ["cat", "dog"]
     assert [(path.relative_to(tmp_path).as_posix(), label) for path, label in files] == [
-        ("cat/a_wide.png", 0), ("cat/b_grey.png", 0), ("cat/c_broken.jpg", 0), ("cat/d_photo.jpg", 0),
-        ("cat/more/e_photo.webp", 0), ("dog/f_alpha.PNG", 1), ("dog/g_photo.jpeg", 1)]
+        ("cat/a_wide.png", 0),
+        ("cat/b_grey.png", 0),
+        ("cat/c_broken.jpg", 0),
+        ("cat/d_photo.jpg", 0),
+        ("cat/more/e_photo.webp", 0),
+        ("dog/f_alpha.PNG", 1),
+        ("dog/g_photo.jpeg", 1),
+    ]
 
 
 def test_load_folder_converts_resizes_center_crops_and_skips_the_corrupt_file(tmp_path):
     write_image_folder(tmp_path)
     folder = load_folder(tmp_path, (16, 16, 3))
-    assert folder.images.shape == (6, 16, 16, 3) and folder.images.dtype == np.uint8 and folder.images.flags.c_contiguous
+    assert (
+        folder.images.shape == (6, 16, 16, 3) and folder.images.dtype == np.uint8 and folder.images.flags.c_contiguous
+    )
     assert folder.labels.tolist() == [0, 0, 0, 0, 1, 1] and folder.labels.dtype == np.int64
     assert folder.classes == ["cat", "dog"]
-    assert [(path.relative_to(tmp_path).as_posix(), bool(reason)) for path, reason in folder.skipped] == [("cat/c_broken.jpg", True)]
+    assert [(path.relative_to(tmp_path).as_posix(), bool(reason)) for path, reason in folder.skipped] == [
+        ("cat/c_broken.jpg", True)
+    ]
     wide = folder.images[0].astype(int)  # scaled to 16 high, its middle 16 columns kept: blue, no red margin
     assert wide[..., 0].max() <= 1 and wide[..., 1].max() <= 1 and wide[..., 2].min() >= 254
     grey = folder.images[1]
@@ -368,10 +416,15 @@ def test_load_folder_keeps_the_pixels_of_images_already_at_the_shape(tmp_path):
     written = write_image_folder(tmp_path, wide=False)
     folder = load_folder(tmp_path, (32, 32, 3))
     assert folder.images.shape == (5, 32, 32, 3)
-    expected = [np.repeat(written["cat/b_grey.png"][..., None], 3, axis=2),  # grey converted to RGB
-                *(np.asarray(Image.open(tmp_path / name).convert("RGB")) for name in ("cat/d_photo.jpg", "cat/more/e_photo.webp")),
-                written["dog/f_alpha.PNG"][..., :3],  # the alpha dropped
-                np.asarray(Image.open(tmp_path / "dog/g_photo.jpeg"))]
+    expected = [
+        np.repeat(written["cat/b_grey.png"][..., None], 3, axis=2),  # grey converted to RGB
+        *(
+            np.asarray(Image.open(tmp_path / name).convert("RGB"))
+            for name in ("cat/d_photo.jpg", "cat/more/e_photo.webp")
+        ),
+        written["dog/f_alpha.PNG"][..., :3],  # the alpha dropped
+        np.asarray(Image.open(tmp_path / "dog/g_photo.jpeg")),
+    ]
     np.testing.assert_array_equal(folder.images, np.stack(expected))
 
 

@@ -2,6 +2,7 @@
 journal record, handles catching up with other writers, PNGs over Pillow's decompression-bomb limit,
 planted PNGs of another size or mode, damaged metadata, single-bit flips, kills during compactions,
 a full disk during compactions, stale temporaries and folders."""
+
 from __future__ import annotations
 
 import errno
@@ -78,7 +79,9 @@ def test_store_single_appends_one_journal_record_and_rewrites_nothing(tmp_path):
         store.store_single(pixels_for(7), 3, 7)
         store.store_single(pixels_for(8), 300, 8)
         assert snapshot(folder) == before  # labels.csv and the PNGs untouched: O(1), whatever N
-        assert sorted(path.name for path in directory.iterdir()) == sorted([".writer.lock", "CURRENT", "journal", folder.name])
+        assert sorted(path.name for path in directory.iterdir()) == sorted(
+            [".writer.lock", "CURRENT", "journal", folder.name]
+        )
         assert check_consistent(store) == 301 and store.read_many(301)[1][[3, 300]].tolist() == [7, 8]
 
 
@@ -95,7 +98,10 @@ def test_compaction_links_unchanged_pngs_into_a_new_generation(tmp_path, monkeyp
             store.store_single(pixels_for(100 + image_id), image_id, 100 + image_id)
         new = generation(directory)
         assert new != old and not old.exists() and (new / "0.png").stat().st_ino == inode
-        assert store.read_many(12)[1].tolist() == [0, 101, 102, 3, 104, *range(5, 10), 110, 111] and check_consistent(store) == 12
+        assert (
+            store.read_many(12)[1].tolist() == [0, 101, 102, 3, 104, *range(5, 10), 110, 111]
+            and check_consistent(store) == 12
+        )
     with open_store("disk", directory, "r") as store:
         assert check_consistent(store) == 12
 
@@ -140,10 +146,18 @@ def test_planted_pngs_of_another_size_or_mode_are_corrupt(tmp_path):
     with open_store("disk", directory) as store:
         store.store_many(*labelled_batch(range(10)))
     header = struct.pack(">IIBBBBB", 65535, 65535, 8, 0, 0, 0, 0)
-    bomb = b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", zlib.compress(bytes(4096))) + png_chunk(b"IEND", b"")
+    bomb = (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", header)
+        + png_chunk(b"IDAT", zlib.compress(bytes(4096)))
+        + png_chunk(b"IEND", b"")
+    )
     planted = {5: bomb}
-    for image_id, image in ((6, Image.fromarray(np.zeros((16, 16, 3), np.uint8))), (7, Image.new("P", (8, 8))),
-                            (8, Image.fromarray(np.zeros((8, 8), np.uint16)))):
+    for image_id, image in (
+        (6, Image.fromarray(np.zeros((16, 16, 3), np.uint8))),
+        (7, Image.new("P", (8, 8))),
+        (8, Image.fromarray(np.zeros((8, 8), np.uint16))),
+    ):
         path = tmp_path / f"{image_id}.png"
         image.save(path)
         planted[image_id] = path.read_bytes()
@@ -175,14 +189,25 @@ def test_planted_pngs_of_another_size_or_mode_are_corrupt(tmp_path):
 
 # -- damaged metadata names the file ------------------------------------------------------
 DAMAGED_METADATA = {
-    "meta-directory": ("meta.json", None), "meta-not-utf8": ("meta.json", b'{"format": "\xff\xfe"}'),
-    "meta-list": ("meta.json", b"[1, 2]"), "meta-types": ("meta.json", b'{"format": "storage_impls.disk", "format_version": 2, "image_shape": "8x8", "count": "10"}'),
+    "meta-directory": ("meta.json", None),
+    "meta-not-utf8": ("meta.json", b'{"format": "\xff\xfe"}'),
+    "meta-list": ("meta.json", b"[1, 2]"),
+    "meta-types": (
+        "meta.json",
+        b'{"format": "storage_impls.disk", "format_version": 2, "image_shape": "8x8", "count": "10"}',
+    ),
     "meta-missing-keys": ("meta.json", b'{"format": "storage_impls.disk", "format_version": 2}'),
-    "meta-absurd-count": ("meta.json", b'{"format": "storage_impls.disk", "format_version": 2, "image_shape": [8, 8, 3], "count": 100000000000000000000}'),
+    "meta-absurd-count": (
+        "meta.json",
+        b'{"format": "storage_impls.disk", "format_version": 2, "image_shape": [8, 8, 3], "count": 100000000000000000000}',
+    ),
     "meta-huge": ("meta.json", b" " * 10**6),
-    "labels-directory": ("labels.csv", None), "labels-short": ("labels.csv", b"image_id,label,crc32\n0,0,1\n"),
+    "labels-directory": ("labels.csv", None),
+    "labels-short": ("labels.csv", b"image_id,label,crc32\n0,0,1\n"),
     "labels-not-ascii": ("labels.csv", "image_id,label,crc32\n0,\u0661,1\n".encode()),
-    "current-directory": ("CURRENT", None), "current-garbage": ("CURRENT", b"../../etc"), "current-empty": ("CURRENT", b""),
+    "current-directory": ("CURRENT", None),
+    "current-garbage": ("CURRENT", b"../../etc"),
+    "current-empty": ("CURRENT", b""),
 }
 
 
@@ -223,7 +248,9 @@ def test_single_bit_flips_never_read_as_other_data(tmp_path):
         cases += [(name, "flip", offset) for offset in offsets]
     child = DAMAGE_CHILD.replace("data[where] ^= 0xFF", "data[where] ^= 0x01")
     assert child != DAMAGE_CHILD
-    result = run_child(child.format(method="disk", pristine=str(pristine), work=str(tmp_path / "work"), cases=cases), timeout=600)
+    result = run_child(
+        child.format(method="disk", pristine=str(pristine), work=str(tmp_path / "work"), cases=cases), timeout=600
+    )
     assert result.returncode == 0, result.stderr
     outcomes = json.loads(result.stdout)
     bad = [(case, outcome) for case, outcome in zip(cases, outcomes) if outcome.startswith(("WRONG", "UNTYPED"))]
@@ -295,7 +322,8 @@ def test_full_disk_during_compactions_keeps_the_store(tmp_path):
         pytest.skip(reason)
     mount = tmp_path / "small"
     mount.mkdir()
-    result = run_child(f"""
+    result = run_child(
+        f"""
         import json, os, shutil
         import storage_impls.core.journal
         from pathlib import Path
@@ -330,14 +358,18 @@ def test_full_disk_during_compactions_keeps_the_store(tmp_path):
             outcome["leftovers"] = leftovers(mount) + sorted(p.name for p in (mount / "store").glob("gen-*"))[1:]
             report.append(outcome)
         print(json.dumps(report))
-    """, small_fs=(mount, "1m"))
+    """,
+        small_fs=(mount, "1m"),
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     for outcome in report:
         assert outcome["store_many"][0] == errno.ENOSPC and "no space left" in outcome["store_many"][1], outcome
         assert outcome["leftovers"] == [], outcome
         assert outcome["after"] == outcome["reopened"] == (32 if outcome["store_single"] == "fit" else 31), outcome
-        assert outcome["fresh"] == "fit" or (outcome["fresh"][0] == errno.ENOSPC and outcome["fresh_files"] == [".writer.lock"]), outcome
+        assert outcome["fresh"] == "fit" or (
+            outcome["fresh"][0] == errno.ENOSPC and outcome["fresh_files"] == [".writer.lock"]
+        ), outcome
     assert report[0]["store_single"] != "fit" and report[0]["fresh"] != "fit"
 
 

@@ -2,6 +2,7 @@
 while HDF5 writes its metadata, readers holding images.h5 during commits, handles catching up
 with other writers, every metadata byte damaged, per-image checksums, kills during compaction,
 stale temporaries and journals."""
+
 from __future__ import annotations
 
 import errno
@@ -86,7 +87,8 @@ def test_full_disk_while_hdf5_writes_metadata_or_data(tmp_path, method, reserve)
         pytest.skip(reason)
     mount = tmp_path / "small"
     mount.mkdir()
-    result = run_child(f"""
+    result = run_child(
+        f"""
         import json, os
         import storage_impls.methods.hdf5.format, storage_impls.core.journal
         from pathlib import Path
@@ -123,13 +125,17 @@ def test_full_disk_while_hdf5_writes_metadata_or_data(tmp_path, method, reserve)
             outcome["leftovers"] = leftovers(mount)
             report.append(outcome)
         print(json.dumps(report))
-    """, small_fs=(mount, "1m"))
+    """,
+        small_fs=(mount, "1m"),
+    )
     assert result.returncode == 0, result.stderr
     for outcome in json.loads(result.stdout):
         assert outcome["store_many"][0] == errno.ENOSPC and "no space left" in outcome["store_many"][1], outcome
         assert outcome["leftovers"] == [], outcome
         assert outcome["after"] == outcome["reopened"] == (32 if outcome["store_single"] == "fit" else 31), outcome
-        assert outcome["fresh"] == "fit" or (outcome["fresh"][0] == errno.ENOSPC and outcome["fresh_files"] == [".writer.lock"]), outcome
+        assert outcome["fresh"] == "fit" or (
+            outcome["fresh"][0] == errno.ENOSPC and outcome["fresh_files"] == [".writer.lock"]
+        ), outcome
     assert json.loads(result.stdout)[0]["fresh"] != "fit"
 
 
@@ -140,7 +146,11 @@ def test_reader_holding_images_h5_never_fails_a_commit(tmp_path):
     directory = tmp_path / "store"
     with open_store("hdf5", directory) as store:
         store.store_many(*labelled_batch(range(20)))
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import sys, h5py
         from storage_impls import open_store
         from tests.faults import check_consistent
@@ -149,7 +159,13 @@ def test_reader_holding_images_h5_never_fails_a_commit(tmp_path):
         print("holding", flush=True)
         sys.stdin.readline()
         print(check_consistent(store), len(file["labels"]), flush=True)
-    """)], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    """),
+        ],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline() == "holding\n"
         with open_store("hdf5", directory) as store:
@@ -206,8 +222,9 @@ def test_reader_keeps_its_snapshot_through_commits(tmp_path):
 
 
 # -- damaged files -----------------------------------------------------------
-@pytest.mark.parametrize(("method", "checksum"), [("hdf5", False), ("hdf5", True), ("hdf5:codec=png", False), (LZF, False),
-                                                  (LZF, True)])
+@pytest.mark.parametrize(
+    ("method", "checksum"), [("hdf5", False), ("hdf5", True), ("hdf5:codec=png", False), (LZF, False), (LZF, True)]
+)
 def test_damaged_metadata_and_journal_never_read_as_other_data(tmp_path, method, checksum):
     """Every byte of images.h5's metadata and of the journal flipped (even offsets in one run, odd in the
     other), each file truncated at many sizes, read in a child that must live: a typed error or the
@@ -223,13 +240,23 @@ def test_damaged_metadata_and_journal_never_read_as_other_data(tmp_path, method,
     cases = []
     for name in ("images.h5", "images.h5.journal"):
         size = (pristine / name).stat().st_size
-        cases += [(name, "truncate", length) for length in sorted({0, 1, 47, 512, 2048, 4096, size // 2, size - 48, size - 8, size - 1}) if 0 <= length < size]
-        offsets = [offset for offset in range(checksum, size, 2)  # even bytes in one run, odd in the other
-                   if name != "images.h5" or not any(start <= offset < end for start, end in raw.values())]
+        cases += [
+            (name, "truncate", length)
+            for length in sorted({0, 1, 47, 512, 2048, 4096, size // 2, size - 48, size - 8, size - 1})
+            if 0 <= length < size
+        ]
+        offsets = [
+            offset
+            for offset in range(checksum, size, 2)  # even bytes in one run, odd in the other
+            if name != "images.h5" or not any(start <= offset < end for start, end in raw.values())
+        ]
         if checksum and name == "images.h5":
             offsets += random.Random(1).sample([o for start, end in raw.values() for o in range(start, end)], 200)
         cases += [(name, "flip", offset) for offset in offsets]
-    result = run_child(DAMAGE_CHILD.format(method=method, pristine=str(pristine), work=str(tmp_path / "work"), cases=cases), timeout=600)
+    result = run_child(
+        DAMAGE_CHILD.format(method=method, pristine=str(pristine), work=str(tmp_path / "work"), cases=cases),
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     outcomes = json.loads(result.stdout)
     bad = [(case, outcome) for case, outcome in zip(cases, outcomes) if outcome.startswith(("WRONG", "UNTYPED"))]
@@ -253,8 +280,12 @@ def test_damaged_store_opens_for_repair(tmp_path, damage):
     with pytest.raises(CorruptStoreError):
         open_store("hdf5", directory, "r")
     with open_store("hdf5", directory) as store:
-        for call in (lambda: store.read_single(0), lambda: store.read_batch([0]), lambda: len(store),
-                     lambda: store.store_single(pixels_for(1), 0, 1)):
+        for call in (
+            lambda: store.read_single(0),
+            lambda: store.read_batch([0]),
+            lambda: len(store),
+            lambda: store.store_single(pixels_for(1), 0, 1),
+        ):
             with pytest.raises(CorruptStoreError, match="store_many replaces"):
                 call()
         store.store_many(*labelled_batch(range(300, 305)))
@@ -395,7 +426,11 @@ def test_readers_open_while_a_writer_compacts(tmp_path):
     directory = tmp_path / "store"
     with open_store("hdf5", directory) as store:
         store.store_many(*labelled_batch(range(30)))
-    writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    writer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import storage_impls.core.journal
         from storage_impls import open_store
         from tests.faults import pixels_for
@@ -403,7 +438,12 @@ def test_readers_open_while_a_writer_compacts(tmp_path):
         with open_store("hdf5", {str(directory)!r}) as store:
             for step in range(300):
                 store.store_single(pixels_for(step), step % 30, step)
-    """)], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    """),
+        ],
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     reads = 0
     while writer.poll() is None:
         with open_store("hdf5", directory, "r") as store:

@@ -2,6 +2,7 @@
 damaged ``data.mdb`` (read in a child: LMDB maps the file), value headers of another layout,
 py-lmdb's errors, one environment per store and process, lockless readers of read-only files,
 a full disk (data.mdb not left grown), a huge image's peak memory, per-image checksums."""
+
 from __future__ import annotations
 
 import errno
@@ -66,8 +67,11 @@ def flip(path: Path, offset: int, mask: int = 0xFF) -> None:
 
 def every_read_raises(store, image_id: int, match: str) -> None:
     """read_single, read_batch and read_many of a range holding ``image_id`` raise CorruptStoreError matching ``match``."""
-    for read in (lambda: store.read_single(image_id), lambda: store.read_batch([image_id, 0, image_id]),
-                 lambda: store.read_many(len(store))):
+    for read in (
+        lambda: store.read_single(image_id),
+        lambda: store.read_batch([image_id, 0, image_id]),
+        lambda: store.read_many(len(store)),
+    ):
         with pytest.raises(CorruptStoreError, match=match):
             read()
 
@@ -112,7 +116,9 @@ def test_truncated_data_mdb_names_the_file_and_sizes(tmp_path):
     assert result.returncode == 0, result.stderr
     for outcome in json.loads(result.stdout):
         message, expected = outcome["r"], 2 * 4096 if outcome["cut"] < 8192 else size
-        assert message.startswith(f"{outcome['path']} is truncated: {outcome['cut']} bytes, expected at least {expected}"), outcome
+        assert message.startswith(
+            f"{outcome['path']} is truncated: {outcome['cut']} bytes, expected at least {expected}"
+        ), outcome
         assert outcome["a_read"].startswith(message), outcome
         assert outcome["repaired"] == 7, outcome
 
@@ -132,10 +138,16 @@ def test_every_page_header_of_data_mdb_damaged(tmp_path, big):
     offsets = {page + byte for page in range(0, size, 4096) for byte in range(160 if page < 8192 else 96)}
     offsets |= set(random.Random(size).sample(range(size), 200))
     cases = [("data.mdb", "flip", offset) for offset in sorted(offsets)]
-    cases += [("data.mdb", "truncate", cut) for page in range(0, size, 4096) for cut in (page - 1, page, page + 1)
-              if 0 <= cut < size]
-    result = run_child(DAMAGE_CHILD.format(method="lmdb", pristine=str(pristine), work=str(tmp_path / "work"), cases=cases),
-                       timeout=600)
+    cases += [
+        ("data.mdb", "truncate", cut)
+        for page in range(0, size, 4096)
+        for cut in (page - 1, page, page + 1)
+        if 0 <= cut < size
+    ]
+    result = run_child(
+        DAMAGE_CHILD.format(method="lmdb", pristine=str(pristine), work=str(tmp_path / "work"), cases=cases),
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     outcomes = json.loads(result.stdout)
     bad = [(case, outcome) for case, outcome in zip(cases, outcomes) if outcome.startswith(("WRONG", "UNTYPED"))]
@@ -176,8 +188,10 @@ def test_values_of_another_layout_name_the_image_id(tmp_path):
         assert check_consistent(store) == 12
 
 
-@pytest.mark.parametrize("error", [lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.BadValsizeError,
-                                   lmdb.InvalidError, lmdb.ReadersFullError])
+@pytest.mark.parametrize(
+    "error",
+    [lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.BadValsizeError, lmdb.InvalidError, lmdb.ReadersFullError],
+)
 def test_py_lmdb_errors_become_typed_errors(tmp_path, monkeypatch, error):
     """An lmdb.Error raised inside a read (here injected into the transactions' get and cursors) is
     CorruptStoreError for damage and StoreError otherwise, naming the store, for every read method."""
@@ -280,14 +294,17 @@ def test_read_only_store_opens_readonly_and_lockless_where_needed(tmp_path, lock
         writable = lock_file == "writable" and path.name == "lock.mdb"
         path.chmod(0o555 if path.is_dir() else 0o666 if writable else 0o444)
     try:
-        result = run_child(f"""
+        result = run_child(
+            f"""
             import json
             from storage_impls import open_store
             from tests.faults import check_consistent
             with open_store("lmdb", {str(directory)!r}, "r") as store:
                 flags = store._shared.env.flags()
                 print(json.dumps([check_consistent(store), flags["readonly"], flags["lock"]]))
-        """, unprivileged=True)
+        """,
+            unprivileged=True,
+        )
     finally:
         for path in [directory, *directory.iterdir()]:
             path.chmod(stat.S_IRWXU)
@@ -305,7 +322,8 @@ def test_full_disk_leaves_data_mdb_as_it_was(tmp_path):
         pytest.skip(reason)
     mount = tmp_path / "small"
     mount.mkdir()
-    result = run_child(f"""
+    result = run_child(
+        f"""
         import json, os, shutil
         from pathlib import Path
         import numpy as np
@@ -355,7 +373,9 @@ def test_full_disk_leaves_data_mdb_as_it_was(tmp_path):
             outcome["leftovers"] = leftovers(mount)
             report.append(outcome)
         print(json.dumps(report))
-    """, small_fs=(mount, "2m"))
+    """,
+        small_fs=(mount, "2m"),
+    )
     assert result.returncode == 0, result.stderr
     for outcome in json.loads(result.stdout):
         for name in ("store_many", "store_single", "fresh"):
@@ -372,7 +392,8 @@ def test_huge_image_costs_at_most_one_extra_copy_in_memory(tmp_path):
     """store_many and store_single of one 300 MB image (10000 x 10000 x 3): the peak resident memory
     (VmHWM) grows by less than 1.5x the image above what the process held with the image in memory
     (LMDB's own dirty copy is 1x; a staging copy besides would make it 2x); the image reads back."""
-    result = run_child(f"""
+    result = run_child(
+        f"""
         import hashlib, json
         import numpy as np
         from storage_impls import open_store
@@ -406,13 +427,19 @@ def test_huge_image_costs_at_most_one_extra_copy_in_memory(tmp_path):
             read, label = store.read_single(0)
             growth["same"] = label == 8 and hashlib.sha1(read).digest() == hashlib.sha1(second).digest()
         print(json.dumps(growth))
-    """, timeout=600)
+    """,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     growth = json.loads(result.stdout)
     image = 10000 * 10000 * 3
     assert growth["same"]
-    assert growth["store_many"] < 1.5 * image, f"store_many grew the peak by {growth['store_many'] / image:.2f}x the image"
-    assert growth["store_single"] < 1.5 * image, f"store_single grew the peak by {growth['store_single'] / image:.2f}x the image"
+    assert growth["store_many"] < 1.5 * image, (
+        f"store_many grew the peak by {growth['store_many'] / image:.2f}x the image"
+    )
+    assert growth["store_single"] < 1.5 * image, (
+        f"store_single grew the peak by {growth['store_single'] / image:.2f}x the image"
+    )
 
 
 # -- checksums -------------------------------------------------------------------------
@@ -460,4 +487,3 @@ def test_checksum_setting_is_recorded_in_the_store(tmp_path):
     assert versions() == {1}
     with open_store("lmdb", directory, "r") as store:
         assert check_consistent(store) == 4
-

@@ -1,5 +1,6 @@
 """Floors: the rule from cells to floors (benchmarks.floors), the codec floors in a run of the suite, cells against
 floors (reports.floors), and the implausible flag in report.md for a run doctored to beat its floor."""
+
 from __future__ import annotations
 
 import ast
@@ -40,8 +41,12 @@ SHAPE = (32, 32, 3)
 
 def suite_tests() -> set[str]:
     """Names of the test functions of every benchmark module (each one times an operation or a floor)."""
-    return {node.name for path in BENCHMARKS.glob("test_*.py") for node in ast.walk(ast.parse(path.read_text()))
-            if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")}
+    return {
+        node.name
+        for path in BENCHMARKS.glob("test_*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")
+    }
 
 
 def suite_operations() -> set[str]:
@@ -50,8 +55,14 @@ def suite_operations() -> set[str]:
 
 # --- the rule -------------------------------------------------------------------------------
 
-CODEC_VARIANTS = ("lmdb:codec=png-0", "lmdb:codec=jpeg-1", "disk:codec=jpeg-100", "rocksdb:codec=webp-80",
-                  "disk:codec=webp-lossless", "lmdb:codec=raw")
+CODEC_VARIANTS = (
+    "lmdb:codec=png-0",
+    "lmdb:codec=jpeg-1",
+    "disk:codec=jpeg-100",
+    "rocksdb:codec=webp-80",
+    "disk:codec=webp-lossless",
+    "lmdb:codec=raw",
+)
 
 
 def names_a_floor(name: str) -> bool:
@@ -69,7 +80,9 @@ def test_every_method_and_operation_of_the_suite_has_a_floor():
     """Fails when a method is registered or an operation added without a floor the rule can name."""
     assert {"store_single", "read_single", "store_many", "read_many"} <= suite_operations()
     for operation in suite_operations():
-        assert operation in OPERATIONS, f"operation {operation!r} of the suite has no floor in benchmarks.floors.OPERATIONS"
+        assert operation in OPERATIONS, (
+            f"operation {operation!r} of the suite has no floor in benchmarks.floors.OPERATIONS"
+        )
         assert operation in results.OPERATIONS, f"operation {operation!r} of the suite is unknown to reports.results"
         for method in (*METHODS, *CODEC_VARIANTS):
             for cache in ("warm", "cold"):
@@ -86,40 +99,48 @@ def test_every_floor_has_its_cell():
     assert floor_of_test("test_floor_mapped_copy", {"codec": "jpeg-90", "cutoff": 1}) == "jpeg-90-mapped-copy"
 
 
-@pytest.mark.parametrize(("method", "operation", "cache", "expected"), [
-    ("lmdb", "store_many", "warm", ("file-write",)),
-    ("hdf5", "read_many", "warm", ("mapped-copy",)),  # reads_through_map: a copy from mapped pages
-    ("npy-memmap", "read_single", "warm", ("mapped-copy",)),
-    ("zarr:reader=pread", "read_many", "warm", ("file-read",)),
-    ("disk", "read_many", "warm", ("png-files-read", "png-decode")),  # an encoding method's I/O floor moves its bytes
-    ("disk", "store_single", "warm", ("png-encode", "png-files-write")),
-    ("lmdb", "read_random", "warm", ("gather",)),
-    ("hdf5", "read_random", "cold", ("file-read-cold",)),
-    ("disk", "read_random", "warm", ("png-files-read", "png-decode")),
-    # single writes into a filled store: an append where the method appends (a journal), else a new file
-    ("lmdb", "store_single_into", "warm", ("file-write",)),
-    ("hdf5", "store_single_into", "warm", ("file-append",)),
-    ("npy-files", "store_single_into", "warm", ("file-append",)),
-    ("disk", "store_single_into", "warm", ("png-encode", "png-file-append")),
-    ("hdf5", "store_single", "warm", ("file-write",)),
-    # the rule reads traits, codec and operation only: a method needs no entry of its own
-    ("rocksdb", "read_many", "warm", ("file-read",)),
-    ("npy-files", "store_many", "warm", ("files-write",)),
-    ("lmdb:codec=png", "read_many", "warm", ("png-mapped-copy", "png-decode")),
-    ("disk:codec=raw", "store_many", "warm", ("files-write",)),
-    # a codec's floor is the exact spec the store uses: quality and level matter, spelled as codecs.py does
-    ("lmdb:codec=jpeg-90", "read_many", "warm", ("jpeg-90-mapped-copy", "jpeg-90-decode")),
-    ("webdataset:codec=jpeg-90", "read_many", "warm", ("jpeg-90-file-read", "jpeg-90-decode")),
-    ("lmdb:codec=jpeg-50", "store_many", "warm", ("jpeg-50-encode", "jpeg-50-file-write")),
-    ("disk:codec=webp-lossless", "read_random", "warm", ("webp-lossless-files-read", "webp-lossless-decode")),
-    ("rocksdb:codec=png-9", "store_single", "warm", ("png-9-encode", "png-9-file-write")),
-    ("lmdb:codec=png-6", "read_single", "warm", ("png-mapped-copy", "png-decode")),
-    ("disk", "read_random", "cold", ("png-file-read-cold", "png-decode")),
-    ("floor-file-read", "floor", "warm", ("memcpy",)),
-    ("floor-png-encode", "floor", "warm", ("memcpy",)),
-    ("floor-memcpy", "floor", "warm", ()),
-    ("floor-jpeg-90-file-read", "floor", "warm", ()),  # moves fewer bytes than the pixels memcpy copies
-])
+@pytest.mark.parametrize(
+    ("method", "operation", "cache", "expected"),
+    [
+        ("lmdb", "store_many", "warm", ("file-write",)),
+        ("hdf5", "read_many", "warm", ("mapped-copy",)),  # reads_through_map: a copy from mapped pages
+        ("npy-memmap", "read_single", "warm", ("mapped-copy",)),
+        ("zarr:reader=pread", "read_many", "warm", ("file-read",)),
+        (
+            "disk",
+            "read_many",
+            "warm",
+            ("png-files-read", "png-decode"),
+        ),  # an encoding method's I/O floor moves its bytes
+        ("disk", "store_single", "warm", ("png-encode", "png-files-write")),
+        ("lmdb", "read_random", "warm", ("gather",)),
+        ("hdf5", "read_random", "cold", ("file-read-cold",)),
+        ("disk", "read_random", "warm", ("png-files-read", "png-decode")),
+        # single writes into a filled store: an append where the method appends (a journal), else a new file
+        ("lmdb", "store_single_into", "warm", ("file-write",)),
+        ("hdf5", "store_single_into", "warm", ("file-append",)),
+        ("npy-files", "store_single_into", "warm", ("file-append",)),
+        ("disk", "store_single_into", "warm", ("png-encode", "png-file-append")),
+        ("hdf5", "store_single", "warm", ("file-write",)),
+        # the rule reads traits, codec and operation only: a method needs no entry of its own
+        ("rocksdb", "read_many", "warm", ("file-read",)),
+        ("npy-files", "store_many", "warm", ("files-write",)),
+        ("lmdb:codec=png", "read_many", "warm", ("png-mapped-copy", "png-decode")),
+        ("disk:codec=raw", "store_many", "warm", ("files-write",)),
+        # a codec's floor is the exact spec the store uses: quality and level matter, spelled as codecs.py does
+        ("lmdb:codec=jpeg-90", "read_many", "warm", ("jpeg-90-mapped-copy", "jpeg-90-decode")),
+        ("webdataset:codec=jpeg-90", "read_many", "warm", ("jpeg-90-file-read", "jpeg-90-decode")),
+        ("lmdb:codec=jpeg-50", "store_many", "warm", ("jpeg-50-encode", "jpeg-50-file-write")),
+        ("disk:codec=webp-lossless", "read_random", "warm", ("webp-lossless-files-read", "webp-lossless-decode")),
+        ("rocksdb:codec=png-9", "store_single", "warm", ("png-9-encode", "png-9-file-write")),
+        ("lmdb:codec=png-6", "read_single", "warm", ("png-mapped-copy", "png-decode")),
+        ("disk", "read_random", "cold", ("png-file-read-cold", "png-decode")),
+        ("floor-file-read", "floor", "warm", ("memcpy",)),
+        ("floor-png-encode", "floor", "warm", ("memcpy",)),
+        ("floor-memcpy", "floor", "warm", ()),
+        ("floor-jpeg-90-file-read", "floor", "warm", ()),  # moves fewer bytes than the pixels memcpy copies
+    ],
+)
 def test_the_rule(method, operation, cache, expected):
     assert floor_names(method, operation, cache) == expected
 
@@ -136,50 +157,87 @@ def test_what_has_no_floor_says_so():
 def test_the_codec_is_the_stores_spec_and_its_floors_run_only_for_the_methods_codecs():
     """A variant's codec, spelled as codecs.py does, else the class's DEFAULT_CODEC; floor cells over those specs."""
     assert codec_spec("disk:codec=webp-80") == "webp-80" and codec_spec("lmdb:codec=png-6") == "png"
-    assert (codec_spec("disk"), codec_spec("hdf5"), codec_spec("lmdb"), codec_spec("disk:codec=raw")) == ("png", "raw", "raw", "raw")
+    assert (codec_spec("disk"), codec_spec("hdf5"), codec_spec("lmdb"), codec_spec("disk:codec=raw")) == (
+        "png",
+        "raw",
+        "raw",
+        "raw",
+    )
     assert floor_codecs(["hdf5"]) == floor_codecs(METHODS) == ("png",)  # png always: `pytest benchmarks/test_floors.py`
-    assert floor_codecs(["lmdb:codec=jpeg-90", "disk", "disk:codec=raw", "rocksdb:codec=jpeg-90", "lmdb:codec=jpeg-50"]) == (
-        "png", "jpeg-90", "jpeg-50")
+    assert floor_codecs(
+        ["lmdb:codec=jpeg-90", "disk", "disk:codec=raw", "rocksdb:codec=jpeg-90", "lmdb:codec=jpeg-50"]
+    ) == ("png", "jpeg-90", "jpeg-50")
 
 
 def test_floor_image_counts_and_cells():
-    assert floor_images("store_single_into", 1000) == 2 and floor_images("read_many", 1000) == 1000  # two writes a round
+    assert (
+        floor_images("store_single_into", 1000) == 2 and floor_images("read_many", 1000) == 1000
+    )  # two writes a round
     assert floor_counts([10, 100]) == [1, 2, 10, 100]
     assert floor_images("floor", 10) == 10
     assert floors_of_cell("disk", "store_single", {"method": "disk", "cutoff": 1}) == {
-        ("png-encode", 1, None), ("png-files-write", 1, None), ("memcpy", 1, None)}
+        ("png-encode", 1, None),
+        ("png-files-write", 1, None),
+        ("memcpy", 1, None),
+    }
     assert floors_of_cell("hdf5", "read_random", {"n_images": 100, "batch_size": 64, "cache": "warm"}) == {
-        ("gather", 100, 64), ("memcpy", 100, None)}
+        ("gather", 100, 64),
+        ("memcpy", 100, None),
+    }
     assert floors_of_cell("lmdb", "scan", {"cutoff": 10}) == set()
     assert floors_of_cell("lmdb:codec=jpeg-90", "read_many", {"cutoff": 10}) == {
-        ("jpeg-90-mapped-copy", 10, None), ("jpeg-90-decode", 10, None), ("memcpy", 10, None)}
+        ("jpeg-90-mapped-copy", 10, None),
+        ("jpeg-90-decode", 10, None),
+        ("memcpy", 10, None),
+    }
 
 
 # --- codec floors in a run of the suite -----------------------------------------------------
+
 
 def test_codec_floors_run_with_the_exact_codec_of_each_cell(tmp_path):
     """jpeg-90, jpeg-50 and webp-lossless cells each get their codec's floor cells, run with that spec, verified (a
     lossy floor against decode(encode(x)): against the source a JPEG floor would fail), and a floor_ratio."""
     methods = "lmdb:codec=jpeg-90,lmdb:codec=jpeg-50,disk:codec=webp-lossless"
-    result = run_suite("--cutoffs", "10", "--methods", methods, "-k", "store_many or read_many or store_single",
-                       "--benchmark-json", str(tmp_path / "run.json"), "--benchmark-max-time", "0.01")
+    result = run_suite(
+        "--cutoffs",
+        "10",
+        "--methods",
+        methods,
+        "-k",
+        "store_many or read_many or store_single",
+        "--benchmark-json",
+        str(tmp_path / "run.json"),
+        "--benchmark-max-time",
+        "0.01",
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     benches = json.loads((tmp_path / "run.json").read_text())["benchmarks"]
     floors = {bench["name"]: bench["extra_info"] for bench in benches if bench["name"].startswith("test_floor_")}
     cells = [bench for bench in benches if not bench["name"].startswith("test_floor_")]
     assert {(info["method"].removeprefix("floor-"), info["n_images"], None) for info in floors.values()} == set().union(
-        *(floors_of_cell(bench["extra_info"]["method"], bench["extra_info"]["operation"], bench["params"]) for bench in cells))
+        *(
+            floors_of_cell(bench["extra_info"]["method"], bench["extra_info"]["operation"], bench["params"])
+            for bench in cells
+        )
+    )
     assert floors["test_floor_encode[jpeg-90-10]"]["method"] == "floor-jpeg-90-encode"
     assert floors["test_floor_decode[jpeg-50-10]"]["floor"] == "memcpy"
     assert {"floor-jpeg-90-encode", "floor-jpeg-50-decode", "floor-webp-lossless-decode"} <= {
-        info["method"] for info in floors.values()}
+        info["method"] for info in floors.values()
+    }
     by_name = {bench["name"]: bench for bench in benches}
     read = by_name["test_read_many[lmdb:codec=jpeg-90-10]"]["extra_info"]
     assert read["floor"] == "jpeg-90-mapped-copy+jpeg-90-decode" and read["floor_n_images"] == 10
     # the ratio is over the faster of the floor cells and their rounds interleaved with the cell's (benchmarks/interleave.py)
-    separately = by_name["test_floor_mapped_copy[jpeg-90-10]"]["stats"]["median"] + by_name["test_floor_decode[jpeg-90-10]"]["stats"]["median"]
-    assert read["floor_ratio"] == pytest.approx(by_name["test_read_many[lmdb:codec=jpeg-90-10]"]["stats"]["median"] /
-                                                min(separately, read["floor_interleaved"]["median"]))
+    separately = (
+        by_name["test_floor_mapped_copy[jpeg-90-10]"]["stats"]["median"]
+        + by_name["test_floor_decode[jpeg-90-10]"]["stats"]["median"]
+    )
+    assert read["floor_ratio"] == pytest.approx(
+        by_name["test_read_many[lmdb:codec=jpeg-90-10]"]["stats"]["median"]
+        / min(separately, read["floor_interleaved"]["median"])
+    )
     # the I/O floor moves the JPEG bytes the store holds, several times fewer than the pixels
     jpeg = floors["test_floor_mapped_copy[jpeg-90-10]"]
     assert jpeg["payload_bytes"] == sum(map(len, encode_all(get_codec("jpeg-90"), synthetic(10, SHAPE, seed=0)[0])))
@@ -190,49 +248,95 @@ def test_codec_floors_run_with_the_exact_codec_of_each_cell(tmp_path):
 
 def test_a_codec_floor_is_skipped_when_the_codec_cannot_hold_the_images():
     """RGBA images: JPEG cannot hold them, so its floor is skipped with its cells, saying why; PNG's runs."""
-    result = run_suite("--cutoffs", "2", "--image-shape", "8x8x4", "--methods", "lmdb:codec=jpeg-90,disk", "-k", "read_many",
-                       "--benchmark-disable", "-rs")
+    result = run_suite(
+        "--cutoffs",
+        "2",
+        "--image-shape",
+        "8x8x4",
+        "--methods",
+        "lmdb:codec=jpeg-90,disk",
+        "-k",
+        "read_many",
+        "--benchmark-disable",
+        "-rs",
+    )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "4 passed, 3 skipped" in result.stdout  # memcpy, png-files-read, png-decode, disk; jpeg-90-mapped-copy, -decode, lmdb
-    assert "jpeg-90 cannot hold these images: JPEG holds uint8 images of shape (H, W) or (H, W, 3), not uint8 (8, 8, 4)" in result.stdout
+    assert (
+        "4 passed, 3 skipped" in result.stdout
+    )  # memcpy, png-files-read, png-decode, disk; jpeg-90-mapped-copy, -decode, lmdb
+    assert (
+        "jpeg-90 cannot hold these images: JPEG holds uint8 images of shape (H, W) or (H, W, 3), not uint8 (8, 8, 4)"
+        in result.stdout
+    )
 
 
 # --- cells against floors -------------------------------------------------------------------
 
-def cell(method: str, seconds: float, n_images: int = 100, q1: float | None = None, q3: float | None = None,
-         operation: str = "read_many", **extra) -> Cell:
+
+def cell(
+    method: str,
+    seconds: float,
+    n_images: int = 100,
+    q1: float | None = None,
+    q3: float | None = None,
+    operation: str = "read_many",
+    **extra,
+) -> Cell:
     q1 = seconds * 0.98 if q1 is None else q1
     q3 = seconds * 1.02 if q3 is None else q3
-    return Cell(operation=operation, method=method, n_images=n_images, image_shape=SHAPE,
-                stats={"median": seconds, "q1": q1, "q3": q3, "min": q1, "max": q3}, data=None,
-                extra_info={"method": method, **extra})
+    return Cell(
+        operation=operation,
+        method=method,
+        n_images=n_images,
+        image_shape=SHAPE,
+        stats={"median": seconds, "q1": q1, "q3": q3, "min": q1, "max": q3},
+        data=None,
+        extra_info={"method": method, **extra},
+    )
 
 
 def test_ratios_sum_composite_floors_and_divide_by_workers():
     cells = [
-        cell("floor-files-read", 0.2), cell("floor-png-decode", 0.6), cell("floor-file-read", 0.01),
-        cell("floor-gather", 0.05, batch_size=64), cell("floor-gather", 0.04, batch_size=256),
+        cell("floor-files-read", 0.2),
+        cell("floor-png-decode", 0.6),
+        cell("floor-file-read", 0.01),
+        cell("floor-gather", 0.05, batch_size=64),
+        cell("floor-gather", 0.04, batch_size=256),
         cell("disk", 1.0, floor="files-read+png-decode", floor_n_images=100),
         cell("hdf5", 0.012, floor="file-read", floor_n_images=100),
-        cell("lmdb", 0.1, operation="read_random", floor="gather", floor_n_images=100, batch_size=256, workers=2, cache="warm"),
+        cell(
+            "lmdb",
+            0.1,
+            operation="read_random",
+            floor="gather",
+            floor_n_images=100,
+            batch_size=256,
+            workers=2,
+            cache="warm",
+        ),
         cell("lmdb", 0.1, operation="store_single", floor="file-write", floor_n_images=1),  # its floor did not run
     ]
     checks = floor_checks(cells)
     by_method = {key[1]: check for key, check in checks.items() if not key[1].startswith("floor-")}
     assert set(by_method) == {"disk", "hdf5", "lmdb"}
     assert by_method["disk"].floor_seconds == pytest.approx(0.8) and by_method["disk"].ratio == pytest.approx(1.25)
-    assert by_method["disk"].floor_q1 == pytest.approx(0.2 * 0.98 + 0.6 * 0.98) and by_method["disk"].q3 == pytest.approx(1.02)
+    assert by_method["disk"].floor_q1 == pytest.approx(0.2 * 0.98 + 0.6 * 0.98) and by_method[
+        "disk"
+    ].q3 == pytest.approx(1.02)
     assert by_method["hdf5"].ratio == pytest.approx(1.2)
     assert by_method["lmdb"].floor_seconds == pytest.approx(0.02) and by_method["lmdb"].ratio == pytest.approx(5.0)
     assert not any(check.implausible for check in checks.values())
 
 
-@pytest.mark.parametrize(("median", "q3", "flagged"), [
-    (0.0095, 0.0097, False),  # distributions overlap: the cell's q3 above the floor's q1
-    (0.0091, 0.0094, False),  # apart, but only 9 % below the floor: within the margin
-    (0.0089, 0.0094, True),  # apart and 11 % below
-    (0.0050, 0.0120, False),  # far below at the median, but its rounds spread over the floor's: noise, not a flag
-])
+@pytest.mark.parametrize(
+    ("median", "q3", "flagged"),
+    [
+        (0.0095, 0.0097, False),  # distributions overlap: the cell's q3 above the floor's q1
+        (0.0091, 0.0094, False),  # apart, but only 9 % below the floor: within the margin
+        (0.0089, 0.0094, True),  # apart and 11 % below
+        (0.0050, 0.0120, False),  # far below at the median, but its rounds spread over the floor's: noise, not a flag
+    ],
+)
 def test_a_cell_is_implausible_only_apart_from_its_floor_and_beyond_the_margin(median, q3, flagged):
     floor = cell("floor-file-read", 0.010, q1=0.0095, q3=0.0105)
     check = next(iter(floor_checks([floor, cell("hdf5", median, q1=median * 0.98, q3=q3, floor="file-read")]).values()))
@@ -241,8 +345,17 @@ def test_a_cell_is_implausible_only_apart_from_its_floor_and_beyond_the_margin(m
 
 # --- a doctored run -------------------------------------------------------------------------
 
-FLOOR_COSTS = {"memcpy": 1e-7, "file-write": 2e-6, "file-append": 1e-6, "file-read": 5e-7, "mapped-copy": 3e-7,
-               "files-write": 3e-5, "files-read": 5e-6, "png-encode": 8e-5, "png-decode": 5e-5}
+FLOOR_COSTS = {
+    "memcpy": 1e-7,
+    "file-write": 2e-6,
+    "file-append": 1e-6,
+    "file-read": 5e-7,
+    "mapped-copy": 3e-7,
+    "files-write": 3e-5,
+    "files-read": 5e-6,
+    "png-encode": 8e-5,
+    "png-decode": 5e-5,
+}
 
 
 def floor_cost(name: str) -> float:
@@ -269,8 +382,11 @@ def run_with_floors(seed: int = 0, speed: float = 1.0, cutoffs=(10, 100, 1000), 
             bench["stats"][name] *= factor
     for name, count in sorted(needed):
         floor = make_cell("hdf5", "read_many", count, speed * (2e-6 + floor_cost(name) * count), rng)
-        floor["extra_info"].update(operation="floor", method=f"floor-{name}", **({"floor": "memcpy", "floor_n_images": count}
-                                                                                   if name != "memcpy" else {}))
+        floor["extra_info"].update(
+            operation="floor",
+            method=f"floor-{name}",
+            **({"floor": "memcpy", "floor_n_images": count} if name != "memcpy" else {}),
+        )
         floor["name"] = f"test_floor_{name.replace('-', '_')}[{count}]"
         document["benchmarks"].append(floor)
     return document
@@ -306,15 +422,20 @@ def test_doctored_run_is_flagged_in_the_report(tmp_path, capsys):
 def test_report_shows_ours_over_floor_and_draws_the_ratio_chart(tmp_path):
     document = run_with_floors()
     lmdb = next(bench for bench in document["benchmarks"] if bench["name"] == "test_store_many[lmdb-100]")
-    lmdb["extra_info"].update(cpu_s=0.5, cpu_user_s=0.4, cpu_system_s=0.1, device_read_bytes=0.0, device_write_bytes=100 * 4096.0)
+    lmdb["extra_info"].update(
+        cpu_s=0.5, cpu_user_s=0.4, cpu_system_s=0.1, device_read_bytes=0.0, device_write_bytes=100 * 4096.0
+    )
     path = tmp_path / "run.json"
     path.write_text(json.dumps(document))
     assert report_main([str(path), "--out", str(tmp_path / "out")]) == 0
     report = (tmp_path / "out" / "report.md").read_text()
     run = load_run(path)
     disk = next(c for c in run.cells if c.key[:5] == ("read_many", "disk", 100, SHAPE, ""))
-    expected = disk.stats["median"] / sum(c.stats["median"] for c in run.cells
-                                         if c.method in ("floor-png-files-read", "floor-png-decode") and c.n_images == 100)
+    expected = disk.stats["median"] / sum(
+        c.stats["median"]
+        for c in run.cells
+        if c.method in ("floor-png-files-read", "floor-png-decode") and c.n_images == 100
+    )
     row = next(line for line in report.splitlines() if line.startswith("| read_many | 100 | disk |"))
     assert "png-files-read+png-decode" in row and f"{expected:.2f}×" in row and row.endswith("| – | – | – |")
     resources = next(line for line in report.splitlines() if line.startswith("| store_many | 100 | lmdb |"))
@@ -322,4 +443,6 @@ def test_report_shows_ours_over_floor_and_draws_the_ratio_chart(tmp_path):
     assert "### Floors" in report and "| floor-png-decode | 100 |" in report
     assert "![floor_ratio](floor_ratio.png)" in report
     assert (tmp_path / "out" / "floor_ratio.png").stat().st_size > 0
-    assert "floor-" not in (tmp_path / "out" / "read_many_loglog.svg").read_text()  # floors are not methods in the charts
+    assert (
+        "floor-" not in (tmp_path / "out" / "read_many_loglog.svg").read_text()
+    )  # floors are not methods in the charts

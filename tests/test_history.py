@@ -1,5 +1,6 @@
 """`python -m reports history` on a synthetic history (tests/history_fixture.py): the injected steps are found
 exactly, A/A histories stay quiet, history.json follows docs/reports.md, and the command's files and errors."""
+
 from __future__ import annotations
 
 import json
@@ -98,8 +99,12 @@ def test_commits_without_time_or_id_still_order(tmp_path):
     for path, change in zip(paths[::3], ({"time": "2026-11-01T01:00:00"}, {"time": None}, {"id": None})):
         document = json.loads(path.read_text(encoding="utf-8"))
         document["commit_info"].update(change)
-        path.write_text(json.dumps({**document, "commit_info": {k: v for k, v in document["commit_info"].items()
-                                                               if v is not None}}), encoding="utf-8")
+        path.write_text(
+            json.dumps(
+                {**document, "commit_info": {k: v for k, v in document["commit_info"].items() if v is not None}}
+            ),
+            encoding="utf-8",
+        )
     commits = group_commits([load_run(path) for path in paths])
     assert [len(commit.runs) for commit in commits] == [3, 3, 1, 2]
     assert commits[2].id.startswith("unknown:") and commits[2].runs[0].path == paths[6]

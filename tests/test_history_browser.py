@@ -4,6 +4,7 @@ Both pages are opened from file://; every chart must show data points, the filte
 change what is shown, a hover must name the commit, and no request may leave the page. Screenshots are saved
 under the test's tmp_path (printed). Without Chromium the tests skip, naming the install command.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,15 @@ from reports.history import main as history_main
 from tests.history_fixture import STEPS, write_history
 
 CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 pytestmark = pytest.mark.browser
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (never `playwright install`)")
 if not CHROMIUM.exists():
@@ -52,8 +60,10 @@ def open_page(browser, path: Path):
 
 
 def shown_points(page) -> dict[str, int]:
-    return page.eval_on_selector_all("#charts section.chart", "sections => Object.fromEntries(sections.map("
-                                     "s => [s.dataset.group, s.querySelectorAll('circle.pt').length]))")
+    return page.eval_on_selector_all(
+        "#charts section.chart",
+        "sections => Object.fromEntries(sections.map(s => [s.dataset.group, s.querySelectorAll('circle.pt').length]))",
+    )
 
 
 def test_history_page(browser, pages, capsys):
@@ -97,8 +107,9 @@ def test_history_page(browser, pages, capsys):
 
 def test_report_page(browser, pages):
     page, requests, errors = open_page(browser, pages / "report.html")
-    charts = page.eval_on_selector_all("figure.chart svg",
-                                       "svgs => svgs.map(s => s.querySelectorAll('path, use').length)")
+    charts = page.eval_on_selector_all(
+        "figure.chart svg", "svgs => svgs.map(s => s.querySelectorAll('path, use').length)"
+    )
     assert charts and all(count > 20 for count in charts), charts  # axes, lines and markers drawn
     assert len(charts) == len(list(pages.glob("*.svg")))
     assert page.locator("table").count() >= 5

@@ -3,6 +3,7 @@ a promise, whatever the code's layout. ``tests/data/legacy_stores/<variant>/`` h
 method variant, written by the code of commit 2125315 (before the move into core/formats/methods) with
 ``python -m tests.test_legacy_stores DIR`` (``write_fixtures``): five images by ``store_many``, then one
 replaced and one appended by ``store_single``, so that checkpoints and journals are both read."""
+
 from __future__ import annotations
 
 import shutil
@@ -18,9 +19,25 @@ from storage_impls.registry import installed_methods, parse_spec
 FIXTURES = Path(__file__).parent / "data" / "legacy_stores"
 #: each method as written by default, the byte-storing ones also with a lossless codec, and one layout more
 VARIANTS = (
-    "disk", "lmdb", "hdf5", "rocksdb", "npy-files", "npz", "npy-memmap", "webdataset", "parquet", "lance", "zarr",
-    "lmdb:codec=png", "hdf5:codec=png", "rocksdb:codec=png", "webdataset:codec=png", "parquet:codec=png",
-    "lance:codec=png", "zarr:codec=png", "hdf5:compression=gzip,chunks=2",
+    "disk",
+    "lmdb",
+    "hdf5",
+    "rocksdb",
+    "npy-files",
+    "npz",
+    "npy-memmap",
+    "webdataset",
+    "parquet",
+    "lance",
+    "zarr",
+    "lmdb:codec=png",
+    "hdf5:codec=png",
+    "rocksdb:codec=png",
+    "webdataset:codec=png",
+    "parquet:codec=png",
+    "lance:codec=png",
+    "zarr:codec=png",
+    "hdf5:compression=gzip,chunks=2",
 )
 WIDE = ("lmdb", "hdf5", "npy-memmap")  # also as float32, a dtype with its own value prefix in lmdb
 

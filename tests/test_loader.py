@@ -2,6 +2,7 @@
 processes, a handle per process, an epoch that yields every sample exactly once, no torch imported by the package,
 and a real torch DataLoader when torch is installed: the batch recipe (batch_loader, no second copy) and the
 per-sample protocol."""
+
 from __future__ import annotations
 
 import math
@@ -80,11 +81,18 @@ def test_a_list_of_ids_is_one_batch(dataset, images):
 
 
 def test_the_package_never_imports_torch(dataset):
-    code = ("import sys, storage_impls, storage_impls.loader as loader; "
-            f"dataset = loader.ImageDataset({dataset.method!r}, {str(dataset.directory)!r}); "
-            "dataset[[0, 1]]; dataset[0]; loader.TensorBatches(dataset); assert 'torch' not in sys.modules")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    code = (
+        "import sys, storage_impls, storage_impls.loader as loader; "
+        f"dataset = loader.ImageDataset({dataset.method!r}, {str(dataset.directory)!r}); "
+        "dataset[[0, 1]]; dataset[0]; loader.TensorBatches(dataset); assert 'torch' not in sys.modules"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -110,7 +118,9 @@ def test_bad_store_fails_on_first_use(tmp_path):
 
 def test_an_epoch_yields_every_sample_exactly_once(dataset, images):
     order = np.random.default_rng(0).permutation(COUNT)
-    samples = [sample for start in range(0, COUNT, 16) for sample in dataset.__getitems__(order[start:start + 16].tolist())]
+    samples = [
+        sample for start in range(0, COUNT, 16) for sample in dataset.__getitems__(order[start : start + 16].tolist())
+    ]
     check_epoch(samples, images)
 
 
@@ -128,7 +138,10 @@ def test_worker_processes_each_open_their_own_handle(dataset, images, start_meth
     dataset[0]
     context = multiprocessing.get_context(start_method)
     results = context.Queue()
-    workers = [context.Process(target=read_share, args=(dataset, list(range(worker, COUNT, 2)), results)) for worker in range(2)]
+    workers = [
+        context.Process(target=read_share, args=(dataset, list(range(worker, COUNT, 2)), results))
+        for worker in range(2)
+    ]
     for worker in workers:
         worker.start()
     reports = [results.get(timeout=60) for _ in workers]
@@ -143,8 +156,14 @@ def test_worker_processes_each_open_their_own_handle(dataset, images, start_meth
 def test_torch_dataloader_with_workers_reads_an_epoch_exactly_once(dataset, images, start_method):
     torch = pytest.importorskip("torch")
     skip_unless_fork_safe(dataset, start_method)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=8, shuffle=True, num_workers=2, multiprocessing_context=start_method,
-                                         generator=torch.Generator().manual_seed(0))
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=8,
+        shuffle=True,
+        num_workers=2,
+        multiprocessing_context=start_method,
+        generator=torch.Generator().manual_seed(0),
+    )
     samples = []
     for batch_images, batch_labels in loader:
         assert batch_images.dtype == torch.uint8 and batch_images.shape[1:] == images.shape[1:]
@@ -168,8 +187,9 @@ def test_torch_dataloader_reads_whole_batches(dataset, monkeypatch):
 def test_batch_loader_reads_an_epoch_exactly_once_bit_exact(dataset, images, workers):
     torch = pytest.importorskip("torch")
     context = "spawn" if workers and not get_store_class(dataset.method).fork_safe else None
-    loader = batch_loader(dataset, 16, num_workers=workers, multiprocessing_context=context,
-                          generator=torch.Generator().manual_seed(0))
+    loader = batch_loader(
+        dataset, 16, num_workers=workers, multiprocessing_context=context, generator=torch.Generator().manual_seed(0)
+    )
     assert len(loader) == math.ceil(COUNT / 16)
     samples, orders = [], []
     for _ in range(2):

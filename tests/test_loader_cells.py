@@ -1,5 +1,6 @@
 """The loader cells (benchmarks/test_loader.py): not in the default run, collected with readable ids when asked for,
 run at tiny sizes when torch is installed, and an epoch that repeats or loses an id or a pixel fails its cell."""
+
 from __future__ import annotations
 
 import json
@@ -27,24 +28,48 @@ def test_loader_cells_are_not_in_the_default_run():
 def test_asked_for_they_run_last_with_readable_ids_ours_and_peers_taking_turns():
     names = collected("--loaders")
     loaders = [name for name in names if "loader" in name or "read_batches" in name]
-    assert names[-len(loaders):] == loaders  # after every other cell
-    assert loaders[:4] == ["test_read_batches[hdf5-40-b16]", "test_loader[hdf5-40-b16-w0]",
-                           "test_loader_peer[tensordataset-40-b16-w0]", "test_read_batches[npy-memmap-40-b16]"]
-    assert {"test_loader[npy-memmap-40-b16-w2]", "test_loader_peer[litdata-40-b16-w2]",
-            "test_loader_peer[wds-pipeline-40-b16-w0]", "test_loader_peer[imagefolder-jpeg-40-b16-w2]"} <= set(loaders)
-    assert collected("-k", "test_loader and hdf5") == ["test_read_batches[hdf5-40-b16]", "test_loader[hdf5-40-b16-w0]",
-                                                         "test_loader[hdf5-40-b16-w2]"]
+    assert names[-len(loaders) :] == loaders  # after every other cell
+    assert loaders[:4] == [
+        "test_read_batches[hdf5-40-b16]",
+        "test_loader[hdf5-40-b16-w0]",
+        "test_loader_peer[tensordataset-40-b16-w0]",
+        "test_read_batches[npy-memmap-40-b16]",
+    ]
+    assert {
+        "test_loader[npy-memmap-40-b16-w2]",
+        "test_loader_peer[litdata-40-b16-w2]",
+        "test_loader_peer[wds-pipeline-40-b16-w0]",
+        "test_loader_peer[imagefolder-jpeg-40-b16-w2]",
+    } <= set(loaders)
+    assert collected("-k", "test_loader and hdf5") == [
+        "test_read_batches[hdf5-40-b16]",
+        "test_loader[hdf5-40-b16-w0]",
+        "test_loader[hdf5-40-b16-w2]",
+    ]
 
 
 def test_the_cells_run_at_tiny_sizes(tmp_path):
     pytest.importorskip("torch")
-    result = run_suite(*TINY, "-k", "test_loader and (hdf5 or tensordataset)", "--benchmark-max-time", "0.01",
-                       "--benchmark-min-rounds", "2", "--benchmark-json", str(tmp_path / "run.json"))
+    result = run_suite(
+        *TINY,
+        "-k",
+        "test_loader and (hdf5 or tensordataset)",
+        "--benchmark-max-time",
+        "0.01",
+        "--benchmark-min-rounds",
+        "2",
+        "--benchmark-json",
+        str(tmp_path / "run.json"),
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     cells = {bench["name"]: bench for bench in json.loads((tmp_path / "run.json").read_text())["benchmarks"]}
-    assert set(cells) == {"test_read_batches[hdf5-40-b16]", "test_loader[hdf5-40-b16-w0]",
-                          "test_loader[hdf5-40-b16-w2]", "test_loader_peer[tensordataset-40-b16-w0]",
-                          "test_loader_peer[tensordataset-40-b16-w2]"}
+    assert set(cells) == {
+        "test_read_batches[hdf5-40-b16]",
+        "test_loader[hdf5-40-b16-w0]",
+        "test_loader[hdf5-40-b16-w2]",
+        "test_loader_peer[tensordataset-40-b16-w0]",
+        "test_loader_peer[tensordataset-40-b16-w2]",
+    }
     info = cells["test_loader[hdf5-40-b16-w2]"]["extra_info"]
     assert (info["operation"], info["method"], info["workers"], info["batch_size"]) == ("loader", "hdf5", 2, 16)
     assert info["epochs_checked"] == cells["test_loader[hdf5-40-b16-w2]"]["stats"]["rounds"] + 1  # and the warm-up
@@ -81,11 +106,15 @@ def rotate(ids):
 
 
 @pytest.mark.parametrize("carried", [False, True], ids=["sampled", "carried"])
-@pytest.mark.parametrize("read, pixels, message", [
-    (same, same, None),
-    (repeat_first, same, {False: "differ from what was stored", True: "other than once"}),
-    (same, rotate, {False: "differ from what was stored", True: "differ from what was stored"}),
-], ids=["right", "repeats", "mixed-up"])
+@pytest.mark.parametrize(
+    "read, pixels, message",
+    [
+        (same, same, None),
+        (repeat_first, same, {False: "differ from what was stored", True: "other than once"}),
+        (same, rotate, {False: "differ from what was stored", True: "differ from what was stored"}),
+    ],
+    ids=["right", "repeats", "mixed-up"],
+)
 def test_an_epoch_is_checked_exactly_once_and_bit_exact(read, pixels, message, carried):
     """A loader in the sampler's order is checked against the ids it was asked for (a wrong id shows as other
     pixels); one that shuffles by itself against the ids its samples carry."""

@@ -6,6 +6,7 @@
 
 and on a run without loader cells, which must give no points, no chart and an empty section.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,9 +28,14 @@ def points():
 
 def test_a_point_per_loader_cell_ours_first(points):
     assert [(point.kind, point.name, point.workers) for point in points] == [
-        ("loader", "hdf5", 0), ("loader", "hdf5", 2), ("read_batches", "hdf5", None),
-        ("loader_peer", "litdata", 0), ("loader_peer", "litdata", 2),
-        ("loader_peer", "tensordataset", 0), ("loader_peer", "tensordataset", 2)]
+        ("loader", "hdf5", 0),
+        ("loader", "hdf5", 2),
+        ("read_batches", "hdf5", None),
+        ("loader_peer", "litdata", 0),
+        ("loader_peer", "litdata", 2),
+        ("loader_peer", "tensordataset", 0),
+        ("loader_peer", "tensordataset", 2),
+    ]
     cells = {cell.key[:2] + (cell.variant,): cell for cell in load_run(RUN).cells}
     cell = cells["loader", "hdf5", "b16-w2"]
     assert points[1].images_per_s == pytest.approx(cell.extra_info["images_per_s"])

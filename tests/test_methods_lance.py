@@ -1,6 +1,7 @@
 """The lance method: conformance, codec and fault tests, plus its own: datasets that pylance reads (raw pixels, or
 encoded files any decoder reads), Lance datasets of another schema or damaged, single writes as Lance versions,
 compaction (which never re-encodes), and snapshots."""
+
 from __future__ import annotations
 
 import io
@@ -99,7 +100,9 @@ class TestLance(CodecTests, StoreTests):
         assert (dtype, shape) == (np.dtype("<f4"), (3, 16, 16))
         assert dataset.schema.field("image").type == pa.binary(3 * 16 * 16 * 4)
         assert_bits_equal(pixels(dataset.to_table(), dtype, shape), images)
-        assert set(meta) == set(OURS) and "codec" not in json.loads((directory / "lance.json").read_text().splitlines()[0])
+        assert set(meta) == set(OURS) and "codec" not in json.loads(
+            (directory / "lance.json").read_text().splitlines()[0]
+        )
 
     # -- codecs: encoded files in a binary column, encoded once --------------------------------
     def test_pylance_reads_encoded_files_any_decoder_reads(self, directory):
@@ -128,7 +131,9 @@ class TestLance(CodecTests, StoreTests):
         monkeypatch.setattr(lance_method, "COMPACT_VERSIONS", 3)
         encodes = []
         real_encode = PillowLossy.encode
-        monkeypatch.setattr(PillowLossy, "encode", lambda codec, image: (encodes.append(1), real_encode(codec, image))[1])
+        monkeypatch.setattr(
+            PillowLossy, "encode", lambda codec, image: (encodes.append(1), real_encode(codec, image))[1]
+        )
         images, labels = make_batch(12, (16, 16, 3))
         with open_store("lance:codec=webp-80", directory) as store:
             store.store_many(images[:8], labels[:8])
@@ -181,17 +186,29 @@ class TestLance(CodecTests, StoreTests):
         assert dataset.version == 1 and len(dataset.get_fragments()) == 1
 
     # -- bad input: CorruptStoreError naming the dataset, nothing written ---------------------
-    @pytest.mark.parametrize(("make", "message"), [
-        (lambda images, labels: image_table(images, labels).drop_columns(["image"]),
-         r"schema is \(id int64, label int64\)"),
-        (lambda images, labels: image_table(images, labels.astype(np.float64)), "label double"),
-        (lambda images, labels: image_table(images[:, :16].copy(), labels), r"image fixed_size_binary\[1536\]"),
-        (lambda images, labels: image_table(images, labels), "with metadata {}"),  # no dtype and shape recorded
-        (lambda images, labels: image_table(images, labels).replace_schema_metadata(
-            {**OURS, b"storage_impls.dtype": b"<f4"}), "'storage_impls.dtype': '<f4'"),
-        (lambda images, labels: image_table(images, labels, np.arange(10) * 2).replace_schema_metadata(OURS),
-         "ids of version 1 are not 0..9"),
-    ], ids=["missing-column", "other-label-type", "other-image-size", "no-metadata", "other-dtype", "other-ids"])
+    @pytest.mark.parametrize(
+        ("make", "message"),
+        [
+            (
+                lambda images, labels: image_table(images, labels).drop_columns(["image"]),
+                r"schema is \(id int64, label int64\)",
+            ),
+            (lambda images, labels: image_table(images, labels.astype(np.float64)), "label double"),
+            (lambda images, labels: image_table(images[:, :16].copy(), labels), r"image fixed_size_binary\[1536\]"),
+            (lambda images, labels: image_table(images, labels), "with metadata {}"),  # no dtype and shape recorded
+            (
+                lambda images, labels: image_table(images, labels).replace_schema_metadata(
+                    {**OURS, b"storage_impls.dtype": b"<f4"}
+                ),
+                "'storage_impls.dtype': '<f4'",
+            ),
+            (
+                lambda images, labels: image_table(images, labels, np.arange(10) * 2).replace_schema_metadata(OURS),
+                "ids of version 1 are not 0..9",
+            ),
+        ],
+        ids=["missing-column", "other-label-type", "other-image-size", "no-metadata", "other-dtype", "other-ids"],
+    )
     def test_lance_dataset_of_another_schema_is_corrupt_naming_it(self, directory, filled, make, message):
         store, images, labels = filled
         store.close()
@@ -267,7 +284,7 @@ class TestLance(CodecTests, StoreTests):
             image_id = 10 + step // 2 if step % 2 == 0 else int(rng.integers(0, 10 + step // 2))
             store.store_single(images[10 + step], image_id, int(labels[10 + step]))
             if image_id == len(expected):
-                expected = np.concatenate([expected, images[10 + step:11 + step]])
+                expected = np.concatenate([expected, images[10 + step : 11 + step]])
                 expected_labels = np.append(expected_labels, 0)
             expected[image_id], expected_labels[image_id] = images[10 + step], labels[10 + step]
             folder = dataset_folder(directory)
@@ -296,8 +313,11 @@ class TestLance(CodecTests, StoreTests):
         store, images, labels = filled
         takes = []
         real_take = lance_format.Snapshot.take
-        monkeypatch.setattr(lance_format.Snapshot, "take",
-                            lambda self, ids, *rest: (takes.append(len(ids)), real_take(self, ids, *rest)))
+        monkeypatch.setattr(
+            lance_format.Snapshot,
+            "take",
+            lambda self, ids, *rest: (takes.append(len(ids)), real_take(self, ids, *rest)),
+        )
         store.store_single(images[1], 10, 1)  # an append keeps the order
         np.testing.assert_array_equal(store.read_many(11)[0], np.concatenate([images, images[1:2]]))
         store.store_single(images[0], 5, 0)  # a replacement moves id 5 to the end
@@ -331,8 +351,9 @@ while True:
     store.store_single(pixels_for(label), int(rng.integers(0, len(store) + 1)), label)
 """
         for kill in range(6):
-            child = subprocess.Popen([sys.executable, "-c", code, str(kill)], cwd=REPO, stdout=subprocess.PIPE,
-                                     text=True)
+            child = subprocess.Popen(
+                [sys.executable, "-c", code, str(kill)], cwd=REPO, stdout=subprocess.PIPE, text=True
+            )
             assert child.stdout.readline() == "ready\n"
             kill_after(child, random.Random(kill).random() * 0.3)
             with open_store(self.method, directory, "r") as store:

@@ -1,5 +1,6 @@
 """The numpy methods (npy-files, npz, npy-memmap): conformance and fault tests, plus their own:
 files that plain numpy reads, damaged and foreign files, the journal, and snapshots."""
+
 from __future__ import annotations
 
 import json
@@ -153,7 +154,8 @@ class TestNpyMemmap(NumpyStoreTests):
             pytest.skip(reason)
         mount = tmp_path / "small"
         mount.mkdir()
-        result = run_child(f"""
+        result = run_child(
+            f"""
             import numpy as np
             from storage_impls import NoSpaceError, open_store
             with open_store("npy-memmap", {str(mount / 'store')!r}) as store:
@@ -161,7 +163,9 @@ class TestNpyMemmap(NumpyStoreTests):
                     store.store_many(np.zeros((300, 64, 64, 3), np.uint8), np.arange(300))
                 except NoSpaceError as error:
                     print("no space:", error)
-        """, small_fs=(mount, "2m"))
+        """,
+            small_fs=(mount, "2m"),
+        )
         assert result.returncode == 0 and "no space" in result.stdout, result.stderr
 
 
@@ -190,8 +194,8 @@ class TestNpz(NumpyStoreTests):
         shards = sorted(checkpoint(directory, self.method).glob("shard-*.npz"))
         assert len(shards) == -(-700 // per_shard)
         with np.load(shards[1]) as shard:
-            np.testing.assert_array_equal(shard["images"], images[per_shard:2 * per_shard])
-            np.testing.assert_array_equal(shard["labels"], labels[per_shard:2 * per_shard])
+            np.testing.assert_array_equal(shard["images"], images[per_shard : 2 * per_shard])
+            np.testing.assert_array_equal(shard["labels"], labels[per_shard : 2 * per_shard])
         assert zipfile.ZipFile(shards[0]).getinfo("images.npy").compress_type == zipfile.ZIP_DEFLATED
         ids = np.array([699, 0, per_shard, 5, per_shard + 1, 699])
         np.testing.assert_array_equal(store.read_batch(ids)[0], images[ids])
@@ -224,18 +228,21 @@ class TestNpyFiles(NumpyStoreTests):
         np.testing.assert_array_equal(np.load(folder / "labels.npy"), labels)
         assert len(list(folder.glob("*.npy"))) == 11
 
-    @pytest.mark.parametrize(("damage", "message"), [
-        (lambda path: path.unlink(), "4.npy is missing"),
-        (lambda path: path.write_bytes(path.read_bytes() + b"x"), "4.npy is 3201 bytes"),
-        (lambda path: np.save(path, np.zeros((32, 32), np.uint8)), r"4.npy holds uint8 of shape \(32, 32\)"),
-    ], ids=["missing", "trailing-byte", "other-shape"])
+    @pytest.mark.parametrize(
+        ("damage", "message"),
+        [
+            (lambda path: path.unlink(), "4.npy is missing"),
+            (lambda path: path.write_bytes(path.read_bytes() + b"x"), "4.npy is 3201 bytes"),
+            (lambda path: np.save(path, np.zeros((32, 32), np.uint8)), r"4.npy holds uint8 of shape \(32, 32\)"),
+        ],
+        ids=["missing", "trailing-byte", "other-shape"],
+    )
     def test_bad_image_file_names_the_file(self, directory, filled, damage, message):
         damage(checkpoint(directory, self.method) / "4.npy")
         with open_store(self.method, directory, "r") as store:
             with pytest.raises((CorruptStoreError, MissingStoreError), match=message):
                 store.read_batch([1, 4])
             np.testing.assert_array_equal(store.read_single(3)[0], filled[1][3])
-
 
     @pytest.mark.parametrize("character", "{()}")
     def test_header_with_a_flipped_bracket_is_corrupt(self, directory, filled, character):

@@ -2,6 +2,7 @@
 polars where installed), the file's layout (schema, row groups, encodings, its own metadata), the zstd
 variant, read_batch reading only the row groups it needs, page checksums, and Parquet files this store
 did not write (another tool's table, another schema, a missing column, a truncated file)."""
+
 from __future__ import annotations
 
 import io
@@ -77,7 +78,9 @@ class TestParquet(CodecTests, NumpyStoreTests):
             ids, found_labels, pixels = frame["id"].to_numpy(), frame["label"].to_numpy(), frame["image"].to_list()
         np.testing.assert_array_equal(ids, np.arange(300))
         np.testing.assert_array_equal(found_labels, labels)
-        assert [np.frombuffer(value, np.uint8).reshape(32, 32, 3).tobytes() for value in pixels] == [image.tobytes() for image in images]
+        assert [np.frombuffer(value, np.uint8).reshape(32, 32, 3).tobytes() for value in pixels] == [
+            image.tobytes() for image in images
+        ]
 
     def test_the_file_describes_its_images(self, directory, store):
         """dtype and shape are in the file's key-value metadata as in the store's: float32 chips read back from the file alone."""
@@ -86,8 +89,13 @@ class TestParquet(CodecTests, NumpyStoreTests):
         table = pq.read_table(parquet_file(directory))
         description = json.loads(table.schema.metadata[parquet.KEY])
         meta = store_meta(directory)
-        assert description == {"format": "storage_impls.parquet", "dtype": "<f4", "image_shape": [3, 16, 16], "count": 70,
-                               "row_group_images": 32}
+        assert description == {
+            "format": "storage_impls.parquet",
+            "dtype": "<f4",
+            "image_shape": [3, 16, 16],
+            "count": 70,
+            "row_group_images": 32,
+        }
         assert {key: meta[key] for key in description} == description
         pixels = np.frombuffer(table["image"].combine_chunks().buffers()[1], description["dtype"])
         assert pixels.reshape(-1, *description["image_shape"]).tobytes() == images.tobytes()
@@ -110,9 +118,15 @@ class TestParquet(CodecTests, NumpyStoreTests):
         images, labels = make_batch(200)
         store.store_many(images, labels)
         file = pq.ParquetFile(parquet_file(directory))
-        assert file.schema_arrow.remove_metadata().equals(pa.schema([
-            pa.field("id", pa.int64(), nullable=False), pa.field("label", pa.int64(), nullable=False),
-            pa.field("image", pa.binary(32 * 32 * 3), nullable=False)]))
+        assert file.schema_arrow.remove_metadata().equals(
+            pa.schema(
+                [
+                    pa.field("id", pa.int64(), nullable=False),
+                    pa.field("label", pa.int64(), nullable=False),
+                    pa.field("image", pa.binary(32 * 32 * 3), nullable=False),
+                ]
+            )
+        )
         metadata = file.metadata
         assert [metadata.row_group(index).num_rows for index in range(metadata.num_row_groups)] == [32] * 6 + [8]
         for index in range(metadata.num_row_groups):
@@ -124,11 +138,21 @@ class TestParquet(CodecTests, NumpyStoreTests):
             assert not image.is_stats_set  # min/max of images would be two more images per row group
             assert identifiers.statistics.min == 32 * index and identifiers.statistics.max == min(199, 32 * index + 31)
 
-    @pytest.mark.parametrize(("dtype", "shape", "per_group"), [
-        (np.uint8, (32, 32, 3), 32), (np.uint8, (8, 8), 1536), (np.float32, (4, 4), 1536), (np.uint8, (256, 256, 3), 1)])
+    @pytest.mark.parametrize(
+        ("dtype", "shape", "per_group"),
+        [
+            (np.uint8, (32, 32, 3), 32),
+            (np.uint8, (8, 8), 1536),
+            (np.float32, (4, 4), 1536),
+            (np.uint8, (256, 256, 3), 1),
+        ],
+    )
     def test_row_groups_hold_row_group_bytes_of_pixels(self, dtype, shape, per_group):
-        assert parquet.row_group_images(np.dtype(dtype), shape) == per_group == max(
-            1, parquet.ROW_GROUP_BYTES // (int(np.prod(shape)) * np.dtype(dtype).itemsize))
+        assert (
+            parquet.row_group_images(np.dtype(dtype), shape)
+            == per_group
+            == max(1, parquet.ROW_GROUP_BYTES // (int(np.prod(shape)) * np.dtype(dtype).itemsize))
+        )
 
     def test_zstd_variant_is_recorded_and_kept(self, directory):
         images, labels = make_batch(100)
@@ -163,7 +187,11 @@ class TestParquet(CodecTests, NumpyStoreTests):
         file = store._checkpoint._file
         calls = []
         real = file.read_row_groups
-        monkeypatch.setattr(file, "read_row_groups", lambda groups, **options: (calls.append((list(groups), options)), real(groups, **options))[1])
+        monkeypatch.setattr(
+            file,
+            "read_row_groups",
+            lambda groups, **options: (calls.append((list(groups), options)), real(groups, **options))[1],
+        )
         monkeypatch.setattr(parquet.pa, "OSFile", lambda *args: pytest.fail("a read opened the file again"))
         ids = np.array([999, 5, 70, 6, 999, 640])
         batch, batch_labels = store.read_batch(ids)
@@ -179,7 +207,11 @@ class TestParquet(CodecTests, NumpyStoreTests):
         """Measured on local disk: pre_buffer's coalesced reads made shuffled batches 1.7-1.9x slower; no memory map."""
         opened = []
         real = pq.ParquetFile
-        monkeypatch.setattr(parquet.pq, "ParquetFile", lambda source, **options: (opened.append((source, options)), real(source, **options))[1])
+        monkeypatch.setattr(
+            parquet.pq,
+            "ParquetFile",
+            lambda source, **options: (opened.append((source, options)), real(source, **options))[1],
+        )
         with open_store(self.method, directory, "r", checksum=True) as reader:  # the store's setting wins: no checksums
             reader.read_batch([3, 1])
         [(source, options)] = opened
@@ -210,15 +242,37 @@ class TestParquet(CodecTests, NumpyStoreTests):
                 store.read_batch([1, 130])
 
     # -- Parquet files this store did not write: CorruptStoreError naming the file, nothing written ----------
-    @pytest.mark.parametrize(("change", "message"), [
-        (lambda table: table.cast(pa.schema([field.with_nullable(True) for field in table.schema])), "schema"),
-        (lambda table: table.drop_columns(["label"]), "schema"),
-        (lambda table: table.append_column("extra", pa.array(np.zeros(len(table), np.int32))), "schema"),
-        (lambda table: table.set_column(1, pa.field("label", pa.int32(), False), table["label"].cast(pa.int32(), safe=False)), "schema"),
-        (lambda table: table.set_column(2, pa.field("image", pa.binary(), False), table["image"].cast(pa.binary())), "schema"),
-        (lambda table: table.replace_schema_metadata(None), "no readable image_storage_bench metadata"),
-        (lambda table: table.replace_schema_metadata({parquet.KEY: json.dumps({"dtype": "<f4"})}), "describes"),
-    ], ids=["nullable-columns", "missing-column", "extra-column", "int32-labels", "variable-binary", "no-description", "other-description"])
+    @pytest.mark.parametrize(
+        ("change", "message"),
+        [
+            (lambda table: table.cast(pa.schema([field.with_nullable(True) for field in table.schema])), "schema"),
+            (lambda table: table.drop_columns(["label"]), "schema"),
+            (lambda table: table.append_column("extra", pa.array(np.zeros(len(table), np.int32))), "schema"),
+            (
+                lambda table: table.set_column(
+                    1, pa.field("label", pa.int32(), False), table["label"].cast(pa.int32(), safe=False)
+                ),
+                "schema",
+            ),
+            (
+                lambda table: table.set_column(
+                    2, pa.field("image", pa.binary(), False), table["image"].cast(pa.binary())
+                ),
+                "schema",
+            ),
+            (lambda table: table.replace_schema_metadata(None), "no readable image_storage_bench metadata"),
+            (lambda table: table.replace_schema_metadata({parquet.KEY: json.dumps({"dtype": "<f4"})}), "describes"),
+        ],
+        ids=[
+            "nullable-columns",
+            "missing-column",
+            "extra-column",
+            "int32-labels",
+            "variable-binary",
+            "no-description",
+            "other-description",
+        ],
+    )
     def test_a_table_from_another_tool_is_corrupt_and_nothing_is_written(self, directory, filled, change, message):
         store, images, _ = filled
         store.close()
@@ -232,8 +286,9 @@ class TestParquet(CodecTests, NumpyStoreTests):
         store.close()
         path = parquet_file(directory)
         table = pq.read_table(path)
-        wide = pa.FixedSizeBinaryArray.from_buffers(pa.binary(2 * images[0].nbytes), 10,
-                                                     [None, pa.py_buffer(images.astype(np.uint16))])
+        wide = pa.FixedSizeBinaryArray.from_buffers(
+            pa.binary(2 * images[0].nbytes), 10, [None, pa.py_buffer(images.astype(np.uint16))]
+        )
         rewrite(path, table.set_column(2, pa.field("image", wide.type, False), wide))
         self.assert_refused(directory, path, r"image: fixed_size_binary\[6144\]", images[0])
 
@@ -245,14 +300,17 @@ class TestParquet(CodecTests, NumpyStoreTests):
         rewrite(path, pq.read_table(path), row_group_size=50, compression="none")
         self.assert_refused(directory, path, r"row groups of \[50\], expected 200 in groups of 32", images[0])
 
-    @pytest.mark.parametrize("keep", [lambda size: 0, lambda size: 4, lambda size: size // 2, lambda size: size - 8],
-                             ids=["empty", "magic-only", "half", "footer-cut"])
+    @pytest.mark.parametrize(
+        "keep",
+        [lambda size: 0, lambda size: 4, lambda size: size // 2, lambda size: size - 8],
+        ids=["empty", "magic-only", "half", "footer-cut"],
+    )
     def test_a_truncated_file_is_corrupt(self, directory, filled, keep):
         store, images, _ = filled
         store.close()
         path = parquet_file(directory)
         data = path.read_bytes()
-        path.write_bytes(data[:keep(len(data))])
+        path.write_bytes(data[: keep(len(data))])
         self.assert_refused(directory, path, "not a readable Parquet file", images[0])
 
     def assert_refused(self, directory: Path, path: Path, message: str, image: np.ndarray) -> None:
@@ -311,7 +369,9 @@ def test_encoded_reads_hold_a_block_of_payloads_at_a_time(tmp_path, monkeypatch)
         monkeypatch.setattr(checkpointed, "COPY_BLOCK_BYTES", 8 * 8 * 3 * 7)
         asked = []
         real = type(store._checkpoint).payloads
-        monkeypatch.setattr(type(store._checkpoint), "payloads", lambda self, ids: (asked.append(len(ids)), real(self, ids))[1])
+        monkeypatch.setattr(
+            type(store._checkpoint), "payloads", lambda self, ids: (asked.append(len(ids)), real(self, ids))[1]
+        )
         read, read_labels = store.read_many(50)
     np.testing.assert_array_equal(read, images)
     np.testing.assert_array_equal(read_labels, labels)

@@ -1,5 +1,6 @@
 """The rocksdb method: conformance and fault tests, plus its own: plain rocksdict reads the store, variants
 and their recorded settings, logs cut short (the marks), wrong-method opens, and the write session."""
+
 from __future__ import annotations
 
 import json
@@ -41,22 +42,24 @@ class TestRocksdb(CodecTests, StoreTests):
         images, labels = random_layout(3, np.float32, (3, 16, 16))
         store.store_many(images, labels)
         store.close()
-        db = rocksdict.Rdict(str(database(directory)), rocksdict.Options(raw_mode=True),
-                             access_type=rocksdict.AccessType.read_only())
+        db = rocksdict.Rdict(
+            str(database(directory)), rocksdict.Options(raw_mode=True), access_type=rocksdict.AccessType.read_only()
+        )
         try:
             value = db[KEY.pack(1)]
         finally:
             db.close()
         layout = parse_layout(value)
         assert (layout.dtype, layout.shape) == ("<f4", (3, 16, 16))
-        assert value[HEADER.size:HEADER.size + layout.pixel_bytes] == images[1].tobytes()
+        assert value[HEADER.size : HEADER.size + layout.pixel_bytes] == images[1].tobytes()
 
     def test_plain_rocksdict_reads_the_store(self, directory, filled):
         store, images, labels = filled
         store.store_single(images[3], 10, 77)
         store.close()
-        db = rocksdict.Rdict(str(database(directory)), rocksdict.Options(raw_mode=True),
-                             access_type=rocksdict.AccessType.read_only())
+        db = rocksdict.Rdict(
+            str(database(directory)), rocksdict.Options(raw_mode=True), access_type=rocksdict.AccessType.read_only()
+        )
         try:
             keys, values = zip(*db.items())
         finally:
@@ -73,8 +76,11 @@ class TestRocksdb(CodecTests, StoreTests):
         images, labels = make_batch(50)
         with open_store("rocksdb:compression=zstd,bloom_bits=4,block_cache=1MiB", directory) as store:
             store.store_many(images, labels)
-        assert {key: meta(directory)[key] for key in ("compression", "bloom_bits", "block_cache")} == \
-            {"compression": "zstd", "bloom_bits": 4, "block_cache": 1 << 20}
+        assert {key: meta(directory)[key] for key in ("compression", "bloom_bits", "block_cache")} == {
+            "compression": "zstd",
+            "bloom_bits": 4,
+            "block_cache": 1 << 20,
+        }
         with open_store("rocksdb", directory) as store:  # no options given: the store's are kept
             store.store_single(images[0], 50, 1)
             store.store_many(images[:20], labels[:20])
@@ -93,12 +99,15 @@ class TestRocksdb(CodecTests, StoreTests):
                 usage[spec] = store.disk_usage().apparent
         assert usage["rocksdb:compression=zstd"] * 4 < usage["rocksdb"]
 
-    @pytest.mark.parametrize(("spec", "message"), [
-        ("rocksdb:compression=brotli", "compression='brotli' is not allowed; use none, lz4, zstd"),
-        ("rocksdb:bloom_bits=many", "bloom_bits='many' is not allowed; use an integer 0..64"),
-        ("rocksdb:block_cache=lots", "block_cache='lots' is not allowed; use a size in bytes"),
-        ("rocksdb:cache=1MiB", "unknown option 'cache'; rocksdb takes compression"),
-    ])
+    @pytest.mark.parametrize(
+        ("spec", "message"),
+        [
+            ("rocksdb:compression=brotli", "compression='brotli' is not allowed; use none, lz4, zstd"),
+            ("rocksdb:bloom_bits=many", "bloom_bits='many' is not allowed; use an integer 0..64"),
+            ("rocksdb:block_cache=lots", "block_cache='lots' is not allowed; use a size in bytes"),
+            ("rocksdb:cache=1MiB", "unknown option 'cache'; rocksdb takes compression"),
+        ],
+    )
     def test_unknown_option_values_are_refused(self, spec, message):
         with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
             get_store_class(spec)
@@ -115,7 +124,7 @@ class TestRocksdb(CodecTests, StoreTests):
         store.close()
         manifest = max(database(directory).glob("MANIFEST-*"))
         data = manifest.read_bytes()
-        manifest.write_bytes(data[:len(data) // 2])
+        manifest.write_bytes(data[: len(data) // 2])
         with pytest.raises(CorruptStoreError, match="cut short|damaged"):
             with open_store(self.method, directory, "r") as reader:
                 reader.read_many(len(reader))
@@ -146,8 +155,9 @@ class TestRocksdb(CodecTests, StoreTests):
         images, labels = make_batch(12, (8, 8))
         for image_id in range(12):
             store.store_single(images[image_id], image_id, int(labels[image_id]))
-        db = rocksdict.Rdict(str(database(directory)), rocksdict.Options(raw_mode=True),
-                             access_type=rocksdict.AccessType.read_only())
+        db = rocksdict.Rdict(
+            str(database(directory)), rocksdict.Options(raw_mode=True), access_type=rocksdict.AccessType.read_only()
+        )
         levels = [file["level"] for file in db.live_files()]
         db.close()
         assert levels.count(0) <= 4 and len(levels) < 12, levels
@@ -203,7 +213,9 @@ def test_durable_store_single_syncs_the_log(tmp_path, monkeypatch):
 
     created = []
     real = rocksdict.WriteOptions
-    monkeypatch.setattr(storage_impls.methods.rocksdb.store.rocksdict, "WriteOptions", lambda: created.append(real()) or created[-1])
+    monkeypatch.setattr(
+        storage_impls.methods.rocksdb.store.rocksdict, "WriteOptions", lambda: created.append(real()) or created[-1]
+    )
     for durable in (False, True):
         with open_store("rocksdb", tmp_path / str(durable), durable=durable) as store:
             store.store_many(*labelled_batch(range(3)))

@@ -2,6 +2,7 @@
 shards (and they are byte for byte what webdataset's TarWriter writes, raw and encoded), the one-member layout
 and its size, encoded samples (``.cls`` + ``.jpg``) and their index, the shard size option, the journal,
 snapshots, and truncated, damaged and foreign shards."""
+
 from __future__ import annotations
 
 import json
@@ -14,7 +15,9 @@ import pytest
 
 from storage_impls.registry import _REGISTRY
 
-wds = pytest.importorskip("webdataset", reason=f"webdataset needs the webdataset package: {_REGISTRY['webdataset'].install_hint}")
+wds = pytest.importorskip(
+    "webdataset", reason=f"webdataset needs the webdataset package: {_REGISTRY['webdataset'].install_hint}"
+)
 
 from storage_impls import CorruptStoreError, MissingStoreError, open_store  # noqa: E402
 from storage_impls.core.codecs import get_codec  # noqa: E402
@@ -72,11 +75,16 @@ class TestWebDataset(CodecTests, StoreTests):
     def ecosystem_read(self, directory):
         samples = list(wds.WebDataset(shards(directory), shardshuffle=False).decode())
         assert [sample["__key__"] for sample in samples] == [key(image_id) for image_id in range(len(samples))]
-        return np.stack([sample["npy"]["image"] for sample in samples]), np.array([sample["npy"]["label"] for sample in samples])
+        return np.stack([sample["npy"]["image"] for sample in samples]), np.array(
+            [sample["npy"]["label"] for sample in samples]
+        )
 
     # -- what other tools read -----------------------------------------------------------------
-    @pytest.mark.parametrize(("dtype", "shape"), [(np.uint8, (32, 32, 3)), (np.float32, (3, 16, 16)), (np.uint16, (8, 8))],
-                             ids=["uint8-rgb", "float32-chips", "uint16-grey"])
+    @pytest.mark.parametrize(
+        ("dtype", "shape"),
+        [(np.uint8, (32, 32, 3)), (np.float32, (3, 16, 16)), (np.uint16, (8, 8))],
+        ids=["uint8-rgb", "float32-chips", "uint16-grey"],
+    )
     def test_webdataset_pipeline_reads_the_same_samples(self, directory, dtype, shape):
         """wds.WebDataset(shards).decode() yields every image (bit for bit) and label, keyed by id, in id order."""
         images, labels = random_layout(300, dtype, shape)
@@ -107,23 +115,32 @@ class TestWebDataset(CodecTests, StoreTests):
         _, images, labels = filled
         assert os.path.getsize(shards(directory)[0]) == shard_bytes(10, 4096)
         sizes = {}
-        for name, mtime, encode in [("raw+cls", 1, lambda image, label: {"u8": image.tobytes(), "cls": int(label)}),
-                                    ("npy+cls", 1, lambda image, label: {"npy": image, "cls": int(label)}),
-                                    ("npy+cls, float mtime", 1.5, lambda image, label: {"npy": image, "cls": int(label)})]:
+        for name, mtime, encode in [
+            ("raw+cls", 1, lambda image, label: {"u8": image.tobytes(), "cls": int(label)}),
+            ("npy+cls", 1, lambda image, label: {"npy": image, "cls": int(label)}),
+            ("npy+cls, float mtime", 1.5, lambda image, label: {"npy": image, "cls": int(label)}),
+        ]:
             path = tmp_path / "other.tar"
             with wds.TarWriter(str(path), mtime=mtime) as writer:
                 for image_id, (image, label) in enumerate(zip(images, labels)):
                     writer.write({"__key__": key(image_id), **encode(image, label)})
             sizes[name] = path.stat().st_size
-        assert sizes == {"raw+cls": shard_bytes(10, 4608), "npy+cls": shard_bytes(10, 5120),
-                         "npy+cls, float mtime": shard_bytes(10, 7168)}
+        assert sizes == {
+            "raw+cls": shard_bytes(10, 4608),
+            "npy+cls": shard_bytes(10, 5120),
+            "npy+cls, float mtime": shard_bytes(10, 7168),
+        }
 
     # -- shards, index and options -------------------------------------------------------------
     def test_shard_size_option_is_recorded_and_kept(self, directory):
         images, labels = make_batch(100)
         with open_store(f"{METHOD}:shard_size=64KiB", directory) as store:
             store.store_many(images, labels)
-        assert (meta(directory)["shard_size"], meta(directory)["shard_images"], meta(directory)["shards"]) == (65536, 14, 8)
+        assert (meta(directory)["shard_size"], meta(directory)["shard_images"], meta(directory)["shards"]) == (
+            65536,
+            14,
+            8,
+        )
         assert all(os.path.getsize(path) <= 65536 for path in shards(directory))
         with open_store(METHOD, directory) as store:  # no option: the recorded size
             store.store_many(images[:50], labels[:50])
@@ -197,12 +214,22 @@ class TestWebDataset(CodecTests, StoreTests):
                 reader.read_many(40)
             np.testing.assert_array_equal(reader.read_batch([1, 16])[0], images[[1, 16]])
 
-    @pytest.mark.parametrize("samples", [
-        lambda images, labels: [{"__key__": key(i), "jpg": bytes(1000), "cls": 7} for i in range(len(images))],
-        lambda images, labels: [{"__key__": key(i), "npy": image} for i, image in enumerate(images)],
-        lambda images, labels: [{"__key__": key(i), "npy": record(image.view(np.int8), label)} for i, (image, label) in enumerate(zip(images, labels))],
-        lambda images, labels: [{"__key__": f"img{i:09d}", "npy": record(image, label)} for i, (image, label) in enumerate(zip(images, labels))],
-    ], ids=["other-members", "npy-without-label", "other-dtype", "other-keys"])
+    @pytest.mark.parametrize(
+        "samples",
+        [
+            lambda images, labels: [{"__key__": key(i), "jpg": bytes(1000), "cls": 7} for i in range(len(images))],
+            lambda images, labels: [{"__key__": key(i), "npy": image} for i, image in enumerate(images)],
+            lambda images, labels: [
+                {"__key__": key(i), "npy": record(image.view(np.int8), label)}
+                for i, (image, label) in enumerate(zip(images, labels))
+            ],
+            lambda images, labels: [
+                {"__key__": f"img{i:09d}", "npy": record(image, label)}
+                for i, (image, label) in enumerate(zip(images, labels))
+            ],
+        ],
+        ids=["other-members", "npy-without-label", "other-dtype", "other-keys"],
+    )
     def test_shard_from_another_tool_is_corrupt_naming_the_file(self, directory, filled, samples):
         """A shard written by webdataset's TarWriter in place of this store's: refused by its size or, where
         the size matches, by the first member's header; nothing is written."""
@@ -211,7 +238,10 @@ class TestWebDataset(CodecTests, StoreTests):
         path.unlink()
         write_foreign_shard(path, samples(images, labels))
         before = listing(directory)
-        with pytest.raises(CorruptStoreError, match=f"{re.escape(str(path))}(: the member at byte 0 is not 000000000000.npy| is \\d+ bytes)"):
+        with pytest.raises(
+            CorruptStoreError,
+            match=f"{re.escape(str(path))}(: the member at byte 0 is not 000000000000.npy| is \\d+ bytes)",
+        ):
             with open_store(METHOD, directory, "r") as store:
                 store.read_batch([0])
         with pytest.raises(CorruptStoreError, match=re.escape(str(path))):
@@ -236,7 +266,9 @@ class TestWebDataset(CodecTests, StoreTests):
         data[5 * 4096 + 512 + 20] ^= 0x01  # inside member 5's .npy header
         path.write_bytes(bytes(data))
         with open_store(METHOD, directory, "r") as store:
-            with pytest.raises(CorruptStoreError, match="shard-000000.tar: the member at byte 20480 is not 000000000005.npy"):
+            with pytest.raises(
+                CorruptStoreError, match="shard-000000.tar: the member at byte 20480 is not 000000000005.npy"
+            ):
                 store.read_batch([2, 5])
             with pytest.raises(CorruptStoreError, match="member at byte 20480 is not 000000000005.npy"):
                 store.read_many(10)
@@ -267,7 +299,10 @@ class TestWebDataset(CodecTests, StoreTests):
         before = sorted((path.name, path.stat().st_mtime_ns) for path in folder.iterdir())
         store.store_single(images[1], 4, 5)
         store.store_single(images[2], 10, 6)
-        assert checkpoint(directory) == folder and sorted((path.name, path.stat().st_mtime_ns) for path in folder.iterdir()) == before
+        assert (
+            checkpoint(directory) == folder
+            and sorted((path.name, path.stat().st_mtime_ns) for path in folder.iterdir()) == before
+        )
         assert len(list(wds.WebDataset(shards(directory), shardshuffle=False))) == 10  # shards hold the checkpoint only
         monkeypatch.setattr(storage_impls.core.journal, "COMPACT_MIN_RECORDS", 2)
         store.store_single(images[3], 11, 7)  # the journal is folded first
@@ -330,7 +365,9 @@ def test_webdataset_pipeline_decodes_a_jpeg_store_as_the_store_reads_it(tmp_path
         store.store_many(images, labels)
         read, read_labels = store.read_many(300)
     assert len(shards(tmp_path / "s")) > 1
-    samples = list(wds.WebDataset(shards(tmp_path / "s"), shardshuffle=False).decode("rgb8").to_tuple("__key__", "jpg", "cls"))
+    samples = list(
+        wds.WebDataset(shards(tmp_path / "s"), shardshuffle=False).decode("rgb8").to_tuple("__key__", "jpg", "cls")
+    )
     assert [sample[0] for sample in samples] == [key(image_id) for image_id in range(300)]
     assert_bits_equal(np.stack([sample[1] for sample in samples]), read)
     assert [sample[2] for sample in samples] == read_labels.tolist() == labels.tolist()
@@ -350,10 +387,10 @@ def test_encoded_shards_fill_up_to_the_shard_size(tmp_path):
     for image_id in (0, 1, 399, *np.flatnonzero(np.diff(index[:, 0])) + 1):  # shard starts too
         shard, offset, length = index[image_id]
         data = Path(paths[shard]).read_bytes()
-        assert data[offset:offset + 16] == f"{key(image_id)}.cls".encode()
-        assert data[offset + 512:offset + 1024].rstrip(b"\0") == str(labels[image_id]).encode()
-        assert data[offset + 1024:offset + 1040] == f"{key(image_id)}.png".encode()
-        assert data[offset + 1536:offset + 1536 + length] == png.encode(images[image_id])
+        assert data[offset : offset + 16] == f"{key(image_id)}.cls".encode()
+        assert data[offset + 512 : offset + 1024].rstrip(b"\0") == str(labels[image_id]).encode()
+        assert data[offset + 1024 : offset + 1040] == f"{key(image_id)}.png".encode()
+        assert data[offset + 1536 : offset + 1536 + length] == png.encode(images[image_id])
     sizes = 1536 + -(-index[:, 2] // 512) * 512
     for shard, path in enumerate(paths):
         assert os.path.getsize(path) == archive_bytes(int(sizes[index[:, 0] == shard].sum()))
@@ -369,7 +406,10 @@ def test_bytes_per_image_of_jpeg_samples_against_raw_members(tmp_path):
     lengths = np.load(checkpoint(tmp_path / "s") / "index.npy")[:, 2]
     assert lengths.tolist() == [len(get_codec("jpeg-90").encode(image)) for image in images]
     sizes = 1536 + -(-lengths // 512) * 512
-    assert set(sizes.tolist()) == {2560, 3072} and sizes.mean() < 0.7 * MemberLayout(np.dtype(np.uint8), (32, 32, 3), 0).size == 0.7 * 4096
+    assert (
+        set(sizes.tolist()) == {2560, 3072}
+        and sizes.mean() < 0.7 * MemberLayout(np.dtype(np.uint8), (32, 32, 3), 0).size == 0.7 * 4096
+    )
 
 
 def test_folding_the_journal_copies_encoded_files(tmp_path, monkeypatch):
@@ -383,16 +423,18 @@ def test_folding_the_journal_copies_encoded_files(tmp_path, monkeypatch):
         before = store.read_many(10)
         monkeypatch.setattr(storage_impls.core.journal, "COMPACT_MIN_RECORDS", 1)
         folder = checkpoint(tmp_path / "s")
-        store.store_single(images[11], 10, 2 ** 63 - 1)
-        store.store_single(images[11], 11, -2 ** 63)  # the journal (ids 3 and 10) is folded first
+        store.store_single(images[11], 10, 2**63 - 1)
+        store.store_single(images[11], 11, -(2**63))  # the journal (ids 3 and 10) is folded first
         assert checkpoint(tmp_path / "s") != folder
         assert_bits_equal(store.read_many(10)[0], before[0])
     samples = list(wds.WebDataset(shards(tmp_path / "s"), shardshuffle=False))
     jpeg = get_codec("jpeg-90")
-    assert [sample["jpg"] for sample in samples] == [jpeg.encode(image) for image in [*images[:3], images[10], *images[4:10], images[11]]]
-    assert [int(sample["cls"]) for sample in samples] == [*labels[:3], -5, *labels[4:10], 2 ** 63 - 1]
+    assert [sample["jpg"] for sample in samples] == [
+        jpeg.encode(image) for image in [*images[:3], images[10], *images[4:10], images[11]]
+    ]
+    assert [int(sample["cls"]) for sample in samples] == [*labels[:3], -5, *labels[4:10], 2**63 - 1]
     with open_store(JPEG, tmp_path / "s", "r") as store:
-        assert store.read_batch([11, 10, 3])[1].tolist() == [-2 ** 63, 2 ** 63 - 1, -5]
+        assert store.read_batch([11, 10, 3])[1].tolist() == [-(2**63), 2**63 - 1, -5]
 
 
 def test_damaged_encoded_samples_name_shard_and_byte(tmp_path):
@@ -406,10 +448,20 @@ def test_damaged_encoded_samples_name_shard_and_byte(tmp_path):
     index = np.load(checkpoint(tmp_path / "s") / "index.npy")
     pristine = path.read_bytes()
     shard = re.escape(str(path))
-    cases = [(3, 1024 + 5, rf"{shard}: the sample at byte {index[3, 1]} is not 000000000003.cls and .jpg"),  # the .jpg member's name
-             (4, 512 + 25, rf"{shard}: the sample at byte {index[4, 1]} is not 000000000004"),  # a byte after the label's text
-             (5, 512, rf"{shard}: the sample at byte {index[5, 1]} is not 000000000005"),  # the label's first character
-             (6, 1536 + 200, "image 6 fails its checksum")]  # inside the JPEG
+    cases = [
+        (
+            3,
+            1024 + 5,
+            rf"{shard}: the sample at byte {index[3, 1]} is not 000000000003.cls and .jpg",
+        ),  # the .jpg member's name
+        (
+            4,
+            512 + 25,
+            rf"{shard}: the sample at byte {index[4, 1]} is not 000000000004",
+        ),  # a byte after the label's text
+        (5, 512, rf"{shard}: the sample at byte {index[5, 1]} is not 000000000005"),  # the label's first character
+        (6, 1536 + 200, "image 6 fails its checksum"),
+    ]  # inside the JPEG
     for image_id, offset, message in cases:
         data = bytearray(pristine)
         data[index[image_id, 1] + offset] = ord("x")
@@ -422,7 +474,9 @@ def test_damaged_encoded_samples_name_shard_and_byte(tmp_path):
             assert_bits_equal(store.read_batch([19, 0])[0], expected[[19, 0]])
     path.write_bytes(pristine)
     np.save(checkpoint(tmp_path / "s") / "index.npy", index[:, :2].copy())
-    with pytest.raises(CorruptStoreError, match="index.npy holds int64 of shape .20, 2., expected int64 of shape .20, 3."):
+    with pytest.raises(
+        CorruptStoreError, match="index.npy holds int64 of shape .20, 2., expected int64 of shape .20, 3."
+    ):
         open_store(JPEG, tmp_path / "s", "r")
 
 
@@ -439,5 +493,8 @@ def test_durable_writes_fsync(tmp_path, monkeypatch):
 
 def test_member_layout_at_common_sizes():
     """Bytes per image of the one-member layout: 512 of tar header, 128 of .npy header, pixels, label, padding."""
-    sizes = {shape: MemberLayout(np.dtype(np.uint8), shape, 0).size for shape in [(32, 32, 3), (28, 28), (64, 64, 3), (256, 256, 3)]}
+    sizes = {
+        shape: MemberLayout(np.dtype(np.uint8), shape, 0).size
+        for shape in [(32, 32, 3), (28, 28), (64, 64, 3), (256, 256, 3)]
+    }
     assert sizes == {(32, 32, 3): 4096, (28, 28): 1536, (64, 64, 3): 13312, (256, 256, 3): 197632}

@@ -2,6 +2,7 @@
 same pixels and labels (with a codec: each image's encoded file, which Pillow decodes), nodes from another tool and
 damaged or missing files are refused naming the file, and the design choices (whole-shard writes, balanced shards,
 every chunk written, the pread reader, snapshots, fork)."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,11 @@ from storage_impls.methods.zarr.store import ZarrStore, live_group  # noqa: E402
 from tests.faults import FaultTests, labelled_batch, pixels_for, run_child, spy_fsync  # noqa: E402
 from tests.test_storage import CodecTests, StoreTests, assert_bits_equal, listing, make_batch, random_layout  # noqa: E402
 
-VARIANTS = [f"zarr:compression={compression},reader={reader}" for compression in ("none", "blosc", "zstd")
-            for reader in ("pread", "zarr")]
+VARIANTS = [
+    f"zarr:compression={compression},reader={reader}"
+    for compression in ("none", "blosc", "zstd")
+    for reader in ("pread", "zarr")
+]
 
 
 def shard(directory, index=0, ndim=3):
@@ -105,16 +109,23 @@ class TestZarr(CodecTests, StoreTests):
                 store.store_many(images, labels)
                 assert store.codec_spec == "raw"
             assert "codec" not in json.loads((tmp_path / spec / "zarr.json").read_text().splitlines()[0])
-        files = [sorted((path.relative_to(folder), path.read_bytes()) for path in folder.rglob("*") if path.is_file())
-                 for folder in (live_group(tmp_path / "zarr"), live_group(tmp_path / "zarr:codec=raw"))]
+        files = [
+            sorted((path.relative_to(folder), path.read_bytes()) for path in folder.rglob("*") if path.is_file())
+            for folder in (live_group(tmp_path / "zarr"), live_group(tmp_path / "zarr:codec=raw"))
+        ]
         assert files[0] == files[1]
-        assert dict(zarr.open_group(live_group(tmp_path / "zarr"), mode="r").attrs) == storage_impls.methods.zarr.format.GROUP_ATTRIBUTES
+        assert (
+            dict(zarr.open_group(live_group(tmp_path / "zarr"), mode="r").attrs)
+            == storage_impls.methods.zarr.format.GROUP_ATTRIBUTES
+        )
 
     def test_a_group_recording_another_codec_is_refused_naming_it(self, tmp_path):
         with open_store("zarr:codec=jpeg-90", tmp_path) as store:
             store.store_many(*make_batch(4, (8, 8, 3)))
         zarr.open_group(live_group(tmp_path), mode="a").update_attributes({"codec": "png"})
-        with pytest.raises(CorruptStoreError, match=r"ckpt-\w+/zarr.json: .*another codec .*'png'.*expected .*'jpeg-90'"):
+        with pytest.raises(
+            CorruptStoreError, match=r"ckpt-\w+/zarr.json: .*another codec .*'png'.*expected .*'jpeg-90'"
+        ):
             open_store(self.method, tmp_path, "r")
 
     @pytest.mark.parametrize("reader", ["pread", "zarr"])
@@ -141,7 +152,10 @@ class TestZarr(CodecTests, StoreTests):
         with open_store(f"zarr:reader={reader}", tmp_path, "r") as store:
             np.testing.assert_array_equal(store.read_batch([5, 1])[0], images[[5, 1]])
             for read in (lambda: store.read_batch([1, 0]), lambda: store.read_many(6), lambda: store.read_single(0)):
-                with pytest.raises(CorruptStoreError, match=r"images/c/0: .* not one vlen-bytes element|images/c/0 is damaged|image 0 is not a readable png"):
+                with pytest.raises(
+                    CorruptStoreError,
+                    match=r"images/c/0: .* not one vlen-bytes element|images/c/0 is damaged|image 0 is not a readable png",
+                ):
                     read()
 
     # -- the pread reader and zarr-python's agree ---------------------------------------------------
@@ -178,19 +192,37 @@ class TestZarr(CodecTests, StoreTests):
             open_store(self.method, directory, mode)
         assert listing(directory) == before
 
-    @pytest.mark.parametrize(("make", "message"), [
-        (lambda folder, n: zarr.open_group(folder, mode="w").create_array("images", shape=(n, 32, 32, 3), dtype="uint8"),
-         r"ckpt-\w+/zarr.json: a zarr group written by another tool"),
-        (lambda folder, n: _replace_images(folder, shape=(n, 32, 32, 3), dtype="float32"),
-         r"images/zarr.json: images is not the array this store wrote .*data_type .*float32.*, expected .*uint8"),
-        (lambda folder, n: _replace_images(folder, shape=(n + 1, 32, 32, 3), dtype="uint8"),
-         r"images/zarr.json: images is not the array this store wrote .*shape \(11, 32, 32, 3\), expected \(10, 32, 32, 3\)"),
-        (lambda folder, n: _replace_images(folder, shape=(n, 32, 32, 3), dtype="uint8", shards=None),
-         r"images/zarr.json: images is not the array this store wrote \(chunk_grid"),
-        (lambda folder, n: (folder / "images" / "zarr.json").write_text('{"zarr_format": 3, "node_type": "array"'),
-         r"images/zarr.json is not readable zarr v3 metadata"),
-        (lambda folder, n: shutil.rmtree(folder / "labels"), r"labels/zarr.json is missing"),
-    ], ids=["group-of-another-tool", "wrong-dtype", "wrong-shape", "unsharded", "cut-json", "missing-labels"])
+    @pytest.mark.parametrize(
+        ("make", "message"),
+        [
+            (
+                lambda folder, n: zarr.open_group(folder, mode="w").create_array(
+                    "images", shape=(n, 32, 32, 3), dtype="uint8"
+                ),
+                r"ckpt-\w+/zarr.json: a zarr group written by another tool",
+            ),
+            (
+                lambda folder, n: _replace_images(folder, shape=(n, 32, 32, 3), dtype="float32"),
+                r"images/zarr.json: images is not the array this store wrote .*data_type .*float32.*, expected .*uint8",
+            ),
+            (
+                lambda folder, n: _replace_images(folder, shape=(n + 1, 32, 32, 3), dtype="uint8"),
+                r"images/zarr.json: images is not the array this store wrote .*shape \(11, 32, 32, 3\), expected \(10, 32, 32, 3\)",
+            ),
+            (
+                lambda folder, n: _replace_images(folder, shape=(n, 32, 32, 3), dtype="uint8", shards=None),
+                r"images/zarr.json: images is not the array this store wrote \(chunk_grid",
+            ),
+            (
+                lambda folder, n: (folder / "images" / "zarr.json").write_text(
+                    '{"zarr_format": 3, "node_type": "array"'
+                ),
+                r"images/zarr.json is not readable zarr v3 metadata",
+            ),
+            (lambda folder, n: shutil.rmtree(folder / "labels"), r"labels/zarr.json is missing"),
+        ],
+        ids=["group-of-another-tool", "wrong-dtype", "wrong-shape", "unsharded", "cut-json", "missing-labels"],
+    )
     def test_foreign_or_wrong_array_in_the_group_is_refused_naming_the_file(self, directory, filled, make, message):
         store, images, labels = filled
         store.close()
@@ -207,12 +239,16 @@ class TestZarr(CodecTests, StoreTests):
             np.testing.assert_array_equal(writer.read_many(10)[0], images)
 
     @pytest.mark.parametrize("reader", ["pread", "zarr"])
-    @pytest.mark.parametrize(("damage", "message"), [
-        (lambda path: path.write_bytes(path.read_bytes()[:-5]), "index fails its CRC-32C|damaged"),
-        (lambda path: path.write_bytes(path.read_bytes()[:100]), "too short for the index|damaged"),
-        (lambda path: flip(path, path.stat().st_size - 20), "index fails its CRC-32C|damaged"),
-        (lambda path: flip(path, 5 * (32 * 32 * 3 + 4) + 7), "fails its CRC-32C|damaged"),  # image 5's pixels
-    ], ids=["cut-index", "cut-to-100-bytes", "flipped-index", "flipped-pixel"])
+    @pytest.mark.parametrize(
+        ("damage", "message"),
+        [
+            (lambda path: path.write_bytes(path.read_bytes()[:-5]), "index fails its CRC-32C|damaged"),
+            (lambda path: path.write_bytes(path.read_bytes()[:100]), "too short for the index|damaged"),
+            (lambda path: flip(path, path.stat().st_size - 20), "index fails its CRC-32C|damaged"),
+            (lambda path: flip(path, 5 * (32 * 32 * 3 + 4) + 7), "fails its CRC-32C|damaged"),  # image 5's pixels
+        ],
+        ids=["cut-index", "cut-to-100-bytes", "flipped-index", "flipped-pixel"],
+    )
     def test_damaged_shard_is_corrupt_naming_the_file(self, tmp_path, reader, damage, message):
         images, labels = make_batch(10)
         with open_store(self.method, tmp_path, checksum=True) as store:
@@ -260,12 +296,15 @@ class TestZarr(CodecTests, StoreTests):
         real_open = ZarrStore._open_checkpoint
         monkeypatch.setattr(zarr.storage.LocalStore, "set", spy_set)
         monkeypatch.setattr(zarr.storage.LocalStore, "get", spy_get)
-        monkeypatch.setattr(ZarrStore, "_open_checkpoint", lambda *args: (calls.append(("opened", "")), real_open(*args))[1])
+        monkeypatch.setattr(
+            ZarrStore, "_open_checkpoint", lambda *args: (calls.append(("opened", "")), real_open(*args))[1]
+        )
         with open_store(self.method, tmp_path) as store:
             store.store_many(*make_batch(11, (8, 8, 3)))
-        shard_calls = [call for call in calls[:calls.index(("opened", ""))] if "/c/" in call[1]]  # the writing
+        shard_calls = [call for call in calls[: calls.index(("opened", ""))] if "/c/" in call[1]]  # the writing
         assert sorted(call[1] for call in shard_calls if call[0] == "set") == [
-            f"images/c/{index}/0/0/0" for index in range(3)] + [f"labels/c/{index}" for index in range(3)]
+            f"images/c/{index}/0/0/0" for index in range(3)
+        ] + [f"labels/c/{index}" for index in range(3)]
         assert not [call for call in shard_calls if call[0] == "get" and call[2]]
 
     def test_shards_are_balanced_and_recorded(self, directory, store):
@@ -288,7 +327,7 @@ class TestZarr(CodecTests, StoreTests):
             store.store_many(images, np.arange(4))
             assert_bits_equal(store.read_many(4)[0], images)
             assert_bits_equal(store.read_batch([1, 0])[0], images[[1, 0]])
-        index = np.frombuffer(shard(tmp_path, ndim=2).read_bytes()[-4 - 16 * 4:-4], "<u8").reshape(4, 2)
+        index = np.frombuffer(shard(tmp_path, ndim=2).read_bytes()[-4 - 16 * 4 : -4], "<u8").reshape(4, 2)
         assert (index[:, 1] == 8 * 8 * 4).all()
 
     def test_compression_is_recorded_and_kept_by_later_writers(self, directory):
@@ -354,8 +393,9 @@ class TestZarr(CodecTests, StoreTests):
 def _replace_images(folder, **spec):
     """Put an array made by plain zarr (``spec``) where the group's ``images`` was."""
     shutil.rmtree(folder / "images")
-    zarr.open_group(folder, mode="a").create_array("images", chunks=(1, *spec["shape"][1:]),
-                                                   shards=spec.pop("shards", spec["shape"]), **spec)
+    zarr.open_group(folder, mode="a").create_array(
+        "images", chunks=(1, *spec["shape"][1:]), shards=spec.pop("shards", spec["shape"]), **spec
+    )
 
 
 def test_missing_zarr_names_what_to_install(monkeypatch, tmp_path):

@@ -6,6 +6,7 @@ wrong images, ids read twice or never) stops every rank with one message and a n
 Skipped, saying why, without mpi4py or mpiexec. Reads are broken on purpose by a wrapper script that patches
 the runner before calling its ``main``.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -63,8 +64,10 @@ sys.exit(mpi.main())
 """
 
 pytestmark = [
-    pytest.mark.skipif(importlib.util.find_spec("mpi4py") is None,
-                       reason="mpi4py is not installed: pip install -e '.[mpi]' (mpi4py and MPICH's mpiexec)"),
+    pytest.mark.skipif(
+        importlib.util.find_spec("mpi4py") is None,
+        reason="mpi4py is not installed: pip install -e '.[mpi]' (mpi4py and MPICH's mpiexec)",
+    ),
     pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec beside this Python or on PATH: pip install -e '.[mpi]'"),
 ]
 
@@ -110,8 +113,23 @@ def test_mpi_shares_hold_every_id_once_and_digests_add_up():
 
 @pytest.mark.parametrize("method", CHEAP)
 def test_mpi_two_ranks_read_every_id_once_per_epoch(tmp_path, method):
-    result = mpiexec(tmp_path, ["--method", method, "--images", str(IMAGES), "--batch-size", "16", "--rounds", "2",
-                                "--output", "run.json", "--scratch", str(tmp_path)])
+    result = mpiexec(
+        tmp_path,
+        [
+            "--method",
+            method,
+            "--images",
+            str(IMAGES),
+            "--batch-size",
+            "16",
+            "--rounds",
+            "2",
+            "--output",
+            "run.json",
+            "--scratch",
+            str(tmp_path),
+        ],
+    )
     assert result.returncode == 0, result.stderr
     assert "every id read once per epoch" in result.stdout
     document = json.loads((tmp_path / "run.json").read_text())
@@ -149,8 +167,23 @@ def test_mpi_scaling_runs_append_into_one_file_that_reports_and_compare_read(tmp
 
 
 def test_mpi_cold_cache_drops_the_store_before_every_epoch(tmp_path):
-    result = mpiexec(tmp_path, ["--method", "lmdb", "--images", "500", "--rounds", "2", "--cache", "cold",
-                                "--output", "run.json", "--scratch", str(tmp_path)])
+    result = mpiexec(
+        tmp_path,
+        [
+            "--method",
+            "lmdb",
+            "--images",
+            "500",
+            "--rounds",
+            "2",
+            "--cache",
+            "cold",
+            "--output",
+            "run.json",
+            "--scratch",
+            str(tmp_path),
+        ],
+    )
     assert result.returncode == 0, result.stderr
     info = json.loads((tmp_path / "run.json").read_text())["benchmarks"][0]["extra_info"]
     assert info["cache"] == "cold" and 0 <= info["resident_fraction_before"] <= 1  # once the ranks had reopened it
@@ -172,17 +205,27 @@ def test_mpi_a_store_one_rank_cannot_see_stops_every_rank_with_one_message(store
     start = time.monotonic()
     result = mpmd(store, ["-wdir", str(store), *command], ["-wdir", str(tmp_path), *command])  # rank 1 sees no store/
     assert result.returncode == 2 and time.monotonic() - start < 20
-    assert errors(result) == [f"python -m benchmarks.mpi: error: rank 1 on {os.uname().nodename}, opening the store: no lmdb "
-                              f"store at {tmp_path / 'store'}: directory does not exist (--store must name a store that "
-                              "every rank sees, on a shared filesystem)"]
+    assert errors(result) == [
+        f"python -m benchmarks.mpi: error: rank 1 on {os.uname().nodename}, opening the store: no lmdb "
+        f"store at {tmp_path / 'store'}: directory does not exist (--store must name a store that "
+        "every rank sees, on a shared filesystem)"
+    ]
 
 
-@pytest.mark.parametrize(("args", "ranks", "message"), [
-    (["--method", "lmdb", "--store", "missing"], 2, "no lmdb store at"),
-    (["--method", "lmdb", "--store", "store", "--images", "3"], 4, "4 ranks for 3 images: every rank needs at least one"),
-    (["--method", "nosuch", "--store", "store"], 2, "unknown storage method 'nosuch'"),
-    (["--method", "lmdb", "--store", "store", "--image-shape", "8x8"], 2, "--image-shape and --dtype describe"),
-], ids=["missing-store", "more-ranks-than-images", "unknown-method", "shape-for-a-store"])
+@pytest.mark.parametrize(
+    ("args", "ranks", "message"),
+    [
+        (["--method", "lmdb", "--store", "missing"], 2, "no lmdb store at"),
+        (
+            ["--method", "lmdb", "--store", "store", "--images", "3"],
+            4,
+            "4 ranks for 3 images: every rank needs at least one",
+        ),
+        (["--method", "nosuch", "--store", "store"], 2, "unknown storage method 'nosuch'"),
+        (["--method", "lmdb", "--store", "store", "--image-shape", "8x8"], 2, "--image-shape and --dtype describe"),
+    ],
+    ids=["missing-store", "more-ranks-than-images", "unknown-method", "shape-for-a-store"],
+)
 def test_mpi_bad_input_is_one_message_and_status_2(store, args, ranks, message):
     result = mpiexec(store, args, ranks=ranks)
     assert result.returncode == 2 and result.stdout == ""
@@ -192,16 +235,22 @@ def test_mpi_bad_input_is_one_message_and_status_2(store, args, ranks, message):
 
 def test_mpi_a_rank_that_never_arrives_ends_the_job_after_the_timeout(store):
     start = time.monotonic()
-    result = mpmd(store, [sys.executable, "-m", "benchmarks.mpi", "--method", "lmdb", "--store", "store", "--timeout", "2"],
-                  [sys.executable, "-c", "import time; from mpi4py import MPI; time.sleep(60)"])
+    result = mpmd(
+        store,
+        [sys.executable, "-m", "benchmarks.mpi", "--method", "lmdb", "--store", "store", "--timeout", "2"],
+        [sys.executable, "-c", "import time; from mpi4py import MPI; time.sleep(60)"],
+    )
     assert result.returncode == 3 and time.monotonic() - start < 20
     assert "rank 0 on" in result.stderr and "waited 2 s for the other ranks at reading the arguments" in result.stderr
 
 
-@pytest.mark.parametrize(("kind", "message"), [
-    ("zeros", "rank 1 on {host}, checking epoch 0: 25 of 25 images or labels read differ from what was stored"),
-    ("same-share", "epoch 0: the ranks read 50 ids of 50, with digest"),
-])
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("zeros", "rank 1 on {host}, checking epoch 0: 25 of 25 images or labels read differ from what was stored"),
+        ("same-share", "epoch 0: the ranks read 50 ids of 50, with digest"),
+    ],
+)
 def test_mpi_wrong_reads_fail_the_epoch(store, tmp_path, kind, message):
     (tmp_path / "broken.py").write_text(BROKEN)
     command = [sys.executable, str(tmp_path / "broken.py"), kind, "--method", "lmdb", "--store", "store"]
@@ -243,8 +292,21 @@ def test_mpi_a_store_of_other_images_fails_its_content_check_unless_dataset_name
     folder = load_folder(tmp_path / "folder")
     with get_store_class("lmdb")(tmp_path / "pets") as store:
         store.store_many(folder.images, folder.labels)
-    result = mpiexec(tmp_path, ["--method", "lmdb", "--store", "pets", "--dataset", f"folder:{tmp_path / 'folder'}",
-                                "--rounds", "1", "--output", "run.json"])
+    result = mpiexec(
+        tmp_path,
+        [
+            "--method",
+            "lmdb",
+            "--store",
+            "pets",
+            "--dataset",
+            f"folder:{tmp_path / 'folder'}",
+            "--rounds",
+            "1",
+            "--output",
+            "run.json",
+        ],
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "run.json").read_text())["benchmarks"][0]["extra_info"]["dataset"] == "folder"
 
@@ -253,8 +315,21 @@ def test_mpi_a_rank_on_another_node_puts_its_times_on_rank_0s_clock(tmp_path):
     """A rank on another node (here: one that says so) measures its clock's offset by pings; the truth here is 0, so the
     offset is within half the round trip of it."""
     (tmp_path / "broken.py").write_text(BROKEN)
-    command = [sys.executable, str(tmp_path / "broken.py"), "other-node", "--method", "lmdb", "--images", "40",
-               "--rounds", "2", "--scratch", str(tmp_path), "--output", "run.json"]
+    command = [
+        sys.executable,
+        str(tmp_path / "broken.py"),
+        "other-node",
+        "--method",
+        "lmdb",
+        "--images",
+        "40",
+        "--rounds",
+        "2",
+        "--scratch",
+        str(tmp_path),
+        "--output",
+        "run.json",
+    ]
     result = mpmd(tmp_path, command, command)
     assert result.returncode == 0, result.stderr
     info = json.loads((tmp_path / "run.json").read_text())["benchmarks"][0]["extra_info"]

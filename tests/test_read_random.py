@@ -6,6 +6,7 @@ Reads are broken inside the spawned workers through a ``sitecustomize`` module o
 Python process runs at start-up: READ_RANDOM_BREAK=zeros, fail or hang changes what hdf5's read_batch does,
 twice makes every worker read every batch.
 """
+
 from __future__ import annotations
 
 import json
@@ -65,6 +66,7 @@ def breakage_path(tmp_path_factory) -> str:
 @pytest.fixture
 def break_reads(breakage_path, monkeypatch):
     """``break_reads(kind)``: worker processes started from now on break their reads that way."""
+
     def apply(kind: str) -> None:
         monkeypatch.setenv("PYTHONPATH", breakage_path)
         monkeypatch.setenv("READ_RANDOM_BREAK", kind)
@@ -200,15 +202,37 @@ def test_a_mapped_file_stays_cached_and_residency_shows_it(tmp_path):
 
 # -- the suite's cells, in a subprocess ------------------------------------------------------------
 def run_random(*args: str, env: dict | None = None):
-    return run_suite("-k", "read_random", "--cutoffs", f"10,{COUNT}", "--image-shape", "x".join(map(str, SHAPE)),
-                     "--batch-sizes", "8", *args, env=env)
+    return run_suite(
+        "-k",
+        "read_random",
+        "--cutoffs",
+        f"10,{COUNT}",
+        "--image-shape",
+        "x".join(map(str, SHAPE)),
+        "--batch-sizes",
+        "8",
+        *args,
+        env=env,
+    )
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> dict:
     directory = tmp_path_factory.mktemp("run")
-    result = run_random("--methods", "disk,lmdb,hdf5", "--workers", "1,2", "--cache", "warm,cold", "--benchmark-max-time", "0.01",
-                        "--benchmark-json", str(directory / "run.json"), "--storage-dir", str(directory / "stores"))
+    result = run_random(
+        "--methods",
+        "disk,lmdb,hdf5",
+        "--workers",
+        "1,2",
+        "--cache",
+        "warm,cold",
+        "--benchmark-max-time",
+        "0.01",
+        "--benchmark-json",
+        str(directory / "run.json"),
+        "--storage-dir",
+        str(directory / "stores"),
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert list((directory / "stores").iterdir()) == []
     return json.loads((directory / "run.json").read_text())
@@ -221,15 +245,25 @@ def random_cells(run: dict) -> dict[str, dict]:
 
 def test_cells_have_ids_params_and_extra_info(tiny_run):
     cells = random_cells(tiny_run)
-    assert set(cells) == {f"test_read_random[{method}-{COUNT}-b8-w{workers}-{cache}]" for method in ("disk", "lmdb", "hdf5")
-                          for workers in (1, 2) for cache in ("warm", "cold")}
+    assert set(cells) == {
+        f"test_read_random[{method}-{COUNT}-b8-w{workers}-{cache}]"
+        for method in ("disk", "lmdb", "hdf5")
+        for workers in (1, 2)
+        for cache in ("warm", "cold")
+    }
     cell = cells[f"test_read_random[lmdb-{COUNT}-b8-w2-cold]"]
     assert cell["params"] == {"method": "lmdb", "n_images": COUNT, "batch_size": 8, "workers": 2, "cache": "cold"}
     assert cell["group"] == f"read_random {COUNT} b8 cold"
     info = cell["extra_info"]
     assert info["suite"] == "image-storage" and info["operation"] == "read_random" and info["method"] == "lmdb"
     assert info["n_images"] == COUNT and info["image_shape"] == list(SHAPE) and info["raw_bytes"] == COUNT * 192
-    assert (info["batch_size"], info["workers"], info["cache"], info["n_batches"], info["permutation_seed"]) == (8, 2, "cold", 4, 0)
+    assert (info["batch_size"], info["workers"], info["cache"], info["n_batches"], info["permutation_seed"]) == (
+        8,
+        2,
+        "cold",
+        4,
+        0,
+    )
     assert 0 < info["batch_p50_s"] <= info["batch_p99_s"] <= info["batch_max_s"]
     assert 0 < info["first_batch_s"] and 0 < info["startup_s"]
     assert 0 < info["resident_fraction_before"] <= 1  # once the workers had reopened it: a tiny store is read whole
@@ -243,31 +277,47 @@ def test_cells_have_ids_params_and_extra_info(tiny_run):
 def test_by_default_one_cutoff_batch_size_and_cache_and_two_worker_counts():
     result = run_suite("-k", "read_random", "--cutoffs", "10,20", "--collect-only", "-q")
     most = min(os.cpu_count() or 1, 8)
-    assert sorted(line.split("::")[-1] for line in result.stdout.splitlines() if "::test_read_random[" in line) == sorted(
-        f"test_read_random[{method}-20-b256-w{workers}-warm]" for method in METHODS for workers in {1, most})
+    assert sorted(
+        line.split("::")[-1] for line in result.stdout.splitlines() if "::test_read_random[" in line
+    ) == sorted(f"test_read_random[{method}-20-b256-w{workers}-warm]" for method in METHODS for workers in {1, most})
 
 
 def test_a_broken_read_in_the_workers_fails_its_cell(breakage_path):
-    result = run_random("--methods", "hdf5", "--workers", "2", "--benchmark-disable",
-                        env={"PYTHONPATH": breakage_path, "READ_RANDOM_BREAK": "zeros"})
+    result = run_random(
+        "--methods",
+        "hdf5",
+        "--workers",
+        "2",
+        "--benchmark-disable",
+        env={"PYTHONPATH": breakage_path, "READ_RANDOM_BREAK": "zeros"},
+    )
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"hdf5 read_random: {COUNT} of {COUNT} images differ from what was stored" in result.stdout
 
 
 def test_an_epoch_that_reads_ids_twice_fails_its_cell(breakage_path):
-    result = run_random("--methods", "lmdb", "--workers", "2", "--benchmark-disable",
-                        env={"PYTHONPATH": breakage_path, "READ_RANDOM_BREAK": "twice"})
+    result = run_random(
+        "--methods",
+        "lmdb",
+        "--workers",
+        "2",
+        "--benchmark-disable",
+        env={"PYTHONPATH": breakage_path, "READ_RANDOM_BREAK": "twice"},
+    )
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"lmdb read_random: epoch 0 read {COUNT} of {COUNT} ids other than once (from 2 to 2 times)" in result.stdout
 
 
-@pytest.mark.parametrize(("args", "env", "message"), [
-    (["--workers", "0"], {}, "'0' is not a positive whole number of worker processes"),
-    ([], {"IMAGE_BENCH_WORKERS": "1,x"}, "'x' is not a positive whole number of worker processes"),
-    (["--batch-sizes", "0"], {}, "'0' is not a positive whole number of images per batch"),
-    (["--cache", "hot"], {}, "unknown cache state 'hot'"),
-    (["--cache", "warm,"], {}, "unknown cache state ''"),
-])
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--workers", "0"], {}, "'0' is not a positive whole number of worker processes"),
+        ([], {"IMAGE_BENCH_WORKERS": "1,x"}, "'x' is not a positive whole number of worker processes"),
+        (["--batch-sizes", "0"], {}, "'0' is not a positive whole number of images per batch"),
+        (["--cache", "hot"], {}, "unknown cache state 'hot'"),
+        (["--cache", "warm,"], {}, "unknown cache state ''"),
+    ],
+)
 def test_bad_options_are_usage_errors(args, env, message):
     result = run_suite(*args, "--collect-only", env=env)
     assert result.returncode == 4, result.stdout + result.stderr
@@ -277,9 +327,13 @@ def test_bad_options_are_usage_errors(args, env, message):
 def test_a_method_with_slow_random_reads_runs_them_only_when_named():
     by_default = run_random("--benchmark-disable", "-k", "npz", "-rs")
     assert by_default.returncode == 0, by_default.stdout + by_default.stderr
-    assert "npz runs read_random only when --methods names it: each image read at random decompresses" in by_default.stdout
+    assert (
+        "npz runs read_random only when --methods names it: each image read at random decompresses" in by_default.stdout
+    )
     named = run_random("--methods", "npz", "--workers", "1", "--benchmark-disable", "-rs")
-    assert named.returncode == 0 and "skipped" not in named.stdout and "test_read_random.py ." in named.stdout, named.stdout + named.stderr
+    assert named.returncode == 0 and "skipped" not in named.stdout and "test_read_random.py ." in named.stdout, (
+        named.stdout + named.stderr
+    )
 
 
 def test_a_write_round_removes_a_previous_output_unless_it_is_many_files_per_image(tmp_path, monkeypatch):
@@ -295,8 +349,13 @@ def test_a_write_round_removes_a_previous_output_unless_it_is_many_files_per_ima
         (folder / "sub").mkdir(parents=True)
         for index in range(count):
             (folder / "sub" / f"{index}.png").write_bytes(b"x")
-    for previous, images, file_per_image in ((single, 100, False), (container, 100, False), (few, 3, True),
-                                             (many, 4, True), (None, 1, False)):
+    for previous, images, file_per_image in (
+        (single, 100, False),
+        (container, 100, False),
+        (few, 3, True),
+        (many, 4, True),
+        (None, 1, False),
+    ):
         page_cache.start_write_round(previous, images, file_per_image)
     assert not single.exists() and not container.exists() and not few.exists()
     assert len(list((many / "sub").iterdir())) == 4
@@ -332,14 +391,33 @@ def test_a_methods_own_read_cache_is_sized_below_the_store(tmp_path, data):
 
 @pytest.mark.skipif(bool(memlimit.unavailable()), reason=f"no memory cgroup here: {memlimit.unavailable()}")
 def test_limited_cells_run_in_a_memory_cgroup_and_record_limit_and_residency(tmp_path):
-    result = run_suite("-k", "read_random", "--cutoffs", "10,400", "--image-shape", "64x64x3", "--batch-sizes", "64",
-                       "--methods", "hdf5:advice=willneed,lmdb:readahead=false", "--workers", "1",
-                       "--cache", "limited", "--limited-fraction", "1/4",
-                       "--benchmark-max-time", "0.01", "--benchmark-json", str(tmp_path / "run.json"))
+    result = run_suite(
+        "-k",
+        "read_random",
+        "--cutoffs",
+        "10,400",
+        "--image-shape",
+        "64x64x3",
+        "--batch-sizes",
+        "64",
+        "--methods",
+        "hdf5:advice=willneed,lmdb:readahead=false",
+        "--workers",
+        "1",
+        "--cache",
+        "limited",
+        "--limited-fraction",
+        "1/4",
+        "--benchmark-max-time",
+        "0.01",
+        "--benchmark-json",
+        str(tmp_path / "run.json"),
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     cells = random_cells(json.loads((tmp_path / "run.json").read_text()))
-    assert set(cells) == {f"test_read_random[{method}-400-b64-w1-limited]"
-                          for method in ("hdf5:advice=willneed", "lmdb:readahead=false")}
+    assert set(cells) == {
+        f"test_read_random[{method}-400-b64-w1-limited]" for method in ("hdf5:advice=willneed", "lmdb:readahead=false")
+    }
     for cell in cells.values():
         info = cell["extra_info"]
         assert info["cache"] == "limited" and info["memory_limit_fraction"] == 0.25

@@ -1,6 +1,7 @@
 """Remote reads from a real S3 server on 127.0.0.1 (tests/s3_server.py): every method that reads remotely reads
 bit-exact what the local store reads; the local-only ones refuse, and read once staged; publishing verifies sizes;
 a missing or truncated object and a server that cuts responses raise typed errors, never wrong data."""
+
 from __future__ import annotations
 
 import multiprocessing
@@ -22,10 +23,13 @@ from tests.s3_server import CuttingProxy, bucket, s3_endpoint  # noqa: F401  (fi
 REMOTE = [method for method in METHODS if has_trait(method, READS_REMOTE)]
 LOCAL_ONLY = [method for method in METHODS if not has_trait(method, READS_REMOTE)]
 # variants read remotely besides the plain methods: an encoded layout where the method has codecs
-VARIANTS = {"webdataset": ["webdataset:codec=png", "webdataset:shard_size=64KiB"],
-            "parquet": ["parquet:codec=png,compression=zstd"], "hdf5": ["hdf5:codec=png"],
-            "disk": ["disk:codec=raw"],
-            "zarr": ["zarr:reader=pread", "zarr:codec=png,compression=zstd,reader=pread", "zarr:compression=blosc"]}
+VARIANTS = {
+    "webdataset": ["webdataset:codec=png", "webdataset:shard_size=64KiB"],
+    "parquet": ["parquet:codec=png,compression=zstd"],
+    "hdf5": ["hdf5:codec=png"],
+    "disk": ["disk:codec=raw"],
+    "zarr": ["zarr:reader=pread", "zarr:codec=png,compression=zstd,reader=pread", "zarr:compression=blosc"],
+}
 COUNT, SHAPE = 60, (8, 8, 3)
 
 
@@ -160,8 +164,11 @@ def test_a_missing_store_a_missing_object_and_a_truncated_one_are_typed_errors(t
     local.close()
     prefix = url.split("/", 3)[3]
     client = bucket.client()
-    shard = next(item["Key"] for item in client.list_objects_v2(Bucket=bucket.name, Prefix=prefix)["Contents"]
-                 if item["Key"].endswith("shard-000001.tar"))
+    shard = next(
+        item["Key"]
+        for item in client.list_objects_v2(Bucket=bucket.name, Prefix=prefix)["Contents"]
+        if item["Key"].endswith("shard-000001.tar")
+    )
     body = client.get_object(Bucket=bucket.name, Key=shard)["Body"].read()
     with open_store("webdataset", url, "r") as remote:  # opened before the shard is cut: reads find it short
         client.put_object(Bucket=bucket.name, Key=shard, Body=body[:512])  # its one member cut

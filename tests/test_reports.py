@@ -3,6 +3,7 @@
 The fixture runs in tests/data/ are made by make_run below (test_fixtures_are_reproducible checks
 that they still match), so their numbers are known here without reading them back.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,18 +34,39 @@ DISK_COSTS = {"disk": (40, 3300, 4096), "lmdb": (8192, 3200, 3250), "hdf5": (204
 FIXTURES = {
     "run-full.json": {"node": "bench-a", "seed": 1},
     "pair-a.json": {"node": "bench-a", "seed": 2},
-    "pair-b.json": {"node": "bench-b", "seed": 3, "speed": 0.6, "cpu": "AMD Ryzen 9 7950X",
-                    "datetime": "2026-11-21T14:30:00.000000+00:00", "commit": "f00dcafe" * 5},
+    "pair-b.json": {
+        "node": "bench-b",
+        "seed": 3,
+        "speed": 0.6,
+        "cpu": "AMD Ryzen 9 7950X",
+        "datetime": "2026-11-21T14:30:00.000000+00:00",
+        "commit": "f00dcafe" * 5,
+    },
 }
 
 
 def _stats(data: list[float]) -> dict:
     q1, _, q3 = statistics.quantiles(data, n=4) if len(data) > 1 else (data[0],) * 3
-    return {"min": min(data), "max": max(data), "mean": statistics.fmean(data),
-            "stddev": statistics.stdev(data) if len(data) > 1 else 0.0, "rounds": len(data),
-            "median": statistics.median(data), "iqr": q3 - q1, "q1": q1, "q3": q3,
-            "iqr_outliers": 0, "stddev_outliers": 0, "outliers": "0;0", "ld15iqr": min(data), "hd15iqr": max(data),
-            "ops": 1 / statistics.fmean(data), "total": sum(data), "data": data, "iterations": 1}
+    return {
+        "min": min(data),
+        "max": max(data),
+        "mean": statistics.fmean(data),
+        "stddev": statistics.stdev(data) if len(data) > 1 else 0.0,
+        "rounds": len(data),
+        "median": statistics.median(data),
+        "iqr": q3 - q1,
+        "q1": q1,
+        "q3": q3,
+        "iqr_outliers": 0,
+        "stddev_outliers": 0,
+        "outliers": "0;0",
+        "ld15iqr": min(data),
+        "hd15iqr": max(data),
+        "ops": 1 / statistics.fmean(data),
+        "total": sum(data),
+        "data": data,
+        "iterations": 1,
+    }
 
 
 def make_cell(method: str, operation: str, n_images: int, seconds: float, rng: random.Random) -> dict:
@@ -52,18 +74,42 @@ def make_cell(method: str, operation: str, n_images: int, seconds: float, rng: r
     rounds = 50 if n_images == 1 else max(2, min(20, int(2 / seconds)))
     data = [round(seconds * rng.uniform(0.9, 1.25), 9) for _ in range(rounds)]
     stats = _stats(data)
-    extra = {"suite": "image-storage", "operation": operation, "method": method, "n_images": n_images,
-             "image_shape": list(SHAPE), "raw_bytes": n_images * IMAGE_BYTES, "dataset": "synthetic", "durable": False,
-             "images_per_s": n_images / stats["median"], "mb_per_s": n_images * IMAGE_BYTES / 1e6 / stats["median"]}
+    extra = {
+        "suite": "image-storage",
+        "operation": operation,
+        "method": method,
+        "n_images": n_images,
+        "image_shape": list(SHAPE),
+        "raw_bytes": n_images * IMAGE_BYTES,
+        "dataset": "synthetic",
+        "durable": False,
+        "images_per_s": n_images / stats["median"],
+        "mb_per_s": n_images * IMAGE_BYTES / 1e6 / stats["median"],
+    }
     if operation.startswith("store"):
         fixed, apparent, allocated = DISK_COSTS[method]
-        extra["disk_usage"] = {"allocated_bytes": fixed + allocated * n_images, "apparent_bytes": fixed + apparent * n_images}
+        extra["disk_usage"] = {
+            "allocated_bytes": fixed + allocated * n_images,
+            "apparent_bytes": fixed + apparent * n_images,
+        }
     cutoff = n_images
-    return {"group": f"{operation} {cutoff}", "name": f"test_{operation}[{method}-{cutoff}]",
-            "fullname": f"benchmarks/test_storage.py::test_{operation}[{method}-{cutoff}]",
-            "params": {"method": method, "cutoff": cutoff}, "param": f"{method}-{cutoff}", "extra_info": extra,
-            "options": {"disable_gc": False, "timer": "perf_counter", "min_rounds": 1, "max_time": 1.0,
-                        "min_time": 5e-06, "warmup": False}, "stats": stats}
+    return {
+        "group": f"{operation} {cutoff}",
+        "name": f"test_{operation}[{method}-{cutoff}]",
+        "fullname": f"benchmarks/test_storage.py::test_{operation}[{method}-{cutoff}]",
+        "params": {"method": method, "cutoff": cutoff},
+        "param": f"{method}-{cutoff}",
+        "extra_info": extra,
+        "options": {
+            "disable_gc": False,
+            "timer": "perf_counter",
+            "min_rounds": 1,
+            "max_time": 1.0,
+            "min_time": 5e-06,
+            "warmup": False,
+        },
+        "stats": stats,
+    }
 
 
 def model_seconds(method: str, operation: str, n_images: int, speed: float = 1.0) -> float:
@@ -71,9 +117,16 @@ def model_seconds(method: str, operation: str, n_images: int, speed: float = 1.0
     return speed * (fixed + per_image * n_images)
 
 
-def make_run(node: str = "bench-a", seed: int = 0, speed: float = 1.0, cpu: str = "Intel(R) Core(TM) i7-1185G7",
-             datetime: str = "2026-11-21T10:03:12.123456+00:00", commit: str = "0123456789abcdef" * 2 + "01234567",
-             methods=METHODS, cutoffs=CUTOFFS) -> dict:
+def make_run(
+    node: str = "bench-a",
+    seed: int = 0,
+    speed: float = 1.0,
+    cpu: str = "Intel(R) Core(TM) i7-1185G7",
+    datetime: str = "2026-11-21T10:03:12.123456+00:00",
+    commit: str = "0123456789abcdef" * 2 + "01234567",
+    methods=METHODS,
+    cutoffs=CUTOFFS,
+) -> dict:
     """A whole pytest-benchmark document of the suite: single cells and every (method, cutoff) of the many cells."""
     rng = random.Random(seed)
     benchmarks = []
@@ -82,22 +135,60 @@ def make_run(node: str = "bench-a", seed: int = 0, speed: float = 1.0, cpu: str 
             benchmarks.append(make_cell(method, operation, 1, model_seconds(method, operation, 1, speed), rng))
         for operation in ("store_many", "read_many"):
             for cutoff in cutoffs:
-                benchmarks.append(make_cell(method, operation, cutoff, model_seconds(method, operation, cutoff, speed), rng))
-    benchmarks.append({"group": None, "name": "test_other_suite", "fullname": "other.py::test_other_suite", "params": None,
-                       "param": None, "extra_info": {}, "options": {}, "stats": _stats([0.001, 0.002])})
+                benchmarks.append(
+                    make_cell(method, operation, cutoff, model_seconds(method, operation, cutoff, speed), rng)
+                )
+    benchmarks.append(
+        {
+            "group": None,
+            "name": "test_other_suite",
+            "fullname": "other.py::test_other_suite",
+            "params": None,
+            "param": None,
+            "extra_info": {},
+            "options": {},
+            "stats": _stats([0.001, 0.002]),
+        }
+    )
     return {
         "machine_info": {
-            "node": node, "processor": "x86_64", "machine": "x86_64", "python_compiler": "GCC 12.2.0",
-            "python_implementation": "CPython", "python_implementation_version": "3.11.9", "python_version": "3.11.9",
-            "python_build": ["main", "Apr  2 2024 08:25:04"], "release": "6.1.0-18-amd64", "system": "Linux",
+            "node": node,
+            "processor": "x86_64",
+            "machine": "x86_64",
+            "python_compiler": "GCC 12.2.0",
+            "python_implementation": "CPython",
+            "python_implementation_version": "3.11.9",
+            "python_version": "3.11.9",
+            "python_build": ["main", "Apr  2 2024 08:25:04"],
+            "release": "6.1.0-18-amd64",
+            "system": "Linux",
             "cpu": {"brand_raw": cpu, "count": 8, "arch": "X86_64", "bits": 64},
-            "storage": {"path": "/tmp/pytest-of-bench/stores", "filesystem": "ext4", "mount_point": "/",
-                        "device": "/dev/nvme0n1p2", "free_bytes": 123456789012},
-            "libraries": {"numpy": "2.1.3", "Pillow": "11.0.0", "h5py": "3.12.1", "hdf5": "1.14.5", "lmdb": "1.5.1",
-                          "lmdb_library": "0.9.31", "matplotlib": "3.11.0", "storage_impls": "0.1.0"},
+            "storage": {
+                "path": "/tmp/pytest-of-bench/stores",
+                "filesystem": "ext4",
+                "mount_point": "/",
+                "device": "/dev/nvme0n1p2",
+                "free_bytes": 123456789012,
+            },
+            "libraries": {
+                "numpy": "2.1.3",
+                "Pillow": "11.0.0",
+                "h5py": "3.12.1",
+                "hdf5": "1.14.5",
+                "lmdb": "1.5.1",
+                "lmdb_library": "0.9.31",
+                "matplotlib": "3.11.0",
+                "storage_impls": "0.1.0",
+            },
         },
-        "commit_info": {"id": commit, "time": "2026-11-20T18:00:00+01:00", "author_time": "2026-11-20T18:00:00+01:00",
-                        "dirty": False, "project": "image-storage", "branch": "main"},
+        "commit_info": {
+            "id": commit,
+            "time": "2026-11-20T18:00:00+01:00",
+            "author_time": "2026-11-20T18:00:00+01:00",
+            "dirty": False,
+            "project": "image-storage",
+            "branch": "main",
+        },
         "benchmarks": benchmarks,
         "datetime": datetime,
         "version": "5.3.1",
@@ -122,10 +213,13 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str]:
 
 # --- fixtures and loading -------------------------------------------------------------------
 
+
 def test_fixtures_are_reproducible(tmp_path):
     write_fixtures(tmp_path)
     for name in FIXTURES:
-        assert (tmp_path / name).read_text() == (DATA / name).read_text(), f"regenerate tests/data/{name} with write_fixtures()"
+        assert (tmp_path / name).read_text() == (DATA / name).read_text(), (
+            f"regenerate tests/data/{name} with write_fixtures()"
+        )
         assert (DATA / name).stat().st_size < 200_000
 
 
@@ -153,6 +247,7 @@ def test_resolve_inputs(tmp_path):
 
 # --- shaping --------------------------------------------------------------------------------
 
+
 def test_series_medians_land_in_their_slot():
     run = load_run(DATA / "run-full.json")
     shaped = shape([run])
@@ -165,7 +260,10 @@ def test_series_medians_land_in_their_slot():
     store_disk = next(s for s in shaped.series if (s.name, s.operation) == ("disk", "store_many"))
     assert store_disk.x == CUTOFFS
     assert store_disk.y[-1] == pytest.approx(model_seconds("disk", "store_many", 100000), rel=0.3)
-    assert shape([run], spread="range").series[0].lo[0] == by_key[shaped.series[0].operation, shaped.series[0].name, shaped.series[0].x[0], SHAPE, ""].stats["min"]
+    assert (
+        shape([run], spread="range").series[0].lo[0]
+        == by_key[shaped.series[0].operation, shaped.series[0].name, shaped.series[0].x[0], SHAPE, ""].stats["min"]
+    )
 
 
 def test_disk_stacks_are_running_totals():
@@ -176,7 +274,9 @@ def test_disk_stacks_are_running_totals():
     assert hdf5.bottoms == (0, *(sum(hdf5.segments[:i]) for i in range(1, 5)))
     assert hdf5.tops[-1] == sum(hdf5.segments)
     assert hdf5.per_image[-1] == pytest.approx(allocated, rel=0.01)
-    apparent = next(stack for stack in shape([load_run(DATA / "run-full.json")], disk_kind="apparent").disk if stack.name == "hdf5")
+    apparent = next(
+        stack for stack in shape([load_run(DATA / "run-full.json")], disk_kind="apparent").disk if stack.name == "hdf5"
+    )
     assert apparent.segments[0] == fixed + DISK_COSTS["hdf5"][1] * 10
 
 
@@ -202,10 +302,13 @@ def test_missing_cells_against_full_grid(tmp_path):
 
 # --- the command line -----------------------------------------------------------------------
 
+
 def expected_files(out: Path, floors: bool = False) -> list[Path]:
     """report.md, report.html and every chart; the floor chart only for runs with floor cells."""
     names = [name for name in CHARTS if floors or name != "floor_ratio"]
-    return [out / "report.md", out / "report.html"] + [out / f"{name}.{ext}" for name in names for ext in ("png", "svg")]
+    return [out / "report.md", out / "report.html"] + [
+        out / f"{name}.{ext}" for name in names for ext in ("png", "svg")
+    ]
 
 
 def test_report_of_one_run(tmp_path, capsys):
@@ -230,7 +333,9 @@ def test_report_is_deterministic(tmp_path, capsys):
 
 def test_report_of_two_machines(tmp_path, capsys):
     out = tmp_path / "out"
-    code, err = run_cli([DATA / "pair-a.json", DATA / "pair-b.json", "--out", out, "--disk", "apparent", "--spread", "range"], capsys)
+    code, err = run_cli(
+        [DATA / "pair-a.json", DATA / "pair-b.json", "--out", out, "--disk", "apparent", "--spread", "range"], capsys
+    )
     assert code == 0, err
     assert all(path.stat().st_size > 0 for path in expected_files(out))
     report = (out / "report.md").read_text()
@@ -260,16 +365,25 @@ def test_latest_run_from_benchmarks_dir(tmp_path, capsys, monkeypatch):
     assert "new · 2026-11-21" in (tmp_path / "reports" / "out" / "report.md").read_text()
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    ("{not json", "not valid JSON"),
-    ('{"machine_info": {}}', "no 'benchmarks' list"),
-    ("[1, 2]", "no 'benchmarks' list"),
-    ('{"benchmarks": [], "machine_info": {}, "commit_info": {}, "datetime": "2026-11-21T10:00:00"}', "no cells of this suite"),
-    ('{"benchmarks": [{"name": "t", "extra_info": {"suite": "image-storage", "operation": "read_many"}, "stats": {}}],'
-     ' "machine_info": {}, "commit_info": {}, "datetime": "2026-11-21T10:00:00"}', "benchmark 't': missing extra_info.method"),
-    ('{"benchmarks": [], "commit_info": {}, "datetime": "2026-11-21T10:00:00"}', "missing 'machine_info'"),
-    ("\xff\xfe", "cannot read"),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        ('{"machine_info": {}}', "no 'benchmarks' list"),
+        ("[1, 2]", "no 'benchmarks' list"),
+        (
+            '{"benchmarks": [], "machine_info": {}, "commit_info": {}, "datetime": "2026-11-21T10:00:00"}',
+            "no cells of this suite",
+        ),
+        (
+            '{"benchmarks": [{"name": "t", "extra_info": {"suite": "image-storage", "operation": "read_many"}, "stats": {}}],'
+            ' "machine_info": {}, "commit_info": {}, "datetime": "2026-11-21T10:00:00"}',
+            "benchmark 't': missing extra_info.method",
+        ),
+        ('{"benchmarks": [], "commit_info": {}, "datetime": "2026-11-21T10:00:00"}', "missing 'machine_info'"),
+        ("\xff\xfe", "cannot read"),
+    ],
+)
 def test_bad_file_is_one_line_exit_2(tmp_path, capsys, content, message):
     bad = tmp_path / "bad.json"
     bad.write_bytes(content.encode("latin-1"))
@@ -286,12 +400,15 @@ def test_missing_stats_field_is_reported(tmp_path, capsys):
     assert code == 2 and "missing stats.q3" in err and err.count("\n") == 1
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["missing.json"], "missing.json: no such file or directory"),
-    (["nothing-*.json"], "nothing-*.json: glob matched no files"),
-    (["--benchmarks-dir", "empty"], "empty: no benchmark runs"),
-    (["--benchmarks-dir", "absent"], "absent: no such directory"),
-])
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["missing.json"], "missing.json: no such file or directory"),
+        (["nothing-*.json"], "nothing-*.json: glob matched no files"),
+        (["--benchmarks-dir", "empty"], "empty: no benchmark runs"),
+        (["--benchmarks-dir", "absent"], "absent: no such directory"),
+    ],
+)
 def test_bad_inputs_are_one_line_exit_2(tmp_path, capsys, monkeypatch, argv, message):
     (tmp_path / "empty").mkdir()
     monkeypatch.chdir(tmp_path)

@@ -6,6 +6,7 @@ reader may fail, readers' memory and open descriptors must stay flat once warm, 
 out its ``lock_timeout`` (5 s; a StoreLockedError would fail it); its slowest write is reported. A reader told to
 open the store again (MissingStoreError, where a commit removed the files of its snapshot) is counted, not failed:
 that is the documented behaviour."""
+
 from __future__ import annotations
 
 import json
@@ -68,13 +69,17 @@ def test_readers_read_committed_states_while_one_writer_writes(method, tmp_path,
     for process, (_, errors) in zip(processes, outputs):
         assert process.returncode == 0, errors
     wrote, read = (json.loads(output.splitlines()[-1]) for output, _ in outputs)
-    figures = {"seconds": seconds, **wrote, "readers": READERS, **{name: sum(reader[name] for reader in read)
-               for name in ("handles", "batches", "expired", "errors")},
-               "rss_baseline_mib": round(max(reader["rss_baseline"] for reader in read) / 2**20, 1),
-               "rss_growth_mib": round(max(reader["rss_growth"] for reader in read) / 2**20, 2),
-               "fds_baseline": max(reader["fds_baseline"] for reader in read),
-               "fds_growth": max(reader["fds_growth"] for reader in read),
-               "samples_per_reader": min(reader["samples"] for reader in read)}
+    figures = {
+        "seconds": seconds,
+        **wrote,
+        "readers": READERS,
+        **{name: sum(reader[name] for reader in read) for name in ("handles", "batches", "expired", "errors")},
+        "rss_baseline_mib": round(max(reader["rss_baseline"] for reader in read) / 2**20, 1),
+        "rss_growth_mib": round(max(reader["rss_growth"] for reader in read) / 2**20, 2),
+        "fds_baseline": max(reader["fds_baseline"] for reader in read),
+        "fds_growth": max(reader["fds_growth"] for reader in read),
+        "samples_per_reader": min(reader["samples"] for reader in read),
+    }
     record_property("soak", figures)
     print(f"\nsoak {method}: {json.dumps(figures)}")
     assert figures["errors"] == 0, [error for reader in read for error in reader["first_errors"]]

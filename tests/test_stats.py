@@ -1,4 +1,5 @@
 """reports.stats on synthetic, seeded timing samples: error rates, power, correction, verdict rule."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -32,20 +33,32 @@ def timings(rng: np.random.Generator, rounds: int, factor: float = 1.0, outlier_
     return seconds
 
 
-def simulate(rounds: int, factors: list[float], *, outlier_rate: float = 0.0, trials: int = TRIALS, seed: int = 0,
-             correction: str = "bh") -> np.ndarray:
+def simulate(
+    rounds: int,
+    factors: list[float],
+    *,
+    outlier_rate: float = 0.0,
+    trials: int = TRIALS,
+    seed: int = 0,
+    correction: str = "bh",
+) -> np.ndarray:
     """Verdicts, shape (trials, cells): each trial compares one BASE run with one HEAD run whose cell i is factors[i] slower."""
     rng = np.random.default_rng(seed)
     verdicts = []
     for _ in range(trials):
-        estimates = [ratio_of_medians([timings(rng, rounds, factor, outlier_rate)], [timings(rng, rounds, 1.0, outlier_rate)], rng)
-                     for factor in factors]
+        estimates = [
+            ratio_of_medians(
+                [timings(rng, rounds, factor, outlier_rate)], [timings(rng, rounds, 1.0, outlier_rate)], rng
+            )
+            for factor in factors
+        ]
         verdicts.append([verdict.verdict for verdict in judge_family(estimates, correction=correction)[0]])
     return np.array(verdicts)
 
 
-def simulate_runs(runs: int, factors: list[float], *, drift: float, rounds: int = 10, trials: int = TRIALS,
-                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def simulate_runs(
+    runs: int, factors: list[float], *, drift: float, rounds: int = 10, trials: int = TRIALS, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Verdicts (trials, cells) from several runs per side, and from the first run of each side alone.
 
     Every run of a cell is off by its own lognormal factor with sigma `drift` (whole-run drift: the rounds within
@@ -54,12 +67,19 @@ def simulate_runs(runs: int, factors: list[float], *, drift: float, rounds: int 
     rng = np.random.default_rng(seed)
     between, single = [], []
     for _ in range(trials):
-        samples = [[[timings(rng, rounds, factor * rng.lognormal(0.0, drift)) for _ in range(runs)]
-                    for factor in (1.0, head_factor)] for head_factor in factors]
+        samples = [
+            [
+                [timings(rng, rounds, factor * rng.lognormal(0.0, drift)) for _ in range(runs)]
+                for factor in (1.0, head_factor)
+            ]
+            for head_factor in factors
+        ]
         log_medians = [[np.log(np.median(side, axis=1)) for side in cell] for cell in samples]
         between.append(judge_family([ratio_between_runs(base, head) for base, head in log_medians])[0])
         single.append(judge_family([ratio_of_medians([head[0]], [base[0]], rng) for base, head in samples])[0])
-    return tuple(np.array([[verdict.verdict for verdict in trial] for trial in verdicts]) for verdicts in (between, single))
+    return tuple(
+        np.array([[verdict.verdict for verdict in trial] for trial in verdicts]) for verdicts in (between, single)
+    )
 
 
 def test_drift_between_runs_fools_one_run_per_side_but_not_several():
@@ -134,7 +154,9 @@ def test_bootstrap_medians_match_resampling():
         shortcut = bootstrap_medians(sample, 100_000, rng)
         resampled = np.median(rng.choice(sample, (100_000, rounds)), axis=1)
         assert scipy_stats.ks_2samp(shortcut, resampled).statistic < 0.01
-        assert set(np.round(shortcut, 12)) <= set(np.round(resampled, 12)) | set(np.round(np.add.outer(sample, sample).ravel() / 2, 12))
+        assert set(np.round(shortcut, 12)) <= set(np.round(resampled, 12)) | set(
+            np.round(np.add.outer(sample, sample).ravel() / 2, 12)
+        )
 
 
 def test_ratio_of_medians_is_deterministic_and_brackets_the_truth():
@@ -162,7 +184,10 @@ def test_a_term_of_several_samples_is_the_sum_of_their_medians():
     """A floor made of two floor cells: cell / (floor_a + floor_b), each run's rounds bootstrapped."""
     rng = np.random.default_rng(9)
     base, head = timings(rng, 20), timings(rng, 20, 1.3)
-    base_floor, head_floor = [timings(rng, 20, 0.3), timings(rng, 20, 0.5)], [timings(rng, 20, 0.3), timings(rng, 20, 0.5)]
+    base_floor, head_floor = (
+        [timings(rng, 20, 0.3), timings(rng, 20, 0.5)],
+        [timings(rng, 20, 0.3), timings(rng, 20, 0.5)],
+    )
     estimate = ratio_of_medians([head, base_floor], [base, head_floor], rng)
     expected = (np.median(head) / sum(map(np.median, head_floor))) / (np.median(base) / sum(map(np.median, base_floor)))
     assert estimate.ratio == pytest.approx(expected)
@@ -213,14 +238,17 @@ def test_ci_level_follows_the_correction():
     assert corrected_ci_level(0.05, 10, 0, "bh") == pytest.approx(0.995)
 
 
-@pytest.mark.parametrize(("ratio", "ci", "p_adjusted", "expected"), [
-    (1.10, (1.02, 1.20), 0.01, "slower"),        # significant and beyond 5 %, CI need not clear 1.05
-    (0.90, (0.85, 0.97), 0.01, "faster"),
-    (1.10, (0.98, 1.25), 0.20, "inconclusive"),   # large but not significant
-    (1.03, (1.02, 1.04), 0.001, "unchanged"),      # significant but small: proven within 5 %
-    (1.03, (1.01, 1.07), 0.01, "inconclusive"),   # significant, small, could still be 7 %
-    (1.00, (0.96, 1.04), 0.90, "unchanged"),
-])
+@pytest.mark.parametrize(
+    ("ratio", "ci", "p_adjusted", "expected"),
+    [
+        (1.10, (1.02, 1.20), 0.01, "slower"),  # significant and beyond 5 %, CI need not clear 1.05
+        (0.90, (0.85, 0.97), 0.01, "faster"),
+        (1.10, (0.98, 1.25), 0.20, "inconclusive"),  # large but not significant
+        (1.03, (1.02, 1.04), 0.001, "unchanged"),  # significant but small: proven within 5 %
+        (1.03, (1.01, 1.07), 0.01, "inconclusive"),  # significant, small, could still be 7 %
+        (1.00, (0.96, 1.04), 0.90, "unchanged"),
+    ],
+)
 def test_classify(ratio, ci, p_adjusted, expected):
     assert classify(ratio, ci, p_adjusted, alpha=0.05, threshold=0.05) == expected
 

@@ -1,4 +1,5 @@
 """Conformance tests every storage method must pass: subclass StoreTests and set ``method``."""
+
 from __future__ import annotations
 
 import os
@@ -18,7 +19,9 @@ from storage_impls.core.codecs import Png, get_codec
 from storage_impls.datasets import synthetic
 
 SHAPES = [(32, 32, 3), (8, 8), (8, 8, 1), (8, 8, 4), (256, 256, 3)]
-ROUND_TRIP = [(shape, count) for shape in SHAPES for count in (1, 10, 1000) if not (shape == (256, 256, 3) and count == 1000)]
+ROUND_TRIP = [
+    (shape, count) for shape in SHAPES for count in (1, 10, 1000) if not (shape == (256, 256, 3) and count == 1000)
+]
 
 
 def make_batch(count: int, shape=(32, 32, 3), seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -29,9 +32,19 @@ def make_batch(count: int, shape=(32, 32, 3), seed: int = 0) -> tuple[np.ndarray
     return images, labels
 
 
-LAYOUTS = [(np.uint16, (8, 8, 3)), (np.uint16, (8, 8)), (np.uint16, (8, 8, 4)), (np.int16, (8, 8)),
-           (np.float32, (3, 16, 16)), (np.float64, (4, 4, 2)), (np.uint8, (8, 8, 13)), (np.float16, (8, 8)),
-           (np.int8, (4, 4)), (np.uint32, (4, 4)), (np.int64, (4, 4, 1))]
+LAYOUTS = [
+    (np.uint16, (8, 8, 3)),
+    (np.uint16, (8, 8)),
+    (np.uint16, (8, 8, 4)),
+    (np.int16, (8, 8)),
+    (np.float32, (3, 16, 16)),
+    (np.float64, (4, 4, 2)),
+    (np.uint8, (8, 8, 13)),
+    (np.float16, (8, 8)),
+    (np.int8, (4, 4)),
+    (np.uint32, (4, 4)),
+    (np.int64, (4, 4, 1)),
+]
 
 
 def random_layout(count: int, dtype, shape) -> tuple[np.ndarray, np.ndarray]:
@@ -81,7 +94,11 @@ class StoreTests:
         return None
 
     # -- round trips ------------------------------------------------------------------------
-    @pytest.mark.parametrize(("shape", "count"), ROUND_TRIP, ids=lambda value: "x".join(map(str, value)) if isinstance(value, tuple) else str(value))
+    @pytest.mark.parametrize(
+        ("shape", "count"),
+        ROUND_TRIP,
+        ids=lambda value: "x".join(map(str, value)) if isinstance(value, tuple) else str(value),
+    )
     def test_store_many_read_many_round_trip(self, store, shape, count):
         images, labels = make_batch(count, shape)
         store.store_many(images, labels)
@@ -201,7 +218,11 @@ class StoreTests:
         assert usages[0].apparent < usages[1].apparent < usages[2].apparent
 
     # -- any dtype and band count, where the method holds it ---------------------------------
-    @pytest.mark.parametrize(("dtype", "shape"), LAYOUTS, ids=lambda value: "x".join(map(str, value)) if isinstance(value, tuple) else str(value))
+    @pytest.mark.parametrize(
+        ("dtype", "shape"),
+        LAYOUTS,
+        ids=lambda value: "x".join(map(str, value)) if isinstance(value, tuple) else str(value),
+    )
     def test_any_dtype_and_band_count_round_trips_bit_exact_or_is_refused(self, store, directory, dtype, shape):
         """Random bytes viewed as ``dtype`` (floats: every NaN payload, infinities, -0.0): what the method holds
         reads back bit for bit through every read; what it cannot hold is refused, naming the limit, unwritten."""
@@ -233,26 +254,45 @@ class StoreTests:
         np.testing.assert_array_equal(store.read_many(3)[0], images)
 
     # -- bad input: a clear error and nothing written ---------------------------------------
-    @pytest.mark.parametrize(("call", "error", "message"), [
-        (lambda s, im, lb: s.store_many(im.astype(np.complex64), lb), TypeError, "numeric dtype"),
-        (lambda s, im, lb: s.store_many(im > 9, lb), TypeError, "numeric dtype"),
-        (lambda s, im, lb: s.store_many(im.tolist(), lb), TypeError, "numpy.ndarray"),
-        (lambda s, im, lb: s.store_many(im[0, 0], lb[:32]), ValueError, "shape"),
-        (lambda s, im, lb: s.store_many(im[:0], lb[:0]), ValueError, "empty batch"),
-        (lambda s, im, lb: s.store_many(im, lb[:-1]), ValueError, "one per image"),
-        (lambda s, im, lb: s.store_many(im, lb.astype(float)), TypeError, "integers"),
-        (lambda s, im, lb: s.store_many(im, np.full(len(lb), 2**63, np.uint64)), ValueError, "int64"),
-        (lambda s, im, lb: s.store_single(im[0].astype(object), 0, 1), TypeError, "numeric dtype"),
-        (lambda s, im, lb: s.store_single(im, 0, 1), ValueError, "shape"),
-        (lambda s, im, lb: s.store_single(im[0], 0, 1.5), TypeError, "label must be an integer"),
-        (lambda s, im, lb: s.store_single(im[0], 0, True), TypeError, "label must be an integer"),
-        (lambda s, im, lb: s.store_single(im[0], 0, 2**63), ValueError, "int64"),
-        (lambda s, im, lb: s.store_single(im[0], -1, 1), ValueError, "non-negative"),
-        (lambda s, im, lb: s.store_single(im[0], 1.0, 1), TypeError, "image_id"),
-        (lambda s, im, lb: s.store_single(im[0], 1, 1), ValueError, "gap"),
-    ], ids=["complex-dtype", "bool-dtype", "list", "ndim", "empty", "length-mismatch", "float-labels",
-            "label-overflow", "single-dtype", "single-ndim", "float-label", "bool-label", "label-out-of-range",
-            "negative-id", "float-id", "gap-id"])
+    @pytest.mark.parametrize(
+        ("call", "error", "message"),
+        [
+            (lambda s, im, lb: s.store_many(im.astype(np.complex64), lb), TypeError, "numeric dtype"),
+            (lambda s, im, lb: s.store_many(im > 9, lb), TypeError, "numeric dtype"),
+            (lambda s, im, lb: s.store_many(im.tolist(), lb), TypeError, "numpy.ndarray"),
+            (lambda s, im, lb: s.store_many(im[0, 0], lb[:32]), ValueError, "shape"),
+            (lambda s, im, lb: s.store_many(im[:0], lb[:0]), ValueError, "empty batch"),
+            (lambda s, im, lb: s.store_many(im, lb[:-1]), ValueError, "one per image"),
+            (lambda s, im, lb: s.store_many(im, lb.astype(float)), TypeError, "integers"),
+            (lambda s, im, lb: s.store_many(im, np.full(len(lb), 2**63, np.uint64)), ValueError, "int64"),
+            (lambda s, im, lb: s.store_single(im[0].astype(object), 0, 1), TypeError, "numeric dtype"),
+            (lambda s, im, lb: s.store_single(im, 0, 1), ValueError, "shape"),
+            (lambda s, im, lb: s.store_single(im[0], 0, 1.5), TypeError, "label must be an integer"),
+            (lambda s, im, lb: s.store_single(im[0], 0, True), TypeError, "label must be an integer"),
+            (lambda s, im, lb: s.store_single(im[0], 0, 2**63), ValueError, "int64"),
+            (lambda s, im, lb: s.store_single(im[0], -1, 1), ValueError, "non-negative"),
+            (lambda s, im, lb: s.store_single(im[0], 1.0, 1), TypeError, "image_id"),
+            (lambda s, im, lb: s.store_single(im[0], 1, 1), ValueError, "gap"),
+        ],
+        ids=[
+            "complex-dtype",
+            "bool-dtype",
+            "list",
+            "ndim",
+            "empty",
+            "length-mismatch",
+            "float-labels",
+            "label-overflow",
+            "single-dtype",
+            "single-ndim",
+            "float-label",
+            "bool-label",
+            "label-out-of-range",
+            "negative-id",
+            "float-id",
+            "gap-id",
+        ],
+    )
     def test_bad_input_on_an_empty_store_raises_and_writes_nothing(self, store, directory, call, error, message):
         images, labels = make_batch(4)
         before = listing(directory)
@@ -274,16 +314,20 @@ class StoreTests:
         assert listing(directory) == before
         np.testing.assert_array_equal(store.read_many(10)[0], images)
 
-    @pytest.mark.parametrize(("call", "error", "message"), [
-        (lambda s: s.read_single(10), ImageNotFoundError, "never stored"),
-        (lambda s: s.read_single(-1), ValueError, "non-negative"),
-        (lambda s: s.read_single("0"), TypeError, "image_id"),
-        (lambda s: s.read_many(11), ValueError, "holds 10"),
-        (lambda s: s.read_many(0), ValueError, "cannot read 0"),
-        (lambda s: s.read_many(2.0), TypeError, "integer"),
-        (lambda s: s.read_many(2, out=np.empty((3, 32, 32, 3), np.uint8)), ValueError, "out must be"),
-        (lambda s: s.read_many(2, out=np.empty((2, 32, 32, 3), np.int8)), ValueError, "out must be"),
-    ], ids=["unknown-id", "negative-id", "str-id", "too-many", "zero", "float-count", "out-shape", "out-dtype"])
+    @pytest.mark.parametrize(
+        ("call", "error", "message"),
+        [
+            (lambda s: s.read_single(10), ImageNotFoundError, "never stored"),
+            (lambda s: s.read_single(-1), ValueError, "non-negative"),
+            (lambda s: s.read_single("0"), TypeError, "image_id"),
+            (lambda s: s.read_many(11), ValueError, "holds 10"),
+            (lambda s: s.read_many(0), ValueError, "cannot read 0"),
+            (lambda s: s.read_many(2.0), TypeError, "integer"),
+            (lambda s: s.read_many(2, out=np.empty((3, 32, 32, 3), np.uint8)), ValueError, "out must be"),
+            (lambda s: s.read_many(2, out=np.empty((2, 32, 32, 3), np.int8)), ValueError, "out must be"),
+        ],
+        ids=["unknown-id", "negative-id", "str-id", "too-many", "zero", "float-count", "out-shape", "out-dtype"],
+    )
     def test_bad_reads_raise(self, filled, call, error, message):
         store, _, _ = filled
         with pytest.raises(error, match=message):
@@ -343,8 +387,9 @@ class StoreTests:
             print("done", flush=True)
         """)
         for delay in (0.0, 0.01, 0.05, 0.2):
-            process = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True,
-                                       cwd=Path(__file__).parent.parent)
+            process = subprocess.Popen(
+                [sys.executable, "-c", child], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent
+            )
             assert process.stdout.readline() == "ready\n"
             _sleep_then_kill(process, delay)
             with open_store(self.method, directory, "r") as reopened:
@@ -418,8 +463,15 @@ class CodecTests:
             assert store.codec_spec == "png"
             assert_bits_equal(store.read_many(4)[0], images)
 
-    @pytest.mark.parametrize(("spec", "shape", "dtype"), [("jpeg-90", (8, 8, 4), np.uint8), ("jpeg-90", (8, 8), np.uint16),
-                                                          ("webp-80", (8, 8), np.uint8), ("png", (8, 8, 2), np.uint8)])
+    @pytest.mark.parametrize(
+        ("spec", "shape", "dtype"),
+        [
+            ("jpeg-90", (8, 8, 4), np.uint8),
+            ("jpeg-90", (8, 8), np.uint16),
+            ("webp-80", (8, 8), np.uint8),
+            ("png", (8, 8, 2), np.uint8),
+        ],
+    )
     def test_a_codec_that_cannot_hold_the_images_is_refused_before_writing(self, directory, spec, shape, dtype):
         images, labels = random_layout(3, dtype, shape)
         with open_store(self.variant(spec), directory) as store:
@@ -430,7 +482,9 @@ class CodecTests:
 
     @pytest.mark.parametrize("spec", ["jpeg-0", "jpeg-101", "gif", "webp", "png-10"])
     def test_unknown_codecs_are_refused_listing_the_codecs(self, directory, spec):
-        with pytest.raises(ValueError, match=f"codec='{spec}' is not allowed; use raw, png, png-0..png-9, jpeg-1..jpeg-100"):
+        with pytest.raises(
+            ValueError, match=f"codec='{spec}' is not allowed; use raw, png, png-0..png-9, jpeg-1..jpeg-100"
+        ):
             open_store(self.variant(spec), directory)
         assert not directory.exists()
 
@@ -453,7 +507,9 @@ class TestDisk(CodecTests, StoreTests):
         with open(generation / "labels.csv", newline="") as file:
             rows = list(csv.DictReader(file))
         assert [int(row["image_id"]) for row in rows] == list(range(len(rows)))
-        assert sorted(path.name for path in generation.glob("*.png")) == sorted(f"{image_id}.png" for image_id in range(len(rows)))
+        assert sorted(path.name for path in generation.glob("*.png")) == sorted(
+            f"{image_id}.png" for image_id in range(len(rows))
+        )
         images = np.stack([np.asarray(Image.open(generation / f"{image_id}.png")) for image_id in range(len(rows))])
         return images, np.array([int(row["label"]) for row in rows], np.int64)
 
@@ -516,7 +572,9 @@ class TestLmdb(CodecTests, StoreTests):
     def test_map_grows_instead_of_failing(self, directory, monkeypatch):
         import storage_impls.methods.lmdb.env
 
-        monkeypatch.setattr(storage_impls.methods.lmdb.env, "MAP_SIZE", 1 << 20)  # a small map, as where address space is short
+        monkeypatch.setattr(
+            storage_impls.methods.lmdb.env, "MAP_SIZE", 1 << 20
+        )  # a small map, as where address space is short
         images, labels = make_batch(20, (128, 128, 3))
         with open_store("lmdb", directory) as store:
             start = store._shared.env.info()["map_size"]
@@ -658,11 +716,17 @@ class TestHdf5(CodecTests, StoreTests):
             store.store_many(images, labels)
             read = store.read_many(12)[0]
         with h5py.File(directory / "images.h5", "r") as file:
-            assert (file.attrs["codec"], file.attrs["dtype"], tuple(file.attrs["image_shape"])) == (spec.encode(), b"|u1", (16, 16, 3))
+            assert (file.attrs["codec"], file.attrs["dtype"], tuple(file.attrs["image_shape"])) == (
+                spec.encode(),
+                b"|u1",
+                (16, 16, 3),
+            )
             offsets, encoded = file["offsets"][()], file["encoded"]
             assert encoded.dtype == np.uint8 and encoded.chunks is None and offsets.dtype == np.int64
             assert offsets[0] == 0 and offsets[-1] == len(encoded) and len(offsets) == 13 and "images" not in file
-            decoded = np.stack([np.asarray(Image.open(io.BytesIO(encoded[offsets[i]:offsets[i + 1]].tobytes()))) for i in range(12)])
+            decoded = np.stack(
+                [np.asarray(Image.open(io.BytesIO(encoded[offsets[i] : offsets[i + 1]].tobytes()))) for i in range(12)]
+            )
             np.testing.assert_array_equal(file["labels"][()], labels)
         np.testing.assert_array_equal(decoded, read)
 
@@ -764,9 +828,15 @@ class TestHdf5Lzf(StoreTests):
         path.write_bytes(path.read_bytes()[:3000])
         return CorruptStoreError
 
-    @pytest.mark.parametrize(("spec", "compression", "per_chunk"), [
-        ("compression=lzf,chunks=16", "lzf", 16), ("compression=gzip", "gzip", 21), ("chunks=1", None, 1),
-        ("compression=gzip,chunks=5000", "gzip", 300)])
+    @pytest.mark.parametrize(
+        ("spec", "compression", "per_chunk"),
+        [
+            ("compression=lzf,chunks=16", "lzf", 16),
+            ("compression=gzip", "gzip", 21),
+            ("chunks=1", None, 1),
+            ("compression=gzip,chunks=5000", "gzip", 300),
+        ],
+    )
     def test_h5py_reads_the_chunked_dataset_as_asked(self, directory, spec, compression, per_chunk):
         """Plain h5py: ``images`` has the compression and chunks asked (compression alone: whole images up to 64 KiB,
         21 of 32x32x3; chunks past the images held: one chunk of them all), and reads as stored."""
@@ -822,12 +892,20 @@ class TestHdf5Lzf(StoreTests):
         with open_store("hdf5", directory, "r") as store:
             assert_bits_equal(store.read_many(40)[0], images)
 
-    @pytest.mark.parametrize(("attribute", "value", "message"), [
-        ("chunks", np.int64(8), r"images are in chunks \(10, 32, 32, 3\) filtered by lzf, but its attributes record compression=lzf,chunks=8"),
-        ("compression", np.bytes_("gzip"), "filtered by lzf, but its attributes record compression=gzip,chunks=16"),
-        ("compression", np.bytes_("zstd"), "'zstd' and chunks 16 are not a layout"),
-        ("compression", None, "filtered by lzf, but its attributes record chunks=16"),
-        ("compression and chunks", None, "dataset /images is not 30720 contiguous bytes")])
+    @pytest.mark.parametrize(
+        ("attribute", "value", "message"),
+        [
+            (
+                "chunks",
+                np.int64(8),
+                r"images are in chunks \(10, 32, 32, 3\) filtered by lzf, but its attributes record compression=lzf,chunks=8",
+            ),
+            ("compression", np.bytes_("gzip"), "filtered by lzf, but its attributes record compression=gzip,chunks=16"),
+            ("compression", np.bytes_("zstd"), "'zstd' and chunks 16 are not a layout"),
+            ("compression", None, "filtered by lzf, but its attributes record chunks=16"),
+            ("compression and chunks", None, "dataset /images is not 30720 contiguous bytes"),
+        ],
+    )
     def test_recorded_layout_that_is_not_the_datasets_is_corrupt(self, directory, filled, attribute, value, message):
         import h5py
 
@@ -862,7 +940,10 @@ class TestHdf5Lzf(StoreTests):
         import h5py
 
         for spec in ("hdf5:codec=png,compression=gzip", "hdf5:chunks=4,codec=jpeg-90"):
-            with pytest.raises(ValueError, match=r"applies to raw pixels only \(codec=raw\); (png|jpeg-90) images are already compressed"):
+            with pytest.raises(
+                ValueError,
+                match=r"applies to raw pixels only \(codec=raw\); (png|jpeg-90) images are already compressed",
+            ):
                 open_store(spec, directory)
             assert not directory.exists()
         open_store("hdf5:codec=raw,compression=lzf", directory).close()  # raw pixels: fine
@@ -885,13 +966,20 @@ class TestHdf5Lzf(StoreTests):
         with h5py.File(directory / "images.h5", "r") as file:
             assert file.attrs["codec"] == b"png" and "compression" not in file.attrs and file["encoded"].chunks is None
 
-    @pytest.mark.parametrize(("spec", "message"), [
-        ("compression=zstd", "compression='zstd' is not allowed; use none, gzip, lzf"),
-        ("compression=gzip-9", "compression='gzip-9' is not allowed; use none, gzip, lzf"),
-        ("chunks=0", "chunks='0' is not allowed; use an integer 1..4294967295"),
-        ("chunks=-2", "chunks='-2' is not allowed; use an integer 1..4294967295"),
-        ("chunks=auto", "chunks='auto' is not allowed; use an integer 1..4294967295"),
-        ("shuffle=1", "unknown option 'shuffle'; hdf5 takes compression (none, gzip, lzf); chunks (an integer 1..4294967295); codec")])
+    @pytest.mark.parametrize(
+        ("spec", "message"),
+        [
+            ("compression=zstd", "compression='zstd' is not allowed; use none, gzip, lzf"),
+            ("compression=gzip-9", "compression='gzip-9' is not allowed; use none, gzip, lzf"),
+            ("chunks=0", "chunks='0' is not allowed; use an integer 1..4294967295"),
+            ("chunks=-2", "chunks='-2' is not allowed; use an integer 1..4294967295"),
+            ("chunks=auto", "chunks='auto' is not allowed; use an integer 1..4294967295"),
+            (
+                "shuffle=1",
+                "unknown option 'shuffle'; hdf5 takes compression (none, gzip, lzf); chunks (an integer 1..4294967295); codec",
+            ),
+        ],
+    )
     def test_bad_values_are_refused_listing_what_is_allowed(self, directory, spec, message):
         with pytest.raises(ValueError, match=re.escape(message)):
             open_store(f"hdf5:{spec}", directory)
@@ -917,11 +1005,22 @@ class TestHdf5Lzf(StoreTests):
         images, labels = make_batch(100, (8, 8, 3))
         reads = []
         real_read = ChunkedImages.read
-        monkeypatch.setattr(ChunkedImages, "read", lambda self, start, out: reads.append((start, len(out))) or real_read(self, start, out))
+        monkeypatch.setattr(
+            ChunkedImages,
+            "read",
+            lambda self, start, out: reads.append((start, len(out))) or real_read(self, start, out),
+        )
         with open_store(self.method, directory) as store:
             store.store_many(images, labels)
-            cases = {(5, 3, 5, 90, 17, 16, 99, 0, 0): 4, (20, 21, 22, 23): 1, (15, 16, 17, 18, 40): 3, (10, 12, 14): 1,
-                     tuple(range(100)): 1, tuple(range(99, -1, -1)): 1, tuple(range(0, 100, 3)): 7}
+            cases = {
+                (5, 3, 5, 90, 17, 16, 99, 0, 0): 4,
+                (20, 21, 22, 23): 1,
+                (15, 16, 17, 18, 40): 3,
+                (10, 12, 14): 1,
+                tuple(range(100)): 1,
+                tuple(range(99, -1, -1)): 1,
+                tuple(range(0, 100, 3)): 7,
+            }
             for ids, chunk_reads in cases.items():
                 reads.clear()
                 batch, batch_labels = store.read_batch(list(ids))
@@ -968,7 +1067,9 @@ class TestHdf5Lzf(StoreTests):
 
         monkeypatch.setattr(storage_impls.core.journal, "COMPACT_MIN_RECORDS", 0)
         monkeypatch.setattr(storage_impls.core.journal, "COMPACT_FRACTION", 10**9)  # fold before every append
-        monkeypatch.setattr(storage_impls.methods.hdf5.store, "COPY_BLOCK_BYTES", 37 * 192)  # 37 images: rounded down to 32
+        monkeypatch.setattr(
+            storage_impls.methods.hdf5.store, "COPY_BLOCK_BYTES", 37 * 192
+        )  # 37 images: rounded down to 32
         images, labels = make_batch(300, (8, 8, 3))
         with open_store(self.method, directory) as store:
             store.store_many(images[:299], labels[:299])
@@ -992,9 +1093,22 @@ class TestHdf5Chunked(StoreTests):
 
 
 def test_registry_names_the_methods():
-    assert storage_impls.METHODS == ("disk", "lmdb", "hdf5", "rocksdb", "npy-files", "npz", "npy-memmap",
-                                     "webdataset", "parquet", "lance", "zarr")
-    with pytest.raises(ValueError, match="unknown storage method 'tiff'; known methods: disk, lmdb, hdf5, rocksdb, npy-files"):
+    assert storage_impls.METHODS == (
+        "disk",
+        "lmdb",
+        "hdf5",
+        "rocksdb",
+        "npy-files",
+        "npz",
+        "npy-memmap",
+        "webdataset",
+        "parquet",
+        "lance",
+        "zarr",
+    )
+    with pytest.raises(
+        ValueError, match="unknown storage method 'tiff'; known methods: disk, lmdb, hdf5, rocksdb, npy-files"
+    ):
         open_store("tiff", "/nonexistent")
 
 
@@ -1024,15 +1138,19 @@ def stores_of_each_method(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize("mode", ["r", "a"])
-@pytest.mark.parametrize(("writer", "opener"), [(writer, opener) for writer in storage_impls.METHODS
-                                                for opener in storage_impls.METHODS if writer != opener])
+@pytest.mark.parametrize(
+    ("writer", "opener"),
+    [(writer, opener) for writer in storage_impls.METHODS for opener in storage_impls.METHODS if writer != opener],
+)
 def test_a_store_opened_by_another_method_is_refused_naming_its_method(stores_of_each_method, writer, opener, mode):
     missing = sorted({writer, opener} - stores_of_each_method.keys())
     if missing:
         pytest.skip(f"{', '.join(missing)} not installed here")
     directory = stores_of_each_method[writer]
     before = listing(directory)
-    with pytest.raises(CorruptStoreError, match=f"holds a {re.escape(writer)} store .*open it with method '{re.escape(writer)}'"):
+    with pytest.raises(
+        CorruptStoreError, match=f"holds a {re.escape(writer)} store .*open it with method '{re.escape(writer)}'"
+    ):
         open_store(opener, directory, mode)
     assert listing(directory) == before
 

@@ -5,6 +5,7 @@ the write-ahead log, the database folder), which it syncs at every commit with n
 Each method runs in a child Python under ``strace -f`` (its threads too): a first write to warm up, then, between two
 marker writes to stderr, one ``store_single`` and one ``store_many``. Skipped without strace.
 """
+
 from __future__ import annotations
 
 import os
@@ -46,8 +47,14 @@ def sync_calls(tmp_path: Path, method: str, durable: bool) -> list[tuple[str, st
     log = tmp_path / "strace.log"
     trace = [STRACE, "-f", "-qq", "-y", "-o", str(log), "-e", f"trace={','.join(SYNC_CALLS)},write"]
     child = [sys.executable, "-c", CHILD, method, str(tmp_path / "store"), "durable" if durable else "-"]
-    result = subprocess.run([*trace, *child], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [*trace, *child],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     between = log.read_text().split("MARK-START", 1)[1].split("MARK-END", 1)[0]
     pattern = re.compile(rf"\b({'|'.join(SYNC_CALLS)})\((?:\d+<([^>]*)>)?")

@@ -6,6 +6,7 @@
 (read_many and read_random of every method, plus the floor cells they bring along), and on older runs without
 read_random cells, which must give an empty section.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,9 +49,18 @@ def test_the_fixture_is_a_small_real_run(document):
 def test_a_point_per_read_random_cell_with_its_numbers(points, document):
     assert len(points) == 24
     assert {(point.method, point.batch_size, point.workers, point.cache) for point in points} == {
-        (method, batch, workers, cache) for method in METHODS for batch in (32, 128) for workers in (1, 2) for cache in ("warm", "cold")}
+        (method, batch, workers, cache)
+        for method in METHODS
+        for batch in (32, 128)
+        for workers in (1, 2)
+        for cache in ("warm", "cold")
+    }
     cells = {bench["name"]: bench for bench in document["benchmarks"]}
-    point = next(point for point in points if (point.method, point.batch_size, point.workers, point.cache) == ("lmdb", 128, 2, "cold"))
+    point = next(
+        point
+        for point in points
+        if (point.method, point.batch_size, point.workers, point.cache) == ("lmdb", 128, 2, "cold")
+    )
     cell = cells["test_read_random[lmdb-500-b128-w2-cold]"]
     sequential = cells["test_read_many[lmdb-500]"]
     assert point.n_images == 500 and point.image_shape == (32, 32, 3)
@@ -69,8 +79,9 @@ def test_curves_against_workers_and_batch_size(points):
     by_batch = throughput_curves(points, "batch_size")
     assert len(by_batch) == 12 and all(curve.x == (32, 128) for curve in by_batch)
     curve = next(curve for curve in by_batch if (curve.method, curve.cache, curve.fixed) == ("disk", "warm", "w1"))
-    assert curve.y == tuple(point.images_per_s for point in points
-                            if (point.method, point.cache, point.workers) == ("disk", "warm", 1))
+    assert curve.y == tuple(
+        point.images_per_s for point in points if (point.method, point.cache, point.workers) == ("disk", "warm", 1)
+    )
     assert chart_axes(points) == ["batch_size", "workers"]
     assert chart_axes([point for point in points if point.batch_size == 32]) == ["workers"]  # one batch size: no trend
 
@@ -106,7 +117,9 @@ def test_cells_without_latencies_or_a_sequential_read_show_dashes(document, tmp_
     for bench in document["benchmarks"]:
         for field in ("batch_p50_s", "batch_p99_s", "first_batch_s", "startup_s"):
             bench["extra_info"].pop(field, None)
-    document["benchmarks"] = [bench for bench in document["benchmarks"] if not bench["name"].startswith("test_read_many")]
+    document["benchmarks"] = [
+        bench for bench in document["benchmarks"] if not bench["name"].startswith("test_read_many")
+    ]
     path = tmp_path / "old.json"
     path.write_text(json.dumps(document))
     points = training_points([load_run(path)])
@@ -129,6 +142,8 @@ def test_the_command_puts_the_training_section_and_charts_in_the_report(tmp_path
 
     assert main([str(RUN), "--out", str(tmp_path)]) == 0
     report = (tmp_path / "report.md").read_text()
-    assert "## Training reads: shuffled epochs" in report and "![read_random_workers](read_random_workers.png)" in report
+    assert (
+        "## Training reads: shuffled epochs" in report and "![read_random_workers](read_random_workers.png)" in report
+    )
     assert report.index("## Training reads") < report.index("## Run: ")
     assert (tmp_path / "read_random_workers.svg").exists() and (tmp_path / "read_random_batch_size.png").exists()

@@ -11,6 +11,7 @@ and read-only opens: mode "r" writes nothing, and every method reads a store on 
 The default run plants on every top-level file and folder and on up to ``PER_FOLDER`` files of each folder;
 ``UNTRUSTED_SWEEP=1`` plants on every file (the figures in docs/security.md).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -165,8 +166,7 @@ def test_planted_links_and_fifos_are_refused(method, planted, pristine, tmp_path
     before = snapshot(tmp_path / "victim")
     outcomes = run_plants(method, plants)
     assert snapshot(tmp_path / "victim") == before, f"{method}: a planted store changed files outside it"
-    wrong = [outcome for outcome in outcomes
-             if {outcome["read"], outcome["write"]} != {"typed CorruptStoreError"}]
+    wrong = [outcome for outcome in outcomes if {outcome["read"], outcome["write"]} != {"typed CorruptStoreError"}]
     assert not wrong, f"{method}: {len(wrong)} of {len(outcomes)} planted stores not refused: {wrong[:5]}"
 
 
@@ -187,6 +187,7 @@ def crafted(method: str, store: Path, labels: list[int], *, refused: bool = Fals
 def rewrite_meta(path: Path, **fields: object) -> None:
     """Change ``fields`` of a records.py metadata file, with a valid CRC (as a crafted store would)."""
     from storage_impls.core.records import write_meta
+
     meta = json.loads(path.read_bytes().partition(b"\n")[0])
     write_meta(path, {**meta, **fields}, durable=False)
 
@@ -220,13 +221,18 @@ def png_chunk(kind: bytes, data: bytes) -> bytes:
 def test_disk_png_bomb_over_the_maximum_image_size(checkpoints, tmp_path):
     """A disk store whose images are 20000 x 20000 x 3 (over MAX_IMAGE_VALUES): refused at open, not decoded."""
     from storage_impls.methods.disk.format import LABELS_HEADER, image_crc
+
     store, labels = copy_of(checkpoints, "disk", tmp_path)
     generation = store / (store / "CURRENT").read_text()
     side = 20000
     compressor, rows = zlib.compressobj(1), b"\0" * (side * 3 + 1)
     pixels = b"".join(compressor.compress(rows) for _ in range(side)) + compressor.flush()
-    png = b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", side.to_bytes(4, "big") * 2 + bytes([8, 2, 0, 0, 0])) \
-        + png_chunk(b"IDAT", pixels) + png_chunk(b"IEND", b"")
+    png = (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", side.to_bytes(4, "big") * 2 + bytes([8, 2, 0, 0, 0]))
+        + png_chunk(b"IDAT", pixels)
+        + png_chunk(b"IEND", b"")
+    )
     meta = json.loads((generation / "meta.json").read_bytes())
     (generation / "meta.json").write_text(json.dumps({**meta, "image_shape": [side, side, 3]}))
     for image_id in range(len(labels)):
@@ -239,6 +245,7 @@ def test_disk_png_bomb_over_the_maximum_image_size(checkpoints, tmp_path):
 def test_disk_pointer_error_quotes_no_content(checkpoints, tmp_path):
     """A CURRENT holding something else (a secret, in a crafted store linked or copied): the error does not show it."""
     from storage_impls import CorruptStoreError
+
     store, _ = copy_of(checkpoints, "disk", tmp_path)
     (store / "CURRENT").write_bytes(b"root:x:0:0:the-secret\n")
     with pytest.raises(CorruptStoreError) as raised:
@@ -250,6 +257,7 @@ def test_disk_pointer_error_quotes_no_content(checkpoints, tmp_path):
 def test_npz_member_inflating_past_its_declared_size(checkpoints, tmp_path):
     """An npz shard whose images member inflates to 320 MB from under 1 MB: refused before inflating."""
     import zipfile
+
     store, labels = copy_of(checkpoints, "npz", tmp_path)
     shard = next(store.glob("ckpt-*/shard-000000.npz"))
     with zipfile.ZipFile(shard) as archive:
@@ -270,6 +278,7 @@ def test_npz_member_inflating_past_its_declared_size(checkpoints, tmp_path):
 def test_hdf5_links_in_place_of_datasets(link, checkpoints, tmp_path):
     """``images`` replaced by an external link to another file's pixels (or a soft link): refused, not followed."""
     import h5py
+
     store, labels = copy_of(checkpoints, "hdf5", tmp_path)
     outside = tmp_path / "outside.h5"
     with h5py.File(store / "images.h5", "a") as file:
@@ -304,8 +313,11 @@ def test_mode_r_writes_nothing(method, pristine, tmp_path):
 def read_only_mount_unavailable() -> str | None:
     if shutil.which("unshare") is None:
         return "unshare (util-linux) is not installed"
-    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount --bind /tmp /tmp && mount -o remount,bind,ro /tmp"],
-                           capture_output=True, text=True)
+    probe = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", "mount --bind /tmp /tmp && mount -o remount,bind,ro /tmp"],
+        capture_output=True,
+        text=True,
+    )
     return None if probe.returncode == 0 else f"no read-only bind mount in a user namespace: {probe.stderr.strip()}"
 
 
@@ -316,9 +328,16 @@ def test_reads_a_store_on_a_read_only_file_system(method, pristine, tmp_path):
     if why:
         pytest.skip(why)
     store, labels = copy_of(pristine, method, tmp_path)
-    code = ("import json, sys; from tests.untrusted_child import outcome, read_all; "
-            f"print(outcome(read_all, {method!r}, {str(store)!r}, {labels!r}))")
+    code = (
+        "import json, sys; from tests.untrusted_child import outcome, read_all; "
+        f"print(outcome(read_all, {method!r}, {str(store)!r}, {labels!r}))"
+    )
     mount = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"'
-    result = subprocess.run(["unshare", "-rm", "sh", "-c", mount, str(store), sys.executable, "-c", code],
-                            cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT)
+    result = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", mount, str(store), sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
     assert result.stdout.strip() == "same", result.stderr[-3000:]

@@ -6,6 +6,7 @@ images the labels say (faults.pixels_for); then, if WRITE is 1, open it to add o
 per store as it finishes: {"name", "read", "write", "rss_mb"}, each of the two "same", "typed <StoreError
 subclass>", "WRONG DATA" or "UNTYPED ..." (write None when not asked), and the peak RSS so far.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,9 @@ def read_all(method: str, path: str, expected: list[int]) -> str:
         images, labels = store.read_many(count)
         batch, batch_labels = store.read_batch(np.arange(count)[::-1])
         single, single_label = store.read_single(count - 1)
-    same = labels.tolist() == expected and all(np.array_equal(image, pixels_for(label, image.shape))
-                                               for image, label in zip(images, expected))
+    same = labels.tolist() == expected and all(
+        np.array_equal(image, pixels_for(label, image.shape)) for image, label in zip(images, expected)
+    )
     same = same and np.array_equal(batch, images[::-1]) and np.array_equal(batch_labels, labels[::-1])
     return "same" if same and np.array_equal(single, images[-1]) and single_label == labels[-1] else "WRONG DATA"
 

@@ -18,6 +18,7 @@ the ``advice`` variant option, the ``madvise`` call behind it and the per-batch 
 
 A read-time choice of the handle, not of the store: nothing is written, and any handle may pick another.
 """
+
 from __future__ import annotations
 
 import mmap
@@ -99,8 +100,11 @@ def windows(fd: int, starts: np.ndarray, stops: np.ndarray) -> Iterator[slice]:
     """Slices of the batch (positions in ``starts``/``stops``) of at most WINDOW_BYTES each (at least one image),
     each yielded once it and the next one are prefetched, for the caller to gather."""
     sizes = np.cumsum(np.asarray(stops) - np.asarray(starts))
-    ends = np.unique(np.r_[np.searchsorted(sizes, np.arange(WINDOW_BYTES, sizes[-1], WINDOW_BYTES), "right"),
-                           len(sizes)]) if len(sizes) else np.array([], np.int64)
+    ends = (
+        np.unique(np.r_[np.searchsorted(sizes, np.arange(WINDOW_BYTES, sizes[-1], WINDOW_BYTES), "right"), len(sizes)])
+        if len(sizes)
+        else np.array([], np.int64)
+    )
     parts = [slice(begin, end) for begin, end in zip(np.r_[0, ends[:-1]].tolist(), ends.tolist()) if end > begin]
     for index, part in enumerate(parts):
         if index == 0:

@@ -8,6 +8,7 @@ here, once, and then call the backend's primitives (the ``_``-prefixed abstract 
 which may assume valid input. Every write runs under the store's writer lock (locking.py),
 after the backend has brought its view of the store up to date (``_refresh``).
 """
+
 from __future__ import annotations
 
 import abc
@@ -29,8 +30,22 @@ MAX_SIDE = 65535  # image sides are recorded as uint16 by some backends
 #: is refused before anything is allocated, so that a small crafted store cannot make a reader allocate gigabytes
 MAX_IMAGE_VALUES = 1 << 30
 #: dtypes a store holds (native byte order; input of the other byte order is converted, values kept)
-SUPPORTED_DTYPES = tuple(np.dtype(name) for name in (
-    "uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64", "float16", "float32", "float64"))
+SUPPORTED_DTYPES = tuple(
+    np.dtype(name)
+    for name in (
+        "uint8",
+        "uint16",
+        "uint32",
+        "uint64",
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "float16",
+        "float32",
+        "float64",
+    )
+)
 INT64 = np.iinfo(np.int64)
 DEFAULT_LOCK_TIMEOUT = 60.0  # seconds a writer waits for another writer before StoreLockedError
 
@@ -138,8 +153,13 @@ def check_out(out: object, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarra
     of that shape and dtype."""
     if out is None:
         return np.empty(shape, dtype)
-    if not (isinstance(out, np.ndarray) and out.dtype == dtype and out.shape == shape
-            and out.flags.c_contiguous and out.flags.writeable):
+    if not (
+        isinstance(out, np.ndarray)
+        and out.dtype == dtype
+        and out.shape == shape
+        and out.flags.c_contiguous
+        and out.flags.writeable
+    ):
         raise ValueError(f"out must be a writable C-contiguous {dtype} array of shape {shape}")
     return out
 
@@ -215,8 +235,15 @@ class ImageStore(abc.ABC):
         and ``storage_options``), None where the method reads local files only (registry trait ``reads-remote``)."""
         return None
 
-    def __init__(self, directory: str | os.PathLike, mode: Mode = "a", *, durable: bool = False,
-                 checksum: bool | None = None, lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> None:
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        mode: Mode = "a",
+        *,
+        durable: bool = False,
+        checksum: bool | None = None,
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    ) -> None:
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' (read) or 'a' (read/write), got {mode!r}")
         self.directory = Path(os.path.abspath(directory))
@@ -318,10 +345,14 @@ class ImageStore(abc.ABC):
         with self._writing():
             count = len(self)
             if image_id > count:
-                raise ValueError(f"image_id {image_id} would leave a gap: this store holds ids 0..{count - 1}, next is {count}")
+                raise ValueError(
+                    f"image_id {image_id} would leave a gap: this store holds ids 0..{count - 1}, next is {count}"
+                )
             if count and (image.dtype, image.shape) != (self.image_dtype, self.image_shape):
-                raise ValueError(f"image of dtype {image.dtype} and shape {image.shape} differs from the store's images "
-                                 f"({self.image_dtype}, {self.image_shape}): store_many fixes them for the store")
+                raise ValueError(
+                    f"image of dtype {image.dtype} and shape {image.shape} differs from the store's images "
+                    f"({self.image_dtype}, {self.image_shape}): store_many fixes them for the store"
+                )
             self._put(image, image_id, label)
 
     def store_many(self, images: np.ndarray, labels: object) -> None:
@@ -355,7 +386,9 @@ class ImageStore(abc.ABC):
         self._require_open()
         image_id = check_id(image_id)
         if image_id >= len(self):
-            raise ImageNotFoundError(f"image_id {image_id} was never stored in {self.directory} (holds {len(self)} images)")
+            raise ImageNotFoundError(
+                f"image_id {image_id} was never stored in {self.directory} (holds {len(self)} images)"
+            )
         return self._get(image_id)
 
     def read_many(self, num_images: int, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:

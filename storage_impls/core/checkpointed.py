@@ -33,6 +33,7 @@ before the write returns. Checksums: journal records always carry a CRC-32; with
 at ``store_many`` the checkpoint records an xxh3_64 per image (seeded with its label), checked on
 every read.
 """
+
 from __future__ import annotations
 
 import abc
@@ -104,9 +105,9 @@ class Checkpoint(abc.ABC):
         time (at most COPY_BLOCK_BYTES of raw images' worth in memory)."""
         step = max(1, COPY_BLOCK_BYTES // self.row)
         for start in range(0, len(ids), step):
-            block = ids[start:start + step]
-            payloads, labels[start:start + step] = self.payloads(block)
-            for image_id, payload, target in zip(block.tolist(), payloads, out[start:start + step]):
+            block = ids[start : start + step]
+            payloads, labels[start : start + step] = self.payloads(block)
+            for image_id, payload, target in zip(block.tolist(), payloads, out[start : start + step]):
                 decode(self.codec, payload, target, f"{self.folder}: image {image_id}")
 
     def close(self) -> None:
@@ -122,8 +123,16 @@ class CheckpointedStore(ImageStore):
     appends_single_writes = True  # a journal record
 
     @abc.abstractmethod
-    def _write_checkpoint(self, folder: Path, dtype: np.dtype, shape: tuple[int, ...], count: int, source: Source,
-                          checksum: bool, codec: Codec) -> dict:
+    def _write_checkpoint(
+        self,
+        folder: Path,
+        dtype: np.dtype,
+        shape: tuple[int, ...],
+        count: int,
+        source: Source,
+        checksum: bool,
+        codec: Codec,
+    ) -> dict:
         """Write the files of ``count`` images of ``shape`` into ``folder`` (exists, empty), reading them from
         ``source`` (raw pixels, or ``codec``'s bytes unless it is raw); fsync each when durable; return what the
         metadata file should add. A full disk raises OSError."""
@@ -192,8 +201,12 @@ class CheckpointedStore(ImageStore):
             return None
         try:
             check_image_fields(meta, FORMAT_VERSION)
-            if not FOLDER_NAME.fullmatch(FOLDER.format(token=meta["token"])) or type(meta["count"]) is not int \
-                    or meta["count"] < 1 or type(meta["checksum"]) is not bool:
+            if (
+                not FOLDER_NAME.fullmatch(FOLDER.format(token=meta["token"]))
+                or type(meta["count"]) is not int
+                or meta["count"] < 1
+                or type(meta["checksum"]) is not bool
+            ):
                 raise ValueError("a field is out of range")
             get_codec(meta.get("codec", RAW.spec))
         except (KeyError, TypeError, ValueError) as error:
@@ -209,14 +222,21 @@ class CheckpointedStore(ImageStore):
         if not journal.entries:
             return
         if (journal.image_dtype, journal.image_shape) != (self._checkpoint.dtype, self._checkpoint.shape):
-            raise CorruptStoreError(f"{journal.path}: images of {journal.image_dtype} {journal.image_shape}, but the "
-                                    f"checkpoint's are {self._checkpoint.dtype} {self._checkpoint.shape}")
+            raise CorruptStoreError(
+                f"{journal.path}: images of {journal.image_dtype} {journal.image_shape}, but the "
+                f"checkpoint's are {self._checkpoint.dtype} {self._checkpoint.shape}"
+            )
         if (journal.codec or RAW.spec) != self._checkpoint.codec.spec:
-            raise CorruptStoreError(f"{journal.path}: images in {journal.codec or RAW.spec}, but the checkpoint's are "
-                                    f"in {self._checkpoint.codec.spec}")
+            raise CorruptStoreError(
+                f"{journal.path}: images in {journal.codec or RAW.spec}, but the checkpoint's are "
+                f"in {self._checkpoint.codec.spec}"
+            )
         raw = self._checkpoint.codec is RAW  # encoded records vary in length: decoding checks them
-        if raw and any(entry.length != self._checkpoint.row for entry in journal.entries.values()) or \
-                sum(image_id >= first for image_id in journal.entries) != self._count - first:
+        if (
+            raw
+            and any(entry.length != self._checkpoint.row for entry in journal.entries.values())
+            or sum(image_id >= first for image_id in journal.entries) != self._count - first
+        ):
             raise CorruptStoreError(f"{journal.path}: records that are not whole images or leave a gap in the ids")
 
     def _refresh(self) -> None:
@@ -243,7 +263,14 @@ class CheckpointedStore(ImageStore):
         for part in self._checkpoint, self._journal:
             if part is not None:
                 part.close()
-        self._meta, self._checkpoint, self._journal, self._damage, self._count, self._in_journal = None, None, None, None, 0, None
+        self._meta, self._checkpoint, self._journal, self._damage, self._count, self._in_journal = (
+            None,
+            None,
+            None,
+            None,
+            0,
+            None,
+        )
 
     def __len__(self) -> int:
         if self._damage:
@@ -310,12 +337,21 @@ class CheckpointedStore(ImageStore):
         stored, stored_labels = self._checkpoint.payloads(np.arange(start, min(stop, self._checkpoint.count)))
         return self._journal.overlay_payloads(start, stop, stored, stored_labels)
 
-    def _commit(self, dtype: np.dtype, shape: tuple[int, ...], count: int, source: Source, checksum: bool, codec: Codec) -> None:
+    def _commit(
+        self, dtype: np.dtype, shape: tuple[int, ...], count: int, source: Source, checksum: bool, codec: Codec
+    ) -> None:
         """Write a new checkpoint aside, put it in place, open it, then switch the metadata to it (the commit)."""
         token = uuid.uuid4().hex
         temporary, folder = self.directory / f".ckpt-{token}.tmp", self.directory / FOLDER.format(token=token)
-        meta = {"format": self.FORMAT, "format_version": FORMAT_VERSION, "token": token, "dtype": dtype.str,
-                "image_shape": list(shape), "count": count, "checksum": checksum}
+        meta = {
+            "format": self.FORMAT,
+            "format_version": FORMAT_VERSION,
+            "token": token,
+            "dtype": dtype.str,
+            "image_shape": list(shape),
+            "count": count,
+            "checksum": checksum,
+        }
         if codec is not RAW:
             meta["codec"] = codec.spec
         checkpoint = None
@@ -338,7 +374,12 @@ class CheckpointedStore(ImageStore):
         self._release()
         self._journal_path.unlink(missing_ok=True)  # stale: it names the old token
         meta["image_shape"] = tuple(shape)
-        self._meta, self._checkpoint, self._journal, self._count = meta, checkpoint, Journal(self._journal_path, token), count
+        self._meta, self._checkpoint, self._journal, self._count = (
+            meta,
+            checkpoint,
+            Journal(self._journal_path, token),
+            count,
+        )
         self._remove_stale()  # the old checkpoint
 
     # -- reads --------------------------------------------------------------------------------
@@ -359,7 +400,9 @@ class CheckpointedStore(ImageStore):
                 if self._checkpoint.codec is RAW:
                     self._checkpoint.read_rows(start, out[:in_checkpoint], labels[:in_checkpoint])
                 else:
-                    self._checkpoint.decode(np.arange(start, start + in_checkpoint), out[:in_checkpoint], labels[:in_checkpoint])
+                    self._checkpoint.decode(
+                        np.arange(start, start + in_checkpoint), out[:in_checkpoint], labels[:in_checkpoint]
+                    )
             except FileNotFoundError as error:
                 raise self._expired(Path(error.filename)) from None
         for image_id in self._journal.ids_between(start, stop):
@@ -390,8 +433,10 @@ class CheckpointedStore(ImageStore):
     def _expired(self, path: Path) -> MissingStoreError:
         """The error for a checkpoint file gone when read: replaced by a later commit, or deleted."""
         if self._token() != self._meta["token"]:
-            return MissingStoreError(f"the {self.method} store in {self.directory} was replaced since this handle "
-                                     f"opened it ({path.name} is gone): open it again")
+            return MissingStoreError(
+                f"the {self.method} store in {self.directory} was replaced since this handle "
+                f"opened it ({path.name} is gone): open it again"
+            )
         return MissingStoreError(f"{self.method} store {self.directory}: {path} is missing")
 
 

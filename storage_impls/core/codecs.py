@@ -18,6 +18,7 @@ decoded here; any PNG reader reads them (big-endian samples, as PNG requires).
 Decoders raise ``ValueError`` naming what they found when the bytes are not exactly the image
 expected; the container adds where the bytes came from.
 """
+
 from __future__ import annotations
 
 import abc
@@ -85,14 +86,18 @@ def png_decode_into(data: bytes | memoryview, target: np.ndarray) -> None:
     depth = 8 * target.dtype.itemsize
     colour, mode = PNG_COLOURS[channels]
     try:
-        length, kind, width, height, found_depth, found_colour, _, _, interlace = IHDR.unpack_from(data, len(PNG_SIGNATURE))
+        length, kind, width, height, found_depth, found_colour, _, _, interlace = IHDR.unpack_from(
+            data, len(PNG_SIGNATURE)
+        )
     except struct.error:
         raise ValueError(f"not a PNG: {len(data)} bytes, shorter than a PNG header") from None
-    if bytes(data[:len(PNG_SIGNATURE)]) != PNG_SIGNATURE or kind != b"IHDR" or length != 13:
+    if bytes(data[: len(PNG_SIGNATURE)]) != PNG_SIGNATURE or kind != b"IHDR" or length != 13:
         raise ValueError("not a PNG (no PNG signature and header)")
     if (height, width, found_depth, found_colour) != (shape[0], shape[1], depth, colour):
-        raise ValueError(f"a {width}x{height} PNG of bit depth {found_depth}, colour type {found_colour}; "
-                         f"expected {shape} ({mode}, {depth} bits)")
+        raise ValueError(
+            f"a {width}x{height} PNG of bit depth {found_depth}, colour type {found_colour}; "
+            f"expected {shape} ({mode}, {depth} bits)"
+        )
     if depth == 8:
         with PngImagePlugin.PngImageFile(io.BytesIO(data)) as image:  # not Image.open: its bomb check is done above
             image.load()
@@ -113,8 +118,8 @@ def _idat(data: bytes | memoryview) -> bytes:
     view, position, parts = memoryview(data), len(PNG_SIGNATURE), []
     while position + CHUNK_HEAD.size <= len(view):
         length, kind = CHUNK_HEAD.unpack_from(view, position)
-        body = view[position + CHUNK_HEAD.size:position + CHUNK_HEAD.size + length]
-        crc = view[position + CHUNK_HEAD.size + length:position + CHUNK_HEAD.size + length + 4]
+        body = view[position + CHUNK_HEAD.size : position + CHUNK_HEAD.size + length]
+        crc = view[position + CHUNK_HEAD.size + length : position + CHUNK_HEAD.size + length + 4]
         if len(body) != length or len(crc) != 4 or zlib.crc32(body, zlib.crc32(kind)) != int.from_bytes(crc, "big"):
             raise ValueError(f"the PNG chunk {kind!r} at byte {position} is cut short or fails its CRC")
         if kind == b"IDAT":
@@ -152,7 +157,9 @@ def _unfilter(filtered: np.ndarray, pixel_bytes: int) -> np.ndarray:
         elif kind == FILTER_UP:
             out[row] = values + previous
         else:
-            raise ValueError(f"row {row} uses PNG filter type {kind}; this reader takes None, Sub and Up (what png_encode writes)")
+            raise ValueError(
+                f"row {row} uses PNG filter type {kind}; this reader takes None, Sub and Up (what png_encode writes)"
+            )
         previous = out[row]
     return out
 
@@ -192,7 +199,9 @@ class Raw(Codec):
 
     def decode_into(self, data: bytes | memoryview, target: np.ndarray) -> None:
         if len(data) != target.nbytes:
-            raise ValueError(f"{len(data)} bytes of raw pixels, expected {target.nbytes} ({target.dtype} {target.shape})")
+            raise ValueError(
+                f"{len(data)} bytes of raw pixels, expected {target.nbytes} ({target.dtype} {target.shape})"
+            )
         memoryview(target).cast("B")[:] = data
 
 
@@ -234,16 +243,24 @@ class PillowLossy(Codec):
     def encode(self, image: np.ndarray) -> bytes:
         mode = self._modes[_channels(image.shape)]
         buffer = io.BytesIO()
-        Image.frombuffer(mode, image.shape[1::-1], image, "raw", mode, 0, 1).save(buffer, format=self.kind.upper(), **self._options)
+        Image.frombuffer(mode, image.shape[1::-1], image, "raw", mode, 0, 1).save(
+            buffer, format=self.kind.upper(), **self._options
+        )
         return buffer.getvalue()
 
     def decode_into(self, data: bytes | memoryview, target: np.ndarray) -> None:
         mode = self._modes[_channels(target.shape)]
-        with self._plugin(io.BytesIO(data)) as image:  # not Image.open: the header is checked here, not by a global limit
+        with self._plugin(
+            io.BytesIO(data)
+        ) as image:  # not Image.open: the header is checked here, not by a global limit
             if image.size != target.shape[1::-1] or image.mode != mode:
-                raise ValueError(f"a {image.mode} image of {image.size[0]}x{image.size[1]}, expected {mode} of shape {target.shape}")
+                raise ValueError(
+                    f"a {image.mode} image of {image.size[0]}x{image.size[1]}, expected {mode} of shape {target.shape}"
+                )
             image.load()
-            target.reshape(image.size[1], image.size[0], -1)[...] = np.asarray(image).reshape(image.size[1], image.size[0], -1)
+            target.reshape(image.size[1], image.size[0], -1)[...] = np.asarray(image).reshape(
+                image.size[1], image.size[0], -1
+            )
 
 
 CODECS = "raw, png, png-0..png-9, jpeg-1..jpeg-100, webp-1..webp-100, webp-lossless"

@@ -4,6 +4,7 @@ A store records its codec. ``store_many`` writes with the codec the handle was o
 ``codec`` option, e.g. ``lmdb:codec=jpeg-90``), else the store's, else the method's default;
 ``store_single`` and reads always use the store's, so one store never mixes codecs.
 """
+
 from __future__ import annotations
 
 import abc
@@ -23,9 +24,12 @@ def decode(codec: Codec, data: bytes | memoryview, target: np.ndarray, where: st
     ``where`` (a file, or a store and image id) unless it is exactly such an image in ``codec``."""
     try:
         codec.decode_into(data, target)
-    except Exception as error:  # the codec's ValueErrors; Pillow reports damaged data with OSError, SyntaxError, EOFError ...
-        raise CorruptStoreError(f"{where} is not a readable {codec.spec} image of the store's images "
-                                f"({type(error).__name__}: {error})") from None
+    except (
+        Exception
+    ) as error:  # the codec's ValueErrors; Pillow reports damaged data with OSError, SyntaxError, EOFError ...
+        raise CorruptStoreError(
+            f"{where} is not a readable {codec.spec} image of the store's images ({type(error).__name__}: {error})"
+        ) from None
 
 
 class EncodedStore(ImageStore):
@@ -34,7 +38,9 @@ class EncodedStore(ImageStore):
     OPTIONS = {"codec": codec_option()}
     DEFAULT_CODEC = "raw"
 
-    def __init__(self, directory: str | os.PathLike, mode: Mode = "a", *, codec: str | None = None, **options: object) -> None:
+    def __init__(
+        self, directory: str | os.PathLike, mode: Mode = "a", *, codec: str | None = None, **options: object
+    ) -> None:
         chosen = check_options(self.method, self.OPTIONS, {"codec": codec}).get("codec")
         self._codec_option = None if chosen is None else get_codec(chosen)
         super().__init__(directory, mode, **options)

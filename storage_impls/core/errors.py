@@ -1,4 +1,5 @@
 """The errors this package raises about stores, each also an instance of the builtin a caller may expect."""
+
 from __future__ import annotations
 
 import errno
@@ -37,8 +38,11 @@ class NoSpaceError(StoreError, OSError):
 def no_space_error(directory: os.PathLike | str, error: OSError) -> NoSpaceError:
     """A NoSpaceError (errno ENOSPC) naming the store's directory and the original cause."""
     cause = os.strerror(error.errno) if error.errno else str(error)
-    return NoSpaceError(errno.ENOSPC, f"no space left on device writing the store in {directory} ({cause}); "
-                        "the store keeps its earlier contents", str(directory))
+    return NoSpaceError(
+        errno.ENOSPC,
+        f"no space left on device writing the store in {directory} ({cause}); the store keeps its earlier contents",
+        str(directory),
+    )
 
 
 def is_no_space(error: BaseException) -> bool:

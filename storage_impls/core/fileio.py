@@ -18,6 +18,7 @@ Three checks keep it from reaching outside itself or from hanging or exhausting 
 
 Errors name the file and what is wrong with it, never its content.
 """
+
 from __future__ import annotations
 
 import errno
@@ -45,8 +46,10 @@ def check_tree(directory: str | os.PathLike) -> None:
                 if entry.is_dir(follow_symlinks=False):
                     pending.append(entry.path)
                 elif not entry.is_file(follow_symlinks=False):
-                    raise CorruptStoreError(f"{entry.path} is {_kind(entry.path)}: a store holds only regular files "
-                                            "and folders (symbolic links are refused, see docs/security.md)")
+                    raise CorruptStoreError(
+                        f"{entry.path} is {_kind(entry.path)}: a store holds only regular files "
+                        "and folders (symbolic links are refused, see docs/security.md)"
+                    )
 
 
 def _kind(path: str) -> str:
@@ -55,8 +58,14 @@ def _kind(path: str) -> str:
         mode = os.lstat(path).st_mode
     except OSError:
         return "gone"
-    kinds = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
-             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder"))
+    kinds = (
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISDIR, "a folder"),
+    )
     return next((name for test, name in kinds if test(mode)), "not a regular file")
 
 

@@ -26,6 +26,7 @@ aside with its first record and renamed into place (the rename is that write's c
 Readers load the journal once when they open (a snapshot, like the checkpoint's open file);
 writers bring it up to date under the store's writer lock with ``refresh``.
 """
+
 from __future__ import annotations
 
 import errno
@@ -96,7 +97,14 @@ class Journal:
     def _load(self) -> None:
         """Open the journal if it exists and extends ``checkpoint``; a missing or stale one reads as empty."""
         self.close()
-        self.entries, self.image_shape, self.image_dtype, self.records, self._end, self._identity = {}, None, None, 0, 0, None
+        self.entries, self.image_shape, self.image_dtype, self.records, self._end, self._identity = (
+            {},
+            None,
+            None,
+            0,
+            0,
+            None,
+        )
         self.codec = None
         try:
             fd = open_regular(self.path)
@@ -126,23 +134,28 @@ class Journal:
                 if zlib.crc32(word[:8]) == crc:
                     return end
             time.sleep(0.001 * (attempt + 1))
-        raise CorruptStoreError(f"{self.path}: the commit word at byte {self._commit_at} is missing or fails its checksum "
-                                "(a damaged or partial copy)")
+        raise CorruptStoreError(
+            f"{self.path}: the commit word at byte {self._commit_at} is missing or fails its checksum "
+            "(a damaged or partial copy)"
+        )
 
     def _scan(self) -> None:
         """Add the committed records past ``_end``; CorruptStoreError if any of them is missing or damaged."""
         end = self._committed_end()
         size = os.fstat(self._fd).st_size
         if end < self._end or size < end:
-            raise CorruptStoreError(f"{self.path} is {size} bytes but its committed records end at byte {end} "
-                                    "(a damaged or partial copy)")
+            raise CorruptStoreError(
+                f"{self.path} is {size} bytes but its committed records end at byte {end} (a damaged or partial copy)"
+            )
         position = self._end
         while position < end:
             fields = os.pread(self._fd, RECORD.size, position)
             image_id, label, length, crc = RECORD.unpack(fields.ljust(RECORD.size, b"\0"))
             start = position + RECORD.size
             if start + length > end or zlib.crc32(os.pread(self._fd, length, start), zlib.crc32(fields[:-4])) != crc:
-                raise CorruptStoreError(f"{self.path}: the record at byte {position} fails its checksum (bit rot or a damaged copy)")
+                raise CorruptStoreError(
+                    f"{self.path}: the record at byte {position} fails its checksum (bit rot or a damaged copy)"
+                )
             self.entries[image_id] = Entry(label, start, length, crc)
             self.records += 1
             position = start + length
@@ -175,7 +188,9 @@ class Journal:
         entry = self.entries[image_id]
         view = memoryview(target).cast("B")
         if len(view) != entry.length:
-            raise CorruptStoreError(f"{self.path}: the record of image {image_id} holds {entry.length} bytes, expected {len(view)}")
+            raise CorruptStoreError(
+                f"{self.path}: the record of image {image_id} holds {entry.length} bytes, expected {len(view)}"
+            )
         self._check(image_id, entry, view, os.preadv(self._fd, [view], entry.offset))
 
     def decode_into(self, image_id: int, codec: Codec, target: np.ndarray) -> int:
@@ -187,12 +202,13 @@ class Journal:
             decode(codec, self.read(image_id), target, f"{self.path}: image {image_id}")
         return self.entries[image_id].label
 
-    def overlay_payloads(self, start: int, stop: int, stored: list[bytes | memoryview],
-                         stored_labels: np.ndarray) -> tuple[list[bytes | memoryview], np.ndarray]:
+    def overlay_payloads(
+        self, start: int, stop: int, stored: list[bytes | memoryview], stored_labels: np.ndarray
+    ) -> tuple[list[bytes | memoryview], np.ndarray]:
         """The encoded bytes and labels of images start..stop-1: the checkpoint's (``stored``, for the first ids of
         the range), with the newest record of every id that has one over them (every id past the checkpoint has)."""
         payloads, labels = [*stored, *[b""] * (stop - start - len(stored))], np.zeros(stop - start, np.int64)
-        labels[:len(stored_labels)] = stored_labels
+        labels[: len(stored_labels)] = stored_labels
         for image_id in self.ids_between(start, stop):
             payloads[image_id - start], labels[image_id - start] = self.read(image_id), self.entries[image_id].label
         return payloads, labels
@@ -200,7 +216,9 @@ class Journal:
     def _check(self, image_id: int, entry: Entry, payload: bytes | memoryview, length: int) -> None:
         fields = RECORD.pack(image_id, entry.label, entry.length, 0)[:-4]
         if length != entry.length or zlib.crc32(payload, zlib.crc32(fields)) != entry.crc:
-            raise CorruptStoreError(f"{self.path}: the record of image {image_id} fails its checksum (bit rot or a damaged copy)")
+            raise CorruptStoreError(
+                f"{self.path}: the record of image {image_id} fails its checksum (bit rot or a damaged copy)"
+            )
 
     def ids_between(self, start: int, stop: int) -> Iterable[int]:
         """The ids start..stop-1 that have a record, in order (walking whichever is shorter: the range or the records)."""
@@ -217,8 +235,17 @@ class Journal:
         return self.records >= compaction_cycle(checkpoint_count)
 
     # -- writing (under the store's writer lock) --------------------------------------------
-    def append(self, image_id: int, label: int, payload: bytes | memoryview | np.ndarray,
-               image_dtype: np.dtype, image_shape: tuple[int, ...], *, durable: bool, codec: str | None = None) -> None:
+    def append(
+        self,
+        image_id: int,
+        label: int,
+        payload: bytes | memoryview | np.ndarray,
+        image_dtype: np.dtype,
+        image_shape: tuple[int, ...],
+        *,
+        durable: bool,
+        codec: str | None = None,
+    ) -> None:
         """Commit one record (of an image of ``image_dtype`` and ``image_shape``, encoded by ``codec`` if any,
         which a new journal records); on any failure (a full disk included) the journal is left as it was."""
         payload = memoryview(payload).cast("B")
@@ -264,13 +291,29 @@ class Journal:
             self._fd, self._fd_writable = fd, True
         return self._fd
 
-    def _create(self, image_dtype: np.dtype, image_shape: tuple[int, ...], codec: str | None,
-                record: list[bytes | memoryview], durable: bool) -> None:
+    def _create(
+        self,
+        image_dtype: np.dtype,
+        image_shape: tuple[int, ...],
+        codec: str | None,
+        record: list[bytes | memoryview],
+        durable: bool,
+    ) -> None:
         """Start a journal for this checkpoint holding its first ``record`` (fields, payload): written aside, then
         renamed over any stale one (the commit: one new file, one write, one rename)."""
-        line = json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION, "checkpoint": self.checkpoint,
-                           "image_shape": list(image_shape), "dtype": image_dtype.str,
-                           **({"codec": codec} if codec else {})}).encode() + b"\n"
+        line = (
+            json.dumps(
+                {
+                    "format": FORMAT,
+                    "format_version": FORMAT_VERSION,
+                    "checkpoint": self.checkpoint,
+                    "image_shape": list(image_shape),
+                    "dtype": image_dtype.str,
+                    **({"codec": codec} if codec else {}),
+                }
+            ).encode()
+            + b"\n"
+        )
         commit_at = -(-(len(line) + HEADER_CRC.size) // COMMIT_ALIGN) * COMMIT_ALIGN
         records_at = commit_at + COMMIT.size
         end = records_at + sum(len(part) for part in record)
@@ -295,7 +338,12 @@ class Journal:
         # what _load would read back: the file just written, kept open (renaming did not change it)
         info = os.fstat(fd)
         self._fd, self._fd_writable, self._identity = fd, True, (info.st_dev, info.st_ino)
-        self.entries, self.records, self.image_shape, self.image_dtype = {}, 0, tuple(image_shape), np.dtype(image_dtype)
+        self.entries, self.records, self.image_shape, self.image_dtype = (
+            {},
+            0,
+            tuple(image_shape),
+            np.dtype(image_dtype),
+        )
         self.codec = codec
         self._commit_at, self._end = commit_at, records_at  # the caller accounts for the record
 
@@ -303,7 +351,14 @@ class Journal:
         """Remove the journal file (after its records were folded into a new checkpoint)."""
         self.close()
         self.path.unlink(missing_ok=True)
-        self.entries, self.image_shape, self.image_dtype, self.records, self._end, self._identity = {}, None, None, 0, 0, None
+        self.entries, self.image_shape, self.image_dtype, self.records, self._end, self._identity = (
+            {},
+            None,
+            None,
+            0,
+            0,
+            None,
+        )
         self.codec = None
 
     def close(self) -> None:
@@ -312,9 +367,14 @@ class Journal:
             self._fd, self._fd_writable = None, False
 
 
-def gather_overlaid(in_journal: np.ndarray | None, ids: np.ndarray, out: np.ndarray, labels: np.ndarray,
-                    take: Callable[[np.ndarray, np.ndarray, np.ndarray], None],
-                    read_record: Callable[[int, np.ndarray, np.ndarray, int], None]) -> None:
+def gather_overlaid(
+    in_journal: np.ndarray | None,
+    ids: np.ndarray,
+    out: np.ndarray,
+    labels: np.ndarray,
+    take: Callable[[np.ndarray, np.ndarray, np.ndarray], None],
+    read_record: Callable[[int, np.ndarray, np.ndarray, int], None],
+) -> None:
     """Fill ``out``/``labels`` with images ``ids``: through ``read_record(id, out, labels, position)`` where
     ``in_journal`` (a bool per id, None for an empty journal) says its journal record is the newest version, the
     rest through ``take(ids, out, labels)`` (the checkpoint's gather)."""
@@ -323,7 +383,10 @@ def gather_overlaid(in_journal: np.ndarray | None, ids: np.ndarray, out: np.ndar
     if positions is None or len(positions) == len(ids):
         take(ids, out, labels)
     elif len(positions):
-        images, image_labels = np.empty((len(positions), *out.shape[1:]), out.dtype), np.empty(len(positions), labels.dtype)
+        images, image_labels = (
+            np.empty((len(positions), *out.shape[1:]), out.dtype),
+            np.empty(len(positions), labels.dtype),
+        )
         take(ids[positions], images, image_labels)
         out[positions], labels[positions] = images, image_labels
     if from_journal is None:
@@ -375,4 +438,6 @@ def _read_header(fd: int, path: Path) -> tuple[str, np.dtype, tuple[int, ...], s
         check_image_shape(shape, "the journal's images")  # before any record of that shape is read
         return str(header["checkpoint"]), dtype, shape, codec, commit_at
     except (ValueError, KeyError, TypeError) as error:  # check_dtype raises TypeError
-        raise CorruptStoreError(f"{path}: not a journal written by {FORMAT} version {FORMAT_VERSION} ({error})") from None
+        raise CorruptStoreError(
+            f"{path}: not a journal written by {FORMAT} version {FORMAT_VERSION} ({error})"
+        ) from None

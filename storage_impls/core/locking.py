@@ -6,6 +6,7 @@ interleaving. A writer that cannot get the lock within ``timeout`` seconds raise
 StoreLockedError naming the holder. Readers never take it. The lock is released by the kernel
 when its holder exits or is killed, so a crashed writer never leaves the store locked.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -38,10 +39,10 @@ def writer_lock(directory: Path, timeout: float) -> Iterator[None]:
                 if error.errno not in (errno.EAGAIN, errno.EACCES):
                     raise
                 if time.monotonic() >= deadline:
-                    raise StoreLockedError(f"{directory} is being written by another writer: "
-                                           f"waited {timeout:g} s for its lock {path}") from None
+                    raise StoreLockedError(
+                        f"{directory} is being written by another writer: waited {timeout:g} s for its lock {path}"
+                    ) from None
                 time.sleep(POLL_SECONDS)
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the flock
-

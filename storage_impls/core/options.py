@@ -4,6 +4,7 @@ Each store class declares the options it takes in ``OPTIONS`` (name -> ``Option`
 spec's options with ``check_options`` and binds them to the class. Sizes take a unit: ``64MiB``, ``1GiB``,
 ``500kB``, ``1048576`` (bytes).
 """
+
 from __future__ import annotations
 
 import re
@@ -24,15 +25,18 @@ class Option(NamedTuple):
 
 def choice(*values: str) -> Option:
     """One of ``values``."""
+
     def parse(value: object) -> str:
         if value not in values:
             raise ValueError
         return value
+
     return Option(parse, ", ".join(values))
 
 
 def integer(low: int, high: int) -> Option:
     """An integer from ``low`` to ``high``."""
+
     def parse(value: object) -> int:
         if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).strip().isdigit():
             raise ValueError
@@ -40,6 +44,7 @@ def integer(low: int, high: int) -> Option:
         if not low <= number <= high:
             raise ValueError
         return number
+
     return Option(parse, f"an integer {low}..{high}")
 
 
@@ -48,19 +53,23 @@ FLAG_TEXTS = {"true": True, "yes": True, "1": True, "on": True, "false": False, 
 
 def flag() -> Option:
     """On or off: a bool, or true/false, yes/no, on/off, 1/0; spelled ``true`` or ``false``."""
+
     def parse(value: object) -> bool:
         if isinstance(value, bool):
             return value
         if not isinstance(value, str) or value.strip().lower() not in FLAG_TEXTS:
             raise ValueError
         return FLAG_TEXTS[value.strip().lower()]
+
     return Option(parse, "true or false", lambda value: str(value).lower())
 
 
 def codec() -> Option:
     """An image codec (codecs.py), spelled canonically."""
+
     def parse(value: object) -> str:
         return get_codec(value).spec
+
     return Option(parse, CODECS)
 
 
@@ -70,6 +79,7 @@ _SIZE = re.compile(r"\s*(\d+)\s*([a-z]*)\s*", re.IGNORECASE)
 
 def byte_size() -> Option:
     """A number of bytes, with an optional unit (B, kB, MB, GB, KiB, MiB, GiB)."""
+
     def parse(value: object) -> int:
         if isinstance(value, bool):
             raise ValueError
@@ -87,6 +97,7 @@ def byte_size() -> Option:
             if value and value % SIZE_UNITS[unit.lower()] == 0:
                 return f"{value // SIZE_UNITS[unit.lower()]}{unit}"
         return str(value)
+
     return Option(parse, "a size in bytes such as 1048576, 512KiB, 64MiB or 1GiB", format_size)
 
 

@@ -14,6 +14,7 @@ at byte 32, aligned for any dtype. Every value of a store shares its first 24 by
 Metadata files (``write_meta``/``read_meta``): one line of canonical JSON and a line with its
 CRC-32 in hex, replaced atomically (temporary file, rename), so a damaged one is never misread.
 """
+
 from __future__ import annotations
 
 import json
@@ -72,14 +73,16 @@ class ValueLayout:
         flags = (CHECKSUMMED if self.checksummed else 0) | (ENCODED if self.encoded else 0)
         prefix = HEADER.pack(MAGIC, VERSION, flags, self.dtype.encode("ascii"), len(self.shape), *dims, 0)[:PREFIX_SIZE]
         object.__setattr__(self, "pixel_bytes", math.prod(self.shape) * np.dtype(self.dtype).itemsize)
-        object.__setattr__(self, "size", None if self.encoded else HEADER.size + self.pixel_bytes + TRAILER * self.checksummed)
+        object.__setattr__(
+            self, "size", None if self.encoded else HEADER.size + self.pixel_bytes + TRAILER * self.checksummed
+        )
         object.__setattr__(self, "prefix", prefix)
 
     def fill_block(self, values: np.ndarray, first_id: int, labels: np.ndarray, pixels: np.ndarray) -> None:
         """Write the values (n, size) of ids ``first_id``.. into ``values`` (uint8), from ``labels`` (n,) and ``pixels`` (n, ...)."""
         values[:, :PREFIX_SIZE] = np.frombuffer(self.prefix, np.uint8)
-        values[:, PREFIX_SIZE:HEADER.size] = labels.astype("<i8").view(np.uint8).reshape(-1, 8)
-        values[:, HEADER.size:HEADER.size + self.pixel_bytes] = pixels.reshape(len(values), -1).view(np.uint8)
+        values[:, PREFIX_SIZE : HEADER.size] = labels.astype("<i8").view(np.uint8).reshape(-1, 8)
+        values[:, HEADER.size : HEADER.size + self.pixel_bytes] = pixels.reshape(len(values), -1).view(np.uint8)
         if self.checksummed:
             sums = np.array([checksum_of(value[:-TRAILER], first_id + row) for row, value in enumerate(values)], "<u8")
             values[:, -TRAILER:] = sums.view(np.uint8).reshape(-1, TRAILER)
@@ -97,11 +100,13 @@ class ValueLayout:
 
     def payload(self, value: bytes | memoryview) -> memoryview:
         """The encoded bytes of a value (already checked)."""
-        return memoryview(value)[HEADER.size:len(value) - TRAILER * self.checksummed]
+        return memoryview(value)[HEADER.size : len(value) - TRAILER * self.checksummed]
 
     def fits(self, value: bytes | memoryview) -> bool:
         """Whether ``value`` has this layout's length: exactly, or for encoded images at least header and trailer."""
-        return len(value) == self.size if self.size is not None else len(value) >= HEADER.size + TRAILER * self.checksummed
+        return (
+            len(value) == self.size if self.size is not None else len(value) >= HEADER.size + TRAILER * self.checksummed
+        )
 
     def check(self, value: bytes | memoryview | None, image_id: int, where: object) -> int:
         """Validate one value read for ``image_id`` and return its label, or raise CorruptStoreError."""
@@ -116,8 +121,9 @@ class ValueLayout:
         if checksum_of(memoryview(value)[:-TRAILER], image_id) != int.from_bytes(value[-TRAILER:], "little"):
             raise CorruptStoreError(f"{where}: image {image_id} fails its checksum (bit rot or a damaged file)")
 
-    def copy_into(self, values: Iterable[bytes | None], ids: Iterable[int], out: np.ndarray, labels: np.ndarray,
-                  where: object) -> None:
+    def copy_into(
+        self, values: Iterable[bytes | None], ids: Iterable[int], out: np.ndarray, labels: np.ndarray, where: object
+    ) -> None:
         """Copy the pixels of ``values`` (those of ``ids``, in order) into ``out`` and their labels into
         ``labels``, checking each length (and checksum) as it goes and all headers at once after."""
         size, pixels, start = self.size, self.pixel_bytes, HEADER.size
@@ -131,8 +137,8 @@ class ValueLayout:
             if self.checksummed:
                 self.check_sum(value, image_id, where)
             view = memoryview(value)
-            flat[position * pixels:(position + 1) * pixels] = view[start:start + pixels]
-            header_bytes[position * start:(position + 1) * start] = view[:start]
+            flat[position * pixels : (position + 1) * pixels] = view[start : start + pixels]
+            header_bytes[position * start : (position + 1) * start] = view[:start]
             copied += 1
         if copied < len(out):
             raise self.error(None, list(ids)[copied], where)
@@ -149,8 +155,10 @@ class ValueLayout:
             found = parse_layout(value)
         except CorruptStoreError as error:
             return CorruptStoreError(f"{where}: image {image_id}: {error}")
-        return CorruptStoreError(f"{where}: image {image_id} holds {describe(found)}, but this store holds "
-                                 f"{describe(self)} (a damaged value, or another writer replaced the store: open it again)")
+        return CorruptStoreError(
+            f"{where}: image {image_id} holds {describe(found)}, but this store holds "
+            f"{describe(self)} (a damaged value, or another writer replaced the store: open it again)"
+        )
 
 
 def describe(layout: ValueLayout) -> str:
@@ -164,22 +172,35 @@ def parse_layout(value: bytes | memoryview) -> ValueLayout:
         raise CorruptStoreError(f"a value of {len(value)} bytes is too short to hold an image header")
     magic, version, flags, dtype, ndim, *dims, _ = HEADER.unpack_from(value)
     try:
-        layout = ValueLayout(dtype.rstrip(b"\0").decode("ascii"), tuple(dims[:ndim]), bool(flags & CHECKSUMMED), bool(flags & ENCODED))
-        valid = magic == MAGIC and version == VERSION and not flags & ~(CHECKSUMMED | ENCODED) and ndim in (2, 3) and all(dims[:ndim])
+        layout = ValueLayout(
+            dtype.rstrip(b"\0").decode("ascii"), tuple(dims[:ndim]), bool(flags & CHECKSUMMED), bool(flags & ENCODED)
+        )
+        valid = (
+            magic == MAGIC
+            and version == VERSION
+            and not flags & ~(CHECKSUMMED | ENCODED)
+            and ndim in (2, 3)
+            and all(dims[:ndim])
+        )
     except (TypeError, ValueError, UnicodeDecodeError):
         valid = False
     if not valid:
-        raise CorruptStoreError(f"a value of {len(value)} bytes has an invalid header "
-                                "(not an image written by storage_impls, or damaged)")
+        raise CorruptStoreError(
+            f"a value of {len(value)} bytes has an invalid header (not an image written by storage_impls, or damaged)"
+        )
     if not layout.fits(value):
-        raise CorruptStoreError(f"a value of {len(value)} bytes does not match its header ({describe(layout)}: "
-                                f"{layout.size or 'more'} bytes)")
+        raise CorruptStoreError(
+            f"a value of {len(value)} bytes does not match its header ({describe(layout)}: "
+            f"{layout.size or 'more'} bytes)"
+        )
     return layout
 
 
 def image_checksums(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """xxh3_64 of each image (N, ...) seeded with its label: one uint64 per image, so a flip in either is caught."""
-    return np.fromiter(map(checksum_of, images, labels.astype(np.int64).view(np.uint64).tolist()), np.uint64, len(images))
+    return np.fromiter(
+        map(checksum_of, images, labels.astype(np.int64).view(np.uint64).tolist()), np.uint64, len(images)
+    )
 
 
 def verify_checksums(ids: np.ndarray, images: np.ndarray, labels: np.ndarray, sums: np.ndarray, where: object) -> None:
@@ -200,8 +221,10 @@ def check_image_fields(meta: dict, format_version: int) -> None:
     """ValueError (or KeyError, TypeError) unless ``meta`` has this format version and a dtype and image shape a
     store holds (``image_shape`` becomes a tuple): the fields every metadata file of a raw-pixel store shares."""
     if meta["format_version"] != format_version or check_dtype(meta["dtype"], "images").str != meta["dtype"]:
-        raise ValueError(f"version {meta['format_version']!r}, dtype {meta['dtype']!r}: this version reads "
-                         f"version {format_version} and numeric dtypes of this machine's byte order")
+        raise ValueError(
+            f"version {meta['format_version']!r}, dtype {meta['dtype']!r}: this version reads "
+            f"version {format_version} and numeric dtypes of this machine's byte order"
+        )
     meta["image_shape"] = tuple(meta["image_shape"])
     check_image_shape(meta["image_shape"], "each image")
 
@@ -253,7 +276,7 @@ def write_file_atomic(path: Path, data: bytes, *, durable: bool) -> None:
         try:
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             if durable:
                 os.fsync(fd)
         finally:
@@ -278,8 +301,9 @@ def refuse_foreign(directory: Path, method: str) -> None:
     found = [(name, owner) for name, owner in MARKERS.items() if owner != method and (directory / name).exists()]
     if found:
         name, owner = found[0]
-        raise CorruptStoreError(f"{directory} holds a {owner} store ({name}), not a {method} store: "
-                                f"open it with method {owner!r}")
+        raise CorruptStoreError(
+            f"{directory} holds a {owner} store ({name}), not a {method} store: open it with method {owner!r}"
+        )
 
 
 def missing_store(directory: Path, method: str, marker: str) -> MissingStoreError:

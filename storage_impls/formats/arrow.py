@@ -1,4 +1,5 @@
 """Arrow ``binary`` columns as views, for the methods that keep encoded images in one (parquet, lance)."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,6 +1,7 @@
 """Reading and writing ``.npy`` files (numpy's format) strictly: what the numpy methods write is exactly
 what ``np.save`` writes, and a file that is not exactly the array expected (other dtype or shape, cut
 short, trailing bytes, a damaged header) raises CorruptStoreError naming the file."""
+
 from __future__ import annotations
 
 import io
@@ -20,7 +21,8 @@ def header(dtype: np.dtype | str, shape: tuple[int, ...]) -> bytes:
     """The bytes ``np.save`` writes before the data of a C-ordered array of ``dtype`` and ``shape``."""
     buffer = io.BytesIO()
     np.lib.format.write_array_header_1_0(
-        buffer, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": tuple(shape)})
+        buffer, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": tuple(shape)}
+    )
     return buffer.getvalue()
 
 
@@ -32,17 +34,27 @@ def parse_header(file: BinaryIO, name: object) -> tuple[tuple[int, ...], np.dtyp
         if read is None:
             raise ValueError(f"format version {version}")
         shape, fortran_order, dtype = read(file)
-    except (ValueError, SyntaxError, TypeError, EOFError, tokenize.TokenError) as error:  # numpy parses the header as Python
+    except (
+        ValueError,
+        SyntaxError,
+        TypeError,
+        EOFError,
+        tokenize.TokenError,
+    ) as error:  # numpy parses the header as Python
         raise CorruptStoreError(f"{name} is not a readable .npy file ({error})") from None
     if fortran_order:
         raise CorruptStoreError(f"{name} holds a Fortran-ordered array, which this package never writes")
     return tuple(shape), dtype, file.tell()
 
 
-def check_array(name: object, found: tuple[tuple[int, ...], np.dtype], dtype: np.dtype | str, shape: tuple[int, ...]) -> None:
+def check_array(
+    name: object, found: tuple[tuple[int, ...], np.dtype], dtype: np.dtype | str, shape: tuple[int, ...]
+) -> None:
     """CorruptStoreError unless ``found`` (shape, dtype) is exactly ``shape`` and ``dtype``."""
     if found != (tuple(shape), np.dtype(dtype)):
-        raise CorruptStoreError(f"{name} holds {found[1]} of shape {found[0]}, expected {np.dtype(dtype)} of shape {tuple(shape)}")
+        raise CorruptStoreError(
+            f"{name} holds {found[1]} of shape {found[0]}, expected {np.dtype(dtype)} of shape {tuple(shape)}"
+        )
 
 
 def read_array(file: BinaryIO, name: object, dtype: np.dtype | str, shape: tuple[int, ...], size: int) -> np.ndarray:

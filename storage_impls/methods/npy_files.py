@@ -14,6 +14,7 @@ long, else CorruptStoreError naming the file. Labels are read once, at open. Ima
 opened when read, so a reader's snapshot expires once a later commit removes its folder: its reads
 then raise MissingStoreError ("open it again"), never other data.
 """
+
 from __future__ import annotations
 
 import os
@@ -60,13 +61,15 @@ class FilesCheckpoint(Checkpoint):
         with open(path, "rb") as file:
             found_shape, found_dtype, offset = parse_header(file, path)
         check_array(path, (found_shape, found_dtype), self.dtype, self.shape)
-        return CorruptStoreError(f"{path} is {os.stat(path).st_size} bytes with a {offset}-byte header, expected exactly "
-                                 f"{len(self.header) + self.row} with this package's {len(self.header)}-byte header")
+        return CorruptStoreError(
+            f"{path} is {os.stat(path).st_size} bytes with a {offset}-byte header, expected exactly "
+            f"{len(self.header) + self.row} with this package's {len(self.header)}-byte header"
+        )
 
     def read_rows(self, start: int, out: np.ndarray, labels: np.ndarray) -> None:
         for position, target in enumerate(out):
             self._read_file(start + position, target)
-        labels[:] = self.labels[start:start + len(out)]
+        labels[:] = self.labels[start : start + len(out)]
         self._verify(np.arange(start, start + len(out)), out, labels)
 
     def take(self, ids: np.ndarray, out: np.ndarray, labels: np.ndarray) -> None:
@@ -87,8 +90,16 @@ class NpyFilesStore(CheckpointedStore):
     file_per_image = True
     POINTER, JOURNAL, FORMAT = "npy-files.json", "npy-files.journal", "storage_impls.npy_files"
 
-    def _write_checkpoint(self, folder: Path, dtype: np.dtype, shape: tuple[int, ...], count: int, source: Source,
-                          checksum: bool, codec: Codec) -> dict:
+    def _write_checkpoint(
+        self,
+        folder: Path,
+        dtype: np.dtype,
+        shape: tuple[int, ...],
+        count: int,
+        source: Source,
+        checksum: bool,
+        codec: Codec,
+    ) -> dict:
         head = header(dtype, shape)
         labels = np.empty(count, LABEL_DTYPE)
         sums = np.empty(count, CHECKSUM_DTYPE) if checksum else None
@@ -97,9 +108,9 @@ class NpyFilesStore(CheckpointedStore):
             images, block_labels = source(start, min(count, start + step))
             for image_id, image in enumerate(images, start):
                 write_file(folder / f"{image_id}.npy", [head, image], durable=self.durable)
-            labels[start:start + len(images)] = block_labels
+            labels[start : start + len(images)] = block_labels
             if sums is not None:
-                sums[start:start + len(images)] = image_checksums(images, block_labels)
+                sums[start : start + len(images)] = image_checksums(images, block_labels)
         save(folder / LABELS, labels, durable=self.durable)
         if sums is not None:
             save(folder / CHECKSUMS, sums, durable=self.durable)

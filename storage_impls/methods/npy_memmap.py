@@ -20,6 +20,7 @@ advised as ``npy-memmap:advice=auto|random|normal|willneed`` says (core/advice.p
 exact header, exact size (a file cut short is refused before it is mapped); a file truncated *while* a
 handle has it mapped can still kill that process with SIGBUS, as with any memory map.
 """
+
 from __future__ import annotations
 
 import mmap
@@ -65,11 +66,12 @@ class MemmapCheckpoint(Checkpoint):
         advise(self._map, advice)
         self._prefetch = advice == "willneed"
         self.pixels = np.frombuffer(self._map, self.dtype, self.count * int(np.prod(self.shape)), self._offset).reshape(
-            self.count, *self.shape)
+            self.count, *self.shape
+        )
 
     def read_rows(self, start: int, out: np.ndarray, labels: np.ndarray) -> None:
         pread_into(self._fd, out, self._offset + start * self.row, self.path)
-        labels[:] = self.labels[start:start + len(out)]
+        labels[:] = self.labels[start : start + len(out)]
         self._verify(np.arange(start, start + len(out)), out, labels)
 
     def take(self, ids: np.ndarray, out: np.ndarray, labels: np.ndarray) -> None:
@@ -102,13 +104,22 @@ class NpyMemmapStore(CheckpointedStore):
     POINTER, JOURNAL, FORMAT = "npy-memmap.json", "npy-memmap.journal", "storage_impls.npy_memmap"
     OPTIONS = ADVICE_OPTIONS
 
-    def __init__(self, directory: str | os.PathLike, mode: Mode = "a", *, advice: str | None = None,
-                 **options: object) -> None:
+    def __init__(
+        self, directory: str | os.PathLike, mode: Mode = "a", *, advice: str | None = None, **options: object
+    ) -> None:
         self._advice = check_options(self.method, ADVICE_OPTIONS, {"advice": advice}).get("advice", DEFAULT_ADVICE)
         super().__init__(directory, mode, **options)
 
-    def _write_checkpoint(self, folder: Path, dtype: np.dtype, shape: tuple[int, ...], count: int, source: Source,
-                          checksum: bool, codec: Codec) -> dict:
+    def _write_checkpoint(
+        self,
+        folder: Path,
+        dtype: np.dtype,
+        shape: tuple[int, ...],
+        count: int,
+        source: Source,
+        checksum: bool,
+        codec: Codec,
+    ) -> dict:
         path = folder / IMAGES
         head, row = header(dtype, (count, *shape)), int(np.prod(shape)) * dtype.itemsize
         labels = np.empty(count, LABEL_DTYPE)
@@ -120,9 +131,9 @@ class NpyMemmapStore(CheckpointedStore):
             for start in range(0, count, step):
                 block, block_labels = source(start, min(count, start + step))
                 pwrite_all(fd, np.ascontiguousarray(block), len(head) + start * row)
-                labels[start:start + len(block)] = block_labels
+                labels[start : start + len(block)] = block_labels
                 if sums is not None:
-                    sums[start:start + len(block)] = image_checksums(block, block_labels)
+                    sums[start : start + len(block)] = image_checksums(block, block_labels)
             if self.durable:
                 os.fsync(fd)
         finally:
@@ -134,4 +145,3 @@ class NpyMemmapStore(CheckpointedStore):
 
     def _open_checkpoint(self, folder: Path, meta: dict) -> Checkpoint:
         return MemmapCheckpoint(folder, meta, self._advice)
-

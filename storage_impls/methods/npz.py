@@ -18,6 +18,7 @@ Shard files are opened when read, so a reader's snapshot expires once a later co
 ``store_many``, or the journal folded into a new checkpoint) removes its folder: its reads then
 raise MissingStoreError ("open it again"), never other data.
 """
+
 from __future__ import annotations
 
 import io
@@ -63,8 +64,9 @@ class NpzCheckpoint(Checkpoint):
         shards = -(-self.count // self.per_shard)
         present = sum(bool(SHARD_NAME.fullmatch(name)) for name in os.listdir(folder))
         if present != shards:  # before anything of the declared count is allocated
-            raise CorruptStoreError(f"{folder}: {self.count} images make {shards} shards of {self.per_shard}, "
-                                    f"{present} are there")
+            raise CorruptStoreError(
+                f"{folder}: {self.count} images make {shards} shards of {self.per_shard}, {present} are there"
+            )
         self._cached: tuple[int, np.ndarray, np.ndarray] | None = None
 
     def shard(self, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -87,8 +89,10 @@ class NpzCheckpoint(Checkpoint):
                 for name in names:  # a member inflates to the size its entry declares: at most what the shard holds
                     declared = archive.getinfo(f"{name}.npy").file_size
                     if declared > math.prod(shapes[name]) * dtypes[name].itemsize + NPY_HEADER_MAX:
-                        raise CorruptStoreError(f"{path}: {name}.npy declares {declared} bytes, more than "
-                                                f"{shapes[name]} {dtypes[name]} take")
+                        raise CorruptStoreError(
+                            f"{path}: {name}.npy declares {declared} bytes, more than "
+                            f"{shapes[name]} {dtypes[name]} take"
+                        )
                 members = {name: archive.read(f"{name}.npy") for name in names}  # read whole: CRC-32 checked
             arrays = [self._member(path, members, name, dtypes[name], shapes[name]) for name in names]
         except FileNotFoundError:
@@ -103,7 +107,9 @@ class NpzCheckpoint(Checkpoint):
         return images, labels
 
     @staticmethod
-    def _member(path: Path, members: dict[str, bytes], name: str, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+    def _member(
+        path: Path, members: dict[str, bytes], name: str, dtype: np.dtype, shape: tuple[int, ...]
+    ) -> np.ndarray:
         data = members[name]
         return read_array(io.BytesIO(data), f"{path}:{name}.npy", dtype, shape, len(data))
 
@@ -113,8 +119,8 @@ class NpzCheckpoint(Checkpoint):
             first = index * self.per_shard
             images, image_labels = self._decode(index)
             low, high = max(start, first), min(stop, first + len(images))
-            out[low - start:high - start] = images[low - first:high - first]
-            labels[low - start:high - start] = image_labels[low - first:high - first]
+            out[low - start : high - start] = images[low - first : high - first]
+            labels[low - start : high - start] = image_labels[low - first : high - first]
 
     def take(self, ids: np.ndarray, out: np.ndarray, labels: np.ndarray) -> None:
         shards = ids // self.per_shard
@@ -131,12 +137,22 @@ class NpzStore(CheckpointedStore):
     """Images and labels in compressed ``.npz`` shards, plus a journal."""
 
     method = "npz"
-    slow_random_reads = ("each image read at random decompresses its whole shard: about 1 000 images/s on the "
-                         "development machine, minutes per shuffled epoch of 100 000 images")
+    slow_random_reads = (
+        "each image read at random decompresses its whole shard: about 1 000 images/s on the "
+        "development machine, minutes per shuffled epoch of 100 000 images"
+    )
     POINTER, JOURNAL, FORMAT = "npz.json", "npz.journal", "storage_impls.npz"
 
-    def _write_checkpoint(self, folder: Path, dtype: np.dtype, shape: tuple[int, ...], count: int, source: Source,
-                          checksum: bool, codec: Codec) -> dict:
+    def _write_checkpoint(
+        self,
+        folder: Path,
+        dtype: np.dtype,
+        shape: tuple[int, ...],
+        count: int,
+        source: Source,
+        checksum: bool,
+        codec: Codec,
+    ) -> dict:
         per_shard = shard_images(dtype, shape)
         for index, start in enumerate(range(0, count, per_shard)):
             images, labels = source(start, min(count, start + per_shard))

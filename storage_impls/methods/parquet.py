@@ -39,6 +39,7 @@ as fast as larger groups (within the noise of a shared machine; 16 images were 2
 A file whose schema, metadata or row groups are not what this store wrote (another tool's table, a
 truncated or damaged file) raises CorruptStoreError naming it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -79,16 +80,26 @@ def row_group_images(dtype: np.dtype, shape: tuple[int, ...]) -> int:
 def schema(row: int | None, description: dict | None = None) -> pa.Schema:
     """The store's Arrow schema for raw images of ``row`` bytes (None: encoded images, variable-length ``binary``),
     with ``description`` as the file's metadata."""
-    fields = pa.schema([pa.field("id", pa.int64(), nullable=False), pa.field("label", pa.int64(), nullable=False),
-                        pa.field("image", pa.binary() if row is None else pa.binary(row), nullable=False)])
+    fields = pa.schema(
+        [
+            pa.field("id", pa.int64(), nullable=False),
+            pa.field("label", pa.int64(), nullable=False),
+            pa.field("image", pa.binary() if row is None else pa.binary(row), nullable=False),
+        ]
+    )
     return fields.with_metadata({KEY: json.dumps(description, sort_keys=True)}) if description else fields
 
 
 def describe(meta: dict) -> dict:
     """What the file's key-value metadata records, from the store's metadata."""
-    return {"format": FORMAT, "dtype": meta["dtype"], "image_shape": list(meta["image_shape"]),
-            "count": meta["count"], "row_group_images": meta["row_group_images"],
-            **({"codec": meta["codec"]} if meta.get("codec", "raw") != "raw" else {})}
+    return {
+        "format": FORMAT,
+        "dtype": meta["dtype"],
+        "image_shape": list(meta["image_shape"]),
+        "count": meta["count"],
+        "row_group_images": meta["row_group_images"],
+        **({"codec": meta["codec"]} if meta.get("codec", "raw") != "raw" else {}),
+    }
 
 
 class ParquetCheckpoint(Checkpoint):
@@ -99,9 +110,13 @@ class ParquetCheckpoint(Checkpoint):
         self.path = folder / IMAGES
         self.per_group = meta.get("row_group_images")
         if type(self.per_group) is not int or self.per_group < 1 or meta.get("compression") not in COMPRESSIONS:
-            raise CorruptStoreError(f"{folder.parent / ParquetStore.POINTER}: row_group_images {self.per_group!r}, "
-                                    f"compression {meta.get('compression')!r} are out of range")
-        self._source = pa.OSFile(str(self.path))  # FileNotFoundError: the store expects it (a commit removed the folder)
+            raise CorruptStoreError(
+                f"{folder.parent / ParquetStore.POINTER}: row_group_images {self.per_group!r}, "
+                f"compression {meta.get('compression')!r} are out of range"
+            )
+        self._source = pa.OSFile(
+            str(self.path)
+        )  # FileNotFoundError: the store expects it (a commit removed the folder)
         try:
             self._file = pq.ParquetFile(self._source, pre_buffer=False, page_checksum_verification=self.checksum)
             self._check(self._file.metadata, self._file.schema_arrow, meta)
@@ -115,20 +130,28 @@ class ParquetCheckpoint(Checkpoint):
         """CorruptStoreError naming the file unless its schema, description and row groups are this store's."""
         expected = schema(self.row if self.codec.spec == "raw" else None)
         if not found.remove_metadata().equals(expected):
-            raise CorruptStoreError(f"{self.path} is not a table of this store: its schema is "
-                                    f"{found.remove_metadata().to_string()!r}, expected {expected.to_string()!r}")
+            raise CorruptStoreError(
+                f"{self.path} is not a table of this store: its schema is "
+                f"{found.remove_metadata().to_string()!r}, expected {expected.to_string()!r}"
+            )
         try:
             description = json.loads((metadata.metadata or {})[KEY])
         except (KeyError, ValueError) as error:
-            raise CorruptStoreError(f"{self.path} has no readable {KEY.decode()} metadata ({type(error).__name__}): "
-                                    "not a file written by this package") from None
+            raise CorruptStoreError(
+                f"{self.path} has no readable {KEY.decode()} metadata ({type(error).__name__}): "
+                "not a file written by this package"
+            ) from None
         if description != describe(meta):
-            raise CorruptStoreError(f"{self.path} describes {description}, but the store's metadata records {describe(meta)}")
+            raise CorruptStoreError(
+                f"{self.path} describes {description}, but the store's metadata records {describe(meta)}"
+            )
         sizes = [metadata.row_group(index).num_rows for index in range(metadata.num_row_groups)]
         whole, rest = divmod(self.count, self.per_group)
         if metadata.num_rows != self.count or sizes != [self.per_group] * whole + [rest] * bool(rest):
-            raise CorruptStoreError(f"{self.path} holds {metadata.num_rows} rows in row groups of {sorted(set(sizes))}, "
-                                    f"expected {self.count} in groups of {self.per_group}")
+            raise CorruptStoreError(
+                f"{self.path} holds {metadata.num_rows} rows in row groups of {sorted(set(sizes))}, "
+                f"expected {self.count} in groups of {self.per_group}"
+            )
 
     def _read(self, groups: list[int]) -> pa.Table:
         """Columns label and image of row groups ``groups`` (in that order), checked for their length."""
@@ -149,7 +172,9 @@ class ParquetCheckpoint(Checkpoint):
             except ARROW_ERRORS as cause:
                 first = group * self.per_group
                 last = min(self.count, first + self.per_group) - 1
-                return CorruptStoreError(f"{self.path}: row group {group} (images {first}..{last}) cannot be read ({cause})")
+                return CorruptStoreError(
+                    f"{self.path}: row group {group} (images {first}..{last}) cannot be read ({cause})"
+                )
         return CorruptStoreError(f"{self.path}: row groups {groups} cannot be read ({error})")
 
     def _copy(self, table: pa.Table, rows: np.ndarray, out: np.ndarray, labels: np.ndarray) -> None:
@@ -168,7 +193,9 @@ class ParquetCheckpoint(Checkpoint):
 
     def _pixels(self, chunk: pa.FixedSizeBinaryArray) -> np.ndarray:
         """The images of one chunk as a (n, row bytes) uint8 view of its data buffer."""
-        return np.frombuffer(chunk.buffers()[1], np.uint8, len(chunk) * self.row, chunk.offset * self.row).reshape(-1, self.row)
+        return np.frombuffer(chunk.buffers()[1], np.uint8, len(chunk) * self.row, chunk.offset * self.row).reshape(
+            -1, self.row
+        )
 
     def payloads(self, ids: np.ndarray) -> tuple[list[memoryview], np.ndarray]:
         groups, inverse = np.unique(ids // self.per_group, return_inverse=True)
@@ -185,14 +212,16 @@ class ParquetCheckpoint(Checkpoint):
             groups = list(range(first, min(first + step, last + 1)))
             low, high = max(start, first * size), min(stop, (groups[-1] + 1) * size)  # ids this block fills
             table = self._read(groups)
-            pixels = out[low - start:high - start].reshape(high - low, -1).view(np.uint8)
-            labels[low - start:high - start] = table.column("label").to_numpy()[low - first * size:high - first * size]
+            pixels = out[low - start : high - start].reshape(high - low, -1).view(np.uint8)
+            labels[low - start : high - start] = table.column("label").to_numpy()[
+                low - first * size : high - first * size
+            ]
             position = first * size  # the id of the chunk's first row
             for chunk in table.column("image").chunks:
                 data = self._pixels(chunk)
                 begin, end = max(low, position), min(high, position + len(data))
                 if begin < end:
-                    pixels[begin - low:end - low] = data[begin - position:end - position]
+                    pixels[begin - low : end - low] = data[begin - position : end - position]
                 position += len(data)
 
     def take(self, ids: np.ndarray, out: np.ndarray, labels: np.ndarray) -> None:
@@ -213,14 +242,23 @@ class ParquetStore(EncodedCheckpointedStore):
     OPTIONS = {**EncodedCheckpointedStore.OPTIONS, **OPTIONS}
     POINTER, JOURNAL, FORMAT = "parquet.json", "parquet.journal", FORMAT
 
-    def __init__(self, directory: str | os.PathLike, mode: str = "a", *, compression: str | None = None,
-                 **options) -> None:
+    def __init__(
+        self, directory: str | os.PathLike, mode: str = "a", *, compression: str | None = None, **options
+    ) -> None:
         # None: the store's recorded compression (a new store: none); a value: what this handle's checkpoints use
         self.compression = check_options(self.method, OPTIONS, {"compression": compression}).get("compression")
         super().__init__(directory, mode, **options)
 
-    def _write_checkpoint(self, folder: Path, dtype: np.dtype, shape: tuple[int, ...], count: int, source: Source,
-                          checksum: bool, codec: Codec) -> dict:
+    def _write_checkpoint(
+        self,
+        folder: Path,
+        dtype: np.dtype,
+        shape: tuple[int, ...],
+        count: int,
+        source: Source,
+        checksum: bool,
+        codec: Codec,
+    ) -> dict:
         row = int(np.prod(shape)) * dtype.itemsize
         if row > MAX_IMAGE_BYTES:
             raise ValueError(f"parquet holds images of up to {MAX_IMAGE_BYTES} bytes (fixed_size_binary), got {row}")
@@ -234,16 +272,26 @@ class ParquetStore(EncodedCheckpointedStore):
         path = folder / IMAGES
         sink, writer = pa.OSFile(str(path), "w"), None
         try:
-            writer = pq.ParquetWriter(sink, table_schema, compression=compression, use_dictionary=False,
-                                      write_statistics=["id", "label"], write_page_checksum=checksum,
-                                      sorting_columns=[pq.SortingColumn(0)])
+            writer = pq.ParquetWriter(
+                sink,
+                table_schema,
+                compression=compression,
+                use_dictionary=False,
+                write_statistics=["id", "label"],
+                write_page_checksum=checksum,
+                sorting_columns=[pq.SortingColumn(0)],
+            )
             for start in range(0, count, step):
                 images, labels = source(start, min(count, start + step))
-                pixels = pa.FixedSizeBinaryArray.from_buffers(pa.binary(row), len(images), [None, pa.py_buffer(images)]) \
-                    if raw else pa.array(images, pa.binary())
+                pixels = (
+                    pa.FixedSizeBinaryArray.from_buffers(pa.binary(row), len(images), [None, pa.py_buffer(images)])
+                    if raw
+                    else pa.array(images, pa.binary())
+                )
                 ids = pa.array(np.arange(start, start + len(images), dtype=np.int64))
-                writer.write_table(pa.Table.from_arrays([ids, pa.array(labels), pixels], schema=table_schema),
-                                   row_group_size=per_group)
+                writer.write_table(
+                    pa.Table.from_arrays([ids, pa.array(labels), pixels], schema=table_schema), row_group_size=per_group
+                )
             writer.close()
         except BaseException:
             sink.close()  # first, so that closing the writer cannot write a footer (the folder is removed)

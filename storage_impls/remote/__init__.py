@@ -3,6 +3,7 @@
 Shared by the methods' remote readers (``storage_impls/methods/<method>/remote.py``): the client and its ranged,
 concurrent, coalesced requests (client.py, ranges.py), the local mirror a method's own read path runs on
 (staged.py, checkpointed.py), and ``upload`` / ``stage`` (transfer.py). Needs obstore (the ``[s3]`` extra)."""
+
 from storage_impls.remote.client import STATS, Location, is_url
 from storage_impls.remote.transfer import stage, upload
 

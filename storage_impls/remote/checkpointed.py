@@ -1,6 +1,7 @@
 """Remote reads of a checkpointed method (core/checkpointed.py): the metadata file and the journal downloaded into
 the mirror at open (staged.py), then the method's own CheckpointedStore logic, with a checkpoint whose large files
 are filled by range before each read (``RemoteCheckpoint``)."""
+
 from __future__ import annotations
 
 import abc
@@ -27,8 +28,9 @@ class RemoteReads:
     method: str
     fork_safe = False  # the client's runtime does not survive a fork (client.py): readers are spawned
 
-    def __init__(self, url: str | Location, mode: Mode = "r", *, storage_options: dict | None = None,
-                 **options: object) -> None:
+    def __init__(
+        self, url: str | Location, mode: Mode = "r", *, storage_options: dict | None = None, **options: object
+    ) -> None:
         if mode != "r":
             raise PermissionError(f"{url} is an object store: remote stores are read-only (mode='r')")
         self.location = location_of(url, storage_options)

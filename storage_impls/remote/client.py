@@ -12,6 +12,7 @@ as those two, and each process builds its own client on first use (a forked chil
 Errors: a missing object is MissingStoreError, an object shorter than a range asked of it CorruptStoreError
 (truncated), anything else that fails after the retries RemoteError; never short or wrong bytes.
 """
+
 from __future__ import annotations
 
 import errno
@@ -40,8 +41,18 @@ RETRIES = 3  # per request, with object_store's backoff; then RemoteError
 RETRY_TIMEOUT = timedelta(seconds=30)  # no request is retried past this
 CLIENT_OPTIONS = {"timeout": "60s", "connect_timeout": "5s"}
 # storage_options keys that configure the HTTP client rather than the store
-CLIENT_KEYS = frozenset({"allow_http", "allow_invalid_certificates", "timeout", "connect_timeout", "proxy_url",
-                         "pool_idle_timeout", "pool_max_idle_per_host", "user_agent"})
+CLIENT_KEYS = frozenset(
+    {
+        "allow_http",
+        "allow_invalid_certificates",
+        "timeout",
+        "connect_timeout",
+        "proxy_url",
+        "pool_idle_timeout",
+        "pool_max_idle_per_host",
+        "user_agent",
+    }
+)
 
 
 def is_url(location: object) -> bool:
@@ -126,10 +137,12 @@ class Location:
         client = _CLIENTS.get(ident)
         if client is None:
             if _CLIENT_PID not in (None, os.getpid()):
-                raise RuntimeError(f"reading {self.url} in a process forked from process {_CLIENT_PID}, which had "
-                                   "used the object-store client (whose runtime hangs after a fork): start readers "
-                                   "with spawn or forkserver (multiprocessing.get_context('spawn'), "
-                                   "DataLoader(multiprocessing_context='spawn'))")
+                raise RuntimeError(
+                    f"reading {self.url} in a process forked from process {_CLIENT_PID}, which had "
+                    "used the object-store client (whose runtime hangs after a fork): start readers "
+                    "with spawn or forkserver (multiprocessing.get_context('spawn'), "
+                    "DataLoader(multiprocessing_context='spawn'))"
+                )
             _CLIENT_PID = os.getpid()
             config = {k: v for k, v in self.storage_options.items() if k not in CLIENT_KEYS}
             options = {**CLIENT_OPTIONS, **{k: v for k, v in self.storage_options.items() if k in CLIENT_KEYS}}
@@ -137,8 +150,12 @@ class Location:
             if endpoint.startswith("http://"):
                 options.setdefault("allow_http", True)
             try:
-                client = from_url(self.url, config=config or None, client_options=options,
-                                  retry_config={"max_retries": RETRIES, "retry_timeout": RETRY_TIMEOUT})
+                client = from_url(
+                    self.url,
+                    config=config or None,
+                    client_options=options,
+                    retry_config={"max_retries": RETRIES, "retry_timeout": RETRY_TIMEOUT},
+                )
             except BaseError as error:
                 raise RemoteError(f"cannot reach {self.url}: {_first_line(error)}") from None
             _CLIENTS[ident] = client
@@ -193,8 +210,10 @@ class Location:
         if not requests:
             return []
         results = list(_pool().map(self._range, requests)) if len(requests) > 1 else [self._range(requests[0])]
-        return [results[request][offset:offset + spans[index].stop - spans[index].start]
-                for index, (request, offset) in enumerate(where)]
+        return [
+            results[request][offset : offset + spans[index].stop - spans[index].start]
+            for index, (request, offset) in enumerate(where)
+        ]
 
     def _range(self, span: Span) -> memoryview:
         if span.stop == span.start:
@@ -202,13 +221,16 @@ class Location:
         STATS.started(span)
         data = b""
         try:
-            data = self._call(span.key, lambda: obstore.get_range(self.store, span.key, start=span.start,
-                                                                  end=span.stop))
+            data = self._call(
+                span.key, lambda: obstore.get_range(self.store, span.key, start=span.start, end=span.stop)
+            )
         finally:
             STATS.finished(len(data))
         if len(data) != span.stop - span.start:
-            raise CorruptStoreError(f"{self.name(span.key)} ends before byte {span.stop} ({len(data)} of "
-                                    f"{span.stop - span.start} bytes from {span.start}): truncated, or not the store's")
+            raise CorruptStoreError(
+                f"{self.name(span.key)} ends before byte {span.stop} ({len(data)} of "
+                f"{span.stop - span.start} bytes from {span.start}): truncated, or not the store's"
+            )
         return memoryview(data)
 
     def put(self, key: str, path: str | os.PathLike) -> None:

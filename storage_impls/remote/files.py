@@ -1,5 +1,6 @@
 """An object as a read-only, seekable Python file (ranged GETs through a read-ahead buffer), for libraries that
 parse a file's structure themselves (h5py's file-object driver) before a method knows which ranges it needs."""
+
 from __future__ import annotations
 
 import io

@@ -1,4 +1,5 @@
 """Byte ranges of a batch: coalesced where they touch or overlap, in offset order, and the parts cut back out."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -8,6 +8,7 @@ parser of any format exists.
 The mirror lives in /dev/shm where there is one (memory, never written back), else the temporary folder; it is
 removed when the handle closes. Errors name the remote objects, not the mirror's files.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -76,8 +77,10 @@ class StagedFolder:
         """The error for a location without ``method``'s file ``key``: whose store it holds, or that none is there."""
         owners = [MARKERS[name] for name in sorted(set(listed) & set(MARKERS)) if MARKERS[name] != method]
         if owners:
-            return CorruptStoreError(f"{self.location.url} holds a {owners[0]} store, not a {method} store: open it "
-                                     f"with method {owners[0]!r}")
+            return CorruptStoreError(
+                f"{self.location.url} holds a {owners[0]} store, not a {method} store: open it "
+                f"with method {owners[0]!r}"
+            )
         return MissingStoreError(f"no {method} store at {self.location.url}: {key} does not exist")
 
     def sparse(self, folder: str, names: Sequence[str], sizes: dict[str, int] | None = None) -> None:

@@ -1,6 +1,7 @@
 """Moving whole stores between a local folder and an object store: ``upload`` publishes a store (parallel multipart
 uploads, sizes verified by a listing after), ``stage`` downloads one (every object, concurrently, sizes verified) for
 the methods that read local files only ("stage then read")."""
+
 from __future__ import annotations
 
 import os
@@ -40,8 +41,10 @@ def upload(directory: str | os.PathLike, url: str | Location, storage_options: d
     found = location.list()
     wrong = [name for name, size in files.items() if found.get(name) != size]
     if wrong:
-        raise CorruptStoreError(f"{location.name(wrong[0])} is {found.get(wrong[0])} bytes after the upload, the file "
-                                f"{directory / wrong[0]} {files[wrong[0]]}: the upload did not complete")
+        raise CorruptStoreError(
+            f"{location.name(wrong[0])} is {found.get(wrong[0])} bytes after the upload, the file "
+            f"{directory / wrong[0]} {files[wrong[0]]}: the upload did not complete"
+        )
     return files
 
 
@@ -60,8 +63,9 @@ def stage(url: str | Location, directory: str | os.PathLike, storage_options: di
     def fetch(name: str) -> None:
         data = location.get(name)
         if len(data) != listed[name]:
-            raise CorruptStoreError(f"{location.name(name)} changed while it was staged ({len(data)} bytes, listed "
-                                    f"{listed[name]})")
+            raise CorruptStoreError(
+                f"{location.name(name)} changed while it was staged ({len(data)} bytes, listed {listed[name]})"
+            )
         path = directory / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)

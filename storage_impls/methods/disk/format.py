@@ -16,6 +16,7 @@ is allocated: Pillow's decompression-bomb limit (a global, about 179 M pixels) i
 origin; a store reads back every image it accepted, and a file of any other size, depth or mode (a
 planted "bomb" included) raises CorruptStoreError.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,6 +43,8 @@ META_MAX_BYTES = 4096
 POINTER_MAX_BYTES = 256  # CURRENT holds one generation name (40 bytes)
 LABEL = struct.Struct("<q")
 LABEL_ROW_MAX_BYTES = 20 + 1 + 20 + 1 + 10 + 1  # id, label (int64 with its sign), crc32, two commas and a newline
+
+
 def image_crc(png: bytes | memoryview, label: int) -> int:
     """The CRC-32 labels.csv keeps for one image: of its PNG bytes, seeded with its label."""
     return zlib.crc32(png, zlib.crc32(LABEL.pack(label)))
@@ -60,18 +63,29 @@ def read_pointer(directory: Path) -> str | None:
         os.close(fd)
     name = data.decode("ascii", "replace")
     if not GENERATION.fullmatch(name):  # its content is not quoted: a crafted CURRENT could be a link to a secret
-        raise CorruptStoreError(f"{path} does not name a generation folder (gen-<32 hex digits>): {len(data)} bytes "
-                                "of something else")
+        raise CorruptStoreError(
+            f"{path} does not name a generation folder (gen-<32 hex digits>): {len(data)} bytes of something else"
+        )
     return name
 
 
 def format_meta(dtype: np.dtype, shape: tuple[int, ...], codec: Codec, count: int) -> bytes:
-    return json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION, "image_shape": list(shape), "count": count,
-                       "dtype": dtype.str, "codec": codec.spec}).encode()
+    return json.dumps(
+        {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "image_shape": list(shape),
+            "count": count,
+            "dtype": dtype.str,
+            "codec": codec.spec,
+        }
+    ).encode()
 
 
 def format_labels(labels: np.ndarray, crcs: np.ndarray) -> bytes:
-    rows = "".join(f"{image_id},{label},{crc}\n" for image_id, (label, crc) in enumerate(zip(labels.tolist(), crcs.tolist())))
+    rows = "".join(
+        f"{image_id},{label},{crc}\n" for image_id, (label, crc) in enumerate(zip(labels.tolist(), crcs.tolist()))
+    )
     return LABELS_HEADER + rows.encode()
 
 
@@ -79,8 +93,12 @@ class Generation:
     """One generation folder, loaded: ``dtype``, ``shape``, ``codec``, ``count``, ``labels`` (int64) and ``crcs`` per image.
     Its PNGs are opened when read. FileNotFoundError if a file is missing; CorruptStoreError if damaged."""
 
-    def __init__(self, directory: Path, name: str,
-                 loaded: tuple[np.dtype, tuple[int, ...], Codec, np.ndarray, np.ndarray] | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        name: str,
+        loaded: tuple[np.dtype, tuple[int, ...], Codec, np.ndarray, np.ndarray] | None = None,
+    ) -> None:
         """Read ``directory/name``; ``loaded`` = (dtype, shape, codec, labels, crcs) of a generation this handle just wrote."""
         self.name, self.path = name, directory / name
         self._prefix = f"{self.path}/"
@@ -98,10 +116,19 @@ class Generation:
     def _read_meta(path: Path) -> tuple[np.dtype, tuple[int, ...], Codec, int]:
         try:
             meta = json.loads(read_bounded(path, META_MAX_BYTES).decode("utf-8"))
-            if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+            if (
+                not isinstance(meta, dict)
+                or meta.get("format") != FORMAT
+                or meta.get("format_version") != FORMAT_VERSION
+            ):
                 raise ValueError(f"it was not written by {FORMAT} version {FORMAT_VERSION}")
             shape, count = meta["image_shape"], meta["count"]
-            if not isinstance(shape, list) or not all(type(side) is int for side in shape) or type(count) is not int or count < 1:
+            if (
+                not isinstance(shape, list)
+                or not all(type(side) is int for side in shape)
+                or type(count) is not int
+                or count < 1
+            ):
                 raise ValueError(f"image_shape {shape!r} or count {count!r} is not what it should be")
             check_image_shape(tuple(shape), "image_shape")
             dtype = check_dtype(meta.get("dtype", "|u1"), "images")  # stores written before other dtypes: uint8
@@ -112,7 +139,9 @@ class Generation:
         except CorruptStoreError:
             raise
         except (ValueError, KeyError, TypeError) as error:  # JSON and UTF-8 errors are ValueErrors
-            raise CorruptStoreError(f"{path} is not a disk store's metadata ({type(error).__name__}: {error})") from None
+            raise CorruptStoreError(
+                f"{path} is not a disk store's metadata ({type(error).__name__}: {error})"
+            ) from None
         return dtype, tuple(shape), codec, count
 
     def file(self, image_id: int) -> str:
@@ -124,18 +153,22 @@ class Generation:
         try:  # no fstat: the store's tree was checked at open (fileio.check_tree); O_NONBLOCK, a FIFO reads as empty
             fd = os.open(path, READ_FLAGS)
         except FileNotFoundError:
-            raise MissingStoreError(f"{path} is missing (image {image_id}): the store was replaced since this handle "
-                                    "opened it (open it again) or the file was deleted") from None
+            raise MissingStoreError(
+                f"{path} is missing (image {image_id}): the store was replaced since this handle "
+                "opened it (open it again) or the file was deleted"
+            ) from None
         except OSError as error:
-            raise CorruptStoreError(f"{path} (image {image_id}) cannot be read as a file of the store "
-                                    f"({error.strerror})") from None
+            raise CorruptStoreError(
+                f"{path} (image {image_id}) cannot be read as a file of the store ({error.strerror})"
+            ) from None
         try:
             data = os.read(fd, self.max_bytes + 1)  # bounded: a file larger than any encoding of the image is refused
         finally:
             os.close(fd)
         if len(data) > self.max_bytes:
-            raise CorruptStoreError(f"{path}: image {image_id} is over {self.max_bytes} bytes, more than its codec "
-                                    "makes")
+            raise CorruptStoreError(
+                f"{path}: image {image_id} is over {self.max_bytes} bytes, more than its codec makes"
+            )
         if image_crc(data, int(self.labels[image_id])) != self.crcs[image_id]:
             raise CorruptStoreError(f"{path}: image {image_id} fails its checksum (bit rot or a damaged copy)")
         return data
@@ -154,7 +187,7 @@ def _parse_labels(path: Path, count: int) -> tuple[np.ndarray, np.ndarray]:
         data = read_bounded(path, len(LABELS_HEADER) + count * LABEL_ROW_MAX_BYTES)
         if not data.startswith(LABELS_HEADER) or not data.endswith(b"\n"):
             raise ValueError(f"it does not start with {LABELS_HEADER!r} or is cut short")
-        body = data[len(LABELS_HEADER):].decode("ascii")
+        body = data[len(LABELS_HEADER) :].decode("ascii")
         if body.count("\n") != count or body.count(",") != 2 * count:
             raise ValueError(f"it does not hold {count} rows of three fields, as meta.json says")
         rows = np.array(body.replace(",", " ").split(), dtype=np.int64).reshape(count, 3)

@@ -1,5 +1,6 @@
 """Pillow alone on a disk store's PNG files, as an expert would read them without this package (benchmarks
 compare read_batch with it); the files are found once, before any timing."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,4 +18,5 @@ def pillow_reader(directory: Path) -> BatchReader:
         for slot, image_id in enumerate(ids.tolist()):
             with Image.open(paths[image_id]) as image:
                 out[slot] = np.asarray(image)
+
     return read

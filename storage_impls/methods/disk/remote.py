@@ -1,6 +1,7 @@
 """disk from an object store: ``CURRENT``, the journal, the generation's ``meta.json`` and ``labels.csv`` downloaded
 at open, then one GET per image file (a batch's all in flight at once; ``read_many`` FILES_AT_ONCE at a time): the
 classic file-per-image pattern, measured. The local reader checks and decodes each file as it does on disk."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,8 +30,11 @@ class RemoteDiskStore(RemoteReads, DiskStore):
     def _files(self, ids: np.ndarray) -> list[str]:
         """The objects of ``ids``' image files (those the journal does not hold)."""
         generation, journal = self._generation, self._journal.entries
-        return [Path(generation.file(image_id)).relative_to(self.staged.root).as_posix()
-                for image_id in np.unique(ids).tolist() if image_id not in journal]
+        return [
+            Path(generation.file(image_id)).relative_to(self.staged.root).as_posix()
+            for image_id in np.unique(ids).tolist()
+            if image_id not in journal
+        ]
 
     def _get(self, image_id: int) -> tuple[np.ndarray, int]:
         with self.staged.naming(), self.staged.downloaded(self._files(np.array([image_id]))):
@@ -43,4 +47,4 @@ class RemoteDiskStore(RemoteReads, DiskStore):
     def _read_into(self, out: np.ndarray, labels: np.ndarray) -> None:
         for first in range(0, len(out), FILES_AT_ONCE):
             ids = np.arange(first, min(len(out), first + FILES_AT_ONCE))
-            self._read_batch_into(ids, out[first:first + len(ids)], labels[first:first + len(ids)])
+            self._read_batch_into(ids, out[first : first + len(ids)], labels[first : first + len(ids)])

@@ -45,6 +45,7 @@ Durability: by default nothing is fsynced. ``durable=True`` fsyncs every file of
 the folder, the new ``CURRENT`` and the directory after its rename, and fdatasyncs each journal
 record before and after its commit word.
 """
+
 from __future__ import annotations
 
 import errno
@@ -85,7 +86,9 @@ from storage_impls.methods.disk.format import (
 
 OPEN_TRIES = 100  # a reader opens again when a writer commits while it opens
 NO_LINK_ERRNOS = (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP)
-Fill = Callable[[Generation | None, str], tuple[np.ndarray, np.ndarray]]  # (old generation, new folder/) -> labels, crcs
+Fill = Callable[
+    [Generation | None, str], tuple[np.ndarray, np.ndarray]
+]  # (old generation, new folder/) -> labels, crcs
 
 
 class DiskStore(EncodedStore):
@@ -99,6 +102,7 @@ class DiskStore(EncodedStore):
         from storage_impls.methods.disk.reference import pillow_reader
 
         return "Pillow alone, same files", pillow_reader(directory)
+
     DEFAULT_CODEC = "png"
 
     def _open(self) -> None:
@@ -143,7 +147,9 @@ class DiskStore(EncodedStore):
             if journal.image_shape is not None or self._current() == name:
                 if name is None and journal.image_shape is None and self._journal_path.exists():
                     journal.close()
-                    raise MissingStoreError(f"disk store {self.directory}: {POINTER} is missing but {JOURNAL} extends a generation")
+                    raise MissingStoreError(
+                        f"disk store {self.directory}: {POINTER} is missing but {JOURNAL} extends a generation"
+                    )
                 return generation, journal
             journal.close()
         raise StoreLockedError(f"{self.directory} changed under every one of {OPEN_TRIES} attempts to open it")
@@ -160,10 +166,15 @@ class DiskStore(EncodedStore):
         journal, generation = self._journal, self._generation
         if not journal.entries:
             return
-        if generation and (journal.image_dtype, journal.image_shape, journal.codec or self.DEFAULT_CODEC) != \
-                (generation.dtype, generation.shape, generation.codec.spec):
-            raise CorruptStoreError(f"{journal.path}: images of {journal.image_dtype} {journal.image_shape} in {journal.codec}, "
-                                    f"but {generation.path}'s are {generation.dtype} {generation.shape} in {generation.codec.spec}")
+        if generation and (journal.image_dtype, journal.image_shape, journal.codec or self.DEFAULT_CODEC) != (
+            generation.dtype,
+            generation.shape,
+            generation.codec.spec,
+        ):
+            raise CorruptStoreError(
+                f"{journal.path}: images of {journal.image_dtype} {journal.image_shape} in {journal.codec}, "
+                f"but {generation.path}'s are {generation.dtype} {generation.shape} in {generation.codec.spec}"
+            )
         first = generation.count if generation else 0
         if sum(image_id >= first for image_id in journal.entries) != self._count - first:
             raise CorruptStoreError(f"{journal.path}: records that leave a gap in the ids")
@@ -316,7 +327,7 @@ class DiskStore(EncodedStore):
         try:
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             if self.durable:
                 os.fsync(fd)
         finally:
@@ -327,7 +338,12 @@ class DiskStore(EncodedStore):
         """Decode image ``image_id`` into ``target`` (its (H, W[, C]) slot); return its label."""
         if image_id not in self._journal.entries:
             generation = self._generation
-            decode(generation.codec, generation.encoded(image_id), target, f"{generation.file(image_id)} (image {image_id})")
+            decode(
+                generation.codec,
+                generation.encoded(image_id),
+                target,
+                f"{generation.file(image_id)} (image {image_id})",
+            )
             return int(generation.labels[image_id])
         return self._journal.decode_into(image_id, self.codec, target)
 
@@ -350,4 +366,5 @@ class DiskStore(EncodedStore):
     @classmethod
     def remote_reader(cls) -> type[ImageStore]:
         from storage_impls.methods.disk.remote import RemoteDiskStore  # it imports this module
+
         return RemoteDiskStore

@@ -17,6 +17,7 @@ Reading: through the open h5py dataset, one H5Dread (``DatasetID.read``, what ``
 hyperslab selected once) straight into the caller's array per range; a random batch reads each chunk it touches
 once (the span of its sorted unique ids), then scatters the rows into place. HDF5 decompresses whole chunks.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -76,8 +77,12 @@ class Layout(NamedTuple):
     def dataset(self, count: int, shape: tuple[int, ...], dtype: np.dtype) -> dict[str, object]:
         """``create_dataset`` keywords of the ``images`` dataset."""
         per_chunk = self.chunk_images(count, int(np.prod(shape)) * dtype.itemsize)
-        return {"shape": (count, *shape), "dtype": dtype, "chunks": (per_chunk, *shape),
-                "compression": None if self.compression == "none" else self.compression}
+        return {
+            "shape": (count, *shape),
+            "dtype": dtype,
+            "chunks": (per_chunk, *shape),
+            "compression": None if self.compression == "none" else self.compression,
+        }
 
     def check(self, dataset: h5py.Dataset, name: Path) -> None:
         """CorruptStoreError unless ``dataset`` is chunked and filtered as this layout makes it (chunks not recorded: any
@@ -86,10 +91,17 @@ class Layout(NamedTuple):
         expected = self.dataset(count, shape, dataset.dtype)
         plist = dataset.id.get_create_plist()
         per_chunk = (dataset.chunks or (0,))[0] if self.chunks is None else expected["chunks"][0]
-        if plist.get_layout() != h5py.h5d.CHUNKED or dataset.chunks != (per_chunk, *shape) or not 1 <= per_chunk <= count or \
-                dataset.compression != expected["compression"] or plist.get_nfilters() != (self.compression != "none"):
-            raise CorruptStoreError(f"{name}: images are in chunks {dataset.chunks} filtered by {dataset.compression}, "
-                                    f"but its attributes record {self.spec}")
+        if (
+            plist.get_layout() != h5py.h5d.CHUNKED
+            or dataset.chunks != (per_chunk, *shape)
+            or not 1 <= per_chunk <= count
+            or dataset.compression != expected["compression"]
+            or plist.get_nfilters() != (self.compression != "none")
+        ):
+            raise CorruptStoreError(
+                f"{name}: images are in chunks {dataset.chunks} filtered by {dataset.compression}, "
+                f"but its attributes record {self.spec}"
+            )
 
 
 CONTIGUOUS = Layout()
@@ -108,8 +120,9 @@ class ChunkedImages:
         try:
             self._id.read(h5py.h5s.create_simple(out.shape), self._space, out)
         except Exception as error:  # a damaged chunk: HDF5 reports a failed filter, a bad address ...
-            raise CorruptStoreError(f"{self.name}: images {start}..{start + len(out) - 1} cannot be read "
-                                    f"({type(error).__name__}: {error})") from None
+            raise CorruptStoreError(
+                f"{self.name}: images {start}..{start + len(out) - 1} cannot be read ({type(error).__name__}: {error})"
+            ) from None
 
     def take(self, ids: np.ndarray, out: np.ndarray) -> None:
         """Images ``ids`` (valid, any order, repeats allowed) into ``out``: each chunk touched read once."""

@@ -29,6 +29,7 @@ reads with ``preadv`` (ranges) or ``numpy.take`` over the map (random batches); 
 sliced out of the map (or a ``preadv`` of a range) and decoded straight into the caller's array. Chunked ``images``
 keep the h5py file open and are read through it (hdf5_chunked.py).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -63,7 +64,9 @@ READ_BLOCK_BYTES = 16 << 20  # encoded bytes read at a time by read_rows
 WRITE_VECTOR = 512  # encoded images per pwritev (the system takes at most IOV_MAX, 1024 on Linux)
 RAW = get_codec("raw")
 Identity = tuple[int, int]  # (device, inode)
-Block = tuple[int, np.ndarray | Sequence[bytes | memoryview], np.ndarray]  # first id, images (or encoded images), labels
+Block = tuple[
+    int, np.ndarray | Sequence[bytes | memoryview], np.ndarray
+]  # first id, images (or encoded images), labels
 
 
 def image_checksums(images: Iterable, labels: np.ndarray) -> np.ndarray:
@@ -73,7 +76,9 @@ def image_checksums(images: Iterable, labels: np.ndarray) -> np.ndarray:
 
 def is_h5_no_space(error: BaseException) -> bool:
     """True for an OSError meaning a full device, including h5py's, which may carry the errno only in its message."""
-    return is_no_space(error) or (isinstance(error, OSError) and any(os.strerror(code) in str(error) for code in NO_SPACE_ERRNOS))
+    return is_no_space(error) or (
+        isinstance(error, OSError) and any(os.strerror(code) in str(error) for code in NO_SPACE_ERRNOS)
+    )
 
 
 def file_identity(path: Path) -> Identity | None:
@@ -85,22 +90,40 @@ def file_identity(path: Path) -> Identity | None:
     return info.st_dev, info.st_ino
 
 
-def write_checkpoint(path: Path, dtype: np.dtype, shape: tuple[int, ...], count: int, blocks: Iterable[Block], *,
-                     token: str, checksum: bool, durable: bool, codec: Codec = RAW, sizes: np.ndarray | None = None,
-                     layout: Layout = CONTIGUOUS) -> None:
+def write_checkpoint(
+    path: Path,
+    dtype: np.dtype,
+    shape: tuple[int, ...],
+    count: int,
+    blocks: Iterable[Block],
+    *,
+    token: str,
+    checksum: bool,
+    durable: bool,
+    codec: Codec = RAW,
+    sizes: np.ndarray | None = None,
+    layout: Layout = CONTIGUOUS,
+) -> None:
     """Write a complete checkpoint of ``count`` images of ``dtype`` and ``shape`` at ``path`` (a temporary name);
     ``blocks`` yields (first id, images, labels) covering ids 0..count-1. With a ``codec`` other than raw the
     images of a block are their encoded bytes (a sequence) and ``sizes`` gives every image's byte count in advance
     (the layout is fixed before the bytes go in); raw pixels are laid out as ``layout`` says. A full disk raises
     NoSpaceError."""
-    attributes = {"format": np.bytes_(FORMAT), "token": np.bytes_(token), "format_version": FORMAT_VERSION, "checksum": checksum}
+    attributes = {
+        "format": np.bytes_(FORMAT),
+        "token": np.bytes_(token),
+        "format_version": FORMAT_VERSION,
+        "checksum": checksum,
+    }
     if codec is RAW:
         datasets = {"images": ((count, *shape), dtype)}
         attributes.update(layout.attributes())
     else:
         offsets = np.zeros(count + 1, LABEL_DTYPE)
         np.cumsum(sizes, out=offsets[1:])
-        attributes.update(codec=np.bytes_(codec.spec), dtype=np.bytes_(dtype.str), image_shape=np.array(shape, np.int64))
+        attributes.update(
+            codec=np.bytes_(codec.spec), dtype=np.bytes_(dtype.str), image_shape=np.array(shape, np.int64)
+        )
         datasets = {"encoded": ((int(offsets[-1]),), np.dtype(np.uint8)), "offsets": ((count + 1,), LABEL_DTYPE)}
     datasets["labels"] = ((count,), LABEL_DTYPE)
     if checksum:
@@ -114,17 +137,26 @@ def write_checkpoint(path: Path, dtype: np.dtype, shape: tuple[int, ...], count:
                 write_images(start, images)
             else:
                 if sum(map(len, images)) != offsets[start + len(images)] - offsets[start]:
-                    raise ValueError(f"images {start}..{start + len(images) - 1} are not the sizes the layout was made for")
+                    raise ValueError(
+                        f"images {start}..{start + len(images) - 1} are not the sizes the layout was made for"
+                    )
                 for first in range(0, len(images), WRITE_VECTOR):
-                    pwrite_all(fd, list(images[first:first + WRITE_VECTOR]), at["encoded"] + int(offsets[start + first]))
+                    pwrite_all(
+                        fd, list(images[first : first + WRITE_VECTOR]), at["encoded"] + int(offsets[start + first])
+                    )
             pwrite_all(fd, np.ascontiguousarray(labels, LABEL_DTYPE), at["labels"] + start * LABEL_DTYPE.itemsize)
             if checksum:
                 pwrite_all(fd, image_checksums(images, labels), at["checksums"] + start * CHECKSUM_DTYPE.itemsize)
 
 
 @contextlib.contextmanager
-def _writing(path: Path, attributes: dict, datasets: dict[str, tuple[tuple[int, ...], np.dtype]], durable: bool,
-             chunked: dict | None) -> Iterator[tuple[int, dict[str, int], Callable[[int, np.ndarray], None]]]:
+def _writing(
+    path: Path,
+    attributes: dict,
+    datasets: dict[str, tuple[tuple[int, ...], np.dtype]],
+    durable: bool,
+    chunked: dict | None,
+) -> Iterator[tuple[int, dict[str, int], Callable[[int, np.ndarray], None]]]:
     """The new file laid out; yields a descriptor writing into it, each contiguous dataset's offset, and a function
     writing raw images start..start+len-1: a ``pwrite`` at their offset, or (``chunked``: ``images``' create_dataset
     keywords) HDF5's own write of its chunks, the file then open in h5py until the end."""
@@ -138,8 +170,9 @@ def _writing(path: Path, attributes: dict, datasets: dict[str, tuple[tuple[int, 
         images = file.create_dataset("images", **chunked)
 
         def write_images(start: int, block: np.ndarray) -> None:
-            images.write_direct(block, dest_sel=np.s_[start:start + len(block)])
+            images.write_direct(block, dest_sel=np.s_[start : start + len(block)])
             sink.check()  # a full disk: stop now
+
         yield sink.fd, at, write_images
 
 
@@ -165,8 +198,10 @@ def _create(file: h5py.File, attributes: dict, datasets: dict[str, tuple[tuple[i
     layout.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
     for name, value in attributes.items():
         file.attrs[name] = value
-    return {name: file.create_dataset(name, shape=dataset_shape, dtype=dtype, dcpl=layout).id.get_offset()
-            for name, (dataset_shape, dtype) in datasets.items()}
+    return {
+        name: file.create_dataset(name, shape=dataset_shape, dtype=dtype, dcpl=layout).id.get_offset()
+        for name, (dataset_shape, dtype) in datasets.items()
+    }
 
 
 @contextlib.contextmanager
@@ -225,8 +260,9 @@ class Checkpoint:
         if self.codec is not RAW:
             self.encoded = np.frombuffer(self._map, np.uint8, int(self.offsets[-1]), self._offset)
         elif not self.chunked:
-            self.pixels = np.frombuffer(self._map, self.dtype, self.count * math.prod(self.shape), self._offset).reshape(
-                self.count, *self.shape)
+            self.pixels = np.frombuffer(
+                self._map, self.dtype, self.count * math.prod(self.shape), self._offset
+            ).reshape(self.count, *self.shape)
 
     def _read_metadata(self, file: h5py.File, size: int) -> None:
         """Validate the layout and read the attributes, labels and checksums; CorruptStoreError naming what is wrong."""
@@ -234,8 +270,10 @@ class Checkpoint:
         try:
             attrs = file.attrs
             if attrs.get("format") != FORMAT.encode() or attrs.get("format_version") != FORMAT_VERSION:
-                raise CorruptStoreError(f"{self.name} was not written by {FORMAT} version {FORMAT_VERSION} "
-                                        f"(format {attrs.get('format')!r}, version {attrs.get('format_version')!r})")
+                raise CorruptStoreError(
+                    f"{self.name} was not written by {FORMAT} version {FORMAT_VERSION} "
+                    f"(format {attrs.get('format')!r}, version {attrs.get('format_version')!r})"
+                )
             self.token, self.checksum = bytes(attrs["token"]).decode("ascii"), bool(attrs["checksum"])
             self.codec = get_codec(bytes(attrs["codec"]).decode("ascii")) if "codec" in attrs else RAW
             self.layout = Layout.recorded(attrs)
@@ -243,14 +281,24 @@ class Checkpoint:
                 images = self._dataset(file, "images")
                 self.count, self.shape, found = len(images), tuple(images.shape[1:]), images.dtype
             else:
-                self.shape, found = tuple(int(side) for side in attrs["image_shape"]), np.dtype(bytes(attrs["dtype"]).decode("ascii"))
+                self.shape, found = (
+                    tuple(int(side) for side in attrs["image_shape"]),
+                    np.dtype(bytes(attrs["dtype"]).decode("ascii")),
+                )
                 self.count = len(self._dataset(file, "offsets")) - 1
             check_image_shape(self.shape, f"{self.name}: each image")
             self.dtype = check_dtype(found, f"{self.name}: images")
-            if found != self.dtype or self.count < 1 or ("codec" in attrs) != (self.codec is not RAW) or \
-                    self.layout.chunked and self.codec is not RAW:
-                raise CorruptStoreError(f"{self.name}: images are {found} of shape {(self.count, *self.shape)} in "
-                                        f"{self.codec.spec}, expected a numeric dtype of this machine's byte order (N, ...)")
+            if (
+                found != self.dtype
+                or self.count < 1
+                or ("codec" in attrs) != (self.codec is not RAW)
+                or self.layout.chunked
+                and self.codec is not RAW
+            ):
+                raise CorruptStoreError(
+                    f"{self.name}: images are {found} of shape {(self.count, *self.shape)} in "
+                    f"{self.codec.spec}, expected a numeric dtype of this machine's byte order (N, ...)"
+                )
             self.row = math.prod(self.shape) * self.dtype.itemsize  # bytes per image
             if self.layout.chunked:
                 self.layout.check(images, self.name)
@@ -260,22 +308,33 @@ class Checkpoint:
             else:
                 self._read_encoded_layout(file, size)
             self.labels = self._read_array(file, "labels", LABEL_DTYPE, size, self.count).astype(np.int64)
-            self.checksums = self._read_array(file, "checksums", CHECKSUM_DTYPE, size, self.count) if self.checksum else None
+            self.checksums = (
+                self._read_array(file, "checksums", CHECKSUM_DTYPE, size, self.count) if self.checksum else None
+            )
         except CorruptStoreError:
             raise
         except KeyError as error:
             raise CorruptStoreError(f"{self.name} lacks a dataset or attribute of {FORMAT} ({error})") from None
         except Exception as error:  # h5py reports damaged metadata with many exception types
-            raise CorruptStoreError(f"{self.name} has damaged HDF5 metadata ({type(error).__name__}: {error})") from None
+            raise CorruptStoreError(
+                f"{self.name} has damaged HDF5 metadata ({type(error).__name__}: {error})"
+            ) from None
 
     def _read_encoded_layout(self, file: h5py.File, size: int) -> None:
         """``offsets`` (count+1, from 0, never decreasing, to the end of ``encoded``) and where ``encoded`` lies."""
         self.offsets = self._read_array(file, "offsets", LABEL_DTYPE, size, self.count + 1).astype(np.int64)
         encoded = self._dataset(file, "encoded")
-        if encoded.dtype != np.uint8 or encoded.ndim != 1 or self.offsets[0] != 0 or \
-                (np.diff(self.offsets) < 0).any() or self.offsets[-1] != len(encoded):
-            raise CorruptStoreError(f"{self.name}: offsets {self.offsets[0]}..{self.offsets[-1]} (ascending?) do not "
-                                    f"divide encoded, {encoded.dtype} {encoded.shape}, into {self.count} images")
+        if (
+            encoded.dtype != np.uint8
+            or encoded.ndim != 1
+            or self.offsets[0] != 0
+            or (np.diff(self.offsets) < 0).any()
+            or self.offsets[-1] != len(encoded)
+        ):
+            raise CorruptStoreError(
+                f"{self.name}: offsets {self.offsets[0]}..{self.offsets[-1]} (ascending?) do not "
+                f"divide encoded, {encoded.dtype} {encoded.shape}, into {self.count} images"
+            )
         self._offset = _raw_offset(encoded, len(encoded), size, self.name)
 
     def _dataset(self, file: h5py.File, name: str) -> h5py.Dataset:
@@ -288,14 +347,18 @@ class Checkpoint:
             raise CorruptStoreError(f"{self.name}: {name} is an {type(link).__name__}, not a dataset of this file")
         dataset = file[name]
         if not isinstance(dataset, h5py.Dataset) or dataset.is_virtual or dataset.external:
-            raise CorruptStoreError(f"{self.name}: {name} is not a dataset whose data lies in this file "
-                                    "(a group, a virtual dataset or external storage)")
+            raise CorruptStoreError(
+                f"{self.name}: {name} is not a dataset whose data lies in this file "
+                "(a group, a virtual dataset or external storage)"
+            )
         return dataset
 
     def _read_array(self, file: h5py.File, name: str, dtype: np.dtype, size: int, length: int) -> np.ndarray:
         dataset = self._dataset(file, name)
         if dataset.dtype != dtype or dataset.shape != (length,):
-            raise CorruptStoreError(f"{self.name}: {name} is {dataset.dtype} {dataset.shape}, expected {dtype} ({length},)")
+            raise CorruptStoreError(
+                f"{self.name}: {name} is {dataset.dtype} {dataset.shape}, expected {dtype} ({length},)"
+            )
         array = np.empty(length, dtype)
         self._pread_into(array, _raw_offset(dataset, array.nbytes, size, self.name))
         return array
@@ -322,13 +385,18 @@ class Checkpoint:
             return
         offsets, first = self.offsets, start
         while first < stop:  # whole images of at most READ_BLOCK_BYTES (at least one) at a time
-            last = min(stop, max(first + 1, int(np.searchsorted(offsets, offsets[first] + READ_BLOCK_BYTES, "right")) - 1))
+            last = min(
+                stop, max(first + 1, int(np.searchsorted(offsets, offsets[first] + READ_BLOCK_BYTES, "right")) - 1)
+            )
             base = int(offsets[first])
             block = np.empty(int(offsets[last]) - base, np.uint8)
             self._pread_into(block, self._offset + base)
-            payloads = [block[begin - base:end - base].data for begin, end in zip(offsets[first:last].tolist(), offsets[first + 1:last + 1].tolist())]
-            self._verify(np.arange(first, last), payloads, labels[first - start:last - start])
-            self._decode(range(first, last), payloads, out[first - start:last - start])
+            payloads = [
+                block[begin - base : end - base].data
+                for begin, end in zip(offsets[first:last].tolist(), offsets[first + 1 : last + 1].tolist())
+            ]
+            self._verify(np.arange(first, last), payloads, labels[first - start : last - start])
+            self._decode(range(first, last), payloads, out[first - start : last - start])
             first = last
 
     def image(self, image_id: int) -> tuple[np.ndarray, int]:
@@ -338,7 +406,10 @@ class Checkpoint:
             self.take(np.array([image_id]), image, label)
             return image[0], int(label[0])
         image, label = self.pixels[image_id].copy(), int(self.labels[image_id])
-        if self.checksums is not None and xxhash.xxh3_64_intdigest(image, label & UINT64_MASK) != self.checksums[image_id]:
+        if (
+            self.checksums is not None
+            and xxhash.xxh3_64_intdigest(image, label & UINT64_MASK) != self.checksums[image_id]
+        ):
             raise CorruptStoreError(f"{self.name}: image {image_id} fails its checksum (bit rot or a damaged copy)")
         return image, label
 
@@ -401,6 +472,8 @@ def _raw_offset(dataset: h5py.Dataset, nbytes: int, size: int, name: Path) -> in
     plist = dataset.id.get_create_plist()
     offset = dataset.id.get_offset()
     if plist.get_layout() != h5py.h5d.CONTIGUOUS or plist.get_nfilters() or offset is None or offset + nbytes > size:
-        raise CorruptStoreError(f"{name}: dataset {dataset.name} is not {nbytes} contiguous bytes inside the file "
-                                f"(offset {offset}, file size {size})")
+        raise CorruptStoreError(
+            f"{name}: dataset {dataset.name} is not {nbytes} contiguous bytes inside the file "
+            f"(offset {offset}, file size {size})"
+        )
     return offset

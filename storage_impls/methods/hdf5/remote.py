@@ -3,6 +3,7 @@ everything but the images' bytes (metadata, labels, checksums, offsets) fetched 
 its images' rows (raw) or encoded bytes, one range per image (neighbours coalesce), all in flight at once; the local
 reader (its map and checks) runs on the mirror. The chunked layout (``hdf5:chunks=``, compression) reads local
 files only (its chunks' places are HDF5's B-tree's): stage it."""
+
 from __future__ import annotations
 
 import h5py
@@ -32,8 +33,10 @@ def images_extent(staged: StagedFolder, size: int) -> tuple[int, int]:
     except Exception as error:  # noqa: BLE001  (h5py reports damaged metadata with many exception types)
         raise CorruptStoreError(f"{name} is not a readable HDF5 checkpoint ({type(error).__name__}: {error})") from None
     if offset is None:
-        raise LocalOnlyError(f"{name} holds chunked images, which hdf5 reads from local files only: stage the store "
-                             "(storage_impls.remote.stage), then open the folder")
+        raise LocalOnlyError(
+            f"{name} holds chunked images, which hdf5 reads from local files only: stage the store "
+            "(storage_impls.remote.stage), then open the folder"
+        )
     return offset, nbytes
 
 

@@ -61,6 +61,7 @@ directory after its rename, and fdatasyncs each journal record before and after 
 Damage (truncation, flipped metadata or journal bytes; flipped pixels with checksums) raises
 CorruptStoreError; mode "a" still opens such a store, so that ``store_many`` can replace it.
 """
+
 from __future__ import annotations
 
 import math
@@ -104,15 +105,26 @@ class Hdf5Store(EncodedStore):
         import h5py
 
         return {"h5py": h5py.__version__, "hdf5": h5py.version.hdf5_version}
+
     OPTIONS = {**LAYOUT_OPTIONS, **EncodedStore.OPTIONS, **ADVICE_OPTIONS}
 
-    def __init__(self, directory: str | os.PathLike, mode: str = "a", *, compression: str | None = None,
-                 chunks: int | str | None = None, codec: str | None = None, advice: str | None = None,
-                 **options: object) -> None:
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        mode: str = "a",
+        *,
+        compression: str | None = None,
+        chunks: int | str | None = None,
+        codec: str | None = None,
+        advice: str | None = None,
+        **options: object,
+    ) -> None:
         self._advice = check_options(self.method, ADVICE_OPTIONS, {"advice": advice}).get("advice", DEFAULT_ADVICE)
         # neither given: the store's recorded layout (a new store: contiguous); either: the layout this handle's store_many
         # writes (the other option at its default)
-        self._layout_options = check_options(self.method, LAYOUT_OPTIONS, {"compression": compression, "chunks": chunks})
+        self._layout_options = check_options(
+            self.method, LAYOUT_OPTIONS, {"compression": compression, "chunks": chunks}
+        )
         if codec is not None and self._layout_options:
             self._refuse_layout(get_codec(check_options(self.method, EncodedStore.OPTIONS, {"codec": codec})["codec"]))
         super().__init__(directory, mode, codec=codec, **options)
@@ -120,8 +132,10 @@ class Hdf5Store(EncodedStore):
     def _refuse_layout(self, codec: Codec) -> None:
         """ValueError if this handle's compression or chunks would apply to images encoded with ``codec``."""
         if codec is not RAW and Layout(**self._layout_options).chunked:
-            raise ValueError(f"{self.method}: {Layout(**self._layout_options).spec} applies to raw pixels only (codec=raw); "
-                             f"{codec.spec} images are already compressed and kept back to back in one contiguous dataset")
+            raise ValueError(
+                f"{self.method}: {Layout(**self._layout_options).spec} applies to raw pixels only (codec=raw); "
+                f"{codec.spec} images are already compressed and kept back to back in one contiguous dataset"
+            )
 
     def _writing_layout(self, codec: Codec, replacing: bool) -> Layout:
         """The layout of a new checkpoint: ``store_many`` (``replacing``) the one this handle's options name, if they
@@ -178,7 +192,9 @@ class Hdf5Store(EncodedStore):
                     checkpoint.close()
                 raise
             # no journal extends this checkpoint: consistent only if the checkpoint is still the current one
-            if journal.image_shape is not None or file_identity(self._path) == (checkpoint.identity if checkpoint else None):
+            if journal.image_shape is not None or file_identity(self._path) == (
+                checkpoint.identity if checkpoint else None
+            ):
                 return checkpoint, journal
             journal.close()
             if checkpoint:
@@ -191,19 +207,26 @@ class Hdf5Store(EncodedStore):
         if not journal.entries:
             return
         if checkpoint and (journal.image_dtype, journal.image_shape) != (checkpoint.dtype, checkpoint.shape):
-            raise CorruptStoreError(f"{journal.path}: images of {journal.image_dtype} {journal.image_shape}, but the "
-                                    f"checkpoint's are {checkpoint.dtype} {checkpoint.shape}")
+            raise CorruptStoreError(
+                f"{journal.path}: images of {journal.image_dtype} {journal.image_shape}, but the "
+                f"checkpoint's are {checkpoint.dtype} {checkpoint.shape}"
+            )
         try:
             codec = get_codec(journal.codec or RAW.spec)
         except ValueError as error:
             raise CorruptStoreError(f"{journal.path}: {error}") from None
         if checkpoint and codec is not checkpoint.codec:
-            raise CorruptStoreError(f"{journal.path}: images in {codec.spec}, but the checkpoint's are in {checkpoint.codec.spec}")
+            raise CorruptStoreError(
+                f"{journal.path}: images in {codec.spec}, but the checkpoint's are in {checkpoint.codec.spec}"
+            )
         row = math.prod(journal.image_shape) * journal.image_dtype.itemsize
         first = checkpoint.count if checkpoint else 0
         raw = codec is RAW  # encoded records vary in length: decoding checks them
-        if raw and any(entry.length != row for entry in journal.entries.values()) or \
-                sum(image_id >= first for image_id in journal.entries) != self._count - first:
+        if (
+            raw
+            and any(entry.length != row for entry in journal.entries.values())
+            or sum(image_id >= first for image_id in journal.entries) != self._count - first
+        ):
             raise CorruptStoreError(f"{journal.path}: records that are not whole images or leave a gap in the ids")
 
     def _refresh(self) -> None:
@@ -261,8 +284,16 @@ class Hdf5Store(EncodedStore):
             self._commit(images.dtype, images.shape[1:], len(images), [(0, images, labels)], checksum, codec, layout)
             return
         payloads = [codec.encode(image) for image in images]
-        self._commit(images.dtype, images.shape[1:], len(images), [(0, payloads, labels)], checksum, codec, layout,
-                     np.fromiter(map(len, payloads), np.int64, len(payloads)))
+        self._commit(
+            images.dtype,
+            images.shape[1:],
+            len(images),
+            [(0, payloads, labels)],
+            checksum,
+            codec,
+            layout,
+            np.fromiter(map(len, payloads), np.int64, len(payloads)),
+        )
 
     def single_write_cycle(self) -> int:
         return compaction_cycle(self._checkpoint.count if self._checkpoint else 0)
@@ -288,8 +319,16 @@ class Hdf5Store(EncodedStore):
             checksum = self._checkpoint.checksum if self._checkpoint else bool(self.checksum)
             sizes = None if codec is RAW else self._payload_sizes()
             layout = self._writing_layout(codec, replacing=False)
-            self._commit(self.image_dtype, self.image_shape, self._count, self._blocks(codec, layout), checksum, codec,
-                         layout, sizes)
+            self._commit(
+                self.image_dtype,
+                self.image_shape,
+                self._count,
+                self._blocks(codec, layout),
+                checksum,
+                codec,
+                layout,
+                sizes,
+            )
 
     def _blocks(self, codec: Codec, layout: Layout) -> Iterator[Block]:
         """The store's images (raw: one reused buffer; encoded: their bytes, never decoded) and labels, a block at a
@@ -319,19 +358,39 @@ class Hdf5Store(EncodedStore):
         """The byte count of every image's encoded bytes (the checkpoint's, journal records over them)."""
         sizes = np.zeros(self._count, np.int64)
         if self._checkpoint:
-            sizes[:self._checkpoint.count] = np.diff(self._checkpoint.offsets)
+            sizes[: self._checkpoint.count] = np.diff(self._checkpoint.offsets)
         for image_id, entry in self._journal.entries.items():
             sizes[image_id] = entry.length
         return sizes
 
-    def _commit(self, dtype: np.dtype, shape: tuple[int, ...], count: int, blocks: Iterable[Block], checksum: bool,
-                codec: Codec, layout: Layout, sizes: np.ndarray | None = None) -> None:
+    def _commit(
+        self,
+        dtype: np.dtype,
+        shape: tuple[int, ...],
+        count: int,
+        blocks: Iterable[Block],
+        checksum: bool,
+        codec: Codec,
+        layout: Layout,
+        sizes: np.ndarray | None = None,
+    ) -> None:
         """Write a new checkpoint aside, open it, rename it into place (the commit), drop the stale journal."""
         token = uuid.uuid4().hex
         temporary = self.directory / f"{TEMPORARY_PREFIX}.{token}{TEMPORARY_SUFFIX}"
         try:
-            write_checkpoint(temporary, dtype, shape, count, blocks, token=token, checksum=checksum, durable=self.durable,
-                             codec=codec, sizes=sizes, layout=layout)
+            write_checkpoint(
+                temporary,
+                dtype,
+                shape,
+                count,
+                blocks,
+                token=token,
+                checksum=checksum,
+                durable=self.durable,
+                codec=codec,
+                sizes=sizes,
+                layout=layout,
+            )
             # opened before the rename: nothing can fail after it
             checkpoint = Checkpoint(temporary, self._path, self._advice)
             try:
@@ -370,7 +429,9 @@ class Hdf5Store(EncodedStore):
     def _read_batch_into(self, ids: np.ndarray, out: np.ndarray, labels: np.ndarray) -> None:
         """Gather from the checkpoint's map, then put journal records in their places."""
         mask = self._journal_mask() if self._journal.entries else None
-        gather_overlaid(mask, ids, out, labels, lambda *gather: self._checkpoint.take(*gather), self._read_record)  # none yet: all in the journal
+        gather_overlaid(
+            mask, ids, out, labels, lambda *gather: self._checkpoint.take(*gather), self._read_record
+        )  # none yet: all in the journal
 
     def _read_record(self, image_id: int, out: np.ndarray, labels: np.ndarray, position: int) -> None:
         labels[position] = self._journal.decode_into(image_id, self.codec, out[position])
@@ -388,5 +449,5 @@ class Hdf5Store(EncodedStore):
     @classmethod
     def remote_reader(cls) -> type[ImageStore]:
         from storage_impls.methods.hdf5.remote import RemoteHdf5Store  # it imports this module
-        return RemoteHdf5Store
 
+        return RemoteHdf5Store

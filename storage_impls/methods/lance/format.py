@@ -10,6 +10,7 @@ encoded file (JPEG, PNG, WebP) as variable-length ``binary``. The schema metadat
 than raw (``storage_impls.codec``, e.g. ``jpeg-90``), so that any Lance reader can decode the images:
 ``np.frombuffer(row["image"], dtype).reshape(shape)``, or any decoder of that codec (Pillow).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -58,16 +59,23 @@ def encoded(codec: Codec, images: np.ndarray) -> np.ndarray | list[bytes]:
     return images if codec is RAW else [codec.encode(image) for image in images]
 
 
-def batch(table_schema: pa.Schema, first_id: int, payloads: np.ndarray | list[bytes], labels: np.ndarray) -> pa.RecordBatch:
+def batch(
+    table_schema: pa.Schema, first_id: int, payloads: np.ndarray | list[bytes], labels: np.ndarray
+) -> pa.RecordBatch:
     """Rows with ids ``first_id``.. and ``labels`` for ``payloads`` (``encoded``: raw images, C-contiguous, which the
     image column views without a copy, or encoded bytes); a checksum column of those bytes if the schema has one."""
     count, image = len(payloads), table_schema.field("image").type
     if pa.types.is_fixed_size_binary(image):
-        column = pa.FixedSizeBinaryArray.from_buffers(image, count, [None, pa.py_buffer(np.ascontiguousarray(payloads))])
+        column = pa.FixedSizeBinaryArray.from_buffers(
+            image, count, [None, pa.py_buffer(np.ascontiguousarray(payloads))]
+        )
     else:
         column = pa.array(payloads, image)
-    columns = [pa.array(np.arange(first_id, first_id + count, dtype=np.int64)),
-               pa.array(labels.astype(np.int64, copy=False)), column]
+    columns = [
+        pa.array(np.arange(first_id, first_id + count, dtype=np.int64)),
+        pa.array(labels.astype(np.int64, copy=False)),
+        column,
+    ]
     if "checksum" in table_schema.names:
         columns.append(pa.array(image_checksums(payloads, labels)))
     return pa.RecordBatch.from_arrays(columns, schema=table_schema)
@@ -78,14 +86,18 @@ def check_paths(dataset: lance.LanceDataset, folder: Path) -> None:
     can name other folders, anywhere, for its data files), data and deletion files by plain names (no ``..``,
     not absolute)."""
     if dataset.base_paths():
-        raise CorruptStoreError(f"{folder}: version {dataset.version} names base paths outside the dataset "
-                                f"({len(dataset.base_paths())}): a store keeps every file in its own folder")
+        raise CorruptStoreError(
+            f"{folder}: version {dataset.version} names base paths outside the dataset "
+            f"({len(dataset.base_paths())}): a store keeps every file in its own folder"
+        )
     for fragment in dataset.get_fragments():
         names = [(data.path, data.base_id) for data in fragment.data_files()] + [(fragment.deletion_file(), None)]
         for name, base in names:
             if name is not None and (base is not None or not LOCAL_NAME.fullmatch(name)):
-                raise CorruptStoreError(f"{folder}: version {dataset.version} names a file outside the dataset "
-                                        f"(fragment {fragment.fragment_id})")
+                raise CorruptStoreError(
+                    f"{folder}: version {dataset.version} names a file outside the dataset "
+                    f"(fragment {fragment.fragment_id})"
+                )
 
 
 class Snapshot:
@@ -103,16 +115,20 @@ class Snapshot:
             found = self.dataset.schema
             if _fields(found) != _fields(self.schema) or found.metadata != self.schema.metadata:  # nulls: on read
                 stored = "" if self.codec is RAW else f" in {self.codec.spec}"
-                raise CorruptStoreError(f"{folder} is not a Lance dataset of {self.dtype} images of shape {self.shape}"
-                                        f"{stored}: its schema is {_describe(found)}, expected {_describe(self.schema)}")
+                raise CorruptStoreError(
+                    f"{folder} is not a Lance dataset of {self.dtype} images of shape {self.shape}"
+                    f"{stored}: its schema is {_describe(found)}, expected {_describe(self.schema)}"
+                )
             columns = ["id", "label"] + ["checksum"] * self.checksum
             table = self.dataset.to_table(columns=columns, with_row_address=True)
         self.version = self.dataset.version
         ids = _column(table, "id", np.int64, folder)
         count = len(ids)
         if not _is_permutation(ids):
-            raise CorruptStoreError(f"{folder}: the ids of version {self.version} are not 0..{count - 1}, each once "
-                                    "(a damaged dataset, or rows another tool added)")
+            raise CorruptStoreError(
+                f"{folder}: the ids of version {self.version} are not 0..{count - 1}, each once "
+                "(a damaged dataset, or rows another tool added)"
+            )
         self.labels, self.addresses = np.empty(count, np.int64), np.empty(count, np.uint64)
         self.labels[ids] = _column(table, "label", np.int64, folder)
         self.addresses[ids] = _column(table, "_rowaddr", np.uint64, folder)
@@ -165,7 +181,7 @@ class Snapshot:
         with lance_errors(self.folder):
             for found in self.dataset.to_batches(columns=["image"], limit=count):
                 column = pa.chunked_array([found.column(0)])
-                self._fill(column, np.arange(position, position + len(column)), out[position:position + len(column)])
+                self._fill(column, np.arange(position, position + len(column)), out[position : position + len(column)])
                 position += len(column)
         if position != count:
             raise CorruptStoreError(f"{self.folder}: a scan of {count} images returned {position} rows")
@@ -175,24 +191,27 @@ class Snapshot:
         """Fill ``out[i]``/``labels[i]`` with image ``ids[i]`` (valid ids, any order), a block of rows per take."""
         step = max(1, TAKE_BLOCK_BYTES // self.row)
         for start in range(0, len(ids), step):
-            block = ids[start:start + step]
+            block = ids[start : start + step]
             with lance_errors(self.folder):
                 # row addresses, not offsets: take() by offset slows down with every deleted row (a replaced image)
                 column = self.dataset._take_rows(self.addresses[block], columns=["image"]).column("image")
-            self._fill(column, block, out[start:start + len(block)])
+            self._fill(column, block, out[start : start + len(block)])
         labels[:] = self.labels[ids]
 
     def _fill(self, column: pa.ChunkedArray, ids: np.ndarray, out: np.ndarray) -> None:
         """Images ``ids`` into ``out`` from ``column``, the image values of their rows: raw pixels copied, encoded
         bytes decoded; in a checksummed store the stored bytes are checked first."""
         if len(column) != len(out) or column.null_count or column.type != self.schema.field("image").type:
-            raise CorruptStoreError(f"{self.folder}: a read of {len(out)} images returned {len(column)} rows of "
-                                    f"{column.type} ({column.null_count} null)")
+            raise CorruptStoreError(
+                f"{self.folder}: a read of {len(out)} images returned {len(column)} rows of "
+                f"{column.type} ({column.null_count} null)"
+            )
         if self.codec is RAW:
             flat, position = out.reshape(len(out), -1).view(np.uint8), 0
             for chunk in column.chunks:
-                flat[position:position + len(chunk)] = np.frombuffer(
-                    chunk.buffers()[1], np.uint8, len(chunk) * self.row, chunk.offset * self.row).reshape(-1, self.row)
+                flat[position : position + len(chunk)] = np.frombuffer(
+                    chunk.buffers()[1], np.uint8, len(chunk) * self.row, chunk.offset * self.row
+                ).reshape(-1, self.row)
                 position += len(chunk)
             payloads = out
         else:
@@ -226,8 +245,9 @@ def _fields(found: pa.Schema) -> list[tuple[str, pa.DataType]]:
 
 def _describe(found: pa.Schema) -> str:
     fields = ", ".join(f"{field.name} {field.type}" for field in found)
-    meta = {key.decode(errors="replace"): value.decode(errors="replace")
-            for key, value in (found.metadata or {}).items()}
+    meta = {
+        key.decode(errors="replace"): value.decode(errors="replace") for key, value in (found.metadata or {}).items()
+    }
     return f"({fields}) with metadata {meta}"
 
 
@@ -270,5 +290,6 @@ def sync_new(folder: Path, before: set[str]) -> None:
 
 def listing(folder: Path) -> set[str]:
     """Relative paths of every file below ``folder``."""
-    return {os.path.relpath(os.path.join(root, name), folder)
-            for root, _dirs, files in os.walk(folder) for name in files}
+    return {
+        os.path.relpath(os.path.join(root, name), folder) for root, _dirs, files in os.walk(folder) for name in files
+    }

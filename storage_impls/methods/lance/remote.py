@@ -1,6 +1,7 @@
 """lance from an object store: ``lance.json`` downloaded at open, then Lance's own object-store client reads the
 dataset it names (``lance.dataset(url, storage_options=...)``: its manifests, then the pages a take needs, with its
 own request scheduling); the same Snapshot and checks as a local store."""
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,10 @@ from storage_impls.remote.client import Location
 def lance_options(location: Location) -> dict[str, str]:
     """The location's storage options as Lance takes them (object_store's keys, text values), with plain HTTP
     allowed for an http:// endpoint as the package's client allows it."""
-    options = {key: str(value).lower() if isinstance(value, bool) else str(value)
-               for key, value in location.storage_options.items()}
+    options = {
+        key: str(value).lower() if isinstance(value, bool) else str(value)
+        for key, value in location.storage_options.items()
+    }
     endpoint = options.get("endpoint") or options.get("aws_endpoint") or os.environ.get("AWS_ENDPOINT_URL", "")
     if endpoint.startswith("http://"):
         options.setdefault("allow_http", "true")

@@ -50,6 +50,7 @@ or hung in 10 of 30 tries. A handle refuses to open, read or write in such a pro
 spawn; ``fork_safe = False`` says so to loaders): open stores in processes started with spawn or
 forkserver, as benchmarks/workers.py does.
 """
+
 from __future__ import annotations
 
 import os
@@ -105,10 +106,12 @@ def _check_process() -> None:
     if _LANCE_PID is None:
         _LANCE_PID = os.getpid()
     elif _LANCE_PID != os.getpid():
-        raise RuntimeError(f"lance is not fork-safe: this process was forked from process {_LANCE_PID}, which had used "
-                           "it, and could crash or hang here; open lance stores in processes started with spawn or "
-                           "forkserver (multiprocessing.get_context('spawn'), "
-                           "DataLoader(multiprocessing_context='spawn'))")
+        raise RuntimeError(
+            f"lance is not fork-safe: this process was forked from process {_LANCE_PID}, which had used "
+            "it, and could crash or hang here; open lance stores in processes started with spawn or "
+            "forkserver (multiprocessing.get_context('spawn'), "
+            "DataLoader(multiprocessing_context='spawn'))"
+        )
 
 
 class LanceStore(EncodedStore):
@@ -127,8 +130,10 @@ class LanceStore(EncodedStore):
         if not self._meta_path.exists():
             refuse_foreign(self.directory, self.method)
             if (self.directory / "_versions").is_dir():
-                raise CorruptStoreError(f"{self.directory} is a Lance dataset written by another tool ({META} is "
-                                        "missing): open a folder of its own, or read it with lance.dataset()")
+                raise CorruptStoreError(
+                    f"{self.directory} is a Lance dataset written by another tool ({META} is "
+                    "missing): open a folder of its own, or read it with lance.dataset()"
+                )
             if self.mode == "r":
                 raise missing_store(self.directory, self.method, META)
         self._load()
@@ -227,18 +232,31 @@ class LanceStore(EncodedStore):
         token = uuid.uuid4().hex
         folder = self.directory / FOLDER.format(token=token)
         temporary = self.directory / f".{folder.name}.tmp"
-        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "token": token, "dtype": images.dtype.str,
-                "image_shape": list(images.shape[1:]), "checksum": checksum}
+        meta = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "token": token,
+            "dtype": images.dtype.str,
+            "image_shape": list(images.shape[1:]),
+            "checksum": checksum,
+        }
         if codec is not RAW:
             meta["codec"] = codec.spec
         table_schema = schema(images.dtype, images.shape[1:], checksum, codec)
         step = max(1, WRITE_BLOCK_BYTES // images[0].nbytes)
-        batches = (batch(table_schema, start, encoded(codec, images[start:start + step]), labels[start:start + step])
-                   for start in range(0, len(images), step))
+        batches = (
+            batch(table_schema, start, encoded(codec, images[start : start + step]), labels[start : start + step])
+            for start in range(0, len(images), step)
+        )
         try:
             with lance_errors(temporary):
-                lance.write_dataset(pa.RecordBatchReader.from_batches(table_schema, batches), str(temporary),
-                                    table_schema, mode="create", data_storage_version=DATA_STORAGE_VERSION)
+                lance.write_dataset(
+                    pa.RecordBatchReader.from_batches(table_schema, batches),
+                    str(temporary),
+                    table_schema,
+                    mode="create",
+                    data_storage_version=DATA_STORAGE_VERSION,
+                )
             if self.durable:
                 sync_new(temporary, set())
             os.rename(temporary, folder)
@@ -268,7 +286,9 @@ class LanceStore(EncodedStore):
         snapshot = self._snapshot
         dataset, folder = snapshot.dataset, snapshot.folder
         before = listing(folder) if self.durable else set()
-        payload = encoded(snapshot.codec, image[None])  # the store's codec; encoded once, never again (compaction copies bytes)
+        payload = encoded(
+            snapshot.codec, image[None]
+        )  # the store's codec; encoded once, never again (compaction copies bytes)
         row = pa.Table.from_batches([batch(snapshot.schema, image_id, payload, np.array([label], np.int64))])
         with lance_errors(folder):
             fragments = write_fragments(row, dataset, snapshot.schema, data_storage_version=DATA_STORAGE_VERSION)
@@ -278,8 +298,10 @@ class LanceStore(EncodedStore):
                 address = int(snapshot.addresses[image_id])
                 kept = dataset.get_fragment(address >> 32).delete_rows([address & 0xFFFFFFFF])
                 operation = lance.LanceOperation.Update(
-                    removed_fragment_ids=[] if kept else [address >> 32], updated_fragments=[kept] if kept else [],
-                    new_fragments=fragments)
+                    removed_fragment_ids=[] if kept else [address >> 32],
+                    updated_fragments=[kept] if kept else [],
+                    new_fragments=fragments,
+                )
             if self.durable:
                 sync_new(folder, before)  # data and deletion files are on disk before the manifest that names them
             try:
@@ -309,8 +331,9 @@ class LanceStore(EncodedStore):
                 if self.durable:
                     sync_new(folder, before)
             check_tree(folder)  # its clean-up deletes what it does not know, wherever a link leads: none may be there
-            lance.dataset(str(folder)).cleanup_old_versions(older_than=timedelta(0), delete_unverified=True,
-                                                            error_if_tagged_old_versions=False)
+            lance.dataset(str(folder)).cleanup_old_versions(
+                older_than=timedelta(0), delete_unverified=True, error_if_tagged_old_versions=False
+            )
         self._load()
         if self._damage:
             raise self._damage
@@ -338,9 +361,11 @@ class LanceStore(EncodedStore):
                 snapshot.take(ids, out, labels)
         except FileNotFoundError as error:
             if self._expired(snapshot):
-                raise MissingStoreError(f"the lance store in {self.directory} was replaced or compacted since this "
-                                        f"handle opened it ({snapshot.folder.name} version {snapshot.version} is "
-                                        "gone): open it again") from None
+                raise MissingStoreError(
+                    f"the lance store in {self.directory} was replaced or compacted since this "
+                    f"handle opened it ({snapshot.folder.name} version {snapshot.version} is "
+                    "gone): open it again"
+                ) from None
             raise MissingStoreError(f"lance store {self.directory}: {error.strerror} in {snapshot.folder}") from None
 
     def _expired(self, snapshot: Snapshot) -> bool:
@@ -359,6 +384,7 @@ class LanceStore(EncodedStore):
     @classmethod
     def remote_reader(cls) -> type[ImageStore]:
         from storage_impls.methods.lance.remote import RemoteLanceStore  # it imports this module
+
         return RemoteLanceStore
 
 
@@ -368,4 +394,3 @@ def _manifests(folder: Path) -> set[str]:
         return {name for name in os.listdir(folder / "_versions") if name.endswith(".manifest")}
     except FileNotFoundError:
         return set()
-

@@ -26,6 +26,7 @@ one when next used; the child closes its copies of the environments, so that it 
 stores anew, while the parent's handles go on. A handle opened before the fork cannot be used
 in the child (open the store again there).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -58,8 +59,15 @@ MAP_SIZE = 1 << 40 if sys.maxsize > 1 << 32 else 1 << 30  # address space, not m
 MIN_MAP_SIZE = 64 << 20
 MAX_READERS = 1024  # reader slots in lock.mdb: each open handle holds one (its snapshot)
 LOCK_BYTES = 192 + 64 * (MAX_READERS - 1)  # lock.mdb's size: MDB_txninfo (with one slot), 64 bytes per more slot
-DAMAGE = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError, lmdb.VersionMismatchError,
-          lmdb.BadValsizeError, lmdb.BadChecksumError, lmdb.IncompatibleError)
+DAMAGE = (
+    lmdb.CorruptedError,
+    lmdb.PageNotFoundError,
+    lmdb.InvalidError,
+    lmdb.VersionMismatchError,
+    lmdb.BadValsizeError,
+    lmdb.BadChecksumError,
+    lmdb.IncompatibleError,
+)
 UNWRITABLE = (errno.EACCES, errno.EROFS, errno.EPERM)
 HEADROOM = 2  # map size = HEADROOM x (pages in use + pages the write needs)
 PROBE_FILE = "space-probe.tmp"  # a failed write checks here whether the disk is full
@@ -82,6 +90,7 @@ def store_error(directory: Path, error: lmdb.Error, doing: str) -> Exception:
 
 def typed_errors(doing: str) -> Callable[[Callable], Callable]:
     """Decorate a read method of a store handle: the lmdb.Error it raises becomes ``store_error``'s typed error."""
+
     def decorate(method: Callable) -> Callable:
         @functools.wraps(method)
         def wrapper(self, *args: object) -> object:
@@ -89,7 +98,9 @@ def typed_errors(doing: str) -> Callable[[Callable], Callable]:
                 return method(self, *args)
             except lmdb.Error as error:
                 raise store_error(self.directory, error, doing) from None
+
         return wrapper
+
     return decorate
 
 
@@ -241,8 +252,14 @@ class SharedEnv:
     def _open_env(self, committed: int, **options: bool) -> lmdb.Environment:
         """lmdb.open with py-lmdb's advice for 64-bit systems, a huge map (so that it need not grow: growing
         ends every read transaction in the process); a smaller one where address space is limited."""
-        settings = dict(sync=self.durable, metasync=self.durable, readahead=self.readahead, max_dbs=0,
-                        max_readers=MAX_READERS, **options)
+        settings = dict(
+            sync=self.durable,
+            metasync=self.durable,
+            readahead=self.readahead,
+            max_dbs=0,
+            max_readers=MAX_READERS,
+            **options,
+        )
         try:
             return lmdb.open(str(self.directory), map_size=max(MAP_SIZE, 2 * committed), **settings)
         except lmdb.MemoryError:  # ulimit -v, a 32-bit build
@@ -258,8 +275,9 @@ _shared: dict[tuple[int, int], SharedEnv] = {}
 _guard = threading.Lock()
 
 
-def acquire(directory: Path, *, create: bool, writer: bool, durable: bool, readahead: bool,
-            lockless: bool = False) -> SharedEnv:
+def acquire(
+    directory: Path, *, create: bool, writer: bool, durable: bool, readahead: bool, lockless: bool = False
+) -> SharedEnv:
     """The shared environment of the store in ``directory`` (opened if no handle in this process has it; ``lockless``:
     read-only without lock.mdb), counted as used by one more handle; ``release`` it when done. CorruptStoreError if
     ``data.mdb`` is damaged."""
@@ -276,9 +294,11 @@ def acquire(directory: Path, *, create: bool, writer: bool, durable: bool, reada
             if writer and not shared.writable:
                 raise PermissionError(f"cannot write the LMDB store in {directory}: its files are not writable")
             if writer and shared.durable != durable:
-                raise ValueError(f"the LMDB store in {directory} is already open in this process with "
-                                 f"durable={shared.durable}: LMDB syncs per environment, so open every writing "
-                                 "handle of a store with the same durable")
+                raise ValueError(
+                    f"the LMDB store in {directory} is already open in this process with "
+                    f"durable={shared.durable}: LMDB syncs per environment, so open every writing "
+                    "handle of a store with the same durable"
+                )
         except Exception:
             if not shared.users:
                 _forget(shared)

@@ -10,6 +10,7 @@ against the committed pages. It raises CorruptStoreError naming the file and wha
 Layouts: LMDB 0.9 and 1.0 files (page headers of 16 and 24 bytes), 64-bit builds, host byte order
 (mdb.c: MDB_page, MDB_node, MDB_meta, MDB_db).
 """
+
 from __future__ import annotations
 
 import mmap
@@ -25,7 +26,9 @@ from storage_impls.core.errors import CorruptStoreError
 from storage_impls.core.fileio import open_regular
 
 META = struct.Struct("=IIQQ48s48sQQ")  # mm_magic, mm_version, mm_address, mm_mapsize, mm_dbs[2], mm_last_pg, mm_txnid
-DB = struct.Struct("=IHHQQQQQ")  # md_pad (the page size, in the free DB's record), flags, depth, 3 page counts, entries, root
+DB = struct.Struct(
+    "=IHHQQQQQ"
+)  # md_pad (the page size, in the free DB's record), flags, depth, 3 page counts, entries, root
 U16, U32 = struct.Struct("=H"), struct.Struct("=I")
 LMDB_MAGIC = 0xBEEFC0DE
 P_BRANCH, P_LEAF, P_META = 0x01, 0x02, 0x08
@@ -89,14 +92,26 @@ def _check_once(path: Path) -> DataFile:
     with os.fdopen(open_regular(path), "rb") as file:
         fd = file.fileno()
         head, size = os.pread(fd, 24 + META.size, 0), os.fstat(fd).st_size
-        engine = next((engine for engine in ENGINES if len(head) >= engine.header + 4
-                       and U32.unpack_from(head, engine.header)[0] == LMDB_MAGIC), None)
+        engine = next(
+            (
+                engine
+                for engine in ENGINES
+                if len(head) >= engine.header + 4 and U32.unpack_from(head, engine.header)[0] == LMDB_MAGIC
+            ),
+            None,
+        )
         if engine is None and len(head) < ENGINES[-1].header + 4:
-            raise _truncated(path, size, 2 * mmap.PAGESIZE, f"two meta pages of {mmap.PAGESIZE} bytes, this system's page size")
+            raise _truncated(
+                path, size, 2 * mmap.PAGESIZE, f"two meta pages of {mmap.PAGESIZE} bytes, this system's page size"
+            )
         if engine is None:
-            raise CorruptStoreError(f"{path} is not an LMDB data file ({size} bytes, no LMDB magic in its first meta page)")
+            raise CorruptStoreError(
+                f"{path} is not an LMDB data file ({size} bytes, no LMDB magic in its first meta page)"
+            )
         if len(head) < engine.header + META.size:
-            raise _truncated(path, size, 2 * mmap.PAGESIZE, f"two meta pages of {mmap.PAGESIZE} bytes, this system's page size")
+            raise _truncated(
+                path, size, 2 * mmap.PAGESIZE, f"two meta pages of {mmap.PAGESIZE} bytes, this system's page size"
+            )
         first = _meta(path, head, engine, 0)
         page_size = DB.unpack_from(first[4])[0]
         if not 256 <= page_size <= 1 << 16 or page_size & (page_size - 1):
@@ -116,13 +131,19 @@ def _check_once(path: Path) -> DataFile:
         if data.last_page < 1:
             raise CorruptStoreError(f"{path}: the newest meta page gives last page {data.last_page}")
         if size < data.committed_bytes:
-            raise _truncated(path, size, data.committed_bytes, f"{data.last_page + 1} pages of {page_size} bytes, "
-                             "by its newest meta page")
+            raise _truncated(
+                path,
+                size,
+                data.committed_bytes,
+                f"{data.last_page + 1} pages of {page_size} bytes, by its newest meta page",
+            )
         for name, record in (("free", newest[4]), ("main", newest[5])):
             entries, root = DB.unpack_from(record)[6:8]
             found = 0 if root == P_INVALID else _TreeWalk(path, fd, engine, data, name).count_entries(root)
             if found != entries:
-                raise CorruptStoreError(f"{path}: the {name} B-tree holds {found} entries, its meta page says {entries}")
+                raise CorruptStoreError(
+                    f"{path}: the {name} B-tree holds {found} entries, its meta page says {entries}"
+                )
     return data
 
 
@@ -135,8 +156,9 @@ def _meta(path: Path, page: bytes, engine: Engine, number: int) -> tuple:
     flags = U16.unpack_from(page, engine.header - 6)[0]
     fields = META.unpack_from(page, engine.header)
     if not flags & P_META or fields[0] != LMDB_MAGIC or fields[1] != engine.version:
-        raise CorruptStoreError(f"{path}: meta page {number} is damaged (flags {flags:#x}, magic {fields[0]:#x}, "
-                                f"version {fields[1]})")
+        raise CorruptStoreError(
+            f"{path}: meta page {number} is damaged (flags {flags:#x}, magic {fields[0]:#x}, version {fields[1]})"
+        )
     return fields
 
 
@@ -156,10 +178,14 @@ class _TreeWalk:
             self._require(visited <= self.data.last_page, "has more pages than the file (a cycle)")
             kinds, children, entries = set(), [], 0
             for chunk in range(0, len(level), CHUNK_PAGES):
-                pages = self._read(level[chunk:chunk + CHUNK_PAGES])
-                flags = self._field(pages.reshape(-1), np.arange(len(pages)) * self.data.page_size + self.engine.header - 6, 2)
+                pages = self._read(level[chunk : chunk + CHUNK_PAGES])
+                flags = self._field(
+                    pages.reshape(-1), np.arange(len(pages)) * self.data.page_size + self.engine.header - 6, 2
+                )
                 kinds.update((flags & (P_BRANCH | P_LEAF)).tolist())
-                self._require(len(kinds) == 1 and kinds <= {P_BRANCH, P_LEAF}, "has a level of mixed or unknown page types")
+                self._require(
+                    len(kinds) == 1 and kinds <= {P_BRANCH, P_LEAF}, "has a level of mixed or unknown page types"
+                )
                 if P_LEAF in kinds:
                     entries += self._check_leaves(pages)
                 else:
@@ -171,8 +197,9 @@ class _TreeWalk:
 
     def _read(self, numbers: np.ndarray) -> np.ndarray:
         size = self.data.page_size
-        return np.frombuffer(b"".join(os.pread(self.fd, size, page * size) for page in numbers.tolist()),
-                             np.uint8).reshape(len(numbers), size)
+        return np.frombuffer(
+            b"".join(os.pread(self.fd, size, page * size) for page in numbers.tolist()), np.uint8
+        ).reshape(len(numbers), size)
 
     def _nodes(self, pages: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Every node of ``pages``: the flattened pages, each node's offset in them and in its page, its key size."""
@@ -181,13 +208,15 @@ class _TreeWalk:
         lower = self._field(flat, starts + engine.header - 4, 2)
         upper = self._field(flat, starts + engine.header - 2, 2)
         floor = engine.header - engine.base
-        self._require(((lower >= floor) & (upper <= size - engine.base) & (lower <= upper)).all(),
-                      "has a page with bad bounds")
+        self._require(
+            ((lower >= floor) & (upper <= size - engine.base) & (lower <= upper)).all(), "has a page with bad bounds"
+        )
         counts = (lower - floor) >> 1
         page_of, slot = np.nonzero(np.arange(counts.max(initial=0)) < counts[:, None])
         offsets = self._field(flat, starts[page_of] + engine.header + 2 * slot, 2) + engine.base
-        self._require(((offsets >= upper[page_of] + engine.base) & (offsets + 8 <= size)).all(),
-                      "has a node outside its page")
+        self._require(
+            ((offsets >= upper[page_of] + engine.base) & (offsets + 8 <= size)).all(), "has a node outside its page"
+        )
         nodes = starts[page_of] + offsets
         key_sizes = self._field(flat, nodes + 6, 2)
         self._require((offsets + 8 + key_sizes <= size).all(), "has a key running past its page")
@@ -210,8 +239,10 @@ class _TreeWalk:
         self._require((data_offsets[big] + engine.bigdata <= size).all(), "has an overflow reference past its page")
         first = self._field(flat, nodes[big] - offsets[big] + data_offsets[big], 8)
         pages_needed = (engine.header - 1 + data_sizes[big]) // size + 1
-        self._require(((first >= 2) & (first + pages_needed <= self.data.last_page + 1)).all(),
-                      "has a value beyond the committed pages")
+        self._require(
+            ((first >= 2) & (first + pages_needed <= self.data.last_page + 1)).all(),
+            "has a value beyond the committed pages",
+        )
         return len(nodes)
 
     @staticmethod

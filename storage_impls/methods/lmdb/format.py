@@ -17,6 +17,7 @@ Writing (``put_all``, ``put_value``): values up to ``STAGING_BYTES`` are assembl
 in one reused buffer; a larger value is filled where LMDB keeps it (``_put_in_place``), so a huge
 image costs one copy in memory (LMDB's dirty pages), not two.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -39,7 +40,14 @@ WIDE_PREFIX = struct.Struct("<2sBB4sIII4x")  # magic, version, ndim, dtype, 3 di
 ENCODED_PREFIX = struct.Struct("<2sBB4sIII16s")  # the same, then the codec's spec: encoded images
 VERSION = struct.Struct("<2sB")
 MAGIC = b"IM"
-PLAIN, CHECKSUMMED, WIDE_PLAIN, WIDE_CHECKSUMMED, ENCODED_PLAIN, ENCODED_CHECKSUMMED = 1, 2, 3, 4, 5, 6  # value versions
+PLAIN, CHECKSUMMED, WIDE_PLAIN, WIDE_CHECKSUMMED, ENCODED_PLAIN, ENCODED_CHECKSUMMED = (
+    1,
+    2,
+    3,
+    4,
+    5,
+    6,
+)  # value versions
 RAW = "raw"
 UINT8 = np.dtype(np.uint8)
 WORD = 8  # bytes of a label or a checksum
@@ -67,13 +75,24 @@ class ValueLayout:
     def __post_init__(self) -> None:
         channels = self.shape[2] if len(self.shape) == 3 else 0
         if self.codec != RAW:
-            prefix = ENCODED_PREFIX.pack(MAGIC, ENCODED_CHECKSUMMED if self.checksummed else ENCODED_PLAIN, len(self.shape),
-                                         self.dtype.str.encode("ascii"), *(*self.shape, 0)[:3], self.codec.encode("ascii"))
+            prefix = ENCODED_PREFIX.pack(
+                MAGIC,
+                ENCODED_CHECKSUMMED if self.checksummed else ENCODED_PLAIN,
+                len(self.shape),
+                self.dtype.str.encode("ascii"),
+                *(*self.shape, 0)[:3],
+                self.codec.encode("ascii"),
+            )
         elif self.dtype == UINT8 and channels <= 255:
             prefix = PREFIX.pack(MAGIC, CHECKSUMMED if self.checksummed else PLAIN, channels, *self.shape[:2])
         else:
-            prefix = WIDE_PREFIX.pack(MAGIC, WIDE_CHECKSUMMED if self.checksummed else WIDE_PLAIN, len(self.shape),
-                                      self.dtype.str.encode("ascii"), *(*self.shape, 0)[:3])
+            prefix = WIDE_PREFIX.pack(
+                MAGIC,
+                WIDE_CHECKSUMMED if self.checksummed else WIDE_PLAIN,
+                len(self.shape),
+                self.dtype.str.encode("ascii"),
+                *(*self.shape, 0)[:3],
+            )
         header_size = len(prefix) + WORD * (1 + self.checksummed)
         object.__setattr__(self, "prefix_size", len(prefix))
         object.__setattr__(self, "header_size", header_size)
@@ -88,12 +107,12 @@ class ValueLayout:
 
     def fill_block(self, values: np.ndarray, first_id: int, labels: np.ndarray, pixels: np.ndarray) -> None:
         """Write the values (n, size) of ids ``first_id``.. with ``labels`` (n,) and ``pixels`` (n images, C-contiguous)."""
-        values[:, :self.prefix_size] = np.frombuffer(self.prefix, np.uint8)
-        values[:, self.label_offset:self.header_size] = labels.astype("<i8").view(np.uint8).reshape(-1, WORD)
-        values[:, self.header_size:] = pixels.reshape(len(values), -1).view(np.uint8)
+        values[:, : self.prefix_size] = np.frombuffer(self.prefix, np.uint8)
+        values[:, self.label_offset : self.header_size] = labels.astype("<i8").view(np.uint8).reshape(-1, WORD)
+        values[:, self.header_size :] = pixels.reshape(len(values), -1).view(np.uint8)
         if self.checksummed:
-            sums = [checksum_of(value[self.label_offset:], first_id + row) for row, value in enumerate(values)]
-            values[:, self.prefix_size:self.label_offset] = np.array(sums, "<u8").view(np.uint8).reshape(-1, WORD)
+            sums = [checksum_of(value[self.label_offset :], first_id + row) for row, value in enumerate(values)]
+            values[:, self.prefix_size : self.label_offset] = np.array(sums, "<u8").view(np.uint8).reshape(-1, WORD)
 
     def encoded_value(self, image_id: int, label: int, payload: bytes) -> bytes:
         """The value of one encoded image."""
@@ -107,43 +126,51 @@ class ValueLayout:
 
     def check(self, value: memoryview | None, image_id: int, directory: Path) -> int:
         """Validate one value read for ``image_id`` and return its label, or raise CorruptStoreError."""
-        if value is None or not self.fits(value) or value[:self.prefix_size] != self.prefix:
+        if value is None or not self.fits(value) or value[: self.prefix_size] != self.prefix:
             raise self.error(value, image_id, directory)
-        if self.checksummed and checksum_of(value[self.label_offset:], image_id) != int.from_bytes(
-                value[self.prefix_size:self.label_offset], "little"):
+        if self.checksummed and checksum_of(value[self.label_offset :], image_id) != int.from_bytes(
+            value[self.prefix_size : self.label_offset], "little"
+        ):
             raise self.checksum_error(image_id, directory)
-        return int.from_bytes(value[self.label_offset:self.header_size], "little", signed=True)
+        return int.from_bytes(value[self.label_offset : self.header_size], "little", signed=True)
 
-    def check_headers(self, headers: np.ndarray, sums: list[int], ids: list[int] | range, directory: Path) -> np.ndarray:
+    def check_headers(
+        self, headers: np.ndarray, sums: list[int], ids: list[int] | range, directory: Path
+    ) -> np.ndarray:
         """Validate the headers (n, header_size) of values already checked for length, and their checksums
         against ``sums`` (computed from their contents); return their labels or raise naming the first bad id."""
-        bad = np.flatnonzero((headers[:, :self.prefix_size] != np.frombuffer(self.prefix, np.uint8)).any(axis=1))
+        bad = np.flatnonzero((headers[:, : self.prefix_size] != np.frombuffer(self.prefix, np.uint8)).any(axis=1))
         if len(bad):
             raise self.error(headers[bad[0]].tobytes(), ids[bad[0]], directory, whole=False)
         if self.checksummed:
-            stored = headers[:, self.prefix_size:self.label_offset].copy().view("<u8").ravel()
+            stored = headers[:, self.prefix_size : self.label_offset].copy().view("<u8").ravel()
             bad = np.flatnonzero(stored != np.array(sums, np.uint64))
             if len(bad):
                 raise self.checksum_error(ids[bad[0]], directory)
-        return headers[:, self.label_offset:].copy().view("<i8").ravel()
+        return headers[:, self.label_offset :].copy().view("<i8").ravel()
 
     @staticmethod
     def checksum_error(image_id: int, directory: Path) -> CorruptStoreError:
         return CorruptStoreError(f"{directory}: image {image_id} fails its checksum (bit rot or a damaged data.mdb)")
 
-    def error(self, value: memoryview | bytes | None, image_id: int, directory: Path, *,
-              whole: bool = True) -> CorruptStoreError:
+    def error(
+        self, value: memoryview | bytes | None, image_id: int, directory: Path, *, whole: bool = True
+    ) -> CorruptStoreError:
         """The error for a value of ``image_id`` (or its header only, ``whole=False``) that is not what this
         layout expects, saying what it is."""
         if value is None:
-            return CorruptStoreError(f"{directory}: the value of image {image_id} is missing from data.mdb (damaged, "
-                                     "or another writer replaced the store with fewer images: open it again)")
+            return CorruptStoreError(
+                f"{directory}: the value of image {image_id} is missing from data.mdb (damaged, "
+                "or another writer replaced the store with fewer images: open it again)"
+            )
         try:
             found = parse_layout(value, whole=whole)
         except CorruptStoreError as error:
             return CorruptStoreError(f"{directory}: image {image_id}: {error}")
-        return CorruptStoreError(f"{directory}: image {image_id} holds {describe(found)}, but this store holds "
-                                 f"{describe(self)} (a damaged value, or another writer replaced the store: open it again)")
+        return CorruptStoreError(
+            f"{directory}: image {image_id} holds {describe(found)}, but this store holds "
+            f"{describe(self)} (a damaged value, or another writer replaced the store: open it again)"
+        )
 
 
 def describe(layout: ValueLayout) -> str:
@@ -159,11 +186,15 @@ def parse_layout(value: memoryview | bytes, *, whole: bool = True) -> ValueLayou
     try:
         layout = _claimed_layout(value)
     except (ValueError, TypeError, struct.error):
-        raise CorruptStoreError(f"a value of {len(value)} bytes has an invalid header "
-                                "(not an image written by storage_impls.methods.lmdb.store, or damaged)") from None
+        raise CorruptStoreError(
+            f"a value of {len(value)} bytes has an invalid header "
+            "(not an image written by storage_impls.methods.lmdb.store, or damaged)"
+        ) from None
     if whole and not layout.fits(value):
-        raise CorruptStoreError(f"a value of {len(value)} bytes does not match its header ({describe(layout)}: "
-                                f"{layout.size or f'at least {layout.header_size}'} bytes)")
+        raise CorruptStoreError(
+            f"a value of {len(value)} bytes does not match its header ({describe(layout)}: "
+            f"{layout.size or f'at least {layout.header_size}'} bytes)"
+        )
     return layout
 
 
@@ -188,15 +219,20 @@ def _claimed_layout(value: memoryview | bytes) -> ValueLayout:
     return ValueLayout(shape, version in (CHECKSUMMED, WIDE_CHECKSUMMED, ENCODED_CHECKSUMMED), dtype, codec)
 
 
-def put_all(env: lmdb.Environment, txn: lmdb.Transaction, layout: ValueLayout, images: np.ndarray,
-            labels: np.ndarray) -> None:
+def put_all(
+    env: lmdb.Environment, txn: lmdb.Transaction, layout: ValueLayout, images: np.ndarray, labels: np.ndarray
+) -> None:
     """Replace the contents of ``env`` (in its write transaction ``txn``) with every image as ids 0..N-1."""
     txn.drop(env.open_db(), delete=False)
     count = len(images)
     if layout.codec != RAW:
         codec, cursor = get_codec(layout.codec), txn.cursor()
         for image_id, image in enumerate(images):
-            cursor.put(KEY.pack(image_id), layout.encoded_value(image_id, int(labels[image_id]), codec.encode(image)), append=True)
+            cursor.put(
+                KEY.pack(image_id),
+                layout.encoded_value(image_id, int(labels[image_id]), codec.encode(image)),
+                append=True,
+            )
         return
     pixels = images.reshape(count, -1)
     if layout.size > STAGING_BYTES:
@@ -209,7 +245,7 @@ def put_all(env: lmdb.Environment, txn: lmdb.Transaction, layout: ValueLayout, i
     staging = np.empty((block, layout.size), np.uint8)
     for first in range(0, count, block):
         last = min(count, first + block)
-        values = staging[:last - first]
+        values = staging[: last - first]
         layout.fill_block(values, first, labels[first:last], pixels[first:last])
         for key, value in zip(keys[first:last], values):
             cursor.put(key, value, append=True)
@@ -228,8 +264,9 @@ def put_value(txn: lmdb.Transaction, layout: ValueLayout, image_id: int, label: 
         txn.put(key, value)
 
 
-def _put_in_place(txn: lmdb.Transaction, key: bytes, layout: ValueLayout, image_id: int, label: int,
-                  pixels: np.ndarray) -> None:
+def _put_in_place(
+    txn: lmdb.Transaction, key: bytes, layout: ValueLayout, image_id: int, label: int, pixels: np.ndarray
+) -> None:
     """Put one large value without assembling it first (MDB_RESERVE, which py-lmdb lacks): put zeros read
     from an untouched private mapping (the kernel's zero page, no memory), then fill the value where
     LMDB keeps it. A value put in a write transaction lives in pages LMDB malloc'd for it (dirty, never

@@ -1,6 +1,7 @@
 """A raw py-lmdb reader of an lmdb store, as an expert would write it without this package: one read
 transaction per batch, ``txn.get`` per id, ``frombuffer`` into the batch (benchmarks compare read_batch
 with it). Raw uint8 values only: a fixed header, then the pixels."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,4 +22,5 @@ def raw_reader(directory: Path, shape: tuple[int, ...]) -> BatchReader:
             for slot, image_id in enumerate(ids.tolist()):
                 value = txn.get(KEY.pack(image_id))
                 out[slot] = np.frombuffer(value, np.uint8, pixels, len(value) - pixels).reshape(shape)
+
     return read

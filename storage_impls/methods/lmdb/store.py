@@ -48,6 +48,7 @@ and bad values raise CorruptStoreError. A damaged store opened in mode "a" raise
 then renamed over the old one with a fresh ``lock.mdb``). A ``data.mdb`` truncated while a
 process has it open can still kill that process: LMDB maps it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -86,7 +87,6 @@ from storage_impls.methods.lmdb.format import KEY, RAW, ValueLayout, checksum_of
 REBUILD_DIR = "rebuild.tmp"  # where store_many rebuilds a damaged store
 
 
-
 class LmdbStore(EncodedStore):
     """Images as raw bytes (or encoded: ``lmdb:codec=jpeg-90``) under one key each in an LMDB environment."""
 
@@ -105,8 +105,15 @@ class LmdbStore(EncodedStore):
 
     OPTIONS = {**EncodedStore.OPTIONS, "readahead": flag()}
 
-    def __init__(self, directory: str | os.PathLike, mode: str = "a", *, readahead: bool | str | None = None,
-                 readonly_media: bool = False, **options) -> None:
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        mode: str = "a",
+        *,
+        readahead: bool | str | None = None,
+        readonly_media: bool = False,
+        **options,
+    ) -> None:
         if readonly_media and mode != "r":
             raise ValueError("readonly_media=True is for read-only opens (mode='r') of stores nobody writes")
         self.readonly_media = readonly_media
@@ -142,8 +149,14 @@ class LmdbStore(EncodedStore):
         if self.readahead is None:
             data = self.directory / DATA_FILE
             self.readahead = fits_in_memory(data.stat().st_size if data.exists() else 0)
-        return acquire(self.directory, create=self.mode == "a", writer=self.mode == "a",
-                       durable=self.durable, readahead=self.readahead, lockless=self.readonly_media)
+        return acquire(
+            self.directory,
+            create=self.mode == "a",
+            writer=self.mode == "a",
+            durable=self.durable,
+            readahead=self.readahead,
+            lockless=self.readonly_media,
+        )
 
     def _load(self) -> None:
         """Take a new snapshot (a read transaction on the newest commit) and read its count and value layout."""
@@ -173,14 +186,17 @@ class LmdbStore(EncodedStore):
         for image_id in (0, count - 1):
             found = cursor.first() if image_id == 0 else cursor.last()
             if not found or cursor.key() != KEY.pack(image_id):
-                raise CorruptStoreError(f"{self.directory / DATA_FILE} is damaged: it counts {count} images "
-                                        f"but image {image_id} is not where it belongs")
+                raise CorruptStoreError(
+                    f"{self.directory / DATA_FILE} is damaged: it counts {count} images "
+                    f"but image {image_id} is not where it belongs"
+                )
             if layout is None:
                 with contextlib.suppress(CorruptStoreError):  # a damaged first value: use the last one
                     layout = parse_layout(cursor.value())
         if layout is None:
-            raise CorruptStoreError(f"{self.directory / DATA_FILE} is damaged: neither its first nor its "
-                                    "last value is an image header")
+            raise CorruptStoreError(
+                f"{self.directory / DATA_FILE} is damaged: neither its first nor its last value is an image header"
+            )
         return count, layout
 
     def _end_snapshot(self) -> None:
@@ -230,7 +246,9 @@ class LmdbStore(EncodedStore):
     def _replace_all(self, images: np.ndarray, labels: np.ndarray) -> None:
         checksummed = self.checksum if self.checksum is not None else bool(self._layout and self._layout.checksummed)
         layout = ValueLayout(images.shape[1:], checksummed, images.dtype, self.writing_codec(replacing=True).spec)
-        needed = len(images) * self._footprint(layout.size or layout.header_size + layout.pixel_bytes)  # encoded: at most raw, mostly
+        needed = len(images) * self._footprint(
+            layout.size or layout.header_size + layout.pixel_bytes
+        )  # encoded: at most raw, mostly
         if self._damage is None:
             try:
                 env = self._shared.env
@@ -248,8 +266,14 @@ class LmdbStore(EncodedStore):
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
         try:
-            env = lmdb.open(str(staging), map_size=HEADROOM * needed + MIN_MAP_SIZE, sync=self.durable,
-                            metasync=self.durable, max_dbs=0, lock=False)  # private: no lock.mdb to map
+            env = lmdb.open(
+                str(staging),
+                map_size=HEADROOM * needed + MIN_MAP_SIZE,
+                sync=self.durable,
+                metasync=self.durable,
+                max_dbs=0,
+                lock=False,
+            )  # private: no lock.mdb to map
             try:
                 commit(env, lambda txn: put_all(env, txn, layout, images, labels), needed, self.directory, staging)
             finally:
@@ -270,8 +294,12 @@ class LmdbStore(EncodedStore):
 
     def _put(self, image: np.ndarray, image_id: int, label: int) -> None:
         layout = self._layout or ValueLayout(image.shape, bool(self.checksum), image.dtype, self.codec.spec)
-        commit(self._shared.env, lambda txn: put_value(txn, layout, image_id, label, image),
-               self._footprint(layout.size or layout.header_size + layout.pixel_bytes), self.directory)
+        commit(
+            self._shared.env,
+            lambda txn: put_value(txn, layout, image_id, label, image),
+            self._footprint(layout.size or layout.header_size + layout.pixel_bytes),
+            self.directory,
+        )
         self._renew_snapshot()
         self._count, self._layout = max(self._count, image_id + 1), layout
 
@@ -298,8 +326,10 @@ class LmdbStore(EncodedStore):
         seen = self._count, self._layout
         self._load()
         if (self._count, self._layout) != seen:
-            raise MissingStoreError(f"the store in {self.directory} changed since this handle read it "
-                                    f"({seen[0]} images then, {self._count} now): open it again")
+            raise MissingStoreError(
+                f"the store in {self.directory} changed since this handle read it "
+                f"({seen[0]} images then, {self._count} now): open it again"
+            )
         return self._snapshot
 
     def suspend_snapshot(self) -> None:
@@ -326,11 +356,16 @@ class LmdbStore(EncodedStore):
     def _read_batch_into(self, ids: np.ndarray, out: np.ndarray, labels: np.ndarray) -> None:
         keys = ids.astype(">u8").tobytes()
         get = self._snapshot_txn().get
-        self._copy(map(get, [keys[start:start + KEY.size] for start in range(0, len(keys), KEY.size)]),
-                   ids.tolist(), out, labels)
+        self._copy(
+            map(get, [keys[start : start + KEY.size] for start in range(0, len(keys), KEY.size)]),
+            ids.tolist(),
+            out,
+            labels,
+        )
 
-    def _copy(self, values: Iterable[memoryview | None], ids: list[int] | range, out: np.ndarray,
-              labels: np.ndarray) -> None:
+    def _copy(
+        self, values: Iterable[memoryview | None], ids: list[int] | range, out: np.ndarray, labels: np.ndarray
+    ) -> None:
         """Copy the pixels of ``values`` (those of ``ids``, in order) into ``out`` and their labels into
         ``labels``: each length checked here, headers and checksums all at once after."""
         layout, directory = self._layout, self.directory
@@ -352,8 +387,8 @@ class LmdbStore(EncodedStore):
         for position, (image_id, value) in enumerate(zip(ids, values)):
             if value is None or len(value) != size:
                 raise layout.error(value, image_id, directory)
-            flat[position * pixels:(position + 1) * pixels] = value[header:]
-            header_bytes[position * header:(position + 1) * header] = value[:header]
+            flat[position * pixels : (position + 1) * pixels] = value[header:]
+            header_bytes[position * header : (position + 1) * header] = value[:header]
             if layout.checksummed:
                 sums.append(checksum_of(value[summed:], image_id))
             copied += 1
@@ -363,7 +398,7 @@ class LmdbStore(EncodedStore):
 
     def _decode(self, value: memoryview, target: np.ndarray, image_id: int) -> None:
         """Decode an encoded value (its header already checked) into ``target``."""
-        decode(self.codec, value[self._layout.header_size:], target, f"{self.directory}: image {image_id}")
+        decode(self.codec, value[self._layout.header_size :], target, f"{self.directory}: image {image_id}")
 
     def _close(self) -> None:
         self._end_snapshot()

@@ -7,6 +7,7 @@ Settings (recorded in ``rocksdb.json``, so a later open uses them): ``compressio
 Databases are opened in raw mode (bytes keys and values, no pickle), with the block-based table
 format's default 4 KiB blocks and per-block CRC checks on every read (``verify_checksums``).
 """
+
 from __future__ import annotations
 
 import os
@@ -38,8 +39,11 @@ SMALL_FILE_BYTES = 1 << 20  # they hold a name, a UUID, the options (about 8 KB)
 
 OPTIONS = {"compression": choice("none", "lz4", "zstd"), "bloom_bits": integer(0, 64), "block_cache": byte_size()}
 DEFAULTS = {"compression": "none", "bloom_bits": 10, "block_cache": 32 << 20}
-COMPRESSION = {"none": rocksdict.DBCompressionType.none, "lz4": rocksdict.DBCompressionType.lz4,
-               "zstd": rocksdict.DBCompressionType.zstd}
+COMPRESSION = {
+    "none": rocksdict.DBCompressionType.none,
+    "lz4": rocksdict.DBCompressionType.lz4,
+    "zstd": rocksdict.DBCompressionType.zstd,
+}
 
 
 def db_options(settings: dict, *, read_only: bool) -> rocksdict.Options:
@@ -140,16 +144,20 @@ def load_meta(path: Path) -> dict | None:
         for name, option in OPTIONS.items():
             if option.parse(meta[name]) != meta[name]:
                 raise ValueError(f"{name}={meta[name]!r}")
-        if not DB_NAME.fullmatch(DB_DIR.format(token=meta["token"])) or type(meta["checksum"]) is not bool \
-                or not all(type(meta[name]) is int and meta[name] >= 0 for name in ("count", "sequence")):
+        if (
+            not DB_NAME.fullmatch(DB_DIR.format(token=meta["token"]))
+            or type(meta["checksum"]) is not bool
+            or not all(type(meta[name]) is int and meta[name] >= 0 for name in ("count", "sequence"))
+        ):
             raise ValueError("a field is out of range")
     except (KeyError, TypeError, ValueError) as error:
         raise CorruptStoreError(f"{path}: not a rocksdb store's metadata ({error})") from None
     return meta
 
 
-def write_new_db(folder: Path, settings: dict, layout: ValueLayout, images: np.ndarray, labels: np.ndarray,
-                 codec: Codec) -> int:
+def write_new_db(
+    folder: Path, settings: dict, layout: ValueLayout, images: np.ndarray, labels: np.ndarray, codec: Codec
+) -> int:
     """Write ``images``/``labels`` as ids 0..N-1 into a new database in ``folder`` (exists, empty): sorted SST
     files of about SST_BYTES written with SstFileWriter, then ingested (moved) into the database: no WAL, no
     memtable. ``codec`` encodes the images of an encoded layout. Return the database's sequence number."""
@@ -165,7 +173,7 @@ def write_new_db(folder: Path, settings: dict, layout: ValueLayout, images: np.n
             paths.append(str(staging / f"{len(paths):06d}.sst"))
             writer, written = rocksdict.SstFileWriter(options=options), 0
             writer.open(paths[-1])
-        writer[keys[image_id * KEY.size:(image_id + 1) * KEY.size]] = value
+        writer[keys[image_id * KEY.size : (image_id + 1) * KEY.size]] = value
         written += len(value)
     writer.finish()
     db = open_db(folder, settings, read_only=False)
@@ -192,10 +200,10 @@ def _values(layout: ValueLayout, images: np.ndarray, labels: np.ndarray, codec: 
     buffer = np.empty((block, size), np.uint8)
     for first in range(0, count, block):
         last = min(count, first + block)
-        layout.fill_block(buffer[:last - first], first, labels[first:last], pixels[first:last])
-        data = buffer[:last - first].tobytes()
+        layout.fill_block(buffer[: last - first], first, labels[first:last], pixels[first:last])
+        data = buffer[: last - first].tobytes()
         for row in range(last - first):
-            yield data[row * size:(row + 1) * size]
+            yield data[row * size : (row + 1) * size]
 
 
 def fingerprint(directory: Path) -> tuple:

@@ -36,6 +36,7 @@ Durability: without ``durable`` nothing is fsynced by this package (RocksDB sync
 writes and its MANIFEST); ``durable=True`` syncs the write-ahead log on each put (``sync=True``), and
 fsyncs folders and the metadata before a write returns.
 """
+
 from __future__ import annotations
 
 import functools
@@ -89,6 +90,7 @@ READAHEAD_BYTES = 2 << 20  # read_many's iterator reads ahead this much
 
 def _typed(doing: str) -> Callable[[Callable], Callable]:
     """Turn the bare Exception rocksdict raises into this package's typed error."""
+
     def decorate(method: Callable) -> Callable:
         @functools.wraps(method)
         def wrapper(self: RocksdbStore, *args: object) -> object:
@@ -98,7 +100,9 @@ def _typed(doing: str) -> Callable[[Callable], Callable]:
                 if not is_rocks_error(error):
                     raise
                 raise typed_error(self.directory, error, doing) from None
+
         return wrapper
+
     return decorate
 
 
@@ -114,11 +118,20 @@ class RocksdbStore(EncodedStore):
     OPTIONS = {**OPTIONS, **EncodedStore.OPTIONS}
     read_cache_option = "block_cache"
 
-    def __init__(self, directory: str | os.PathLike, mode: str = "a", *, compression: str | None = None,
-                 bloom_bits: int | None = None, block_cache: int | str | None = None, **options) -> None:
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        mode: str = "a",
+        *,
+        compression: str | None = None,
+        bloom_bits: int | None = None,
+        block_cache: int | str | None = None,
+        **options,
+    ) -> None:
         # None: the store's recorded setting (a new store: DEFAULTS); a value: what this handle's store_many records
-        self.settings = check_options(self.method, OPTIONS, {"compression": compression, "bloom_bits": bloom_bits,
-                                                             "block_cache": block_cache})
+        self.settings = check_options(
+            self.method, OPTIONS, {"compression": compression, "bloom_bits": bloom_bits, "block_cache": block_cache}
+        )
         super().__init__(directory, mode, **options)
 
     # -- opening and catching up --------------------------------------------------------------
@@ -179,12 +192,15 @@ class RocksdbStore(EncodedStore):
         iterator.status()
         del iterator
         if last is None or len(last) != KEY.size or first != KEY.pack(0):
-            raise CorruptStoreError(f"{folder} is damaged: its keys are not image ids from 0 (first {first!r}, last {last!r})")
+            raise CorruptStoreError(
+                f"{folder} is damaged: its keys are not image ids from 0 (first {first!r}, last {last!r})"
+            )
         count = KEY.unpack(last)[0] + 1
         if sequence < meta["sequence"] or count < meta["count"]:
             raise CorruptStoreError(
                 f"{folder} is damaged: it holds {count} images up to write {sequence}, but {META} records at least "
-                f"{meta['count']} up to write {meta['sequence']} (a log file cut short or with a bad record)")
+                f"{meta['count']} up to write {meta['sequence']} (a log file cut short or with a bad record)"
+            )
         return count
 
     def _refresh(self) -> None:
@@ -245,8 +261,16 @@ class RocksdbStore(EncodedStore):
         layout = ValueLayout(images.dtype.str, images.shape[1:], checksum, codec.spec != RAW)
         token = uuid.uuid4().hex
         temporary, folder = self.directory / f".db-{token}.tmp", self.directory / DB_DIR.format(token=token)
-        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "token": token, "dtype": layout.dtype,
-                "image_shape": list(layout.shape), "checksum": checksum, **settings, "count": len(images)}
+        meta = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "token": token,
+            "dtype": layout.dtype,
+            "image_shape": list(layout.shape),
+            "checksum": checksum,
+            **settings,
+            "count": len(images),
+        }
         if layout.encoded:
             meta["codec"] = codec.spec
         try:
@@ -276,7 +300,11 @@ class RocksdbStore(EncodedStore):
             self._replace_all(image[None], np.array([label], np.int64))
             return
         meta, layout = dict(self._meta), self._layout()
-        value = layout.encoded_value(image_id, label, self.codec.encode(image)) if layout.encoded else layout.value(image_id, label, image)
+        value = (
+            layout.encoded_value(image_id, label, self.codec.encode(image))
+            if layout.encoded
+            else layout.value(image_id, label, image)
+        )
         writing = rocksdict.WriteOptions()
         writing.sync = self.durable
         db = open_db(self._folder(meta), {name: meta[name] for name in OPTIONS}, read_only=False)
@@ -293,7 +321,9 @@ class RocksdbStore(EncodedStore):
                 merging = rocksdict.CompactOptions()
                 merging.set_bottommost_level_compaction(rocksdict.BottommostLevelCompaction.force_optimized())
                 self.upkeeps += 1
-                db.compact_range(min(file["start_key"] for file in level0), max(file["end_key"] for file in level0), merging)
+                db.compact_range(
+                    min(file["start_key"] for file in level0), max(file["end_key"] for file in level0), merging
+                )
         except Exception as error:  # noqa: BLE001
             if not is_rocks_error(error):
                 raise
@@ -320,10 +350,10 @@ class RocksdbStore(EncodedStore):
             self._load()
             if self._damage:
                 raise self._damage
-            if self._meta is None or self._layout() != layout_of(seen[0]) \
-                    or self._count < seen[1]:
-                raise MissingStoreError(f"the rocksdb store in {self.directory} was replaced since this handle "
-                                        "wrote it: open it again")
+            if self._meta is None or self._layout() != layout_of(seen[0]) or self._count < seen[1]:
+                raise MissingStoreError(
+                    f"the rocksdb store in {self.directory} was replaced since this handle wrote it: open it again"
+                )
         return self._db
 
     @_typed("reading an image")
@@ -351,7 +381,7 @@ class RocksdbStore(EncodedStore):
     def _read_batch_into(self, ids: np.ndarray, out: np.ndarray, labels: np.ndarray) -> None:
         db = self._view()
         keys = ids.astype(">u8").tobytes()
-        values = db.get([keys[start:start + KEY.size] for start in range(0, len(keys), KEY.size)])
+        values = db.get([keys[start : start + KEY.size] for start in range(0, len(keys), KEY.size)])
         self._copy(values, ids.tolist(), out, labels)
 
     def _copy(self, values: Iterable[bytes | None], ids: Iterable[int], out: np.ndarray, labels: np.ndarray) -> None:

@@ -23,6 +23,7 @@ and length, and reads compare them byte for byte.
 The tar header is built here, not by ``tarfile``, so that its bytes are fixed by this format whatever the
 running Python's ``tarfile`` writes: the store checks them on every read.
 """
+
 from __future__ import annotations
 
 import math
@@ -38,15 +39,15 @@ from storage_impls.formats.npy import header
 BLOCK, RECORD = 512, 10240  # a tar block; tarfile pads an archive to a multiple of 20 blocks
 END_OF_ARCHIVE = 2 * BLOCK
 KEY_DIGITS = 12
-MAX_IDS = 10 ** KEY_DIGITS
+MAX_IDS = 10**KEY_DIGITS
 EXTENSION = "npy"
 OWNER = b"bigdata"  # webdataset's TarWriter writes this user and group
 MODE = 0o444
 SIZE_FIELD = slice(124, 135)  # eleven octal digits, then NUL
 CHECKSUM_FIELD = slice(148, 154)  # six octal digits, then NUL and a space
-MAX_TAR_SIZE = 8 ** 11 - 1  # the largest member a ustar size field holds
+MAX_TAR_SIZE = 8**11 - 1  # the largest member a ustar size field holds
 LABEL_CHARS = 20  # the decimal text of any int64 ("-9223372036854775808") fits
-MAX_MEMBER_DATA = 2 ** 31 - 1  # numpy's limit on the size of a structured dtype
+MAX_MEMBER_DATA = 2**31 - 1  # numpy's limit on the size of a structured dtype
 _POWERS = 10 ** np.arange(KEY_DIGITS - 1, -1, -1, dtype=np.int64)
 
 
@@ -64,16 +65,29 @@ def member_limit(dtype: np.dtype, shape: tuple[int, ...]) -> str | None:
 
 def unsigned_header(name: bytes, size: int, mtime: int) -> bytes:
     """A ustar header with its checksum field blank (eight spaces, as the checksum is computed)."""
-    fields = [name.ljust(100, b"\0"), b"%07o\0" % MODE, b"%07o\0" % 0, b"%07o\0" % 0, b"%011o\0" % size,
-              b"%011o\0" % mtime, b" " * 8, b"0", b"\0" * 100, b"ustar\x0000", OWNER.ljust(32, b"\0"),
-              OWNER.ljust(32, b"\0"), b"\0" * 16, b"\0" * 155]
+    fields = [
+        name.ljust(100, b"\0"),
+        b"%07o\0" % MODE,
+        b"%07o\0" % 0,
+        b"%07o\0" % 0,
+        b"%011o\0" % size,
+        b"%011o\0" % mtime,
+        b" " * 8,
+        b"0",
+        b"\0" * 100,
+        b"ustar\x0000",
+        OWNER.ljust(32, b"\0"),
+        OWNER.ljust(32, b"\0"),
+        b"\0" * 16,
+        b"\0" * 155,
+    ]
     return b"".join(fields).ljust(BLOCK, b"\0")
 
 
 def ustar_header(name: bytes, size: int, mtime: int) -> bytes:
     """The 512-byte ustar header of a regular file as this format writes it (and TarWriter does)."""
     block = unsigned_header(name, size, mtime)
-    return block[:CHECKSUM_FIELD.start] + b"%06o\0" % sum(block) + block[CHECKSUM_FIELD.stop + 1:]
+    return block[: CHECKSUM_FIELD.start] + b"%06o\0" % sum(block) + block[CHECKSUM_FIELD.stop + 1 :]
 
 
 def octal(values: np.ndarray, digits: int) -> np.ndarray:
@@ -122,9 +136,9 @@ class MemberLayout:
     def fill(self, members: np.ndarray, first: int, images: np.ndarray, labels: np.ndarray) -> None:
         """Write the members (n, size) of ids ``first``.. from ``images`` and ``labels`` (padding stays as it is)."""
         count = len(members)
-        members[:, :self.head] = self.heads(np.arange(first, first + count, dtype=np.int64))
-        members[:, self.head:self.head + self.pixels] = images.reshape(count, -1).view(np.uint8)
-        members[:, self.label:self.label + 8] = labels.astype("<i8").view(np.uint8).reshape(count, 8)
+        members[:, : self.head] = self.heads(np.arange(first, first + count, dtype=np.int64))
+        members[:, self.head : self.head + self.pixels] = images.reshape(count, -1).view(np.uint8)
+        members[:, self.label : self.label + 8] = labels.astype("<i8").view(np.uint8).reshape(count, 8)
 
     def first_bad(self, ids: np.ndarray, heads: np.ndarray) -> int | None:
         """The position of the first of ``heads`` (n, head) that is not its id's, None if all are."""
@@ -134,8 +148,10 @@ class MemberLayout:
 
 def member_error(path: Path, offset: int, image_id: int) -> CorruptStoreError:
     """The error for a member that is not the one this store wrote for ``image_id`` at ``offset`` of ``path``."""
-    return CorruptStoreError(f"{path}: the member at byte {offset} is not {key(image_id).decode()} as this store writes "
-                             "it (its tar or .npy header differs: a damaged shard, or one from another tool)")
+    return CorruptStoreError(
+        f"{path}: the member at byte {offset} is not {key(image_id).decode()} as this store writes "
+        "it (its tar or .npy header differs: a damaged shard, or one from another tool)"
+    )
 
 
 @dataclass(frozen=True)
@@ -158,11 +174,12 @@ class SampleLayout:
         texts = [b"%d" % label for label in labels.tolist()]
         heads = np.empty((len(ids), self.HEAD), np.uint8)
         heads[:] = self.template
-        heads[:, BLOCK:BLOCK + LABEL_CHARS] = np.frombuffer(b"".join(text.ljust(LABEL_CHARS, b"\0") for text in texts),
-                                                           np.uint8).reshape(len(ids), LABEL_CHARS)
+        heads[:, BLOCK : BLOCK + LABEL_CHARS] = np.frombuffer(
+            b"".join(text.ljust(LABEL_CHARS, b"\0") for text in texts), np.uint8
+        ).reshape(len(ids), LABEL_CHARS)
         digits = (ids[:, None] // _POWERS % 10 + ord("0")).astype(np.uint8)
         for start, sizes in ((0, np.array([len(text) for text in texts], np.int64)), (2 * BLOCK, lengths)):
-            header = heads[:, start:start + BLOCK]
+            header = heads[:, start : start + BLOCK]
             header[:, :KEY_DIGITS] = digits
             header[:, SIZE_FIELD] = octal(sizes, 11)
             header[:, CHECKSUM_FIELD] = octal(header.sum(1, dtype=np.int64), 6)
@@ -172,7 +189,9 @@ class SampleLayout:
     def labels(self, ids: np.ndarray, heads: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, int | None]:
         """The labels in ``heads`` (n, HEAD) read for ``ids`` of encoded ``lengths``, and the position of the first
         head that is not what this store writes for its id, label and length (None if all are)."""
-        texts = np.ascontiguousarray(heads[:, BLOCK:BLOCK + LABEL_CHARS]).view(f"S{LABEL_CHARS}")[:, 0]  # trailing NULs dropped
+        texts = np.ascontiguousarray(heads[:, BLOCK : BLOCK + LABEL_CHARS]).view(f"S{LABEL_CHARS}")[
+            :, 0
+        ]  # trailing NULs dropped
         unreadable = np.zeros(len(ids), bool)
         try:
             labels = texts.astype(np.int64)
@@ -261,10 +280,10 @@ def preadv_full(fd: int, views: list[memoryview], offset: int, total: int) -> bo
         while read >= len(views[filled]):
             read -= len(views[filled])
             filled += 1
-        views = [views[filled][read:], *views[filled + 1:]]
+        views = [views[filled][read:], *views[filled + 1 :]]
 
 
 def write_all(fd: int, data: memoryview) -> None:
     """Write all of ``data`` to ``fd`` (os.write may write less)."""
     while data:
-        data = data[os.write(fd, data):]
+        data = data[os.write(fd, data) :]

@@ -2,6 +2,7 @@
 ranged GETs of exactly the members a read needs (a shuffled batch: one request per member, all in flight at once;
 neighbours in a shard coalesce into one request; ``read_many``: one request per shard and block of
 BLOCK_BYTES), then parsed and checked by the local reader (remote/staged.py)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -29,8 +30,10 @@ class RemoteTarCheckpoint(RemoteCheckpoint, TarCheckpoint):
         neighbours touch and coalesce)."""
         where = self.index[ids]
         sizes = sample_bytes(where[:, 2]) if self.codec is not RAW else np.full(len(ids), self.layout.size)
-        return [self.span(SHARD.format(index=shard), offset, offset + size)
-                for (shard, offset), size in zip(where[:, :2].tolist(), sizes.tolist())]
+        return [
+            self.span(SHARD.format(index=shard), offset, offset + size)
+            for (shard, offset), size in zip(where[:, :2].tolist(), sizes.tolist())
+        ]
 
     def take(self, ids: np.ndarray, out: np.ndarray, labels: np.ndarray) -> None:
         with self.staged.filled(self._spans(ids)):

@@ -59,6 +59,7 @@ for that id, label and length; the label's text must be an int64 written as ``st
 are opened on first read (MAX_OPEN_SHARDS stay open), so a reader's snapshot expires once a later commit
 removes its folder: reads of shards it had not opened then raise MissingStoreError ("open it again").
 """
+
 from __future__ import annotations
 
 import os
@@ -112,13 +113,21 @@ class TarCheckpoint(Checkpoint):
     def __init__(self, folder: Path, meta: dict) -> None:
         super().__init__(folder, meta)
         try:
-            if type(meta["mtime"]) is not int or not 0 <= meta["mtime"] <= MAX_TAR_SIZE or self.count > MAX_IDS \
-                    or type(meta["shard_size"]) is not int or meta["shard_size"] < 0 or type(meta["shards"]) is not int:
+            if (
+                type(meta["mtime"]) is not int
+                or not 0 <= meta["mtime"] <= MAX_TAR_SIZE
+                or self.count > MAX_IDS
+                or type(meta["shard_size"]) is not int
+                or meta["shard_size"] < 0
+                or type(meta["shards"]) is not int
+            ):
                 raise ValueError("a field is out of range")
             expected = self._raw_layout(meta) if self.codec is RAW else (None, meta["shards"])  # encoded: in the index
             if (meta.get("shard_images"), meta["shards"]) != expected:
-                raise ValueError(f"{meta.get('shard_images')!r} images in {meta['shards']!r} shards, expected "
-                                 f"{expected[0]} in {expected[1]}")
+                raise ValueError(
+                    f"{meta.get('shard_images')!r} images in {meta['shards']!r} shards, expected "
+                    f"{expected[0]} in {expected[1]}"
+                )
         except (KeyError, TypeError, ValueError) as error:
             raise CorruptStoreError(f"{folder.parent / POINTER}: not a webdataset store's metadata ({error})") from None
         self.shards = meta["shards"]
@@ -139,8 +148,10 @@ class TarCheckpoint(Checkpoint):
         """Raw pixels: the index, which must be the layout's, and each shard's size."""
         index = load(self.folder / INDEX, INDEX_DTYPE, (self.count, 2))
         if not np.array_equal(index, layout_index(self.count, self.per_shard, self.layout.size)):
-            raise CorruptStoreError(f"{self.folder / INDEX} does not match the shards' layout ({self.per_shard} members of "
-                                    f"{self.layout.size} bytes per shard): damaged, or from another store")
+            raise CorruptStoreError(
+                f"{self.folder / INDEX} does not match the shards' layout ({self.per_shard} members of "
+                f"{self.layout.size} bytes per shard): damaged, or from another store"
+            )
         members = [min(self.per_shard, self.count - shard * self.per_shard) for shard in range(self.shards)]
         return index.astype(np.int64), [shard_bytes(images, self.layout.size) for images in members]
 
@@ -151,16 +162,20 @@ class TarCheckpoint(Checkpoint):
         try:
             return index, encoded_shard_sizes(index, self.shards).tolist()
         except ValueError as error:
-            raise CorruptStoreError(f"{self.folder / INDEX} does not describe {self.shards} shards of whole samples "
-                                    f"({error}): damaged, or from another store") from None
+            raise CorruptStoreError(
+                f"{self.folder / INDEX} does not describe {self.shards} shards of whole samples "
+                f"({error}): damaged, or from another store"
+            ) from None
 
     def path(self, shard: int) -> Path:
         return self.folder / SHARD.format(index=shard)
 
     def _check_size(self, shard: int, size: int) -> None:
         if size != self.shard_sizes[shard]:
-            raise CorruptStoreError(f"{self.path(shard)} is {size} bytes, expected {self.shard_sizes[shard]} (the members "
-                                    "its index names and the end of the archive): cut short, or not a shard this store wrote")
+            raise CorruptStoreError(
+                f"{self.path(shard)} is {size} bytes, expected {self.shard_sizes[shard]} (the members "
+                "its index names and the end of the archive): cut short, or not a shard this store wrote"
+            )
 
     def _cut_short(self, shard: int) -> CorruptStoreError:
         return CorruptStoreError(f"{self.path(shard)} ends before the members its index names (cut short while open?)")
@@ -190,15 +205,15 @@ class TarCheckpoint(Checkpoint):
         while position < stop:
             shard, offset = self.index[position].tolist()
             end = min(stop, (shard + 1) * self.per_shard, position + len(self._buffer))
-            members = self._buffer[:end - position]
+            members = self._buffer[: end - position]
             if not preadv_full(self._fd(shard), [memoryview(members).cast("B")], offset, members.nbytes):
                 raise self._cut_short(shard)
-            bad = layout.first_bad(np.arange(position, end, dtype=np.int64), members[:, :layout.head])
+            bad = layout.first_bad(np.arange(position, end, dtype=np.int64), members[:, : layout.head])
             if bad is not None:
                 raise member_error(self.path(shard), offset + bad * layout.size, position + bad)
             window = slice(position - start, end - start)
-            pixels[window] = members[:, layout.head:layout.label]
-            labels[window] = members[:, layout.label:layout.label + 8].copy().view(LABEL_DTYPE)[:, 0]
+            pixels[window] = members[:, layout.head : layout.label]
+            labels[window] = members[:, layout.label : layout.label + 8].copy().view(LABEL_DTYPE)[:, 0]
             position = end
         self._verify(np.arange(start, stop), out, labels)
 
@@ -212,8 +227,11 @@ class TarCheckpoint(Checkpoint):
             shard = int(where[group[0], 0])
             fd = self._fd(shard)
             for position, offset in zip(group.tolist(), where[group, 1].tolist()):
-                views = [head_views[position * layout.head:(position + 1) * layout.head],
-                         pixels[position * row:(position + 1) * row], tail_views[position * 8:(position + 1) * 8]]
+                views = [
+                    head_views[position * layout.head : (position + 1) * layout.head],
+                    pixels[position * row : (position + 1) * row],
+                    tail_views[position * 8 : (position + 1) * 8],
+                ]
                 if os.preadv(fd, views, offset) != size and not preadv_full(fd, views, offset, size):
                     raise self._cut_short(shard)
         bad = layout.first_bad(ids, heads)
@@ -237,16 +255,22 @@ class TarCheckpoint(Checkpoint):
         buffer = np.empty(int(run_bytes.sum()), np.uint8)
         where = run_at[run] + offset - offset[runs][run]  # each sample's position in the buffer
         view = memoryview(buffer)
-        for run_shard, start, size, at in zip(shard[runs].tolist(), offset[runs].tolist(), run_bytes.tolist(), run_at.tolist()):
-            if not preadv_full(self._fd(run_shard), [view[at:at + size]], start, size):
+        for run_shard, start, size, at in zip(
+            shard[runs].tolist(), offset[runs].tolist(), run_bytes.tolist(), run_at.tolist()
+        ):
+            if not preadv_full(self._fd(run_shard), [view[at : at + size]], start, size):
                 raise self._cut_short(run_shard)
         heads = np.lib.stride_tricks.sliding_window_view(buffer, SampleLayout.HEAD)[where]  # (n, HEAD) copied
         labels, bad = self.samples.labels(unique, heads, length)
         if bad is not None:
-            raise CorruptStoreError(f"{self.path(int(shard[bad]))}: the sample at byte {offset[bad]} is not "
-                                    f"{unique[bad]:012d}.cls and .{self.codec.extension} as this store writes them (a "
-                                    "damaged header or label, or a shard from another tool)")
-        payloads = [view[begin:begin + size] for begin, size in zip((where + SampleLayout.HEAD).tolist(), length.tolist())]
+            raise CorruptStoreError(
+                f"{self.path(int(shard[bad]))}: the sample at byte {offset[bad]} is not "
+                f"{unique[bad]:012d}.cls and .{self.codec.extension} as this store writes them (a "
+                "damaged header or label, or a shard from another tool)"
+            )
+        payloads = [
+            view[begin : begin + size] for begin, size in zip((where + SampleLayout.HEAD).tolist(), length.tolist())
+        ]
         if self.sums is not None:
             verify_checksums(unique, payloads, labels, self.sums[unique], self.folder)
         return [payloads[position] for position in inverse.reshape(-1).tolist()], labels[inverse.reshape(-1)]
@@ -267,8 +291,9 @@ class WebDatasetStore(EncodedCheckpointedStore):
     POINTER, JOURNAL, FORMAT = POINTER, "webdataset.journal", "storage_impls.webdataset"
     OPTIONS = {**EncodedCheckpointedStore.OPTIONS, **OPTIONS}
 
-    def __init__(self, directory: str | os.PathLike, mode: Mode = "a", *, shard_size: int | str | None = None,
-                 **options: object) -> None:
+    def __init__(
+        self, directory: str | os.PathLike, mode: Mode = "a", *, shard_size: int | str | None = None, **options: object
+    ) -> None:
         # None: the store's recorded shard size (a new store: DEFAULT_SHARD_SIZE); a size: what store_many writes
         self._shard_size = check_options(self.method, OPTIONS, {"shard_size": shard_size}).get("shard_size")
         super().__init__(directory, mode, **options)
@@ -278,34 +303,54 @@ class WebDatasetStore(EncodedCheckpointedStore):
             refuse_foreign(self.directory, self.method)  # another method's store: say which
             foreign = sorted(self.directory.glob("*.tar"))
             if foreign:
-                raise CorruptStoreError(f"{foreign[0]} is a tar shard this package did not write ({self.directory} "
-                                        f"has no {self.POINTER}): a webdataset store needs a directory of its own")
+                raise CorruptStoreError(
+                    f"{foreign[0]} is a tar shard this package did not write ({self.directory} "
+                    f"has no {self.POINTER}): a webdataset store needs a directory of its own"
+                )
         super()._open()
 
     def layout_limit(self, dtype: np.dtype, shape: tuple[int, ...], *, replacing: bool = False) -> str | None:
         codec = self.writing_codec(replacing)
         return member_limit(np.dtype(dtype), tuple(shape)) if codec is RAW else codec.limit(dtype, shape)
 
-    def _write_checkpoint(self, folder: Path, dtype: np.dtype, shape: tuple[int, ...], count: int, source: Source,
-                          checksum: bool, codec: Codec) -> dict:
+    def _write_checkpoint(
+        self,
+        folder: Path,
+        dtype: np.dtype,
+        shape: tuple[int, ...],
+        count: int,
+        source: Source,
+        checksum: bool,
+        codec: Codec,
+    ) -> dict:
         if count > MAX_IDS:
             raise ValueError(f"a webdataset store holds at most {MAX_IDS} images (12-digit keys), not {count}")
-        shard_size = self._shard_size if self._shard_size is not None else \
-            self._meta["shard_size"] if self._meta else DEFAULT_SHARD_SIZE
+        shard_size = (
+            self._shard_size
+            if self._shard_size is not None
+            else self._meta["shard_size"]
+            if self._meta
+            else DEFAULT_SHARD_SIZE
+        )
         mtime = max(0, int(time.time()))
         sums = np.empty(count, CHECKSUM_DTYPE) if checksum else None
         if codec is RAW:
-            index, added = self._write_members(folder, MemberLayout(dtype, shape, mtime), count, source, sums, shard_size)
+            index, added = self._write_members(
+                folder, MemberLayout(dtype, shape, mtime), count, source, sums, shard_size
+            )
         else:
             step = max(1, WRITE_BYTES // (int(np.prod(shape)) * dtype.itemsize))  # images encoded at a time
-            index, added = self._write_samples(folder, SampleLayout(codec.extension, mtime), count, source, sums, shard_size, step)
+            index, added = self._write_samples(
+                folder, SampleLayout(codec.extension, mtime), count, source, sums, shard_size, step
+            )
         save(folder / INDEX, index, durable=self.durable)
         if sums is not None:
             save(folder / CHECKSUMS, sums, durable=self.durable)
         return {"shard_size": shard_size, "mtime": mtime, **added}
 
-    def _write_members(self, folder: Path, layout: MemberLayout, count: int, source: Source, sums: np.ndarray | None,
-                       shard_size: int) -> tuple[np.ndarray, dict]:
+    def _write_members(
+        self, folder: Path, layout: MemberLayout, count: int, source: Source, sums: np.ndarray | None, shard_size: int
+    ) -> tuple[np.ndarray, dict]:
         """Raw pixels: members of one size, assembled a block at a time; the index and what the metadata adds."""
         per_shard = shard_images(shard_size, layout.size)
         members = np.zeros((max(1, min(per_shard, WRITE_BYTES // layout.size)), layout.size), np.uint8)
@@ -315,18 +360,29 @@ class WebDatasetStore(EncodedCheckpointedStore):
             try:
                 for start in range(first, last, len(members)):
                     images, labels = source(start, min(last, start + len(members)))
-                    block = members[:len(images)]  # the padding after each label stays zero
+                    block = members[: len(images)]  # the padding after each label stays zero
                     layout.fill(block, start, images, labels)
                     write_all(fd, memoryview(block).cast("B"))
                     if sums is not None:
-                        sums[start:start + len(images)] = image_checksums(images, labels)
+                        sums[start : start + len(images)] = image_checksums(images, labels)
                 self._end_shard(fd, (last - first) * layout.size)
             finally:
                 os.close(fd)
-        return layout_index(count, per_shard, layout.size), {"shard_images": per_shard, "shards": -(-count // per_shard)}
+        return layout_index(count, per_shard, layout.size), {
+            "shard_images": per_shard,
+            "shards": -(-count // per_shard),
+        }
 
-    def _write_samples(self, folder: Path, layout: SampleLayout, count: int, source: Source, sums: np.ndarray | None,
-                       shard_size: int, step: int) -> tuple[np.ndarray, dict]:
+    def _write_samples(
+        self,
+        folder: Path,
+        layout: SampleLayout,
+        count: int,
+        source: Source,
+        sums: np.ndarray | None,
+        shard_size: int,
+        step: int,
+    ) -> tuple[np.ndarray, dict]:
         """Encoded images: samples (two members each) in shards of at most ``shard_size`` bytes (at least one
         sample each), ``step`` images at a time; the index and what the metadata adds."""
         index, capacity = np.empty((count, 3), INDEX_DTYPE), shard_capacity(shard_size)
@@ -340,7 +396,9 @@ class WebDatasetStore(EncodedCheckpointedStore):
                 heads, first = layout.heads(np.arange(start, start + len(payloads)), labels, lengths), 0
                 for position, size in enumerate(sample_bytes(lengths).tolist()):
                     if used and used + size > capacity:  # this sample starts the next shard
-                        write_all(fd, memoryview(b"".join(layout.members(heads[first:position], payloads[first:position]))))
+                        write_all(
+                            fd, memoryview(b"".join(layout.members(heads[first:position], payloads[first:position])))
+                        )
                         self._end_shard(fd, used)
                         closing, fd = fd, None
                         os.close(closing)
@@ -350,7 +408,7 @@ class WebDatasetStore(EncodedCheckpointedStore):
                     used += size
                 write_all(fd, memoryview(b"".join(layout.members(heads[first:], payloads[first:]))))
                 if sums is not None:
-                    sums[start:start + len(payloads)] = image_checksums(payloads, labels)
+                    sums[start : start + len(payloads)] = image_checksums(payloads, labels)
             self._end_shard(fd, used)
         finally:
             if fd is not None:
@@ -373,4 +431,5 @@ class WebDatasetStore(EncodedCheckpointedStore):
     @classmethod
     def remote_reader(cls) -> type[ImageStore]:
         from storage_impls.methods.webdataset.remote import RemoteWebDatasetStore  # it imports this module
+
         return RemoteWebDatasetStore

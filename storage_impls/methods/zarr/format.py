@@ -11,6 +11,7 @@ is (N,) ``variable_length_bytes``, one encoded image per element and chunk, seri
 uint32 count 1, uint32 length, the bytes; little endian), the same shards and compressors, and the group's
 attributes add the codec (``Layout.attributes``).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -97,15 +98,34 @@ class Layout(NamedTuple):
         trailer = [Crc32cCodec()] if self.checksum else []
         common = {"filters": None, "config": {"write_empty_chunks": True}}
         if self.encoded:  # one element of bytes per image
-            images = {"shape": (self.count,), "dtype": VariableLengthBytes(), "chunks": (1,), "shards": (self.per_shard,),
-                      "serializer": VLenBytesCodec(), "fill_value": b""}
+            images = {
+                "shape": (self.count,),
+                "dtype": VariableLengthBytes(),
+                "chunks": (1,),
+                "shards": (self.per_shard,),
+                "serializer": VLenBytesCodec(),
+                "fill_value": b"",
+            }
         else:
-            images = {"shape": (self.count, *self.shape), "dtype": self.dtype, "chunks": (1, *self.shape),
-                      "shards": (self.per_shard, *self.shape), "serializer": BytesCodec(endian=sys.byteorder), "fill_value": 0}
+            images = {
+                "shape": (self.count, *self.shape),
+                "dtype": self.dtype,
+                "chunks": (1, *self.shape),
+                "shards": (self.per_shard, *self.shape),
+                "serializer": BytesCodec(endian=sys.byteorder),
+                "fill_value": 0,
+            }
         return {
             "images": {**images, "compressors": compressor + trailer, **common},
-            "labels": {"shape": (self.count,), "dtype": np.dtype(np.int64), "chunks": (self.labels_per_chunk,),
-                       "serializer": BytesCodec(endian=sys.byteorder), "compressors": trailer, "fill_value": 0, **common},
+            "labels": {
+                "shape": (self.count,),
+                "dtype": np.dtype(np.int64),
+                "chunks": (self.labels_per_chunk,),
+                "serializer": BytesCodec(endian=sys.byteorder),
+                "compressors": trailer,
+                "fill_value": 0,
+                **common,
+            },
         }
 
 
@@ -148,11 +168,15 @@ class StrictLocalStore(LocalStore):
 def open_group(folder: Path, layout: Layout) -> tuple[zarr.Array, zarr.Array]:
     """``images`` and ``labels`` of the group in ``folder``, read only, each exactly as ``layout`` makes it;
     CorruptStoreError naming the metadata file otherwise, FileNotFoundError (naming it) if one is missing."""
-    group = _open_node(folder, "", lambda: zarr.open_group(StrictLocalStore(folder, read_only=True), mode="r", zarr_format=3))
+    group = _open_node(
+        folder, "", lambda: zarr.open_group(StrictLocalStore(folder, read_only=True), mode="r", zarr_format=3)
+    )
     if not isinstance(group, zarr.Group) or dict(group.attrs) != layout.attributes():
         attributes = dict(group.attrs) if isinstance(group, zarr.Group) else None
-        raise CorruptStoreError(f"{folder / 'zarr.json'}: a zarr group written by another tool, or of another codec "
-                                f"(attributes {attributes!r}, expected {layout.attributes()!r})")
+        raise CorruptStoreError(
+            f"{folder / 'zarr.json'}: a zarr group written by another tool, or of another codec "
+            f"(attributes {attributes!r}, expected {layout.attributes()!r})"
+        )
     arrays = []
     for name in ("images", "labels"):
         with quiet():
@@ -160,9 +184,14 @@ def open_group(folder: Path, layout: Layout) -> tuple[zarr.Array, zarr.Array]:
             found = _metadata(node) if isinstance(node, zarr.Array) else {"node_type": "group"}
         expected = expected_metadata(layout)[name]
         if found != expected:
-            differs = "; ".join(f"{key} {found.get(key)!r}, expected {expected.get(key)!r}"
-                                for key in sorted(expected.keys() | found.keys()) if expected.get(key) != found.get(key))
-            raise CorruptStoreError(f"{folder / name / 'zarr.json'}: {name} is not the array this store wrote ({differs})")
+            differs = "; ".join(
+                f"{key} {found.get(key)!r}, expected {expected.get(key)!r}"
+                for key in sorted(expected.keys() | found.keys())
+                if expected.get(key) != found.get(key)
+            )
+            raise CorruptStoreError(
+                f"{folder / name / 'zarr.json'}: {name} is not the array this store wrote ({differs})"
+            )
         arrays.append(node)
     return arrays[0], arrays[1]
 
@@ -177,8 +206,10 @@ def _open_node(folder: Path, name: str, opener: Callable[[], object]) -> object:
             raise
         if not path.exists():  # missing, or removed by a commit while this handle opened it
             raise FileNotFoundError(errno.ENOENT, "a zarr metadata file is missing", str(path)) from None
-        raise CorruptStoreError(f"{path} is not readable zarr v3 metadata of an {'array' if name else 'group'} "
-                                f"({type(error).__name__}: {error})") from None
+        raise CorruptStoreError(
+            f"{path} is not readable zarr v3 metadata of an {'array' if name else 'group'} "
+            f"({type(error).__name__}: {error})"
+        ) from None
 
 
 def _metadata(array: zarr.Array) -> dict:
@@ -192,18 +223,21 @@ def read_labels(labels: zarr.Array, folder: Path) -> np.ndarray:
     step = labels.chunks[0]
     for index, start in enumerate(range(0, len(out), step)):
         try:
-            out[start:start + step] = labels[start:start + step]
+            out[start : start + step] = labels[start : start + step]
         except (FileNotFoundError, StoreError):
             raise
         except Exception as error:  # noqa: BLE001  (a damaged chunk: a checksum, a size or a codec that fails)
             if isinstance(error, MemoryError):
                 raise
-            raise CorruptStoreError(f"{folder / 'labels' / 'c' / str(index)} is damaged ({type(error).__name__}: "
-                                    f"{error})") from None
+            raise CorruptStoreError(
+                f"{folder / 'labels' / 'c' / str(index)} is damaged ({type(error).__name__}: {error})"
+            ) from None
     return out
 
 
-def read_shard_index(fd: int, path: Path, per_shard: int, used: int, chunk_bytes: int | None) -> tuple[np.ndarray, np.ndarray]:
+def read_shard_index(
+    fd: int, path: Path, per_shard: int, used: int, chunk_bytes: int | None
+) -> tuple[np.ndarray, np.ndarray]:
     """(offsets, lengths) of the first ``used`` chunks of one shard file, from the index at its end, checked: its
     CRC-32C, every chunk present, inside the data, and of ``chunk_bytes`` if known (uncompressed chunks)."""
     size, index_bytes = os.fstat(fd).st_size, 16 * per_shard + CRC
@@ -215,11 +249,17 @@ def read_shard_index(fd: int, path: Path, per_shard: int, used: int, chunk_bytes
     entries = np.frombuffer(raw, "<u8", 2 * used).reshape(used, 2)
     offsets, lengths = entries[:, 0], entries[:, 1]
     data_end = size - index_bytes
-    bad = np.flatnonzero((offsets == MISSING) | (lengths > data_end) | (offsets > data_end - np.minimum(lengths, data_end))
-                         | ((lengths != chunk_bytes) if chunk_bytes is not None else (lengths <= CRC)))
+    bad = np.flatnonzero(
+        (offsets == MISSING)
+        | (lengths > data_end)
+        | (offsets > data_end - np.minimum(lengths, data_end))
+        | ((lengths != chunk_bytes) if chunk_bytes is not None else (lengths <= CRC))
+    )
     if len(bad):
-        raise CorruptStoreError(f"{path}: chunk {bad[0]} of its index is missing, outside the file or of the wrong "
-                                f"size ({int(lengths[bad[0]])} bytes at {int(offsets[bad[0]])})")
+        raise CorruptStoreError(
+            f"{path}: chunk {bad[0]} of its index is missing, outside the file or of the wrong "
+            f"size ({int(lengths[bad[0]])} bytes at {int(offsets[bad[0]])})"
+        )
     return offsets.astype(np.int64), lengths.astype(np.int64)
 
 
@@ -258,9 +298,11 @@ class ChunkDecoder:
         serialized = memoryview(self._serialized(data, where))
         count, length = VLEN_HEADER.unpack_from(serialized) if len(serialized) >= VLEN_HEADER.size else (0, -1)
         if count != 1 or length != len(serialized) - VLEN_HEADER.size:
-            raise CorruptStoreError(f"{where}: a chunk of {len(serialized)} bytes that is not one vlen-bytes element "
-                                    f"(count {count}, length {length})")
-        return serialized[VLEN_HEADER.size:]
+            raise CorruptStoreError(
+                f"{where}: a chunk of {len(serialized)} bytes that is not one vlen-bytes element "
+                f"(count {count}, length {length})"
+            )
+        return serialized[VLEN_HEADER.size :]
 
     @staticmethod
     def check_crc(pixels: np.ndarray | bytes, trailer: np.ndarray | bytes, where: object) -> None:

@@ -2,6 +2,7 @@
 image shard (one range each, all in flight at once); then each read fetches exactly its images' chunks by the
 index (one range per image, neighbours coalesced, all in flight at once) and the reader the handle names
 (``reader=zarr``: zarr-python; ``pread``) reads them from the mirror as from a local group, with the same checks."""
+
 from __future__ import annotations
 
 import os
@@ -25,7 +26,7 @@ class RemoteZarrCheckpoint(RemoteCheckpoint, ZarrCheckpoint):
         prefix = f"{self.key}/images/c/"
         shards = sorted(key for key in listed if key.startswith(prefix))
         self.staged.download_many([key for key in listed if not key.startswith(prefix)])
-        self.staged.sparse(self.key, [key[len(self.key) + 1:] for key in shards], listed)
+        self.staged.sparse(self.key, [key[len(self.key) + 1 :] for key in shards], listed)
         index = 16 * int(meta["shard_images"]) + CRC
         self.staged.fill([Span(key, max(0, listed[key] - index), listed[key]) for key in shards])
 
@@ -43,8 +44,10 @@ class RemoteZarrCheckpoint(RemoteCheckpoint, ZarrCheckpoint):
         shards = ids // self.per_shard
         self._load_indexes(shards)
         keys = [Path(path).relative_to(self.staged.root).as_posix() for path in self.paths]
-        return [Span(keys[shard], offset, offset + length) for shard, offset, length
-                in zip(shards.tolist(), self.offsets[ids].tolist(), self.lengths[ids].tolist())]
+        return [
+            Span(keys[shard], offset, offset + length)
+            for shard, offset, length in zip(shards.tolist(), self.offsets[ids].tolist(), self.lengths[ids].tolist())
+        ]
 
     def read_rows(self, start: int, out: np.ndarray, labels: np.ndarray) -> None:
         for first in range(0, len(out), BLOCK_IMAGES):

@@ -55,6 +55,7 @@ chunking or codec raises CorruptStoreError naming its zarr.json.
 Processes: zarr-python resets its event-loop thread in a forked child (``os.register_at_fork``), so a child
 that opens its own handle reads; handles must not cross a fork (the suite's workers are spawned).
 """
+
 from __future__ import annotations
 
 import os
@@ -108,18 +109,32 @@ class ZarrCheckpoint(Checkpoint):
     def __init__(self, folder: Path, meta: dict, reader: str) -> None:
         super().__init__(folder, meta)
         self.per_shard, self.label_chunk, self.compression = (
-            meta.get(key) for key in ("shard_images", "label_chunk", "compression"))
-        if not all(type(value) is int and 1 <= value <= self.count for value in (self.per_shard, self.label_chunk)) \
-                or self.compression not in COMPRESSIONS:
-            raise CorruptStoreError(f"{folder}: {self.per_shard!r} images per shard, {self.label_chunk!r} labels per chunk "
-                                    f"and compression {self.compression!r} do not fit a store of {self.count} images")
-        layout = Layout(self.dtype, self.shape, self.count, self.per_shard, self.label_chunk, self.compression,
-                        self.checksum, self.codec.spec)
+            meta.get(key) for key in ("shard_images", "label_chunk", "compression")
+        )
+        if (
+            not all(type(value) is int and 1 <= value <= self.count for value in (self.per_shard, self.label_chunk))
+            or self.compression not in COMPRESSIONS
+        ):
+            raise CorruptStoreError(
+                f"{folder}: {self.per_shard!r} images per shard, {self.label_chunk!r} labels per chunk "
+                f"and compression {self.compression!r} do not fit a store of {self.count} images"
+            )
+        layout = Layout(
+            self.dtype,
+            self.shape,
+            self.count,
+            self.per_shard,
+            self.label_chunk,
+            self.compression,
+            self.checksum,
+            self.codec.spec,
+        )
         self.images, labels = open_group(folder, layout)  # the metadata only: nothing of the declared count yet
         shards, present = -(-self.count // self.per_shard), len(os.listdir(folder / "images" / "c"))
         if present != shards:  # before a path per declared shard, or an array of the declared count, is made
-            raise CorruptStoreError(f"{folder}: {self.count} images make {shards} shards of {self.per_shard}, "
-                                    f"{present} are there")
+            raise CorruptStoreError(
+                f"{folder}: {self.count} images make {shards} shards of {self.per_shard}, {present} are there"
+            )
         self.paths = [layout.shard_path(folder, index) for index in range(-(-self.count // self.per_shard))]
         self.decoder = ChunkDecoder(self.compression, self.checksum, self.row, layout.encoded)
         self.reader = reader
@@ -148,7 +163,9 @@ class ZarrCheckpoint(Checkpoint):
         except Exception as error:  # noqa: BLE001  (a damaged shard: a checksum, a size or a codec that fails)
             if isinstance(error, MemoryError):
                 raise
-            raise CorruptStoreError(f"{self._failing_shard(ids())} is damaged ({type(error).__name__}: {error})") from None
+            raise CorruptStoreError(
+                f"{self._failing_shard(ids())} is damaged ({type(error).__name__}: {error})"
+            ) from None
 
     def _failing_shard(self, ids: np.ndarray) -> Path | str:
         """The first shard whose images among ``ids`` zarr fails to read (read again shard by shard)."""
@@ -165,10 +182,13 @@ class ZarrCheckpoint(Checkpoint):
         for shard in np.unique(shards[~self.loaded[shards]]).tolist():
             first = shard * self.per_shard
             used = min(self.per_shard, self.count - first)
-            offsets, lengths = read_shard_index(self.fds[shard], self.paths[shard], self.per_shard, used, self.decoder.raw_bytes)
-            self.offsets[first:first + used], self.lengths[first:first + used] = offsets, lengths
+            offsets, lengths = read_shard_index(
+                self.fds[shard], self.paths[shard], self.per_shard, used, self.decoder.raw_bytes
+            )
+            self.offsets[first : first + used], self.lengths[first : first + used] = offsets, lengths
             self.dense[shard] = self.decoder.raw_bytes is not None and bool(
-                np.array_equal(offsets, offsets[0] + np.arange(used) * self.decoder.raw_bytes))
+                np.array_equal(offsets, offsets[0] + np.arange(used) * self.decoder.raw_bytes)
+            )
             self.loaded[shard] = True
 
     def _cut_short(self, shard: int, offset: int, size: int) -> CorruptStoreError:
@@ -178,15 +198,17 @@ class ZarrCheckpoint(Checkpoint):
         stop = start + len(out)
         labels[:] = self.labels[start:stop]
         if self.reader == "zarr":
-            self._through_zarr(lambda: self.images.get_basic_selection(slice(start, stop), out=NDBuffer.from_numpy_array(out)),
-                               lambda: np.arange(start, stop))
+            self._through_zarr(
+                lambda: self.images.get_basic_selection(slice(start, stop), out=NDBuffer.from_numpy_array(out)),
+                lambda: np.arange(start, stop),
+            )
             return
         flat = out.reshape(len(out), -1).view(np.uint8)
         shards = np.arange(start // self.per_shard, (stop - 1) // self.per_shard + 1)
         self._load_indexes(shards)
         for shard in shards.tolist():
             low, high = max(start, shard * self.per_shard), min(stop, (shard + 1) * self.per_shard)
-            rows, offsets, lengths = flat[low - start:high - start], self.offsets[low:high], self.lengths[low:high]
+            rows, offsets, lengths = flat[low - start : high - start], self.offsets[low:high], self.lengths[low:high]
             if self.dense[shard] and not self.decoder.checksum:  # the run of chunks is the run of pixels: one read
                 span, begin = rows, int(offsets[0])
             else:  # the chunks' run, then each decoded (and checked) into its row
@@ -196,13 +218,14 @@ class ZarrCheckpoint(Checkpoint):
                 raise self._cut_short(shard, begin, span.nbytes)
             if span is not rows:
                 for row, offset, length in zip(rows, (offsets - begin).tolist(), lengths.tolist()):
-                    self.decoder.decode_into(span[offset:offset + length], row, self.paths[shard])
+                    self.decoder.decode_into(span[offset : offset + length], row, self.paths[shard])
 
     def take(self, ids: np.ndarray, out: np.ndarray, labels: np.ndarray) -> None:
         np.take(self.labels, ids, out=labels)
         if self.reader == "zarr":
-            self._through_zarr(lambda: self.images.get_orthogonal_selection((ids,), out=NDBuffer.from_numpy_array(out)),
-                               lambda: ids)
+            self._through_zarr(
+                lambda: self.images.get_orthogonal_selection((ids,), out=NDBuffer.from_numpy_array(out)), lambda: ids
+            )
             return
         shards = ids // self.per_shard
         self._load_indexes(shards)
@@ -249,23 +272,42 @@ class ZarrStore(EncodedCheckpointedStore):
 
     method = "zarr"
     OPTIONS = {**EncodedCheckpointedStore.OPTIONS, **OPTIONS}
-    slow_random_reads = ("zarr-python's orthogonal selection costs about 1 ms per image of a shuffled batch (zarr's "
-                         "event-loop round trip and a file read per chunk); zarr:reader=pread reads the same shards at "
-                         "about 3 us per image: name either in --methods to run them")
+    slow_random_reads = (
+        "zarr-python's orthogonal selection costs about 1 ms per image of a shuffled batch (zarr's "
+        "event-loop round trip and a file read per chunk); zarr:reader=pread reads the same shards at "
+        "about 3 us per image: name either in --methods to run them"
+    )
     POINTER, JOURNAL, FORMAT = "zarr.json", "zarr.journal", FORMAT
 
-    def __init__(self, directory: str | os.PathLike, mode: Mode = "a", *, compression: str | None = None,
-                 reader: str | None = None, **options: object) -> None:
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        mode: Mode = "a",
+        *,
+        compression: str | None = None,
+        reader: str | None = None,
+        **options: object,
+    ) -> None:
         # compression None: the store's recorded one (a new store: none); reader: this handle's way of reading
         self.settings = check_options(self.method, OPTIONS, {"compression": compression, "reader": reader})
         foreign = foreign_metadata(Path(os.path.abspath(directory)))
         if foreign:  # refused before the base class creates anything in the directory
-            raise CorruptStoreError(f"{foreign} belongs to a zarr node written by another tool, not to a zarr store "
-                                    "of this package (whose zarr.json names its live group): use another directory")
+            raise CorruptStoreError(
+                f"{foreign} belongs to a zarr node written by another tool, not to a zarr store "
+                "of this package (whose zarr.json names its live group): use another directory"
+            )
         super().__init__(directory, mode, **options)
 
-    def _write_checkpoint(self, folder: Path, dtype: np.dtype, shape: tuple[int, ...], count: int, source: Source,
-                          checksum: bool, codec: Codec) -> dict:
+    def _write_checkpoint(
+        self,
+        folder: Path,
+        dtype: np.dtype,
+        shape: tuple[int, ...],
+        count: int,
+        source: Source,
+        checksum: bool,
+        codec: Codec,
+    ) -> dict:
         recorded = (self._meta or {}).get("compression", DEFAULTS["compression"])
         compression = self.settings.get("compression", recorded)
         per_shard, labels_per_chunk = shard_images(dtype, shape, count), label_chunk(count)
@@ -279,16 +321,20 @@ class ZarrStore(EncodedCheckpointedStore):
                     values = np.empty(len(block), object)
                     values[:] = [bytes(payload) for payload in block]
                     block = values
-                images[start:start + len(block)] = block
-                all_labels[start:start + len(block)] = block_labels
+                images[start : start + len(block)] = block
+                all_labels[start : start + len(block)] = block_labels
             labels[:] = all_labels
         if self.durable:
             for root, _folders, files in os.walk(folder, topdown=False):
                 for name in files:
                     fsync_path(Path(root, name))
                 fsync_path(Path(root))
-        return {"shard_images": per_shard, "label_chunk": labels_per_chunk, "compression": compression,
-                "zarr_version": zarr.__version__}  # what wrote the group, for whoever reads it with another
+        return {
+            "shard_images": per_shard,
+            "label_chunk": labels_per_chunk,
+            "compression": compression,
+            "zarr_version": zarr.__version__,
+        }  # what wrote the group, for whoever reads it with another
 
     def _open_checkpoint(self, folder: Path, meta: dict) -> Checkpoint:
         return ZarrCheckpoint(folder, meta, self.settings.get("reader", DEFAULTS["reader"]))
@@ -296,4 +342,5 @@ class ZarrStore(EncodedCheckpointedStore):
     @classmethod
     def remote_reader(cls) -> type[ImageStore]:
         from storage_impls.methods.zarr.remote import RemoteZarrStore  # it imports this module
+
         return RemoteZarrStore
