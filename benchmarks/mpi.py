@@ -479,8 +479,8 @@ def summary(bench: dict, built: Path | None, output: Path | None) -> str:
     info = bench["extra_info"]
     lines = [
         f"{info['method']}: {info['ranks']} rank(s) on {info['nodes']} node(s), {info['n_images']:,} images of "
-        f"{'x'.join(map(str, info['image_shape']))} {info['dtype']}, batch {info['batch_size']}, {info['cache']} cache, "
-        f"{bench['stats']['rounds']} measured epoch(s): median {bench['stats']['median']:.4g} s, "
+        f"{'x'.join(map(str, info['image_shape']))} {info['dtype']}, batch {info['batch_size']}, {info['cache']} "
+        f"cache, {bench['stats']['rounds']} measured epoch(s): median {bench['stats']['median']:.4g} s, "
         f"{info['images_per_s']:,.0f} images/s, {info['mb_per_s']:,.1f} MB/s; batch p50 "
         f"{info['batch_p50_s'] * 1e3:.3g} ms, p99 {info['batch_p99_s'] * 1e3:.3g} ms; slowest/fastest rank "
         f"{info['rank_spread']:.2f}x; every id read once per epoch"
