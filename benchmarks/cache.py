@@ -2,12 +2,12 @@
 rounds that all start alike (``start_write_round``).
 
 ``evict(directory)`` writes out the dirty pages of every file below ``directory`` (dirty pages cannot be
-dropped) with ``sync_file_range``, asks the kernel to drop its cached pages with
-``posix_fadvise(POSIX_FADV_DONTNEED)``, then counts the pages still resident with ``mincore`` on a
-read-only map of the file. ``sync_file_range`` writes the pages and waits for them without the journal
-commit and device cache flush of ``fsync``/``fdatasync``, which durability needs and eviction does not:
-those cost 60-300 µs per file even on clean files on the development VM, seconds per round for 100 000 PNGs. Only clean pages that no process
-has mapped are dropped, so every handle on the store (and any memory map) must be closed first.
+dropped) with ``sync_file_range``, asks the kernel to drop its cached pages with ``posix_fadvise(POSIX_FADV_DONTNEED)``,
+then counts the pages still resident with ``mincore`` on a read-only map of the file. ``sync_file_range`` writes the
+pages and waits for them without the journal commit and device cache flush of ``fsync``/``fdatasync``, which durability
+needs and eviction does not: those cost 60-300 µs per file even on clean files on the development VM, seconds per round
+for 100 000 PNGs. Only clean pages that no process has mapped are dropped, so every handle on the store (and any memory
+map) must be closed first.
 
 On a virtual machine this empties the guest's cache only: the host may still cache the disk image,
 so a "cold" read can be served from the host's memory and look faster than a real cold disk.
@@ -102,7 +102,8 @@ def _resident(fd: int, size: int, libc: ctypes.CDLL) -> tuple[int, int]:
 
 
 def _fraction(directory: Path, drop: bool) -> float:
-    """Share of the pages of every file below ``directory`` in the page cache, after dropping each file first if ``drop``."""
+    """Share of the pages of every file below ``directory`` in the page cache, after dropping each file first if
+    ``drop``."""
     libc = _libc()
     resident = total = 0
     for path in store_files(directory):

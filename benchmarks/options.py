@@ -207,7 +207,8 @@ OPTIONS = [
         "IMAGE_BENCH_STORAGE_DIR",
         None,
         Path,
-        "folder to write the stores in (default: pytest's temporary folder); a run folder inside it is removed at the end",
+        "folder to write the stores in (default: pytest's temporary folder); a run folder inside it is removed at the "
+        "end",
     ),
     (
         "--batch-sizes",
@@ -221,7 +222,8 @@ OPTIONS = [
         "IMAGE_BENCH_WORKERS",
         DEFAULT_WORKERS,
         parse_workers,
-        f"reader processes of the read_random cells, comma-separated (default: 1 and the core count, at most {MAX_DEFAULT_WORKERS})",
+        "reader processes of the read_random cells, comma-separated (default: 1 and the core count, at most "
+        f"{MAX_DEFAULT_WORKERS})",
     ),
     (
         "--loader-workers",

@@ -129,8 +129,9 @@ def test_read_random(
     after: list[float] = []  # limited: share cached at the end of each epoch
 
     def prepare():
-        """Untimed: clear the shared buffers; for a cold or limited round, drop the closed store from the page cache, let the
-        workers open it again, and only then measure what is cached: what opening read counts against the round."""
+        """Untimed: clear the shared buffers; for a cold or limited round, drop the closed store from the page cache,
+        let the workers open it again, and only then measure what is cached: what opening read counts against the
+        round."""
         reader_pool.prepare_round()
         if cache != "warm":
             if cache == "limited" and resident:

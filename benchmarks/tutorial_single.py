@@ -84,7 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     print(
-        f"{'method':<8} {'tutorial':>10} {'ours: open+store+close':>23} {'ratio':>6} {'ours: store_single':>19} {'ratio':>6}"
+        f"{'method':<8} {'tutorial':>10} {'ours: open+store+close':>23} {'ratio':>6} {'ours: store_single':>19} "
+        f"{'ratio':>6}"
     )
     with tempfile.TemporaryDirectory(prefix="tutorial-single-") as scratch:
         for method, tutorial in TUTORIAL.items():

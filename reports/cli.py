@@ -75,7 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for run, missing in zip(runs, shaped.missing):
         if missing:
             print(
-                f"storage-report: warning: {run.path}: missing {len(missing)} cells of the full grid: {describe_missing(missing)}",
+                f"storage-report: warning: {run.path}: missing {len(missing)} cells of the full grid: "
+                f"{describe_missing(missing)}",
                 file=sys.stderr,
             )
     from reports.codecs import codec_section, codec_views, write_codec_charts

@@ -366,12 +366,13 @@ def codec_section(views: Sequence[CodecView], run_labels: Sequence[str], charts:
     parts = [
         "## Bytes on disk against read speed",
         "",
-        "One point and one row per method variant (a method with its options, such as `disk:codec=jpeg-90`). Bytes on disk "
-        f"per image: the {views[0].disk_kind} size of the variant's store_many store at the largest image count it stored, "
-        "divided by that count; the ratio divides it by the raw pixel bytes of one image (below 1: the store compresses). "
-        "Sequential: images/s of read_many at the variant's largest image count; shuffled: images/s of read_random (one "
-        "shuffled epoch) with 1 worker, a warm page cache and the run's default batch size. PSNR (dB) is what a lossy codec "
-        "lost against the source images; the reads are checked against the decoded images exactly.",
+        "One point and one row per method variant (a method with its options, such as `disk:codec=jpeg-90`). Bytes on "
+        f"disk per image: the {views[0].disk_kind} size of the variant's store_many store at the largest image count it"
+        " stored, divided by that count; the ratio divides it by the raw pixel bytes of one image (below 1: the store "
+        "compresses). Sequential: images/s of read_many at the variant's largest image count; shuffled: images/s of "
+        "read_random (one shuffled epoch) with 1 worker, a warm page cache and the run's default batch size. PSNR (dB)"
+        " is what a lossy codec lost against the source images; the reads are checked against the decoded images "
+        "exactly.",
         "",
     ]
     several_runs = len(run_labels) > 1

@@ -44,7 +44,8 @@ class Comparison:
 
 @dataclass(frozen=True)
 class Mode:
-    """What was compared: absolute times, ratios to a reference method (--cross-machine) or to floors (--normalise floor)."""
+    """What was compared: absolute times, ratios to a reference method (--cross-machine) or to floors (--normalise
+    floor)."""
 
     name: str
     reference_method: str | None = None
@@ -124,8 +125,8 @@ def model(base: Sequence[Run], head: Sequence[Run]) -> str:
 
 def settings_line(args: argparse.Namespace, mode: Mode, level: float) -> str:
     return (
-        f"{mode.describe()}; threshold {args.threshold:.0%}, alpha {args.alpha:g} with {args.correction.upper()} correction, "
-        f"CI level {level:.2%}, min rounds {args.min_rounds}, seed {args.seed}"
+        f"{mode.describe()}; threshold {args.threshold:.0%}, alpha {args.alpha:g} with {args.correction.upper()} "
+        f"correction, CI level {level:.2%}, min rounds {args.min_rounds}, seed {args.seed}"
     )
 
 

@@ -70,7 +70,8 @@ def floor_index(cells: Iterable[Cell]) -> dict[tuple, Cell]:
 
 
 def floor_cells(cell: Cell, index: Mapping[tuple, Cell]) -> tuple[Cell, ...] | None:
-    """The floor cells of ``cell`` in a run indexed by ``floor_index``, or None when it has no floor or one is missing."""
+    """The floor cells of ``cell`` in a run indexed by ``floor_index``, or None when it has no floor or one is
+    missing."""
     names = cell.extra_info.get("floor")
     if not names:
         return None

@@ -12,17 +12,20 @@ from reports.shape import Shaped, describe_missing, method_cells, ratios, speedu
 from reports.units import format_bytes, format_seconds
 
 CAPTIONS = {
-    "store_many_linear": "Time to store a whole cutoff's images in one round, linear axes: how the cost grows at scale.",
+    "store_many_linear": "Time to store a whole cutoff's images in one round, linear axes: how the cost grows at "
+    "scale.",
     "store_many_loglog": "The same on log-log axes, so the small cutoffs and the per-call overhead are visible.",
     "read_many_linear": "Time to read a whole cutoff's images back in one round, linear axes.",
     "read_many_loglog": "The same on log-log axes.",
-    "read_store_loglog": "Store (solid) and read (dashed) together, log-log: the gap between writing and reading each method.",
+    "read_store_loglog": "Store (solid) and read (dashed) together, log-log: the gap between writing and reading each "
+    "method.",
     "single_image": "Storing and reading one image per call: median per method, error bars show the spread of rounds.",
-    "disk_usage_stacked": "Size of each cutoff's store after store_many, stacked on the running total of the smaller cutoffs; "
-    "the number on top is the total for all cutoffs.",
-    "disk_bytes_per_image": "Store size divided by image count: fixed overhead dominates small stores, per-image cost large ones.",
-    "floor_ratio": "Each cell's median over its floor's, measured in the same run (log axis): 1.0 (the line) is what the "
-    "hardware or library does alone with the same images; below it the cell did less work than the floor.",
+    "disk_usage_stacked": "Size of each cutoff's store after store_many, stacked on the running total of the smaller "
+    "cutoffs; the number on top is the total for all cutoffs.",
+    "disk_bytes_per_image": "Store size divided by image count: fixed overhead dominates small stores, per-image cost "
+    "large ones.",
+    "floor_ratio": "Each cell's median over its floor's, measured in the same run (log axis): 1.0 (the line) is what "
+    "the hardware or library does alone with the same images; below it the cell did less work than the floor.",
 }
 SPREAD_NAMES = {"iqr": "q1–q3 (interquartile range)", "range": "min–max"}
 
@@ -309,7 +312,8 @@ def render(shaped: Shaped, charts: Mapping[str, Path], sections: Sequence[str] =
             "",
             "## Missing cells",
             "",
-            "Compared with the full grid (every method in any run × every image count in any run × the four operations):",
+            "Compared with the full grid (every method in any run × every image count in any run × the four "
+            "operations):",
             "",
         ]
         parts += [
@@ -323,7 +327,8 @@ def render(shaped: Shaped, charts: Mapping[str, Path], sections: Sequence[str] =
             "",
             "Faster than their floor (measured in the same run) beyond noise: the cell's q3 below the floor's "
             "q1 and its median 10 % or more below the floor's. The cell did not "
-            "do the work (a lazy read, a cache the benchmark did not intend) or the floor is wrong. A bug until explained.",
+            "do the work (a lazy read, a cache the benchmark did not intend) or the floor is wrong. A bug until "
+            "explained.",
             "",
         ]
         parts += [f"- **{label}**: {line}" for label, line in flagged]

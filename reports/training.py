@@ -33,10 +33,10 @@ CHART_TITLES = {
     "read_random_workers": "Shuffled epoch: images/s against worker processes",
 }
 CAPTIONS = {
-    "read_random_batch_size": "Images per second of one shuffled epoch against the batch size, a panel per page-cache state; "
-    "colour is the method, line style the worker count, marker the run.",
-    "read_random_workers": "Images per second of one shuffled epoch against the number of reader processes (w1 is one worker "
-    "process, like num_workers=1), a panel per page-cache state; line style is the batch size.",
+    "read_random_batch_size": "Images per second of one shuffled epoch against the batch size, a panel per page-cache "
+    "state; colour is the method, line style the worker count, marker the run.",
+    "read_random_workers": "Images per second of one shuffled epoch against the number of reader processes (w1 is one "
+    "worker process, like num_workers=1), a panel per page-cache state; line style is the batch size.",
 }
 
 
@@ -250,7 +250,8 @@ def _seconds(value: float | None) -> str:
 
 
 def training_table(points: Sequence[TrainingPoint]) -> str:
-    """A row per read_random cell: throughput, ratio to the sequential read, per-batch latency, first batch, start-up."""
+    """A row per read_random cell: throughput, ratio to the sequential read, per-batch latency, first batch,
+    start-up."""
     mixed_counts = len({(point.n_images, point.image_shape) for point in points}) > 1
     return markdown_table(
         (
@@ -296,14 +297,15 @@ def training_section(points: Sequence[TrainingPoint], run_labels: Sequence[str],
     parts = [
         "## Training reads: shuffled epochs",
         "",
-        "Each `read_random` cell reads every stored image exactly once, in batches taken in order from a seeded permutation, "
-        "with `read_batch` in reader processes (w1 is one worker process, like a DataLoader's `num_workers=1`; the parent only "
-        "coordinates). Images/s is the image count over the median epoch; random / sequential divides it by the same run's "
-        "`read_many` at the same image count (1.0: shuffling and batching cost nothing). Batch p50 and p99 are the times of "
-        "single `read_batch` calls in the measured epochs; first batch is from the start of an epoch to the first batch in "
-        "(a median over epochs); start-up (starting the workers and opening their stores) comes before the first epoch and is "
-        "not in images/s. Cold rounds start with the store dropped from the page cache; cached before is the largest share "
-        "still cached at the start of a measured round (a virtual machine's host may still cache what the guest dropped).",
+        "Each `read_random` cell reads every stored image exactly once, in batches taken in order from a seeded "
+        "permutation, with `read_batch` in reader processes (w1 is one worker process, like a DataLoader's "
+        "`num_workers=1`; the parent only coordinates). Images/s is the image count over the median epoch; random / "
+        "sequential divides it by the same run's `read_many` at the same image count (1.0: shuffling and batching cost"
+        " nothing). Batch p50 and p99 are the times of single `read_batch` calls in the measured epochs; first batch "
+        "is from the start of an epoch to the first batch in (a median over epochs); start-up (starting the workers "
+        "and opening their stores) comes before the first epoch and is not in images/s. Cold rounds start with the "
+        "store dropped from the page cache; cached before is the largest share still cached at the start of a measured"
+        " round (a virtual machine's host may still cache what the guest dropped).",
         "",
     ]
     for name, path in charts.items():

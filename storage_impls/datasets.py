@@ -276,7 +276,8 @@ class MixedSizesError(ValueError):
 
 
 def folder_mode(shape: Sequence[int]) -> str:
-    """The Pillow mode images of ``shape`` are converted to: HxW "L", HxWx3 "RGB", HxWx4 "RGBA"; ValueError otherwise."""
+    """The Pillow mode images of ``shape`` are converted to: HxW "L", HxWx3 "RGB", HxWx4 "RGBA"; ValueError
+    otherwise."""
     mode = FOLDER_MODES.get(tuple(shape[2:])) if len(shape) in (2, 3) else None
     if mode is None:
         raise ValueError(

@@ -321,7 +321,8 @@ class FaultTests:
             assert check_consistent(store) == 3
 
     def test_reader_during_every_commit(self, directory):
-        """Readers open and read while a writer commits over and over: the writer never fails, readers never see a mix."""
+        """Readers open and read while a writer commits over and over: the writer never fails, readers never see a
+        mix."""
         self.fill(directory, range(30))
         writer = subprocess.Popen(
             [
@@ -395,7 +396,8 @@ class FaultTests:
 
     # -- damaged files ------------------------------------------------------------------------
     def test_damaged_files_give_typed_errors_never_wrong_data(self, tmp_path):
-        """Every file of a checksummed store truncated and flipped: a typed error or the right data, in a child that lives."""
+        """Every file of a checksummed store truncated and flipped: a typed error or the right data, in a child that
+        lives."""
         pristine = tmp_path / "pristine"
         with open_store(self.method, pristine, checksum=True) as store:
             store.store_many(*labelled_batch(range(12)))
@@ -411,7 +413,8 @@ class FaultTests:
         assert not bad, f"{len(bad)} of {len(cases)} damaged stores misbehaved: {bad[:10]}"
 
     def test_store_many_repairs_a_damaged_store(self, directory):
-        """Every file cut in half: opening for writing still works, and store_many makes the store whole (in a child)."""
+        """Every file cut in half: opening for writing still works, and store_many makes the store whole (in a
+        child)."""
         self.fill(directory, range(10))
         result = run_child(f"""
             from pathlib import Path

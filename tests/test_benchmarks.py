@@ -351,8 +351,8 @@ def test_a_decoder_returning_zeros_fails_every_lossy_cell_and_codec_floor(tmp_pa
 
 
 def test_the_pillow_reference_is_what_the_stores_codecs_give_and_meets_its_floor():
-    """Pillow alone and storage_impls.core.codecs agree pixel for pixel on the suite's data; every lossy spec reaches its
-    PSNR floor there, image by image, and zeros do not."""
+    """Pillow alone and storage_impls.core.codecs agree pixel for pixel on the suite's data; every lossy spec reaches
+    its PSNR floor there, image by image, and zeros do not."""
     from storage_impls.core.codecs import get_codec, psnr_db
     from storage_impls.datasets import synthetic
 

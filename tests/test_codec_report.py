@@ -22,7 +22,8 @@ from reports.results import load_run
 SHAPE = (64, 64, 3)
 RAW = 64 * 64 * 3  # pixel bytes per image
 CUTOFFS = (100, 1000)
-# method variant -> (codec, psnr_db, allocated bytes per image, read_many seconds per image, read_random seconds per image)
+# method variant -> (codec, psnr_db, allocated bytes per image, read_many seconds per image, read_random seconds per
+# image)
 VARIANTS = {
     "disk": ("png", None, 9000, 40e-6, 80e-6),
     "disk:codec=jpeg-90": ("jpeg-90", 38.25, 2000, 50e-6, 100e-6),

@@ -204,7 +204,8 @@ def test_other_machine_is_refused_naming_the_fields(tmp_path, capsys):
 
 
 def test_cross_machine_compares_ratios_to_the_reference_method(tmp_path):
-    """HEAD's machine is 2x slower overall and its lmdb 1.3x slower still: only lmdb is flagged, hdf5 is not compared."""
+    """HEAD's machine is 2x slower overall and its lmdb 1.3x slower still: only lmdb is flagged, hdf5 is not
+    compared."""
     base = write_run(tmp_path / "base.json", grid(), seed=1)
     head = write_run(
         tmp_path / "head.json",
@@ -438,7 +439,8 @@ FLOOR_OF = {"disk": "files-read+png-decode", "lmdb": "file-read", "hdf5": "file-
 
 
 def floor_grid(machine: float = 1.0, **slower: float) -> tuple[dict, dict]:
-    """grid() plus the floor cells of its read_many cells, everything ``machine`` times slower; and the cells' floors."""
+    """grid() plus the floor cells of its read_many cells, everything ``machine`` times slower; and the cells'
+    floors."""
     seconds = grid(scale=machine, **slower)
     floors = {"file-read": 1e-4, "files-read": 5e-4, "png-decode": 1e-3}
     for cutoff in (10, 100):
@@ -450,7 +452,8 @@ def floor_grid(machine: float = 1.0, **slower: float) -> tuple[dict, dict]:
 
 
 def test_floor_normalisation_cancels_a_slower_machine(tmp_path, capsys):
-    """HEAD's whole machine is 1.3x slower, cells and floors alike: absolute times say slower, ratios to floors do not."""
+    """HEAD's whole machine is 1.3x slower, cells and floors alike: absolute times say slower, ratios to floors do
+    not."""
     seconds, extra = floor_grid()
     base = write_run(tmp_path / "base.json", seconds, seed=1, extra_info=extra)
     head = write_run(tmp_path / "head.json", floor_grid(machine=1.3)[0], seed=2, extra_info=extra)

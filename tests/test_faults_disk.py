@@ -170,7 +170,8 @@ def test_planted_pngs_of_another_size_or_mode_are_corrupt(tmp_path):
         outcomes = {{}}
         with open_store("disk", {str(directory)!r}, "r") as store:
             for image_id in (5, 6, 7, 8):
-                for name, read in (("single", lambda: store.read_single(image_id)), ("batch", lambda: store.read_batch([0, image_id])),
+                for name, read in (("single", lambda: store.read_single(image_id)),
+                                   ("batch", lambda: store.read_batch([0, image_id])),
                                    ("many", lambda: store.read_many(image_id + 1))):
                     try:
                         read()
@@ -199,7 +200,8 @@ DAMAGED_METADATA = {
     "meta-missing-keys": ("meta.json", b'{"format": "storage_impls.disk", "format_version": 2}'),
     "meta-absurd-count": (
         "meta.json",
-        b'{"format": "storage_impls.disk", "format_version": 2, "image_shape": [8, 8, 3], "count": 100000000000000000000}',
+        b'{"format": "storage_impls.disk", "format_version": 2, "image_shape": [8, 8, 3], "count": '
+        b'100000000000000000000}',
     ),
     "meta-huge": ("meta.json", b" " * 10**6),
     "labels-directory": ("labels.csv", None),
@@ -329,7 +331,8 @@ def test_full_disk_during_compactions_keeps_the_store(tmp_path):
         from pathlib import Path
         from storage_impls import NoSpaceError, open_store
         from tests.faults import check_consistent, labelled_batch, leftovers, pixels_for
-        storage_impls.core.journal.COMPACT_MIN_RECORDS, storage_impls.core.journal.COMPACT_FRACTION = 0, 10**9  # every store_single folds the journal first
+        # every store_single folds the journal first
+        storage_impls.core.journal.COMPACT_MIN_RECORDS, storage_impls.core.journal.COMPACT_FRACTION = 0, 10**9
         mount, report = Path({str(mount)!r}), []
         for leave in (0, 1024, 4096, 8192, 16384, 40960):
             for path in mount.iterdir():

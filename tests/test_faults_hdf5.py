@@ -422,7 +422,8 @@ def test_stale_journal_of_an_older_checkpoint_is_ignored(tmp_path):
 
 
 def test_readers_open_while_a_writer_compacts(tmp_path):
-    """Readers opening between the checkpoint's rename and the journal's removal never pair a checkpoint with the wrong journal."""
+    """Readers opening between the checkpoint's rename and the journal's removal never pair a checkpoint with the wrong
+    journal."""
     directory = tmp_path / "store"
     with open_store("hdf5", directory) as store:
         store.store_many(*labelled_batch(range(30)))

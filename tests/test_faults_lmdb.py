@@ -66,7 +66,8 @@ def flip(path: Path, offset: int, mask: int = 0xFF) -> None:
 
 
 def every_read_raises(store, image_id: int, match: str) -> None:
-    """read_single, read_batch and read_many of a range holding ``image_id`` raise CorruptStoreError matching ``match``."""
+    """read_single, read_batch and read_many of a range holding ``image_id`` raise CorruptStoreError matching
+    ``match``."""
     for read in (
         lambda: store.read_single(image_id),
         lambda: store.read_batch([image_id, 0, image_id]),
@@ -174,7 +175,8 @@ def test_flipped_value_header_bytes_name_the_image_id(tmp_path, image_id):
 
 
 def test_values_of_another_layout_name_the_image_id(tmp_path):
-    """A value with a valid header of another shape, one cut short, one with a byte too many: CorruptStoreError naming the id."""
+    """A value with a valid header of another shape, one cut short, one with a byte too many: CorruptStoreError naming
+    the id."""
     directory = tmp_path / "store"
     fill(directory, range(12))
     good = {image_id: raw_value(directory, image_id) for image_id in (5, 6, 7)}
@@ -352,7 +354,9 @@ def test_full_disk_leaves_data_mdb_as_it_was(tmp_path):
             outcome["after_store_many"] = check_consistent(store)
             appended = 40
             while appended < 20000:
-                attempt(outcome, "store_single", lambda: store.store_single(pixels_for(appended), appended, appended), data)
+                attempt(
+                    outcome, "store_single", lambda: store.store_single(pixels_for(appended), appended, appended), data
+                )
                 if outcome["store_single"] != "fit":
                     break
                 appended += 1
@@ -367,7 +371,12 @@ def test_full_disk_leaves_data_mdb_as_it_was(tmp_path):
                 filler.write(b"x" * max(0, free.f_bavail * free.f_frsize - leave))
             try:
                 with open_store("lmdb", mount / "fresh") as fresh:
-                    attempt(outcome, "fresh", lambda: fresh.store_many(*labelled_batch(range(5000))), mount / "fresh" / "data.mdb")
+                    attempt(
+                        outcome,
+                        "fresh",
+                        lambda: fresh.store_many(*labelled_batch(range(5000))),
+                        mount / "fresh" / "data.mdb",
+                    )
             except NoSpaceError as error:
                 outcome["fresh"] = [error.errno, str(error), None, None]
             outcome["leftovers"] = leftovers(mount)

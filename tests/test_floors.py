@@ -229,7 +229,8 @@ def test_codec_floors_run_with_the_exact_codec_of_each_cell(tmp_path):
     by_name = {bench["name"]: bench for bench in benches}
     read = by_name["test_read_many[lmdb:codec=jpeg-90-10]"]["extra_info"]
     assert read["floor"] == "jpeg-90-mapped-copy+jpeg-90-decode" and read["floor_n_images"] == 10
-    # the ratio is over the faster of the floor cells and their rounds interleaved with the cell's (benchmarks/interleave.py)
+    # the ratio is over the faster of the floor cells and their rounds interleaved with the cell's
+    # (benchmarks/interleave.py)
     separately = (
         by_name["test_floor_mapped_copy[jpeg-90-10]"]["stats"]["median"]
         + by_name["test_floor_decode[jpeg-90-10]"]["stats"]["median"]

@@ -83,7 +83,8 @@ class TestParquet(CodecTests, NumpyStoreTests):
         ]
 
     def test_the_file_describes_its_images(self, directory, store):
-        """dtype and shape are in the file's key-value metadata as in the store's: float32 chips read back from the file alone."""
+        """dtype and shape are in the file's key-value metadata as in the store's: float32 chips read back from the file
+        alone."""
         images, labels = random_layout(70, np.float32, (3, 16, 16))
         store.store_many(images, labels)
         table = pq.read_table(parquet_file(directory))
@@ -314,7 +315,8 @@ class TestParquet(CodecTests, NumpyStoreTests):
         self.assert_refused(directory, path, "not a readable Parquet file", images[0])
 
     def assert_refused(self, directory: Path, path: Path, message: str, image: np.ndarray) -> None:
-        """Opening for reading raises CorruptStoreError naming ``path``; a writer's reads and store_single too, writing nothing."""
+        """Opening for reading raises CorruptStoreError naming ``path``; a writer's reads and store_single too, writing
+        nothing."""
         before = listing(directory)
         with pytest.raises(CorruptStoreError, match=f"{path}.*{message}"):
             open_store(self.method, directory, "r")
@@ -337,7 +339,8 @@ class TestParquetPngFaults(FaultTests):
 
 
 def test_pyarrow_reads_encoded_images_as_bytes_any_decoder_reads(tmp_path):
-    """``parquet:codec=jpeg-90``: the ``image`` column holds each image's JPEG file; Pillow decodes what the store reads."""
+    """``parquet:codec=jpeg-90``: the ``image`` column holds each image's JPEG file; Pillow decodes what the store
+    reads."""
     images, labels = make_batch(40, (16, 16, 3))
     with open_store("parquet:codec=jpeg-90", tmp_path / "s") as store:
         store.store_many(images, labels)
@@ -362,7 +365,8 @@ def test_durable_writes_fsync(tmp_path, monkeypatch):
 
 
 def test_encoded_reads_hold_a_block_of_payloads_at_a_time(tmp_path, monkeypatch):
-    """read_many of an encoded store asks for payloads a block at a time (checkpointed.COPY_BLOCK_BYTES of raw images)."""
+    """read_many of an encoded store asks for payloads a block at a time (checkpointed.COPY_BLOCK_BYTES of raw
+    images)."""
     images, labels = make_batch(50, (8, 8, 3))
     with open_store("parquet:codec=png", tmp_path / "s") as store:
         store.store_many(images, labels)

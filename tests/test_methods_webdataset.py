@@ -109,9 +109,9 @@ class TestWebDataset(CodecTests, StoreTests):
         assert Path(shards(directory)[0]).read_bytes() == reference.read_bytes()
 
     def test_one_member_per_image_is_the_smallest_layout(self, tmp_path, directory, filled):
-        """The measured choice: at 32x32x3 a member of pixels and label takes 4096 bytes, raw pixels (.u8) +
-        .cls 4608, the conventional .npy + .cls pair 5120, and 7168 as TarWriter writes it by default (its
-        time.time() mtime has a fraction, which tarfile's default PAX format keeps in an extended header of 1024 bytes per member)."""
+        """The measured choice: at 32x32x3 a member of pixels and label takes 4096 bytes, raw pixels (.u8) + .cls 4608,
+        the conventional .npy + .cls pair 5120, and 7168 as TarWriter writes it by default (its time.time() mtime has a
+        fraction, which tarfile's default PAX format keeps in an extended header of 1024 bytes per member)."""
         _, images, labels = filled
         assert os.path.getsize(shards(directory)[0]) == shard_bytes(10, 4096)
         sizes = {}
@@ -333,7 +333,8 @@ class TestWebDatasetFaults(FaultTests):
 
 
 class TestWebDatasetPngFaults(FaultTests):
-    """Encoded samples: ``.cls`` + ``.png`` members of varying size, an index of offsets and lengths, journal records of PNG bytes."""
+    """Encoded samples: ``.cls`` + ``.png`` members of varying size, an index of offsets and lengths, journal records of
+    PNG bytes."""
 
     method = f"{METHOD}:codec=png"
     snapshot_can_expire = True
@@ -359,7 +360,8 @@ def test_encoded_shards_are_what_webdatasets_tarwriter_writes(tmp_path):
 
 
 def test_webdataset_pipeline_decodes_a_jpeg_store_as_the_store_reads_it(tmp_path):
-    """``wds.WebDataset(shards).decode("rgb8").to_tuple("jpg", "cls")``: the pixels and labels the store reads, in id order."""
+    """``wds.WebDataset(shards).decode("rgb8").to_tuple("jpg", "cls")``: the pixels and labels the store reads, in id
+    order."""
     images, labels = make_batch(300)
     with open_store(f"{JPEG},shard_size=64KiB", tmp_path / "s") as store:
         store.store_many(images, labels)

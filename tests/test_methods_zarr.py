@@ -154,7 +154,8 @@ class TestZarr(CodecTests, StoreTests):
             for read in (lambda: store.read_batch([1, 0]), lambda: store.read_many(6), lambda: store.read_single(0)):
                 with pytest.raises(
                     CorruptStoreError,
-                    match=r"images/c/0: .* not one vlen-bytes element|images/c/0 is damaged|image 0 is not a readable png",
+                    match=r"images/c/0: .* not one vlen-bytes element|images/c/0 is damaged|image 0 is not a readable "
+                    r"png",
                 ):
                     read()
 
@@ -207,7 +208,8 @@ class TestZarr(CodecTests, StoreTests):
             ),
             (
                 lambda folder, n: _replace_images(folder, shape=(n + 1, 32, 32, 3), dtype="uint8"),
-                r"images/zarr.json: images is not the array this store wrote .*shape \(11, 32, 32, 3\), expected \(10, 32, 32, 3\)",
+                r"images/zarr.json: images is not the array this store wrote .*shape \(11, 32, 32, 3\), expected \(10, "
+                r"32, 32, 3\)",
             ),
             (
                 lambda folder, n: _replace_images(folder, shape=(n, 32, 32, 3), dtype="uint8", shards=None),

@@ -91,7 +91,8 @@ def mpiexec(cwd: Path, args: list[str], ranks: int = 2) -> subprocess.CompletedP
 
 
 def mpmd(cwd: Path, *commands: list[str]) -> subprocess.CompletedProcess:
-    """One rank per command (``mpiexec -n 1 A : -n 1 B``), each command as mpiexec takes it (``-wdir DIR python ...``)."""
+    """One rank per command (``mpiexec -n 1 A : -n 1 B``), each command as mpiexec takes it
+    (``-wdir DIR python ...``)."""
     launch = _launcher()
     for index, command in enumerate(commands):
         launch += [*([":"] if index else []), "-n", "1", *command]

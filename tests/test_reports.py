@@ -376,7 +376,8 @@ def test_latest_run_from_benchmarks_dir(tmp_path, capsys, monkeypatch):
             "no cells of this suite",
         ),
         (
-            '{"benchmarks": [{"name": "t", "extra_info": {"suite": "image-storage", "operation": "read_many"}, "stats": {}}],'
+            '{"benchmarks": [{"name": "t", "extra_info": {"suite": "image-storage", "operation": "read_many"}, '
+            '"stats": {}}],'
             ' "machine_info": {}, "commit_info": {}, "datetime": "2026-11-21T10:00:00"}',
             "benchmark 't': missing extra_info.method",
         ),

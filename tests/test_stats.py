@@ -42,7 +42,8 @@ def simulate(
     seed: int = 0,
     correction: str = "bh",
 ) -> np.ndarray:
-    """Verdicts, shape (trials, cells): each trial compares one BASE run with one HEAD run whose cell i is factors[i] slower."""
+    """Verdicts, shape (trials, cells): each trial compares one BASE run with one HEAD run whose cell i is factors[i]
+    slower."""
     rng = np.random.default_rng(seed)
     verdicts = []
     for _ in range(trials):

@@ -705,7 +705,8 @@ class TestHdf5(CodecTests, StoreTests):
     # -- encoded images (hdf5:codec=...) ----------------------------------------------------------------
     @pytest.mark.parametrize("spec", ["jpeg-90", "png"])
     def test_h5py_reads_each_encoded_image_as_its_file(self, directory, spec):
-        """``encoded[offsets[i]:offsets[i+1]]`` is image i's file: Pillow decodes what h5py returns to what the store reads."""
+        """``encoded[offsets[i]:offsets[i+1]]`` is image i's file: Pillow decodes what h5py returns to what the store
+        reads."""
         import io
 
         import h5py
@@ -857,7 +858,8 @@ class TestHdf5Lzf(StoreTests):
 
     def test_layout_is_recorded_reused_by_a_plain_open_and_switched_by_store_many(self, directory, monkeypatch):
         """A plain ``hdf5`` handle writes the recorded layout; a store_many with another handle's options writes theirs
-        (one option named: the other at its default); store_single and folds keep the store's, whatever the handle says."""
+        (one option named: the other at its default); store_single and folds keep the store's, whatever the handle
+        says."""
         import h5py
 
         import storage_impls.core.journal
@@ -898,7 +900,8 @@ class TestHdf5Lzf(StoreTests):
             (
                 "chunks",
                 np.int64(8),
-                r"images are in chunks \(10, 32, 32, 3\) filtered by lzf, but its attributes record compression=lzf,chunks=8",
+                r"images are in chunks \(10, 32, 32, 3\) filtered by lzf, but its attributes record "
+                r"compression=lzf,chunks=8",
             ),
             ("compression", np.bytes_("gzip"), "filtered by lzf, but its attributes record compression=gzip,chunks=16"),
             ("compression", np.bytes_("zstd"), "'zstd' and chunks 16 are not a layout"),
@@ -976,7 +979,8 @@ class TestHdf5Lzf(StoreTests):
             ("chunks=auto", "chunks='auto' is not allowed; use an integer 1..4294967295"),
             (
                 "shuffle=1",
-                "unknown option 'shuffle'; hdf5 takes compression (none, gzip, lzf); chunks (an integer 1..4294967295); codec",
+                "unknown option 'shuffle'; hdf5 takes compression (none, gzip, lzf); chunks (an integer "
+                "1..4294967295); codec",
             ),
         ],
     )

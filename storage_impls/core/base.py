@@ -1,12 +1,11 @@
 """The interface every storage method implements, and the checks they all share.
 
-A store is bound to one directory and holds a dense sequence of images with ids 0..N-1, all of
-one dtype and shape (fixed by the first write), each with an int64 label. An image is any 2- or
-3-D array of a numeric dtype (``SUPPORTED_DTYPES``): (H, W), (H, W, C) with any band count, or
-channel-first (C, H, W), stored as given; a method may hold less (PNG: ``layout_limit``). Public methods validate their input
-here, once, and then call the backend's primitives (the ``_``-prefixed abstract methods),
-which may assume valid input. Every write runs under the store's writer lock (locking.py),
-after the backend has brought its view of the store up to date (``_refresh``).
+A store is bound to one directory and holds a dense sequence of images with ids 0..N-1, all of one dtype and shape
+(fixed by the first write), each with an int64 label. An image is any 2- or 3-D array of a numeric dtype
+(``SUPPORTED_DTYPES``): (H, W), (H, W, C) with any band count, or channel-first (C, H, W), stored as given; a method may
+hold less (PNG: ``layout_limit``). Public methods validate their input here, once, and then call the backend's
+primitives (the ``_``-prefixed abstract methods), which may assume valid input. Every write runs under the store's
+writer lock (locking.py), after the backend has brought its view of the store up to date (``_refresh``).
 """
 
 from __future__ import annotations
@@ -136,7 +135,8 @@ def check_id(image_id: object) -> int:
 
 
 def check_ids(ids: object, count: int, directory: Path) -> np.ndarray:
-    """Return ``ids`` as a 1-D int64 array of stored ids (any order, repeats allowed), or raise naming the first bad one."""
+    """Return ``ids`` as a 1-D int64 array of stored ids (any order, repeats allowed), or raise naming the first bad
+    one."""
     array = np.asarray(ids)
     if array.dtype.kind not in "iu":
         raise TypeError(f"ids must be integers, got dtype {array.dtype}")
@@ -392,7 +392,8 @@ class ImageStore(abc.ABC):
         return self._get(image_id)
 
     def read_many(self, num_images: int, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Return (images, labels) for ids 0..num_images-1, as one (N, ...) array of the store's dtype and an int64 array.
+        """Return (images, labels) for ids 0..num_images-1, as one (N, ...) array of the store's dtype and an
+        int64 array.
 
         Pass ``out`` (a preallocated, writable, C-contiguous array of the right dtype and shape) to
         read without allocating; large fresh arrays are slow to touch the first time.

@@ -221,7 +221,8 @@ class Journal:
             )
 
     def ids_between(self, start: int, stop: int) -> Iterable[int]:
-        """The ids start..stop-1 that have a record, in order (walking whichever is shorter: the range or the records)."""
+        """The ids start..stop-1 that have a record, in order (walking whichever is shorter: the range or the
+        records)."""
         if stop - start <= len(self.entries):
             return filter(self.entries.__contains__, range(start, stop))
         return sorted(image_id for image_id in self.entries if start <= image_id < stop)

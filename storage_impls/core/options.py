@@ -102,7 +102,8 @@ def byte_size() -> Option:
 
 
 def check_options(method: str, declared: dict[str, Option], given: dict[str, object]) -> dict[str, object]:
-    """``given`` options parsed by what ``declared`` allows (None values dropped); ValueError listing what is allowed."""
+    """``given`` options parsed by what ``declared`` allows (None values dropped); ValueError listing what is
+    allowed."""
     parsed = {}
     for name, value in given.items():
         if value is None:

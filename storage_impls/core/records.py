@@ -79,7 +79,8 @@ class ValueLayout:
         object.__setattr__(self, "prefix", prefix)
 
     def fill_block(self, values: np.ndarray, first_id: int, labels: np.ndarray, pixels: np.ndarray) -> None:
-        """Write the values (n, size) of ids ``first_id``.. into ``values`` (uint8), from ``labels`` (n,) and ``pixels`` (n, ...)."""
+        """Write the values (n, size) of ids ``first_id``.. into ``values`` (uint8), from ``labels`` (n,) and ``pixels``
+        (n, ...)."""
         values[:, :PREFIX_SIZE] = np.frombuffer(self.prefix, np.uint8)
         values[:, PREFIX_SIZE : HEADER.size] = labels.astype("<i8").view(np.uint8).reshape(-1, 8)
         values[:, HEADER.size : HEADER.size + self.pixel_bytes] = pixels.reshape(len(values), -1).view(np.uint8)
@@ -163,7 +164,10 @@ class ValueLayout:
 
 def describe(layout: ValueLayout) -> str:
     encoded = " encoded by the store's codec" if layout.encoded else ""
-    return f"images of dtype {layout.dtype} and shape {layout.shape}{encoded}{' with checksums' if layout.checksummed else ''}"
+    return (
+        f"images of dtype {layout.dtype} and shape "
+        f"{layout.shape}{encoded}{' with checksums' if layout.checksummed else ''}"
+    )
 
 
 def parse_layout(value: bytes | memoryview) -> ValueLayout:
@@ -212,7 +216,8 @@ def verify_checksums(ids: np.ndarray, images: np.ndarray, labels: np.ndarray, su
 
 # -- metadata files ------------------------------------------------------------------------------
 def write_meta(path: Path, meta: dict, *, durable: bool) -> None:
-    """Replace ``path`` with ``meta`` (JSON and its CRC-32) atomically; a full disk raises NoSpaceError, path untouched."""
+    """Replace ``path`` with ``meta`` (JSON and its CRC-32) atomically; a full disk raises NoSpaceError, path
+    untouched."""
     body = json.dumps(meta, sort_keys=True, separators=(",", ":"))
     write_file_atomic(path, f"{body}\n{zlib.crc32(body.encode()):08x}\n".encode(), durable=durable)
 
@@ -230,7 +235,8 @@ def check_image_fields(meta: dict, format_version: int) -> None:
 
 
 def remove_stale(directory: Path, folders: re.Pattern[str], live: str | None) -> None:
-    """Remove temporaries and the folders matching ``folders`` other than ``live`` (left by killed or replaced writes)."""
+    """Remove temporaries and the folders matching ``folders`` other than ``live`` (left by killed or replaced
+    writes)."""
     for entry in os.scandir(directory):
         if is_temporary(entry.name) or (folders.fullmatch(entry.name) and entry.name != live):
             if entry.is_dir(follow_symlinks=False):

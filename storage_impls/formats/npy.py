@@ -27,7 +27,8 @@ def header(dtype: np.dtype | str, shape: tuple[int, ...]) -> bytes:
 
 
 def parse_header(file: BinaryIO, name: object) -> tuple[tuple[int, ...], np.dtype, int]:
-    """(shape, dtype, data offset) of the .npy file open in ``file`` (at its start); CorruptStoreError if it is not one."""
+    """(shape, dtype, data offset) of the .npy file open in ``file`` (at its start); CorruptStoreError if it is not
+    one."""
     try:
         version = np.lib.format.read_magic(file)
         read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
@@ -69,7 +70,8 @@ def read_array(file: BinaryIO, name: object, dtype: np.dtype | str, shape: tuple
 
 
 def load(path: Path, dtype: np.dtype | str, shape: tuple[int, ...]) -> np.ndarray:
-    """The array in the .npy file ``path``; FileNotFoundError if it is missing, CorruptStoreError unless it is exactly as expected."""
+    """The array in the .npy file ``path``; FileNotFoundError if it is missing, CorruptStoreError unless it is exactly
+    as expected."""
     with os.fdopen(open_regular(path), "rb") as file:
         return read_array(file, path, dtype, shape, os.fstat(file.fileno()).st_size)
 

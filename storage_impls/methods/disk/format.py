@@ -90,8 +90,8 @@ def format_labels(labels: np.ndarray, crcs: np.ndarray) -> bytes:
 
 
 class Generation:
-    """One generation folder, loaded: ``dtype``, ``shape``, ``codec``, ``count``, ``labels`` (int64) and ``crcs`` per image.
-    Its PNGs are opened when read. FileNotFoundError if a file is missing; CorruptStoreError if damaged."""
+    """One generation folder, loaded: ``dtype``, ``shape``, ``codec``, ``count``, ``labels`` (int64) and ``crcs`` per
+    image. Its PNGs are opened when read. FileNotFoundError if a file is missing; CorruptStoreError if damaged."""
 
     def __init__(
         self,
@@ -99,7 +99,8 @@ class Generation:
         name: str,
         loaded: tuple[np.dtype, tuple[int, ...], Codec, np.ndarray, np.ndarray] | None = None,
     ) -> None:
-        """Read ``directory/name``; ``loaded`` = (dtype, shape, codec, labels, crcs) of a generation this handle just wrote."""
+        """Read ``directory/name``; ``loaded`` = (dtype, shape, codec, labels, crcs) of a generation this handle just
+        wrote."""
         self.name, self.path = name, directory / name
         self._prefix = f"{self.path}/"
         self.dtype, self.shape, self.codec, self.labels, self.crcs = loaded or self._read()

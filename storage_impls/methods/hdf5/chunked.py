@@ -85,8 +85,8 @@ class Layout(NamedTuple):
         }
 
     def check(self, dataset: h5py.Dataset, name: Path) -> None:
-        """CorruptStoreError unless ``dataset`` is chunked and filtered as this layout makes it (chunks not recorded: any
-        number of whole images per chunk, so that a later default need not match)."""
+        """CorruptStoreError unless ``dataset`` is chunked and filtered as this layout makes it (chunks not recorded:
+        any number of whole images per chunk, so that a later default need not match)."""
         count, shape = dataset.shape[0], dataset.shape[1:]
         expected = self.dataset(count, shape, dataset.dtype)
         plist = dataset.id.get_create_plist()

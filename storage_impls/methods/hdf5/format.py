@@ -1,12 +1,11 @@
 """The HDF5 store's checkpoint file, ``images.h5``: how it is written, validated and read.
 
-Datasets (all contiguous, unfiltered, so each is one run of raw bytes at a fixed file offset):
-``images`` (N, *image shape) of the store's dtype (native byte order), ``labels`` little-endian int64 (N,), and, when the store keeps
-checksums, ``checksums`` little-endian uint64 (N,): xxh3_64 of each image's pixels seeded with
-its label (as uint64), so a flipped bit in either is caught. Attributes (fixed-length strings:
-HDF5 keeps variable-length ones in a global heap that has no checksum): ``format``,
-``format_version``, ``token`` (names this checkpoint; the journal names the token it extends),
-``checksum``. Written with HDF5 1.10's file format (superblock 3, object headers 2), whose
+Datasets (all contiguous, unfiltered, so each is one run of raw bytes at a fixed file offset): ``images`` (N, *image
+shape) of the store's dtype (native byte order), ``labels`` little-endian int64 (N,), and, when the store keeps
+checksums, ``checksums`` little-endian uint64 (N,): xxh3_64 of each image's pixels seeded with its label (as uint64), so
+a flipped bit in either is caught. Attributes (fixed-length strings: HDF5 keeps variable-length ones in a global heap
+that has no checksum): ``format``, ``format_version``, ``token`` (names this checkpoint; the journal names the token it
+extends), ``checksum``. Written with HDF5 1.10's file format (superblock 3, object headers 2), whose
 metadata carries checksums, so damaged metadata fails to open instead of reading as other data.
 
 Encoded images (a store with a codec, codecs.py): ``encoded`` (uint8, every image's encoded file back to back,
@@ -70,7 +69,8 @@ Block = tuple[
 
 
 def image_checksums(images: Iterable, labels: np.ndarray) -> np.ndarray:
-    """xxh3_64 of each image (rows of (N, ...), or each image's encoded bytes) seeded with its label: one uint64 per image."""
+    """xxh3_64 of each image (rows of (N, ...), or each image's encoded bytes) seeded with its label: one uint64 per
+    image."""
     return np.fromiter(map(xxhash.xxh3_64_intdigest, images, labels.view(np.uint64).tolist()), np.uint64, len(labels))
 
 
@@ -414,7 +414,8 @@ class Checkpoint:
         return image, label
 
     def take(self, ids: np.ndarray, out: np.ndarray, labels: np.ndarray) -> None:
-        """Fill ``out[i]``/``labels[i]`` with image ``ids[i]`` (valid ids, any order), gathered from the map (or chunks)."""
+        """Fill ``out[i]``/``labels[i]`` with image ``ids[i]`` (valid ids, any order), gathered from the map (or
+        chunks)."""
         if self._prefetch and self.codec is not RAW:  # willneed: decoded window by window, each prefetched ahead
             for part in windows(self._fd, self._offset + self.offsets[ids], self._offset + self.offsets[ids + 1]):
                 payloads, labels[part] = self.payloads(ids[part])

@@ -120,8 +120,8 @@ class Hdf5Store(EncodedStore):
         **options: object,
     ) -> None:
         self._advice = check_options(self.method, ADVICE_OPTIONS, {"advice": advice}).get("advice", DEFAULT_ADVICE)
-        # neither given: the store's recorded layout (a new store: contiguous); either: the layout this handle's store_many
-        # writes (the other option at its default)
+        # neither given: the store's recorded layout (a new store: contiguous); either: the layout this handle's
+        # store_many writes (the other option at its default)
         self._layout_options = check_options(
             self.method, LAYOUT_OPTIONS, {"compression": compression, "chunks": chunks}
         )
@@ -418,7 +418,8 @@ class Hdf5Store(EncodedStore):
         self._read_range_into(0, out, labels)
 
     def _read_range_into(self, start: int, out: np.ndarray, labels: np.ndarray) -> None:
-        """Fill ``out``/``labels`` with images start..start+len(out)-1: checkpoint rows, then journal records over them."""
+        """Fill ``out``/``labels`` with images start..start+len(out)-1: checkpoint rows, then journal records over
+        them."""
         stop = start + len(out)
         in_checkpoint = min(stop, self._checkpoint.count if self._checkpoint else 0) - start
         if in_checkpoint > 0:

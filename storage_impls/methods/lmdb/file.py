@@ -152,7 +152,8 @@ def _truncated(path: Path, size: int, expected: int, what: str) -> CorruptStoreE
 
 
 def _meta(path: Path, page: bytes, engine: Engine, number: int) -> tuple:
-    """The MDB_meta fields of meta page ``number`` (its first bytes in ``page``), checked as mdb_env_read_header does."""
+    """The MDB_meta fields of meta page ``number`` (its first bytes in ``page``), checked as mdb_env_read_header
+    does."""
     flags = U16.unpack_from(page, engine.header - 6)[0]
     fields = META.unpack_from(page, engine.header)
     if not flags & P_META or fields[0] != LMDB_MAGIC or fields[1] != engine.version:

@@ -106,7 +106,8 @@ class ValueLayout:
         self.fill_block(value[np.newaxis], image_id, np.array([label]), pixels[np.newaxis])
 
     def fill_block(self, values: np.ndarray, first_id: int, labels: np.ndarray, pixels: np.ndarray) -> None:
-        """Write the values (n, size) of ids ``first_id``.. with ``labels`` (n,) and ``pixels`` (n images, C-contiguous)."""
+        """Write the values (n, size) of ids ``first_id``.. with ``labels`` (n,) and ``pixels`` (n images,
+        C-contiguous)."""
         values[:, : self.prefix_size] = np.frombuffer(self.prefix, np.uint8)
         values[:, self.label_offset : self.header_size] = labels.astype("<i8").view(np.uint8).reshape(-1, WORD)
         values[:, self.header_size :] = pixels.reshape(len(values), -1).view(np.uint8)
@@ -175,7 +176,10 @@ class ValueLayout:
 
 def describe(layout: ValueLayout) -> str:
     encoded = f" encoded as {layout.codec}" if layout.codec != RAW else ""
-    return f"images of dtype {layout.dtype} and shape {layout.shape}{encoded}{' with checksums' if layout.checksummed else ''}"
+    return (
+        f"images of dtype {layout.dtype} and shape "
+        f"{layout.shape}{encoded}{' with checksums' if layout.checksummed else ''}"
+    )
 
 
 def parse_layout(value: memoryview | bytes, *, whole: bool = True) -> ValueLayout:

@@ -125,7 +125,8 @@ class MemberLayout:
         return self.head + self.pixels
 
     def heads(self, ids: np.ndarray) -> np.ndarray:
-        """The first ``head`` bytes of the members of ``ids``, (n, head) uint8: only the name and the checksum differ."""
+        """The first ``head`` bytes of the members of ``ids``, (n, head) uint8: only the name and the checksum
+        differ."""
         heads = np.empty((len(ids), self.head), np.uint8)
         heads[:] = self.template
         digits = ids[:, None] // _POWERS % 10  # id 0 has "0" (48) in each; an id adds its digits to the sum

@@ -156,7 +156,8 @@ class TarCheckpoint(Checkpoint):
         return index.astype(np.int64), [shard_bytes(images, self.layout.size) for images in members]
 
     def _encoded_index(self, mtime: int) -> tuple[np.ndarray, list[int]]:
-        """Encoded samples: the index (shard, offset, encoded length), which must describe whole shards, and their sizes."""
+        """Encoded samples: the index (shard, offset, encoded length), which must describe whole shards, and their
+        sizes."""
         self.samples = SampleLayout(self.codec.extension, mtime)
         index = load(self.folder / INDEX, INDEX_DTYPE, (self.count, 3)).astype(np.int64)
         try:
@@ -420,7 +421,8 @@ class WebDatasetStore(EncodedCheckpointedStore):
         return os.open(folder / SHARD.format(index=shard), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
 
     def _end_shard(self, fd: int, members: int) -> None:
-        """Write the end of the archive after ``members`` bytes of members (padding to a whole record); fsync if durable."""
+        """Write the end of the archive after ``members`` bytes of members (padding to a whole record); fsync if
+        durable."""
         write_all(fd, memoryview(bytes(archive_bytes(members) - members)))
         if self.durable:
             os.fsync(fd)
