@@ -4,6 +4,8 @@ and their recorded settings, logs cut short (the marks), wrong-method opens, and
 from __future__ import annotations
 
 import json
+import multiprocessing
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +15,7 @@ from storage_impls.registry import _REGISTRY
 
 rocksdict = pytest.importorskip("rocksdict", reason=f"rocksdb needs rocksdict: {_REGISTRY['rocksdb'].install_hint}")
 
-from storage_impls import CorruptStoreError, get_store_class, open_store  # noqa: E402
+from storage_impls import CorruptStoreError, MissingStoreError, get_store_class, open_store  # noqa: E402
 from storage_impls.core.records import HEADER, KEY, parse_layout  # noqa: E402
 from tests.faults import FaultTests, labelled_batch, pixels_for  # noqa: E402
 from tests.test_storage import CodecTests, StoreTests, make_batch, random_layout  # noqa: E402
@@ -221,3 +223,70 @@ def test_durable_store_single_syncs_the_log(tmp_path, monkeypatch):
             store.store_many(*labelled_batch(range(3)))
             store.store_single(pixels_for(3), 3, 3)
     assert [options.sync for options in created] == [False, True]
+
+
+RACE_IDS, RACE_SECONDS, RACE_READERS = 48, 8.0, 2
+
+
+def race_labels(generation: int) -> np.ndarray:
+    """The labels of the state after ``generation``: write g > RACE_IDS put label g at id g % RACE_IDS (the
+    first RACE_IDS generations are the first store_many's labels 0..RACE_IDS-1)."""
+    ids = np.arange(RACE_IDS)
+    last = generation - (generation - ids) % RACE_IDS
+    return np.where(last >= RACE_IDS, last, ids)
+
+
+def race_writer(directory: str, until: float) -> int:
+    """Single-write sessions (a store_many now and then) until ``until``; the last generation written."""
+    generation = RACE_IDS - 1
+    with open_store("rocksdb", directory) as store:
+        while time.time() < until:
+            generation += 1
+            if generation % 97 == 0:  # a database switch
+                store.store_many(*labelled_batch(race_labels(generation), (4, 4)))
+            else:
+                store.store_single(pixels_for(generation, (4, 4)), generation % RACE_IDS, generation)
+    return generation
+
+
+def race_reader(directory: str, until: float) -> tuple[int, list[str]]:
+    """Fresh read-only handles until ``until``: each must read one committed state, none older than the last; the
+    handles opened (told to open again included) and what was wrong."""
+    handles, seen, wrong = 0, 0, []
+    while time.time() < until and len(wrong) < 3:
+        handles += 1
+        try:
+            with open_store("rocksdb", directory, "r") as store:
+                images, labels = store.read_batch(np.arange(RACE_IDS))
+        except MissingStoreError:  # "open it again": a commit removed files of this handle's snapshot
+            continue
+        newest = int(labels.max())
+        if newest < seen or not np.array_equal(labels, race_labels(newest)):
+            wrong.append(f"handle {handles}: labels {labels.tolist()}, state {newest}, previous handle's {seen}")
+        elif not np.array_equal(images, labelled_batch(labels, (4, 4))[0]):
+            wrong.append(f"handle {handles}: an image beside another label")
+        seen = max(seen, newest)
+    return handles, wrong
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="the soak test (--soak-methods rocksdb) reported a reader's handle reading an older state than its "
+    "previous handle, and a value missing below the count; not reproduced here (this test, 60 s and 200 s soaks), "
+    "cause not found",
+)
+def test_readers_opening_during_single_writes_read_one_newer_state(tmp_path):
+    """A writer's single-write sessions (and database switches) and readers opening handle after handle, in
+    processes: every handle reads one committed state, never older than the one the reader's previous handle
+    read (the soak test's check, on the race between a read-only open and a write session's commit)."""
+    directory = str(tmp_path / "s")
+    with open_store("rocksdb", directory) as store:
+        store.store_many(*labelled_batch(range(RACE_IDS), (4, 4)))
+    until = time.time() + RACE_SECONDS
+    with multiprocessing.get_context("spawn").Pool(RACE_READERS + 1) as pool:
+        writer = pool.apply_async(race_writer, (directory, until))
+        results = pool.starmap(race_reader, [(directory, until)] * RACE_READERS)
+        written = writer.get(timeout=60)
+    wrong = [message for _, messages in results for message in messages]
+    assert not wrong, wrong
+    assert written > RACE_IDS and sum(handles for handles, _ in results) > 10, (written, results)
