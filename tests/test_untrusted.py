@@ -214,6 +214,24 @@ def test_absurd_declared_sizes_are_refused_unallocated(method, fields, checkpoin
     crafted(method, store, labels)
 
 
+JOURNALED = [method for method in ("disk", "hdf5", "npy-memmap") if method in METHODS]  # journal.py, one format
+
+
+@pytest.mark.parametrize("method", JOURNALED)
+def test_a_journal_declaring_huge_images_is_refused_unallocated(method, pristine, tmp_path):
+    """A journal whose header (its CRC made valid, its length and so its records' places unchanged) declares
+    images of 60000 x 60000 x 3: refused before a record of that shape is read."""
+    store, labels = copy_of(pristine, method, tmp_path)
+    (journal,) = [path for path in store.iterdir() if path.name.endswith("journal")]
+    data = journal.read_bytes()
+    line, _, rest = data.partition(b"\n")
+    header = {**json.loads(line), "image_shape": [60000, 60000, 3]}
+    crafted_line = json.dumps(header, separators=(",", ":")).encode().ljust(len(line))  # JSON allows the padding
+    assert len(crafted_line) == len(line)
+    journal.write_bytes(crafted_line + b"\n" + zlib.crc32(crafted_line + b"\n").to_bytes(4, "little") + rest[4:])
+    crafted(method, store, labels, refused=True)
+
+
 def png_chunk(kind: bytes, data: bytes) -> bytes:
     return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
 
