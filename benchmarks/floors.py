@@ -64,6 +64,12 @@ OPERATIONS: dict[str, Operation] = {
     "read_many": Operation("read", None),
     "read_random": Operation("random", None),
 }
+#: operations of the suite that no floor bounds, and what they are measured against instead
+UNFLOORED = {
+    "read_batches": "the reference of the loader cells: read_batch alone, in the same run",
+    "loader": "a DataLoader epoch, measured against read_batches of the same batches in the same run",
+    "loader_peer": "another project's loader, measured beside ours in the same run",
+}
 
 
 class NoFloorError(LookupError):
