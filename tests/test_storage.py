@@ -699,7 +699,7 @@ class TestHdf5(CodecTests, StoreTests):
         directory.mkdir()
         with h5py.File(directory / "images.h5", "w") as file:
             file["something"] = np.zeros(3)
-        with pytest.raises(CorruptStoreError, match="not written by storage_impls.methods.hdf5.store version"):
+        with pytest.raises(CorruptStoreError, match="not written by storage_impls.hdf5 version"):
             open_store("hdf5", directory, "r")
 
     # -- encoded images (hdf5:codec=...) ----------------------------------------------------------------
