@@ -183,6 +183,10 @@ class CheckpointedStore(ImageStore):
                 if self._token() != meta["token"]:
                     continue  # a writer committed and removed the folder meanwhile
                 raise MissingStoreError(f"{self.method} store {self.directory}: {error.filename} is missing") from None
+            except CorruptStoreError:
+                if self._token() != meta["token"]:
+                    continue  # the folder was being removed by a commit (files gone, listings short): open the new one
+                raise
             try:
                 journal = Journal(self._journal_path, meta["token"])
             except BaseException:
