@@ -63,16 +63,23 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Parametrise the training-read cells of the suite: the largest cutoff (``n_images``), then batch size, workers
     and cache, giving ids like ``test_read_random[lmdb-100000-b256-w1-warm]`` and
-    ``test_loader[lmdb-10000-b256-w0]``."""
+    ``test_loader[lmdb-10000-b256-w0]``; the remote cells' image count, batch size, workers, order and network:
+    ``test_read_remote[lmdb-1000-b256-w2-shuffle-none]``."""
     if BENCHMARKS_DIR not in metafunc.definition.path.parents:
         return
     option = metafunc.config.getoption
+    remote_images = sorted({min(count, max(option("cutoffs"))) for count in option("remote_cutoffs")})
+    orders = ("shuffle", *(f"stream-buf{size}" for size in option("shuffle_buffer")))
     axes = (
         ("n_images", (max(option("cutoffs")),), str),
+        ("remote_images", remote_images, str),
         ("batch_size", option("batch_sizes"), lambda size: f"b{size}"),
         ("workers", option("workers"), lambda count: f"w{count}"),
         ("loader_workers", option("loader_workers"), lambda count: f"w{count}"),
+        ("remote_workers", option("remote_workers"), lambda count: f"w{count}"),
         ("cache", option("cache"), str),
+        ("order", orders, str),
+        ("network", (option("network", "none"),), str),
     )
     for name, values, ids in axes:
         if name in metafunc.fixturenames:

@@ -69,6 +69,8 @@ UNFLOORED = {
     "read_batches": "the reference of the loader cells: read_batch alone, in the same run",
     "loader": "a DataLoader epoch, measured against read_batches of the same batches in the same run",
     "loader_peer": "another project's loader, measured beside ours in the same run",
+    "read_remote": "an epoch from object storage, measured against its own requests fetched again as plain "
+    "concurrent GETs (extra_info floor_s)",
 }
 
 

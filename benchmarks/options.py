@@ -62,6 +62,11 @@ def parse_workers(text: str) -> tuple[int, ...]:
     return _positive_ints(text, "worker processes", "--workers 1,2")
 
 
+def parse_shuffle_buffers(text: str) -> tuple[int, ...]:
+    """``"512"`` -> (512,): images each worker's shuffle buffer holds in the remote cells' stream epochs."""
+    return _positive_ints(text, "images", "--shuffle-buffer 512")
+
+
 def parse_loader_workers(text: str) -> tuple[int, ...]:
     """``"0,2"`` -> (0, 2): a DataLoader's num_workers in the loader cells (0: batches read in the training process)."""
     return _positive_ints(text, "worker processes", "--loader-workers 0,2", least=0)
@@ -231,6 +236,27 @@ OPTIONS = [
         "0,2",
         parse_loader_workers,
         "num_workers of the DataLoader in the loader cells (--loaders), comma-separated, 0 allowed",
+    ),
+    (
+        "--remote-cutoffs",
+        "IMAGE_BENCH_REMOTE_CUTOFFS",
+        "1000",
+        parse_cutoffs,
+        "images of the remote cells' stores (--object-store), comma-separated; at most the largest --cutoffs",
+    ),
+    (
+        "--remote-workers",
+        "IMAGE_BENCH_REMOTE_WORKERS",
+        "1,2",
+        parse_workers,
+        "reader processes of the remote cells (--object-store), comma-separated",
+    ),
+    (
+        "--shuffle-buffer",
+        "IMAGE_BENCH_SHUFFLE_BUFFER",
+        "512",
+        parse_shuffle_buffers,
+        "images each reader's shuffle buffer holds in the remote cells' stream epochs, comma-separated: a cell each",
     ),
     (
         "--cache",

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from storage_impls import ImageStore, get_store_class
+from storage_impls import ImageStore, open_store
 
 CONTEXT = multiprocessing.get_context("spawn")
 DEFAULT_TIMEOUT = 120.0  # seconds a wait may go without news before the pool gives up
@@ -78,6 +78,21 @@ class EpochPlan:
         lengths = np.minimum(self.batch_size, len(self.permutation) - np.arange(self.n_batches) * self.batch_size)
         weights = np.repeat(batch_reads, lengths)
         return np.bincount(self.permutation, weights=weights, minlength=len(self.permutation)).astype(np.int64)
+
+    def read_share(
+        self, store: ImageStore, worker: int, batches: tuple[int, ...], arrays: dict[str, np.ndarray]
+    ) -> None:
+        """In a worker: read ``batches`` of the epoch with ``read_batch`` straight into their places in shared memory,
+        timing each (a plan that reads otherwise, such as benchmarks/remote_epochs.py's stream, overrides this)."""
+        images, labels = arrays["images"], arrays["labels"]
+        seconds, finished, reads = arrays["batch_seconds"], arrays["finished"], arrays["reads"][worker]
+        for batch in batches:
+            where = self.positions(batch)
+            start = time.perf_counter()
+            labels[where] = store.read_batch(self.permutation[where], out=images[where])[1]
+            end = time.perf_counter()
+            seconds[batch], finished[batch] = end - start, end
+            reads[batch] += 1
 
 
 @dataclass(frozen=True)
@@ -145,11 +160,14 @@ class _WorkerSpec:
     batches: tuple[int, ...]
 
     def open(self) -> ImageStore:
-        return get_store_class(self.method)(self.directory, "r", **self.store_options)
+        """A read-only handle: ``directory`` may be an object-store URL (``store_options`` then hold
+        ``storage_options``)."""
+        return open_store(self.method, self.directory, "r", **self.store_options)
 
 
 def _worker_main(spec: _WorkerSpec, conn: Connection) -> None:
-    """A reader process: open the store, then obey "read", "close", "open" and "stop" until told to stop."""
+    """A reader process: open the store, then obey "read", "close", "open", a call (``ReaderPool.call``) and "stop"
+    until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent, which then stops the workers
     shm = shared_memory.SharedMemory(spec.shm_name)
     arrays = _views(shm.buf, spec.layout)
@@ -159,8 +177,10 @@ def _worker_main(spec: _WorkerSpec, conn: Connection) -> None:
         conn.send(("ready",))
         while (command := conn.recv()) != "stop":
             if command == "read":
-                _read_share(store, spec, arrays)
+                spec.plan.read_share(store, spec.index, spec.batches, arrays)
                 conn.send(("done",))
+            elif isinstance(command, tuple):  # ("call", function, args): function(store, *args)
+                conn.send(("result", command[1](store, *command[2])))
             elif command == "close":
                 store.close()
                 conn.send(("closed",))
@@ -180,19 +200,6 @@ def _worker_main(spec: _WorkerSpec, conn: Connection) -> None:
             store.close()
         arrays.clear()
         shm.close()
-
-
-def _read_share(store: ImageStore, spec: _WorkerSpec, arrays: dict[str, np.ndarray]) -> None:
-    """Read this worker's batches of the epoch into shared memory, timing each."""
-    plan, images, labels = spec.plan, arrays["images"], arrays["labels"]
-    seconds, finished, reads = arrays["batch_seconds"], arrays["finished"], arrays["reads"][spec.index]
-    for batch in spec.batches:
-        where = plan.positions(batch)
-        start = time.perf_counter()
-        labels[where] = store.read_batch(plan.permutation[where], out=images[where])[1]
-        end = time.perf_counter()
-        seconds[batch], finished[batch] = end - start, end
-        reads[batch] += 1
 
 
 def _describe_exit(code: int | None) -> str:
@@ -283,6 +290,16 @@ class ReaderPool:
         self._started = time.perf_counter()
         self._broadcast("read", "done", progress=lambda: int(self._arrays["reads"].sum()))
 
+    def call(self, function: Callable, *args: object) -> list:
+        """Every worker runs ``function(its store, *args)`` (a module-level function: it is pickled) at once;
+        their results, by worker. For what a worker process knows and the parent does not (its own counters)."""
+        for index, conn in enumerate(self._conns):
+            try:
+                conn.send(("call", function, args))
+            except OSError:
+                raise self._failure(index, None) from None
+        return self._collect("result")
+
     def close_stores(self) -> None:
         """Every worker closes its store handle (and with it any memory map), as a cold round needs."""
         self._broadcast("close", "closed")
@@ -357,17 +374,19 @@ class ReaderPool:
                 raise self._failure(index, None) from None
         self._collect(reply, progress)
 
-    def _collect(self, expected: str, progress: Callable[[], int] = lambda: 0) -> None:
-        pending = set(range(self.workers))
+    def _collect(self, expected: str, progress: Callable[[], int] = lambda: 0) -> list:
+        """Each worker's reply ``expected`` (what came with it, by worker); WorkerError as for ``_broadcast``."""
+        pending, results = set(range(self.workers)), [None] * self.workers
         last_progress, deadline = progress(), time.monotonic() + self.timeout
         while pending:
             waiting = [self._conns[index] for index in pending] + [self._processes[index].sentinel for index in pending]
             ready = wait(waiting, timeout=min(POLL_SECONDS, max(0.0, deadline - time.monotonic())))
             for index in sorted(pending):
                 if self._conns[index] in ready or self._processes[index].sentinel in ready:
-                    reply = self._receive(index)
+                    reply, *payload = self._receive(index)
                     if reply != expected:
                         raise WorkerError(f"worker {index} replied {reply!r}, expected {expected!r}")
+                    results[index] = payload[0] if payload else None
                     pending.discard(index)
             if ready:
                 deadline = time.monotonic() + self.timeout
@@ -377,16 +396,18 @@ class ReaderPool:
                 raise WorkerError(
                     f"worker(s) {sorted(pending)} sent no {expected!r} and made no progress for {self.timeout:.0f} s"
                 )
+        return results
 
-    def _receive(self, index: int) -> str:
-        """Worker ``index``'s reply; WorkerError (with its exit code and traceback) if it failed or died."""
+    def _receive(self, index: int) -> tuple:
+        """Worker ``index``'s reply (its word, then what came with it); WorkerError (with its exit code and
+        traceback) if it failed or died."""
         conn = self._conns[index]
         try:
             message = conn.recv() if conn.poll() else None
         except EOFError:
             message = None
         if message is not None and message[0] != "error":
-            return message[0]
+            return message
         raise self._failure(index, message[1] if message else None)
 
     def _failure(self, index: int, error: str | None) -> WorkerError:

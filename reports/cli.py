@@ -84,16 +84,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     from reports.html import report_page
     from reports.loaders import loader_points, loader_section, write_loader_charts
     from reports.markdown import write_report
+    from reports.remote import remote_points, remote_section, write_remote_charts
     from reports.training import training_points, training_section, write_training_charts
 
     points = training_points(runs)
     loaders = loader_points(runs)
+    remote = remote_points(runs)
     views = codec_views(runs, args.disk)
     try:
         charts = write_charts(shaped, args.out)
         training_charts = write_training_charts(points, shaped.labels, args.out)
         codec_charts = write_codec_charts(views, shaped.labels, args.out)
         loader_charts = write_loader_charts(loaders, shaped.labels, args.out)
+        remote_charts = write_remote_charts(remote, shaped.labels, args.out)
         report = write_report(
             shaped,
             charts,
@@ -101,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             [
                 training_section(points, shaped.labels, training_charts),
                 loader_section(loaders, shaped.labels, loader_charts),
+                remote_section(remote, shaped.labels, remote_charts),
                 codec_section(views, shaped.labels, codec_charts),
             ],
         )
@@ -108,6 +112,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as err:
         print(f"storage-report: error: cannot write to {args.out}: {err.strerror or err}", file=sys.stderr)
         return 2
-    drawn = len(charts) + len(training_charts) + len(loader_charts) + len(codec_charts)
+    drawn = len(charts) + len(training_charts) + len(loader_charts) + len(remote_charts) + len(codec_charts)
     print(f"wrote {report}, report.html and {2 * drawn} chart files")
     return 0

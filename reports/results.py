@@ -36,9 +36,11 @@ OPERATIONS = (
     "read_batches",
     "loader",
     "loader_peer",
-)  # the last three: benchmarks/test_loader.py (--loaders)
+    "read_remote",
+)  # read_batches and the loaders: benchmarks/test_loader.py (--loaders); read_remote: --object-store
 PEER_OPERATIONS = ("loader_peer",)  # cells whose "method" names another project's loader, not a storage method
-VARIANT_FIELDS = (("batch_size", "b"), ("workers", "w"), ("cache", ""))  # extra_info fields that tell cells apart
+# extra_info fields that tell cells apart (order and network: the remote cells')
+VARIANT_FIELDS = (("batch_size", "b"), ("workers", "w"), ("cache", ""), ("order", ""), ("network", ""))
 DEFAULT_DTYPE = "uint8"  # cells of other dtypes carry theirs in the variant; runs before dtypes recorded none
 REQUIRED_STATS = ("median", "min", "max", "q1", "q3")
 REQUIRED_EXTRA_INFO = ("operation", "method", "n_images", "image_shape")

@@ -1,0 +1,255 @@
+"""Training reads from object storage (docs/remote.md; run with ``--object-store local`` or a bucket's URL, skipped
+without): ``test_read_remote[webdataset-1000-b256-w2-shuffle-none]`` reads one epoch of a store of 1000 images
+(--remote-cutoffs) from the bucket by 2 reader processes (--remote-workers; benchmarks/workers.py, as read_random),
+in batches of 256 (--batch-sizes), through the network named last (``none``, or the ``--network`` shaping).
+
+Orders: ``shuffle`` is read_random's epoch (batches of a seeded permutation); ``stream-buf512`` reads in storage
+order through a shuffle buffer of 512 images per worker (--shuffle-buffer; benchmarks/remote_epochs.py), as
+WebDataset's shard streaming and litdata do. Methods whose library reads local files only (registry trait
+``reads-remote`` false) are "stage then read": the store is downloaded (timed apart, ``stage_s``, the median of
+STAGE_ROUNDS) and the epoch read from the local copy.
+
+Untimed: writing the store locally (the session's fixed-seed images) and uploading it, once per session; starting the
+workers and opening their stores (``startup_s``); zeroing the workers' request counters before each round. After the
+rounds, untimed: the last round's requests and bytes (each worker's client counts its own), one more epoch that
+records each request's byte range, every epoch checked (every id exactly once, the pixels and labels of the last
+two as stored), then the floor: the recorded ranges fetched again by the same workers' clients as plain concurrent
+GETs (no coalescing, no format's work), FLOOR_ROUNDS times.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import statistics
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from benchmarks.remote_epochs import StreamPlan, counts, replay_recorded, start_counting, summed
+from benchmarks.test_read_random import explicitly_named
+from benchmarks.workers import EpochPlan, ReaderPool, latency_summary
+from storage_impls import ImageStore
+from storage_impls.registry import READS_REMOTE, has_trait
+
+PERMUTATION_SEED = 0
+STAGE_ROUNDS = 3  # downloads of a stage-then-read store, their median is stage_s
+FLOOR_ROUNDS = 5  # replays of the recorded requests, their median is floor_s
+
+
+# TEMPORARY until h-net's benchmarks/object_store.py is merged: the same interface, moto on 127.0.0.1
+@pytest.fixture(scope="session")
+def object_store():
+    if os.environ.get("IMAGE_BENCH_OBJECT_STORE") != "local":
+        pytest.skip("the remote cells need --object-store")
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    options = {
+        "endpoint": f"http://{host}:{port}",
+        "region": "eu-west-3",
+        "access_key_id": "k",
+        "secret_access_key": "s",
+    }
+    name = f"bench-{uuid.uuid4().hex[:8]}"
+    boto3.client(
+        "s3",
+        endpoint_url=options["endpoint"],
+        region_name="eu-west-3",
+        aws_access_key_id="k",
+        aws_secret_access_key="s",
+    ).create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": "eu-west-3"})
+    yield SimpleNamespace(
+        url=lambda prefix: f"s3://{name}/run/{prefix}", storage_options=options, machine_info={}, network="none"
+    )
+    server.stop()
+
+
+@dataclass(frozen=True)
+class Uploaded:
+    """A store in the bucket: its URL and the bytes of its objects."""
+
+    url: str
+    stored_bytes: int
+
+
+@pytest.fixture(scope="session")
+def uploaded_stores(object_store, filled_store_dirs: Callable[[str, int], Path]) -> Callable[[str, int], Uploaded]:
+    """``get(method, n)``: the store of the first ``n`` images, written locally and uploaded once (untimed)."""
+    from storage_impls.remote import upload
+
+    made: dict[tuple[str, int], Uploaded] = {}
+
+    def get(method: str, count: int) -> Uploaded:
+        if (method, count) not in made:
+            url = object_store.url(f"{re.sub(r'[^A-Za-z0-9]+', '-', method)}-{count}")
+            files = upload(filled_store_dirs(method, count), url, object_store.storage_options)
+            made[method, count] = Uploaded(url, sum(files.values()))
+        return made[method, count]
+
+    return get
+
+
+@dataclass
+class RemoteEpochs:
+    """A cell's reader processes over the bucket's store (or its staged copy), and what staging it cost."""
+
+    pool: ReaderPool
+    uploaded: Uploaded
+    remote: bool  # read from the bucket; False: stage then read
+    staged: dict[str, float]  # stage-then-read: stage_s, stage_requests, stage_bytes
+
+
+def _stage(uploaded: Uploaded, storage_options: dict, folder: Path) -> dict[str, float]:
+    """Download the store STAGE_ROUNDS times into fresh folders, timed; the last copy stays in ``folder``."""
+    from storage_impls.remote import STATS, stage
+
+    seconds = []
+    for _ in range(STAGE_ROUNDS):
+        shutil.rmtree(folder, ignore_errors=True)
+        STATS.reset()
+        start = time.perf_counter()
+        stage(uploaded.url, folder, storage_options)
+        seconds.append(time.perf_counter() - start)
+    return {"stage_s": statistics.median(seconds), "stage_requests": STATS.requests, "stage_bytes": STATS.bytes}
+
+
+@pytest.fixture
+def remote_epochs(
+    request: pytest.FixtureRequest,
+    store_class: type[ImageStore],
+    object_store,
+    uploaded_stores: Callable[[str, int], Uploaded],
+    storage_root: Path,
+    dataset,
+    method: str,
+    remote_images: int,
+    batch_size: int,
+    remote_workers: int,
+    order: str,
+) -> Iterator[RemoteEpochs]:
+    """The store uploaded, the plan made, the workers started and their stores opened (or the store staged first):
+    all untimed. (``store_class`` skips the cell when the method's package is missing.)"""
+    if order == "shuffle" and store_class.slow_random_reads and not explicitly_named(request.config, method):
+        pytest.skip(f"{method} runs shuffled epochs only when --methods names it: {store_class.slow_random_reads}")
+    uploaded = uploaded_stores(method, remote_images)
+    if order == "shuffle":
+        plan = EpochPlan.shuffled(remote_images, batch_size, PERMUTATION_SEED)
+    else:
+        buffer = int(order.removeprefix("stream-buf"))
+        plan = StreamPlan.streamed(remote_images, batch_size, buffer, remote_workers, PERMUTATION_SEED)
+    remote, staged, location = has_trait(method, READS_REMOTE), {}, uploaded.url
+    options = {"storage_options": object_store.storage_options}
+    if not remote:
+        folder = storage_root / "staged" / request.node.name.replace("/", "_")
+        staged, location, options = _stage(uploaded, object_store.storage_options, folder), str(folder), {}
+    shape, dtype = dataset.images.shape[1:], dataset.images.dtype
+    with ReaderPool(method, location, plan, shape, remote_workers, image_dtype=dtype, store_options=options) as pool:
+        yield RemoteEpochs(pool, uploaded, remote, staged)
+    if not remote:
+        shutil.rmtree(location, ignore_errors=True)
+
+
+def _check_epochs(what: str, pool: ReaderPool, expected, n_images: int) -> None:
+    """Every epoch so far read every id exactly once; the last one's pixels and labels are the stored ones."""
+    for number, epoch in enumerate(pool.epochs()):
+        if not epoch.exactly_once:
+            counts_ = epoch.reads_per_id
+            pytest.fail(f"{what}: epoch {number} read {int((counts_ != 1).sum())} ids other than once", pytrace=False)
+    expected.check(what, *pool.read_back(), slice(0, n_images))
+
+
+def test_read_remote(
+    measure,
+    record,
+    benchmark,
+    object_store,
+    remote_epochs,
+    expected,
+    method,
+    remote_images,
+    batch_size,
+    remote_workers,
+    order,
+    network,
+):
+    pool, uploaded, n_images = remote_epochs.pool, remote_epochs.uploaded, remote_images
+    what = f"{method} read_remote {order}"
+
+    def prepare():
+        pool.prepare_round()
+        if remote_epochs.remote:
+            pool.call(start_counting, False)
+        return (), {}
+
+    record(n_images)
+    benchmark.group = f"read_remote {n_images} b{batch_size} {network}"
+    benchmark.extra_info.update(
+        batch_size=batch_size,
+        workers=remote_workers,
+        order=order,
+        network=network,
+        permutation_seed=PERMUTATION_SEED,
+        n_batches=pool.plan.n_batches,
+        startup_s=pool.startup_s,
+        reads_remote=remote_epochs.remote,
+        stored_bytes=uploaded.stored_bytes,
+        stored_bytes_per_image=uploaded.stored_bytes / n_images,
+        **({"shuffle_buffer": pool.plan.buffer} if isinstance(pool.plan, StreamPlan) else {}),
+    )
+    measure(pool.run_epoch, prepare)
+    timed = benchmark.stats.stats.rounds if benchmark.stats else 1
+    benchmark.extra_info.update(latency_summary(pool.epochs()[-timed:]))
+    _check_epochs(what, pool, expected, n_images)
+    info = benchmark.extra_info
+    if not remote_epochs.remote:
+        median = benchmark.stats.stats.median if benchmark.stats else float("nan")
+        info.update(
+            remote_epochs.staged,
+            epoch_s=median,
+            stage_then_read_s=remote_epochs.staged["stage_s"] + median,
+            first_batch_with_stage_s=remote_epochs.staged["stage_s"] + info["first_batch_s"],
+            requests_per_image=remote_epochs.staged["stage_requests"] / n_images,
+            bytes_fetched_per_image=remote_epochs.staged["stage_bytes"] / n_images,
+            read_amplification=remote_epochs.staged["stage_bytes"] / uploaded.stored_bytes,
+        )
+        return
+    epoch = summed(pool.call(counts))  # the last timed round's
+    prepare()  # the recording epoch: checked like the others, its requests the floor's
+    pool.call(start_counting, True)
+    pool.run_epoch()
+    recorded = summed(pool.call(counts))
+    _check_epochs(what, pool, expected, n_images)
+    info.update(
+        requests_counted=epoch["requests"] > 0,  # lance's own client is not counted (docs/remote.md)
+        requests=epoch["requests"],
+        requests_per_image=epoch["requests"] / n_images,
+        bytes_fetched=epoch["bytes"],
+        bytes_fetched_per_image=epoch["bytes"] / n_images,
+        read_amplification=epoch["bytes"] / uploaded.stored_bytes,
+        peak_concurrent_requests=epoch["peak"],
+        peak_concurrent_requests_all_workers=epoch["peak_sum"],
+        recorded_requests=recorded["spans"],
+    )
+    if recorded["spans"]:
+        seconds = []
+        for _ in range(FLOOR_ROUNDS):
+            start = time.perf_counter()
+            fetched = sum(pool.call(replay_recorded))
+            seconds.append(time.perf_counter() - start)
+        if fetched != recorded["bytes"]:
+            pytest.fail(f"{what}: the floor fetched {fetched} bytes, the recorded epoch {recorded['bytes']}")
+        info.update(
+            floor_s=statistics.median(seconds),
+            floor_images_per_s=n_images / statistics.median(seconds),
+            floor_rounds=FLOOR_ROUNDS,
+        )
