@@ -34,6 +34,7 @@ from benchmarks.floors import (
 )
 from benchmarks.loaders import order_loader_cells
 from benchmarks.machine import available_memory, describe_storage, library_versions
+from benchmarks.object_store import OBJECT_STORE_KEY, object_store  # noqa: F401 - fixture
 from benchmarks.progress import SuiteClock, announce, rounds_reporter, say
 from benchmarks.resources import Meter
 from benchmarks.stored import expected, references, store_class, store_profiles  # noqa: F401 - fixtures
@@ -79,13 +80,16 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
-    """Add what explains storage numbers: the filesystem the stores were written to, library versions; and
-    for an image folder its class-to-label table and the files skipped as unreadable."""
+    """Add what explains storage numbers: the filesystem the stores were written to, library versions; for an
+    image folder its class-to-label table and the files skipped as unreadable; the object store of the remote cells
+    (what it is, the network shaping, the round trip and throughput measured)."""
     storage_dir = config.stash.get(STORAGE_DIR_KEY, None) or config.getoption("storage_dir") or Path.cwd()
     machine_info["storage"] = describe_storage(storage_dir)
     machine_info["libraries"] = library_versions()
     if DATASET_KEY in config.stash:
         machine_info["dataset"] = config.stash[DATASET_KEY]
+    if OBJECT_STORE_KEY in config.stash:
+        machine_info["object_store"] = config.stash[OBJECT_STORE_KEY]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

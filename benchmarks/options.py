@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
 
 import numpy as np
 
@@ -21,6 +23,8 @@ MAX_DEFAULT_WORKERS = 8  # the default --workers is 1 and the core count, capped
 DEFAULT_WORKERS = ",".join(map(str, sorted({1, min(os.cpu_count() or 1, MAX_DEFAULT_WORKERS)})))
 CACHE_STATES = ("warm", "cold", "limited")
 DTYPE_NAMES = tuple(str(dtype) for dtype in SUPPORTED_DTYPES)  # --dtype's values
+BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")  # S3's rule for a bucket's name
+OBJECT_STORE_SYNTAX = "local or s3://BUCKET/PREFIX, optionally ?endpoint=http://HOST:PORT"
 DATASET_FOLDERS = {"cifar10": "CIFAR-10", "mnist": "MNIST", "folder": "image"}  # datasets read from a folder: NAME:PATH
 
 
@@ -137,6 +141,74 @@ def parse_dataset(text: str) -> DatasetSpec:
     if not Path(path).is_dir():
         raise argparse.ArgumentTypeError(f"{DATASET_FOLDERS[name]} folder {path!r} does not exist")
     return DatasetSpec(name, Path(path))
+
+
+@dataclass(frozen=True)
+class ObjectStoreSpec:
+    """Where the remote cells read from (``--object-store``): ``local`` (bucket None: moto's server on 127.0.0.1, a
+    fresh bucket) or a bucket and prefix on an S3-compatible endpoint (None: AWS_ENDPOINT_URL, else AWS itself)."""
+
+    bucket: str | None = None
+    prefix: str = ""
+    endpoint: str | None = None
+
+
+def parse_object_store(text: str) -> ObjectStoreSpec:
+    """``local`` or ``s3://bucket/prefix?endpoint=http://host:9000`` (the query optional; credentials and region come
+    from the AWS_* variables)."""
+    if text.strip() == "local":
+        return ObjectStoreSpec()
+    parts = urlsplit(text.strip())
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    endpoint = query.pop("endpoint", None)
+    problem = None
+    if parts.scheme != "s3":
+        problem = "only s3:// URLs"
+    elif not BUCKET_NAME.fullmatch(parts.netloc):
+        problem = f"{parts.netloc!r} is not a bucket name"
+    elif query:
+        problem = f"unknown query key {', '.join(query)} (only endpoint=)"
+    elif endpoint is not None and urlsplit(endpoint).scheme not in ("http", "https"):
+        problem = f"endpoint {endpoint!r} is not an http:// or https:// URL"
+    if problem:
+        raise argparse.ArgumentTypeError(f"--object-store {text!r}: {problem}; use {OBJECT_STORE_SYNTAX}")
+    return ObjectStoreSpec(parts.netloc, parts.path.strip("/"), endpoint.rstrip("/") if endpoint else None)
+
+
+RATE_UNITS = {"bit": 1, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9}  # tc's units, bits per second
+NETWORK_SYNTAX = "rtt=20ms,rate=1gbit (rtt in ms, rate in kbit, mbit or gbit; either may be left out)"
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """The round trip (seconds) and bandwidth (bits per second, None: unlimited) put between readers and server."""
+
+    rtt: float = 0.0
+    rate: float | None = None
+
+    @property
+    def label(self) -> str:
+        """``rtt=20ms,rate=1gbit``: the form cell ids and machine_info carry."""
+        parts = [f"rtt={self.rtt * 1e3:g}ms"]
+        if self.rate is not None:
+            unit = next(unit for unit in ("gbit", "mbit", "kbit", "bit") if self.rate >= RATE_UNITS[unit])
+            parts.append(f"rate={self.rate / RATE_UNITS[unit]:g}{unit}")
+        return ",".join(parts)
+
+
+def parse_network(text: str) -> NetworkSpec:
+    """``rtt=20ms,rate=1gbit`` -> NetworkSpec(0.02, 1e9)."""
+    values: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in text.lower().split(","))):
+        key, _, value = item.partition("=")
+        number = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|[kmg]?bit)", value.strip())
+        unit = number and number.group(2)
+        if key not in ("rtt", "rate") or key in values or not number or (unit == "ms") != (key == "rtt"):
+            raise argparse.ArgumentTypeError(f"--network {text!r}: {item!r} is not understood; use {NETWORK_SYNTAX}")
+        values[key] = float(number.group(1)) * (1e-3 if unit == "ms" else RATE_UNITS[unit])
+    if not values or values.get("rate") == 0:
+        raise argparse.ArgumentTypeError(f"--network {text!r}: use {NETWORK_SYNTAX}")
+    return NetworkSpec(values.get("rtt", 0.0), values.get("rate"))
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -272,5 +344,24 @@ OPTIONS = [
         "1/5",
         parse_fraction,
         "--cache limited: the share of the store's bytes its readers' memory cgroup holds (default 1/5, MLPerf's rule)",
+    ),
+    (
+        "--object-store",
+        "IMAGE_BENCH_OBJECT_STORE",
+        None,
+        parse_object_store,
+        "where the remote cells read from: local (moto's S3 server on 127.0.0.1 for the run, the [s3] extra) or "
+        "s3://BUCKET/PREFIX[?endpoint=http://HOST:PORT] (any S3-compatible endpoint; credentials and region from "
+        "the AWS_* variables; the run writes under a new prefix in it, removed at the end); default: no remote cells",
+    ),
+    (
+        "--network",
+        "IMAGE_BENCH_NETWORK",
+        None,
+        parse_network,
+        "round trip and bandwidth between the remote cells' readers and a server on 127.0.0.1, e.g. "
+        "rtt=20ms,rate=1gbit "
+        "(a proxy delays each response; the rate by tbf in a network namespace when root, else by the proxy); "
+        "measured before the cells run, which refuse to run when it is more than 20 %% off; default: none",
     ),
 ]

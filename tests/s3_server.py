@@ -1,26 +1,27 @@
-"""A real S3 endpoint for tests: moto's server on 127.0.0.1 (as s3fs's own tests use it), a fresh bucket per test
-module with credentials and a non-default region set in the environment for that module only, and a proxy that
-cuts responses short. Every socket is on 127.0.0.1; every loop is bounded."""
+"""A real S3 endpoint for tests: moto's server on 127.0.0.1 (as s3fs's own tests use it; the suite's
+``--object-store local`` runs the same, benchmarks/object_store.py), a fresh bucket per test module with credentials
+and a non-default region set in the environment for that module only, and a proxy that cuts responses short. Every
+socket is on 127.0.0.1; every loop is bounded."""
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 import threading
-import uuid
 from dataclasses import dataclass
 
 import pytest
 
-pytest.importorskip("obstore", reason="remote reads need obstore: pip install image-storage-bench[s3]")
-moto_server = pytest.importorskip("moto.server", reason="the S3 server needs moto: pip install image-storage-bench[s3]")
-boto3 = pytest.importorskip("boto3", reason="moto brings boto3: pip install image-storage-bench[s3]")
+from benchmarks.object_store import LOCAL_CREDENTIALS, LOCAL_REGION, S3_HINT, LocalS3Server
 
-REGION = "eu-west-3"  # not the default us-east-1: the client must take the region from the environment
+pytest.importorskip("obstore", reason=f"remote reads need obstore: {S3_HINT}")
+pytest.importorskip("moto.server", reason=f"the S3 server needs moto: {S3_HINT}")
+boto3 = pytest.importorskip("boto3", reason=f"moto brings boto3: {S3_HINT}")
+
+REGION = LOCAL_REGION  # not the default us-east-1: the client must take the region from the environment
 CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "test-key",
-    "AWS_SECRET_ACCESS_KEY": "test-secret",
+    "AWS_ACCESS_KEY_ID": LOCAL_CREDENTIALS["access_key_id"],
+    "AWS_SECRET_ACCESS_KEY": LOCAL_CREDENTIALS["secret_access_key"],
     "AWS_REGION": REGION,
     "AWS_DEFAULT_REGION": REGION,
 }
@@ -41,26 +42,26 @@ class Bucket:
 
 
 @pytest.fixture(scope="session")
-def s3_endpoint():
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not a line per request
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+def s3_server():
+    """moto's server on 127.0.0.1 for the session."""
+    with LocalS3Server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(s3_server):
+    return s3_server.endpoint
 
 
 @pytest.fixture(scope="module")
-def bucket(s3_endpoint):
+def bucket(s3_server):
     """A fresh bucket; the module's tests run with the AWS variables pointing at the server."""
     with pytest.MonkeyPatch.context() as patch:
         for name in [name for name in os.environ if name.startswith("AWS_") or name.lower().endswith("_proxy")]:
             patch.delenv(name)  # no profile, no other endpoint, no proxy between the client and 127.0.0.1
-        for name, value in {**CREDENTIALS, "AWS_ENDPOINT_URL": s3_endpoint, "NO_PROXY": "127.0.0.1"}.items():
+        for name, value in {**CREDENTIALS, "AWS_ENDPOINT_URL": s3_server.endpoint, "NO_PROXY": "127.0.0.1"}.items():
             patch.setenv(name, value)
-        found = Bucket(s3_endpoint, f"test-{uuid.uuid4().hex[:12]}")
-        found.client().create_bucket(Bucket=found.name, CreateBucketConfiguration={"LocationConstraint": REGION})
-        yield found
+        yield Bucket(s3_server.endpoint, s3_server.create_bucket(REGION))
 
 
 class CuttingProxy:

@@ -18,7 +18,7 @@ from storage_impls.loader import ImageDataset
 from storage_impls.registry import READS_REMOTE, _load_class, has_trait, installed_methods, open_staged
 from storage_impls.remote import STATS, upload
 from storage_impls.remote.ranges import Span, coalesce
-from tests.s3_server import CuttingProxy, bucket, s3_endpoint  # noqa: F401  (fixtures)
+from tests.s3_server import CuttingProxy, bucket, s3_endpoint, s3_server  # noqa: F401  (fixtures)
 
 REMOTE = [method for method in METHODS if has_trait(method, READS_REMOTE)]
 LOCAL_ONLY = [method for method in METHODS if not has_trait(method, READS_REMOTE)]
