@@ -79,7 +79,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         ("remote_workers", option("remote_workers"), lambda count: f"w{count}"),
         ("cache", option("cache"), str),
         ("order", orders, str),
-        ("network", (option("network", "none"),), str),
+        ("network", (getattr(option("network", None), "label", "none"),), str),
     )
     for name, values, ids in axes:
         if name in metafunc.fixturenames:

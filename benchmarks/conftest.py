@@ -44,6 +44,7 @@ from storage_impls import ImageStore, get_store_class
 MIN_ROUNDS = 10  # the suite's default floor: at 5 rounds a lone 10 % regression escapes `reports compare` 1 time in 5
 FLOOR_MIN_ROUNDS = 5  # floor cells' default minimum: only floors of a second or more per round get fewer than 10
 LONG_ROUND_S, LONG_MIN_ROUNDS = 5.0, 5  # by default, a cell whose warm-up round took 5 s or more gets at least 5 rounds
+FEW_MIN_ROUNDS = 3  # by default, cells whose rounds are costly elsewhere (an object store's requests) get at least 3
 MAX_ROUNDS = 200  # enough for the statistics, bounded in time for microsecond cells
 STORAGE_DIR_KEY = pytest.StashKey[Path]()  # where this run writes its stores, for machine_info
 TIMED_KEY = pytest.StashKey[list]()  # every cell's pytest-benchmark Metadata, for the floor ratios at the end
@@ -57,9 +58,14 @@ def pytest_configure(config: pytest.Config) -> None:
     given = int(config.option.benchmark_min_rounds)
     if not any(arg.startswith("--benchmark-min-rounds") for arg in config.invocation_params.args):
         config.option.benchmark_min_rounds = MIN_ROUNDS  # pytest-benchmark's own default is 5
-        config.stash[MIN_ROUNDS_KEY] = {"cell": MIN_ROUNDS, "floor": FLOOR_MIN_ROUNDS, "long": LONG_MIN_ROUNDS}
+        config.stash[MIN_ROUNDS_KEY] = {
+            "cell": MIN_ROUNDS,
+            "floor": FLOOR_MIN_ROUNDS,
+            "long": LONG_MIN_ROUNDS,
+            "few": FEW_MIN_ROUNDS,
+        }
     else:
-        config.stash[MIN_ROUNDS_KEY] = {"cell": given, "floor": given, "long": given}
+        config.stash[MIN_ROUNDS_KEY] = {"cell": given, "floor": given, "long": given, "few": given}
     if getattr(config.option, "numprocesses", None):
         raise pytest.UsageError(
             "the image storage benchmarks must not run under pytest-xdist (-n): "
@@ -274,7 +280,8 @@ def measure(benchmark, pytestconfig: pytest.Config, request: pytest.FixtureReque
 
     Rounds: enough to fill --benchmark-max-time, at least --benchmark-min-rounds (unless given: MIN_ROUNDS,
     FLOOR_MIN_ROUNDS for floor cells, LONG_MIN_ROUNDS for a cell whose warm-up took LONG_ROUND_S or more, which
-    keeps the default run within its time budget), at most MAX_ROUNDS unless ``least_rounds`` asks for more (a cell
+    keeps the default run within its time budget; FEW_MIN_ROUNDS when the cell asks with ``few``: the remote cells,
+    whose rounds are a server's work), at most MAX_ROUNDS unless ``least_rounds`` asks for more (a cell
     that must span whole cycles of periodic work); ``setup`` runs before every round,
     outside the timing. Returns the target's result.
     The rounds of the floors the cell is compared with run interleaved with its own (benchmarks/interleave.py).
@@ -282,7 +289,7 @@ def measure(benchmark, pytestconfig: pytest.Config, request: pytest.FixtureReque
     the setups) into extra_info, and a cell whose rounds take long reports them on the terminal as they go.
     """
 
-    def run(target: Callable, setup: Callable[[], tuple[tuple, dict]], least_rounds: int = 0):
+    def run(target: Callable, setup: Callable[[], tuple[tuple, dict]], least_rounds: int = 0, few: bool = False):
         args, kwargs = setup()
         start = time.perf_counter()
         target(*args, **kwargs)
@@ -293,6 +300,8 @@ def measure(benchmark, pytestconfig: pytest.Config, request: pytest.FixtureReque
         ]
         if warm_up >= LONG_ROUND_S:
             least = min(least, pytestconfig.stash[MIN_ROUNDS_KEY]["long"])
+        if few:
+            least = min(least, pytestconfig.stash[MIN_ROUNDS_KEY]["few"])
         rounds = max(least_rounds, min(MAX_ROUNDS, max(least, math.ceil(budget / max(warm_up, 1e-9)))))
         meter = Meter()
         floors = interleave.rounds_of(pytestconfig, _floor_keys(request.node)) if benchmark.enabled else None

@@ -319,14 +319,14 @@ OPTIONS = [
     (
         "--remote-workers",
         "IMAGE_BENCH_REMOTE_WORKERS",
-        "1,2",
+        "2",
         parse_workers,
-        "reader processes of the remote cells (--object-store), comma-separated",
+        "reader processes of the remote cells (--object-store), comma-separated (e.g. 1,2,4: a cell each)",
     ),
     (
         "--shuffle-buffer",
         "IMAGE_BENCH_SHUFFLE_BUFFER",
-        "512",
+        "256",
         parse_shuffle_buffers,
         "images each reader's shuffle buffer holds in the remote cells' stream epochs, comma-separated: a cell each",
     ),

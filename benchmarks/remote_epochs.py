@@ -105,8 +105,8 @@ def start_counting(store: ImageStore, record: bool) -> None:
     STATS.reset(record=record)
 
 
-def counts(store: ImageStore) -> dict[str, int]:
-    """This process's requests, bytes and peak requests in flight since ``start_counting``; spans recorded since
+def request_counts(store: ImageStore) -> dict[str, int]:
+    """This process's requests, bytes and peak requests in flight since ``start_counting``; the spans recorded since
     are kept for ``replay_recorded``."""
     if STATS.recorded is not None:
         _RECORDED[:] = STATS.recorded
