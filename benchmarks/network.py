@@ -175,8 +175,8 @@ class ShapedPath:
 @contextlib.contextmanager
 def shaped(network: NetworkSpec, endpoint: str | None) -> Iterator[ShapedPath]:
     """A path to the server at ``endpoint`` (``http://127.0.0.1:PORT``) shaped as ``network``, until the block ends.
-    The rate is kept by tbf in a namespace when the spec's shaper is ``auto`` and tbf is usable (root), or ``tbf``;
-    else, or with ``proxy``, by the proxy."""
+    The rate is kept by tbf in a namespace when the spec's shaper is ``auto`` and one can be made (root), or ``tbf``
+    (ShapingError if none can); else, or with ``proxy``, by the proxy."""
     if not loopback(endpoint):
         raise ShapingError(
             f"--network shapes the path to a server on this machine (127.0.0.1) only, not to {endpoint or 'AWS'}, "
@@ -184,11 +184,15 @@ def shaped(network: NetworkSpec, endpoint: str | None) -> Iterator[ShapedPath]:
         )
     target = urlsplit(endpoint)
     with contextlib.ExitStack() as stack:
-        reason = netns.unavailable() if network.shaper != "proxy" else "shaper=proxy"
-        if network.shaper == "tbf" and reason is not None:
-            raise ShapingError(f"--network {network.label},shaper=tbf: tbf in a network namespace needs {reason}")
+        reason, namespace = netns.unavailable() if network.shaper != "proxy" else "shaper=proxy", None
         if network.rate is not None and reason is None:
-            namespace = stack.enter_context(netns.Namespace(network.rate))
+            try:
+                namespace = stack.enter_context(netns.Namespace(network.rate))
+            except netns.NamespaceError as error:  # root, yet no namespaces here (a container without the right)
+                reason = str(error)
+        if network.shaper == "tbf" and network.rate is not None and namespace is None:
+            raise ShapingError(f"--network {network.label},shaper=tbf: no tbf in a network namespace here: {reason}")
+        if namespace is not None:
             proxy = ShapingProxy((target.hostname, target.port), network.rtt, None, namespace.listen())
             how = f"a proxy in network namespace {namespace.name} adding the round trip, and {namespace.description}"
         else:
@@ -196,5 +200,5 @@ def shaped(network: NetworkSpec, endpoint: str | None) -> Iterator[ShapedPath]:
             paced = "" if network.rate is None else f", pacing the rate itself (no tbf: {reason})"
             how = f"a proxy on 127.0.0.1 adding the round trip{paced}"
         stack.callback(proxy.close)
-        by = None if network.rate is None else "tbf" if reason is None else "proxy"
+        by = None if network.rate is None else "tbf" if namespace is not None else "proxy"
         yield ShapedPath(proxy.endpoint, proxy, network.label, by, how)
