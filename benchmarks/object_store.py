@@ -17,7 +17,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -28,7 +27,6 @@ S3_HINT = "pip install image-storage-bench[s3]"
 NEEDS_OPTION = f"remote cells need --object-store ({OBJECT_STORE_SYNTAX}; docs/remote.md)"
 LOCAL_REGION = "eu-west-3"  # not the default us-east-1: clients must take the region from their options
 LOCAL_CREDENTIALS = {"access_key_id": "test-key", "secret_access_key": "test-secret"}
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 OBJECT_STORE_KEY = pytest.StashKey[dict]()  # the object store's machine_info, for the run's machine_info
 
 
@@ -48,7 +46,8 @@ def unavailable(spec: ObjectStoreSpec | None) -> str | None:
 
 class LocalS3Server:
     """moto's S3 server (``ThreadedMotoServer``) on 127.0.0.1, on a free port, until ``stop``; ``create_bucket`` makes
-    a fresh, empty bucket. Nothing but 127.0.0.1 is listened on or reached."""
+    a fresh, empty bucket. Nothing but 127.0.0.1 is listened on or reached. (Its HTTP server, werkzeug's, closes
+    the connection after each response: every request opens a new one.)"""
 
     def __init__(self) -> None:
         from moto.server import ThreadedMotoServer
@@ -106,7 +105,9 @@ class ObjectStore:
 
 @contextlib.contextmanager
 def open_object_store(
-    spec: ObjectStoreSpec, network: NetworkSpec | None = None, report: Callable[[str], None] = print
+    spec: ObjectStoreSpec,
+    network: NetworkSpec | None = None,
+    report: Callable[[str], None] = print,
 ) -> Iterator[ObjectStore]:
     """The object store of ``spec`` for a run: started (``local``) or checked (a URL), then the path to it shaped
     (``network``), measured and verified; everything started is stopped at the end, a URL's run prefix emptied.
@@ -125,14 +126,15 @@ def open_object_store(
             direct = {"endpoint": spec.endpoint} if spec.endpoint else {}
             kind = f"S3-compatible endpoint {endpoint}" if endpoint else "AWS S3"
             stack.callback(_empty, f"s3://{bucket}/{run_prefix}", direct)
-        store = ObjectStore(bucket, run_prefix, dict(direct), direct)
+        store, found, proxy = ObjectStore(bucket, run_prefix, dict(direct), direct), {}, None
         if network is not None:
-            store.storage_options = {**direct, "endpoint": stack.enter_context(shaping.shaped(network, endpoint))}
-            store.network = network.label
-        measured = shaping.measure(store.url("_probe"), direct, store.storage_options, network)
-        report(f"image-storage: object store {store.url()} ({kind}): {shaping.describe(measured)}")
-        store.machine_info = {"endpoint_kind": kind, "url": store.url(), "network": store.network, **measured}
-        shaping.check(network, measured)
+            path = stack.enter_context(shaping.shaped(network, endpoint))
+            store.storage_options, store.network = {**direct, "endpoint": path.endpoint}, network.label
+            found["shaping"], proxy = path.info(), path.proxy
+        found.update(shaping.measure(store.url("_probe"), direct, store.storage_options, network, proxy))
+        report(f"image-storage: object store {store.url()} ({kind}): {shaping.describe(found)}")
+        store.machine_info = {"endpoint_kind": kind, "url": store.url(), "network": store.network, **found}
+        shaping.check(network, found)
         yield store
 
 
@@ -160,6 +162,7 @@ def object_store(pytestconfig: pytest.Config) -> Iterator[ObjectStore]:
     spec: ObjectStoreSpec | None = pytestconfig.getoption("object_store", None)
     if reason := unavailable(spec):
         pytest.skip(reason)
+    from benchmarks.netns import NamespaceError
     from benchmarks.network import ShapingError
     from storage_impls.core.errors import RemoteError
 
@@ -168,10 +171,5 @@ def object_store(pytestconfig: pytest.Config) -> Iterator[ObjectStore]:
         with open_object_store(spec, network, lambda line: say(pytestconfig, line)) as store:
             pytestconfig.stash[OBJECT_STORE_KEY] = store.machine_info
             yield store
-    except (ShapingError, RemoteError) as error:
+    except (ShapingError, NamespaceError, RemoteError) as error:
         pytest.fail(f"remote cells refused: {error}", pytrace=False)
-
-
-def loopback(endpoint: str | None) -> bool:
-    """Whether ``endpoint`` (a URL) is on this machine's loopback, the only place ``--network`` may shape."""
-    return endpoint is not None and urlsplit(endpoint).hostname in LOOPBACK_HOSTS

@@ -176,19 +176,25 @@ def parse_object_store(text: str) -> ObjectStoreSpec:
 
 
 RATE_UNITS = {"bit": 1, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9}  # tc's units, bits per second
-NETWORK_SYNTAX = "rtt=20ms,rate=1gbit (rtt in ms, rate in kbit, mbit or gbit; either may be left out)"
+SHAPERS = ("auto", "tbf", "proxy")  # what keeps --network's rate: tbf when root (auto), or the proxy
+NETWORK_SYNTAX = (
+    "rtt=20ms,rate=1gbit (rtt in ms, rate in kbit, mbit or gbit; either may be left out; "
+    "shaper=tbf or shaper=proxy to choose what keeps the rate)"
+)
 
 
 @dataclass(frozen=True)
 class NetworkSpec:
-    """The round trip (seconds) and bandwidth (bits per second, None: unlimited) put between readers and server."""
+    """The round trip (seconds) and bandwidth (bits per second, None: unlimited) put between readers and server, and
+    what keeps the rate (``shaper``: tbf where root and auto, else the proxy)."""
 
     rtt: float = 0.0
     rate: float | None = None
+    shaper: str = "auto"
 
     @property
     def label(self) -> str:
-        """``rtt=20ms,rate=1gbit``: the form cell ids and machine_info carry."""
+        """``rtt=20ms,rate=1gbit``: the form cell ids and machine_info carry (the shaper is in machine_info)."""
         parts = [f"rtt={self.rtt * 1e3:g}ms"]
         if self.rate is not None:
             unit = next(unit for unit in ("gbit", "mbit", "kbit", "bit") if self.rate >= RATE_UNITS[unit])
@@ -197,10 +203,14 @@ class NetworkSpec:
 
 
 def parse_network(text: str) -> NetworkSpec:
-    """``rtt=20ms,rate=1gbit`` -> NetworkSpec(0.02, 1e9)."""
+    """``rtt=20ms,rate=1gbit`` -> NetworkSpec(0.02, 1e9); ``shaper=proxy`` or ``shaper=tbf`` may follow."""
     values: dict[str, float] = {}
+    shaper = "auto"
     for item in filter(None, (part.strip() for part in text.lower().split(","))):
         key, _, value = item.partition("=")
+        if key == "shaper" and value in SHAPERS:
+            shaper = value
+            continue
         number = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|[kmg]?bit)", value.strip())
         unit = number and number.group(2)
         if key not in ("rtt", "rate") or key in values or not number or (unit == "ms") != (key == "rtt"):
@@ -208,7 +218,7 @@ def parse_network(text: str) -> NetworkSpec:
         values[key] = float(number.group(1)) * (1e-3 if unit == "ms" else RATE_UNITS[unit])
     if not values or values.get("rate") == 0:
         raise argparse.ArgumentTypeError(f"--network {text!r}: use {NETWORK_SYNTAX}")
-    return NetworkSpec(values.get("rtt", 0.0), values.get("rate"))
+    return NetworkSpec(values.get("rtt", 0.0), values.get("rate"), shaper)
 
 
 def parse_shape(text: str) -> tuple[int, ...]:

@@ -442,6 +442,9 @@ def test_options_are_documented_in_help():
         "--durable",
         "IMAGE_BENCH_CUTOFFS",
         "IMAGE_BENCH_DTYPE",
+        "--object-store",
+        "--network",
+        "rtt=20ms,rate=1gbit",
     ):
         assert option in result.stdout
 
