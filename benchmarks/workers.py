@@ -2,12 +2,14 @@
 
 ``ReaderPool`` starts ``workers`` processes with the ``spawn`` context, so that no store handle crosses
 a fork; each opens its own read-only handle on the store (the class of the method, or method variant,
-named by ``method``, through ``get_store_class``) and reports ready. In each epoch
+named by ``method``, through ``open_store``: the directory may be an object-store URL) and reports ready. In each epoch
 (``run_epoch``, the timed region of a cell) the parent tells every worker to go and waits: worker ``w``
 reads batches ``w, w + workers, ...`` of the plan (dealt out round-robin, as a DataLoader does) with
 ``read_batch`` straight into one block of ``multiprocessing.shared_memory``, each batch at its place in
 the epoch, and records per batch how long the read took, when it finished and that it was read. The
-epoch ends when the last worker reports its last batch. ``workers=1`` is one reader process
+epoch ends when the last worker reports its last batch. (The plan reads: ``EpochPlan.read_share``; the remote
+cells' stream plan reads otherwise, benchmarks/remote_epochs.py. ``call`` runs a function on every worker's store,
+for what only a worker knows, such as its object-store client's counters.) ``workers=1`` is one reader process
 (``num_workers=1``), never the parent, so every worker count runs the same protocol. Workers persist
 across the rounds of a cell; their start-up and store open is ``startup_s``, outside every round.
 
@@ -293,12 +295,7 @@ class ReaderPool:
     def call(self, function: Callable, *args: object) -> list:
         """Every worker runs ``function(its store, *args)`` (a module-level function: it is pickled) at once;
         their results, by worker. For what a worker process knows and the parent does not (its own counters)."""
-        for index, conn in enumerate(self._conns):
-            try:
-                conn.send(("call", function, args))
-            except OSError:
-                raise self._failure(index, None) from None
-        return self._collect("result")
+        return self._broadcast(("call", function, args), "result")
 
     def close_stores(self) -> None:
         """Every worker closes its store handle (and with it any memory map), as a cold round needs."""
@@ -364,15 +361,16 @@ class ReaderPool:
         )
         self._started = None
 
-    def _broadcast(self, command: str, reply: str, progress: Callable[[], int] = lambda: 0) -> None:
-        """Send ``command`` to every worker and wait until each has replied ``reply``; WorkerError if one dies,
-        raises, or no news comes (no reply and no change in ``progress``) for ``timeout`` seconds."""
+    def _broadcast(self, command: str | tuple, reply: str, progress: Callable[[], int] = lambda: 0) -> list:
+        """Send ``command`` to every worker and wait until each has replied ``reply`` (what came with the replies, by
+        worker); WorkerError if one dies, raises, or no news comes (no reply and no change in ``progress``) for
+        ``timeout`` seconds."""
         for index, conn in enumerate(self._conns):
             try:
                 conn.send(command)
             except OSError:  # its end of the pipe is closed: the worker is gone
                 raise self._failure(index, None) from None
-        self._collect(reply, progress)
+        return self._collect(reply, progress)
 
     def _collect(self, expected: str, progress: Callable[[], int] = lambda: 0) -> list:
         """Each worker's reply ``expected`` (what came with it, by worker); WorkerError as for ``_broadcast``."""
