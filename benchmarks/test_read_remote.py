@@ -15,8 +15,8 @@ request's byte range is then kept: an append to a list, beside a request's round
 every epoch checked (every id exactly once, the last one's pixels and labels as stored), the last round's requests and
 bytes (each worker's client counts its own), then the floor: that round's requests fetched again by the same
 workers' clients as plain concurrent GETs (no coalescing, no format's work), FLOOR_ROUNDS times, or fewer (one at
-least) once they took --benchmark-max-time. The suite's
-minimum of rounds is FEW_MIN_ROUNDS here (benchmarks/conftest.py): every round is a server's work.
+least) once they took --benchmark-max-time. Lance's requests are its own client's: not counted, no floor. The
+suite's minimum of rounds is FEW_MIN_ROUNDS here (benchmarks/conftest.py): every round is a server's work.
 """
 
 from __future__ import annotations

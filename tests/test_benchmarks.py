@@ -445,6 +445,9 @@ def test_options_are_documented_in_help():
         "--object-store",
         "--network",
         "rtt=20ms,rate=1gbit",
+        "--remote-cutoffs",
+        "--remote-workers",
+        "--shuffle-buffer",
     ):
         assert option in result.stdout
 
