@@ -110,7 +110,7 @@ def request_counts(store: ImageStore) -> dict[str, int]:
     are kept for ``replay_recorded``."""
     if STATS.recorded is not None:
         _RECORDED[:] = STATS.recorded
-    return {"requests": STATS.requests, "bytes": STATS.bytes, "peak": STATS.peak_concurrent, "spans": len(_RECORDED)}
+    return {"requests": STATS.requests, "bytes": STATS.bytes, "peak": STATS.peak_concurrent}
 
 
 def replay_recorded(store: ImageStore) -> int:
@@ -126,5 +126,4 @@ def summed(per_worker: list[dict[str, int]]) -> dict[str, int]:
         "bytes": sum(part["bytes"] for part in per_worker),
         "peak": max(part["peak"] for part in per_worker),
         "peak_sum": sum(part["peak"] for part in per_worker),
-        "spans": sum(part["spans"] for part in per_worker),
     }
