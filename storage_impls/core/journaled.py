@@ -72,6 +72,7 @@ class JournaledStore(ImageStore):
     def _is_current(self, checkpoint: OpenCheckpoint | None) -> bool:
         """True if the pointer names ``checkpoint`` (None: no checkpoint) now."""
 
+    @abc.abstractmethod
     def _remove_stale(self) -> None:
         """Remove what killed or replaced writes left (under the writer lock, the store not damaged)."""
 
