@@ -101,7 +101,8 @@ class Generation:
     ) -> None:
         """Read ``directory/name``; ``loaded`` = (dtype, shape, codec, labels, crcs) of a generation this handle just
         wrote."""
-        self.name, self.path = name, directory / name
+        self.name = self.token = name  # token: what a journal extending it names
+        self.path = directory / name
         self._prefix = f"{self.path}/"
         self.dtype, self.shape, self.codec, self.labels, self.crcs = loaded or self._read()
         self._suffix = f".{self.codec.extension}"
@@ -144,6 +145,9 @@ class Generation:
                 f"{path} is not a disk store's metadata ({type(error).__name__}: {error})"
             ) from None
         return dtype, tuple(shape), codec, count
+
+    def close(self) -> None:
+        """Nothing to release: image files are opened when read."""
 
     def file(self, image_id: int) -> str:
         return f"{self._prefix}{image_id}{self._suffix}"

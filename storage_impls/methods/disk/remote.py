@@ -29,7 +29,7 @@ class RemoteDiskStore(RemoteReads, DiskStore):
 
     def _files(self, ids: np.ndarray) -> list[str]:
         """The objects of ``ids``' image files (those the journal does not hold)."""
-        generation, journal = self._generation, self._journal.entries
+        generation, journal = self._checkpoint, self._journal.entries
         return [
             Path(generation.file(image_id)).relative_to(self.staged.root).as_posix()
             for image_id in np.unique(ids).tolist()

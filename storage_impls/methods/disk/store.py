@@ -60,17 +60,11 @@ import numpy as np
 from storage_impls.core.base import BatchReader, ImageStore
 from storage_impls.core.codecs import Codec
 from storage_impls.core.encoded import EncodedStore, decode
-from storage_impls.core.errors import (
-    CorruptStoreError,
-    MissingStoreError,
-    StoreError,
-    StoreLockedError,
-    is_no_space,
-    no_space_error,
-)
+from storage_impls.core.errors import CorruptStoreError, MissingStoreError, StoreError, is_no_space, no_space_error
 from storage_impls.core.fileio import fsync_path
-from storage_impls.core.journal import Journal, compaction_cycle
-from storage_impls.core.records import is_temporary, refuse_foreign, write_file_atomic
+from storage_impls.core.journal import Journal
+from storage_impls.core.journaled import JournaledStore
+from storage_impls.core.records import is_temporary, write_file_atomic
 from storage_impls.methods.disk.format import (
     GENERATION,
     JOURNAL,
@@ -84,18 +78,20 @@ from storage_impls.methods.disk.format import (
     read_pointer,
 )
 
-OPEN_TRIES = 100  # a reader opens again when a writer commits while it opens
 NO_LINK_ERRNOS = (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP)
 Fill = Callable[
     [Generation | None, str], tuple[np.ndarray, np.ndarray]
 ]  # (old generation, new folder/) -> labels, crcs
 
 
-class DiskStore(EncodedStore):
-    """One image file per image plus ``labels.csv``, in generation folders, plus a journal of single writes."""
+class DiskStore(JournaledStore, EncodedStore):
+    """One image file per image plus ``labels.csv``, in generation folders, plus a journal of single writes
+    (core/journaled.py's protocol: a generation is its checkpoint)."""
 
     method = "disk"
-    file_per_image = appends_single_writes = True  # a journal record
+    file_per_image = True
+    POINTER, JOURNAL, JOURNAL_FIRST = POINTER, JOURNAL, True
+    DEFAULT_CODEC = "png"  # also of journals written before codecs
 
     @classmethod
     def library_reader(cls, directory: Path, image_shape: tuple[int, ...]) -> tuple[str, BatchReader]:
@@ -103,56 +99,25 @@ class DiskStore(EncodedStore):
 
         return "Pillow alone, same files", pillow_reader(directory)
 
-    DEFAULT_CODEC = "png"
-
-    def _open(self) -> None:
-        self._journal_path = self.directory / JOURNAL
-        self._generation: Generation | None = None
-        self._journal: Journal | None = None
-        self._damage: StoreError | None = None
-        self._count = 0
-        if not (self.directory / POINTER).exists():
-            refuse_foreign(self.directory, self.method)
-            if self.mode == "r" and not self._journal_path.exists():
-                raise MissingStoreError(f"no disk store at {self.directory}: {POINTER} does not exist")
-        self._load()
-
     # -- the handle's view ------------------------------------------------------------------------
-    def _load(self) -> None:
-        """Read the current generation and the journal extending it. A damaged store raises in mode "r";
-        in mode "a" the damage is kept and raised by reads, so that store_many can repair it."""
-        self._release()
+    def _open_current(self) -> Generation | None:
+        name = read_pointer(self.directory)
         try:
-            self._generation, self._journal = self._open_consistent()
-            self._count = self._journal.next_id(self._generation.count if self._generation else 0)
-            self._check_journal()
-        except (CorruptStoreError, MissingStoreError) as error:
-            self._release()
-            if self.mode == "r":
-                raise
-            self._damage = error
+            return Generation(self.directory, name) if name else None
+        except (FileNotFoundError, CorruptStoreError) as error:
+            raise self._open_failed(error, self._current() == name) from None
 
     def _open_consistent(self) -> tuple[Generation | None, Journal]:
-        """The generation and its journal as they were at one moment (no commit in between)."""
-        for _ in range(OPEN_TRIES):
-            name = read_pointer(self.directory)
-            try:
-                generation = Generation(self.directory, name) if name else None
-            except FileNotFoundError as error:
-                if self._current() != name:
-                    continue  # a writer committed and removed the folder meanwhile
-                raise MissingStoreError(f"disk store {self.directory}: {error.filename} is missing") from None
-            journal = Journal(self._journal_path, name or "")
-            # no journal extends this generation: consistent only if it is still the current one
-            if journal.image_shape is not None or self._current() == name:
-                if name is None and journal.image_shape is None and self._journal_path.exists():
-                    journal.close()
-                    raise MissingStoreError(
-                        f"disk store {self.directory}: {POINTER} is missing but {JOURNAL} extends a generation"
-                    )
-                return generation, journal
+        generation, journal = super()._open_consistent()
+        if generation is None and journal.image_shape is None and self._journal_path.exists():
             journal.close()
-        raise StoreLockedError(f"{self.directory} changed under every one of {OPEN_TRIES} attempts to open it")
+            raise MissingStoreError(
+                f"disk store {self.directory}: {POINTER} is missing but {JOURNAL} extends a generation"
+            )
+        return generation, journal
+
+    def _is_current(self, generation: Generation | None) -> bool:
+        return self._current() == (generation.name if generation is not None else None)
 
     def _current(self) -> str | None:
         """The generation CURRENT names now (None if there is none or it is unreadable)."""
@@ -161,44 +126,10 @@ class DiskStore(EncodedStore):
         except CorruptStoreError:
             return None
 
-    def _check_journal(self) -> None:
-        """The journal must fit the generation: same shape, appended ids without gaps."""
-        journal, generation = self._journal, self._generation
-        if not journal.entries:
-            return
-        if generation and (journal.image_dtype, journal.image_shape, journal.codec or self.DEFAULT_CODEC) != (
-            generation.dtype,
-            generation.shape,
-            generation.codec.spec,
-        ):
-            raise CorruptStoreError(
-                f"{journal.path}: images of {journal.image_dtype} {journal.image_shape} in {journal.codec}, "
-                f"but {generation.path}'s are {generation.dtype} {generation.shape} in {generation.codec.spec}"
-            )
-        first = generation.count if generation else 0
-        if sum(image_id >= first for image_id in journal.entries) != self._count - first:
-            raise CorruptStoreError(f"{journal.path}: records that leave a gap in the ids")
-
-    def _refresh(self) -> None:
-        """Under the writer lock: catch up with other writers, then remove what killed writes left."""
-        current = self._current()
-        if self._damage or current != (self._generation.name if self._generation else None):
-            self._load()
-        else:
-            try:
-                if self._journal.refresh():
-                    self._count = self._journal.next_id(self._generation.count if self._generation else 0)
-                    self._check_journal()
-            except CorruptStoreError as error:
-                self._release()
-                self._damage = error
-        if not self._damage:  # a damaged store's files stay until store_many replaces them
-            self._remove_stale()
-
     def _remove_stale(self) -> None:
         """Remove temporaries and generation folders CURRENT does not name (left by killed or replaced writes);
         without a CURRENT, folders stay (a deleted CURRENT must not cost the images) until a commit."""
-        live = self._generation.name if self._generation else None
+        live = self._checkpoint.name if self._checkpoint else None
         for entry in os.scandir(self.directory):
             if is_temporary(entry.name) or (live and GENERATION.fullmatch(entry.name) and entry.name != live):
                 if entry.is_dir(follow_symlinks=False):
@@ -206,35 +137,8 @@ class DiskStore(EncodedStore):
                 else:
                     os.unlink(entry.path)
 
-    def _release(self) -> None:
-        if self._journal is not None:
-            self._journal.close()
-        self._generation, self._journal, self._damage, self._count = None, None, None, 0
-
-    def __len__(self) -> int:
-        if self._damage:
-            raise type(self._damage)(f"{self._damage} (store_many replaces the damaged contents)")
-        return self._count
-
-    @property
-    def image_shape(self) -> tuple[int, ...] | None:
-        if self._generation:
-            return self._generation.shape
-        return self._journal.image_shape if self._journal else None
-
-    @property
-    def image_dtype(self) -> np.dtype | None:
-        if self._generation:
-            return self._generation.dtype
-        return self._journal.image_dtype if self._journal else None
-
-    @property
-    def recorded_codec(self) -> str | None:
-        if self._generation:
-            return self._generation.codec.spec
-        if self._journal and self._journal.image_shape is not None:
-            return self._journal.codec or self.DEFAULT_CODEC  # journals written before codecs: png
-        return None
+    def _record(self, image: np.ndarray, codec: Codec) -> tuple[bytes, str]:
+        return codec.encode(image), codec.spec  # the file's bytes, the codec named even when raw
 
     # -- writes ---------------------------------------------------------------------------------
     def _replace_all(self, images: np.ndarray, labels: np.ndarray) -> None:
@@ -249,17 +153,6 @@ class DiskStore(EncodedStore):
             return labels.copy(), crcs  # the caller's array may change later
 
         self._commit(images.dtype, images.shape[1:], codec, fill)
-
-    def single_write_cycle(self) -> int:
-        return compaction_cycle(self._generation.count if self._generation else 0)
-
-    def _put(self, image: np.ndarray, image_id: int, label: int) -> None:
-        codec = self.codec
-        encoded = codec.encode(image)
-        if self._journal.needs_compaction(self._generation.count if self._generation else 0):
-            self._fold()
-        self._journal.append(image_id, label, encoded, image.dtype, image.shape, durable=self.durable, codec=codec.spec)
-        self._count = max(self._count, image_id + 1)
 
     def _fold(self) -> None:
         """Commit this handle's view as a new generation, if the journal holds any records."""
@@ -301,7 +194,7 @@ class DiskStore(EncodedStore):
         folder = self.directory / name
         try:
             folder.mkdir()
-            labels, crcs = fill(self._generation, f"{folder}/")
+            labels, crcs = fill(self._checkpoint, f"{folder}/")
             self._write_file(folder / LABELS, format_labels(labels, crcs))
             self._write_file(folder / META, format_meta(dtype, shape, codec, len(labels)))
             if self.durable:
@@ -315,10 +208,7 @@ class DiskStore(EncodedStore):
             if is_no_space(error) and not isinstance(error, StoreError):
                 raise no_space_error(self.directory, error) from error
             raise
-        self._release()
-        self._journal_path.unlink(missing_ok=True)  # stale: it names the old generation
-        self._generation = Generation(self.directory, name, (dtype, tuple(shape), codec, labels, crcs))
-        self._journal, self._count = Journal(self._journal_path, name), len(labels)
+        self._switch(Generation(self.directory, name, (dtype, tuple(shape), codec, labels, crcs)))
         self._remove_stale()  # the old generation
 
     def _write_file(self, path: str | Path, data: bytes | memoryview) -> None:
@@ -337,7 +227,7 @@ class DiskStore(EncodedStore):
     def _decode_into(self, image_id: int, target: np.ndarray) -> int:
         """Decode image ``image_id`` into ``target`` (its (H, W[, C]) slot); return its label."""
         if image_id not in self._journal.entries:
-            generation = self._generation
+            generation = self._checkpoint
             decode(
                 generation.codec,
                 generation.encoded(image_id),
@@ -359,9 +249,6 @@ class DiskStore(EncodedStore):
     def _read_batch_into(self, ids: np.ndarray, out: np.ndarray, labels: np.ndarray) -> None:
         for position, image_id in enumerate(ids.tolist()):
             labels[position] = self._decode_into(image_id, out[position])
-
-    def _close(self) -> None:
-        self._release()
 
     @classmethod
     def remote_reader(cls) -> type[ImageStore]:

@@ -50,6 +50,7 @@ from storage_impls.core.encoded import decode
 from storage_impls.core.errors import NO_SPACE_ERRNOS, CorruptStoreError, is_no_space, no_space_error
 from storage_impls.core.fileio import READ_FLAGS
 from storage_impls.core.journal import pwrite_all
+from storage_impls.core.journaled import ChangedError
 from storage_impls.methods.hdf5.chunked import CONTIGUOUS, ChunkedImages, Layout, hdf5_writing
 
 FORMAT = "storage_impls.hdf5"
@@ -462,10 +463,6 @@ class Checkpoint:
         except BufferError:  # a caller still holds a view: the map goes when it does
             pass
         os.close(self._fd)
-
-
-class ChangedError(Exception):
-    """The checkpoint path was replaced while it was being opened."""
 
 
 def _raw_offset(dataset: h5py.Dataset, nbytes: int, size: int, name: Path) -> int:

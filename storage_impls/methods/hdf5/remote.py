@@ -10,7 +10,6 @@ import h5py
 import numpy as np
 
 from storage_impls.core.errors import CorruptStoreError, LocalOnlyError, StoreError
-from storage_impls.core.journal import Journal
 from storage_impls.methods.hdf5.format import RAW, Checkpoint
 from storage_impls.methods.hdf5.store import FILE_NAME, JOURNAL_NAME, Hdf5Store
 from storage_impls.remote.checkpointed import RemoteReads
@@ -89,11 +88,5 @@ class RemoteHdf5Store(RemoteReads, Hdf5Store):
         if JOURNAL_NAME in listed:
             self.staged.download(JOURNAL_NAME)
 
-    def _open_consistent(self) -> tuple[Checkpoint | None, Journal]:
-        checkpoint = RemoteHdf5Checkpoint.open_remote(self.staged) if (self.directory / FILE_NAME).exists() else None
-        try:
-            return checkpoint, Journal(self.directory / JOURNAL_NAME, checkpoint.token if checkpoint else "")
-        except BaseException:
-            if checkpoint is not None:
-                checkpoint.close()
-            raise
+    def _open_current(self) -> Checkpoint | None:
+        return RemoteHdf5Checkpoint.open_remote(self.staged) if self._pointer.exists() else None

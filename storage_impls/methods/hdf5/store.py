@@ -77,28 +77,26 @@ from storage_impls.core.advice import OPTIONS as ADVICE_OPTIONS
 from storage_impls.core.base import ImageStore
 from storage_impls.core.codecs import Codec, get_codec
 from storage_impls.core.encoded import EncodedStore
-from storage_impls.core.errors import CorruptStoreError, MissingStoreError, StoreLockedError
 from storage_impls.core.fileio import fsync_path
-from storage_impls.core.journal import Journal, compaction_cycle, gather_overlaid
+from storage_impls.core.journaled import JournaledStore
 from storage_impls.core.options import check_options
-from storage_impls.core.records import refuse_foreign
 from storage_impls.methods.hdf5.chunked import CONTIGUOUS, Layout
 from storage_impls.methods.hdf5.chunked import OPTIONS as LAYOUT_OPTIONS
-from storage_impls.methods.hdf5.format import RAW, Block, ChangedError, Checkpoint, file_identity, write_checkpoint
+from storage_impls.methods.hdf5.format import RAW, Block, Checkpoint, file_identity, write_checkpoint
 
 FILE_NAME = "images.h5"
 JOURNAL_NAME = FILE_NAME + ".journal"
 TEMPORARY_PREFIX, TEMPORARY_SUFFIX = f".{FILE_NAME}", ".tmp"  # checkpoints and journals being written
 COPY_BLOCK_BYTES = 64 << 20  # images copied at a time when folding the journal into a new checkpoint
-OPEN_TRIES = 100  # a reader opens again when a writer commits between its opening the checkpoint and the journal
 
 
-class Hdf5Store(EncodedStore):
+class Hdf5Store(JournaledStore, EncodedStore):
     """Images (raw, or encoded: ``hdf5:codec=jpeg-90``) and labels in one HDF5 checkpoint file plus a journal of
-    single-image writes."""
+    single-image writes (core/journaled.py's protocol)."""
 
     method = "hdf5"
-    reads_through_map = appends_single_writes = True  # the checkpoint's map; a journal record
+    reads_through_map = True  # the checkpoint's map
+    POINTER, JOURNAL, JOURNAL_FIRST = FILE_NAME, JOURNAL_NAME, True  # the checkpoint file is its own pointer
 
     @classmethod
     def library_versions(cls) -> dict[str, str]:
@@ -147,133 +145,21 @@ class Hdf5Store(EncodedStore):
         recorded = self._checkpoint.layout if self._checkpoint else None
         return Layout(**self._layout_options) if recorded is None or replacing and self._layout_options else recorded
 
-    def _open(self) -> None:
-        self._path = self.directory / FILE_NAME
-        self._checkpoint: Checkpoint | None = None
-        self._journal: Journal | None = None
-        self._damage: CorruptStoreError | None = None
-        self._count = 0
-        self._in_journal: np.ndarray | None = None  # bool per id: its newest version is a journal record
-        # the journal first: a store with contents always has one of the two, and images.h5 is never removed
-        if file_identity(self.directory / JOURNAL_NAME) is None and file_identity(self._path) is None:
-            refuse_foreign(self.directory, self.method)
-            if self.mode == "r":
-                raise MissingStoreError(f"no hdf5 store at {self.directory}: {FILE_NAME} does not exist")
-        self._load()
-
-    # -- the handle's view ------------------------------------------------------------------------
-    def _load(self) -> None:
-        """Read the current checkpoint and the journal extending it. A damaged store raises CorruptStoreError
-        in mode "r"; in mode "a" the damage is kept and raised by reads, so that store_many can repair it."""
-        self._release()
+    # -- the handle's view (core/journaled.py) ----------------------------------------------------
+    def _open_current(self) -> Checkpoint | None:
         try:
-            self._checkpoint, self._journal = self._open_consistent()
-            self._count = self._journal.next_id(self._checkpoint.count if self._checkpoint else 0)
-            self._check_journal()
-        except CorruptStoreError as error:
-            self._release()
-            if self.mode == "r":
-                raise
-            self._damage = error
+            return Checkpoint(self._pointer, advice=self._advice)
+        except FileNotFoundError:
+            return None
 
-    def _open_consistent(self) -> tuple[Checkpoint | None, Journal]:
-        """The checkpoint and its journal as they were at one moment (no commit in between)."""
-        for _ in range(OPEN_TRIES):
-            try:
-                checkpoint = Checkpoint(self._path, advice=self._advice)
-            except FileNotFoundError:
-                checkpoint = None
-            except ChangedError:
-                continue
-            try:
-                journal = Journal(self.directory / JOURNAL_NAME, checkpoint.token if checkpoint else "")
-            except BaseException:
-                if checkpoint:
-                    checkpoint.close()
-                raise
-            # no journal extends this checkpoint: consistent only if the checkpoint is still the current one
-            if journal.image_shape is not None or file_identity(self._path) == (
-                checkpoint.identity if checkpoint else None
-            ):
-                return checkpoint, journal
-            journal.close()
-            if checkpoint:
-                checkpoint.close()
-        raise StoreLockedError(f"{self.directory} changed under every one of {OPEN_TRIES} attempts to open it")
+    def _is_current(self, checkpoint: Checkpoint | None) -> bool:
+        return file_identity(self._pointer) == (checkpoint.identity if checkpoint is not None else None)
 
-    def _check_journal(self) -> None:
-        """The journal must fit the checkpoint: same shape and codec, whole images, appended ids without gaps."""
-        journal, checkpoint = self._journal, self._checkpoint
-        if not journal.entries:
-            return
-        if checkpoint and (journal.image_dtype, journal.image_shape) != (checkpoint.dtype, checkpoint.shape):
-            raise CorruptStoreError(
-                f"{journal.path}: images of {journal.image_dtype} {journal.image_shape}, but the "
-                f"checkpoint's are {checkpoint.dtype} {checkpoint.shape}"
-            )
-        try:
-            codec = get_codec(journal.codec or RAW.spec)
-        except ValueError as error:
-            raise CorruptStoreError(f"{journal.path}: {error}") from None
-        if checkpoint and codec is not checkpoint.codec:
-            raise CorruptStoreError(
-                f"{journal.path}: images in {codec.spec}, but the checkpoint's are in {checkpoint.codec.spec}"
-            )
-        row = math.prod(journal.image_shape) * journal.image_dtype.itemsize
-        first = checkpoint.count if checkpoint else 0
-        raw = codec is RAW  # encoded records vary in length: decoding checks them
-        if (
-            raw
-            and any(entry.length != row for entry in journal.entries.values())
-            or sum(image_id >= first for image_id in journal.entries) != self._count - first
-        ):
-            raise CorruptStoreError(f"{journal.path}: records that are not whole images or leave a gap in the ids")
-
-    def _refresh(self) -> None:
-        """Under the writer lock: remove temporaries of killed writes, then catch up with other writers."""
+    def _remove_stale(self) -> None:
+        """Remove the temporaries of killed writes."""
         for entry in os.scandir(self.directory):
             if entry.name.startswith(TEMPORARY_PREFIX) and entry.name.endswith(TEMPORARY_SUFFIX):
                 Path(entry.path).unlink(missing_ok=True)
-        if self._damage or file_identity(self._path) != (self._checkpoint.identity if self._checkpoint else None):
-            self._load()
-            return
-        try:
-            if self._journal.refresh():
-                self._count = self._journal.next_id(self._checkpoint.count if self._checkpoint else 0)
-                self._check_journal()
-                self._in_journal = None
-        except CorruptStoreError as error:
-            self._release()
-            self._damage = error
-
-    def _release(self) -> None:
-        for part in self._checkpoint, self._journal:
-            if part is not None:
-                part.close()
-        self._checkpoint, self._journal, self._damage, self._count, self._in_journal = None, None, None, 0, None
-
-    def __len__(self) -> int:
-        if self._damage:
-            raise CorruptStoreError(f"{self._damage} (store_many replaces the damaged contents)")
-        return self._count
-
-    @property
-    def image_shape(self) -> tuple[int, ...] | None:
-        if self._checkpoint:
-            return self._checkpoint.shape
-        return self._journal.image_shape if self._journal else None
-
-    @property
-    def image_dtype(self) -> np.dtype | None:
-        if self._checkpoint:
-            return self._checkpoint.dtype
-        return self._journal.image_dtype if self._journal else None
-
-    @property
-    def recorded_codec(self) -> str | None:
-        if self._checkpoint:
-            return self._checkpoint.codec.spec
-        return (self._journal.codec or RAW.spec) if self._journal and self._journal.image_shape else None
 
     # -- writes -------------------------------------------------------------------------------------
     def _replace_all(self, images: np.ndarray, labels: np.ndarray) -> None:
@@ -294,21 +180,6 @@ class Hdf5Store(EncodedStore):
             layout,
             np.fromiter(map(len, payloads), np.int64, len(payloads)),
         )
-
-    def single_write_cycle(self) -> int:
-        return compaction_cycle(self._checkpoint.count if self._checkpoint else 0)
-
-    def _put(self, image: np.ndarray, image_id: int, label: int) -> None:
-        codec = self.codec
-        payload, spec = (image, None) if codec is RAW else (codec.encode(image), codec.spec)
-        if self._journal.needs_compaction(self._checkpoint.count if self._checkpoint else 0):
-            self._fold()
-        self._journal.append(image_id, label, payload, image.dtype, image.shape, durable=self.durable, codec=spec)
-        if image_id == self._count:
-            self._count += 1
-            self._in_journal = None
-        elif self._in_journal is not None:
-            self._in_journal[image_id] = True
 
     def _fold(self) -> None:
         """Commit this handle's view (the checkpoint, journal records over it) as a new checkpoint of the store's
@@ -348,12 +219,6 @@ class Hdf5Store(EncodedStore):
             self._read_range_into(start, images[:size], labels[:size])
             yield start, images[:size], labels[:size]
 
-    def _read_payloads(self, start: int, stop: int) -> tuple[list[bytes | memoryview], np.ndarray]:
-        """The encoded bytes and labels of images start..stop-1 as this handle reads them (a store with a codec)."""
-        count = self._checkpoint.count if self._checkpoint else 0
-        stored, labels = self._checkpoint.payloads(np.arange(start, min(stop, count))) if start < count else ([], [])
-        return self._journal.overlay_payloads(start, stop, stored, labels)
-
     def _payload_sizes(self) -> np.ndarray:
         """The byte count of every image's encoded bytes (the checkpoint's, journal records over them)."""
         sizes = np.zeros(self._count, np.int64)
@@ -392,17 +257,15 @@ class Hdf5Store(EncodedStore):
                 layout=layout,
             )
             # opened before the rename: nothing can fail after it
-            checkpoint = Checkpoint(temporary, self._path, self._advice)
+            checkpoint = Checkpoint(temporary, self._pointer, self._advice)
             try:
-                os.replace(temporary, self._path)
+                os.replace(temporary, self._pointer)
             except BaseException:
                 checkpoint.close()
                 raise
         finally:
             temporary.unlink(missing_ok=True)
-        self._release()
-        (self.directory / JOURNAL_NAME).unlink(missing_ok=True)
-        self._checkpoint, self._journal, self._count = checkpoint, Journal(self.directory / JOURNAL_NAME, token), count
+        self._switch(checkpoint)
         if self.durable:
             fsync_path(self.directory)
 
@@ -413,39 +276,6 @@ class Hdf5Store(EncodedStore):
         image, label = np.empty((1, *self.image_shape), self.image_dtype), np.empty(1, np.int64)
         self._read_record(image_id, image, label, 0)
         return image[0], int(label[0])
-
-    def _read_into(self, out: np.ndarray, labels: np.ndarray) -> None:
-        self._read_range_into(0, out, labels)
-
-    def _read_range_into(self, start: int, out: np.ndarray, labels: np.ndarray) -> None:
-        """Fill ``out``/``labels`` with images start..start+len(out)-1: checkpoint rows, then journal records over
-        them."""
-        stop = start + len(out)
-        in_checkpoint = min(stop, self._checkpoint.count if self._checkpoint else 0) - start
-        if in_checkpoint > 0:
-            self._checkpoint.read_rows(start, out[:in_checkpoint], labels[:in_checkpoint])
-        for image_id in self._journal.ids_between(start, stop):
-            self._read_record(image_id, out, labels, image_id - start)
-
-    def _read_batch_into(self, ids: np.ndarray, out: np.ndarray, labels: np.ndarray) -> None:
-        """Gather from the checkpoint's map, then put journal records in their places."""
-        mask = self._journal_mask() if self._journal.entries else None
-        gather_overlaid(
-            mask, ids, out, labels, lambda *gather: self._checkpoint.take(*gather), self._read_record
-        )  # none yet: all in the journal
-
-    def _read_record(self, image_id: int, out: np.ndarray, labels: np.ndarray, position: int) -> None:
-        labels[position] = self._journal.decode_into(image_id, self.codec, out[position])
-
-    def _journal_mask(self) -> np.ndarray:
-        """True for the ids whose newest version is a journal record (rebuilt after a write)."""
-        if self._in_journal is None:
-            self._in_journal = np.zeros(self._count, bool)
-            self._in_journal[np.fromiter(self._journal.entries, np.int64, len(self._journal.entries))] = True
-        return self._in_journal
-
-    def _close(self) -> None:
-        self._release()
 
     @classmethod
     def remote_reader(cls) -> type[ImageStore]:
