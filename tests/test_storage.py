@@ -687,8 +687,8 @@ class TestHdf5(CodecTests, StoreTests):
             store.store_single(images[image_id], image_id, int(labels[image_id]))
             if (directory / "images.h5").exists():
                 tokens.add(store._checkpoint.token)
-        assert len(tokens) == 3  # folded after 6, 12 and 18 records
-        assert len(store._journal.entries) == 5
+        assert len(tokens) == 2  # folded after 6 records, then after 7 more (past max(5, N) records)
+        assert len(store._journal.entries) == 10
         with open_store("hdf5", directory, "r") as reader:
             np.testing.assert_array_equal(reader.read_many(23)[0], images)
             np.testing.assert_array_equal(reader.read_many(23)[1], labels)
