@@ -59,9 +59,8 @@ HEADER_MAX = 4096
 SCAN_BLOCK_BYTES = 16 << 20  # journal bytes read at a time when loading its records
 COMPACT_MIN_RECORDS = 256  # fold the journal into a new checkpoint past this many records ...
 # ... or past as many as the checkpoint holds images (1/COMPACT_FRACTION of them), whichever is more. A fold copies
-# the N images and the journal's records once, so a write pays about 1 + COMPACT_FRACTION image copies amortised:
-# with 1/16 that was 17, far above a journal append, and single writes into 100 000 images cost 2-12x those into 10.
-# With 1, at most two copies per write (as a doubling array) and the journal never outgrows the checkpoint.
+# the store once: with 1/16 a write paid ~17 image copies amortised (2-15x the cost at 10 images into 100 000); with
+# 1, about 1.5 (as a doubling array), and the journal never outgrows the checkpoint.
 COMPACT_FRACTION = 1
 
 
@@ -195,9 +194,7 @@ class Journal:
         return offset
 
     def _damaged_record(self, position: int) -> CorruptStoreError:
-        return CorruptStoreError(
-            f"{self.path}: the record at byte {position} fails its checksum (bit rot or a damaged copy)"
-        )
+        return CorruptStoreError(f"{self.path}: the record at byte {position} fails its checksum (bit rot or damage)")
 
     def refresh(self) -> bool:
         """Catch up with records other writers appended (or a journal they replaced); True if anything changed."""
