@@ -89,6 +89,7 @@ def test_compaction_links_unchanged_pngs_into_a_new_generation(tmp_path, monkeyp
     import storage_impls.core.journal
 
     monkeypatch.setattr(storage_impls.core.journal, "COMPACT_MIN_RECORDS", 3)
+    monkeypatch.setattr(storage_impls.core.journal, "COMPACT_FRACTION", 10**9)  # past the minimum alone
     directory = tmp_path / "store"
     with open_store("disk", directory) as store:
         store.store_many(*labelled_batch(range(10)))
@@ -271,7 +272,7 @@ def test_kill_during_compactions_never_mixes(tmp_path):
         import storage_impls.core.journal
         from storage_impls import open_store
         from tests.faults import pixels_for
-        storage_impls.core.journal.COMPACT_MIN_RECORDS = 1
+        storage_impls.core.journal.COMPACT_MIN_RECORDS, storage_impls.core.journal.COMPACT_FRACTION = 1, 10**9
         rng = np.random.default_rng(int(sys.argv[1]))
         store = open_store("disk", {str(directory)!r})
         print("ready", flush=True)

@@ -96,7 +96,8 @@ def test_full_disk_while_hdf5_writes_metadata_or_data(tmp_path, method, reserve)
         from tests.faults import check_consistent, labelled_batch, leftovers, pixels_for
         if {reserve!r} == "none":
             storage_impls.methods.hdf5.format.METADATA_RESERVE = 0
-        storage_impls.core.journal.COMPACT_MIN_RECORDS = 0  # every store_single folds the journal first
+        # every store_single folds the journal first
+        storage_impls.core.journal.COMPACT_MIN_RECORDS, storage_impls.core.journal.COMPACT_FRACTION = 0, 10**9
         mount, report = Path({str(mount)!r}), []
         for leave in (0, 2048, 4096, 8192, 12288, 40960):
             for path in mount.iterdir():
@@ -319,6 +320,7 @@ def test_checksum_setting_is_kept_until_a_store_many_changes_it(tmp_path, monkey
     import storage_impls.core.journal
 
     monkeypatch.setattr(storage_impls.core.journal, "COMPACT_MIN_RECORDS", 2)
+    monkeypatch.setattr(storage_impls.core.journal, "COMPACT_FRACTION", 10**9)  # past the minimum alone
     directory = tmp_path / "store"
 
     def recorded() -> bool:
@@ -351,7 +353,7 @@ def test_kill_during_compactions_never_mixes(tmp_path):
         import storage_impls.core.journal
         from storage_impls import open_store
         from tests.faults import pixels_for
-        storage_impls.core.journal.COMPACT_MIN_RECORDS = 1
+        storage_impls.core.journal.COMPACT_MIN_RECORDS, storage_impls.core.journal.COMPACT_FRACTION = 1, 10**9
         rng = np.random.default_rng(int(sys.argv[1]))
         store = open_store("hdf5", {str(directory)!r})
         print("ready", flush=True)
@@ -435,7 +437,7 @@ def test_readers_open_while_a_writer_compacts(tmp_path):
         import storage_impls.core.journal
         from storage_impls import open_store
         from tests.faults import pixels_for
-        storage_impls.core.journal.COMPACT_MIN_RECORDS = 2
+        storage_impls.core.journal.COMPACT_MIN_RECORDS, storage_impls.core.journal.COMPACT_FRACTION = 2, 10**9
         with open_store("hdf5", {str(directory)!r}) as store:
             for step in range(300):
                 store.store_single(pixels_for(step), step % 30, step)

@@ -57,6 +57,7 @@ class NumpyStoreTests(StoreTests):
         import storage_impls.core.journal
 
         monkeypatch.setattr(storage_impls.core.journal, "COMPACT_MIN_RECORDS", 5)
+        monkeypatch.setattr(storage_impls.core.journal, "COMPACT_FRACTION", 10**9)  # past the minimum alone
         images, labels = make_batch(23, (8, 8, 3))
         for image_id in range(23):
             store.store_single(images[image_id], image_id, int(labels[image_id]))

@@ -107,6 +107,7 @@ class TestParquet(CodecTests, NumpyStoreTests):
 
         store, images, labels = filled
         monkeypatch.setattr(storage_impls.core.journal, "COMPACT_MIN_RECORDS", 2)
+        monkeypatch.setattr(storage_impls.core.journal, "COMPACT_FRACTION", 10**9)  # past the minimum alone
         store.store_single(images[0], 10, 5)
         assert pq.read_table(parquet_file(directory)).num_rows == 10
         for image_id in (11, 12, 13):

@@ -305,6 +305,7 @@ class TestWebDataset(CodecTests, StoreTests):
         )
         assert len(list(wds.WebDataset(shards(directory), shardshuffle=False))) == 10  # shards hold the checkpoint only
         monkeypatch.setattr(storage_impls.core.journal, "COMPACT_MIN_RECORDS", 2)
+        monkeypatch.setattr(storage_impls.core.journal, "COMPACT_FRACTION", 10**9)  # past the minimum alone
         store.store_single(images[3], 11, 7)  # the journal is folded first
         store.store_single(images[4], 12, 8)
         assert checkpoint(directory) != folder and not folder.exists()
@@ -424,6 +425,7 @@ def test_folding_the_journal_copies_encoded_files(tmp_path, monkeypatch):
         store.store_single(images[10], 3, -5)
         before = store.read_many(10)
         monkeypatch.setattr(storage_impls.core.journal, "COMPACT_MIN_RECORDS", 1)
+        monkeypatch.setattr(storage_impls.core.journal, "COMPACT_FRACTION", 10**9)  # past the minimum alone
         folder = checkpoint(tmp_path / "s")
         store.store_single(images[11], 10, 2**63 - 1)
         store.store_single(images[11], 11, -(2**63))  # the journal (ids 3 and 10) is folded first

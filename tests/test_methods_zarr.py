@@ -133,6 +133,7 @@ class TestZarr(CodecTests, StoreTests):
         import storage_impls.core.journal
 
         monkeypatch.setattr(storage_impls.core.journal, "COMPACT_MIN_RECORDS", 2)
+        monkeypatch.setattr(storage_impls.core.journal, "COMPACT_FRACTION", 10**9)  # past the minimum alone
         images, labels = make_batch(8, (16, 16, 3))
         with open_store(f"zarr:codec=jpeg-90,reader={reader}", tmp_path) as store:
             store.store_many(images[:4], labels[:4])
@@ -358,6 +359,7 @@ class TestZarr(CodecTests, StoreTests):
         import storage_impls.core.journal
 
         monkeypatch.setattr(storage_impls.core.journal, "COMPACT_MIN_RECORDS", 2)
+        monkeypatch.setattr(storage_impls.core.journal, "COMPACT_FRACTION", 10**9)  # past the minimum alone
         store, images, labels = filled
         store.store_single(images[0], 10, 5)
         assert zarr.open_group(live_group(directory), mode="r")["images"].shape[0] == 10  # in the journal only

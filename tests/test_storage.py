@@ -687,8 +687,8 @@ class TestHdf5(CodecTests, StoreTests):
             store.store_single(images[image_id], image_id, int(labels[image_id]))
             if (directory / "images.h5").exists():
                 tokens.add(store._checkpoint.token)
-        assert len(tokens) == 3  # folded after 6, 12 and 18 records
-        assert len(store._journal.entries) == 5
+        assert len(tokens) == 2  # folded after 6 records, then after 7 more (past max(5, N) records)
+        assert len(store._journal.entries) == 10
         with open_store("hdf5", directory, "r") as reader:
             np.testing.assert_array_equal(reader.read_many(23)[0], images)
             np.testing.assert_array_equal(reader.read_many(23)[1], labels)
@@ -740,6 +740,7 @@ class TestHdf5(CodecTests, StoreTests):
         from storage_impls.core.codecs import PillowLossy
 
         monkeypatch.setattr(storage_impls.core.journal, "COMPACT_MIN_RECORDS", 3)
+        monkeypatch.setattr(storage_impls.core.journal, "COMPACT_FRACTION", 10**9)  # past the minimum alone
         encodes = []
         real_encode = PillowLossy.encode
         monkeypatch.setattr(PillowLossy, "encode", lambda codec, image: encodes.append(1) or real_encode(codec, image))
@@ -865,6 +866,7 @@ class TestHdf5Lzf(StoreTests):
         import storage_impls.core.journal
 
         monkeypatch.setattr(storage_impls.core.journal, "COMPACT_MIN_RECORDS", 2)
+        monkeypatch.setattr(storage_impls.core.journal, "COMPACT_FRACTION", 10**9)  # past the minimum alone
         images, labels = make_batch(40)
 
         def layout():
@@ -928,6 +930,7 @@ class TestHdf5Lzf(StoreTests):
         import storage_impls.core.journal
 
         monkeypatch.setattr(storage_impls.core.journal, "COMPACT_MIN_RECORDS", 3)
+        monkeypatch.setattr(storage_impls.core.journal, "COMPACT_FRACTION", 10**9)  # past the minimum alone
         images, labels = make_batch(6, (8, 8, 3))
         with open_store("hdf5:compression=gzip,chunks=2", directory) as store:
             for image_id in range(6):

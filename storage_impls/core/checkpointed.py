@@ -14,7 +14,7 @@ Writes, under the store's writer lock:
   removes what it left (temporaries, folders no metadata names).
 - ``store_single`` appends one journal record (O(1), CRC-checked; the commit word is the commit
   point). The first write to an empty store makes a checkpoint of that one image. Once the journal
-  holds more than max(256, N/16) records, the next write first folds it into a new checkpoint
+  holds more than max(256, N) records, the next write first folds it into a new checkpoint
   (amortised O(1) per write); ``compact()`` folds it at once, so that other tools reading the checkpoint's
   files see every write.
 
@@ -187,8 +187,14 @@ class CheckpointedStore(JournaledStore):
         if self._journal.entries:
             self.upkeeps += 1  # a fold: the periodic work single writes amortise
             codec = self._checkpoint.codec
-            source = self._read_range if codec is RAW else self._read_payloads
-            self._commit(self.image_dtype, self.image_shape, self._count, source, self._meta["checksum"], codec)
+            self._commit(
+                self.image_dtype, self.image_shape, self._count, self._fold_source(), self._meta["checksum"], codec
+            )
+
+    def _fold_source(self) -> Source:
+        """What a fold hands ``_write_checkpoint``: this handle's images (raw or encoded bytes) by range; a method
+        that can keep the old checkpoint's unchanged files without copying them returns what it needs for that."""
+        return self._read_range if self._checkpoint.codec is RAW else self._read_payloads
 
     def _read_range(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """Images and labels start..stop-1 as this handle reads them (a fresh buffer)."""

@@ -24,11 +24,13 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import shutil
 import stat
 
 from storage_impls.core.errors import CorruptStoreError
 
 READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+NO_LINK_ERRNOS = (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP)
 
 
 def check_tree(directory: str | os.PathLike) -> None:
@@ -121,3 +123,18 @@ def fsync_path(path: str | os.PathLike) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def link_or_copy(source: str | os.PathLike, target: str | os.PathLike, *, durable: bool) -> None:
+    """Give the new file ``target`` the contents of the committed, never rewritten file ``source`` of the same store:
+    a hard link (a fold keeps an unchanged image without copying it; a symbolic link stays one, and reads refuse
+    it), else a copy where the file system has no links (fsynced when durable). FileNotFoundError if ``source``
+    is missing."""
+    try:
+        os.link(source, target, follow_symlinks=False)
+    except OSError as error:
+        if error.errno not in NO_LINK_ERRNOS:
+            raise
+        shutil.copyfile(source, target, follow_symlinks=False)
+        if durable:
+            fsync_path(target)

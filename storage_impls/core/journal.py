@@ -50,13 +50,18 @@ from storage_impls.core.fileio import fsync_path, open_regular
 FORMAT = "storage_impls.journal"
 FORMAT_VERSION = 2
 RECORD = struct.Struct("<QqII")  # image id, label, payload length, crc32(fields before it + payload)
+RECORD_FIELDS = np.dtype([("id", "<u8"), ("label", "<i8"), ("length", "<u4"), ("crc", "<u4")])  # RECORD, as numpy
 HEADER_CRC = struct.Struct("<I")
 COMMIT = struct.Struct("<QI4x")  # end of the committed records, crc32 of that end
 COMMIT_ALIGN = 16  # the commit word never straddles a page or sector, so one pwrite of it is atomic
 COMMIT_READ_TRIES = 3  # a reader may race a writer's update of the commit word: read it again before calling it damage
 HEADER_MAX = 4096
+SCAN_BLOCK_BYTES = 16 << 20  # journal bytes read at a time when loading its records
 COMPACT_MIN_RECORDS = 256  # fold the journal into a new checkpoint past this many records ...
-COMPACT_FRACTION = 16  # ... or past 1/16 of the checkpoint's images, whichever is more: O(1) per write, amortised
+# ... or past as many as the checkpoint holds images (1/COMPACT_FRACTION of them), whichever is more. A fold copies
+# the store once: with 1/16 a write paid ~17 image copies amortised (2-15x the cost at 10 images into 100 000); with
+# 1, about 1.5 (as a doubling array), and the journal never outgrows the checkpoint.
+COMPACT_FRACTION = 1
 
 
 def compaction_cycle(checkpoint_count: int) -> int:
@@ -148,18 +153,48 @@ class Journal:
                 f"{self.path} is {size} bytes but its committed records end at byte {end} (a damaged or partial copy)"
             )
         position = self._end
-        while position < end:
-            fields = os.pread(self._fd, RECORD.size, position)
-            image_id, label, length, crc = RECORD.unpack(fields.ljust(RECORD.size, b"\0"))
-            start = position + RECORD.size
-            if start + length > end or zlib.crc32(os.pread(self._fd, length, start), zlib.crc32(fields[:-4])) != crc:
-                raise CorruptStoreError(
-                    f"{self.path}: the record at byte {position} fails its checksum (bit rot or a damaged copy)"
+        while position < end:  # a block of records per read: a journal as large as its checkpoint opens fast
+            block = os.pread(self._fd, min(SCAN_BLOCK_BYTES, end - position), position)
+            scanned = self._scan_block(block, position)
+            if not scanned:  # a record larger than the block: read it whole
+                length = RECORD.unpack(block[: RECORD.size].ljust(RECORD.size, b"\0"))[2]
+                scanned = self._scan_block(
+                    os.pread(self._fd, min(RECORD.size + length, end - position), position), position
                 )
-            self.entries[image_id] = Entry(label, start, length, crc)
-            self.records += 1
-            position = start + length
+            if not scanned:
+                raise self._damaged_record(position)
+            position += scanned
         self._end = end
+
+    def _scan_block(self, block: bytes, position: int) -> int:
+        """Add the whole records at the start of ``block`` (the journal's bytes from ``position``); return how many
+        bytes they span. CorruptStoreError for a record that fails its CRC. Records are taken a run of equal lengths
+        at a time (raw pixels: the whole block), their fields read as one strided array."""
+        view, offset = memoryview(block), 0
+        while offset + RECORD.size <= len(block):
+            length = RECORD.unpack_from(block, offset)[2]
+            stride = RECORD.size + length
+            fields = np.ndarray(((len(block) - offset) // stride,), RECORD_FIELDS, block, offset, (stride,))
+            if not len(fields):
+                break
+            run = int(np.argmax(fields["length"] != length)) or len(fields)  # records of this length from offset
+            fields = fields[:run]
+            starts = range(offset + RECORD.size, offset + run * stride, stride)
+            crcs = [
+                zlib.crc32(view[start : start + length], zlib.crc32(view[start - RECORD.size : start - 4]))
+                for start in starts
+            ]
+            damaged = np.flatnonzero(np.array(crcs, np.uint32) != fields["crc"])
+            if len(damaged):
+                raise self._damaged_record(position + offset + int(damaged[0]) * stride)
+            located = zip(fields["label"].tolist(), range(position + starts.start, position + starts.stop, stride))
+            self.entries.update(zip(fields["id"].tolist(), (Entry(*at, length, crc) for at, crc in zip(located, crcs))))
+            self.records += run
+            offset += run * stride
+        return offset
+
+    def _damaged_record(self, position: int) -> CorruptStoreError:
+        return CorruptStoreError(f"{self.path}: the record at byte {position} fails its checksum (bit rot or damage)")
 
     def refresh(self) -> bool:
         """Catch up with records other writers appended (or a journal they replaced); True if anything changed."""

@@ -6,7 +6,10 @@ Layout (see checkpointed.py for the metadata file, the journal and how writes co
 exactly what ``np.save`` writes), ``labels.npy`` (little-endian int64, (N,)) and, with
 ``checksum=True``, ``checksums.npy`` (uint64, xxh3_64 of each image seeded with its label).
 ``DIR/npy-files.journal`` holds single-image writes (raw pixels, CRC-checked), so that replacing
-one image and its label is one atomic append, not a file write plus an O(N) labels rewrite.
+one image and its label is one atomic append, not a file write plus an O(N) labels rewrite. A fold
+hard-links the old checkpoint's files of the images the journal does not replace into the new folder (committed
+files are never rewritten, so both folders may share them; copied where the file system has no links) and writes
+out only the journal's images: no image is read back or copied.
 
 Reads: one ``open`` + ``readv`` + ``close`` per image, straight into the caller's array; the
 header must be byte for byte the one this package writes and the file exactly header + pixels
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -26,7 +30,8 @@ from storage_impls.core.base import ImageStore
 from storage_impls.core.checkpointed import COPY_BLOCK_BYTES, Checkpoint, CheckpointedStore, Source
 from storage_impls.core.codecs import Codec
 from storage_impls.core.errors import CorruptStoreError
-from storage_impls.core.fileio import READ_FLAGS
+from storage_impls.core.fileio import READ_FLAGS, link_or_copy
+from storage_impls.core.journal import Journal
 from storage_impls.core.records import image_checksums, verify_checksums
 from storage_impls.formats.npy import check_array, header, load, parse_header, save, write_file
 from storage_impls.remote.checkpointed import RemoteCheckpoint, RemoteCheckpointed
@@ -83,6 +88,14 @@ class FilesCheckpoint(Checkpoint):
             verify_checksums(ids, images, labels, self.sums[ids], self.folder)
 
 
+class LinkedFold(NamedTuple):
+    """A fold's source: the old checkpoint, whose files of images the journal does not replace are linked into the
+    new one, and the journal, whose newest records are written out."""
+
+    old: FilesCheckpoint
+    journal: Journal
+
+
 class NpyFilesStore(CheckpointedStore):
     """One ``.npy`` file per image plus ``labels.npy``, and a journal."""
 
@@ -103,18 +116,48 @@ class NpyFilesStore(CheckpointedStore):
         head = header(dtype, shape)
         labels = np.empty(count, LABEL_DTYPE)
         sums = np.empty(count, CHECKSUM_DTYPE) if checksum else None
-        step = max(1, COPY_BLOCK_BYTES // (int(np.prod(shape)) * dtype.itemsize))
-        for start in range(0, count, step):
-            images, block_labels = source(start, min(count, start + step))
-            for image_id, image in enumerate(images, start):
-                write_file(folder / f"{image_id}.npy", [head, image], durable=self.durable)
-            labels[start : start + len(images)] = block_labels
-            if sums is not None:
-                sums[start : start + len(images)] = image_checksums(images, block_labels)
+        if isinstance(source, LinkedFold):
+            self._write_fold(folder, source, head, labels, sums)
+        else:
+            step = max(1, COPY_BLOCK_BYTES // (int(np.prod(shape)) * dtype.itemsize))
+            for start in range(0, count, step):
+                images, block_labels = source(start, min(count, start + step))
+                for image_id, image in enumerate(images, start):
+                    write_file(folder / f"{image_id}.npy", [head, image], durable=self.durable)
+                labels[start : start + len(images)] = block_labels
+                if sums is not None:
+                    sums[start : start + len(images)] = image_checksums(images, block_labels)
         save(folder / LABELS, labels, durable=self.durable)
         if sums is not None:
             save(folder / CHECKSUMS, sums, durable=self.durable)
         return {}
+
+    def _fold_source(self) -> LinkedFold:
+        return LinkedFold(self._checkpoint, self._journal)
+
+    def _write_fold(
+        self, folder: Path, fold: LinkedFold, head: bytes, labels: np.ndarray, sums: np.ndarray | None
+    ) -> None:
+        """Fill ``folder`` with this handle's view: unchanged files linked from the old checkpoint (no image is read
+        or copied; a fold costs a link per image), the journal's newest records written out; labels and checksums
+        taken over."""
+        old, entries = fold.old, fold.journal.entries
+        labels[: old.count] = old.labels
+        if sums is not None:
+            sums[: old.count] = old.sums
+        for image_id in range(old.count):
+            if image_id not in entries:
+                try:
+                    link_or_copy(old.folder / f"{image_id}.npy", folder / f"{image_id}.npy", durable=self.durable)
+                except FileNotFoundError as error:
+                    raise self._expired(Path(error.filename)) from None
+        image = np.empty((1, *old.shape), old.dtype)
+        for image_id, entry in entries.items():
+            fold.journal.read_into(image_id, image)
+            write_file(folder / f"{image_id}.npy", [head, image[0]], durable=self.durable)
+            labels[image_id] = entry.label
+            if sums is not None:
+                sums[image_id] = image_checksums(image, labels[image_id : image_id + 1])[0]
 
     def _open_checkpoint(self, folder: Path, meta: dict) -> Checkpoint:
         return FilesCheckpoint(folder, meta)

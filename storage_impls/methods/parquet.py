@@ -13,7 +13,7 @@ file (what Hugging Face's image columns hold as bytes: any reader gets the JPEG/
 key-value metadata (KEY) records what the store's metadata records (dtype, image shape, count, row-group
 size), so the file describes itself to ``pyarrow.parquet.read_table``, pandas or polars. ``DIR/parquet.journal``
 holds single-image writes (raw pixels, CRC-checked), since a Parquet file cannot change in place: other
-readers see them once the journal is folded into a new file (past max(256, N/16) records) or after store_many.
+readers see them once the journal is folded into a new file (past max(256, N) records) or after store_many.
 
 Writes: ``store_many`` (and folding the journal) streams blocks of whole row groups into a
 ``pyarrow.parquet.ParquetWriter``, each column built from the caller's buffers (``FixedSizeBinaryArray.

@@ -19,7 +19,7 @@ Writes, all under the store's writer lock (locking.py):
 - ``store_single`` encodes the image and appends one journal record (O(1): two small writes; the
   last, of the commit word, is the commit point). A fresh store's first writes make only the
   journal, whose header carries the dtype, image shape and codec. Before an append, once the journal holds more
-  than max(256, N/16) records, it is folded into a new generation that commits as ``store_many``
+  than max(256, N) records, it is folded into a new generation that commits as ``store_many``
   does: the unchanged files are hard-linked (copied where the file system has no links), the
   journal's written out (amortised O(1) per write). ``compact()`` folds it at once, so that a listing of the
   generation folder (and ``labels.csv``) holds every write.
@@ -48,7 +48,6 @@ record before and after its commit word.
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import uuid
@@ -61,7 +60,7 @@ from storage_impls.core.base import BatchReader, ImageStore
 from storage_impls.core.codecs import Codec
 from storage_impls.core.encoded import EncodedStore, decode
 from storage_impls.core.errors import CorruptStoreError, MissingStoreError, StoreError, is_no_space, no_space_error
-from storage_impls.core.fileio import fsync_path
+from storage_impls.core.fileio import fsync_path, link_or_copy
 from storage_impls.core.journal import Journal
 from storage_impls.core.journaled import JournaledStore
 from storage_impls.core.records import is_temporary, write_file_atomic
@@ -78,7 +77,6 @@ from storage_impls.methods.disk.format import (
     read_pointer,
 )
 
-NO_LINK_ERRNOS = (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP)
 Fill = Callable[
     [Generation | None, str], tuple[np.ndarray, np.ndarray]
 ]  # (old generation, new folder/) -> labels, crcs
@@ -176,17 +174,11 @@ class DiskStore(JournaledStore, EncodedStore):
         return labels, crcs
 
     def _link(self, source: str, target: str) -> None:
-        """Give ``target`` the contents of the unchanging file ``source``: a hard link, else a copy."""
+        """Give ``target`` the contents of the unchanging file ``source`` (a hard link, else a copy)."""
         try:
-            os.link(source, target)
+            link_or_copy(source, target, durable=self.durable)
         except FileNotFoundError:
             raise MissingStoreError(f"{source} is missing: the store is damaged (store_many replaces it)") from None
-        except OSError as error:
-            if error.errno not in NO_LINK_ERRNOS:
-                raise
-            shutil.copyfile(source, target)
-            if self.durable:
-                fsync_path(Path(target))
 
     def _commit(self, dtype: np.dtype, shape: tuple[int, ...], codec: Codec, fill: Fill) -> None:
         """Write a new generation aside, then point CURRENT at it (the commit); drop the stale journal and folders."""

@@ -29,7 +29,7 @@ Writes, all under the store's writer lock (locking.py):
 - ``store_single`` appends one record to the journal (O(1): three small writes; the last, of the
   commit word, is the commit point). A fresh store's first writes make only the journal, whose
   header carries the image shape. Before an append, once the journal holds more than
-  max(256, N/16) records, they are folded into a new checkpoint as ``store_many`` commits one
+  max(256, N) records, they are folded into a new checkpoint as ``store_many`` commits one
   (amortised O(1) per write). ``compact()`` folds them at once, so that h5py sees every write in ``images.h5``.
 - A failed write (a full disk: NoSpaceError, errno ENOSPC) or a killed one leaves the store as it
   was; temporary files (``.images.h5.*.tmp``) are ignored by readers and removed by the next write.
