@@ -241,19 +241,24 @@ class TarCheckpoint(Checkpoint):
         return rows
 
     def take(self, ids: np.ndarray, out: np.ndarray, labels: np.ndarray) -> None:
-        """Gathered from the shards' maps, shard by shard: a copy per field and batch, no system call per image
-        (measured: a ``preadv`` per member was three times a gather's whole cost)."""
+        """Gathered from the shards' maps, shard by shard, no system call per image (issue 24: with a ``preadv`` per
+        member a batch took 7.9x the CPU time of the gather floor, gathered from the maps 3.4x)."""
         layout = self.layout
         where = self.index[ids]
         shards, members = where[:, 0], where[:, 1] // layout.size
         heads, tails = np.empty((len(ids), layout.head), np.uint8), np.empty((len(ids), 8), np.uint8)
         pixels = out.reshape(len(ids), -1).view(np.uint8)
         order = np.arange(len(ids)) if shards.min() == shards.max() else np.argsort(shards, kind="stable")
-        step = max(1, GATHER_BYTES // layout.size)  # numpy gathers into a temporary first: keep it small
+        step = GATHER_BYTES // layout.size  # numpy gathers into a temporary first: keep it small
         for group in np.split(order, np.flatnonzero(np.diff(shards[order])) + 1):
             rows = self._members(int(shards[group[0]]))
-            for at in (group[start : start + step] for start in range(0, len(group), step)):
-                rank = members[at]
+            # large images one at a time: an int index copies straight from the map, a gather would copy twice
+            spans = (
+                zip(group.tolist(), members[group].tolist())
+                if step < 16
+                else ((at, members[at]) for at in (group[start : start + step] for start in range(0, len(group), step)))
+            )
+            for at, rank in spans:
                 pixels[at] = rows[rank, layout.head : layout.label]
                 heads[at] = rows[rank, : layout.head]
                 tails[at] = rows[rank, layout.label : layout.label + 8]
