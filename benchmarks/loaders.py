@@ -36,21 +36,23 @@ def require_torch():
 
 
 class EpochBatches:
-    """A batch sampler: pass ``k`` yields the ``k``-th permutation of 0..n-1 drawn from ``seed``, as lists of
-    ``batch_size`` ids (the last shorter), and keeps that permutation in ``permutation``."""
+    """A batch sampler: pass ``k`` yields the ``k``-th permutation of 0..n-1 drawn from ``seed``, cut into int64
+    arrays of ``batch_size`` ids (the last shorter; lists of ints with ``lists``, as torch's own batch sampler gives
+    a per-sample loader), and keeps that permutation in ``permutation``."""
 
-    def __init__(self, n_images: int, batch_size: int, seed: int = PERMUTATION_SEED) -> None:
-        self.n_images, self.batch_size = n_images, batch_size
+    def __init__(self, n_images: int, batch_size: int, seed: int = PERMUTATION_SEED, *, lists: bool = False) -> None:
+        self.n_images, self.batch_size, self.lists = n_images, batch_size, lists
         self._generator = np.random.default_rng(seed)
         self.permutation = np.arange(0)
 
     def __len__(self) -> int:
         return math.ceil(self.n_images / self.batch_size)
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[np.ndarray | list[int]]:
         self.permutation = self._generator.permutation(self.n_images)
         for start in range(0, self.n_images, self.batch_size):
-            yield self.permutation[start : start + self.batch_size].tolist()
+            ids = self.permutation[start : start + self.batch_size]
+            yield ids.tolist() if self.lists else ids
 
 
 @dataclass

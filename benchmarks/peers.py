@@ -91,7 +91,7 @@ def supports(peer: str, images: np.ndarray) -> str | None:
 # -- in memory -------------------------------------------------------------------------------------------------
 def _tensordataset(*, images, labels, batch_size, workers, **_) -> LoaderUnderTest:
     torch = require_torch()
-    sampler = EpochBatches(len(images), batch_size)
+    sampler = EpochBatches(len(images), batch_size, lists=True)
     data = torch.utils.data.TensorDataset(torch.from_numpy(images), torch.from_numpy(labels))
     return LoaderUnderTest(
         torch.utils.data.DataLoader(data, batch_sampler=sampler, **_worker_options(workers)), sampled_ids(sampler)
@@ -126,7 +126,7 @@ def _image_folder(*, prepared, images, batch_size, workers, **_) -> LoaderUnderT
     data = datasets.ImageFolder(str(prepared.directory), transform=_hwc_tensor)
     if data.classes != [f"{label:06d}" for label in range(len(data.classes))]:
         pytest.skip("ImageFolder numbers its classes by folder: the session's labels must be 0..k-1, all present")
-    sampler = EpochBatches(len(images), batch_size)
+    sampler = EpochBatches(len(images), batch_size, lists=True)
     index_to_id = np.array([int(Path(path).stem) for path, _ in data.samples])
     return LoaderUnderTest(
         torch.utils.data.DataLoader(data, batch_sampler=sampler, **_worker_options(workers)),

@@ -1,8 +1,9 @@
 """Loader cells: an epoch through ``torch.utils.data.DataLoader``, ours beside the loaders people use (run when asked:
 ``--loaders``, or ``-k loader``; they need the [torch] extra, the peers the [peers] extra, and skip without them).
 
-- ``test_loader[hdf5-10000-b256-w2]``: ImageDataset handing whole batches over (storage_impls.loader.TensorBatches,
-  the DataLoader that ``batch_loader`` builds), ``num_workers`` from --loader-workers (default 0 and 2).
+- ``test_loader[hdf5-10000-b256-w2]``: ImageDataset handing whole batches over (the DataLoader that
+  ``storage_impls.loader.batch_loader`` builds, following the cell's batches), ``num_workers`` from --loader-workers
+  (default 0 and 2).
 - ``test_read_batches[hdf5-10000-b256]``: the same batches by ``read_batch`` alone, in this process: what the
   DataLoader at ``num_workers=0`` costs over it is the DataLoader's own.
 - ``test_loader_peer[litdata-10000-b256-w2]``: a peer's loader over its own files (benchmarks/peers.py).
@@ -29,7 +30,7 @@ from benchmarks.loaders import (
     sampled_ids,
 )
 from storage_impls import ImageStore
-from storage_impls.loader import ImageDataset, TensorBatches
+from storage_impls.loader import ImageDataset, batch_loader
 
 
 @pytest.fixture
@@ -87,14 +88,14 @@ def test_read_batches(measure, record, benchmark, image_dataset, expected, metho
 def test_loader(
     measure, record, benchmark, image_dataset, store_class, expected, method, n_images, batch_size, loader_workers
 ):
-    torch = require_torch()
+    require_torch()
     sampler = EpochBatches(n_images, batch_size)
     _describe(benchmark, record, n_images, batch_size, loader_workers)
     context = "spawn" if loader_workers and not store_class.fork_safe else None
-    loader = torch.utils.data.DataLoader(
-        TensorBatches(image_dataset),
-        sampler=sampler,
-        batch_size=None,
+    loader = batch_loader(
+        image_dataset,
+        batch_size,
+        batches=sampler,
         num_workers=loader_workers,
         persistent_workers=loader_workers > 0,
         multiprocessing_context=context,

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -107,7 +107,8 @@ class ImageDataset:
 class TensorBatches:
     """``dataset``'s batches as torch tensors: ``batches[ids] -> (images, labels)``, read in a DataLoader worker
     straight into shared memory (which then crosses to the training process without a copy), in the training
-    process into a tensor of its own. Imports torch on first use."""
+    process by ``read_batch`` alone, its arrays handed over as tensors (``torch.from_numpy``: no copy). Imports
+    torch on first use."""
 
     def __init__(self, dataset: ImageDataset) -> None:
         self.dataset = dataset
@@ -118,14 +119,47 @@ class TensorBatches:
     def __getitem__(self, ids: Sequence[int]):  # -> tuple[torch.Tensor, torch.Tensor]
         import torch  # only here: the package never imports torch at import
 
-        shape, dtype = self.dataset.batch_shape(len(ids))
         if torch.utils.data.get_worker_info() is None:
-            images = torch.from_numpy(np.empty(shape, dtype))
-        else:  # shared memory, as the default collate allocates its batch in a worker
-            empty = torch.from_numpy(np.empty(0, dtype))
-            images = empty.new(empty._typed_storage()._new_shared(math.prod(shape))).view(shape)
+            images, labels = self.dataset.read_batch(ids)
+            return torch.from_numpy(images), torch.from_numpy(labels)
+        # a worker: shared memory, as the default collate allocates its batch there
+        shape, dtype = self.dataset.batch_shape(len(ids))
+        empty = torch.from_numpy(np.empty(0, dtype))
+        images = empty.new(empty._typed_storage()._new_shared(math.prod(shape))).view(shape)
         labels = self.dataset.read_batch(ids, out=images.numpy())[1]
         return images, torch.from_numpy(labels)
+
+
+class ShuffledBatches:
+    """A batch sampler without per-id Python work: each pass cuts one permutation of 0..count-1 (drawn with torch's
+    ``randperm`` from ``generator``, or the ids in order without ``shuffle``) into int64 arrays of ``batch_size``
+    ids, the last shorter unless ``drop_last``."""
+
+    def __init__(
+        self, count: int, batch_size: int, *, shuffle: bool = True, drop_last: bool = False, generator=None
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.count, self.batch_size, self.shuffle, self.drop_last = count, batch_size, shuffle, drop_last
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return self.count // self.batch_size if self.drop_last else math.ceil(self.count / self.batch_size)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        if self.shuffle:
+            import torch
+
+            order = torch.randperm(self.count, generator=self.generator).numpy()
+        else:
+            order = np.arange(self.count, dtype=np.int64)
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            yield order[start : start + self.batch_size]
+
+
+def as_is(batch: object) -> object:
+    """A DataLoader's ``collate_fn`` for batches that come as tensors already: passes them on untouched."""
+    return batch
 
 
 def batch_loader(
@@ -135,15 +169,17 @@ def batch_loader(
     shuffle: bool = True,
     drop_last: bool = False,
     generator=None,
+    batches: Iterable[Sequence[int]] | None = None,
     **loader_options,
 ):  # -> torch.utils.data.DataLoader
     """The DataLoader that hands ``dataset``'s batches over whole: ``for images, labels in batch_loader(dataset, 256,
     num_workers=2)``, images a uint8 (N, H, W, C) tensor as the default collate would give, each batch read with one
-    ``read_batch`` and never copied again. ``loader_options`` go to the DataLoader (``num_workers``,
-    ``pin_memory``, ``multiprocessing_context``, ...); ``generator`` seeds the shuffle."""
-    from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+    ``read_batch`` and never copied again. ``batches``: a batch sampler to follow (lists or arrays of ids) in place
+    of ``ShuffledBatches(len(dataset), batch_size, shuffle=, drop_last=, generator=)``. ``loader_options`` go to the
+    DataLoader (``num_workers``, ``pin_memory``, ``multiprocessing_context``, ...)."""
+    from torch.utils.data import DataLoader
 
-    order = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
-    return DataLoader(
-        TensorBatches(dataset), sampler=BatchSampler(order, batch_size, drop_last), batch_size=None, **loader_options
-    )
+    if batches is None:
+        batches = ShuffledBatches(len(dataset), batch_size, shuffle=shuffle, drop_last=drop_last, generator=generator)
+    loader_options.setdefault("collate_fn", as_is)
+    return DataLoader(TensorBatches(dataset), sampler=batches, batch_size=None, **loader_options)

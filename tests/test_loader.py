@@ -17,7 +17,7 @@ import pytest
 
 from storage_impls import METHODS, get_store_class, open_store
 from storage_impls.datasets import synthetic
-from storage_impls.loader import ImageDataset, TensorBatches, batch_loader
+from storage_impls.loader import ImageDataset, ShuffledBatches, TensorBatches, batch_loader
 
 COUNT = 50
 
@@ -205,21 +205,41 @@ def test_batch_loader_reads_an_epoch_exactly_once_bit_exact(dataset, images, wor
 
 
 def test_batch_loader_keeps_the_batch_read_batch_filled(dataset, monkeypatch):
-    """At num_workers=0 the tensor the loop gets is the very array read_batch filled: one read, no copy."""
+    """At num_workers=0 the tensors the loop gets are the very arrays read_batch filled: one read, no copy; the ids
+    come as one int64 array per batch (no per-id Python work)."""
     torch = pytest.importorskip("torch")
     filled = []
     original = ImageDataset.read_batch
 
     def spy(self, ids, out=None):
-        filled.append(out)
-        return original(self, ids, out=out)
+        assert isinstance(ids, np.ndarray) and ids.dtype == np.int64
+        filled.append(original(self, ids, out=out))
+        return filled[-1]
 
     monkeypatch.setattr(ImageDataset, "read_batch", spy)
     batches = list(batch_loader(dataset, 16, shuffle=False))
     assert len(filled) == len(batches) == math.ceil(COUNT / 16)
-    for (batch_images, _), out in zip(batches, filled):
-        assert isinstance(batch_images, torch.Tensor) and np.shares_memory(batch_images.numpy(), out)
+    for (batch_images, batch_labels), (images, labels) in zip(batches, filled):
+        assert isinstance(batch_images, torch.Tensor) and np.shares_memory(batch_images.numpy(), images)
+        assert np.shares_memory(batch_labels.numpy(), labels)
     assert torch.cat([labels for _, labels in batches]).tolist() == list(range(COUNT))
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_shuffled_batches_cut_one_permutation(drop_last):
+    torch = pytest.importorskip("torch")
+    batches = ShuffledBatches(10, 4, drop_last=drop_last, generator=torch.Generator().manual_seed(0))
+    epochs = [list(batches), list(batches)]
+    for epoch in epochs:
+        assert len(epoch) == len(batches) == (2 if drop_last else 3)
+        assert [len(ids) for ids in epoch] == ([4, 4] if drop_last else [4, 4, 2])
+        ids = np.concatenate(epoch)
+        assert ids.dtype == np.int64 and len(set(ids.tolist())) == len(ids) and ids.max() < 10
+    assert not np.array_equal(np.concatenate(epochs[0]), np.concatenate(epochs[1]))
+    in_order = np.concatenate(list(ShuffledBatches(10, 4, shuffle=False)))
+    np.testing.assert_array_equal(in_order, np.arange(10))
+    with pytest.raises(ValueError, match="batch_size"):
+        ShuffledBatches(10, 0)
 
 
 def test_tensor_batches_follow_any_batch_sampler(dataset, images):

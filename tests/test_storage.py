@@ -519,6 +519,30 @@ class TestDisk(CodecTests, StoreTests):
         with pytest.raises(MissingStoreError, match="4.png"):
             filled[0].read_many(10)
 
+    @pytest.mark.parametrize(
+        "damage, error",
+        [
+            (lambda data: data[:-1], "fails its checksum"),
+            (lambda data: data + b"\0", "fails its checksum"),
+            (lambda data: data * 40, "is over 71680 bytes"),
+            (lambda data: bytes([data[0] ^ 1]) + data[1:], "fails its checksum"),
+        ],
+    )
+    def test_raw_files_read_into_the_batch_are_checked(self, directory, damage, error):
+        """codec=raw reads each file straight into the caller's array: a file of the wrong size or failing its CRC
+        still gives the error naming it, and the other images read as stored."""
+        images, labels = make_batch(8, shape=(32, 32, 3))
+        with open_store("disk:codec=raw", directory) as store:
+            store.store_many(images, labels)
+        path = directory / (directory / "CURRENT").read_text() / "5.raw"
+        path.write_bytes(damage(path.read_bytes()))
+        with open_store("disk:codec=raw", directory, "r") as store:
+            with pytest.raises(CorruptStoreError, match=f"5.raw.*{error}"):
+                store.read_batch([2, 5])
+            read, read_labels = store.read_batch([7, 0, 2])
+        np.testing.assert_array_equal(read, images[[7, 0, 2]])
+        np.testing.assert_array_equal(read_labels, labels[[7, 0, 2]])
+
     def test_missing_labels_csv_is_a_missing_store(self, directory, filled):
         generation = directory / (directory / "CURRENT").read_text()
         (generation / "labels.csv").unlink()

@@ -152,11 +152,11 @@ class Generation:
     def file(self, image_id: int) -> str:
         return f"{self._prefix}{image_id}{self._suffix}"
 
-    def encoded(self, image_id: int) -> bytes:
-        """The file of ``image_id``, checked against its CRC; MissingStoreError naming it if it is gone."""
+    def _open(self, image_id: int) -> int:
+        """A descriptor of the file of ``image_id``; MissingStoreError naming it if it is gone."""
         path = self.file(image_id)
         try:  # no fstat: the store's tree was checked at open (fileio.check_tree); O_NONBLOCK, a FIFO reads as empty
-            fd = os.open(path, READ_FLAGS)
+            return os.open(path, READ_FLAGS)
         except FileNotFoundError:
             raise MissingStoreError(
                 f"{path} is missing (image {image_id}): the store was replaced since this handle "
@@ -166,17 +166,41 @@ class Generation:
             raise CorruptStoreError(
                 f"{path} (image {image_id}) cannot be read as a file of the store ({error.strerror})"
             ) from None
+
+    def encoded(self, image_id: int) -> bytes:
+        """The file of ``image_id``, checked against its CRC; MissingStoreError naming it if it is gone."""
+        fd = self._open(image_id)
         try:
             data = os.read(fd, self.max_bytes + 1)  # bounded: a file larger than any encoding of the image is refused
         finally:
             os.close(fd)
         if len(data) > self.max_bytes:
             raise CorruptStoreError(
-                f"{path}: image {image_id} is over {self.max_bytes} bytes, more than its codec makes"
+                f"{self.file(image_id)}: image {image_id} is over {self.max_bytes} bytes, more than its codec makes"
             )
-        if image_crc(data, int(self.labels[image_id])) != self.crcs[image_id]:
-            raise CorruptStoreError(f"{path}: image {image_id} fails its checksum (bit rot or a damaged copy)")
+        self._check_crc(image_id, data)
         return data
+
+    def read_raw_into(self, image_id: int, target: np.ndarray) -> bool:
+        """Raw pixels: the file of ``image_id`` read straight into ``target`` (its C-contiguous slot) and checked
+        against its CRC, no copy in between; False if the file is not exactly an image's size (``encoded`` and the
+        codec then say what is wrong)."""
+        pixels = memoryview(target).cast("B")
+        fd = self._open(image_id)
+        try:
+            read = os.readv(fd, [pixels, bytearray(1)])  # a byte past the pixels: the file is too long
+        finally:
+            os.close(fd)
+        if read != len(pixels):
+            return False
+        self._check_crc(image_id, pixels)
+        return True
+
+    def _check_crc(self, image_id: int, data: bytes | memoryview) -> None:
+        if image_crc(data, int(self.labels[image_id])) != self.crcs[image_id]:
+            raise CorruptStoreError(
+                f"{self.file(image_id)}: image {image_id} fails its checksum (bit rot or a damaged copy)"
+            )
 
 
 def max_file_bytes(dtype: np.dtype, shape: tuple[int, ...]) -> int:

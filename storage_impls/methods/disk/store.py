@@ -57,7 +57,7 @@ from pathlib import Path
 import numpy as np
 
 from storage_impls.core.base import BatchReader, ImageStore
-from storage_impls.core.codecs import Codec
+from storage_impls.core.codecs import Codec, Raw
 from storage_impls.core.encoded import EncodedStore, decode
 from storage_impls.core.errors import CorruptStoreError, MissingStoreError, StoreError, is_no_space, no_space_error
 from storage_impls.core.fileio import fsync_path, link_or_copy
@@ -220,6 +220,8 @@ class DiskStore(JournaledStore, EncodedStore):
         """Decode image ``image_id`` into ``target`` (its (H, W[, C]) slot); return its label."""
         if image_id not in self._journal.entries:
             generation = self._checkpoint
+            if isinstance(generation.codec, Raw) and generation.read_raw_into(image_id, target):
+                return int(generation.labels[image_id])
             decode(
                 generation.codec,
                 generation.encoded(image_id),
