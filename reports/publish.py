@@ -9,13 +9,14 @@ the repository root, several separated by commas::
     <!-- /table -->
 
 ``publish`` rewrites every block from its runs; ``publish --check`` writes nothing and exits 1 listing the blocks
-whose text differs from what their runs give (tests/test_published.py runs it). Everything outside the markers is
-left as it is.
+whose text differs from what their runs give (tests/test_published.py runs it); ``publish --keep RUN KEPT`` first copies
+a run into the repository without its per-round timings. Everything outside the markers is left as it is.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from collections.abc import Sequence
@@ -24,7 +25,7 @@ from datetime import timezone
 from pathlib import Path
 
 from reports.markdown import markdown_table
-from reports.results import ReportInputError, Run, load_run
+from reports.results import ReportInputError, Run, load_run, without_rounds
 from reports.tables import SHAPERS
 
 BLOCK = re.compile(
@@ -129,6 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--check", action="store_true", help="write nothing; exit 1 listing the blocks that differ from their runs"
     )
     parser.add_argument(
+        "--keep",
+        nargs=2,
+        type=Path,
+        metavar=("RUN", "KEPT"),
+        help="first copy RUN (pytest-benchmark JSON) to KEPT (such as docs/runs/default.json) without its per-round "
+        "timings, then publish",
+    )
+    parser.add_argument(
         "--root", type=Path, default=Path("."), help="the repository root (default: the current folder)"
     )
     return parser
@@ -138,9 +147,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command: 0 when every block is (now) up to date, 1 with --check and stale blocks, 2 for bad input."""
     args = build_parser().parse_args(argv)
     try:
+        if args.keep:
+            source, kept = args.keep
+            document = without_rounds(source)
+            kept.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
         stale = publish(args.root, args.check)
     except ReportInputError as err:
         print(f"storage-report publish: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"storage-report publish: error: {err.filename}: {err.strerror or err}", file=sys.stderr)
         return 2
     verb = "differs from its run" if args.check else "rewritten"
     for block in stale:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -61,6 +62,19 @@ def test_check_reports_a_stale_block_and_publish_rewrites_it(
     for method in ("disk", "lmdb", "hdf5"):
         assert f"| `{method}` |" in text
     assert main(["publish", "--check", "--root", str(tmp_path)]) == 0
+
+
+def test_keep_copies_a_run_without_its_rounds(tmp_path: Path) -> None:
+    readme = write_document(tmp_path, "")
+    kept = tmp_path / "docs" / "runs" / "full.json"
+    kept.unlink()
+    assert main(["publish", "--keep", str(RUN), str(kept), "--root", str(tmp_path)]) == 0
+    document = json.loads(kept.read_text(encoding="utf-8"))
+    assert all("data" not in bench["stats"] for bench in document["benchmarks"])
+    assert kept.stat().st_size < RUN.stat().st_size
+    original, copy = load_run(RUN), load_run(kept)
+    assert [cell.stats["median"] for cell in copy.cells] == [cell.stats["median"] for cell in original.cells]
+    assert "| `hdf5` |" in readme.read_text(encoding="utf-8")
 
 
 def test_a_hand_edited_figure_is_stale(tmp_path: Path) -> None:
