@@ -151,25 +151,6 @@ def workloads(runs: Sequence[Run]) -> Table:
     )
 
 
-def rates(runs: Sequence[Run]) -> Table:
-    """Per method variant, images/s of store_many and read_many at the largest image count and of warm shuffled
-    epochs by worker count, and the store's size on disk: two storage methods side by side at one setting."""
-    cells = PublishedCells(runs)
-    count, workers = cells.largest("store_many"), _workers(cells)
-    rows = tuple(
-        (
-            f"`{method}`",
-            _rate(cells.find(method, "store_many", count)),
-            _rate(cells.find(method, "read_many", count)),
-            *(_rate(cells.find(method, "read_random", cache="warm", workers=w, batch_size=256)) for w in workers),
-            _disk(cells.find(method, "store_many", count)),
-        )
-        for method in cells.methods
-    )
-    shuffled = [f"shuffled batches of 256, {w} worker{'s' if w > 1 else ''}" for w in workers]
-    return Table(("method", "store_many", "read_many", *shuffled, "on disk"), rows)
-
-
 def codecs(runs: Sequence[Run]) -> Table:
     """docs/benchmarks.md's codec tables: per method variant, bytes on disk per image and over raw pixels, store,
     sequential and shuffled (1 worker, warm) images/s, ours/floor of each and PSNR; fastest sequential read first."""
@@ -214,6 +195,5 @@ def codecs(runs: Sequence[Run]) -> Table:
 SHAPERS: dict[str, Callable[[Sequence[Run]], Table]] = {
     "results": results,
     "workloads": workloads,
-    "rates": rates,
     "codecs": codecs,
 }
