@@ -110,9 +110,15 @@ def results(runs: Sequence[Run]) -> Table:
 
 def workloads(runs: Sequence[Run]) -> Table:
     """docs/benchmarks.md's "which format for which workload": images/s of every workload per method at the
-    largest image count, warm and cold shuffled epochs by workers, bytes per image and single writes."""
+    largest image count, shuffled epochs by page cache (warm, cold, limited: those the runs have) and workers, bytes
+    per image and single writes."""
     cells = PublishedCells(runs)
     count, workers = cells.largest("store_many"), _workers(cells)
+    caches = [
+        cache
+        for cache in ("warm", "cold", "limited")
+        if any(cell.extra_info.get("cache") == cache for cell in cells.cells if cell.operation == "read_random")
+    ]
     into = sorted({cell.n_images for cell in cells.cells if cell.operation == "store_single_into"})
     into_counts = [into[0], into[-1]] if into else []
 
@@ -127,8 +133,7 @@ def workloads(runs: Sequence[Run]) -> Table:
             f"`{method}`",
             _rate(cells.find(method, "store_many", count)),
             _rate(cells.find(method, "read_many", count)),
-            shuffled(method, "warm"),
-            shuffled(method, "cold"),
+            *(shuffled(method, cache) for cache in caches),
             _disk(cells.find(method, "store_many", count), per_image=True),
             milliseconds(cells.find(method, "store_single")),
             _pair(milliseconds(cells.find(method, "store_single_into", n)) for n in into_counts),
@@ -141,8 +146,7 @@ def workloads(runs: Sequence[Run]) -> Table:
             "method",
             "store_many, img/s",
             "read_many, img/s",
-            f"shuffled warm {by} workers, img/s",
-            f"shuffled cold {by} workers, img/s",
+            *(f"shuffled {cache} {by} workers, img/s" for cache in caches),
             "on disk per image",
             "store_single fresh, ms",
             f"store_single into {' / '.join(f'{n:,}' for n in into_counts)}, amortised ms per write",
