@@ -32,6 +32,7 @@ BLOCK = re.compile(
     r"^<!-- table: (?P<name>\S+) run=(?P<runs>\S+) -->\n(?P<body>.*?)^<!-- /table -->$", re.MULTILINE | re.DOTALL
 )
 OPENING = re.compile(r"^<!-- table:", re.MULTILINE)
+FENCE = re.compile(r"^```.*?^```", re.MULTILINE | re.DOTALL)  # a fenced code block: markers in it are examples
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,9 @@ def documents(root: Path) -> list[Path]:
 
 
 def find_blocks(document: Path, text: str) -> list[Block]:
-    """The generated blocks of one document; an opening marker without its closing one is an error."""
+    """The generated blocks of one document, outside fenced code blocks; an opening marker without its closing one is
+    an error."""
+    text = FENCE.sub(lambda fence: re.sub(r"[^\n]", " ", fence.group()), text)  # same offsets, no markers
     blocks = [
         Block(
             document=document,

@@ -77,6 +77,14 @@ def test_keep_copies_a_run_without_its_rounds(tmp_path: Path) -> None:
     assert "| `hdf5` |" in readme.read_text(encoding="utf-8")
 
 
+def test_markers_in_a_code_fence_are_examples(tmp_path: Path) -> None:
+    write_document(tmp_path, "")
+    example = "```md\n<!-- table: nosuch run=docs/runs/missing.json -->\n<!-- /table -->\n```\n"
+    (tmp_path / "docs" / "other.md").write_text(example, encoding="utf-8")
+    assert main(["publish", "--root", str(tmp_path)]) == 0
+    assert (tmp_path / "docs" / "other.md").read_text(encoding="utf-8") == example
+
+
 def test_a_hand_edited_figure_is_stale(tmp_path: Path) -> None:
     readme = write_document(tmp_path, "")
     assert main(["publish", "--root", str(tmp_path)]) == 0
