@@ -1,7 +1,7 @@
 """`python -m reports` / `storage-report`: charts and report.md from pytest-benchmark JSON runs.
 
 `python -m reports compare BASE HEAD` is handed to reports.compare, `python -m reports history RUNS...` to
-reports.history.
+reports.history, `python -m reports publish` (the tables of README.md and docs/) to reports.publish.
 """
 
 from __future__ import annotations
@@ -64,6 +64,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from reports import history
 
         return history.main(argv[1:])
+    if argv[:1] == ["publish"]:
+        from reports import publish
+
+        return publish.main(argv[1:])
     args = build_parser().parse_args(argv)
     # drawing is imported late so that bad input is reported without waiting for matplotlib
     try:

@@ -303,6 +303,17 @@ def load_run(path: str | os.PathLike) -> Run:
     )
 
 
+def without_rounds(path: str | os.PathLike) -> dict[str, Any]:
+    """A run's document with every benchmark's per-round timings (stats.data) left out: what a report reads of it,
+    a quarter of its size, for runs kept in a repository (``reports compare`` needs the rounds)."""
+    load_run(path)  # refuse what is not a run of this suite
+    document = _read_json(Path(path))
+    for bench in document["benchmarks"]:
+        if isinstance(bench, dict) and isinstance(bench.get("stats"), dict):
+            bench["stats"].pop("data", None)
+    return document
+
+
 def _json_files(directory: Path) -> list[Path]:
     return sorted(path for path in directory.rglob("*.json") if path.is_file())
 
