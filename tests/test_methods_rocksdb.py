@@ -240,9 +240,10 @@ def race_labels(generation: int) -> np.ndarray:
     return np.where(last >= RACE_IDS, last, ids)
 
 
-def race_writer(directory: str, until: float) -> int:
-    """Single-write sessions (a store_many now and then) until ``until``; the last generation written."""
-    generation = RACE_IDS - 1
+def race_writer(directory: str, seconds: float) -> int:
+    """Single-write sessions (a store_many now and then) for ``seconds`` from when this process is ready (its
+    imports done: on a loaded machine they took the whole run when timed from the parent); the last generation."""
+    generation, until = RACE_IDS - 1, time.time() + seconds
     with open_store("rocksdb", directory) as store:
         while time.time() < until:
             generation += 1
@@ -253,10 +254,10 @@ def race_writer(directory: str, until: float) -> int:
     return generation
 
 
-def race_reader(directory: str, until: float) -> tuple[int, list[str]]:
-    """Fresh read-only handles until ``until``: each must read one committed state, none older than the last; the
+def race_reader(directory: str, seconds: float) -> tuple[int, list[str]]:
+    """Fresh read-only handles for ``seconds``: each must read one committed state, none older than the last; the
     handles opened (told to open again included) and what was wrong."""
-    handles, seen, wrong = 0, 0, []
+    handles, seen, wrong, until = 0, 0, [], time.time() + seconds
     while time.time() < until and len(wrong) < 3:
         handles += 1
         try:
@@ -282,10 +283,9 @@ def test_readers_opening_during_single_writes_read_one_newer_state(tmp_path):
     directory = str(tmp_path / "s")
     with open_store("rocksdb", directory) as store:
         store.store_many(*labelled_batch(range(RACE_IDS), (4, 4)))
-    until = time.time() + RACE_SECONDS
     with multiprocessing.get_context("spawn").Pool(RACE_READERS + 1) as pool:
-        writer = pool.apply_async(race_writer, (directory, until))
-        results = pool.starmap(race_reader, [(directory, until)] * RACE_READERS)
+        writer = pool.apply_async(race_writer, (directory, RACE_SECONDS))
+        results = pool.starmap(race_reader, [(directory, RACE_SECONDS)] * RACE_READERS)
         written = writer.get(timeout=60)
     wrong = [message for _, messages in results for message in messages]
     assert not wrong, wrong
