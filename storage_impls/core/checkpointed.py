@@ -37,9 +37,7 @@ every read.
 from __future__ import annotations
 
 import abc
-import os
 import re
-import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -47,25 +45,22 @@ from pathlib import Path
 import numpy as np
 
 from storage_impls.core.base import ImageStore
-from storage_impls.core.codecs import Codec, get_codec
+from storage_impls.core.codecs import RAW, Codec, get_codec
 from storage_impls.core.encoded import EncodedStore, decode
 from storage_impls.core.errors import (
     CorruptStoreError,
     MissingStoreError,
-    NoSpaceError,
     StoreLockedError,
-    is_no_space,
-    no_space_error,
+    damaged,
 )
-from storage_impls.core.fileio import fsync_path
 from storage_impls.core.journal import Journal, compaction_cycle, gather_overlaid
 from storage_impls.core.records import (
     check_image_fields,
+    commit_aside,
     current_token,
     read_meta,
     refuse_foreign,
     remove_stale,
-    write_meta,
 )
 
 FORMAT_VERSION = 1
@@ -73,7 +68,6 @@ FOLDER = "ckpt-{token}"
 FOLDER_NAME = re.compile(r"ckpt-[0-9a-f]{32}")
 COPY_BLOCK_BYTES = 64 << 20  # images copied at a time when folding the journal into a new checkpoint
 OPEN_TRIES = 100  # a reader opens again when a writer commits while it opens
-RAW = get_codec("raw")
 # (start, stop) -> images and int64 labels; for a store with a codec, the images' encoded bytes (a list) and labels
 Source = Callable[[int, int], tuple[np.ndarray | list[bytes], np.ndarray]]
 
@@ -278,7 +272,7 @@ class CheckpointedStore(ImageStore):
 
     def __len__(self) -> int:
         if self._damage:
-            raise CorruptStoreError(f"{self._damage} (store_many replaces the damaged contents)")
+            raise damaged(self._damage)
         return self._count
 
     @property
@@ -358,23 +352,21 @@ class CheckpointedStore(ImageStore):
         }
         if codec is not RAW:
             meta["codec"] = codec.spec
-        checkpoint = None
-        try:
+
+        def write(temporary: Path) -> None:
             temporary.mkdir()
             meta.update(self._write_checkpoint(temporary, dtype, tuple(shape), count, source, checksum, codec))
-            if self.durable:
-                fsync_path(temporary)
-            os.rename(temporary, folder)
-            checkpoint = self._open_checkpoint(folder, {**meta, "image_shape": tuple(shape)})
-            write_meta(self._pointer, meta, durable=self.durable)
-        except BaseException as error:
-            if checkpoint is not None:
-                checkpoint.close()
-            for path in (temporary, folder):
-                shutil.rmtree(path, ignore_errors=True)
-            if isinstance(error, OSError) and is_no_space(error) and not isinstance(error, NoSpaceError):
-                raise no_space_error(self.directory, error) from error
-            raise
+
+        checkpoint = commit_aside(
+            temporary,
+            folder,
+            write,
+            self._pointer,
+            meta,
+            durable=self.durable,
+            open_folder=lambda folder: self._open_checkpoint(folder, {**meta, "image_shape": tuple(shape)}),
+            close=lambda checkpoint: checkpoint.close(),
+        )
         self._release()
         self._journal_path.unlink(missing_ok=True)  # stale: it names the old token
         meta["image_shape"] = tuple(shape)

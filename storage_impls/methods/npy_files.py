@@ -27,12 +27,18 @@ from storage_impls.core.checkpointed import COPY_BLOCK_BYTES, Checkpoint, Checkp
 from storage_impls.core.codecs import Codec
 from storage_impls.core.errors import CorruptStoreError
 from storage_impls.core.fileio import READ_FLAGS
-from storage_impls.core.records import image_checksums, verify_checksums
-from storage_impls.formats.npy import check_array, header, load, parse_header, save, write_file
+from storage_impls.core.records import verify_checksums
+from storage_impls.formats.npy import (
+    CHECKSUMS,
+    LABELS,
+    LabelsWriter,
+    check_array,
+    header,
+    load_labels,
+    parse_header,
+    write_file,
+)
 from storage_impls.remote.checkpointed import RemoteCheckpoint, RemoteCheckpointed
-
-LABELS, CHECKSUMS = "labels.npy", "checksums.npy"
-LABEL_DTYPE, CHECKSUM_DTYPE = np.dtype("<i8"), np.dtype("<u8")
 
 
 class FilesCheckpoint(Checkpoint):
@@ -40,8 +46,7 @@ class FilesCheckpoint(Checkpoint):
 
     def __init__(self, folder: Path, meta: dict) -> None:
         super().__init__(folder, meta)
-        self.labels = load(folder / LABELS, LABEL_DTYPE, (self.count,)).astype(np.int64)
-        self.sums = load(folder / CHECKSUMS, CHECKSUM_DTYPE, (self.count,)) if self.checksum else None
+        self.labels, self.sums = load_labels(folder, self.count, self.checksum)
         self.header = header(self.dtype, self.shape)
         self._head = bytearray(len(self.header))
         self._tail = bytearray(1)  # a byte past the pixels must not exist
@@ -101,19 +106,14 @@ class NpyFilesStore(CheckpointedStore):
         codec: Codec,
     ) -> dict:
         head = header(dtype, shape)
-        labels = np.empty(count, LABEL_DTYPE)
-        sums = np.empty(count, CHECKSUM_DTYPE) if checksum else None
+        written = LabelsWriter(count, checksum)
         step = max(1, COPY_BLOCK_BYTES // (int(np.prod(shape)) * dtype.itemsize))
         for start in range(0, count, step):
             images, block_labels = source(start, min(count, start + step))
             for image_id, image in enumerate(images, start):
                 write_file(folder / f"{image_id}.npy", [head, image], durable=self.durable)
-            labels[start : start + len(images)] = block_labels
-            if sums is not None:
-                sums[start : start + len(images)] = image_checksums(images, block_labels)
-        save(folder / LABELS, labels, durable=self.durable)
-        if sums is not None:
-            save(folder / CHECKSUMS, sums, durable=self.durable)
+            written.add(start, images, block_labels)
+        written.save(folder, durable=self.durable)
         return {}
 
     def _open_checkpoint(self, folder: Path, meta: dict) -> Checkpoint:

@@ -65,6 +65,7 @@ from storage_impls.core.errors import (
     MissingStoreError,
     StoreError,
     StoreLockedError,
+    damaged,
     is_no_space,
     no_space_error,
 )
@@ -213,7 +214,7 @@ class DiskStore(EncodedStore):
 
     def __len__(self) -> int:
         if self._damage:
-            raise type(self._damage)(f"{self._damage} (store_many replaces the damaged contents)")
+            raise damaged(self._damage)
         return self._count
 
     @property

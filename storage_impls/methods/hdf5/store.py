@@ -77,7 +77,7 @@ from storage_impls.core.advice import OPTIONS as ADVICE_OPTIONS
 from storage_impls.core.base import ImageStore
 from storage_impls.core.codecs import Codec, get_codec
 from storage_impls.core.encoded import EncodedStore
-from storage_impls.core.errors import CorruptStoreError, MissingStoreError, StoreLockedError
+from storage_impls.core.errors import CorruptStoreError, MissingStoreError, StoreLockedError, damaged
 from storage_impls.core.fileio import fsync_path
 from storage_impls.core.journal import Journal, compaction_cycle, gather_overlaid
 from storage_impls.core.options import check_options
@@ -254,7 +254,7 @@ class Hdf5Store(EncodedStore):
 
     def __len__(self) -> int:
         if self._damage:
-            raise CorruptStoreError(f"{self._damage} (store_many replaces the damaged contents)")
+            raise damaged(self._damage)
         return self._count
 
     @property
