@@ -12,10 +12,9 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 
-from benchmarks.floors import RAW
 from benchmarks.progress import announce
 from benchmarks.verify import verify_images
-from storage_impls.core.codecs import Codec, get_codec
+from storage_impls.core.codecs import RAW, Codec, get_codec
 
 
 def write_all(fd: int, data: np.ndarray) -> None:
@@ -60,7 +59,7 @@ class Payload(NamedTuple):
     def check(self, what: str, got: np.ndarray, order: np.ndarray | None = None) -> None:
         """Fail the floor unless ``got`` (flat bytes) is the payload, its images in ``order`` if given."""
         ids = np.arange(len(self.images)) if order is None else order
-        if self.codec == RAW:
+        if self.codec == RAW.spec:
             verify_images(what, got.view(self.images.dtype).reshape(self.images.shape), self.images[ids])
             return
         expected = np.concatenate([self.whole[self.offsets[i] : self.offsets[i + 1]] for i in ids])
@@ -84,7 +83,7 @@ class FloorInputs:
     def payload(self, codec: str, count: int) -> Payload:
         """The first ``count`` images as codec ``codec`` stores them (encoded once per codec and count)."""
         images = self.images[:count]
-        if codec == RAW:
+        if codec == RAW.spec:
             whole = images.reshape(-1).view(np.uint8)
             return Payload(codec, images, whole, np.arange(count + 1, dtype=np.int64) * (whole.nbytes // max(count, 1)))
 

@@ -29,6 +29,7 @@ from typing import Literal, NamedTuple
 
 from reports.results import FLOOR_PREFIX
 from storage_impls.core.base import ImageStore
+from storage_impls.core.codecs import RAW
 from storage_impls.registry import codec_of, get_store_class, parse_spec
 
 Kind = Literal["write", "read", "random"]
@@ -47,7 +48,6 @@ IO_FLOORS = (
 FLOORS = ("memcpy", *IO_FLOORS)
 CODEC_STEPS: dict[Kind, str] = {"write": "encode", "read": "decode", "random": "decode"}  # test_floor_encode, _decode
 FLOOR_TEST = "test_floor_"  # benchmarks/test_floors.py: test_floor_file_write times the floor "file-write"
-RAW = "raw"
 
 
 class Operation(NamedTuple):
@@ -102,7 +102,7 @@ def floor_of_test(function: str, params: Mapping[str, object]) -> str:
     -> ``file-write`` (on raw pixels), with ``codec`` ``png`` -> ``png-file-write``; ``test_floor_encode`` with
     ``codec`` ``jpeg-90`` -> ``jpeg-90-encode``."""
     name = function.removeprefix(FLOOR_TEST).replace("_", "-")
-    return f"{params['codec']}-{name}" if params.get("codec", RAW) != RAW else name
+    return f"{params['codec']}-{name}" if params.get("codec", RAW.spec) != RAW.spec else name
 
 
 def floor_codecs(methods: Iterable[str]) -> tuple[str, ...]:
@@ -114,7 +114,7 @@ def floor_codecs(methods: Iterable[str]) -> tuple[str, ...]:
             specs[codec_spec(method)] = None
         except NoFloorError:
             continue
-    specs.pop(RAW, None)
+    specs.pop(RAW.spec, None)
     return tuple(specs)
 
 
@@ -139,7 +139,7 @@ def floor_names(method: str, operation: str, cache: str = "warm") -> tuple[str, 
         io = "gather"
     else:
         io = "mapped-copy" if traits.reads_through_map else "file-read"
-    if spec == RAW:
+    if spec == RAW.spec:
         return (io,)
     io, codec_floor = f"{spec}-{io}", f"{spec}-{CODEC_STEPS[kind]}"
     return (codec_floor, io) if kind == "write" else (io, codec_floor)

@@ -25,9 +25,9 @@ import pytest
 from benchmarks import cache as page_cache
 from benchmarks.buffers import page_aligned_empty
 from benchmarks.floor_inputs import FloorInputs, Payload, decode_all, encode_all, mapped, read_into, write_all
-from benchmarks.floors import CODEC_STEPS, FLOOR_PREFIX, RAW, floor_codecs, floor_of_test
+from benchmarks.floors import CODEC_STEPS, FLOOR_PREFIX, floor_codecs, floor_of_test
 from benchmarks.verify import verify_images
-from storage_impls.core.codecs import Codec, get_codec
+from storage_impls.core.codecs import RAW, Codec, get_codec
 
 GATHER_SEED = 0  # the permutation the gather floor reads its batches in
 NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
@@ -38,7 +38,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "codec" in metafunc.fixturenames:
         specs = floor_codecs(metafunc.config.getoption("methods"))
         io = floor_of_test(metafunc.definition.originalname, {}) not in CODEC_STEPS.values()
-        metafunc.parametrize("codec", (RAW, *specs) if io else specs)
+        metafunc.parametrize("codec", (RAW.spec, *specs) if io else specs)
 
 
 @pytest.fixture
@@ -88,7 +88,7 @@ def out(source: np.ndarray) -> np.ndarray:
 def payload(codec: str, source: np.ndarray, floor_inputs: FloorInputs, benchmark) -> Payload:
     """The bytes the I/O floor moves: the raw pixels, or the images encoded as a store of ``codec`` holds them
     (recorded as ``payload_bytes``)."""
-    if codec != RAW:
+    if codec != RAW.spec:
         holding(codec, source)
     result = floor_inputs.payload(codec, len(source))
     benchmark.extra_info["payload_bytes"] = int(result.whole.nbytes)
@@ -319,7 +319,7 @@ def test_floor_gather(measure, record, benchmark, payload, out_bytes, floor_inpu
     order = np.random.default_rng(GATHER_SEED).permutation(count)
     batches = [order[start : start + batch] for start in range(0, count, batch)]
     pages = mapped(floor_inputs.file(payload))
-    if payload.codec == RAW:
+    if payload.codec == RAW.spec:
         rows, out_rows = pages.reshape(count, -1), out_bytes.reshape(count, -1)
         starts = range(0, count, batch)
 

@@ -16,7 +16,7 @@ import pytest
 
 import storage_impls.methods.lmdb.env
 from storage_impls import CorruptStoreError, StoreError, open_store
-from storage_impls.methods.lmdb.format import KEY
+from storage_impls.core.records import KEY
 from tests.faults import (
     DAMAGE_CHILD,
     FaultTests,

@@ -308,6 +308,47 @@ def test_hdf5_links_in_place_of_datasets(link, checkpoints, tmp_path):
     crafted("hdf5", store, labels, refused=True)  # following a link out is an escape, whatever it reads
 
 
+@pytest.mark.skipif("lance" not in METHODS, reason="pylance is not installed")
+@pytest.mark.parametrize("naming", ["base-path", "absolute-name", "dotted-name"])
+def test_lance_manifest_naming_files_outside(naming, checkpoints, tmp_path):
+    """A Lance version whose data file lies outside the store, committed with Lance's own API: in a registered
+    base path (``add_bases``, then an overwrite with ``target_bases``: Lance itself reads the outside file, the
+    images reversed), or named by an absolute or ``..`` path. Refused (CorruptStoreError) on a read and on an
+    open to add, the outside file unread (its access time, set to the epoch, unchanged) and unchanged."""
+    import dataclasses
+
+    import lance
+    from lance.fragment import DataFile
+
+    store, labels = copy_of(checkpoints, "lance", tmp_path)
+    (folder,) = store.glob("images-*.lance")
+    table = lance.dataset(str(folder)).to_table()
+    reversed_images = table.set_column(2, "image", table.column("image").take(list(range(len(labels)))[::-1]))
+    outside = tmp_path / "victim"
+    if naming == "base-path":
+        lance.dataset(str(folder)).add_bases([lance.DatasetBasePath(str(outside / "data"), name="outside")])
+        lance.write_dataset(reversed_images, str(folder), mode="overwrite", target_bases=["outside"])
+        read = lance.dataset(str(folder)).to_table().column("image")
+        assert read == reversed_images.column("image")  # Lance itself reads the outside file
+    else:
+        other = lance.write_dataset(reversed_images, str(outside / "other.lance"))
+        (fragment,) = [piece.metadata for piece in other.get_fragments()]
+        (data,) = fragment.files
+        path = outside / "other.lance" / "data" / data.path
+        name = str(path) if naming == "absolute-name" else os.path.relpath(path, folder / "data")
+        named = DataFile(name, data.fields, data.column_indices, data.file_major_version, data.file_minor_version)
+        named.file_size_bytes = data.file_size_bytes  # else the commit looks the file up by its name
+        overwrite = lance.LanceOperation.Overwrite(table.schema, [dataclasses.replace(fragment, files=[named])])
+        lance.LanceDataset.commit(str(folder), overwrite, read_version=lance.dataset(str(folder)).version)
+    (outside_file,) = (outside / ("data" if naming == "base-path" else "other.lance/data")).glob("*.lance")
+    before = snapshot(outside)  # which reads it: the access time is set after
+    os.utime(outside_file, ns=(0, outside_file.stat().st_mtime_ns))  # relatime: the next read sets the access time
+    outcome = run_plants("lance", [(naming, str(store), labels)])[0]
+    assert (outcome["read"], outcome["write"]) == ("typed CorruptStoreError",) * 2, outcome
+    assert outside_file.stat().st_atime == 0, "the store read a data file outside it"
+    assert snapshot(outside) == before
+
+
 # -- read-only means read-only ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("method", METHODS)
 def test_mode_r_writes_nothing(method, pristine, tmp_path):

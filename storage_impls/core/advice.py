@@ -113,3 +113,24 @@ def windows(fd: int, starts: np.ndarray, stops: np.ndarray) -> Iterator[slice]:
             following = parts[index + 1]
             prefetch(fd, starts[following], stops[following])
         yield part
+
+
+def gather(
+    pixels: np.ndarray, ids: np.ndarray, out: np.ndarray, fd: int, offset: int, row: int, prefetch: bool
+) -> None:
+    """Rows ``ids`` (valid, any order) of ``pixels``, a map of ``fd`` whose row i is ``row`` bytes at ``offset + i *
+    row``, into ``out``; with ``prefetch`` (willneed) window by window, each prefetched ahead."""
+    if prefetch:
+        for part in windows(fd, offset + ids * row, offset + (ids + 1) * row):
+            np.take(pixels, ids[part], axis=0, out=out[part], mode="clip")
+    else:
+        np.take(pixels, ids, axis=0, out=out, mode="clip")  # "clip": no buffering of out; ids are valid
+
+
+def close_map(mapped: mmap.mmap, fd: int) -> None:
+    """Unmap ``mapped`` and close ``fd``; while a caller still holds a view of the map, it stays until the view goes."""
+    try:
+        mapped.close()
+    except BufferError:
+        pass
+    os.close(fd)

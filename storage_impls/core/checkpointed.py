@@ -37,21 +37,18 @@ every read.
 from __future__ import annotations
 
 import abc
-import os
 import re
-import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from storage_impls.core.codecs import Codec, get_codec
+from storage_impls.core.codecs import RAW, Codec, get_codec
 from storage_impls.core.encoded import EncodedStore, decode
-from storage_impls.core.errors import CorruptStoreError, MissingStoreError, NoSpaceError, is_no_space, no_space_error
-from storage_impls.core.fileio import fsync_path
-from storage_impls.core.journaled import RAW, JournaledStore
-from storage_impls.core.records import check_image_fields, current_token, read_meta, remove_stale, write_meta
+from storage_impls.core.errors import CorruptStoreError, MissingStoreError
+from storage_impls.core.journaled import JournaledStore
+from storage_impls.core.records import check_image_fields, commit_aside, current_token, read_meta, remove_stale
 
 FORMAT_VERSION = 1
 FOLDER = "ckpt-{token}"
@@ -219,23 +216,21 @@ class CheckpointedStore(JournaledStore):
         }
         if codec is not RAW:
             meta["codec"] = codec.spec
-        checkpoint = None
-        try:
+
+        def write(temporary: Path) -> None:
             temporary.mkdir()
             meta.update(self._write_checkpoint(temporary, dtype, tuple(shape), count, source, checksum, codec))
-            if self.durable:
-                fsync_path(temporary)
-            os.rename(temporary, folder)
-            checkpoint = self._open_checkpoint(folder, {**meta, "image_shape": tuple(shape)})
-            write_meta(self._pointer, meta, durable=self.durable)
-        except BaseException as error:
-            if checkpoint is not None:
-                checkpoint.close()
-            for path in (temporary, folder):
-                shutil.rmtree(path, ignore_errors=True)
-            if isinstance(error, OSError) and is_no_space(error) and not isinstance(error, NoSpaceError):
-                raise no_space_error(self.directory, error) from error
-            raise
+
+        checkpoint = commit_aside(
+            temporary,
+            folder,
+            write,
+            self._pointer,
+            meta,
+            durable=self.durable,
+            open_folder=lambda folder: self._open_checkpoint(folder, {**meta, "image_shape": tuple(shape)}),
+            close=lambda checkpoint: checkpoint.close(),
+        )
         self._switch(checkpoint)
         self._remove_stale()  # the old checkpoint
 

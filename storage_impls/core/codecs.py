@@ -283,6 +283,9 @@ def get_codec(spec: str) -> Codec:
     raise ValueError(f"unknown codec {spec!r}: use {CODECS}")
 
 
+RAW = get_codec("raw")  # the pixels as they are: the codec of a store that does not encode (one object: ``is RAW``)
+
+
 def psnr_db(reference: np.ndarray, decoded: np.ndarray) -> float:
     """Peak signal-to-noise ratio of ``decoded`` against ``reference`` (uint8 peak 255), in dB; inf if equal."""
     peak = float(np.iinfo(reference.dtype).max) if reference.dtype.kind in "ui" else 1.0

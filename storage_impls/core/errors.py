@@ -45,6 +45,12 @@ def no_space_error(directory: os.PathLike | str, error: OSError) -> NoSpaceError
     )
 
 
+def damaged(damage: StoreError) -> StoreError:
+    """What a handle that found its store damaged at open (mode "a", where store_many can repair it) raises on
+    reads: the damage, of its type, and the way out."""
+    return type(damage)(f"{damage} (store_many replaces the damaged contents)")
+
+
 def is_no_space(error: BaseException) -> bool:
     """True for an OSError that means the device (or a quota or size limit) is full."""
     return isinstance(error, OSError) and error.errno in NO_SPACE_ERRNOS

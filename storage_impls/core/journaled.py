@@ -26,13 +26,12 @@ from typing import Protocol
 import numpy as np
 
 from storage_impls.core.base import ImageStore
-from storage_impls.core.codecs import Codec, get_codec
-from storage_impls.core.errors import CorruptStoreError, MissingStoreError, StoreError, StoreLockedError
+from storage_impls.core.codecs import RAW, Codec, get_codec
+from storage_impls.core.errors import CorruptStoreError, MissingStoreError, StoreError, StoreLockedError, damaged
 from storage_impls.core.journal import Journal, compaction_cycle, gather_overlaid
 from storage_impls.core.records import missing_store, refuse_foreign
 
 OPEN_TRIES = 100  # a reader opens again when a writer commits while it opens
-RAW = get_codec("raw")
 
 
 class ChangedError(Exception):
@@ -200,7 +199,7 @@ class JournaledStore(ImageStore):
 
     def __len__(self) -> int:
         if self._damage:
-            raise type(self._damage)(f"{self._damage} (store_many replaces the damaged contents)")
+            raise damaged(self._damage)
         return self._count
 
     @property

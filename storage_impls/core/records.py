@@ -25,15 +25,16 @@ import shutil
 import struct
 import uuid
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import xxhash
 
 from storage_impls.core.base import check_dtype, check_image_shape
-from storage_impls.core.errors import CorruptStoreError, MissingStoreError, is_no_space, no_space_error
+from storage_impls.core.errors import CorruptStoreError, MissingStoreError, NoSpaceError, is_no_space, no_space_error
 from storage_impls.core.fileio import fsync_path, read_bounded
 
 DTYPE = "|u1"  # the only dtype stores hold today; recorded everywhere so that more need no format break
@@ -44,6 +45,7 @@ CHECKSUMMED = 0x01  # flag: an xxh3_64 trailer follows the pixels
 ENCODED = 0x02  # flag: encoded bytes instead of raw pixels (variable length)
 TRAILER = 8
 META_MAX_BYTES = 1 << 20  # a metadata file is one line of JSON (a few hundred bytes): larger ones are refused unread
+T = TypeVar("T")  # what commit_aside opens
 KEY = struct.Struct(">Q")  # image id as 8 big-endian bytes: keys sort in id order
 checksum_of = xxhash.xxh3_64_intdigest
 
@@ -237,12 +239,49 @@ def check_image_fields(meta: dict, format_version: int) -> None:
 def remove_stale(directory: Path, folders: re.Pattern[str], live: str | None) -> None:
     """Remove temporaries and the folders matching ``folders`` other than ``live`` (left by killed or replaced
     writes)."""
-    for entry in os.scandir(directory):
-        if is_temporary(entry.name) or (folders.fullmatch(entry.name) and entry.name != live):
-            if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path, ignore_errors=True)
-            else:
-                os.unlink(entry.path)
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if is_temporary(entry.name) or (folders.fullmatch(entry.name) and entry.name != live):
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    os.unlink(entry.path)
+
+
+def commit_aside(
+    temporary: Path,
+    folder: Path,
+    write: Callable[[Path], object],
+    meta_path: Path,
+    meta: dict,
+    *,
+    durable: bool,
+    sync: Callable[[Path], object] = fsync_path,
+    open_folder: Callable[[Path], T] = lambda folder: None,
+    close: Callable[[T], object] = lambda opened: None,
+) -> T:
+    """Replace a store's contents by a folder written aside: ``write(temporary)`` makes it (``meta`` may take what
+    it learns), ``sync`` makes it durable when ``durable``, a rename puts it at ``folder``, ``open_folder`` opens
+    it, then ``meta`` replaces the metadata file ``meta_path`` (the commit point); what ``open_folder`` returned.
+    Whatever fails leaves the store as it was: what opened is closed, both folders are removed, and a full disk
+    raises NoSpaceError."""
+    opened = None
+    try:
+        write(temporary)
+        if durable:
+            sync(temporary)
+        os.rename(temporary, folder)
+        opened = open_folder(folder)
+        write_meta(meta_path, meta, durable=durable)  # fsyncs the directory: the rename is durable too
+    except BaseException as error:
+        if opened is not None:
+            close(opened)
+        for path in (temporary, folder):
+            shutil.rmtree(path, ignore_errors=True)
+        if isinstance(error, OSError) and is_no_space(error) and not isinstance(error, NoSpaceError):
+            raise no_space_error(meta_path.parent, error) from error
+        raise
+    return opened
 
 
 def current_token(path: Path, fmt: str) -> str | None:

@@ -15,6 +15,10 @@ import numpy as np
 
 from storage_impls.core.errors import CorruptStoreError
 from storage_impls.core.fileio import open_regular
+from storage_impls.core.records import image_checksums
+
+LABELS, CHECKSUMS = "labels.npy", "checksums.npy"  # a checkpoint's labels, and its images' checksums if it has them
+LABEL_DTYPE, CHECKSUM_DTYPE = np.dtype("<i8"), np.dtype("<u8")
 
 
 def header(dtype: np.dtype | str, shape: tuple[int, ...]) -> bytes:
@@ -118,3 +122,29 @@ def pread_into(fd: int, array: np.ndarray, offset: int, name: object) -> None:
 
 def nbytes(dtype: np.dtype | str, shape: tuple[int, ...]) -> int:
     return np.dtype(dtype).itemsize * math.prod(shape)
+
+
+def load_labels(folder: Path, count: int, checksum: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """The labels (int64) of a checkpoint of ``count`` images in ``folder``, and its checksums if ``checksum``."""
+    labels = load(folder / LABELS, LABEL_DTYPE, (count,)).astype(np.int64)
+    return labels, load(folder / CHECKSUMS, CHECKSUM_DTYPE, (count,)) if checksum else None
+
+
+class LabelsWriter:
+    """The labels (and checksums, if ``checksum``) of a checkpoint of ``count`` images being written: gathered
+    block by block beside the images, saved after them."""
+
+    def __init__(self, count: int, checksum: bool) -> None:
+        self.labels = np.empty(count, LABEL_DTYPE)
+        self.sums = np.empty(count, CHECKSUM_DTYPE) if checksum else None
+
+    def add(self, start: int, images: np.ndarray, labels: np.ndarray) -> None:
+        """Images start.. and their labels, as written."""
+        self.labels[start : start + len(images)] = labels
+        if self.sums is not None:
+            self.sums[start : start + len(images)] = image_checksums(images, labels)
+
+    def save(self, folder: Path, *, durable: bool) -> None:
+        save(folder / LABELS, self.labels, durable=durable)
+        if self.sums is not None:
+            save(folder / CHECKSUMS, self.sums, durable=durable)

@@ -32,12 +32,18 @@ from storage_impls.core.codecs import Codec
 from storage_impls.core.errors import CorruptStoreError
 from storage_impls.core.fileio import READ_FLAGS, link_or_copy
 from storage_impls.core.journal import Journal
-from storage_impls.core.records import image_checksums, verify_checksums
-from storage_impls.formats.npy import check_array, header, load, parse_header, save, write_file
+from storage_impls.core.records import verify_checksums
+from storage_impls.formats.npy import (
+    CHECKSUMS,
+    LABELS,
+    LabelsWriter,
+    check_array,
+    header,
+    load_labels,
+    parse_header,
+    write_file,
+)
 from storage_impls.remote.checkpointed import RemoteCheckpoint, RemoteCheckpointed
-
-LABELS, CHECKSUMS = "labels.npy", "checksums.npy"
-LABEL_DTYPE, CHECKSUM_DTYPE = np.dtype("<i8"), np.dtype("<u8")
 
 
 class FilesCheckpoint(Checkpoint):
@@ -45,8 +51,7 @@ class FilesCheckpoint(Checkpoint):
 
     def __init__(self, folder: Path, meta: dict) -> None:
         super().__init__(folder, meta)
-        self.labels = load(folder / LABELS, LABEL_DTYPE, (self.count,)).astype(np.int64)
-        self.sums = load(folder / CHECKSUMS, CHECKSUM_DTYPE, (self.count,)) if self.checksum else None
+        self.labels, self.sums = load_labels(folder, self.count, self.checksum)
         self.header = header(self.dtype, self.shape)
         self._head = bytearray(len(self.header))
         self._tail = bytearray(1)  # a byte past the pixels must not exist
@@ -114,37 +119,30 @@ class NpyFilesStore(CheckpointedStore):
         codec: Codec,
     ) -> dict:
         head = header(dtype, shape)
-        labels = np.empty(count, LABEL_DTYPE)
-        sums = np.empty(count, CHECKSUM_DTYPE) if checksum else None
+        written = LabelsWriter(count, checksum)
         if isinstance(source, LinkedFold):
-            self._write_fold(folder, source, head, labels, sums)
+            self._write_fold(folder, source, head, written)
         else:
             step = max(1, COPY_BLOCK_BYTES // (int(np.prod(shape)) * dtype.itemsize))
             for start in range(0, count, step):
                 images, block_labels = source(start, min(count, start + step))
                 for image_id, image in enumerate(images, start):
                     write_file(folder / f"{image_id}.npy", [head, image], durable=self.durable)
-                labels[start : start + len(images)] = block_labels
-                if sums is not None:
-                    sums[start : start + len(images)] = image_checksums(images, block_labels)
-        save(folder / LABELS, labels, durable=self.durable)
-        if sums is not None:
-            save(folder / CHECKSUMS, sums, durable=self.durable)
+                written.add(start, images, block_labels)
+        written.save(folder, durable=self.durable)
         return {}
 
     def _fold_source(self) -> LinkedFold:
         return LinkedFold(self._checkpoint, self._journal)
 
-    def _write_fold(
-        self, folder: Path, fold: LinkedFold, head: bytes, labels: np.ndarray, sums: np.ndarray | None
-    ) -> None:
+    def _write_fold(self, folder: Path, fold: LinkedFold, head: bytes, written: LabelsWriter) -> None:
         """Fill ``folder`` with this handle's view: unchanged files linked from the old checkpoint (no image is read
         or copied; a fold costs a link per image), the journal's newest records written out; labels and checksums
         taken over."""
         old, entries = fold.old, fold.journal.entries
-        labels[: old.count] = old.labels
-        if sums is not None:
-            sums[: old.count] = old.sums
+        written.labels[: old.count] = old.labels
+        if written.sums is not None:
+            written.sums[: old.count] = old.sums
         for image_id in range(old.count):
             if image_id not in entries:
                 try:
@@ -155,9 +153,7 @@ class NpyFilesStore(CheckpointedStore):
         for image_id, entry in entries.items():
             fold.journal.read_into(image_id, image)
             write_file(folder / f"{image_id}.npy", [head, image[0]], durable=self.durable)
-            labels[image_id] = entry.label
-            if sums is not None:
-                sums[image_id] = image_checksums(image, labels[image_id : image_id + 1])[0]
+            written.add(image_id, image, np.array([entry.label]))
 
     def _open_checkpoint(self, folder: Path, meta: dict) -> Checkpoint:
         return FilesCheckpoint(folder, meta)

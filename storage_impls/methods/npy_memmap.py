@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from storage_impls.core.advice import DEFAULT_ADVICE, advise, resolve, windows
+from storage_impls.core.advice import DEFAULT_ADVICE, advise, close_map, gather, resolve
 from storage_impls.core.advice import OPTIONS as ADVICE_OPTIONS
 from storage_impls.core.base import Mode
 from storage_impls.core.checkpointed import COPY_BLOCK_BYTES, Checkpoint, CheckpointedStore, Source
@@ -37,11 +37,18 @@ from storage_impls.core.codecs import Codec
 from storage_impls.core.fileio import READ_FLAGS
 from storage_impls.core.journal import pwrite_all
 from storage_impls.core.options import check_options
-from storage_impls.core.records import image_checksums, verify_checksums
-from storage_impls.formats.npy import check_array, check_size, header, load, parse_header, pread_into, save
+from storage_impls.core.records import verify_checksums
+from storage_impls.formats.npy import (
+    LabelsWriter,
+    check_array,
+    check_size,
+    header,
+    load_labels,
+    parse_header,
+    pread_into,
+)
 
-IMAGES, LABELS, CHECKSUMS = "images.npy", "labels.npy", "checksums.npy"
-LABEL_DTYPE, CHECKSUM_DTYPE = np.dtype("<i8"), np.dtype("<u8")
+IMAGES = "images.npy"
 
 
 class MemmapCheckpoint(Checkpoint):
@@ -49,8 +56,7 @@ class MemmapCheckpoint(Checkpoint):
 
     def __init__(self, folder: Path, meta: dict, advice: str = DEFAULT_ADVICE) -> None:
         super().__init__(folder, meta)
-        self.labels = load(folder / LABELS, LABEL_DTYPE, (self.count,)).astype(np.int64)
-        self.sums = load(folder / CHECKSUMS, CHECKSUM_DTYPE, (self.count,)) if self.checksum else None
+        self.labels, self.sums = load_labels(folder, self.count, self.checksum)
         self.path = folder / IMAGES
         self._fd = os.open(self.path, READ_FLAGS)
         try:
@@ -75,11 +81,7 @@ class MemmapCheckpoint(Checkpoint):
         self._verify(np.arange(start, start + len(out)), out, labels)
 
     def take(self, ids: np.ndarray, out: np.ndarray, labels: np.ndarray) -> None:
-        if self._prefetch:  # willneed: gathered window by window, each prefetched ahead
-            for part in windows(self._fd, self._offset + ids * self.row, self._offset + (ids + 1) * self.row):
-                np.take(self.pixels, ids[part], axis=0, out=out[part], mode="clip")
-        else:
-            np.take(self.pixels, ids, axis=0, out=out, mode="clip")  # "clip": no buffering of out; ids are valid
+        gather(self.pixels, ids, out, self._fd, self._offset, self.row, self._prefetch)
         np.take(self.labels, ids, out=labels, mode="clip")
         self._verify(ids, out, labels)
 
@@ -89,11 +91,7 @@ class MemmapCheckpoint(Checkpoint):
 
     def close(self) -> None:
         self.pixels = None
-        try:
-            self._map.close()
-        except BufferError:  # a caller still holds a view: the map goes when it does
-            pass
-        os.close(self._fd)
+        close_map(self._map, self._fd)
 
 
 class NpyMemmapStore(CheckpointedStore):
@@ -122,8 +120,7 @@ class NpyMemmapStore(CheckpointedStore):
     ) -> dict:
         path = folder / IMAGES
         head, row = header(dtype, (count, *shape)), int(np.prod(shape)) * dtype.itemsize
-        labels = np.empty(count, LABEL_DTYPE)
-        sums = np.empty(count, CHECKSUM_DTYPE) if checksum else None
+        written = LabelsWriter(count, checksum)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:  # pwrite, not a writable map: page faults made it 5x slower, and a full disk fails here, not as SIGBUS
             pwrite_all(fd, head, 0)
@@ -131,16 +128,12 @@ class NpyMemmapStore(CheckpointedStore):
             for start in range(0, count, step):
                 block, block_labels = source(start, min(count, start + step))
                 pwrite_all(fd, np.ascontiguousarray(block), len(head) + start * row)
-                labels[start : start + len(block)] = block_labels
-                if sums is not None:
-                    sums[start : start + len(block)] = image_checksums(block, block_labels)
+                written.add(start, block, block_labels)
             if self.durable:
                 os.fsync(fd)
         finally:
             os.close(fd)
-        save(folder / LABELS, labels, durable=self.durable)
-        if sums is not None:
-            save(folder / CHECKSUMS, sums, durable=self.durable)
+        written.save(folder, durable=self.durable)
         return {}
 
     def _open_checkpoint(self, folder: Path, meta: dict) -> Checkpoint:

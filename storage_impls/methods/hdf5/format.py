@@ -43,9 +43,9 @@ import h5py
 import numpy as np
 import xxhash
 
-from storage_impls.core.advice import DEFAULT_ADVICE, advise, resolve, windows
+from storage_impls.core.advice import DEFAULT_ADVICE, advise, close_map, gather, resolve, windows
 from storage_impls.core.base import check_dtype, check_image_shape
-from storage_impls.core.codecs import Codec, get_codec
+from storage_impls.core.codecs import RAW, Codec, get_codec
 from storage_impls.core.encoded import decode
 from storage_impls.core.errors import NO_SPACE_ERRNOS, CorruptStoreError, is_no_space, no_space_error
 from storage_impls.core.fileio import READ_FLAGS
@@ -62,7 +62,6 @@ LABEL_DTYPE, CHECKSUM_DTYPE = np.dtype("<i8"), np.dtype("<u8")
 UINT64_MASK = (1 << 64) - 1  # a label's checksum seed: its int64 bits as uint64
 READ_BLOCK_BYTES = 16 << 20  # encoded bytes read at a time by read_rows
 WRITE_VECTOR = 512  # encoded images per pwritev (the system takes at most IOV_MAX, 1024 on Linux)
-RAW = get_codec("raw")
 Identity = tuple[int, int]  # (device, inode)
 Block = tuple[
     int, np.ndarray | Sequence[bytes | memoryview], np.ndarray
@@ -428,11 +427,8 @@ class Checkpoint:
             return
         if self.chunked:
             self.chunked.take(ids, out)
-        elif self._prefetch:
-            for part in windows(self._fd, self._offset + ids * self.row, self._offset + (ids + 1) * self.row):
-                np.take(self.pixels, ids[part], axis=0, out=out[part], mode="clip")
         else:
-            np.take(self.pixels, ids, axis=0, out=out, mode="clip")  # "clip": no buffering of out; ids are valid
+            gather(self.pixels, ids, out, self._fd, self._offset, self.row, self._prefetch)
         np.take(self.labels, ids, out=labels, mode="clip")
         self._verify(ids, out, labels)
 
@@ -458,11 +454,7 @@ class Checkpoint:
         self.pixels = self.encoded = self.chunked = None
         if self._file is not None:
             self._file.close()
-        try:
-            self._map.close()
-        except BufferError:  # a caller still holds a view: the map goes when it does
-            pass
-        os.close(self._fd)
+        close_map(self._map, self._fd)
 
 
 def _raw_offset(dataset: h5py.Dataset, nbytes: int, size: int, name: Path) -> int:

@@ -9,8 +9,9 @@ from __future__ import annotations
 import h5py
 import numpy as np
 
+from storage_impls.core.codecs import RAW
 from storage_impls.core.errors import CorruptStoreError, LocalOnlyError, StoreError
-from storage_impls.methods.hdf5.format import RAW, Checkpoint
+from storage_impls.methods.hdf5.format import Checkpoint
 from storage_impls.methods.hdf5.store import FILE_NAME, JOURNAL_NAME, Hdf5Store
 from storage_impls.remote.checkpointed import RemoteReads
 from storage_impls.remote.files import open_object

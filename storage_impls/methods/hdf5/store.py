@@ -75,14 +75,14 @@ import numpy as np
 from storage_impls.core.advice import DEFAULT_ADVICE
 from storage_impls.core.advice import OPTIONS as ADVICE_OPTIONS
 from storage_impls.core.base import ImageStore
-from storage_impls.core.codecs import Codec, get_codec
+from storage_impls.core.codecs import RAW, Codec, get_codec
 from storage_impls.core.encoded import EncodedStore
 from storage_impls.core.fileio import fsync_path
 from storage_impls.core.journaled import JournaledStore
 from storage_impls.core.options import check_options
 from storage_impls.methods.hdf5.chunked import CONTIGUOUS, Layout
 from storage_impls.methods.hdf5.chunked import OPTIONS as LAYOUT_OPTIONS
-from storage_impls.methods.hdf5.format import RAW, Block, Checkpoint, file_identity, write_checkpoint
+from storage_impls.methods.hdf5.format import Block, Checkpoint, file_identity, write_checkpoint
 
 FILE_NAME = "images.h5"
 JOURNAL_NAME = FILE_NAME + ".journal"

@@ -25,7 +25,7 @@ import lance
 import numpy as np
 import pyarrow as pa
 
-from storage_impls.core.codecs import Codec, get_codec
+from storage_impls.core.codecs import RAW, Codec, get_codec
 from storage_impls.core.encoded import decode
 from storage_impls.core.errors import CorruptStoreError, StoreError, is_no_space, no_space_error
 from storage_impls.core.fileio import fsync_path
@@ -35,7 +35,6 @@ from storage_impls.formats.arrow import binary_values
 LOCAL_NAME = re.compile(r"(_deletions/)?[\w-]+\.(lance|arrow|bin)")  # a data file, or a deletion file in _deletions/
 
 DTYPE_KEY, SHAPE_KEY, CODEC_KEY = b"storage_impls.dtype", b"storage_impls.shape", b"storage_impls.codec"
-RAW = get_codec("raw")
 TAKE_BLOCK_BYTES = 64 << 20  # pixels one take returns at most: a large batch is copied block by block
 NO_SPACE_TEXTS = ("No space left on device", "os error 28", "Disk quota exceeded", "os error 122", "File too large")
 #: what Lance and Arrow raise for files they cannot read (pyo3 panics derive from BaseException, see lance_errors)

@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -67,27 +66,25 @@ from lance.fragment import write_fragments
 from lance.optimize import Compaction
 
 from storage_impls.core.base import ImageStore
-from storage_impls.core.codecs import get_codec
+from storage_impls.core.codecs import RAW, get_codec
 from storage_impls.core.encoded import EncodedStore
 from storage_impls.core.errors import (
     CorruptStoreError,
     MissingStoreError,
-    NoSpaceError,
     StoreLockedError,
-    is_no_space,
-    no_space_error,
+    damaged,
 )
 from storage_impls.core.fileio import check_tree
 from storage_impls.core.records import (
     check_image_fields,
+    commit_aside,
     current_token,
     missing_store,
     read_meta,
     refuse_foreign,
     remove_stale,
-    write_meta,
 )
-from storage_impls.methods.lance.format import RAW, Snapshot, batch, encoded, lance_errors, listing, schema, sync_new
+from storage_impls.methods.lance.format import Snapshot, batch, encoded, lance_errors, listing, schema, sync_new
 
 META, FORMAT, FORMAT_VERSION = "lance.json", "storage_impls.lance", 1
 FOLDER = "images-{token}.lance"
@@ -209,7 +206,7 @@ class LanceStore(EncodedStore):
 
     def __len__(self) -> int:
         if self._damage:
-            raise CorruptStoreError(f"{self._damage} (store_many replaces the damaged contents)")
+            raise damaged(self._damage)
         return len(self._snapshot) if self._snapshot else 0
 
     @property
@@ -248,7 +245,8 @@ class LanceStore(EncodedStore):
             batch(table_schema, start, encoded(codec, images[start : start + step]), labels[start : start + step])
             for start in range(0, len(images), step)
         )
-        try:
+
+        def write(temporary: Path) -> None:
             with lance_errors(temporary):
                 lance.write_dataset(
                     pa.RecordBatchReader.from_batches(table_schema, batches),
@@ -257,17 +255,17 @@ class LanceStore(EncodedStore):
                     mode="create",
                     data_storage_version=DATA_STORAGE_VERSION,
                 )
-            if self.durable:
-                sync_new(temporary, set())
-            os.rename(temporary, folder)
-            snapshot = Snapshot(folder, {**meta, "image_shape": tuple(images.shape[1:])})
-            write_meta(self._meta_path, meta, durable=self.durable)  # fsyncs the directory: the rename is durable too
-        except BaseException as error:
-            for path in (temporary, folder):
-                shutil.rmtree(path, ignore_errors=True)
-            if isinstance(error, OSError) and is_no_space(error) and not isinstance(error, NoSpaceError):
-                raise no_space_error(self.directory, error) from error
-            raise
+
+        snapshot = commit_aside(
+            temporary,
+            folder,
+            write,
+            self._meta_path,
+            meta,
+            durable=self.durable,
+            sync=lambda temporary: sync_new(temporary, set()),
+            open_folder=lambda folder: Snapshot(folder, {**meta, "image_shape": tuple(images.shape[1:])}),
+        )
         self._release()
         self._snapshot = snapshot
         self._remove_stale()  # the old dataset

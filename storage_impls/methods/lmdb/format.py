@@ -29,11 +29,11 @@ from pathlib import Path
 
 import lmdb
 import numpy as np
-import xxhash
 
 from storage_impls.core.base import check_dtype, check_image_shape
-from storage_impls.core.codecs import get_codec
+from storage_impls.core.codecs import RAW, get_codec
 from storage_impls.core.errors import CorruptStoreError
+from storage_impls.core.records import KEY, checksum_of
 
 PREFIX = struct.Struct("<2sBBHH")  # magic, version, channels (0 = 2-D), height, width: uint8 images
 WIDE_PREFIX = struct.Struct("<2sBB4sIII4x")  # magic, version, ndim, dtype, 3 dims: any other image
@@ -48,23 +48,20 @@ PLAIN, CHECKSUMMED, WIDE_PLAIN, WIDE_CHECKSUMMED, ENCODED_PLAIN, ENCODED_CHECKSU
     5,
     6,
 )  # value versions
-RAW = "raw"
 UINT8 = np.dtype(np.uint8)
 WORD = 8  # bytes of a label or a checksum
-KEY = struct.Struct(">Q")
 STAGING_BYTES = 8 << 20  # values assembled per block in put_all; larger values are filled in place
-checksum_of = xxhash.xxh3_64_intdigest
 
 
 @dataclass(frozen=True)
-class ValueLayout:
+class LmdbValueLayout:
     """How every value of a store is laid out: image shape, whether it carries a checksum, image dtype, codec
     (``size`` is None for encoded images: each value is as long as its bytes)."""
 
     shape: tuple[int, ...]
     checksummed: bool
     dtype: np.dtype = UINT8
-    codec: str = RAW
+    codec: str = RAW.spec
     prefix_size: int = field(init=False)
     header_size: int = field(init=False)  # prefix [+ checksum] + label: where the pixels start
     label_offset: int = field(init=False)  # where the label starts, and the checksummed bytes
@@ -74,7 +71,7 @@ class ValueLayout:
 
     def __post_init__(self) -> None:
         channels = self.shape[2] if len(self.shape) == 3 else 0
-        if self.codec != RAW:
+        if self.codec != RAW.spec:
             prefix = ENCODED_PREFIX.pack(
                 MAGIC,
                 ENCODED_CHECKSUMMED if self.checksummed else ENCODED_PLAIN,
@@ -98,7 +95,7 @@ class ValueLayout:
         object.__setattr__(self, "header_size", header_size)
         object.__setattr__(self, "label_offset", header_size - WORD)
         object.__setattr__(self, "pixel_bytes", math.prod(self.shape) * self.dtype.itemsize)
-        object.__setattr__(self, "size", header_size + self.pixel_bytes if self.codec == RAW else None)
+        object.__setattr__(self, "size", header_size + self.pixel_bytes if self.codec == RAW.spec else None)
         object.__setattr__(self, "prefix", prefix)
 
     def fill(self, value: np.ndarray, image_id: int, label: int, pixels: np.ndarray) -> None:
@@ -174,15 +171,15 @@ class ValueLayout:
         )
 
 
-def describe(layout: ValueLayout) -> str:
-    encoded = f" encoded as {layout.codec}" if layout.codec != RAW else ""
+def describe(layout: LmdbValueLayout) -> str:
+    encoded = f" encoded as {layout.codec}" if layout.codec != RAW.spec else ""
     return (
         f"images of dtype {layout.dtype} and shape "
         f"{layout.shape}{encoded}{' with checksums' if layout.checksummed else ''}"
     )
 
 
-def parse_layout(value: memoryview | bytes, *, whole: bool = True) -> ValueLayout:
+def parse_layout(value: memoryview | bytes, *, whole: bool = True) -> LmdbValueLayout:
     """The layout a value claims in its prefix, checked against its own length (if ``whole``: not just a header);
     CorruptStoreError if it is not ours."""
     if len(value) < PREFIX.size + WORD:
@@ -202,34 +199,36 @@ def parse_layout(value: memoryview | bytes, *, whole: bool = True) -> ValueLayou
     return layout
 
 
-def _claimed_layout(value: memoryview | bytes) -> ValueLayout:
+def _claimed_layout(value: memoryview | bytes) -> LmdbValueLayout:
     magic, version = VERSION.unpack_from(value)
     if magic != MAGIC:
         raise ValueError
     if version in (PLAIN, CHECKSUMMED):
         _, _, channels, height, width = PREFIX.unpack_from(value)
         shape = (height, width, channels) if channels else (height, width)
-        dtype, codec = UINT8, RAW
+        dtype, codec = UINT8, RAW.spec
     elif version in (WIDE_PLAIN, WIDE_CHECKSUMMED, ENCODED_PLAIN, ENCODED_CHECKSUMMED):
         encoded = version in (ENCODED_PLAIN, ENCODED_CHECKSUMMED)
         _, _, ndim, dtype_text, *dims = WIDE_PREFIX.unpack_from(value)
         if ndim not in (2, 3) or any(dims[ndim:]):
             raise ValueError
         shape, dtype = tuple(dims[:ndim]), check_dtype(dtype_text.rstrip(b"\0").decode("ascii"), "a value")
-        codec = get_codec(ENCODED_PREFIX.unpack_from(value)[-1].rstrip(b"\0").decode("ascii")).spec if encoded else RAW
+        codec = (
+            get_codec(ENCODED_PREFIX.unpack_from(value)[-1].rstrip(b"\0").decode("ascii")).spec if encoded else RAW.spec
+        )
     else:
         raise ValueError
     check_image_shape(shape, "a value's image")
-    return ValueLayout(shape, version in (CHECKSUMMED, WIDE_CHECKSUMMED, ENCODED_CHECKSUMMED), dtype, codec)
+    return LmdbValueLayout(shape, version in (CHECKSUMMED, WIDE_CHECKSUMMED, ENCODED_CHECKSUMMED), dtype, codec)
 
 
 def put_all(
-    env: lmdb.Environment, txn: lmdb.Transaction, layout: ValueLayout, images: np.ndarray, labels: np.ndarray
+    env: lmdb.Environment, txn: lmdb.Transaction, layout: LmdbValueLayout, images: np.ndarray, labels: np.ndarray
 ) -> None:
     """Replace the contents of ``env`` (in its write transaction ``txn``) with every image as ids 0..N-1."""
     txn.drop(env.open_db(), delete=False)
     count = len(images)
-    if layout.codec != RAW:
+    if layout.codec != RAW.spec:
         codec, cursor = get_codec(layout.codec), txn.cursor()
         for image_id, image in enumerate(images):
             cursor.put(
@@ -255,10 +254,10 @@ def put_all(
             cursor.put(key, value, append=True)
 
 
-def put_value(txn: lmdb.Transaction, layout: ValueLayout, image_id: int, label: int, pixels: np.ndarray) -> None:
+def put_value(txn: lmdb.Transaction, layout: LmdbValueLayout, image_id: int, label: int, pixels: np.ndarray) -> None:
     """Put the value of one image in ``txn``: assembled, or filled in place when larger than STAGING_BYTES."""
     key = KEY.pack(image_id)
-    if layout.codec != RAW:
+    if layout.codec != RAW.spec:
         txn.put(key, layout.encoded_value(image_id, label, get_codec(layout.codec).encode(pixels)))
     elif layout.size > STAGING_BYTES:
         _put_in_place(txn, key, layout, image_id, label, pixels)
@@ -269,7 +268,7 @@ def put_value(txn: lmdb.Transaction, layout: ValueLayout, image_id: int, label: 
 
 
 def _put_in_place(
-    txn: lmdb.Transaction, key: bytes, layout: ValueLayout, image_id: int, label: int, pixels: np.ndarray
+    txn: lmdb.Transaction, key: bytes, layout: LmdbValueLayout, image_id: int, label: int, pixels: np.ndarray
 ) -> None:
     """Put one large value without assembling it first (MDB_RESERVE, which py-lmdb lacks): put zeros read
     from an untouched private mapping (the kernel's zero page, no memory), then fill the value where

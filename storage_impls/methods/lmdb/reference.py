@@ -10,7 +10,7 @@ import lmdb
 import numpy as np
 
 from storage_impls.core.base import BatchReader
-from storage_impls.methods.lmdb.format import KEY
+from storage_impls.core.records import KEY
 
 
 def raw_reader(directory: Path, shape: tuple[int, ...]) -> BatchReader:

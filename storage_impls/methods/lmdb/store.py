@@ -64,11 +64,12 @@ import numpy as np
 
 from storage_impls.core.advice import fits_in_memory
 from storage_impls.core.base import BatchReader
+from storage_impls.core.codecs import RAW
 from storage_impls.core.encoded import EncodedStore, decode
 from storage_impls.core.errors import CorruptStoreError, MissingStoreError, NoSpaceError, is_no_space, no_space_error
 from storage_impls.core.fileio import fsync_path
 from storage_impls.core.options import check_options, flag
-from storage_impls.core.records import refuse_foreign
+from storage_impls.core.records import KEY, checksum_of, refuse_foreign
 from storage_impls.methods.lmdb.env import (
     DATA_FILE,
     HEADROOM,
@@ -82,7 +83,7 @@ from storage_impls.methods.lmdb.env import (
     store_error,
     typed_errors,
 )
-from storage_impls.methods.lmdb.format import KEY, RAW, ValueLayout, checksum_of, parse_layout, put_all, put_value
+from storage_impls.methods.lmdb.format import LmdbValueLayout, parse_layout, put_all, put_value
 
 REBUILD_DIR = "rebuild.tmp"  # where store_many rebuilds a damaged store
 
@@ -125,7 +126,7 @@ class LmdbStore(EncodedStore):
     def _open(self) -> None:
         self._shared: SharedEnv | None = None
         self._snapshot: lmdb.Transaction | None = None
-        self._layout: ValueLayout | None = None
+        self._layout: LmdbValueLayout | None = None
         self._count = 0
         self._damage: str | None = None
         self._rebuild_dir = str(self.directory / REBUILD_DIR)
@@ -177,7 +178,7 @@ class LmdbStore(EncodedStore):
             self._snapshot = env.begin(buffers=True)
         return self._snapshot
 
-    def _read_view(self, txn: lmdb.Transaction) -> tuple[int, ValueLayout | None]:
+    def _read_view(self, txn: lmdb.Transaction) -> tuple[int, LmdbValueLayout | None]:
         """The count and value layout of the store as ``txn`` sees it, checking that ids are dense."""
         count = txn.stat()["entries"]
         if not count:
@@ -245,7 +246,7 @@ class LmdbStore(EncodedStore):
     # -- writing ----------------------------------------------------------------------------
     def _replace_all(self, images: np.ndarray, labels: np.ndarray) -> None:
         checksummed = self.checksum if self.checksum is not None else bool(self._layout and self._layout.checksummed)
-        layout = ValueLayout(images.shape[1:], checksummed, images.dtype, self.writing_codec(replacing=True).spec)
+        layout = LmdbValueLayout(images.shape[1:], checksummed, images.dtype, self.writing_codec(replacing=True).spec)
         needed = len(images) * self._footprint(
             layout.size or layout.header_size + layout.pixel_bytes
         )  # encoded: at most raw, mostly
@@ -260,7 +261,7 @@ class LmdbStore(EncodedStore):
         self._renew_snapshot()
         self._count, self._layout = len(images), layout
 
-    def _rebuild(self, layout: ValueLayout, images: np.ndarray, labels: np.ndarray, needed: int) -> None:
+    def _rebuild(self, layout: LmdbValueLayout, images: np.ndarray, labels: np.ndarray, needed: int) -> None:
         """Write a new data.mdb beside the damaged one, then put it in place (a kill leaves the old one)."""
         staging = self.directory / REBUILD_DIR
         shutil.rmtree(staging, ignore_errors=True)
@@ -293,7 +294,7 @@ class LmdbStore(EncodedStore):
         self._damage = None
 
     def _put(self, image: np.ndarray, image_id: int, label: int) -> None:
-        layout = self._layout or ValueLayout(image.shape, bool(self.checksum), image.dtype, self.codec.spec)
+        layout = self._layout or LmdbValueLayout(image.shape, bool(self.checksum), image.dtype, self.codec.spec)
         commit(
             self._shared.env,
             lambda txn: put_value(txn, layout, image_id, label, image),
@@ -341,7 +342,7 @@ class LmdbStore(EncodedStore):
         layout = self._layout
         value = self._snapshot_txn().get(KEY.pack(image_id))
         label = layout.check(value, image_id, self.directory)
-        if layout.codec != RAW:
+        if layout.codec != RAW.spec:
             image = np.empty(layout.shape, layout.dtype)
             self._decode(value, image, image_id)
             return image, label
@@ -369,7 +370,7 @@ class LmdbStore(EncodedStore):
         """Copy the pixels of ``values`` (those of ``ids``, in order) into ``out`` and their labels into
         ``labels``: each length checked here, headers and checksums all at once after."""
         layout, directory = self._layout, self.directory
-        if layout.codec != RAW:
+        if layout.codec != RAW.spec:
             decoded = 0
             for position, (image_id, value) in enumerate(zip(ids, values)):
                 labels[position] = layout.check(value, image_id, directory)

@@ -79,7 +79,12 @@ def open_db(folder: Path, settings: dict, *, read_only: bool) -> rocksdict.Rdict
     included (strace shows nothing else written by a read-only open), so a reader opens through a private
     folder of symbolic links to the database's files but that one and the info logs (removed once open: a
     read-only instance has read its logs and opened every SST file by then): mode "r" writes nothing into
-    the store, and opens stores it cannot write."""
+    the store, and opens stores it cannot write. The links also make the open one committed state: RocksDB
+    reads the MANIFEST, then lists the folder for write-ahead logs; in the store's folder a session closing
+    in between (its put flushed to an SST file that MANIFEST does not name, its log deleted) left an open
+    with neither, one write behind, silently. The links are made from one listing taken before: a file
+    deleted after it, or made after it and named by the CURRENT or MANIFEST read, is an error, and the
+    reader opens again (tests/test_methods_rocksdb.py)."""
     options = db_options(settings, read_only=read_only)
     names = checked_names(folder)
     if not read_only:

@@ -42,7 +42,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -51,19 +50,26 @@ from pathlib import Path
 import numpy as np
 import rocksdict
 
+from storage_impls.core.codecs import RAW
 from storage_impls.core.encoded import EncodedStore, decode
 from storage_impls.core.errors import (
     CorruptStoreError,
     MissingStoreError,
-    NoSpaceError,
     StoreError,
     StoreLockedError,
-    is_no_space,
-    no_space_error,
+    damaged,
 )
-from storage_impls.core.fileio import fsync_path
 from storage_impls.core.options import check_options
-from storage_impls.core.records import HEADER, KEY, ValueLayout, is_temporary, missing_store, refuse_foreign, write_meta
+from storage_impls.core.records import (
+    HEADER,
+    KEY,
+    ValueLayout,
+    commit_aside,
+    missing_store,
+    refuse_foreign,
+    remove_stale,
+    write_meta,
+)
 from storage_impls.methods.rocksdb.format import (
     DB_DIR,
     DB_NAME,
@@ -82,7 +88,6 @@ from storage_impls.methods.rocksdb.format import (
     write_new_db,
 )
 
-RAW = "raw"  # the codec of a store that keeps raw pixels
 OPEN_TRIES = 100  # a reader opens again when a writer changed the files while it opened
 RETRY_SECONDS = 0.002
 READAHEAD_BYTES = 2 << 20  # read_many's iterator reads ahead this much
@@ -108,7 +113,7 @@ def _typed(doing: str) -> Callable[[Callable], Callable]:
 
 def layout_of(meta: dict) -> ValueLayout:
     """The value layout a store's metadata describes."""
-    return ValueLayout(meta["dtype"], meta["image_shape"], meta["checksum"], meta.get("codec", RAW) != RAW)
+    return ValueLayout(meta["dtype"], meta["image_shape"], meta["checksum"], meta.get("codec", RAW.spec) != RAW.spec)
 
 
 class RocksdbStore(EncodedStore):
@@ -216,14 +221,7 @@ class RocksdbStore(EncodedStore):
 
     def _remove_stale(self) -> None:
         """Remove temporaries and databases the metadata does not name (left by killed or replaced writes)."""
-        live = DB_DIR.format(token=self._meta["token"]) if self._meta else None
-        with os.scandir(self.directory) as entries:
-            for entry in entries:
-                if is_temporary(entry.name) or (DB_NAME.fullmatch(entry.name) and entry.name != live):
-                    if entry.is_dir(follow_symlinks=False):
-                        shutil.rmtree(entry.path, ignore_errors=True)
-                    else:
-                        os.unlink(entry.path)
+        remove_stale(self.directory, DB_NAME, DB_DIR.format(token=self._meta["token"]) if self._meta else None)
 
     def _folder(self, meta: dict) -> Path:
         return self.directory / DB_DIR.format(token=meta["token"])
@@ -237,7 +235,7 @@ class RocksdbStore(EncodedStore):
 
     def __len__(self) -> int:
         if self._damage:
-            raise CorruptStoreError(f"{self._damage} (store_many replaces the damaged contents)")
+            raise damaged(self._damage)
         return self._count
 
     @property
@@ -250,7 +248,7 @@ class RocksdbStore(EncodedStore):
 
     @property
     def recorded_codec(self) -> str | None:
-        return self._meta.get("codec", RAW) if self._meta else None
+        return self._meta.get("codec", RAW.spec) if self._meta else None
 
     # -- writes -----------------------------------------------------------------------------------
     def _replace_all(self, images: np.ndarray, labels: np.ndarray) -> None:
@@ -258,7 +256,7 @@ class RocksdbStore(EncodedStore):
         settings = recorded | self.settings
         checksum = self.checksum if self.checksum is not None else bool(self._meta and self._meta["checksum"])
         codec = self.writing_codec(replacing=True)
-        layout = ValueLayout(images.dtype.str, images.shape[1:], checksum, codec.spec != RAW)
+        layout = ValueLayout(images.dtype.str, images.shape[1:], checksum, codec.spec != RAW.spec)
         token = uuid.uuid4().hex
         temporary, folder = self.directory / f".db-{token}.tmp", self.directory / DB_DIR.format(token=token)
         meta = {
@@ -273,18 +271,14 @@ class RocksdbStore(EncodedStore):
         }
         if layout.encoded:
             meta["codec"] = codec.spec
-        try:
+
+        def write(temporary: Path) -> None:
             temporary.mkdir()
             meta["sequence"] = write_new_db(temporary, settings, layout, images, labels, codec)
-            if self.durable:
-                fsync_path(temporary)
-            os.rename(temporary, folder)
-            write_meta(self._meta_path, meta, durable=self.durable)
-        except BaseException as error:
-            for path in (temporary, folder):
-                shutil.rmtree(path, ignore_errors=True)
-            if isinstance(error, OSError) and is_no_space(error) and not isinstance(error, NoSpaceError):
-                raise no_space_error(self.directory, error) from error
+
+        try:
+            commit_aside(temporary, folder, write, self._meta_path, meta, durable=self.durable)
+        except Exception as error:
             if is_rocks_error(error):
                 raise typed_error(self.directory, error, "writing a new database") from None
             raise
@@ -344,7 +338,7 @@ class RocksdbStore(EncodedStore):
     def _view(self) -> rocksdict.Rdict:
         """This handle's read-only instance, opened on demand after its own writes."""
         if self._damage:
-            raise CorruptStoreError(f"{self._damage} (store_many replaces the damaged contents)")
+            raise damaged(self._damage)
         if self._db is None:
             seen = self._meta, self._count
             self._load()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from storage_impls.core.checkpointed import RAW
+from storage_impls.core.codecs import RAW
 from storage_impls.methods.webdataset.format import sample_bytes
 from storage_impls.methods.webdataset.store import CHECKSUMS, INDEX, SHARD, TarCheckpoint, WebDatasetStore
 from storage_impls.remote.checkpointed import RemoteCheckpoint, RemoteCheckpointed

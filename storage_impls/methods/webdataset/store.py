@@ -74,8 +74,8 @@ from pathlib import Path
 import numpy as np
 
 from storage_impls.core.base import ImageStore, Mode
-from storage_impls.core.checkpointed import RAW, Checkpoint, EncodedCheckpointedStore, Source
-from storage_impls.core.codecs import Codec
+from storage_impls.core.checkpointed import Checkpoint, EncodedCheckpointedStore, Source
+from storage_impls.core.codecs import RAW, Codec
 from storage_impls.core.errors import CorruptStoreError
 from storage_impls.core.fileio import READ_FLAGS
 from storage_impls.core.options import byte_size, check_options
