@@ -5,6 +5,7 @@ a missing or truncated object and a server that cuts responses raise typed error
 from __future__ import annotations
 
 import multiprocessing
+import os
 import socket
 import time
 import uuid
@@ -141,6 +142,27 @@ def test_a_forked_worker_refuses_and_leaves_the_parents_handle_working(tmp_path,
             pool.apply(_read_in_worker, (dataset, [1, 2, 3]))
         again = dataset[3]  # the child's close of its copy left the parent's mirror in place
         assert np.array_equal(first[0], again[0]) and first[1] == again[1]
+
+
+def _open_and_leave_open(url: str, roots) -> None:
+    store = open_store("npy-files", url, "r")
+    store.read_single(3)
+    roots.put(str(store.staged.root))  # returns without close(): the process ends with the handle open
+
+
+def test_a_handle_left_open_removes_its_mirror_when_its_process_ends(tmp_path, bucket):  # noqa: F811
+    """The mirror holds store files in /dev/shm (memory): a handle nobody closed must not leave them there."""
+    installed("npy-files")
+    url, local = published("npy-files", tmp_path, bucket)
+    local.close()
+    context = multiprocessing.get_context("spawn")
+    roots = context.Queue()
+    child = context.Process(target=_open_and_leave_open, args=(url, roots))
+    child.start()
+    root = roots.get(timeout=120)
+    child.join(timeout=120)
+    assert child.exitcode == 0
+    assert not os.path.exists(root), f"{root} outlived its process"
 
 
 def test_upload_verifies_sizes_and_the_cli_publishes(tmp_path, bucket):  # noqa: F811

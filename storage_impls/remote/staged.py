@@ -6,7 +6,9 @@ and the ranges are dropped again. So a remote read makes the requests a range-re
 parser of any format exists.
 
 The mirror lives in /dev/shm where there is one (memory, never written back), else the temporary folder; it is
-removed when the handle closes. Errors name the remote objects, not the mirror's files.
+removed when the handle closes, or when it is collected or the interpreter exits with it open (an unclosed
+handle must not leave a copy of the store in memory until the next reboot). Errors name the remote objects, not
+the mirror's files.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import errno
 import os
 import shutil
 import tempfile
+import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -35,7 +38,8 @@ class StagedFolder:
         self.location = location
         self.root = Path(tempfile.mkdtemp(prefix="storage-remote-", dir=SHM if os.access(SHM, os.W_OK) else None))
         self._sizes: dict[str, int] = {}  # sparse files and their remote sizes
-        self._pid = os.getpid()  # a forked child closing its inherited copy must not remove its parent's mirror
+        # removed at close, collection or exit; not by a forked child closing its inherited copy (its parent's)
+        self._remove = weakref.finalize(self, _remove_mirror, self.root, os.getpid())
 
     def download(self, key: str, *, required: bool = True) -> Path | None:
         """Object ``key`` downloaded whole to the same name in the mirror (None if absent and not ``required``)."""
@@ -155,8 +159,12 @@ class StagedFolder:
             raise type(error)(text) from None
 
     def close(self) -> None:
-        if os.getpid() == self._pid:
-            shutil.rmtree(self.root, ignore_errors=True)
+        self._remove()
+
+
+def _remove_mirror(root: Path, pid: int) -> None:
+    if os.getpid() == pid:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 _LIBC = ctypes.CDLL(None, use_errno=True)
