@@ -11,7 +11,8 @@ with ``_switch``) and cleaned up after (``_remove_stale``); this class keeps the
 - Before each write (``_refresh``, under the writer lock): another writer's commit reloads the view, its appended
   records are read in; then what killed writes left goes.
 - ``store_single`` appends one journal record (raw pixels, or the codec's bytes); once the journal holds more than
-  max(256, N/16) records the method's ``_fold`` first commits it into a new checkpoint (amortised O(1) per write).
+  max(256, N) records (N: the checkpoint's images) the method's ``_fold`` first commits it into a new checkpoint
+  (a fold of N images every N writes: amortised O(1) per write).
   ``JOURNAL_FIRST``: an empty store's first writes make only a journal (extending no checkpoint, token ""); else
   the first image makes a checkpoint of one.
 - Reads: the checkpoint's images (``_read_rows``, ``_take``) with the journal's records laid over them.
