@@ -233,11 +233,11 @@ def plot_bytes_vs_speed(ax: Axes, view: CodecView, read: Read, *, legend: bool =
     marker = lossy or lossless; axes turn logarithmic over a wide spread. Labels are placed by place_labels."""
     from matplotlib.lines import Line2D
 
-    from reports.draw import _colours, _legend
+    from reports.draw import add_legend, colour_map
 
     rows = view.points(read)
     containers = sorted({row.method.split(":")[0] for row in view.rows})
-    colours = _colours(containers)
+    colours = colour_map(containers)
     sizes = [row.disk_bytes_per_image for row in rows]
     unit, scale = byte_unit(sizes)
     for row in rows:
@@ -263,7 +263,7 @@ def plot_bytes_vs_speed(ax: Axes, view: CodecView, read: Read, *, legend: bool =
             Line2D([], [], color="grey", marker=marker, linestyle="none", label=label)
             for marker, label in ((LOSSLESS_MARKER, "lossless"), (LOSSY_MARKER, "lossy (PSNR in the table)"))
         ]
-        _legend(ax, handles)
+        add_legend(ax, handles)
 
 
 def write_codec_charts(views: Sequence[CodecView], run_labels: Sequence[str], out_dir: Path) -> dict[str, Path]:

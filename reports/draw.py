@@ -34,7 +34,7 @@ OPERATION_LINESTYLES = {"store_many": "-", "read_many": "--"}
 SPREAD_NAMES = {"iqr": "q1–q3", "range": "min–max"}
 
 
-def _colours(names: Sequence[str]) -> dict[str, str]:
+def colour_map(names: Sequence[str]) -> dict[str, str]:
     """A distinct colour per name: matplotlib's ten default colours first, then their paler twins, then 40 more."""
     tab20 = matplotlib.colormaps["tab20"].colors
     palette = [
@@ -56,7 +56,7 @@ def _run_style(run_index: int) -> dict[str, str]:
     }
 
 
-def _legend(ax: Axes, handles: Sequence[Artist]) -> None:
+def add_legend(ax: Axes, handles: Sequence[Artist]) -> None:
     """One legend outside the plot on the right, so it never hides data (in columns of LEGEND_ROWS entries)."""
     ax.legend(
         handles=handles,
@@ -68,7 +68,7 @@ def _legend(ax: Axes, handles: Sequence[Artist]) -> None:
 
 
 def _method_handles(names: Sequence[str]) -> list[Artist]:
-    colours = _colours(names)
+    colours = colour_map(names)
     return [Line2D([], [], color=colours[name], linewidth=2.5, label=name) for name in names]
 
 
@@ -109,7 +109,7 @@ def plot_time(ax: Axes, shaped: Shaped, operations: Sequence[str], *, loglog: bo
     the marker tells the runs apart.
     """
     series_list = shaped.of(*operations)
-    colours = _colours(shaped.names)
+    colours = colour_map(shaped.names)
     by_operation = len(operations) > 1
     unit, scale = time_unit(value for series in series_list for value in series.hi)
     for series in series_list:
@@ -133,13 +133,13 @@ def plot_time(ax: Axes, shaped: Shaped, operations: Sequence[str], *, loglog: bo
             Line2D([], [], color="grey", linestyle=OPERATION_LINESTYLES[operation], label=operation.replace("_", " "))
             for operation in operations
         ]
-    _legend(ax, handles)
+    add_legend(ax, handles)
 
 
 def plot_single(ax: Axes, shaped: Shaped, operation: str, *, legend: bool = True) -> None:
     """Bars of the median time of one single-image operation per method, grouped by method, one bar per run."""
     series_list = shaped.of(operation)
-    colours = _colours(shaped.names)
+    colours = colour_map(shaped.names)
     unit, scale = time_unit(value for series in series_list for value in series.hi)
     for series in series_list:
         median, lo, hi = series.y[0], series.lo[0], series.hi[0]
@@ -158,7 +158,7 @@ def plot_single(ax: Axes, shaped: Shaped, operation: str, *, legend: bool = True
     ax.set_ylabel(f"median time per image ({unit})")
     ax.set_title(operation.replace("_", " "))
     if legend and len(shaped.labels) > 1:
-        _legend(ax, _run_handles(shaped, hatched=True))
+        add_legend(ax, _run_handles(shaped, hatched=True))
 
 
 def plot_disk_stacked(ax: Axes, shaped: Shaped) -> None:
@@ -193,13 +193,13 @@ def plot_disk_stacked(ax: Axes, shaped: Shaped) -> None:
     cutoff_handles = [
         Patch(color=cutoff_colours[cutoff], label=f"store of {cutoff:,} images") for cutoff in reversed(cutoffs)
     ]
-    _legend(ax, cutoff_handles + _run_handles(shaped, hatched=True))
+    add_legend(ax, cutoff_handles + _run_handles(shaped, hatched=True))
     ax.margins(y=0.08)
 
 
 def plot_bytes_per_image(ax: Axes, shaped: Shaped) -> None:
     """Store size divided by image count, against image count: fixed overhead shows at small cutoffs."""
-    colours = _colours(shaped.names)
+    colours = colour_map(shaped.names)
     sizes = [value for stack in shaped.disk for value in stack.per_image]
     unit, scale = byte_unit(sizes)
     for stack in shaped.disk:
@@ -216,12 +216,12 @@ def plot_bytes_per_image(ax: Axes, shaped: Shaped) -> None:
         ax.set_ylim(0, max(sizes) / scale * 1.08)
     ax.set_xlabel("images in the store")
     ax.set_ylabel(f"{shaped.disk_kind} size per image ({unit})")
-    _legend(ax, _method_handles(shaped.names) + _run_handles(shaped))
+    add_legend(ax, _method_handles(shaped.names) + _run_handles(shaped))
 
 
 def plot_floor_ratio(ax: Axes, shaped: Shaped, operation: str, *, legend: bool = True) -> None:
     """ours/floor of one operation against images per round, log-log, with the floor itself as a line at 1.0."""
-    colours = _colours(shaped.floor_names)
+    colours = colour_map(shaped.floor_names)
     for series in shaped.floor_series:
         if series.operation == operation:
             ax.plot(series.x, series.ratio, color=colours[series.name], markersize=5, **_run_style(series.run_index))
@@ -232,7 +232,7 @@ def plot_floor_ratio(ax: Axes, shaped: Shaped, operation: str, *, legend: bool =
     ax.set_ylabel("ours / floor (same run)")
     ax.set_title(operation.replace("_", " "))
     if legend:
-        _legend(ax, _method_handles(shaped.floor_names) + _run_handles(shaped))
+        add_legend(ax, _method_handles(shaped.floor_names) + _run_handles(shaped))
 
 
 def _floor_chart(figure: Figure, shaped: Shaped) -> None:

@@ -112,7 +112,7 @@ def plot_loaders(ax: Axes, rows: Sequence[LoaderRow], title: str) -> None:
     """Horizontal bars of images/s (log axis), a group per loader, a bar per worker count."""
     from matplotlib.patches import Patch
 
-    from reports.draw import _legend
+    from reports.draw import add_legend
 
     workers = sorted({count for row in rows for count in row.images_per_s if count is not None})
     height = 0.8 / max(1, len(workers))
@@ -134,7 +134,7 @@ def plot_loaders(ax: Axes, rows: Sequence[LoaderRow], title: str) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("images per second (median epoch)")
     ax.set_title(title)
-    _legend(
+    add_legend(
         ax,
         [
             Patch(color="tab:blue", alpha=0.45 + 0.55 * index / max(1, len(workers) - 1), label=f"w{count}")

@@ -177,11 +177,11 @@ def setting_title(setting: tuple, run_labels: Sequence[str]) -> str:
 
 def plot_remote(ax: Axes, points: Sequence[RemotePoint], field: str, label: str, log: bool) -> None:
     """Horizontal bars of ``field``, a group per method, a bar per order and worker count (the floor ticked)."""
-    from reports.draw import _colours, _legend
+    from reports.draw import add_legend, colour_map
 
     methods = list(dict.fromkeys(point.label for point in points))
     variants = sorted({point.variant for point in points})
-    colours = _colours(variants)
+    colours = colour_map(variants)
     height = 0.8 / max(1, len(variants))
     for point in points:
         value = getattr(point, field)
@@ -199,14 +199,14 @@ def plot_remote(ax: Axes, points: Sequence[RemotePoint], field: str, label: str,
     if field == PANELS[-1][0]:
         from matplotlib.patches import Patch
 
-        _legend(ax, [Patch(color=colours[variant], label=variant) for variant in variants])
+        add_legend(ax, [Patch(color=colours[variant], label=variant) for variant in variants])
 
 
 def plot_rtt(ax: Axes, curves: Sequence[RttCurve]) -> None:
     """Images/s (log axis) against the round trip: a line per method, order and workers."""
-    from reports.draw import _colours, _legend
+    from reports.draw import add_legend, colour_map
 
-    colours = _colours(sorted({curve.label for curve in curves}))
+    colours = colour_map(sorted({curve.label for curve in curves}))
     styles = dict(zip(sorted({curve.variant for curve in curves}), ("-", "--", ":", "-.") * 8))
     for curve in curves:
         ax.plot(
@@ -220,7 +220,7 @@ def plot_rtt(ax: Axes, curves: Sequence[RttCurve]) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("round trip (ms)")
     ax.set_ylabel("images per second (median epoch)")
-    _legend(ax, ax.get_lines())
+    add_legend(ax, ax.get_lines())
 
 
 def write_remote_charts(points: Sequence[RemotePoint], run_labels: Sequence[str], out_dir: Path) -> dict[str, Path]:

@@ -182,9 +182,9 @@ def plot_throughput(
     fixed setting, marker = run."""
     from matplotlib.lines import Line2D
 
-    from reports.draw import RUN_LINESTYLES, RUN_MARKERS, _colours, _legend
+    from reports.draw import RUN_LINESTYLES, RUN_MARKERS, add_legend, colour_map
 
-    colours = _colours(methods)
+    colours = colour_map(methods)
     fixed_values = sorted({curve.fixed for curve in curves}, key=lambda text: (len(text), text))
     styles = {fixed: RUN_LINESTYLES[index % len(RUN_LINESTYLES)] for index, fixed in enumerate(fixed_values)}
     for curve in curves:
@@ -215,7 +215,7 @@ def plot_throughput(
                 )
                 for index, label in enumerate(run_labels)
             ]
-        _legend(ax, handles)
+        add_legend(ax, handles)
 
 
 def write_training_charts(points: Sequence[TrainingPoint], run_labels: Sequence[str], out_dir: Path) -> dict[str, Path]:
