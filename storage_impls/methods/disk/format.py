@@ -188,7 +188,7 @@ class Generation:
         pixels = memoryview(target).cast("B")
         fd = self._open(image_id)
         try:
-            read = os.readv(fd, [pixels, bytearray(1)])  # a byte past the pixels: the file is too long
+            read = os.readv(fd, [pixels, _PAST_END])  # a byte past the pixels: the file is too long
         finally:
             os.close(fd)
         if read != len(pixels):
@@ -201,6 +201,9 @@ class Generation:
             raise CorruptStoreError(
                 f"{self.file(image_id)}: image {image_id} fails its checksum (bit rot or a damaged copy)"
             )
+
+
+_PAST_END = bytearray(1)  # where read_raw_into reads a byte beyond an image's size (its value is never used)
 
 
 def max_file_bytes(dtype: np.dtype, shape: tuple[int, ...]) -> int:
