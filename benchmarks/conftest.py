@@ -10,6 +10,7 @@ many is several times slower). Every cell checks what it read or stored afterwar
 from __future__ import annotations
 
 import math
+import shlex
 import shutil
 import time
 import uuid
@@ -51,10 +52,12 @@ TIMED_KEY = pytest.StashKey[list]()  # every cell's pytest-benchmark Metadata, f
 CLOCK_KEY = pytest.StashKey[SuiteClock]()
 MIN_ROUNDS_KEY = pytest.StashKey[dict[str, int]]()  # the minimum rounds of method cells and of floor cells
 ROUNDS_KEY = pytest.StashKey[tuple[float, int]]()  # per item: (median seconds per round, rounds), for the clock
+STARTED_KEY = pytest.StashKey[float]()  # time.monotonic() when the session was configured, for machine_info
 
 
 def pytest_configure(config: pytest.Config) -> None:
     """Set the minimum rounds; refuse, before anything runs, option combinations that cannot work."""
+    config.stash[STARTED_KEY] = time.monotonic()
     given = int(config.option.benchmark_min_rounds)
     if not any(arg.startswith("--benchmark-min-rounds") for arg in config.invocation_params.args):
         config.option.benchmark_min_rounds = MIN_ROUNDS  # pytest-benchmark's own default is 5
@@ -90,6 +93,9 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
     image folder its class-to-label table and the files skipped as unreadable; the object store of the remote cells
     (what it is, the network shaping, the round trip and throughput measured)."""
     storage_dir = config.stash.get(STORAGE_DIR_KEY, None) or config.getoption("storage_dir") or Path.cwd()
+    machine_info["command"] = shlex.join(("pytest", *config.invocation_params.args))  # to re-run it as it was
+    if STARTED_KEY in config.stash:  # what the run cost, saved at its end
+        machine_info["session_s"] = round(time.monotonic() - config.stash[STARTED_KEY], 1)
     machine_info["storage"] = describe_storage(storage_dir)
     machine_info["libraries"] = library_versions()
     if DATASET_KEY in config.stash:
