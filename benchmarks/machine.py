@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import shlex
 import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
+
+from reports.figures import figure_document
 
 
 def describe_storage(path: Path) -> dict:
@@ -54,3 +63,32 @@ def available_memory() -> float:
     except OSError:
         pass
     return math.inf
+
+
+def save_figure(
+    path: Path,
+    name: str,
+    module: str,
+    argv: Sequence[str],
+    started: datetime,
+    header: Sequence[str],
+    rows: Sequence[Sequence[str]],
+) -> None:
+    """Save a script's table for ``python -m reports publish`` (format: reports/figures.py) with this machine, the
+    commit, the load average and the command that remakes it (``python -m MODULE ARGV``)."""
+    from pytest_benchmark.plugin import pytest_benchmark_generate_machine_info
+    from pytest_benchmark.utils import get_commit_info
+
+    machine_info = {
+        **pytest_benchmark_generate_machine_info(),
+        "command": shlex.join(("python", "-m", module, *argv)),
+        "storage": describe_storage(Path(tempfile.gettempdir())),
+        "load_average": list(os.getloadavg()),
+    }
+    document = figure_document(name, started, machine_info, get_commit_info(), header, rows)
+    Path(path).write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
+
+
+def argv_of(argv: Sequence[str] | None) -> list[str]:
+    """A script's arguments as given: ``argv`` when called as a function, else the command line's."""
+    return list(sys.argv[1:] if argv is None else argv)

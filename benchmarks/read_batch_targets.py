@@ -16,10 +16,12 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.machine import argv_of, save_figure
 from storage_impls import get_store_class, open_store
 from storage_impls.datasets import synthetic
 from storage_impls.registry import installed_methods
@@ -65,7 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=",".join(method for method in installed_methods() if not get_store_class(method).slow_random_reads),
         help="comma-separated (default: every installed method whose random reads are not slow)",
     )
+    parser.add_argument("--save", type=Path, help="also save the table as JSON for `python -m reports publish`")
     args = parser.parse_args(argv)
+    started = datetime.now(timezone.utc)
     images, labels = synthetic(args.images)
     order = np.random.default_rng(0).permutation(args.images)
     batches = [order[start : start + args.batch] for start in range(0, args.images, args.batch)]
@@ -76,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         gather_s = epoch_seconds(gather, batches, out, args.repeats)
         print(f"{'method':<12} {'read_batch img/s':>17} {'reference':<28} {'ref img/s':>11} {'ratio':>6}")
         print(f"{'(floor)':<12} {'':>17} {'memmap gather':<28} {args.images / gather_s:>11,.0f}")
+        rows = [("(floor)", "", "memmap gather", f"{args.images / gather_s:,.0f}", "")]
         for method in args.methods.split(","):
             get_store_class(method)
             with open_store(method, root / method) as store:
@@ -96,6 +101,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{method:<12} {args.images / ours_s:>17,.0f} {name:<28} {args.images / reference_s:>11,.0f} "
                 f"{reference_s / ours_s:>5.2f}x"
             )
+            rows.append(
+                (
+                    f"`{method}`",
+                    f"{args.images / ours_s:,.0f}",
+                    name,
+                    f"{args.images / reference_s:,.0f}",
+                    f"{reference_s / ours_s:.2f}x",
+                )
+            )
+    if args.save:
+        header = ("method", "`read_batch` images/s", "reference", "reference images/s", "ours / reference")
+        save_figure(
+            args.save, "read_batch_targets", "benchmarks.read_batch_targets", argv_of(argv), started, header, rows
+        )
     return 0
 
 

@@ -17,11 +17,15 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.machine import argv_of, save_figure
 from storage_impls import open_store
+
+HEADER = ("method", "tutorial's code", "ours: open + store_single + close", "ratio", "ours: store_single", "ratio")
 
 
 def tutorial_disk(folder: Path, image: np.ndarray, image_id: int, label: int) -> None:
@@ -81,7 +85,9 @@ def seconds_on_open_store(method: str, folder: Path, image: np.ndarray) -> float
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.tutorial_single", description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument("--save", type=Path, help="also save the table as JSON for `python -m reports publish`")
     args = parser.parse_args(argv)
+    started, rows = datetime.now(timezone.utc), []
     image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     print(
         f"{'method':<8} {'tutorial':>10} {'ours: open+store+close':>23} {'ratio':>6} {'ours: store_single':>19} "
@@ -102,6 +108,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{method:<8} {tutorial_s * 1e3:>7.3f} ms {ours_s * 1e3:>20.3f} ms {ours_s / tutorial_s:>5.2f}x "
                 f"{store_s * 1e3:>16.3f} ms {store_s / tutorial_s:>5.2f}x"
             )
+            rows.append(
+                (
+                    method,
+                    *(f"{value * 1e3:.3f} ms" for value in (tutorial_s, ours_s)),
+                    f"{ours_s / tutorial_s:.2f}x",
+                    f"{store_s * 1e3:.3f} ms",
+                    f"{store_s / tutorial_s:.2f}x",
+                )
+            )
+    if args.save:
+        save_figure(args.save, "tutorial_single", "benchmarks.tutorial_single", argv_of(argv), started, HEADER, rows)
     return 0
 
 
