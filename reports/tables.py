@@ -7,7 +7,7 @@ compute, so a published table says what report.md says about the same run.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 from reports.codecs import codec_views
@@ -196,10 +196,3 @@ def codecs(runs: Sequence[Run]) -> Table:
         ),
         tuple(row for _, row in sorted(rows, key=lambda item: -item[0])),
     )
-
-
-SHAPERS: dict[str, Callable[[Sequence[Run]], Table]] = {
-    "results": results,
-    "workloads": workloads,
-    "codecs": codecs,
-}
