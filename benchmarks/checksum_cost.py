@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.checksum_cost", description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=100_000)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--methods", default="lmdb,hdf5", help="comma-separated methods that support checksums")
+    parser.add_argument("--methods", required=True, help="comma-separated methods that support checksums")
     parser.add_argument("--save", type=Path, help="also save the table as JSON for `python -m reports publish`")
     args = parser.parse_args(argv)
     started, rows = datetime.now(timezone.utc), []

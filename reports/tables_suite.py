@@ -192,7 +192,11 @@ def loaders(runs: Sequence[Run]) -> Table:
     """Loader cells: images/s per loader and num_workers, and the DataLoader at 0 workers over read_batch alone."""
     rows = loader_rows(loader_points(runs))
     workers = sorted({count for row in rows for count in row.images_per_s if count is not None})
-    alone = {row.setting: row.images_per_s[None] for row in rows if row.kind == READ_BATCH and None in row.images_per_s}
+    alone = {  # read_batch alone by setting and method, whose label is "<method> (read_batch alone)"
+        (row.setting, row.label.split(" ")[0]): row.images_per_s[None]
+        for row in rows
+        if row.kind == READ_BATCH and None in row.images_per_s
+    }
     table = []
     for row in rows:
         column = {0: None} if row.kind == READ_BATCH else {}  # read_batch alone runs in this process: the w0 column
@@ -200,7 +204,7 @@ def loaders(runs: Sequence[Run]) -> Table:
             format_rate(row.images_per_s[key]) if (key := column.get(w, w)) in row.images_per_s else DASH
             for w in workers
         ]
-        bound, w0 = alone.get(row.setting), row.images_per_s.get(0)
+        bound, w0 = alone.get((row.setting, row.label)), row.images_per_s.get(0)
         over = DASH if bound is None or w0 is None or row.kind == PEER else f"{bound / w0:.2f}x"
         table.append((row.label, *rates, over))
     return Table(
