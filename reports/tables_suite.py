@@ -260,14 +260,15 @@ def _duration(seconds: float) -> str:
 
 
 def costs(runs: Sequence[Run]) -> Table:
-    """What each kept run cost: its command, its cells and the wall time of its session (machine_info.session_s)."""
+    """What each kept run cost: its file (the block's first line gives its command), its cells and the wall time of
+    its session (machine_info.session_s)."""
     rows = []
     for run in runs:
         info = run.machine_info
         seconds = info.get("session_s")
         rows.append(
             (
-                f"`{info['command']}`" if info.get("command") else "not recorded",
+                f"`{run.path.name}`",
                 f"{len(run.cells):,}",
                 DASH if seconds is None else _duration(float(seconds)),
             )
