@@ -151,7 +151,8 @@ def readahead(runs: Sequence[Run]) -> Table:
         cell = cells.find(method, "read_random", cache=cache)
         if cell is None:
             return DASH
-        text = f"{format_seconds(cell.stats['median'])} ({cells.ratio(cell)}x)"
+        ratio, _, flag = cells.ratio(cell).partition(" ")  # "2.10" or "0.80 ⚠" (flagged below its floor)
+        text = f"{format_seconds(cell.stats['median'])} ({ratio}x{' ' + flag if flag else ''})"
         cached = cell.extra_info.get("resident_fraction_after")
         return text if cache != "limited" or cached is None else f"{text}, {cached:.0%} cached"
 
