@@ -1,7 +1,7 @@
 """`python -m reports publish [--check]`: the tables of README.md and docs/*.md regenerated from the runs kept in the
 repository.
 
-A generated block is delimited by markers naming its shaper (reports.tables.SHAPERS) and its runs, paths relative to
+A generated block is delimited by markers naming its shaper (reports.shapers.SHAPERS) and its runs, paths relative to
 the repository root, several separated by commas::
 
     <!-- table: workloads run=docs/runs/default.json,docs/runs/cold.json -->
