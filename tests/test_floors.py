@@ -28,7 +28,7 @@ from benchmarks.floors import (
 )
 from reports import results
 from reports.cli import main as report_main
-from reports.floors import floor_checks
+from reports.floors import describe_implausible, floor_checks
 from reports.results import Cell, load_run
 from storage_impls import METHODS
 from storage_impls.core.codecs import get_codec
@@ -343,6 +343,48 @@ def test_a_cell_is_implausible_only_apart_from_its_floor_and_beyond_the_margin(m
     floor = cell("floor-file-read", 0.010, q1=0.0095, q3=0.0105)
     check = next(iter(floor_checks([floor, cell("hdf5", median, q1=median * 0.98, q3=q3, floor="file-read")]).values()))
     assert check.implausible is flagged
+
+
+def paired_cell(pairs: int, cpu: float, **floors_cpu: float) -> list[Cell]:
+    """A shuffled jpeg-90 read 40 % below its floor in wall time, every round apart, with ``pairs`` interleaved pairs
+    and ``cpu`` seconds of CPU a round, beside its two floor cells (CPU per round from ``floors_cpu``)."""
+    gather_cpu, decode_cpu = floors_cpu.get("gather", 0.001), floors_cpu.get("decode", 0.19)
+    interleaved = {"median": 1.0, "q1": 0.98, "q3": 1.02, "rounds": pairs, "ratio_q1": 0.5, "ratio_q3": 0.7}
+    return [
+        cell("floor-jpeg-90-gather", 0.001, batch_size=256, cpu_s=gather_cpu),
+        cell("floor-jpeg-90-decode", 1.0, cpu_s=decode_cpu),
+        cell(
+            "hdf5:codec=jpeg-90",
+            0.6,
+            operation="read_random",
+            floor="jpeg-90-gather+jpeg-90-decode",
+            floor_n_images=100,
+            batch_size=256,
+            workers=1,
+            cache="warm",
+            cpu_s=cpu,
+            floor_interleaved=interleaved,
+        ),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("pairs", "cpu", "floors_cpu", "flagged"),
+    [
+        (2, 0.15, {}, False),  # apart in wall time, but 0.79x its floor's CPU: load, not less work
+        (2, 0.05, {}, True),  # and a quarter of the floor's CPU: it did not do the work
+        (5, 0.15, {}, True),  # five pairs: the round-by-round test stands alone (a parallel cell)
+        (2, 0.001, {"decode": 0.01}, True),  # a floor below MIN_CPU_S: its CPU is not compared, wall time decides
+    ],
+)
+def test_a_cell_with_few_rounds_is_flagged_only_if_it_also_used_less_cpu(pairs, cpu, floors_cpu, flagged):
+    check = next(
+        check for key, check in floor_checks(paired_cell(pairs, cpu, **floors_cpu)).items() if key[1].startswith("hdf5")
+    )
+    assert check.ratio == pytest.approx(0.6)  # against the faster timing of the floor: its interleaved rounds
+    assert check.implausible is flagged
+    if flagged and check.cpu_compared:
+        assert "CPU" in describe_implausible(paired_cell(pairs, cpu)[-1], check)
 
 
 # --- a doctored run -------------------------------------------------------------------------
