@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -31,7 +34,7 @@ from reports.cli import main as report_main
 from reports.floors import describe_implausible, floor_checks
 from reports.results import Cell, load_run
 from storage_impls import METHODS
-from storage_impls.core.codecs import get_codec
+from storage_impls.core.codecs import PILLOW_FREE_BLOCKS, get_codec
 from storage_impls.datasets import synthetic
 from tests.test_benchmarks import run_suite
 from tests.test_reports import make_cell, make_run
@@ -490,3 +493,13 @@ def test_report_shows_ours_over_floor_and_draws_the_ratio_chart(tmp_path):
     assert (
         "floor-" not in (tmp_path / "out" / "read_many_loglog.svg").read_text()
     )  # floors are not methods in the charts
+
+
+@pytest.mark.parametrize("environment", [{}, {"PILLOW_BLOCKS_MAX": "5"}])
+def test_decoding_keeps_freed_pillow_blocks_unless_the_environment_says(environment):
+    """A fresh process (a reader worker) importing the codecs keeps freed Pillow image blocks for the next decode, as
+    the floors' long-lived process in effect does; a PILLOW_BLOCKS_MAX of the user's wins."""
+    code = "import storage_impls.core.codecs; from PIL import Image; print(Image.core.get_blocks_max())"
+    env = {key: value for key, value in os.environ.items() if key != "PILLOW_BLOCKS_MAX"} | environment
+    found = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert int(found) == int(environment.get("PILLOW_BLOCKS_MAX", PILLOW_FREE_BLOCKS))
