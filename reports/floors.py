@@ -13,7 +13,12 @@ when it beat its floor beyond noise, by all of:
   quartiles, which is below the first quartile of the sum, or the interleaved rounds' if smaller);
 * a margin: the cell's median at least FLAG_MARGIN below the floor's;
 * with interleaved rounds, round by round too: in three of four pairs (the third quartile of the ratios cell round
-  over the floor round just before it, times ``workers``) the cell at least FLAG_MARGIN below.
+  over the floor round just before it, times ``workers``) the cell at least FLAG_MARGIN below;
+* with fewer than PAIRED_ROUNDS_ALONE such pairs (a slow cell run with ``--benchmark-min-rounds 2``), less work too:
+  the cell's CPU per round (``cpu_s``, its worker processes included) at least CPU_MARGIN below its floor's, where
+  the floor's is at least MIN_CPU_S. On a loaded machine two rounds cannot tell a cell from its floor by wall time: the
+  same JPEG decode loop, timed A/A in adjacent rounds at load 8-11, came out 0.51x of itself, while its CPU time
+  varied by about a fifth (docs/benchmarks.md, "Codecs and image sizes").
 
 A floor timed against itself (A/A: the same floor from two runs, as cell and as floor) must not be flagged; how often
 it is, at the smoke pass's round counts and the default run's, is measured in docs/ci.md ("Floor flags").
@@ -31,6 +36,9 @@ from reports.results import FLOOR_PREFIX, Cell
 from reports.units import format_seconds
 
 FLAG_MARGIN = 0.10  # a flagged cell's median is at least this far below its floor's
+PAIRED_ROUNDS_ALONE = 5  # interleaved pairs from which the round-by-round test stands without the CPU test
+CPU_MARGIN = 1 / 3  # a flagged cell with fewer pairs used at most 2/3 of its floor's CPU time per round
+MIN_CPU_S = 0.02  # a floor's CPU per round below this is not compared (a worker's CPU is read in 10 ms ticks)
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,9 @@ class FloorCheck:
     q3: float
     floor_q1: float
     paired_q3: float | None = None  # interleaved rounds: the third quartile of cell round / floor round just before it
+    pairs: int = 0  # how many interleaved pairs ``paired_q3`` comes from
+    cpu: float | None = None  # the cell's CPU seconds per round, its workers included
+    floor_cpu: float | None = None  # the floor cells' CPU seconds per round, summed (not divided by workers)
 
     @property
     def ratio(self) -> float:
@@ -51,9 +62,21 @@ class FloorCheck:
         return self.median / self.floor_seconds
 
     @property
+    def cpu_compared(self) -> bool:
+        """Whether the flag also asks for less CPU work: too few interleaved pairs, and CPU measured on both sides."""
+        return (
+            self.pairs < PAIRED_ROUNDS_ALONE
+            and self.cpu is not None
+            and self.floor_cpu is not None
+            and self.floor_cpu >= MIN_CPU_S
+        )
+
+    @property
     def implausible(self) -> bool:
         apart = self.q3 < self.floor_q1 and self.median < (1 - FLAG_MARGIN) * self.floor_seconds
-        return apart and (self.paired_q3 is None or self.paired_q3 < 1 - FLAG_MARGIN)
+        paired = self.paired_q3 is None or self.paired_q3 < 1 - FLAG_MARGIN
+        less_work = not self.cpu_compared or self.cpu < (1 - CPU_MARGIN) * self.floor_cpu
+        return apart and paired and less_work
 
 
 def is_floor(cell: Cell) -> bool:
@@ -104,6 +127,7 @@ def check(cell: Cell, floors: Sequence[Cell]) -> FloorCheck:
     if interleaved:
         median, q1 = min(median, interleaved["median"]), min(q1, interleaved["q1"])
     paired = interleaved.get("ratio_q3") if interleaved else None
+    cpus = [floor.extra_info.get("cpu_s") for floor in floors]
     return FloorCheck(
         floor=str(cell.extra_info["floor"]),
         median=cell.stats["median"],
@@ -111,6 +135,9 @@ def check(cell: Cell, floors: Sequence[Cell]) -> FloorCheck:
         q3=cell.stats["q3"],
         floor_q1=q1 / scale,
         paired_q3=None if paired is None else paired * scale,
+        pairs=int(interleaved.get("rounds", 0)) if interleaved else 0,
+        cpu=cell.extra_info.get("cpu_s"),
+        floor_cpu=None if None in cpus else sum(cpus),
     )
 
 
@@ -131,5 +158,10 @@ def describe_implausible(cell: Cell, result: FloorCheck) -> str:
         f"{cell.operation} {cell.method} n={cell.n_images}{' ' + cell.variant if cell.variant else ''}: "
         f"{format_seconds(cell.stats['median'])} is {1 / result.ratio:.3g}x faster than its floor {result.floor} "
         f"({format_seconds(result.floor_seconds)}; the cell's q3 {format_seconds(result.q3)} is below the floor's "
-        f"q1 {format_seconds(result.floor_q1)})"
+        f"q1 {format_seconds(result.floor_q1)}"
+        + (
+            f"; its CPU {format_seconds(result.cpu)} a round against the floor's {format_seconds(result.floor_cpu)})"
+            if result.cpu_compared
+            else ")"
+        )
     )

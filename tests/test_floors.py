@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -28,10 +31,10 @@ from benchmarks.floors import (
 )
 from reports import results
 from reports.cli import main as report_main
-from reports.floors import floor_checks
+from reports.floors import describe_implausible, floor_checks
 from reports.results import Cell, load_run
 from storage_impls import METHODS
-from storage_impls.core.codecs import get_codec
+from storage_impls.core.codecs import PILLOW_FREE_BLOCKS, get_codec
 from storage_impls.datasets import synthetic
 from tests.test_benchmarks import run_suite
 from tests.test_reports import make_cell, make_run
@@ -345,6 +348,48 @@ def test_a_cell_is_implausible_only_apart_from_its_floor_and_beyond_the_margin(m
     assert check.implausible is flagged
 
 
+def paired_cell(pairs: int, cpu: float, **floors_cpu: float) -> list[Cell]:
+    """A shuffled jpeg-90 read 40 % below its floor in wall time, every round apart, with ``pairs`` interleaved pairs
+    and ``cpu`` seconds of CPU a round, beside its two floor cells (CPU per round from ``floors_cpu``)."""
+    gather_cpu, decode_cpu = floors_cpu.get("gather", 0.001), floors_cpu.get("decode", 0.19)
+    interleaved = {"median": 1.0, "q1": 0.98, "q3": 1.02, "rounds": pairs, "ratio_q1": 0.5, "ratio_q3": 0.7}
+    return [
+        cell("floor-jpeg-90-gather", 0.001, batch_size=256, cpu_s=gather_cpu),
+        cell("floor-jpeg-90-decode", 1.0, cpu_s=decode_cpu),
+        cell(
+            "hdf5:codec=jpeg-90",
+            0.6,
+            operation="read_random",
+            floor="jpeg-90-gather+jpeg-90-decode",
+            floor_n_images=100,
+            batch_size=256,
+            workers=1,
+            cache="warm",
+            cpu_s=cpu,
+            floor_interleaved=interleaved,
+        ),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("pairs", "cpu", "floors_cpu", "flagged"),
+    [
+        (2, 0.15, {}, False),  # apart in wall time, but 0.79x its floor's CPU: load, not less work
+        (2, 0.05, {}, True),  # and a quarter of the floor's CPU: it did not do the work
+        (5, 0.15, {}, True),  # five pairs: the round-by-round test stands alone (a parallel cell)
+        (2, 0.001, {"decode": 0.01}, True),  # a floor below MIN_CPU_S: its CPU is not compared, wall time decides
+    ],
+)
+def test_a_cell_with_few_rounds_is_flagged_only_if_it_also_used_less_cpu(pairs, cpu, floors_cpu, flagged):
+    check = next(
+        check for key, check in floor_checks(paired_cell(pairs, cpu, **floors_cpu)).items() if key[1].startswith("hdf5")
+    )
+    assert check.ratio == pytest.approx(0.6)  # against the faster timing of the floor: its interleaved rounds
+    assert check.implausible is flagged
+    if flagged and check.cpu_compared:
+        assert "CPU" in describe_implausible(paired_cell(pairs, cpu)[-1], check)
+
+
 # --- a doctored run -------------------------------------------------------------------------
 
 FLOOR_COSTS = {
@@ -448,3 +493,13 @@ def test_report_shows_ours_over_floor_and_draws_the_ratio_chart(tmp_path):
     assert (
         "floor-" not in (tmp_path / "out" / "read_many_loglog.svg").read_text()
     )  # floors are not methods in the charts
+
+
+@pytest.mark.parametrize("environment", [{}, {"PILLOW_BLOCKS_MAX": "5"}])
+def test_decoding_keeps_freed_pillow_blocks_unless_the_environment_says(environment):
+    """A fresh process (a reader worker) importing the codecs keeps freed Pillow image blocks for the next decode, as
+    the floors' long-lived process in effect does; a PILLOW_BLOCKS_MAX of the user's wins."""
+    code = "import storage_impls.core.codecs; from PIL import Image; print(Image.core.get_blocks_max())"
+    env = {key: value for key, value in os.environ.items() if key != "PILLOW_BLOCKS_MAX"} | environment
+    found = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert int(found) == int(environment.get("PILLOW_BLOCKS_MAX", PILLOW_FREE_BLOCKS))

@@ -25,6 +25,7 @@ import abc
 import functools
 import io
 import math
+import os
 import re
 import struct
 import zlib
@@ -39,6 +40,19 @@ CHUNK_HEAD = struct.Struct(">I4s")
 PNG_COLOURS = {1: (0, "L"), 3: (2, "RGB"), 4: (6, "RGBA")}  # channels -> PNG colour type, Pillow mode (8 bits)
 PNG_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
 FILTER_NONE, FILTER_SUB, FILTER_UP = 0, 1, 2
+PILLOW_FREE_BLOCKS = 2  # freed image blocks Pillow keeps for the next decode (its PILLOW_BLOCKS_MAX; default 0)
+
+
+def keep_freed_image_blocks() -> None:
+    """Let Pillow keep PILLOW_FREE_BLOCKS freed image blocks (each at most its 16 MiB block size) for the next image,
+    as its documented ``PILLOW_BLOCKS_MAX`` does, unless the environment sets that. Without it, in a fresh process (a
+    reader worker, a DataLoader worker) glibc hands each decoded image's memory back to the kernel and the next decode
+    faults it in again: 618 page faults and about twice the CPU per 512x512x3 JPEG (docs/benchmarks.md, "Codecs")."""
+    if "PILLOW_BLOCKS_MAX" not in os.environ and Image.core.get_blocks_max() < PILLOW_FREE_BLOCKS:
+        Image.core.set_blocks_max(PILLOW_FREE_BLOCKS)
+
+
+keep_freed_image_blocks()  # on import: every decode of the stores and of the codec floors runs through this module
 
 
 def png_limit(dtype: np.dtype, shape: tuple[int, ...]) -> str | None:

@@ -21,7 +21,9 @@ from storage_impls.core.options import codec as codec_option
 
 def decode(codec: Codec, data: bytes | memoryview, target: np.ndarray, where: str) -> None:
     """Decode ``data`` into ``target`` (one image slot of the store's dtype and shape); CorruptStoreError naming
-    ``where`` (a file, or a store and image id) unless it is exactly such an image in ``codec``."""
+    ``where`` (a file, or a store and image id) unless it is exactly such an image in ``codec``. Callers decode a
+    batch's images one by one, in their own thread: a thread pool measured no gain on 2 cores, where the read cells run
+    one worker per core (docs/benchmarks.md, "Decoding with threads inside read_batch")."""
     try:
         codec.decode_into(data, target)
     except (
