@@ -65,7 +65,7 @@ def test_the_local_option_runs_a_server_with_a_fresh_bucket_through_the_network_
     assert result.returncode == 0, result.stdout + result.stderr
     info = next(line for line in result.stdout.splitlines() if line.startswith("INFO"))
     assert "s3://isb-" in info and "/run-" in info and " rtt=50ms " in info
-    assert "'endpoint_kind', 'measured', 'network', 'shaping', 'url'" in info
+    assert "'endpoint_kind', 'measured', 'network', 'shaping', 'url'" in info  # the probe's own path
     assert "image-storage: object store s3://isb-" in result.stdout and "the shaping adds" in result.stdout
 
 
