@@ -109,7 +109,8 @@ class S3rverServer(LocalS3Server):
         self._folder = tempfile.mkdtemp(prefix="isb-s3rver-")
         arguments = [str(package), self._folder, str(S3RVER_WORKERS), *LOCAL_CREDENTIALS.values()]
         self._process = subprocess.Popen(
-            [shutil.which("node") or "node", str(S3RVER_LAUNCHER), *arguments],
+            # s3rver's ListObjectsV2 continuation tokens use DES, which OpenSSL 3 keeps in its legacy provider
+            [shutil.which("node") or "node", "--openssl-legacy-provider", str(S3RVER_LAUNCHER), *arguments],
             stdout=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
             text=True,
