@@ -112,7 +112,7 @@ class S3rverServer(LocalS3Server):
             # s3rver's ListObjectsV2 continuation tokens use DES, which OpenSSL 3 keeps in its legacy provider
             [shutil.which("node") or "node", "--openssl-legacy-provider", str(S3RVER_LAUNCHER), *arguments],
             stdout=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,  # never written: it closes when this process ends, and the server stops
             text=True,
             start_new_session=True,  # its workers are stopped with it, as one process group
         )
@@ -131,8 +131,9 @@ class S3rverServer(LocalS3Server):
         except subprocess.TimeoutExpired:
             os.killpg(self._process.pid, signal.SIGKILL)
             self._process.wait(10)
-        if self._process.stdout:
-            self._process.stdout.close()
+        for stream in (self._process.stdin, self._process.stdout):
+            if stream:
+                stream.close()
         shutil.rmtree(self._folder, ignore_errors=True)
 
 

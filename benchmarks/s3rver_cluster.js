@@ -1,9 +1,10 @@
 // s3rver (the npm package) on 127.0.0.1 in WORKERS processes sharing one port (node's cluster module) and one
 // folder, so one Node event loop per core answers requests (benchmarks/object_store.py starts it).
 // Usage: node s3rver_cluster.js S3RVER_MODULE_DIR FOLDER WORKERS ACCESS_KEY SECRET_KEY
-// Prints "ready PORT" once every worker listens; SIGTERM stops the workers and itself.
+// Prints "ready PORT" once every worker listens; SIGTERM, or the end of its stdin, stops the workers and itself.
 "use strict";
 const cluster = require("node:cluster");
+const fs = require("node:fs");
 const path = require("node:path");
 const [moduleDir, directory, workers, accessKey, secretKey] = process.argv.slice(2);
 
@@ -18,6 +19,11 @@ if (cluster.isPrimary) {
   });
   cluster.on("exit", () => stop(1)); // a worker gone: no half server
   process.on("SIGTERM", () => stop(0));
+  // the suite holds our stdin open: its end (the suite gone, even killed outright) stops the server too
+  process.stdin.on("end", () => {
+    fs.rmSync(directory, { recursive: true, force: true }); // its objects: nobody removes them otherwise
+    stop(0);
+  }).resume();
   process.on("SIGINT", () => stop(0));
   for (let i = 0; i < Number(workers); i++) cluster.fork();
 } else {
