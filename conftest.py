@@ -79,8 +79,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         ("remote_workers", option("remote_workers"), lambda count: f"w{count}"),
         ("cache", option("cache"), str),
         ("order", orders, str),
-        ("network", (getattr(option("network", None), "label", "none"),), str),
+        ("network", tuple(network.label for network in option("network", None) or ()) or ("none",), str),
     )
     for name, values, ids in axes:
-        if name in metafunc.fixturenames:
-            metafunc.parametrize(name, values, ids=ids)
+        if name in metafunc.fixturenames:  # a network per session-wide group of cells: one shaped path at a time
+            metafunc.parametrize(name, values, ids=ids, scope="session" if name == "network" else None)

@@ -35,7 +35,7 @@ from benchmarks.floors import (
 )
 from benchmarks.loaders import order_loader_cells
 from benchmarks.machine import available_memory, describe_storage, library_versions
-from benchmarks.object_store import OBJECT_STORE_KEY, object_store  # noqa: F401 - fixture
+from benchmarks.object_store import OBJECT_STORE_KEY, object_bucket, object_store  # noqa: F401 - fixtures
 from benchmarks.progress import SuiteClock, announce, rounds_reporter, say
 from benchmarks.resources import Meter
 from benchmarks.stored import expected, references, store_class, store_profiles  # noqa: F401 - fixtures

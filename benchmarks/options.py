@@ -145,7 +145,7 @@ def parse_dataset(text: str) -> DatasetSpec:
 
 @dataclass(frozen=True)
 class ObjectStoreSpec:
-    """Where the remote cells read from (``--object-store``): ``local`` (bucket None: moto's server on 127.0.0.1, a
+    """Where the remote cells read from (``--object-store``): ``local`` (bucket None: a server on 127.0.0.1, a
     fresh bucket) or a bucket and prefix on an S3-compatible endpoint (None: AWS_ENDPOINT_URL, else AWS itself)."""
 
     bucket: str | None = None
@@ -219,6 +219,22 @@ def parse_network(text: str) -> NetworkSpec:
     if not values or values.get("rate") == 0:
         raise argparse.ArgumentTypeError(f"--network {text!r}: use {NETWORK_SYNTAX}")
     return NetworkSpec(values.get("rtt", 0.0), values.get("rate"), shaper)
+
+
+def parse_networks(text: str) -> tuple[NetworkSpec, ...]:
+    """One network or several for an RTT sweep in one run: a key met again starts the next, so
+    ``rtt=0ms,rtt=5ms,rtt=20ms`` is three networks and ``rtt=5ms,rate=1gbit,rtt=20ms,rate=1gbit`` two."""
+    groups: list[list[str]] = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key = item.partition("=")[0].strip().lower()
+        if not groups or key in {other.partition("=")[0].strip().lower() for other in groups[-1]}:
+            groups.append([])
+        groups[-1].append(item)
+    networks = tuple(parse_network(",".join(group)) for group in groups)
+    labels = [network.label for network in networks]
+    if not networks or len(set(labels)) < len(labels):
+        raise argparse.ArgumentTypeError(f"--network {text!r}: each network once; use {NETWORK_SYNTAX}")
+    return networks
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
@@ -360,7 +376,8 @@ OPTIONS = [
         "IMAGE_BENCH_OBJECT_STORE",
         None,
         parse_object_store,
-        "where the remote cells read from: local (moto's S3 server on 127.0.0.1 for the run, the [s3] extra) or "
+        "where the remote cells read from: local (an S3 server on 127.0.0.1 for the run: s3rver when installed, "
+        "else moto's, the [s3] extra) or "
         "s3://BUCKET/PREFIX[?endpoint=http://HOST:PORT] (any S3-compatible endpoint; credentials and region from "
         "the AWS_* variables; the run writes under a new prefix in it, removed at the end); default: no remote cells",
     ),
@@ -368,9 +385,10 @@ OPTIONS = [
         "--network",
         "IMAGE_BENCH_NETWORK",
         None,
-        parse_network,
+        parse_networks,
         "round trip and bandwidth between the remote cells' readers and a server on 127.0.0.1, e.g. "
-        "rtt=20ms,rate=1gbit "
+        "rtt=20ms,rate=1gbit, or several in one run (an RTT sweep: rtt=0ms,rtt=5ms,rtt=20ms,rtt=50ms; a key met "
+        "again starts the next network) "
         "(a proxy delays each response; the rate by tbf in a network namespace when root, else by the proxy); "
         "measured before the cells run, which refuse to run when it is more than 20 %% off; default: none",
     ),

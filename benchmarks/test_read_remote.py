@@ -51,16 +51,17 @@ class Uploaded:
 
 
 @pytest.fixture(scope="session")
-def uploaded_stores(object_store, filled_store_dirs: Callable[[str, int], Path]) -> Callable[[str, int], Uploaded]:
-    """``get(method, n)``: the store of the first ``n`` images, written locally and uploaded once (untimed)."""
+def uploaded_stores(object_bucket, filled_store_dirs: Callable[[str, int], Path]) -> Callable[[str, int], Uploaded]:
+    """``get(method, n)``: the store of the first ``n`` images, written locally and uploaded once (untimed), read
+    through every network of the run."""
     from storage_impls.remote import upload
 
     made: dict[tuple[str, int], Uploaded] = {}
 
     def get(method: str, count: int) -> Uploaded:
         if (method, count) not in made:
-            url = object_store.url(f"{re.sub(r'[^A-Za-z0-9]+', '-', method)}-{count}")
-            files = upload(filled_store_dirs(method, count), url, object_store.direct_options)
+            url = object_bucket.url(f"{re.sub(r'[^A-Za-z0-9]+', '-', method)}-{count}")
+            files = upload(filled_store_dirs(method, count), url, object_bucket.direct_options)
             made[method, count] = Uploaded(url, sum(files.values()))
         return made[method, count]
 

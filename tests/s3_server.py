@@ -1,7 +1,7 @@
-"""A real S3 endpoint for tests: moto's server on 127.0.0.1 (as s3fs's own tests use it; the suite's
-``--object-store local`` runs the same, benchmarks/object_store.py), a fresh bucket per test module with credentials
-and a non-default region set in the environment for that module only, and a proxy that cuts responses short. Every
-socket is on 127.0.0.1; every loop is bounded."""
+"""A real S3 endpoint for tests: the server the suite's ``--object-store local`` runs (benchmarks/object_store.py:
+s3rver when installed, else moto's, as s3fs's own tests use it) on 127.0.0.1, a fresh bucket per test module with
+credentials and a non-default region set in the environment for that module only, and a proxy that cuts responses
+short. Every socket is on 127.0.0.1; every loop is bounded."""
 
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ from dataclasses import dataclass
 
 import pytest
 
-from benchmarks.object_store import LOCAL_CREDENTIALS, LOCAL_REGION, S3_HINT, LocalS3Server
+from benchmarks.object_store import LOCAL_CREDENTIALS, LOCAL_REGION, S3_HINT, local_s3_server, s3rver
 
 pytest.importorskip("obstore", reason=f"remote reads need obstore: {S3_HINT}")
-pytest.importorskip("moto.server", reason=f"the S3 server needs moto: {S3_HINT}")
-boto3 = pytest.importorskip("boto3", reason=f"moto brings boto3: {S3_HINT}")
+if s3rver() is None:
+    pytest.importorskip("moto.server", reason=f"the S3 server needs s3rver or moto: {S3_HINT}")
+boto3 = pytest.importorskip("boto3", reason=f"buckets are made with boto3: {S3_HINT}")
 
 REGION = LOCAL_REGION  # not the default us-east-1: the client must take the region from the environment
 CREDENTIALS = {
@@ -43,8 +44,8 @@ class Bucket:
 
 @pytest.fixture(scope="session")
 def s3_server():
-    """moto's server on 127.0.0.1 for the session."""
-    with LocalS3Server() as server:
+    """The local S3 server on 127.0.0.1 for the session."""
+    with local_s3_server() as server:
         yield server
 
 

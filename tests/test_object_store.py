@@ -5,6 +5,7 @@ and tbf in a network namespace when root. Every socket is on 127.0.0.1 or in a n
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import subprocess
@@ -65,7 +66,7 @@ def test_the_local_option_runs_a_server_with_a_fresh_bucket_through_the_network_
     assert result.returncode == 0, result.stdout + result.stderr
     info = next(line for line in result.stdout.splitlines() if line.startswith("INFO"))
     assert "s3://isb-" in info and "/run-" in info and " rtt=50ms " in info
-    assert "'endpoint_kind', 'measured', 'network', 'shaping', 'url'" in info
+    assert "'endpoint_kind', 'measured', 'network', 'shaping', 'url'" in info  # the probe's own path
     assert "image-storage: object store s3://isb-" in result.stdout and "the shaping adds" in result.stdout
 
 
@@ -189,3 +190,41 @@ def skip_without_namespaces():
 def namespaces() -> list[str]:
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10).stdout
     return [line.split()[0] for line in listed.splitlines() if line.strip()]
+
+
+def test_a_listing_longer_than_a_page_is_whole(s3_server):  # noqa: F811
+    import asyncio
+
+    from storage_impls.remote import Location
+
+    direct = {"endpoint": s3_server.endpoint, "region": LOCAL_REGION, **LOCAL_CREDENTIALS}
+    location = Location(f"s3://{s3_server.create_bucket()}/many", direct)
+    names = [f"{number:04d}" for number in range(1001)]  # S3 answers 1000 keys a page: a continuation token follows
+
+    async def put_all():
+        limit = asyncio.Semaphore(16)
+
+        async def put(name):
+            async with limit:
+                await obstore.put_async(location.store, name, b"x")
+
+        await asyncio.gather(*(put(name) for name in names))
+
+    asyncio.run(put_all())
+    assert sorted(item["path"] for chunk in obstore.list(location.store) for item in chunk) == names
+
+
+def test_several_networks_are_one_option_a_repeated_key_starting_the_next():
+    from benchmarks.options import parse_networks
+
+    sweep = parse_networks("rtt=0ms,rtt=5ms,rtt=20ms,rtt=50ms")
+    assert [network.label for network in sweep] == ["rtt=0ms", "rtt=5ms", "rtt=20ms", "rtt=50ms"]
+    pair = parse_networks("rtt=5ms,rate=1gbit,rtt=20ms,rate=1gbit,shaper=proxy")
+    assert [(network.label, network.shaper) for network in pair] == [
+        ("rtt=5ms,rate=1gbit", "auto"),
+        ("rtt=20ms,rate=1gbit", "proxy"),
+    ]
+    assert [network.label for network in parse_networks("rtt=20ms,rate=1gbit")] == ["rtt=20ms,rate=1gbit"]
+    for wrong in ("rtt=5ms,rtt=5ms", "", "rtt=5"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_networks(wrong)

@@ -1,6 +1,7 @@
 """The remote cells (benchmarks/test_read_remote.py): the stream epoch's plan and its reads in the reader pool, the
-cells skipped without --object-store, a tiny run with ``--object-store local`` (moto on 127.0.0.1) whose cells pass
-and record their fields, a broken read failing its cell, and reports/remote.py shaping what they recorded."""
+cells skipped without --object-store, a tiny run with ``--object-store local`` (s3rver, else moto, on 127.0.0.1)
+whose cells pass and record their fields, an RTT sweep in one run, a broken read failing its cell, and
+reports/remote.py shaping what they recorded."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks.object_store import s3rver
 from benchmarks.remote_epochs import StreamPlan
 from benchmarks.workers import ReaderPool
 from reports.remote import remote_points, remote_section, rtt_curves, rtt_ms, write_remote_charts
@@ -20,7 +22,10 @@ from tests.test_benchmarks import run_suite
 from tests.test_read_random import breakage_path  # noqa: F401 - fixture
 
 pytest.importorskip("obstore", reason="remote reads need obstore: pip install image-storage-bench[s3]")
-pytest.importorskip("moto.server", reason="--object-store local needs moto: pip install image-storage-bench[s3]")
+if s3rver() is None:
+    pytest.importorskip(
+        "moto.server", reason="--object-store local needs s3rver or moto: pip install image-storage-bench[s3]"
+    )
 
 TINY = (
     "--cutoffs",
@@ -138,6 +143,30 @@ def test_the_cells_pass_and_record_their_fields(remote_run):
     assert staged["stage_then_read_s"] == pytest.approx(staged["stage_s"] + staged["epoch_s"])
     assert "floor_s" not in staged
     assert document["machine_info"]["object_store"]["network"] == "none"
+
+
+def test_several_networks_run_in_one_session_each_shaped_once_before_its_cells():
+    result = run_suite(
+        *TINY,
+        "--object-store",
+        "local",
+        "--network",
+        "rtt=0ms,rtt=30ms",
+        "--methods",
+        "lmdb",
+        "--remote-workers",
+        "1",
+        "-k",
+        "test_read_remote and shuffle",
+        "--benchmark-disable",
+        "-v",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    order = [line for line in lines if "image-storage: object store" in line or "PASSED" in line]
+    assert len(order) == 4, result.stdout
+    assert "the shaping adds" in order[0] and "lmdb-48-b16-w1-shuffle-rtt=0ms]" in order[1]
+    assert "the shaping adds" in order[2] and "lmdb-48-b16-w1-shuffle-rtt=30ms]" in order[3]
 
 
 def test_a_broken_remote_read_fails_its_cell(breakage_path):  # noqa: F811 - the fixture
