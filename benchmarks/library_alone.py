@@ -10,7 +10,9 @@ close). Every reader is checked against the source images once, outside the timi
 
 The library alone is the method's ``ImageStore.library_reader`` (a plain reader of the folder the store wrote, as the
 library's authors show it: pylance ``take``, pyarrow ``read_row_groups``, zarr-python ``oindex``, py-lmdb
-``txn.get``), for a spec without options (a variant's layout may differ: ``disk:codec=raw`` has no PNG files).
+``txn.get``), for a spec without options (a variant's layout may differ: ``disk:codec=raw`` has no PNG files). Not
+for lmdb: py-lmdb opens an environment once per process, so its reader cannot run beside an open store (its figures
+come from ``python -m benchmarks.read_batch_targets``, which reads one after the other).
 """
 
 from __future__ import annotations
