@@ -37,6 +37,7 @@ every read.
 from __future__ import annotations
 
 import abc
+import os
 import re
 import uuid
 from collections.abc import Callable
@@ -54,6 +55,16 @@ FORMAT_VERSION = 1
 FOLDER = "ckpt-{token}"
 FOLDER_NAME = re.compile(r"ckpt-[0-9a-f]{32}")
 COPY_BLOCK_BYTES = 64 << 20  # images copied at a time when folding the journal into a new checkpoint
+
+
+def live_folder(directory: str | os.PathLike, pointer: str, format_name: str) -> Path:
+    """The checkpoint folder a store in ``directory`` reads now (for the method's library alone to read)."""
+    meta = read_meta(Path(directory) / pointer, format_name)
+    if meta is None:
+        raise MissingStoreError(f"no store at {directory}: {pointer} does not exist")
+    return Path(directory) / FOLDER.format(token=meta["token"])
+
+
 # (start, stop) -> images and int64 labels; for a store with a codec, the images' encoded bytes (a list) and labels
 Source = Callable[[int, int], tuple[np.ndarray | list[bytes], np.ndarray]]
 

@@ -65,7 +65,7 @@ import pyarrow as pa
 from lance.fragment import write_fragments
 from lance.optimize import Compaction
 
-from storage_impls.core.base import ImageStore
+from storage_impls.core.base import BatchReader, ImageStore
 from storage_impls.core.codecs import RAW, get_codec
 from storage_impls.core.encoded import EncodedStore
 from storage_impls.core.errors import (
@@ -378,6 +378,15 @@ class LanceStore(EncodedStore):
 
     def _close(self) -> None:
         self._release()
+
+    @classmethod
+    def library_reader(cls, directory: Path, image_shape: tuple[int, ...]) -> tuple[str, BatchReader]:
+        from storage_impls.methods.lance.reference import take_reader
+
+        meta = read_meta(directory / META, FORMAT)
+        if meta is None:
+            raise missing_store(directory, cls.method, META)
+        return "pylance alone (take)", take_reader(directory / FOLDER.format(token=meta["token"]))
 
     @classmethod
     def remote_reader(cls) -> type[ImageStore]:

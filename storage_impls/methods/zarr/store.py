@@ -67,13 +67,12 @@ import numpy as np
 import zarr
 from zarr.core.buffer.cpu import NDBuffer
 
-from storage_impls.core.base import ImageStore, Mode
-from storage_impls.core.checkpointed import FOLDER, Checkpoint, EncodedCheckpointedStore, Source
+from storage_impls.core.base import BatchReader, ImageStore, Mode
+from storage_impls.core.checkpointed import Checkpoint, EncodedCheckpointedStore, Source, live_folder
 from storage_impls.core.codecs import Codec
-from storage_impls.core.errors import CorruptStoreError, MissingStoreError, StoreError
+from storage_impls.core.errors import CorruptStoreError, StoreError
 from storage_impls.core.fileio import READ_FLAGS, fsync_path
 from storage_impls.core.options import check_options, choice
-from storage_impls.core.records import read_meta
 from storage_impls.methods.zarr.format import (
     COMPRESSIONS,
     CRC,
@@ -97,10 +96,7 @@ T = TypeVar("T")
 
 def live_group(directory: str | os.PathLike) -> Path:
     """The folder of the zarr group a store in ``directory`` reads now (for zarr's own readers)."""
-    meta = read_meta(Path(directory) / ZarrStore.POINTER, FORMAT)
-    if meta is None:
-        raise MissingStoreError(f"no zarr store at {directory}: {ZarrStore.POINTER} does not exist")
-    return Path(directory) / FOLDER.format(token=meta["token"])
+    return live_folder(directory, ZarrStore.POINTER, FORMAT)
 
 
 class ZarrCheckpoint(Checkpoint):
@@ -338,6 +334,12 @@ class ZarrStore(EncodedCheckpointedStore):
 
     def _open_checkpoint(self, folder: Path, meta: dict) -> Checkpoint:
         return ZarrCheckpoint(folder, meta, self.settings.get("reader", DEFAULTS["reader"]))
+
+    @classmethod
+    def library_reader(cls, directory: Path, image_shape: tuple[int, ...]) -> tuple[str, BatchReader]:
+        from storage_impls.methods.zarr.reference import orthogonal_reader
+
+        return "zarr-python alone (oindex)", orthogonal_reader(live_group(directory))
 
     @classmethod
     def remote_reader(cls) -> type[ImageStore]:
