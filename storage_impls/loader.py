@@ -6,7 +6,8 @@ It needs no torch (and imports none), yet ``torch.utils.data.DataLoader`` takes 
   images array and one labels array, from one ``read_batch``; a DataLoader with a batch sampler and
   ``batch_size=None`` asks exactly that and passes the arrays on as tensors without copying them. ``batch_loader``
   builds that DataLoader (importing torch only when called); in a worker process it reads each batch straight
-  into shared memory, so the batch crosses to the training process without a copy either.
+  into shared memory, so the batch crosses to the training process without a copy either. Without workers it
+  returns ``InProcessBatches``, the same batches without a DataLoader's fixed cost per batch.
 - per sample (the protocol of any map-style dataset): ``len(dataset)``, ``dataset[i] -> (image, label)``, and
   ``dataset.__getitems__(ids)``, which a DataLoader with ``batch_size`` calls with a whole batch of indices
   (torch 2.0 and later) and which this class answers with one ``read_batch``, as a list of (image, label)
