@@ -1,11 +1,11 @@
 """Loader cells: an epoch through ``torch.utils.data.DataLoader``, ours beside the loaders people use (run when asked:
 ``--loaders``, or ``-k loader``; they need the [torch] extra, the peers the [peers] extra, and skip without them).
 
-- ``test_loader[hdf5-10000-b256-w2]``: ImageDataset handing whole batches over (the DataLoader that
-  ``storage_impls.loader.batch_loader`` builds, following the cell's batches), ``num_workers`` from --loader-workers
-  (default 0 and 2).
+- ``test_loader[hdf5-10000-b256-w2]``: ImageDataset handing whole batches over (what
+  ``storage_impls.loader.batch_loader`` returns, following the cell's batches: a DataLoader with workers,
+  ``InProcessBatches`` without), ``num_workers`` from --loader-workers (default 0 and 2).
 - ``test_read_batches[hdf5-10000-b256]``: the same batches by ``read_batch`` alone, in this process: what the
-  DataLoader at ``num_workers=0`` costs over it is the DataLoader's own.
+  loader at ``num_workers=0`` costs over it is the loader's own.
 - ``test_loader_peer[litdata-10000-b256-w2]``: a peer's loader over its own files (benchmarks/peers.py).
 
 Every loader reads the largest cutoff's images in batches of --batch-sizes, the same seeded epochs

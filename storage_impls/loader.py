@@ -6,7 +6,8 @@ It needs no torch (and imports none), yet ``torch.utils.data.DataLoader`` takes 
   images array and one labels array, from one ``read_batch``; a DataLoader with a batch sampler and
   ``batch_size=None`` asks exactly that and passes the arrays on as tensors without copying them. ``batch_loader``
   builds that DataLoader (importing torch only when called); in a worker process it reads each batch straight
-  into shared memory, so the batch crosses to the training process without a copy either.
+  into shared memory, so the batch crosses to the training process without a copy either. Without workers it
+  returns ``InProcessBatches``, the same batches without a DataLoader's fixed cost per batch.
 - per sample (the protocol of any map-style dataset): ``len(dataset)``, ``dataset[i] -> (image, label)``, and
   ``dataset.__getitems__(ids)``, which a DataLoader with ``batch_size`` calls with a whole batch of indices
   (torch 2.0 and later) and which this class answers with one ``read_batch``, as a list of (image, label)
@@ -162,6 +163,28 @@ def as_is(batch: object) -> object:
     return batch
 
 
+class InProcessBatches:
+    """``batches``' batches of ``tensor_batches`` read in the calling process, one ``read_batch`` each: what a
+    DataLoader at ``num_workers=0`` yields, without the DataLoader's fixed cost per batch (its iterator opens a
+    ``record_function`` profiler scope around every batch, as long as reading 256 small images from a memory map:
+    docs/benchmarks.md, "The loader"). Iterable any number of times; ``len`` is the number of batches."""
+
+    def __init__(self, tensor_batches: TensorBatches, batches: Iterable[Sequence[int]]) -> None:
+        self.tensor_batches, self.batches = tensor_batches, batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator:  # of (images, labels) tensors
+        read = self.tensor_batches.__getitem__
+        for ids in self.batches:
+            yield read(ids)
+
+
+# DataLoader options that do nothing without worker processes: at their defaults, the loop needs no DataLoader
+_WORKER_ONLY_OPTIONS = ("num_workers", "persistent_workers", "multiprocessing_context")
+
+
 def batch_loader(
     dataset: ImageDataset,
     batch_size: int,
@@ -171,15 +194,19 @@ def batch_loader(
     generator=None,
     batches: Iterable[Sequence[int]] | None = None,
     **loader_options,
-):  # -> torch.utils.data.DataLoader
-    """The DataLoader that hands ``dataset``'s batches over whole: ``for images, labels in batch_loader(dataset, 256,
+):  # -> torch.utils.data.DataLoader | InProcessBatches
+    """The loader that hands ``dataset``'s batches over whole: ``for images, labels in batch_loader(dataset, 256,
     num_workers=2)``, images a uint8 (N, H, W, C) tensor as the default collate would give, each batch read with one
     ``read_batch`` and never copied again. ``batches``: a batch sampler to follow (lists or arrays of ids) in place
     of ``ShuffledBatches(len(dataset), batch_size, shuffle=, drop_last=, generator=)``. ``loader_options`` go to the
-    DataLoader (``num_workers``, ``pin_memory``, ``multiprocessing_context``, ...)."""
-    from torch.utils.data import DataLoader
-
+    DataLoader (``num_workers``, ``pin_memory``, ``multiprocessing_context``, ...). Without workers and without any
+    other DataLoader option (``num_workers=0``, the default) the same batches come from an ``InProcessBatches``, not
+    a DataLoader: nothing to manage without processes, and it spares the DataLoader's fixed cost per batch."""
     if batches is None:
         batches = ShuffledBatches(len(dataset), batch_size, shuffle=shuffle, drop_last=drop_last, generator=generator)
+    if all(name in _WORKER_ONLY_OPTIONS and not value for name, value in loader_options.items()):
+        return InProcessBatches(TensorBatches(dataset), batches)
+    from torch.utils.data import DataLoader
+
     loader_options.setdefault("collate_fn", as_is)
     return DataLoader(TensorBatches(dataset), sampler=batches, batch_size=None, **loader_options)

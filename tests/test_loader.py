@@ -17,7 +17,7 @@ import pytest
 
 from storage_impls import METHODS, get_store_class, open_store
 from storage_impls.datasets import synthetic
-from storage_impls.loader import ImageDataset, ShuffledBatches, TensorBatches, batch_loader
+from storage_impls.loader import ImageDataset, InProcessBatches, ShuffledBatches, TensorBatches, batch_loader
 
 COUNT = 50
 
@@ -223,6 +223,18 @@ def test_batch_loader_keeps_the_batch_read_batch_filled(dataset, monkeypatch):
         assert isinstance(batch_images, torch.Tensor) and np.shares_memory(batch_images.numpy(), images)
         assert np.shares_memory(batch_labels.numpy(), labels)
     assert torch.cat([labels for _, labels in batches]).tolist() == list(range(COUNT))
+
+
+def test_batch_loader_without_workers_needs_no_dataloader(dataset):
+    """num_workers=0 and no other DataLoader option: the batches come from InProcessBatches (no DataLoader's fixed
+    cost per batch); an option only a DataLoader honours (pin_memory here) or workers give a DataLoader."""
+    torch = pytest.importorskip("torch")
+    for options in ({}, {"num_workers": 0, "persistent_workers": False, "multiprocessing_context": None}):
+        loader = batch_loader(dataset, 16, shuffle=False, **options)
+        assert isinstance(loader, InProcessBatches) and len(loader) == math.ceil(COUNT / 16)
+        assert [labels.tolist() for _, labels in loader] == [labels.tolist() for _, labels in loader]  # iterable again
+    assert isinstance(batch_loader(dataset, 16, pin_memory=False), torch.utils.data.DataLoader)
+    assert isinstance(batch_loader(dataset, 16, num_workers=1), torch.utils.data.DataLoader)
 
 
 @pytest.mark.parametrize("drop_last", [False, True])
