@@ -35,7 +35,7 @@ STAGING_BYTES = 8 << 20  # values assembled at a time
 L0_COMPACT_FILES = 8  # sorted runs (one more per store_single session) that start RocksDB's universal compaction
 FULL_COMPACT_PERCENT = 5  # newer runs over this % of the oldest's bytes: RocksDB merges them all into it
 SETTLE_POLL_SECONDS = 0.001  # how often a writer session checks whether RocksDB's compactions are done
-SETTLE_IDLE_SECONDS = 1.0  # a compaction still pending with none running this long will not run: stop waiting
+SETTLE_IDLE_SECONDS = 0.1  # a compaction pending with none running this long (RocksDB did not start it): stop waiting
 KEEP_INFO_LOGS = 1
 CONFIG = "rocksdict-config.json"  # rocksdict's own file, which it rewrites at every open (never read here)
 SMALL_FILE = re.compile(r"CURRENT|IDENTITY|OPTIONS-\d+")  # files RocksDB reads whole at open
@@ -69,6 +69,7 @@ def db_options(settings: dict, *, read_only: bool) -> rocksdict.Options:
     options.set_max_open_files(-1)
     if not read_only:
         options.create_if_missing(True)
+        options.set_disable_auto_compactions(True)  # until settle() finds room for them
         options.set_compaction_style(rocksdict.DBCompactionStyle.universal())
         options.set_level_zero_file_num_compaction_trigger(L0_COMPACT_FILES)
         tiers = rocksdict.UniversalCompactOptions()
@@ -131,23 +132,32 @@ def close_db(db: rocksdict.Rdict | None) -> None:
 def settle(db: rocksdict.Rdict) -> bool:
     """Flush a writer session's memtable (a sorted run of its writes) and wait until the compactions RocksDB
     scheduled are done, as WaitForCompact would (rocksdict does not expose it; closing would cancel them, and the
-    next session start them again). True if they merged runs into the oldest (its files changed): the O(N)
-    upkeep. A failed compaction (RocksDB's background error), or one pending with none running for
-    SETTLE_IDLE_SECONDS, ends the wait: the files stay as they are, readable, for a later session."""
+    next session start them again). They are enabled only when the disk has room for the largest, a merge of every
+    file (as RocksDB's SstFileManager would check), not to have a merge fail for room and be retried until close.
+    True if they merged runs into the oldest (its files changed): the O(N) upkeep. A failed compaction (RocksDB's
+    background error), or one pending with none running for SETTLE_IDLE_SECONDS, ends the wait: the files stay
+    as they are, readable, for a later session."""
     db.flush()
-    oldest, idle = _oldest_run(db), time.monotonic()
-    while not db.property_int_value("rocksdb.background-errors"):
+    files = db.live_files()
+    room = shutil.disk_usage(db.path()).free
+    if room < sum(file["size"] for file in files):  # a merge into the oldest run may rewrite every file
+        return False
+    oldest, idle = _oldest_run(files), time.monotonic()
+    db.set_options({"disable_auto_compactions": "false"})
+    while True:
+        if db.property_int_value("rocksdb.background-errors"):  # RocksDB would retry it until close, which waits
+            db.cancel_all_background(True)
+            break
         if db.property_int_value("rocksdb.num-running-compactions"):
             idle = time.monotonic()
         elif not db.property_int_value("rocksdb.compaction-pending") or time.monotonic() - idle > SETTLE_IDLE_SECONDS:
             break
         time.sleep(SETTLE_POLL_SECONDS)
-    return _oldest_run(db) != oldest
+    return _oldest_run(db.live_files()) != oldest
 
 
-def _oldest_run(db: rocksdict.Rdict) -> set[str]:
-    """The names of the files of the database's oldest sorted run (its last level)."""
-    files = db.live_files()
+def _oldest_run(files: list[dict]) -> set[str]:
+    """The names of the files (``Rdict.live_files()``) of a database's oldest sorted run (its last level)."""
     bottom = max(file["level"] for file in files)
     return {file["name"] for file in files if file["level"] == bottom}
 
