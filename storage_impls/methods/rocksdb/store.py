@@ -15,17 +15,17 @@ Writes, under the writer lock (one writer at a time, any process):
   or failed write leaves the old contents; the next writer removes what it left.
 - ``store_single`` opens the live database read-write for the duration of the write (RocksDB's own
   lock is then held only while writing, so any handle in any process can be the next writer), puts
-  one value with the write-ahead log on (the commit point), flushes it (a sorted run of one image) and
-  waits for the compactions RocksDB then runs (closing would cancel them), and closes. Then it raises the
-  marks in ``rocksdb.json``. A session costs a few milliseconds (an open and a flush).
+  one value with the write-ahead log on (the commit point), flushes it (a sorted run of one image),
+  enables compactions if the disk has room for a merge of every file, waits for those RocksDB then runs
+  (closing would cancel them; format.settle) and closes. Then it raises the marks in ``rocksdb.json``. A
+  session costs a few milliseconds (an open and a flush).
 
 Upkeep: RocksDB's universal (size-tiered) compaction. Past L0_COMPACT_FILES sorted runs it merges the newer runs,
 of similar sizes, with each other (never the store's bulk); once they hold FULL_COMPACT_PERCENT of the oldest
 run's bytes it merges them all into it (``upkeeps`` counts these). That O(N) merge comes every N/20 writes, so a
 write pays for about 20 image copies, whatever N, plus the merges of the newer runs (a run is merged a logarithmic
 number of times): amortised O(1) up to that logarithm, and reads check at most L0_COMPACT_FILES runs
-(bloom filters). The explicit ``compact_range`` used before went through the whole bottom level every 16
-writes: O(N) a write (docs/benchmarks.md, "Single writes amortised").
+(bloom filters); docs/benchmarks.md, "Single writes amortised", has the figures.
 
 Reads: every handle reads through a read-only instance (``AccessType.read_only()``: no lock, nothing
 written, every SST file opened at open), a snapshot of the store when the handle opened or last wrote;
