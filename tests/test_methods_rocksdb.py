@@ -154,22 +154,33 @@ class TestRocksdb(CodecTests, StoreTests):
         with open_store(self.method, directory, "r") as reader:
             assert reader.read_batch([10, 11])[1].tolist() == [50, 60]
 
-    def test_many_single_writes_compact_level_zero(self, directory, store, monkeypatch):
-        import storage_impls.methods.rocksdb.store
+    def test_single_writes_merge_their_runs_into_the_oldest_every_cycle(self, directory, store):
+        """Universal compaction keeps at most L0_COMPACT_FILES sorted runs, and merges them all into the oldest once
+        per single_write_cycle() (upkeeps counts those merges); every write stays readable, by plain rocksdict too."""
+        from storage_impls.methods.rocksdb.format import L0_COMPACT_FILES
 
-        monkeypatch.setattr(storage_impls.methods.rocksdb.store, "L0_COMPACT_FILES", 4)
-        images, labels = make_batch(12, (8, 8))
-        for image_id in range(12):
-            store.store_single(images[image_id], image_id, int(labels[image_id]))
-        db = rocksdict.Rdict(
-            str(database(directory)), rocksdict.Options(raw_mode=True), access_type=rocksdict.AccessType.read_only()
-        )
-        levels = [file["level"] for file in db.live_files()]
-        db.close()
-        assert levels.count(0) <= 4 and len(levels) < 12, levels
+        images, labels = make_batch(240, (8, 8))
+        store.store_many(images[:200], labels[:200])
+        cycle, rng = store.single_write_cycle(), np.random.default_rng(1)
+        expected = {image_id: image_id for image_id in range(200)}
+        for write in range(3 * cycle + 2):
+            image_id = len(store) if write % 2 == 0 else int(rng.integers(0, len(store)))
+            source = 200 + write % 40
+            store.store_single(images[source], image_id, int(labels[source]))
+            expected[image_id] = source
+            db = rocksdict.Rdict(
+                str(database(directory)), rocksdict.Options(raw_mode=True), access_type=rocksdict.AccessType.read_only()
+            )
+            files = db.live_files()
+            db.close()
+            runs = sum(1 for file in files if file["level"] == 0) + len({file["level"] for file in files} - {0})
+            assert runs <= L0_COMPACT_FILES, files
+        assert store.upkeeps >= 2, (store.upkeeps, cycle)
+        ids = np.array(sorted(expected))
         with open_store(self.method, directory, "r") as reader:
-            np.testing.assert_array_equal(reader.read_many(12)[0], images)
-            np.testing.assert_array_equal(reader.read_batch(np.arange(12)[::-1])[1], labels[::-1])
+            read, read_labels = reader.read_batch(ids)
+        np.testing.assert_array_equal(read, images[[expected[i] for i in ids]])
+        np.testing.assert_array_equal(read_labels, labels[[expected[i] for i in ids]])
 
     def test_reader_keeps_its_snapshot_across_commits(self, directory, filled):
         store, images, labels = filled

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,7 +32,10 @@ DB_NAME = re.compile(r"db-[0-9a-f]{32}")
 INGEST_DIR = "ingest"  # inside a database being written: the SST files before they are ingested
 SST_BYTES = 64 << 20  # values per SST file written by store_many (RocksDB's target file size)
 STAGING_BYTES = 8 << 20  # values assembled at a time
-L0_COMPACT_FILES = 16  # a store_single session that leaves this many level-0 files compacts them
+L0_COMPACT_FILES = 8  # sorted runs (one more per store_single session) that start RocksDB's universal compaction
+FULL_COMPACT_PERCENT = 5  # newer runs over this % of the oldest's bytes: RocksDB merges them all into it
+SETTLE_POLL_SECONDS = 0.001  # how often a writer session checks whether RocksDB's compactions are done
+SETTLE_IDLE_SECONDS = 0.1  # a compaction pending with none running this long (RocksDB did not start it): stop waiting
 KEEP_INFO_LOGS = 1
 CONFIG = "rocksdict-config.json"  # rocksdict's own file, which it rewrites at every open (never read here)
 SMALL_FILE = re.compile(r"CURRENT|IDENTITY|OPTIONS-\d+")  # files RocksDB reads whole at open
@@ -49,7 +53,7 @@ COMPRESSION = {
 def db_options(settings: dict, *, read_only: bool) -> rocksdict.Options:
     """rocksdict options (raw mode) for a database of ``settings``: a reader opens every SST file at
     open (so a later commit that removes them cannot take them away) and gets the block cache;
-    a writer session compacts explicitly (L0_COMPACT_FILES) and never stalls."""
+    a writer session runs RocksDB's universal compaction (store.py's docstring, "Upkeep") and never stalls."""
     options = rocksdict.Options(raw_mode=True)
     table = rocksdict.BlockBasedOptions()
     if settings["bloom_bits"]:
@@ -65,7 +69,12 @@ def db_options(settings: dict, *, read_only: bool) -> rocksdict.Options:
     options.set_max_open_files(-1)
     if not read_only:
         options.create_if_missing(True)
-        options.set_disable_auto_compactions(True)
+        options.set_disable_auto_compactions(True)  # until settle() finds room for them
+        options.set_compaction_style(rocksdict.DBCompactionStyle.universal())
+        options.set_level_zero_file_num_compaction_trigger(L0_COMPACT_FILES)
+        tiers = rocksdict.UniversalCompactOptions()
+        tiers.max_size_amplification_percent = FULL_COMPACT_PERCENT
+        options.set_universal_compaction_options(tiers)
         options.set_level_zero_slowdown_writes_trigger(1 << 20)
         options.set_level_zero_stop_writes_trigger(1 << 20)
     return options
@@ -118,6 +127,39 @@ def close_db(db: rocksdict.Rdict | None) -> None:
             db.close()
         except Exception:  # noqa: BLE001 - rocksdict raises bare Exception; a read-only db refuses to flush
             pass
+
+
+def settle(db: rocksdict.Rdict) -> bool:
+    """Flush a writer session's memtable (a sorted run of its writes) and wait until the compactions RocksDB
+    scheduled are done, as WaitForCompact would (rocksdict does not expose it; closing would cancel them, and the
+    next session start them again). They are enabled only when the disk has room for the largest, a merge of every
+    file (as RocksDB's SstFileManager would check), not to have a merge fail for room and be retried until close.
+    True if they merged runs into the oldest (its files changed): the O(N) upkeep. A failed compaction (RocksDB's
+    background error), or one pending with none running for SETTLE_IDLE_SECONDS, ends the wait: the files stay
+    as they are, readable, for a later session."""
+    db.flush()
+    files = db.live_files()
+    room = shutil.disk_usage(db.path()).free
+    if room < sum(file["size"] for file in files):  # a merge into the oldest run may rewrite every file
+        return False
+    oldest, idle = _oldest_run(files), time.monotonic()
+    db.set_options({"disable_auto_compactions": "false"})
+    while True:
+        if db.property_int_value("rocksdb.background-errors"):  # RocksDB would retry it until close, which waits
+            db.cancel_all_background(True)
+            break
+        if db.property_int_value("rocksdb.num-running-compactions"):
+            idle = time.monotonic()
+        elif not db.property_int_value("rocksdb.compaction-pending") or time.monotonic() - idle > SETTLE_IDLE_SECONDS:
+            break
+        time.sleep(SETTLE_POLL_SECONDS)
+    return _oldest_run(db.live_files()) != oldest
+
+
+def _oldest_run(files: list[dict]) -> set[str]:
+    """The names of the files (``Rdict.live_files()``) of a database's oldest sorted run (its last level)."""
+    bottom = max(file["level"] for file in files)
+    return {file["name"] for file in files if file["level"] == bottom}
 
 
 def is_rocks_error(error: BaseException) -> bool:

@@ -15,9 +15,17 @@ Writes, under the writer lock (one writer at a time, any process):
   or failed write leaves the old contents; the next writer removes what it left.
 - ``store_single`` opens the live database read-write for the duration of the write (RocksDB's own
   lock is then held only while writing, so any handle in any process can be the next writer), puts
-  one value with the write-ahead log on (the commit point), compacts level 0 when it holds
-  L0_COMPACT_FILES files, and closes (which flushes the memtable). Then it raises the marks in
-  ``rocksdb.json``. A session costs a few milliseconds (an open and a flush).
+  one value with the write-ahead log on (the commit point), flushes it (a sorted run of one image),
+  enables compactions if the disk has room for a merge of every file, waits for those RocksDB then runs
+  (closing would cancel them; format.settle) and closes. Then it raises the marks in ``rocksdb.json``. A
+  session costs a few milliseconds (an open and a flush).
+
+Upkeep: RocksDB's universal (size-tiered) compaction. Past L0_COMPACT_FILES sorted runs it merges the newer runs,
+of similar sizes, with each other (never the store's bulk); once they hold FULL_COMPACT_PERCENT of the oldest
+run's bytes it merges them all into it (``upkeeps`` counts these). That O(N) merge comes every N/20 writes, so a
+write pays for about 20 image copies, whatever N, plus the merges of the newer runs (a run is merged a logarithmic
+number of times): amortised O(1) up to that logarithm, and reads check at most L0_COMPACT_FILES runs
+(bloom filters); docs/benchmarks.md, "Single writes amortised", has the figures.
 
 Reads: every handle reads through a read-only instance (``AccessType.read_only()``: no lock, nothing
 written, every SST file opened at open), a snapshot of the store when the handle opened or last wrote;
@@ -76,6 +84,7 @@ from storage_impls.methods.rocksdb.format import (
     DEFAULTS,
     FORMAT,
     FORMAT_VERSION,
+    FULL_COMPACT_PERCENT,
     L0_COMPACT_FILES,
     META,
     OPTIONS,
@@ -84,6 +93,7 @@ from storage_impls.methods.rocksdb.format import (
     is_rocks_error,
     load_meta,
     open_db,
+    settle,
     typed_error,
     write_new_db,
 )
@@ -286,7 +296,9 @@ class RocksdbStore(EncodedStore):
         self._remove_stale()  # the old database
 
     def single_write_cycle(self) -> int:
-        return L0_COMPACT_FILES  # each single write flushes one level-0 file
+        # a session adds a run of one image; the runs are merged into the oldest once they hold FULL_COMPACT_PERCENT of
+        # its bytes, or once L0_COMPACT_FILES runs exist in a store too small for that
+        return max(L0_COMPACT_FILES, math.ceil(self._count * FULL_COMPACT_PERCENT / 100))
 
     @_typed("writing an image")
     def _put(self, image: np.ndarray, image_id: int, label: int) -> None:
@@ -310,14 +322,8 @@ class RocksdbStore(EncodedStore):
             raise
         try:  # committed: what follows is upkeep, and failing it must not report the write as failed
             meta.update(count=max(count, image_id + 1), sequence=db.latest_sequence_number())
-            level0 = [file for file in db.live_files() if file["level"] == 0]
-            if len(level0) >= L0_COMPACT_FILES:  # merge them with the files below that overlap their keys (only)
-                merging = rocksdict.CompactOptions()
-                merging.set_bottommost_level_compaction(rocksdict.BottommostLevelCompaction.force_optimized())
+            if settle(db):  # RocksDB's compaction of level 0 (and of the levels below it calls for) ran
                 self.upkeeps += 1
-                db.compact_range(
-                    min(file["start_key"] for file in level0), max(file["end_key"] for file in level0), merging
-                )
         except Exception as error:  # noqa: BLE001
             if not is_rocks_error(error):
                 raise
