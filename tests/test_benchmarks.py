@@ -30,6 +30,9 @@ def run_suite(*args: str, env: dict | None = None) -> subprocess.CompletedProces
     )
 
 
+ONE_RUN = pytest.mark.xdist_group("tiny_run")  # its tests share one worker, so the run is made once
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> dict:
     """One real run of the whole grid at cutoffs 10 and 20, saved as JSON."""
@@ -49,6 +52,7 @@ def tiny_run(tmp_path_factory) -> dict:
     return json.loads((directory / "run.json").read_text())
 
 
+@ONE_RUN
 def test_every_cell_runs_with_params_and_extra_info(tiny_run):
     cells = {bench["name"]: bench for bench in tiny_run["benchmarks"]}
     expected = {
@@ -94,6 +98,7 @@ def test_every_cell_runs_with_params_and_extra_info(tiny_run):
         assert ("disk_usage" in bench["extra_info"]) == bench["extra_info"]["operation"].startswith("store")
 
 
+@ONE_RUN
 def test_floors_run_beside_their_cells(tiny_run):
     """Exactly the floor cells the method cells need ran, verified like cells, and every method cell has its ratio."""
     floors = {
@@ -142,6 +147,7 @@ def cells_named(run: dict, name: str) -> dict:
     return next(bench for bench in run["benchmarks"] if bench["name"] == name)
 
 
+@ONE_RUN
 def test_every_cell_records_what_it_cost(tiny_run):
     for bench in tiny_run["benchmarks"]:
         info = bench["extra_info"]
@@ -234,6 +240,7 @@ def test_floor_cells_follow_the_cells_they_bound():
     assert sum("cold" in name for name in collected("--cache", "warm,cold", path="benchmarks/test_floors.py")) == 4 * 2
 
 
+@ONE_RUN
 def test_machine_info_explains_storage_numbers(tiny_run):
     machine = tiny_run["machine_info"]
     assert machine["storage"]["filesystem"] and machine["storage"]["free_bytes"] > 0

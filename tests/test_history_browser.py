@@ -25,7 +25,7 @@ ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("browser")]  # one Chromium per run, not per worker
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (never `playwright install`)")
 if not CHROMIUM.exists():
     pytest.skip("no /usr/bin/chromium: apt-get update && apt-get install -y chromium", allow_module_level=True)

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from multiprocessing import shared_memory
 from pathlib import Path
 
 import numpy as np
@@ -172,11 +173,18 @@ def test_a_hanging_worker_times_out_and_is_killed(hdf5_dir, break_reads):
     assert not pool._processes[0].is_alive()
 
 
-def test_a_store_that_cannot_open_fails_at_start_and_leaves_nothing(tmp_path):
-    shm_before = set(os.listdir("/dev/shm"))
+def test_a_store_that_cannot_open_fails_at_start_and_leaves_nothing(tmp_path, monkeypatch):
+    made, real = [], shared_memory.SharedMemory  # this pool's blocks: other xdist workers make their own
+
+    def recorded(*args, **kwargs):
+        block = real(*args, **kwargs)
+        made.append(block.name)
+        return block
+
+    monkeypatch.setattr(shared_memory, "SharedMemory", recorded)
     with pytest.raises(WorkerError, match="MissingStoreError"):
         ReaderPool("hdf5", tmp_path / "missing", EpochPlan.shuffled(COUNT, 8, seed=0), SHAPE, 2)
-    assert set(os.listdir("/dev/shm")) <= shm_before
+    assert made and not any(Path("/dev/shm", name.lstrip("/")).exists() for name in made)
 
 
 # -- the cold cache --------------------------------------------------------------------------------
