@@ -71,22 +71,27 @@ def synthetic(
     rng = np.random.default_rng(seed)
     height, width = shape[:2]
     channels = shape[2] if len(shape) == 3 else 1
-    rows = _bilinear_matrix(height, max(2, round(height * SYNTHETIC_CONTROL_POINTS / 32)))
-    cols = _bilinear_matrix(width, max(2, round(width * SYNTHETIC_CONTROL_POINTS / 32))).T.copy()
+    rows, row_scale = _bilinear_matrix(height, max(2, round(height * SYNTHETIC_CONTROL_POINTS / 32)))
+    cols, col_scale = _bilinear_matrix(width, max(2, round(width * SYNTHETIC_CONTROL_POINTS / 32)))
+    cols, scale = cols.T.copy(), float(row_scale * col_scale)
     images = np.empty((n, height, width, channels), dtype)
     block = max(1, SYNTHETIC_BLOCK_BYTES // math.prod(images.shape[1:]))  # 8-bit bytes: the same draws for every dtype
     fine = np.random.default_rng([seed, 1])
+    step = max(1, block // 8)
     for start in range(0, n, block):
         count = min(n, start + block) - start
         grid = rng.integers(
             0, 256 - SYNTHETIC_NOISE, size=(count, channels, rows.shape[1], cols.shape[0]), dtype=np.uint8
         )
-        smooth = rows @ grid.astype(np.float32) @ cols  # (count, channels, height, width)
-        smooth += rng.integers(0, SYNTHETIC_NOISE, size=smooth.shape, dtype=np.uint8)
+        smooth = np.empty((count, channels, height, width), np.uint8)
+        for first in range(0, count, step):  # float64 a few images at a time: 8 bytes a pixel
+            exact = rows @ grid[first : first + step].astype(np.float64) @ cols  # times scale, exact integers
+            smooth[first : first + step] = np.floor(np.divide(exact, scale, out=exact), out=exact)  # exact: IEEE
+        smooth += rng.integers(0, SYNTHETIC_NOISE, size=smooth.shape, dtype=np.uint8)  # at most 239 + 15
         if dtype == np.uint8:
             images[start : start + count] = smooth.transpose(0, 2, 3, 1)
         else:
-            _widen(smooth.transpose(0, 2, 3, 1).astype(np.uint8), images[start : start + count], fine)
+            _widen(smooth.transpose(0, 2, 3, 1), images[start : start + count], fine)
     labels = rng.integers(0, 10, size=n, dtype=np.int64)
     return images.reshape((n, *shape)), labels
 
@@ -108,15 +113,19 @@ def _widen(content: np.ndarray, out: np.ndarray, rng: np.random.Generator) -> No
             part += rng.integers(0, 1 << shift, size=part.shape, dtype=out.dtype)
 
 
-def _bilinear_matrix(size: int, points: int) -> np.ndarray:
-    """(size, points) matrix that linearly interpolates ``points`` values onto ``size`` pixels."""
-    position = np.linspace(0, points - 1, size)
-    left = np.minimum(position.astype(int), points - 2)
-    weight = (position - left).astype(np.float32)
-    matrix = np.zeros((size, points), np.float32)
-    matrix[np.arange(size), left] = 1 - weight
+def _bilinear_matrix(size: int, points: int) -> tuple[np.ndarray, int]:
+    """(size, points) matrix that linearly interpolates ``points`` values onto ``size`` pixels, times its
+    denominator: pixel i sits at i * (points - 1) / (size - 1), so every weight is an integer over size - 1.
+    Integer weights keep every sum of products an integer below 2**53, which float64 holds exactly in any
+    order, so the images are bit-identical on every CPU (a float matmul's rounding depends on the BLAS kernel)."""
+    denominator = max(1, size - 1)
+    position = np.arange(size) * (points - 1)
+    left = np.minimum(position // denominator, points - 2)
+    weight = position - left * denominator
+    matrix = np.zeros((size, points), np.float64)
+    matrix[np.arange(size), left] = denominator - weight
     matrix[np.arange(size), left + 1] = weight
-    return matrix
+    return matrix, denominator
 
 
 class _CifarUnpickler(pickle.Unpickler):
