@@ -37,7 +37,7 @@ def test_library_reader_reads_the_store(method: str, tmp_path) -> None:
 
 
 def test_library_alone_runs(capsys) -> None:
-    methods = [m for m in ("parquet", "disk:codec=raw") if m.split(":")[0] in installed_methods()]
+    methods = [m for m in ("parquet", "webdataset", "disk:codec=raw") if m.split(":")[0] in installed_methods()]
     assert (
         library_alone.main(["--methods", ",".join(methods), "--images", "40", "--batch", "16", "--repeats", "1"]) == 0
     )

@@ -39,6 +39,7 @@ SCHEMES = ("s3", "s3a", "gs", "az", "azure", "abfs", "abfss", "http", "https")
 CONCURRENCY = 16  # requests in flight per process (a batch's ranges, an upload's parts)
 RETRIES = 3  # per request, with object_store's backoff; then RemoteError
 RETRY_TIMEOUT = timedelta(seconds=30)  # no request is retried past this
+BODY_RETRIES = 2  # a response cut after its headers is asked for again this many times; then RemoteError
 CLIENT_OPTIONS = {"timeout": "60s", "connect_timeout": "5s"}
 # storage_options keys that configure the HTTP client rather than the store
 CLIENT_KEYS = frozenset(
@@ -236,17 +237,24 @@ class Location:
     def put(self, key: str, path: str | os.PathLike) -> None:
         """Upload the local file ``path`` as ``key`` (multipart, parts in flight at once, for large files)."""
         with open(path, "rb") as file:
-            self._call(key, lambda: obstore.put(self.store, key, file, max_concurrency=CONCURRENCY))
+            self._call(key, lambda: obstore.put(self.store, key, file, max_concurrency=CONCURRENCY), again=0)
 
-    def _call(self, key: str, request):
-        try:
-            return request()
-        except (NotFoundError, FileNotFoundError):
-            raise MissingStoreError(errno.ENOENT, "does not exist", self.name(key)) from None
-        except BaseError as error:
-            raise RemoteError(f"{self.name(key)}: {_first_line(error)}") from None
-        except OSError as error:  # obstore's I/O errors: a connection cut, a timeout
-            raise RemoteError(f"{self.name(key)}: {_first_line(error)}") from None
+    def _call(self, key: str, request, *, again: int = BODY_RETRIES):
+        """``request()`` with obstore's errors typed; a response cut in its body (which obstore's own retries, of
+        the request and its headers, leave to the caller) is asked for again up to ``again`` times."""
+        for attempt in range(again + 1):
+            try:
+                return request()
+            except (NotFoundError, FileNotFoundError):
+                raise MissingStoreError(errno.ENOENT, "does not exist", self.name(key)) from None
+            except (BaseError, OSError) as error:  # OSError: obstore's I/O errors, a connection cut, a timeout
+                if attempt == again or not _cut_in_body(error):
+                    raise RemoteError(f"{self.name(key)}: {_first_line(error)}") from None
+
+
+def _cut_in_body(error: BaseException) -> bool:
+    """Whether ``error`` is a response cut after its headers (hyper's "request or response body error")."""
+    return "body error" in str(error)
 
 
 def _first_line(error: BaseException) -> str:
